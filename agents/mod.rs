@@ -1,0 +1,1 @@
+//! PPO agents, encoders and rollout storage (being written).

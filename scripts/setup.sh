@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh machine: Debian packages, the Python venv whose libtorch
+# serves tch, and the procgen/gym3 wheels unpacked into .deps/. A second run does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+TORCH_VERSION=2.13.0
+PROCGEN_VERSION=0.10.7
+GYM3_VERSION=0.3.3
+# Debian packages: libclang-dev (bindgen; libclang1 lacks stddef.h), cmake + libsdl2-gfx-dev
+# (gym-rs always builds SDL2), graphviz (genotype diagrams), unzip (wheels).
+APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# --- Debian packages --------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "error: missing Debian packages: ${missing[*]}" >&2
+    echo "run:   sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    echo "then run 'make setup' again." >&2
+    exit 1
+  fi
+fi
+
+# --- Python venv: torch (libtorch for tch) and the test oracles ------------------------------
+PY=${PYTHON:-python3}
+REQS="torch==$TORCH_VERSION numpy<2 gym3==$GYM3_VERSION gym==0.23.1 tensorboard scikit-learn"
+stamp=.venv/.rl-darts-setup
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$REQS" ]; then
+  [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
+  log "installing into .venv: $REQS (torch is ~4.7 GB the first time)"
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip install -q --disable-pip-version-check $REQS
+  echo "$REQS" > "$stamp"
+fi
+
+# tch finds libtorch through .cargo/config.toml, which points at this stable link.
+mkdir -p .deps
+purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ "$(readlink .deps/libtorch 2>/dev/null)" = "$purelib/torch" ] || ln -sfn "$purelib/torch" .deps/libtorch
+
+# --- procgen + gym3 wheels, unpacked --------------------------------------------------------
+if [ ! -f .deps/procgen/procgen/data/prebuilt/libenv.so ] || [ ! -f .deps/gym3/gym3/libenv.h ]; then
+  log "fetching procgen==$PROCGEN_VERSION and gym3==$GYM3_VERSION wheels"
+  tmp=$(mktemp -d)
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --python-version 3.10 --platform manylinux2014_x86_64 -d "$tmp" "procgen==$PROCGEN_VERSION"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "gym3==$GYM3_VERSION"
+  rm -rf .deps/procgen .deps/gym3
+  mkdir -p .deps/procgen .deps/gym3
+  unzip -q -o "$tmp"/procgen-*.whl -d .deps/procgen
+  unzip -q -o "$tmp"/gym3-*.whl -d .deps/gym3
+  rm -rf "$tmp"
+fi
+
+# --- digits data set (scikit-learn ships it) exported for the Rust loaders -------------------
+if [ ! -f .deps/digits/digits.csv ]; then
+  mkdir -p .deps/digits
+  .venv/bin/python - <<'PY'
+import os, shutil, sklearn.datasets as d
+src = os.path.join(os.path.dirname(d.__file__), "data", "digits.csv.gz")
+import gzip
+with gzip.open(src, "rb") as f, open(".deps/digits/digits.csv", "wb") as g:
+    shutil.copyfileobj(f, g)
+PY
+fi
+
+log "ok (libtorch: $ROOT/.venv, procgen: $ROOT/.deps/procgen)"

@@ -1,0 +1,15 @@
+//! rl-darts: differentiable neural architecture search for reinforcement learning and vision.
+//!
+//! Module map (imports point one way only): `envs` -> (nothing of ours); `agents` -> `envs`;
+//! `nas` -> `agents::Encoder`; `search` -> `nas`; `train` and the CLI -> everything.
+
+#[path = "../envs/mod.rs"]
+pub mod envs;
+
+#[path = "../agents/mod.rs"]
+pub mod agents;
+
+pub mod config;
+pub mod device;
+pub mod logging;
+pub mod nas;

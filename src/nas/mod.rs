@@ -1,0 +1,1 @@
+//! DARTS search space (being written).
