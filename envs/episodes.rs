@@ -1,7 +1,7 @@
 //! Per-env episode bookkeeping: running return and length, reported when an episode ends.
 
 /// One finished episode.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpisodeStats {
     /// Index of the env within the batch.
     pub env: usize,
@@ -18,7 +18,7 @@ pub struct EpisodeStats {
 /// Accumulates rewards per env; `record` is called once per step with that step's rewards
 /// and `first` flags. gym3 semantics: the reward delivered together with `first = 1` is the
 /// last reward of the episode that just ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EpisodeTracker {
     returns: Vec<f64>,
     lengths: Vec<u64>,

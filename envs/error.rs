@@ -24,6 +24,8 @@ pub enum EnvError {
     ActionCount { expected: usize, got: usize },
     #[error("action {action} for env {env} is out of range 0..{num_actions}")]
     ActionOutOfRange { env: usize, action: i64, num_actions: i64 },
+    #[error("cannot restore env state: {0}")]
+    State(String),
     #[error("tensor error: {0}")]
     Tch(#[from] tch::TchError),
 }

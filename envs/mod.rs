@@ -66,6 +66,13 @@ pub trait VecEnv: Send {
     /// Applies one action per env (`actions.len() == num_envs`, each in `0..num_actions`)
     /// and returns the resulting transition.
     fn step(&mut self, actions: &[i64]) -> Result<StepView<'_>, EnvError>;
+
+    /// Everything needed to continue exactly from here (game states, RNGs, running episode
+    /// returns), as opaque bytes for a checkpoint.
+    fn save_state(&self) -> Result<Vec<u8>, EnvError>;
+
+    /// Restores a `save_state` of an env built with the same name, size and options.
+    fn load_state(&mut self, state: &[u8]) -> Result<(), EnvError>;
 }
 
 /// The environments this build knows, for `--env` and error messages.
@@ -86,4 +93,24 @@ pub(crate) fn check_actions(spec: &EnvSpec, actions: &[i64]) -> Result<(), EnvEr
         return Err(EnvError::ActionOutOfRange { env, action, num_actions: spec.num_actions });
     }
     Ok(())
+}
+
+/// Builds any known environment by name: a Procgen game (with `procgen` options; its
+/// `rand_seed` defaults to `seed`) or a gym-rs env (seeded by `seed`).
+pub fn make_vec_env(
+    name: &str,
+    num_envs: usize,
+    seed: u64,
+    procgen: &procgen::ProcgenOptions,
+) -> Result<Box<dyn VecEnv>, EnvError> {
+    if gym::GYM_ENVS.contains(&name) {
+        let kind = gym::GymEnvKind::from_name(name)?;
+        return Ok(Box::new(gym::GymVecEnv::new(kind, num_envs, seed)?));
+    }
+    let mut options = procgen.clone();
+    if options.rand_seed.is_none() {
+        // Procgen seeds are non-negative int32.
+        options.rand_seed = Some((seed % (i32::MAX as u64)) as i32);
+    }
+    Ok(Box::new(procgen::ProcgenVecEnv::new(name, num_envs, options)?))
 }

@@ -12,4 +12,5 @@ pub mod agents;
 pub mod config;
 pub mod device;
 pub mod logging;
+pub mod media;
 pub mod nas;

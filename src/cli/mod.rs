@@ -1,0 +1,4 @@
+//! Subcommand implementations.
+
+pub mod envs;
+pub mod info;
