@@ -73,6 +73,12 @@ pub trait VecEnv: Send {
 
     /// Restores a `save_state` of an env built with the same name, size and options.
     fn load_state(&mut self, state: &[u8]) -> Result<(), EnvError>;
+
+    /// Human-view frames of the last step, `[N, H, W, 3]` u8, where the env renders them
+    /// (Procgen with `render_human`); None otherwise.
+    fn render_frames(&self) -> Option<&Tensor> {
+        None
+    }
 }
 
 /// The environments this build knows, for `--env` and error messages.

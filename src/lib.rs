@@ -14,3 +14,4 @@ pub mod device;
 pub mod logging;
 pub mod media;
 pub mod nas;
+pub mod train;

@@ -13,6 +13,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a PPO agent (Procgen recipe) on a Procgen game or classic control.
+    Train(cli::train::TrainArgs),
+    /// Evaluate a checkpoint on chosen levels.
+    Eval(cli::train::EvalArgs),
     /// Versions, library paths and devices.
     Info,
     /// Environments: list them, benchmark stepping, record episodes.
@@ -23,6 +27,8 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => cli::train::run_train(args),
+        Command::Eval(args) => cli::train::run_eval(args),
         Command::Info => cli::info::run(),
         Command::Envs(cmd) => cli::envs::run(cmd),
     };

@@ -286,11 +286,6 @@ impl ProcgenVecEnv {
         &self.options
     }
 
-    /// The 512x512 frames of the last step, `[N, 512, 512, 3]` u8 (with `render_human`).
-    pub fn render_frames(&self) -> Option<&Tensor> {
-        self.render.as_ref()
-    }
-
     /// Total wall time spent inside the C library's act/observe since creation.
     pub fn library_time(&self) -> std::time::Duration {
         self.library_time
@@ -340,6 +335,11 @@ impl VecEnv for ProcgenVecEnv {
             Some((&self.prev_level_seed, &self.prev_level_complete)),
         );
         Ok(self.view())
+    }
+
+    /// The 512x512 frames of the last step, `[N, 512, 512, 3]` u8 (with `render_human`).
+    fn render_frames(&self) -> Option<&Tensor> {
+        self.render.as_ref()
     }
 
     fn save_state(&self) -> Result<Vec<u8>, EnvError> {

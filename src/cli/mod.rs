@@ -2,3 +2,4 @@
 
 pub mod envs;
 pub mod info;
+pub mod train;

@@ -1,1 +1,36 @@
-//! DARTS search space (being written).
+//! The differentiable search space: candidate ops, mixed ops, search cells, supernets,
+//! architecture parameters and genotypes, after DARTS (Liu et al., ICLR 2019), RL-DARTS
+//! (Miao et al. 2021) and NAS-Bench-201 (Dong & Yang, ICLR 2020).
+//!
+//! The supernets never decide how the architecture parameters become op weights: every
+//! forward takes a [`CellWeights`] (`[num_edges, num_ops]` per cell type, plus optional
+//! per-edge active-op lists for hard samples). That is the plugin point for search strategies
+//! (softmax, Gumbel-softmax, hard one-hot, Dirichlet, edge-normalised ...), NASLib's idea.
+//! Architecture parameters live in their own `VarStore` ([`ArchParams`]), never in the
+//! weight store.
+//!
+//! Layout: [`ops`] (registry, op sets, costs) -> [`mixed`] -> [`cell`] -> [`network`]
+//! (supernets) and [`fixed`] (networks built from a [`Genotype`], see [`genotype`]).
+
+pub mod arch;
+pub mod cell;
+pub mod error;
+pub mod fixed;
+pub mod genotype;
+pub mod mixed;
+pub mod network;
+pub mod ops;
+pub mod weights;
+
+pub use arch::{AlphaInit, ArchParams};
+pub use cell::{CellInputs, CellOutput, CellSpace, Edge, SearchCell, SearchCellConfig};
+pub use error::NasError;
+pub use fixed::{DartsEvalConfig, DartsEvalNet, FixedCell, FixedCellConfig, RlDartsFixedEncoder};
+pub use genotype::{render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2};
+pub use mixed::MixedOp;
+pub use network::{
+    count_parameters, DartsSearchConfig, DartsSearchNet, NasBench201Config, NasBench201SearchNet,
+    OpCostTable, RlDartsConfig, RlDartsSupernet, RlDartsVariant, Supernet,
+};
+pub use ops::{Op, OpCost, OpKind, OpSet, OpSpec, StrideStyle};
+pub use weights::{CellWeights, OpWeights, OpWeightsSlot};

@@ -1,0 +1,28 @@
+//! Errors of the agent layer: configuration, checkpoints, and the boundaries it calls into
+//! (tensors, environments, files).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid PPO configuration: {0}")]
+    Config(String),
+    #[error("observation shape {got:?} does not fit this encoder, which expects {expected}")]
+    ObsShape { got: Vec<i64>, expected: String },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("environment error: {0}")]
+    Env(#[from] crate::envs::EnvError),
+    #[error("tensor error: {0}")]
+    Tch(#[from] tch::TchError),
+}

@@ -1,0 +1,224 @@
+//! The IMPALA-CNN encoder (Espeholt et al. 2018, "IMPALA", the 15-layer residual network)
+//! as used by the Procgen paper's PPO baseline and CleanRL's `ppo_procgen.py`.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::{AgentError, Encoder};
+
+/// Architecture of the IMPALA-CNN. Defaults are the Procgen paper's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpalaConfig {
+    /// Output channels of each conv sequence (conv -> maxpool -> 2 residual blocks); every
+    /// sequence halves the spatial size. Procgen paper / CleanRL: `[16, 32, 32]`.
+    pub channels: Vec<i64>,
+    /// Width of the final linear layer, i.e. the feature dimension. Procgen paper: 256.
+    pub embedding: i64,
+}
+
+impl Default for ImpalaConfig {
+    fn default() -> Self {
+        Self {
+            channels: vec![16, 32, 32],
+            embedding: 256,
+        }
+    }
+}
+
+/// Orthogonal with gain sqrt(2) (the ReLU gain), bias 0: CleanRL's `layer_init`.
+fn conv3x3(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        padding: 1,
+        ws_init: nn::Init::Orthogonal { gain: 2f64.sqrt() },
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
+    nn::conv2d(p, c_in, c_out, 3, config)
+}
+
+/// `x + conv1(relu(conv0(relu(x))))`.
+#[derive(Debug)]
+struct ResidualBlock {
+    conv0: nn::Conv2D,
+    conv1: nn::Conv2D,
+}
+
+impl ResidualBlock {
+    fn new(p: nn::Path, channels: i64) -> Self {
+        Self {
+            conv0: conv3x3(&p / "conv0", channels, channels),
+            conv1: conv3x3(&p / "conv1", channels, channels),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, C, H, W] -> [N, C, H, W]`
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let out = self.conv1.forward(&self.conv0.forward(&xs.relu()).relu());
+        out + xs
+    }
+}
+
+/// conv3x3 -> maxpool 3x3 stride 2 pad 1 -> two residual blocks.
+#[derive(Debug)]
+struct ConvSequence {
+    conv: nn::Conv2D,
+    res0: ResidualBlock,
+    res1: ResidualBlock,
+}
+
+impl ConvSequence {
+    fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
+        Self {
+            conv: conv3x3(&p / "conv", c_in, c_out),
+            res0: ResidualBlock::new(&p / "res0", c_out),
+            res1: ResidualBlock::new(&p / "res1", c_out),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, C_in, H, W] -> [N, C_out, (H + 1) / 2, (W + 1) / 2]`
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let xs = self
+            .conv
+            .forward(xs)
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        self.res1.forward(&self.res0.forward(&xs))
+    }
+}
+
+/// Spatial size after a 3x3 / stride 2 / pad 1 max-pool: floor((h + 2 - 3) / 2) + 1.
+fn pooled(h: i64) -> i64 {
+    (h - 1) / 2 + 1
+}
+
+/// The IMPALA-CNN: conv sequences, then flatten -> relu -> linear(embedding) -> relu.
+#[derive(Debug)]
+pub struct ImpalaCnn {
+    sequences: Vec<ConvSequence>,
+    fc: nn::Linear,
+    embedding: i64,
+}
+
+impl ImpalaCnn {
+    /// `obs_chw` is one preprocessed observation's shape `[C, H, W]` (e.g. `[3, 64, 64]`).
+    pub fn new(p: nn::Path, obs_chw: &[i64], config: &ImpalaConfig) -> Result<Self, AgentError> {
+        let &[c, mut h, mut w] = obs_chw else {
+            return Err(AgentError::ObsShape {
+                got: obs_chw.to_vec(),
+                expected: "[C, H, W]".into(),
+            });
+        };
+        if config.channels.is_empty()
+            || config.channels.iter().any(|&c| c <= 0)
+            || config.embedding <= 0
+        {
+            return Err(AgentError::Config(format!(
+                "IMPALA channels {:?} and embedding {} must be positive and non-empty",
+                config.channels, config.embedding
+            )));
+        }
+        let mut sequences = Vec::with_capacity(config.channels.len());
+        let mut c_in = c;
+        for (i, &c_out) in config.channels.iter().enumerate() {
+            sequences.push(ConvSequence::new(&p / format!("seq{i}"), c_in, c_out));
+            c_in = c_out;
+            h = pooled(h);
+            w = pooled(w);
+        }
+        let fc_config = nn::LinearConfig {
+            ws_init: nn::Init::Orthogonal { gain: 2f64.sqrt() },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        let fc = nn::linear(&p / "fc", c_in * h * w, config.embedding, fc_config);
+        Ok(Self {
+            sequences,
+            fc,
+            embedding: config.embedding,
+        })
+    }
+}
+
+impl Encoder for ImpalaCnn {
+    /// # Shapes
+    /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
+    fn features(&self, obs: &Tensor, _train: bool) -> Tensor {
+        let mut xs = obs.shallow_clone();
+        for seq in &self.sequences {
+            xs = seq.forward(&xs);
+        }
+        self.fc.forward(&xs.flatten(1, -1).relu()).relu()
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.embedding
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn output_shape_and_parameter_count() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = ImpalaCnn::new(
+            vs.root() / "encoder",
+            &[3, 64, 64],
+            &ImpalaConfig::default(),
+        )
+        .unwrap();
+        let obs = Tensor::rand([5, 3, 64, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(net.features(&obs, false).size(), [5, 256]);
+        // Parameter count, derived by hand (conv c_in -> c_out: 9 * c_in * c_out + c_out):
+        //   seq0: conv 3->16 = 448, 4 res convs 16->16 = 4 * 2320     ->   9_728
+        //   seq1: conv 16->32 = 4640, 4 res convs 32->32 = 4 * 9248   ->  41_632
+        //   seq2: conv 32->32 = 9248, 4 res convs 32->32 = 4 * 9248   ->  46_240
+        //   64 -> 32 -> 16 -> 8 pixels, fc 32*8*8 = 2048 -> 256: 2048 * 256 + 256 = 524_544
+        // total 622_144 (with the 15-action and value heads: 626_256, CleanRL's procgen agent).
+        let count: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        assert_eq!(count, 622_144);
+        // Explicit paths: no `__N` renames, one entry per tensor.
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+        assert!(names.contains(&"encoder.seq2.res1.conv1.weight".to_string()));
+    }
+
+    #[test]
+    fn init_is_orthogonal_with_relu_gain() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = ImpalaCnn::new(
+            vs.root() / "encoder",
+            &[3, 64, 64],
+            &ImpalaConfig::default(),
+        )
+        .unwrap();
+        let vars = vs.variables();
+        // Conv weight [16, 3, 3, 3] flattens to [16, 27]: rows orthogonal, each of norm sqrt(2).
+        let w = vars["encoder.seq0.conv.weight"].reshape([16, 27]);
+        let gram = w.matmul(&w.tr());
+        let expected = Tensor::eye(16, (Kind::Float, Device::Cpu)) * 2.0;
+        assert!(gram.allclose(&expected, 1e-4, 1e-4, false));
+        let b = &vars["encoder.fc.bias"];
+        assert_eq!(f64::try_from(b.abs().sum(Kind::Float)).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn rejects_a_non_image_shape() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(matches!(
+            ImpalaCnn::new(vs.root(), &[4], &ImpalaConfig::default()),
+            Err(AgentError::ObsShape { .. })
+        ));
+    }
+}

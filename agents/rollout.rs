@@ -1,0 +1,564 @@
+//! Rollout collection and the PPO training iteration (collect `num_steps` x `num_envs`, GAE,
+//! update), with checkpoints that resume the learner exactly.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use super::adam::{Adam, AdamConfig, JointOptimizer};
+use super::normalize::RewardNormalizer;
+use super::policy::ActorCritic;
+use super::ppo::{ppo_update, PpoConfig, PpoStats};
+use super::storage::RolloutStorage;
+use super::AgentError;
+use crate::envs::{EnvSpec, EpisodeStats, VecEnv};
+
+/// Steps `env` for `storage.num_steps` steps with actions sampled from `policy`, filling
+/// `storage` (observations, first flags, actions, log-probabilities, values, rewards scaled by
+/// `normalizer` when given, and the observation after the last step). Continues from the
+/// environment's current state, so consecutive rollouts join up. Returns the episodes that
+/// finished during the rollout, with their raw returns.
+pub fn collect_rollout(
+    env: &mut dyn VecEnv,
+    policy: &ActorCritic,
+    storage: &mut RolloutStorage,
+    mut normalizer: Option<&mut RewardNormalizer>,
+) -> Result<Vec<EpisodeStats>, AgentError> {
+    let n = storage.num_envs;
+    let spec = env.spec();
+    let stored_shape = &storage.obs.size()[2..];
+    if spec.num_envs != n || spec.obs_shape != stored_shape || spec.obs_kind != storage.obs.kind() {
+        return Err(AgentError::Config(format!(
+            "environment '{}' gives {} x {:?} {:?} observations, the rollout storage holds {n} x {stored_shape:?} {:?}",
+            spec.name,
+            spec.num_envs,
+            spec.obs_shape,
+            spec.obs_kind,
+            storage.obs.kind()
+        )));
+    }
+    let view = env.observe();
+    storage.set_obs(0, view.obs, view.first)?;
+    let mut finished = Vec::new();
+    for t in 0..storage.num_steps {
+        let step = t as i64;
+        let act = policy.act(&storage.obs.f_get(step)?);
+        storage.actions.f_get(step)?.f_copy_(&act.action)?;
+        storage.logprobs.f_get(step)?.f_copy_(&act.logprob)?;
+        storage.values.f_get(step)?.f_copy_(&act.value)?;
+        let actions = Vec::<i64>::try_from(act.action.to_device(Device::Cpu))?;
+
+        let view = env.step(&actions)?;
+        let rewards = &mut storage.rewards[t * n..(t + 1) * n];
+        rewards.copy_from_slice(view.reward);
+        if let Some(norm) = normalizer.as_deref_mut() {
+            norm.normalize(rewards, view.first);
+        }
+        finished.extend_from_slice(view.finished);
+        storage.set_obs(t + 1, view.obs, view.first)?;
+    }
+    Ok(finished)
+}
+
+/// What one [`PpoTrainer::iteration`] did.
+#[derive(Debug, Clone)]
+pub struct IterationStats {
+    /// 1-based number of this iteration.
+    pub iteration: u64,
+    /// Environment steps so far, all envs together, including this iteration's.
+    pub global_step: u64,
+    /// Learning rate used by this iteration's update.
+    pub learning_rate: f64,
+    /// Episodes that ended during the rollout (raw, unnormalised returns).
+    pub episodes: Vec<EpisodeStats>,
+    pub ppo: PpoStats,
+    /// Wall-clock seconds collecting the rollout (env steps + policy forward passes).
+    pub rollout_secs: f64,
+    /// Wall-clock seconds in GAE and the PPO update.
+    pub update_secs: f64,
+}
+
+impl IterationStats {
+    /// Environment steps per wall-clock second over the whole iteration.
+    pub fn steps_per_sec(&self, batch_size: usize) -> f64 {
+        batch_size as f64 / (self.rollout_secs + self.update_secs).max(1e-9)
+    }
+}
+
+/// The learner state that is not a tensor, written as `trainer.json` in a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    config: PpoConfig,
+    seed: u64,
+    iterations_done: u64,
+    global_step: u64,
+    normalizer: Option<RewardNormalizer>,
+}
+
+const WEIGHTS_FILE: &str = "weights.safetensors";
+const ADAM_FILE: &str = "adam.safetensors";
+const STATE_FILE: &str = "trainer.json";
+
+/// Owns everything PPO learns with: the policy and its weight store, Adam, the rollout
+/// storage, the reward normaliser, and the step counters. The training loop calls
+/// [`PpoTrainer::iteration`] until [`PpoTrainer::is_done`], logging what it returns.
+///
+/// Randomness: each iteration reseeds libtorch's global generator from `(seed, iteration)`, so
+/// action sampling and minibatch shuffling depend only on those two numbers, and a run resumed
+/// from a checkpoint draws the same numbers as one that never stopped (the environments'
+/// states are not part of a checkpoint: a resumed run starts fresh episodes).
+#[derive(Debug)]
+pub struct PpoTrainer {
+    pub config: PpoConfig,
+    pub policy: ActorCritic,
+    /// The weights (encoder + heads); what `optimizer` trains.
+    pub vs: nn::VarStore,
+    pub optimizer: Adam,
+    pub storage: RolloutStorage,
+    /// None when `config.norm_reward` is off.
+    pub normalizer: Option<RewardNormalizer>,
+    joint: Vec<Box<dyn JointOptimizer>>,
+    seed: u64,
+    iterations_done: u64,
+    global_step: u64,
+}
+
+impl PpoTrainer {
+    /// `policy`'s weights must live in `vs`; Adam is built over every trainable variable of
+    /// `vs` now (architecture parameters belong in another store, see
+    /// [`PpoTrainer::add_joint_optimizer`]). `spec` is the environment the trainer will step.
+    pub fn new(
+        vs: nn::VarStore,
+        policy: ActorCritic,
+        spec: &EnvSpec,
+        config: PpoConfig,
+        seed: u64,
+    ) -> Result<Self, AgentError> {
+        config.validate()?;
+        if spec.num_envs != config.num_envs {
+            return Err(AgentError::Config(format!(
+                "num_envs = {} but the environment has {} envs",
+                config.num_envs, spec.num_envs
+            )));
+        }
+        if spec.num_actions != policy.num_actions() {
+            return Err(AgentError::Config(format!(
+                "the policy has {} actions, environment '{}' has {}",
+                policy.num_actions(),
+                spec.name,
+                spec.num_actions
+            )));
+        }
+        let optimizer = Adam::new(
+            &vs,
+            AdamConfig {
+                lr: config.learning_rate,
+                eps: config.adam_eps,
+                ..AdamConfig::default()
+            },
+        );
+        let storage = RolloutStorage::new(spec, config.num_steps, vs.device())?;
+        let normalizer = config
+            .norm_reward
+            .then(|| RewardNormalizer::new(config.num_envs, config.gamma, config.reward_clip));
+        Ok(Self {
+            config,
+            policy,
+            vs,
+            optimizer,
+            storage,
+            normalizer,
+            joint: Vec::new(),
+            seed,
+            iterations_done: 0,
+            global_step: 0,
+        })
+    }
+
+    /// Adds an optimizer stepped on every minibatch's backward pass after the weights' Adam
+    /// (RL-DARTS joint first-order search). Its state is not part of [`PpoTrainer::save`]:
+    /// the caller that built it checkpoints it.
+    pub fn add_joint_optimizer(&mut self, optimizer: Box<dyn JointOptimizer>) {
+        self.joint.push(optimizer);
+    }
+
+    pub fn iterations_done(&self) -> u64 {
+        self.iterations_done
+    }
+
+    pub fn global_step(&self) -> u64 {
+        self.global_step
+    }
+
+    /// Whether `config.total_timesteps` worth of iterations have run.
+    pub fn is_done(&self) -> bool {
+        self.iterations_done >= self.config.num_iterations()
+    }
+
+    /// The learning rate the next iteration will use: constant, or CleanRL's linear
+    /// annealing `lr * (1 - (iteration - 1) / num_iterations)`.
+    pub fn learning_rate(&self) -> f64 {
+        if !self.config.anneal_lr {
+            return self.config.learning_rate;
+        }
+        let frac = 1.0 - self.iterations_done as f64 / self.config.num_iterations().max(1) as f64;
+        self.config.learning_rate * frac.max(0.0)
+    }
+
+    /// One rollout of `num_steps` x `num_envs` and one PPO update.
+    pub fn iteration(&mut self, env: &mut dyn VecEnv) -> Result<IterationStats, AgentError> {
+        tch::manual_seed(iteration_seed(self.seed, self.iterations_done));
+        let learning_rate = self.learning_rate();
+        self.optimizer.set_lr(learning_rate);
+
+        let start = Instant::now();
+        let episodes = collect_rollout(
+            env,
+            &self.policy,
+            &mut self.storage,
+            self.normalizer.as_mut(),
+        )?;
+        let rollout_secs = start.elapsed().as_secs_f64();
+
+        let start = Instant::now();
+        let (_, next_value) = tch::no_grad(|| self.policy.forward(&self.storage.next_obs, false));
+        let batch =
+            self.storage
+                .compute_batch(&next_value, self.config.gamma, self.config.gae_lambda)?;
+        let mut joint: Vec<&mut dyn JointOptimizer> = Vec::with_capacity(self.joint.len());
+        for opt in &mut self.joint {
+            joint.push(opt.as_mut());
+        }
+        let ppo = ppo_update(
+            &self.policy,
+            &mut self.optimizer,
+            &mut joint,
+            &batch,
+            &self.config,
+        )?;
+        let update_secs = start.elapsed().as_secs_f64();
+
+        self.iterations_done += 1;
+        self.global_step += self.config.batch_size() as u64;
+        Ok(IterationStats {
+            iteration: self.iterations_done,
+            global_step: self.global_step,
+            learning_rate,
+            episodes,
+            ppo,
+            rollout_secs,
+            update_secs,
+        })
+    }
+
+    /// Writes `weights.safetensors` (the weight store), `adam.safetensors` (Adam's moments and
+    /// step) and `trainer.json` (config, seed, counters, reward normaliser) into `dir`, which
+    /// must exist.
+    pub fn save(&self, dir: &Path) -> Result<(), AgentError> {
+        self.vs.save(dir.join(WEIGHTS_FILE))?;
+        self.optimizer.save(&dir.join(ADAM_FILE))?;
+        let state = TrainerState {
+            config: self.config.clone(),
+            seed: self.seed,
+            iterations_done: self.iterations_done,
+            global_step: self.global_step,
+            normalizer: self.normalizer.clone(),
+        };
+        let path = dir.join(STATE_FILE);
+        let json = serde_json::to_string_pretty(&state).map_err(|source| AgentError::Json {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&path, json).map_err(|source| AgentError::Io { path, source })
+    }
+
+    /// Restores what [`PpoTrainer::save`] wrote. The checkpoint's PPO config must equal this
+    /// trainer's except for `total_timesteps` (so a finished run can be extended).
+    pub fn load(&mut self, dir: &Path) -> Result<(), AgentError> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| AgentError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let state: TrainerState =
+            serde_json::from_str(&text).map_err(|source| AgentError::Json {
+                path: path.clone(),
+                source,
+            })?;
+        let comparable = PpoConfig {
+            total_timesteps: self.config.total_timesteps,
+            ..state.config.clone()
+        };
+        if comparable != self.config {
+            return Err(AgentError::Checkpoint {
+                path,
+                reason: format!(
+                    "written with a different PPO config:\n  checkpoint: {:?}\n  now:        {:?}",
+                    state.config, self.config
+                ),
+            });
+        }
+        if state.normalizer.as_ref().map(|n| n.returns.len())
+            != self.normalizer.as_ref().map(|n| n.returns.len())
+        {
+            return Err(AgentError::Checkpoint {
+                path,
+                reason: "reward normaliser state does not fit".into(),
+            });
+        }
+        let weights = dir.join(WEIGHTS_FILE);
+        self.vs.load(&weights).map_err(|e| AgentError::Checkpoint {
+            path: weights,
+            reason: e.to_string(),
+        })?;
+        self.optimizer.load(&dir.join(ADAM_FILE))?;
+        self.seed = state.seed;
+        self.iterations_done = state.iterations_done;
+        self.global_step = state.global_step;
+        self.normalizer = state.normalizer;
+        Ok(())
+    }
+}
+
+/// A libtorch seed for iteration `iteration` of run `seed` (splitmix64 finaliser, so nearby
+/// inputs give unrelated seeds).
+fn iteration_seed(seed: u64, iteration: u64) -> i64 {
+    let mut z = seed
+        ^ iteration
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    // libtorch takes a signed seed; keep it non-negative.
+    (z >> 1) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{Mlp, MlpConfig};
+    use crate::envs::{EnvError, LevelInfo, StepView};
+    use tch::{Kind, Tensor};
+
+    /// A deterministic test double: the observation is `[x, t, 0, 0]` where x counts steps in
+    /// the episode; action 1 earns reward 1, action 0 reward 0; episodes last `len` steps.
+    struct CountingEnv {
+        spec: EnvSpec,
+        len: u32,
+        steps: Vec<u32>,
+        obs: Tensor,
+        reward: Vec<f32>,
+        first: Vec<u8>,
+        tracker: crate::envs::EpisodeTracker,
+    }
+
+    impl CountingEnv {
+        fn new(num_envs: usize, len: u32) -> Self {
+            Self {
+                spec: EnvSpec {
+                    name: "counting".into(),
+                    num_envs,
+                    obs_shape: vec![4],
+                    obs_kind: Kind::Float,
+                    num_actions: 2,
+                },
+                len,
+                steps: vec![0; num_envs],
+                obs: Tensor::zeros([num_envs as i64, 4], (Kind::Float, Device::Cpu)),
+                reward: vec![0.0; num_envs],
+                first: vec![1; num_envs],
+                tracker: crate::envs::EpisodeTracker::new(num_envs),
+            }
+        }
+    }
+
+    impl CountingEnv {
+        fn write_obs(&mut self) {
+            let x: Vec<f32> = self.steps.iter().map(|&s| s as f32 / self.len as f32).collect();
+            self.obs.narrow(1, 0, 1).copy_(&Tensor::from_slice(&x).unsqueeze(1));
+        }
+    }
+
+    impl VecEnv for CountingEnv {
+        fn spec(&self) -> &EnvSpec {
+            &self.spec
+        }
+        fn observe(&self) -> StepView<'_> {
+            StepView {
+                obs: &self.obs,
+                reward: &self.reward,
+                first: &self.first,
+                finished: self.tracker.finished(),
+                level: LevelInfo::default(),
+            }
+        }
+        fn step(&mut self, actions: &[i64]) -> Result<StepView<'_>, EnvError> {
+            crate::envs::check_actions(&self.spec, actions)?;
+            for (e, &a) in actions.iter().enumerate() {
+                self.reward[e] = a as f32;
+                self.steps[e] += 1;
+                self.first[e] = u8::from(self.steps[e] == self.len);
+                if self.steps[e] == self.len {
+                    self.steps[e] = 0;
+                }
+            }
+            self.write_obs();
+            self.tracker.record(&self.reward, &self.first, None);
+            Ok(self.observe())
+        }
+        fn save_state(&self) -> Result<Vec<u8>, EnvError> {
+            Ok(serde_json::to_vec(&(&self.steps, &self.reward, &self.first)).unwrap())
+        }
+        fn load_state(&mut self, state: &[u8]) -> Result<(), EnvError> {
+            (self.steps, self.reward, self.first) = serde_json::from_slice(state).unwrap();
+            self.write_obs();
+            Ok(())
+        }
+    }
+
+    fn trainer(config: PpoConfig, seed: u64) -> PpoTrainer {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
+        let policy = ActorCritic::new(vs.root() / "policy", Box::new(enc), 2);
+        let spec = CountingEnv::new(config.num_envs, 5).spec;
+        PpoTrainer::new(vs, policy, &spec, config, seed).unwrap()
+    }
+
+    fn small_config() -> PpoConfig {
+        PpoConfig {
+            total_timesteps: 4 * 16 * 20,
+            num_envs: 4,
+            num_steps: 16,
+            num_minibatches: 2,
+            update_epochs: 2,
+            learning_rate: 1e-2,
+            anneal_lr: true,
+            gamma: 0.9,
+            ..PpoConfig::default()
+        }
+    }
+
+    #[test]
+    fn rollout_fills_storage_and_reports_episodes() {
+        let mut t = trainer(small_config(), 0);
+        let mut env = CountingEnv::new(4, 5);
+        let episodes = collect_rollout(&mut env, &t.policy, &mut t.storage, None).unwrap();
+        // 16 steps of 5-step episodes: 3 endings per env.
+        assert_eq!(episodes.len(), 12);
+        assert!(episodes.iter().all(|e| e.length == 5));
+        // The raw reward equals the action taken.
+        let actions = Vec::<i64>::try_from(t.storage.actions.flatten(0, -1)).unwrap();
+        assert!(t
+            .storage
+            .rewards
+            .iter()
+            .zip(&actions)
+            .all(|(&r, &a)| r == a as f32));
+        // first flags: obs 0 starts episodes; then every 5th.
+        assert!(t.storage.firsts[..4].iter().all(|&f| f == 1));
+        assert!(t.storage.firsts[5 * 4..6 * 4].iter().all(|&f| f == 1));
+        assert!(t.storage.firsts[4..5 * 4].iter().all(|&f| f == 0));
+        // Stored log-probabilities are those of the stored actions.
+        let ev = t.policy.evaluate(
+            &t.storage.obs.flatten(0, 1),
+            &t.storage.actions.flatten(0, 1),
+        );
+        assert!(ev
+            .logprob
+            .allclose(&t.storage.logprobs.flatten(0, 1), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn training_learns_the_rewarding_action() {
+        let mut t = trainer(small_config(), 1);
+        let mut env = CountingEnv::new(4, 5);
+        let mut last = None;
+        while !t.is_done() {
+            last = Some(t.iteration(&mut env).unwrap());
+        }
+        let last = last.unwrap();
+        assert_eq!(last.iteration, 20);
+        assert_eq!(last.global_step, 20 * 64);
+        // The last iteration's learning rate is 1/20 of the initial one.
+        assert!((last.learning_rate - 1e-2 / 20.0).abs() < 1e-12);
+        let mean_return: f64 = last.episodes.iter().map(|e| e.episode_return).sum::<f64>()
+            / last.episodes.len() as f64;
+        assert!(mean_return > 4.5, "mean return {mean_return} of 5");
+    }
+
+    #[test]
+    fn resumed_training_matches_uninterrupted_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = PpoConfig {
+            norm_reward: true,
+            ..small_config()
+        };
+        let mut a = trainer(config.clone(), 2);
+        let mut env_a = CountingEnv::new(4, 5);
+        for _ in 0..3 {
+            a.iteration(&mut env_a).unwrap();
+        }
+        a.save(dir.path()).unwrap();
+        let env_state = env_a.save_state().unwrap();
+        // Another process: same config, different init, resumes from the checkpoint.
+        let mut b = trainer(config, 77);
+        b.load(dir.path()).unwrap();
+        let mut env_b = CountingEnv::new(4, 5);
+        env_b.load_state(&env_state).unwrap();
+        assert_eq!(b.iterations_done(), 3);
+        assert_eq!(b.global_step(), 3 * 64);
+        assert_eq!(b.normalizer, a.normalizer);
+        let sa = a.iteration(&mut env_a).unwrap();
+        let sb = b.iteration(&mut env_b).unwrap();
+        assert_eq!(sa.ppo, sb.ppo);
+        for (name, w) in a.vs.variables() {
+            assert!(w.equal(&b.vs.variables()[&name]), "{name} differs");
+        }
+    }
+
+    #[test]
+    fn load_rejects_another_config() {
+        let dir = tempfile::tempdir().unwrap();
+        trainer(small_config(), 3).save(dir.path()).unwrap();
+        let mut other = trainer(
+            PpoConfig {
+                gamma: 0.5,
+                ..small_config()
+            },
+            3,
+        );
+        assert!(matches!(
+            other.load(dir.path()),
+            Err(AgentError::Checkpoint { .. })
+        ));
+        let mut longer = trainer(
+            PpoConfig {
+                total_timesteps: 1 << 20,
+                ..small_config()
+            },
+            3,
+        );
+        longer.load(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn mismatched_env_is_an_error() {
+        let config = small_config();
+        let mut t = trainer(config, 4);
+        let mut env = CountingEnv::new(3, 5);
+        assert!(matches!(t.iteration(&mut env), Err(AgentError::Config(_))));
+    }
+
+    #[test]
+    fn iteration_seeds_differ() {
+        let seeds: std::collections::HashSet<i64> = (0..100)
+            .flat_map(|i| [iteration_seed(0, i), iteration_seed(1, i)])
+            .collect();
+        assert_eq!(seeds.len(), 200);
+        assert!(seeds.iter().all(|&s| s >= 0));
+    }
+}

@@ -1,0 +1,654 @@
+//! TensorBoard sink: TFRecord event files written through tensorboard-rs, with the summaries
+//! it lacks (text, histograms from raw values, correctly sized PNG images) built here from
+//! its protobuf types.
+//!
+//! We use tensorboard-rs's record framing (`RecordWriter`, masked CRC32C) and its scalar and
+//! raw-histogram summary builders, but open the events file ourselves instead of using its
+//! `EventFileWriter`, because that writer:
+//! - names the file with one-second resolution, so two writers opened in the same second on
+//!   one folder truncate each other's file;
+//! - writes on a background thread that panics on any I/O error, after which every later
+//!   call, including its `Drop`, panics too (a panic in `Drop` while the trainer is already
+//!   unwinding aborts the process);
+//! - reports nothing back, so a full disk could not become a warning.
+//!
+//! Every call into tensorboard-rs still runs under `catch_unwind`: a panic there becomes a
+//! one-time warning, and a failed write disables the sink for the rest of the run.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::{BufWriter, ErrorKind, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protobuf::{Message, RepeatedField};
+use tensorboard_proto::event::Event;
+use tensorboard_proto::plugin_text::TextPluginData;
+use tensorboard_proto::summary::{
+    Summary, SummaryMetadata, SummaryMetadata_PluginData, Summary_Image, Summary_Value,
+};
+use tensorboard_proto::tensor::TensorProto;
+use tensorboard_proto::tensor_shape::{TensorShapeProto, TensorShapeProto_Dim};
+use tensorboard_proto::types::DataType;
+use tensorboard_rs::record_writer::RecordWriter;
+
+use super::{check_image, LoggingError, MetricsSink};
+
+/// Writes one TensorBoard events file. Open one per run directory: TensorBoard treats every
+/// events file in a folder as one run and reads them in name order.
+pub struct TensorBoardSink {
+    path: PathBuf,
+    /// None once a write failed: the sink is then disabled for the rest of the run.
+    writer: Option<RecordWriter<Box<dyn Write + Send>>>,
+    /// Tags already warned about bad input, so a bad call in a loop warns once.
+    warned_tags: HashSet<String>,
+}
+
+impl TensorBoardSink {
+    /// Creates `logdir` if needed and a new events file in it. The file name follows
+    /// TensorFlow's `events.out.tfevents.{secs}.{host}.{pid}.{n}`; `n` is bumped until the
+    /// name is free (the file is created with `create_new`), so sinks opened in the same
+    /// second never share a file.
+    pub fn create(logdir: impl AsRef<Path>) -> Result<Self, LoggingError> {
+        let logdir = logdir.as_ref();
+        fs::create_dir_all(logdir).map_err(|source| LoggingError::CreateDir {
+            path: logdir.to_path_buf(),
+            source,
+        })?;
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let host = hostname();
+        let pid = std::process::id();
+        let mut n = 0u32;
+        let (file, path) = loop {
+            let path = logdir.join(format!("events.out.tfevents.{secs:010}.{host}.{pid}.{n}"));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => break (file, path),
+                Err(err) if err.kind() == ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+                Err(source) => return Err(LoggingError::CreateFile { path, source }),
+            }
+        };
+        let writer: Box<dyn Write + Send> = Box::new(BufWriter::new(file));
+        let mut sink = Self::with_writer(writer, path.clone());
+        // TensorBoard identifies the format from this first record; without it a reader may
+        // skip the file, so failing here is an error rather than a warning.
+        let mut version = Event::new();
+        version.set_wall_time(wall_time());
+        version.set_file_version("brain.Event:2".to_owned());
+        let written = sink
+            .write_event(&version)
+            .and_then(|()| sink.flush_writer());
+        if let Err(message) = written {
+            // Drop the writer first so that dropping the sink does not warn a second time.
+            sink.writer = None;
+            return Err(LoggingError::Write { path, message });
+        }
+        Ok(sink)
+    }
+
+    /// A sink over any writer; `path` only names it in warnings. Tests use it to inject
+    /// failing writers.
+    pub(crate) fn with_writer(writer: Box<dyn Write + Send>, path: PathBuf) -> Self {
+        Self {
+            path,
+            writer: Some(RecordWriter::new(writer)),
+            warned_tags: HashSet::new(),
+        }
+    }
+
+    /// The events file this sink writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// False once a write failed and the sink stopped writing.
+    pub fn is_enabled(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Serialises one event and appends it as a TFRecord; errors and panics become `Err`.
+    fn write_event(&mut self, event: &Event) -> Result<(), String> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            let bytes = event.write_to_bytes().map_err(|e| e.to_string())?;
+            writer.write(&bytes).map_err(|e| e.to_string())
+        }));
+        result.unwrap_or_else(|panic| Err(panic_message(&panic)))
+    }
+
+    fn flush_writer(&mut self) -> Result<(), String> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        catch_unwind(AssertUnwindSafe(|| {
+            writer.flush().map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|panic| Err(panic_message(&panic)))
+    }
+
+    /// Turns a write failure into the one warning this sink prints about its file.
+    fn disable(&mut self, message: &str) {
+        if self.writer.take().is_some() {
+            eprintln!(
+                "warning: TensorBoard logging stopped: writing {} failed: {message}; \
+                 the run continues without it",
+                self.path.display()
+            );
+        }
+    }
+
+    fn warn_tag(&mut self, tag: &str, message: &str) {
+        if self.warned_tags.insert(tag.to_owned()) {
+            eprintln!("warning: TensorBoard tag {tag:?} skipped: {message} (warned once)");
+        }
+    }
+
+    /// Builds a summary (catching panics from tensorboard-rs) and writes it at `step`.
+    fn add_summary(
+        &mut self,
+        tag: &str,
+        step: i64,
+        build: impl FnOnce() -> Result<Summary, String>,
+    ) {
+        if self.writer.is_none() {
+            return;
+        }
+        let summary = match catch_unwind(AssertUnwindSafe(build)) {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(message)) => return self.warn_tag(tag, &message),
+            Err(panic) => {
+                let message = format!("tensorboard-rs panicked: {}", panic_message(&panic));
+                return self.warn_tag(tag, &message);
+            }
+        };
+        let mut event = Event::new();
+        event.set_wall_time(wall_time());
+        event.set_step(step);
+        event.set_summary(summary);
+        if let Err(message) = self.write_event(&event) {
+            self.disable(&message);
+        }
+    }
+}
+
+impl MetricsSink for TensorBoardSink {
+    fn scalar(&mut self, tag: &str, value: f64, step: i64) {
+        // TensorBoard's scalar plugin reads `simple_value`, a float32.
+        self.add_summary(tag, step, || {
+            Ok(tensorboard_rs::summary::scalar(tag, value as f32))
+        });
+    }
+
+    fn histogram(&mut self, tag: &str, values: &[f64], step: i64) {
+        self.add_summary(tag, step, || {
+            let h = HistogramSummary::from_values(values)
+                .ok_or_else(|| "histogram has no finite values".to_owned())?;
+            Ok(tensorboard_rs::summary::histogram_raw(
+                tag,
+                h.min,
+                h.max,
+                h.num,
+                h.sum,
+                h.sum_squares,
+                &h.bucket_limit,
+                &h.bucket,
+            ))
+        });
+    }
+
+    fn image(&mut self, tag: &str, rgb: &[u8], height: usize, width: usize, step: i64) {
+        self.add_summary(tag, step, || image_summary(tag, rgb, height, width));
+    }
+
+    fn text(&mut self, tag: &str, markdown: &str, step: i64) {
+        self.add_summary(tag, step, || text_summary(tag, markdown));
+    }
+
+    fn flush(&mut self) {
+        if let Err(message) = self.flush_writer() {
+            self.disable(&message);
+        }
+    }
+}
+
+impl Drop for TensorBoardSink {
+    fn drop(&mut self) {
+        // Dropping the BufWriter would flush too, but silently; flush here so a lost tail of
+        // the log is reported. `flush_writer` cannot panic (it catches), so this is safe even
+        // while unwinding.
+        MetricsSink::flush(self);
+    }
+}
+
+/// The text plugin's format: a one-element DT_STRING tensor tagged with plugin "text"
+/// (what `torch.utils.tensorboard.SummaryWriter.add_text` writes, without its
+/// "/text_summary" tag suffix).
+fn text_summary(tag: &str, markdown: &str) -> Result<Summary, String> {
+    let content = TextPluginData::new()
+        .write_to_bytes()
+        .map_err(|e| e.to_string())?;
+    let mut plugin_data = SummaryMetadata_PluginData::new();
+    plugin_data.set_plugin_name("text".to_owned());
+    plugin_data.set_content(content);
+    let mut metadata = SummaryMetadata::new();
+    metadata.set_plugin_data(plugin_data);
+
+    let mut dim = TensorShapeProto_Dim::new();
+    dim.set_size(1);
+    let mut shape = TensorShapeProto::new();
+    shape.set_dim(RepeatedField::from_vec(vec![dim]));
+    let mut tensor = TensorProto::new();
+    tensor.set_dtype(DataType::DT_STRING);
+    tensor.set_tensor_shape(shape);
+    tensor.set_string_val(RepeatedField::from_vec(vec![markdown.as_bytes().to_vec()]));
+
+    let mut value = Summary_Value::new();
+    value.set_tag(tag.to_owned());
+    value.set_metadata(metadata);
+    value.set_tensor(tensor);
+    Ok(single_value(value))
+}
+
+/// A PNG-encoded image summary. Built here because tensorboard-rs's `image` takes CHW dims
+/// but packed HWC data and writes width and height swapped in the header.
+fn image_summary(tag: &str, rgb: &[u8], height: usize, width: usize) -> Result<Summary, String> {
+    check_image(rgb, height, width)?;
+    // check_image bounds both sizes by i32::MAX, so these conversions are lossless.
+    let png = encode_png(rgb, height as u32, width as u32).map_err(|e| e.to_string())?;
+    let mut image = Summary_Image::new();
+    image.set_height(height as i32);
+    image.set_width(width as i32);
+    image.set_colorspace(3); // RGB
+    image.set_encoded_image_string(png);
+    let mut value = Summary_Value::new();
+    value.set_tag(tag.to_owned());
+    value.set_image(image);
+    Ok(single_value(value))
+}
+
+fn single_value(value: Summary_Value) -> Summary {
+    let mut summary = Summary::new();
+    summary.set_value(RepeatedField::from_vec(vec![value]));
+    summary
+}
+
+/// 8-bit RGB PNG of packed HWC pixels.
+fn encode_png(rgb: &[u8], height: u32, width: u32) -> Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()?;
+    Ok(out)
+}
+
+/// TensorFlow's default histogram bucket limits (`histogram.cc`): right edges growing by
+/// 10% from 1e-12 to 1e20, mirrored for negatives, with 0 and +-f64::MAX at the ends.
+pub fn default_bucket_limits() -> &'static [f64] {
+    static LIMITS: OnceLock<Vec<f64>> = OnceLock::new();
+    LIMITS.get_or_init(|| {
+        let mut positive = Vec::new();
+        let mut v = 1e-12;
+        while v < 1e20 {
+            positive.push(v);
+            v *= 1.1;
+        }
+        positive.push(f64::MAX);
+        let mut limits: Vec<f64> = positive.iter().rev().map(|v| -v).collect();
+        limits.push(0.0);
+        limits.extend(positive);
+        limits
+    })
+}
+
+/// The fields of TensorBoard's `HistogramProto`, computed the way TensorFlow's
+/// `Histogram::Add` + `EncodeToProto` do: value `v` goes to the first bucket whose right
+/// edge is greater than `v`, and runs of empty buckets are merged into one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSummary {
+    pub min: f64,
+    pub max: f64,
+    pub num: f64,
+    pub sum: f64,
+    pub sum_squares: f64,
+    /// Right edge of each emitted bucket.
+    pub bucket_limit: Vec<f64>,
+    /// Count in each emitted bucket.
+    pub bucket: Vec<f64>,
+}
+
+impl HistogramSummary {
+    /// Summarises the finite values (NaN and infinities are dropped, as they would poison
+    /// min/max/sum); None when none are left.
+    pub fn from_values(values: &[f64]) -> Option<Self> {
+        let limits = default_bucket_limits();
+        let mut counts = vec![0.0f64; limits.len()];
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut num, mut sum, mut sum_squares) = (0.0, 0.0, 0.0);
+        for &v in values.iter().filter(|v| v.is_finite()) {
+            // upper_bound: the first limit strictly greater than v. Only v == f64::MAX runs
+            // past the end; TensorFlow clamps that into the last bucket too.
+            let b = limits.partition_point(|&limit| limit <= v);
+            counts[b.min(limits.len() - 1)] += 1.0;
+            min = min.min(v);
+            max = max.max(v);
+            num += 1.0;
+            sum += v;
+            sum_squares += v * v;
+        }
+        if num == 0.0 {
+            return None;
+        }
+        let mut bucket_limit = Vec::new();
+        let mut bucket = Vec::new();
+        let mut i = 0;
+        while i < counts.len() {
+            let mut end = limits[i];
+            let mut count = counts[i];
+            i += 1;
+            if count <= 0.0 {
+                while i < counts.len() && counts[i] <= 0.0 {
+                    end = limits[i];
+                    count = counts[i];
+                    i += 1;
+                }
+            }
+            bucket_limit.push(end);
+            bucket.push(count);
+        }
+        Some(Self {
+            min,
+            max,
+            num,
+            sum,
+            sum_squares,
+            bucket_limit,
+            bucket,
+        })
+    }
+}
+
+fn wall_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The host name for the events file name (TensorFlow's convention); any character that is
+/// awkward in a file name becomes '_'.
+fn hostname() -> String {
+    let raw = fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let clean: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "localhost".to_owned()
+    } else {
+        clean
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::io::Read;
+    use tensorboard_rs::masked_crc32c::masked_crc32c;
+
+    /// Reads a TFRecord file back, checking both CRCs of every record.
+    fn read_events(path: &Path) -> Vec<Event> {
+        let mut data = Vec::new();
+        File::open(path).unwrap().read_to_end(&mut data).unwrap();
+        let mut events = Vec::new();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let len_bytes = &rest[..8];
+            let len = u64::from_le_bytes(len_bytes.try_into().unwrap()) as usize;
+            let len_crc = u32::from_le_bytes(rest[8..12].try_into().unwrap());
+            assert_eq!(len_crc, masked_crc32c(len_bytes));
+            let payload = &rest[12..12 + len];
+            let crc = u32::from_le_bytes(rest[12 + len..16 + len].try_into().unwrap());
+            assert_eq!(crc, masked_crc32c(payload));
+            events.push(Event::parse_from_bytes(payload).unwrap());
+            rest = &rest[16 + len..];
+        }
+        events
+    }
+
+    fn only_value(event: &Event) -> &Summary_Value {
+        let values = event.get_summary().get_value();
+        assert_eq!(values.len(), 1);
+        &values[0]
+    }
+
+    #[test]
+    fn events_file_holds_every_summary_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = TensorBoardSink::create(dir.path().join("run")).unwrap();
+        sink.scalar("charts/SPS", 1234.5, 7);
+        sink.histogram("alphas", &[-1.0, 0.0, 0.5, 0.5, 3.0], 8);
+        // 2 rows x 3 columns, a distinct value in every byte to catch any transposition.
+        let rgb: Vec<u8> = (0..18).map(|i| i * 10).collect();
+        sink.image("frame", &rgb, 2, 3, 9);
+        sink.text("config", "# Config\n`lr = 3e-4`", 10);
+        let path = sink.path().to_path_buf();
+        drop(sink);
+
+        let events = read_events(&path);
+        assert_eq!(events.len(), 5);
+        assert_eq!(events[0].get_file_version(), "brain.Event:2");
+
+        let scalar = only_value(&events[1]);
+        assert_eq!(events[1].get_step(), 7);
+        assert_eq!(scalar.get_tag(), "charts/SPS");
+        assert_eq!(scalar.get_simple_value(), 1234.5);
+
+        let histo = only_value(&events[2]).get_histo();
+        assert_eq!(histo.get_num(), 5.0);
+        assert_eq!(histo.get_sum(), 3.0);
+        assert_eq!(histo.get_min(), -1.0);
+        assert_eq!(histo.get_max(), 3.0);
+        assert_eq!(histo.get_bucket().iter().sum::<f64>(), 5.0);
+
+        let image = only_value(&events[3]).get_image();
+        assert_eq!((image.get_height(), image.get_width()), (2, 3));
+        let decoder = png::Decoder::new(image.get_encoded_image_string());
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!((info.height, info.width), (2, 3));
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(&pixels[..info.buffer_size()], &rgb[..]);
+
+        let text = only_value(&events[4]);
+        assert_eq!(
+            text.get_metadata().get_plugin_data().get_plugin_name(),
+            "text"
+        );
+        let tensor = text.get_tensor();
+        assert_eq!(tensor.get_dtype(), DataType::DT_STRING);
+        assert_eq!(tensor.get_tensor_shape().get_dim()[0].get_size(), 1);
+        assert_eq!(tensor.get_string_val(), [b"# Config\n`lr = 3e-4`".to_vec()]);
+    }
+
+    #[test]
+    fn sinks_opened_together_get_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = TensorBoardSink::create(dir.path()).unwrap();
+        let mut b = TensorBoardSink::create(dir.path()).unwrap();
+        assert_ne!(a.path(), b.path());
+        a.scalar("x", 1.0, 0);
+        b.scalar("x", 2.0, 0);
+        let (pa, pb) = (a.path().to_path_buf(), b.path().to_path_buf());
+        drop((a, b));
+        assert_eq!(only_value(&read_events(&pa)[1]).get_simple_value(), 1.0);
+        assert_eq!(only_value(&read_events(&pb)[1]).get_simple_value(), 2.0);
+    }
+
+    #[test]
+    fn unusable_logdir_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, b"x").unwrap();
+        let err = TensorBoardSink::create(file.join("run")).err().unwrap();
+        assert!(matches!(err, LoggingError::CreateDir { .. }), "{err}");
+    }
+
+    /// Fails (or panics on) every write, counting the attempts.
+    struct Failing {
+        attempts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        panics: bool,
+    }
+    impl Write for Failing {
+        fn write(&mut self, _buf: &[u8]) -> std::io::Result<usize> {
+            self.attempts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.panics {
+                panic!("writer panicked on purpose");
+            }
+            Err(std::io::Error::new(ErrorKind::StorageFull, "disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_failures_and_panics_disable_the_sink_once() {
+        for panics in [false, true] {
+            let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let writer = Failing {
+                attempts: attempts.clone(),
+                panics,
+            };
+            let mut sink = TensorBoardSink::with_writer(Box::new(writer), "test".into());
+            sink.scalar("x", 1.0, 0);
+            assert!(!sink.is_enabled());
+            sink.scalar("x", 2.0, 1);
+            sink.text("t", "still fine", 1);
+            sink.flush();
+            // Only the first call reached the writer; later ones were skipped quietly.
+            assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_skip_that_call_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = TensorBoardSink::create(dir.path()).unwrap();
+        sink.image("frame", &[0; 5], 1, 2, 0);
+        sink.histogram("empty", &[], 0);
+        sink.histogram("nan", &[f64::NAN], 0);
+        sink.scalar("ok", 1.0, 0);
+        assert!(sink.is_enabled());
+        assert_eq!(sink.warned_tags.len(), 3);
+        let path = sink.path().to_path_buf();
+        drop(sink);
+        let events = read_events(&path);
+        assert_eq!(events.len(), 2);
+        assert_eq!(only_value(&events[1]).get_tag(), "ok");
+    }
+
+    #[test]
+    fn default_buckets_match_tensorflow() {
+        let limits = default_bucket_limits();
+        let n = limits.len();
+        let zero = n / 2;
+        assert_eq!(n % 2, 1);
+        assert_eq!(limits[zero], 0.0);
+        assert_eq!(limits[zero + 1], 1e-12);
+        assert_eq!((limits[0], limits[n - 1]), (-f64::MAX, f64::MAX));
+        // Mirrored, growing by 10%, and the last finite edge is the last one below 1e20.
+        assert!((0..zero).all(|i| limits[i] == -limits[n - 1 - i]));
+        assert!(limits[zero + 1..n - 1]
+            .windows(2)
+            .all(|w| (w[1] / w[0] - 1.1).abs() < 1e-12));
+        let last = limits[n - 2];
+        assert!(last < 1e20 && last * 1.1 >= 1e20);
+        // TensorFlow's table has 774 positive edges below 1e20 (1e-12 * 1.1^773 < 1e20).
+        assert_eq!(n, 2 * (774 + 1) + 1);
+    }
+
+    /// The straightforward version: scan every edge for every value, keep every bucket,
+    /// then merge empty runs.
+    fn naive_counts(values: &[f64]) -> Vec<(f64, f64)> {
+        let limits = default_bucket_limits();
+        let mut counts = vec![0.0; limits.len()];
+        for &v in values.iter().filter(|v| v.is_finite()) {
+            let mut b = limits.len() - 1;
+            for (i, &limit) in limits.iter().enumerate() {
+                if limit > v {
+                    b = i;
+                    break;
+                }
+            }
+            counts[b] += 1.0;
+        }
+        let mut merged: Vec<(f64, f64)> = Vec::new();
+        for (i, &count) in counts.iter().enumerate() {
+            let previous_empty = merged.last().is_some_and(|&(_, c)| c == 0.0);
+            if count == 0.0 && previous_empty {
+                merged.last_mut().unwrap().0 = limits[i];
+            } else {
+                merged.push((limits[i], count));
+            }
+        }
+        merged
+    }
+
+    #[test]
+    fn histogram_matches_naive_reference() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1e-13,
+            -1e-13,
+            1.0,
+            1.0,
+            1.1,
+            -2.5,
+            1e25,
+            f64::MAX,
+        ];
+        values.extend((0..200).map(|i| ((i as f64) * 0.37).sin() * 10f64.powi(i % 7 - 3)));
+        values.push(f64::NAN);
+        values.push(f64::NEG_INFINITY);
+        let h = HistogramSummary::from_values(&values).unwrap();
+        let expected = naive_counts(&values);
+        let got: Vec<(f64, f64)> = h.bucket_limit.iter().copied().zip(h.bucket).collect();
+        assert_eq!(got, expected);
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        assert_eq!(h.num, finite.len() as f64);
+        assert_eq!(h.max, f64::MAX);
+        assert_eq!(h.min, finite.iter().copied().fold(f64::INFINITY, f64::min));
+        assert_eq!(h.sum, finite.iter().sum::<f64>());
+    }
+}

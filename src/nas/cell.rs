@@ -1,0 +1,378 @@
+//! Search cells: a DAG of `N` nodes over one input (RL-DARTS, Miao et al. 2021;
+//! NAS-Bench-201, Dong & Yang 2020) or two (DARTS, Liu et al. 2019, `model_search.py`), where
+//! node `j` sums a mixed op over every earlier state. The op weights come in as an argument.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+use super::ops::{factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom, Sequence};
+use super::{MixedOp, NasError, OpCost, OpSet, OpSpec, OpWeights};
+
+/// The topology every cell of a search space shares; it fixes the shape of the architecture
+/// parameters, `[num_edges, num_ops]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellSpace {
+    /// States the cell receives: 2 in DARTS (cells k-2 and k-1), 1 in RL-DARTS and
+    /// NAS-Bench-201.
+    pub num_inputs: usize,
+    /// Intermediate nodes: 4 in DARTS and RL-DARTS, 3 in NAS-Bench-201 (whose `max_nodes = 4`
+    /// counts the input node).
+    pub num_nodes: usize,
+    pub op_set: OpSet,
+}
+
+/// One edge of a cell: from state `from` (inputs first, then nodes) into node `node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Row of the op-weight matrix.
+    pub index: usize,
+    /// State index: `0..num_inputs` are the inputs, `num_inputs + j` is node `j`.
+    pub from: usize,
+    /// Intermediate node `0..num_nodes` (state `num_inputs + node`).
+    pub node: usize,
+}
+
+impl CellSpace {
+    /// DARTS CNN space: 2 inputs, 4 nodes, 14 edges, the 8 DARTS ops.
+    pub fn darts() -> Self {
+        Self { num_inputs: 2, num_nodes: 4, op_set: OpSet::Darts }
+    }
+
+    /// RL-DARTS: 1 input, 4 nodes, 10 edges.
+    pub fn rl_darts(op_set: OpSet) -> Self {
+        Self { num_inputs: 1, num_nodes: 4, op_set }
+    }
+
+    /// NAS-Bench-201: 1 input, 3 nodes, 6 edges, 5 ops.
+    pub fn nas_bench_201() -> Self {
+        Self { num_inputs: 1, num_nodes: 3, op_set: OpSet::NasBench201 }
+    }
+
+    /// The same space with `num_nodes` intermediate nodes.
+    pub fn with_nodes(self, num_nodes: usize) -> Self {
+        Self { num_nodes, ..self }
+    }
+
+    /// `sum_{j < N} (num_inputs + j)`.
+    pub fn num_edges(&self) -> usize {
+        (0..self.num_nodes).map(|j| self.num_inputs + j).sum()
+    }
+
+    pub fn num_ops(&self) -> usize {
+        self.op_set.len()
+    }
+
+    /// Rows of node `node`'s incoming edges: contiguous, ordered by source state (the DARTS
+    /// and NAS-Bench-201 order).
+    pub fn node_edges(&self, node: usize) -> std::ops::Range<usize> {
+        let start: usize = (0..node).map(|j| self.num_inputs + j).sum();
+        start..start + self.num_inputs + node
+    }
+
+    /// Every edge, in row order.
+    pub fn edges(&self) -> Vec<Edge> {
+        (0..self.num_nodes)
+            .flat_map(|node| {
+                self.node_edges(node).enumerate().map(move |(from, index)| Edge { index, from, node })
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), NasError> {
+        if !(1..=2).contains(&self.num_inputs) || self.num_nodes == 0 {
+            return Err(NasError::Config(format!(
+                "a cell needs 1 or 2 inputs and at least one node, got {} inputs and {} nodes",
+                self.num_inputs, self.num_nodes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How a cell combines its intermediate nodes into its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellOutput {
+    /// Channel concat of the nodes (DARTS): `num_nodes * C` channels.
+    Concat,
+    /// Concat, then a 1x1 conv back to `C` channels (RL-DARTS's default).
+    ConcatConv1x1,
+    /// Element-wise sum of the nodes, `C` channels.
+    Sum,
+    /// Element-wise mean of the nodes, `C` channels.
+    Mean,
+    /// The last node only (NAS-Bench-201), `C` channels.
+    LastNode,
+}
+
+impl CellOutput {
+    /// Output channels for `nodes` concatenated (or combined) nodes of `c` channels each.
+    pub fn channels(self, nodes: usize, c: i64) -> i64 {
+        match self {
+            CellOutput::Concat => nodes as i64 * c,
+            _ => c,
+        }
+    }
+}
+
+/// What a cell receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellInputs {
+    /// RL-DARTS / NAS-Bench-201: the previous output with `c_prev` channels, fed to the ops as
+    /// is (ops on input edges map `c_prev -> C` themselves).
+    One { c_prev: i64 },
+    /// DARTS: outputs of cells k-2 and k-1, each brought to `C` channels by relu-conv1x1-BN,
+    /// or by FactorizedReduce when cell k-1 was a reduction (the k-2 output is then at twice
+    /// the resolution).
+    Two { c_prev_prev: i64, c_prev: i64, reduction_prev: bool },
+}
+
+impl CellInputs {
+    fn count(&self) -> usize {
+        match self {
+            CellInputs::One { .. } => 1,
+            CellInputs::Two { .. } => 2,
+        }
+    }
+}
+
+/// Everything a search cell is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchCellConfig {
+    pub space: CellSpace,
+    /// Channels of every node.
+    pub c: i64,
+    /// Stride 2 on the edges leaving the inputs (and nowhere else).
+    pub reduction: bool,
+    pub inputs: CellInputs,
+    pub output: CellOutput,
+    /// BatchNorm(affine = false) after each node's sum (RL-DARTS), which keeps node scales
+    /// comparable however the op weights are distributed.
+    pub node_bn: bool,
+    /// BN affine inside ops and preprocessing (false in DARTS search).
+    pub affine: bool,
+    /// BN after pooling ops (DARTS search).
+    pub pool_bn: bool,
+}
+
+impl SearchCellConfig {
+    /// Output channels of the cell.
+    pub fn out_channels(&self) -> i64 {
+        self.output.channels(self.space.num_nodes, self.c)
+    }
+}
+
+/// A search cell: one [`MixedOp`] per edge.
+#[derive(Debug)]
+pub struct SearchCell {
+    config: SearchCellConfig,
+    preprocess: Vec<Sequence>,
+    edges: Vec<MixedOp>,
+    node_bns: Vec<nn::BatchNorm>,
+    output_proj: Option<nn::Conv2D>,
+}
+
+impl SearchCell {
+    /// Variables under `p`: `preprocess0`, `preprocess1`, `edge{e}/{op}`, `node_bn{j}`, `output`.
+    pub fn new(p: nn::Path, config: SearchCellConfig) -> Result<Self, NasError> {
+        let space = config.space;
+        space.validate()?;
+        if config.inputs.count() != space.num_inputs {
+            return Err(NasError::Config(format!(
+                "cell space has {} inputs but the cell was given {:?}",
+                space.num_inputs, config.inputs
+            )));
+        }
+        let c = config.c;
+        let (preprocess, c_input) = match config.inputs {
+            CellInputs::One { c_prev } => (Vec::new(), c_prev),
+            CellInputs::Two { c_prev_prev, c_prev, reduction_prev } => {
+                let plan0 = if reduction_prev {
+                    factorized_reduce_plan(c_prev_prev, c, config.affine)
+                } else {
+                    relu_conv_bn_plan(c_prev_prev, c, 1, 1, 0, config.affine)
+                };
+                let plan1 = relu_conv_bn_plan(c_prev, c, 1, 1, 0, config.affine);
+                (vec![Sequence::new(&p / "preprocess0", plan0), Sequence::new(&p / "preprocess1", plan1)], c)
+            }
+        };
+        let edges = space
+            .edges()
+            .iter()
+            .map(|edge| {
+                let from_input = edge.from < space.num_inputs;
+                let spec = OpSpec {
+                    c_in: if from_input { c_input } else { c },
+                    c_out: c,
+                    stride: if config.reduction && from_input { 2 } else { 1 },
+                    affine: config.affine,
+                    pool_bn: config.pool_bn,
+                    stride_style: space.op_set.stride_style(),
+                };
+                MixedOp::new(&p / format!("edge{}", edge.index), space.op_set, spec)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let node_bns = if config.node_bn {
+            (0..space.num_nodes).map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false)).collect()
+        } else {
+            Vec::new()
+        };
+        let output_proj = (config.output == CellOutput::ConcatConv1x1).then(|| {
+            let geom = ConvGeom {
+                c_in: space.num_nodes as i64 * c,
+                c_out: c,
+                kernel: 1,
+                stride: 1,
+                padding: 0,
+                dilation: 1,
+                groups: 1,
+                bias: true,
+            };
+            torch_conv2d(&p / "output", &geom)
+        });
+        Ok(Self { config, preprocess, edges, node_bns, output_proj })
+    }
+
+    pub fn config(&self) -> &SearchCellConfig {
+        &self.config
+    }
+
+    pub fn edges(&self) -> &[MixedOp] {
+        &self.edges
+    }
+
+    /// Per-sample cost of every op on every edge, `[num_edges][num_ops]`, for inputs of shape
+    /// `[C, H, W]` (SNAS's resource penalty sums the chosen ops' entries), and the output shape.
+    /// Preprocessing, node BN and the output projection are shared by every architecture and
+    /// left out.
+    pub fn op_costs(&self, input_chw: &[[i64; 3]]) -> (Vec<Vec<OpCost>>, [i64; 3]) {
+        let space = &self.config.space;
+        let mut states: Vec<[i64; 3]> = if self.preprocess.is_empty() {
+            input_chw.to_vec()
+        } else {
+            self.preprocess.iter().zip(input_chw).map(|(pre, &chw)| pre.out_shape(chw)).collect()
+        };
+        let mut costs = vec![Vec::new(); space.num_edges()];
+        for node in 0..space.num_nodes {
+            let mut node_shape = [0; 3];
+            for (from, e) in space.node_edges(node).enumerate() {
+                costs[e] = self.edges[e].ops().iter().map(|op| op.cost(states[from])).collect();
+                node_shape = self.edges[e].out_shape(states[from]);
+            }
+            states.push(node_shape);
+        }
+        let [_, h, w] = states[states.len() - 1];
+        (costs, [self.config.out_channels(), h, w])
+    }
+
+    /// # Shapes
+    /// `inputs`: `num_inputs` tensors; DARTS `[N, C_pp, H_pp, W_pp]` (twice the resolution after
+    /// a reduction) and `[N, C_p, H, W]`; RL-DARTS `[N, C_p, H, W]`.
+    /// `weights`: `[num_edges, num_ops]`.
+    /// Returns `[N, out_channels, H', W']`, `H' = ceil(H / 2)` in reduction cells.
+    pub fn forward_t(&self, inputs: &[&Tensor], weights: &OpWeights, train: bool) -> Tensor {
+        let space = &self.config.space;
+        assert_eq!(inputs.len(), space.num_inputs, "cell expects {} inputs", space.num_inputs);
+        let mut states: Vec<Tensor> = if self.preprocess.is_empty() {
+            inputs.iter().map(|x| x.shallow_clone()).collect()
+        } else {
+            self.preprocess.iter().zip(inputs).map(|(pre, x)| pre.forward_t(x, train)).collect()
+        };
+        let w = weights.weights();
+        for node in 0..space.num_nodes {
+            let mut sum: Option<Tensor> = None;
+            for (from, e) in space.node_edges(node).enumerate() {
+                let y = self.edges[e].forward_sampled(&states[from], &w.get(e as i64), weights.active(e), train);
+                sum = Some(match sum {
+                    None => y,
+                    Some(acc) => acc + y,
+                });
+            }
+            // num_inputs >= 1, so every node has at least one incoming edge.
+            let mut s = sum.expect("every node has an incoming edge");
+            if let Some(bn) = self.node_bns.get(node) {
+                s = bn.forward_t(&s, train);
+            }
+            states.push(s);
+        }
+        combine_nodes(&states[space.num_inputs..], self.config.output, self.output_proj.as_ref())
+    }
+}
+
+/// Combines node outputs (all `[N, C, H, W]`) into the cell output.
+pub(crate) fn combine_nodes(nodes: &[Tensor], output: CellOutput, proj: Option<&nn::Conv2D>) -> Tensor {
+    match output {
+        CellOutput::Concat => Tensor::cat(nodes, 1),
+        CellOutput::ConcatConv1x1 => {
+            let proj = proj.expect("ConcatConv1x1 cells build their projection");
+            proj.forward(&Tensor::cat(nodes, 1))
+        }
+        CellOutput::Sum => Tensor::stack(nodes, 0).sum_dim_intlist(0, false, nodes[0].kind()),
+        CellOutput::Mean => Tensor::stack(nodes, 0).mean_dim(0, false, nodes[0].kind()),
+        CellOutput::LastNode => nodes[nodes.len() - 1].shallow_clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn edge_counts_and_order_follow_darts() {
+        assert_eq!(CellSpace::darts().num_edges(), 14);
+        assert_eq!(CellSpace::rl_darts(OpSet::RlDarts).num_edges(), 10);
+        assert_eq!(CellSpace::nas_bench_201().num_edges(), 6);
+        let edges = CellSpace::darts().edges();
+        // Node 1 (third edge onwards): from states 0, 1, 2.
+        assert_eq!((edges[2].from, edges[2].node), (0, 1));
+        assert_eq!((edges[4].from, edges[4].node), (2, 1));
+        assert_eq!(CellSpace::darts().node_edges(3), 9..14);
+        let nb = CellSpace::nas_bench_201().edges();
+        // NAS-Bench-201 edge keys 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2.
+        let keys: Vec<(usize, usize)> = nb.iter().map(|e| (e.node + 1, e.from)).collect();
+        assert_eq!(keys, [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]);
+    }
+
+    fn config(space: CellSpace, inputs: CellInputs, reduction: bool, output: CellOutput) -> SearchCellConfig {
+        SearchCellConfig { space, c: 8, reduction, inputs, output, node_bn: false, affine: false, pool_bn: true }
+    }
+
+    #[test]
+    fn darts_cells_reduce_and_concatenate() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let space = CellSpace::darts();
+        let weights = OpWeights::dense(Tensor::ones([14, 8], (Kind::Float, Device::Cpu)) / 8.0);
+        // A reduction cell after a reduction: s0 at twice the resolution of s1.
+        let inputs = CellInputs::Two { c_prev_prev: 12, c_prev: 16, reduction_prev: true };
+        let cell = SearchCell::new(vs.root() / "cell", config(space, inputs, true, CellOutput::Concat)).unwrap();
+        let s0 = Tensor::randn([2, 12, 16, 16], (Kind::Float, Device::Cpu));
+        let s1 = Tensor::randn([2, 16, 8, 8], (Kind::Float, Device::Cpu));
+        assert_eq!(cell.forward_t(&[&s0, &s1], &weights, true).size(), [2, 32, 4, 4]);
+    }
+
+    #[test]
+    fn every_output_mode_has_its_channel_count() {
+        tch::manual_seed(1);
+        let space = CellSpace::rl_darts(OpSet::RlDarts);
+        let weights = OpWeights::dense(Tensor::ones([10, 5], (Kind::Float, Device::Cpu)) / 5.0);
+        let x = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
+        for output in [CellOutput::Concat, CellOutput::ConcatConv1x1, CellOutput::Sum, CellOutput::Mean, CellOutput::LastNode] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = SearchCellConfig { node_bn: true, ..config(space, CellInputs::One { c_prev: 3 }, true, output) };
+            let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
+            let y = cell.forward_t(&[&x], &weights, true);
+            assert_eq!(y.size(), [2, cfg.out_channels(), 5, 5], "{output:?}");
+        }
+    }
+
+    #[test]
+    fn a_mismatched_input_count_is_a_config_error() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = config(CellSpace::darts(), CellInputs::One { c_prev: 8 }, false, CellOutput::Concat);
+        assert!(matches!(SearchCell::new(vs.root(), cfg), Err(NasError::Config(_))));
+    }
+}

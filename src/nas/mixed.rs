@@ -1,0 +1,211 @@
+//! The mixed op of DARTS (Liu et al., ICLR 2019, eq. 2): `sum_o w_o * o(x)` over an op set,
+//! with the evaluation of zero-weight ops skipped for hard samples (GDAS, Dong & Yang 2019).
+
+use tch::nn;
+use tch::Tensor;
+
+use super::{NasError, Op, OpKind, OpSet, OpSpec};
+
+/// All ops of one edge.
+#[derive(Debug)]
+pub struct MixedOp {
+    ops: Vec<Op>,
+    /// Ops the dense forward evaluates: all but `none`, whose output is zero in value and in
+    /// gradient (d(w * 0)/dw = 0), so computing it would only cost time and memory.
+    evaluated: Vec<usize>,
+    /// `evaluated` as an i64 tensor on the op's device, for `index_select`.
+    evaluated_index: Tensor,
+    spec: OpSpec,
+}
+
+impl MixedOp {
+    /// One op per member of `op_set`, each under `p / op.name()`.
+    pub fn new(p: nn::Path, op_set: OpSet, spec: OpSpec) -> Result<Self, NasError> {
+        let ops = op_set
+            .ops()
+            .iter()
+            .map(|&kind| Op::new(&p / kind.name(), kind, spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        let evaluated: Vec<usize> = (0..ops.len()).filter(|&o| ops[o].kind() != OpKind::None).collect();
+        if evaluated.is_empty() {
+            return Err(NasError::Config(format!("op set {op_set} has no op besides none")));
+        }
+        let index: Vec<i64> = evaluated.iter().map(|&o| o as i64).collect();
+        let evaluated_index = Tensor::from_slice(&index).to_device(p.device());
+        Ok(Self { ops, evaluated, evaluated_index, spec })
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    pub fn num_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Output `[C, H, W]` for an input `[C, H, W]` (every op has the same).
+    pub fn out_shape(&self, input_chw: [i64; 3]) -> [i64; 3] {
+        self.ops[0].out_shape(input_chw)
+    }
+
+    /// `sum_o w_o * op_o(x)` over every op.
+    ///
+    /// The weighted sum is one `tensordot` of `w` with the stacked op outputs (one GEMV kernel
+    /// instead of a multiply and an add per op).
+    ///
+    /// # Shapes
+    /// `x: [N, c_in, H, W]`, `weights: [num_ops]` -> `[N, c_out, H', W']`
+    pub fn forward_t(&self, x: &Tensor, weights: &Tensor, train: bool) -> Tensor {
+        let outputs: Vec<Tensor> = self.evaluated.iter().map(|&o| self.ops[o].forward_t(x, train)).collect();
+        let stacked = Tensor::stack(&outputs, 0); // [O', N, C, H', W']
+        let w = weights.index_select(0, &self.evaluated_index); // [O']
+        w.tensordot(&stacked, [0], [0])
+    }
+
+    /// Like [`MixedOp::forward_t`], but with `active = Some(list)` only the listed ops are
+    /// evaluated. Every op outside the list must have weight exactly 0 (a hard sample); its
+    /// weight is still added as a broadcast scalar, exactly 0 in value, as GDAS does
+    /// (`hardwts[i]` for unsampled ops), so straight-through weights `h - sg(p) + p` give every
+    /// op's probability a gradient while only the sampled ops run.
+    ///
+    /// # Shapes
+    /// `x: [N, c_in, H, W]`, `weights: [num_ops]` -> `[N, c_out, H', W']`
+    pub fn forward_sampled(&self, x: &Tensor, weights: &Tensor, active: Option<&[usize]>, train: bool) -> Tensor {
+        let Some(active) = active else {
+            return self.forward_t(x, weights, train);
+        };
+        let mut is_active = vec![false; self.ops.len()];
+        let mut out: Option<Tensor> = None;
+        for &o in active {
+            if is_active[o] {
+                continue;
+            }
+            is_active[o] = true;
+            // An active `none` adds w * 0: nothing, with zero gradient, as in GDAS.
+            if self.ops[o].kind() == OpKind::None {
+                continue;
+            }
+            let term = self.ops[o].forward_t(x, train) * weights.get(o as i64);
+            out = Some(match out {
+                None => term,
+                Some(acc) => acc + term,
+            });
+        }
+        let out = out.unwrap_or_else(|| {
+            let size = x.size();
+            let [c, h, w] = self.out_shape([size[1], size[2], size[3]]);
+            Tensor::zeros([size[0], c, h, w], (x.kind(), x.device()))
+        });
+        let inactive: Vec<Tensor> =
+            (0..self.ops.len()).filter(|&o| !is_active[o]).map(|o| weights.get(o as i64)).collect();
+        if inactive.is_empty() {
+            out
+        } else {
+            out + Tensor::stack(&inactive, 0).sum(weights.kind())
+        }
+    }
+
+    pub fn spec(&self) -> &OpSpec {
+        &self.spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn mixed(vs: &nn::VarStore, op_set: OpSet) -> MixedOp {
+        let spec = OpSpec { stride_style: op_set.stride_style(), ..OpSpec::darts_search(4, 1) };
+        MixedOp::new(vs.root() / "edge0", op_set, spec).unwrap()
+    }
+
+    /// The DARTS formula written literally: every op (none included) weighted and summed.
+    fn naive(m: &MixedOp, x: &Tensor, w: &Tensor, train: bool) -> Tensor {
+        let mut acc = m.ops()[0].forward_t(x, train) * w.get(0);
+        for (o, op) in m.ops().iter().enumerate().skip(1) {
+            acc = acc + op.forward_t(x, train) * w.get(o as i64);
+        }
+        acc
+    }
+
+    #[test]
+    fn dense_forward_equals_the_naive_weighted_sum() {
+        tch::manual_seed(0);
+        for op_set in OpSet::ALL {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = mixed(&vs, op_set);
+            let x = Tensor::randn([3, 4, 6, 6], (Kind::Float, Device::Cpu));
+            let w = Tensor::randn([op_set.len() as i64], (Kind::Float, Device::Cpu)).softmax(0, Kind::Float);
+            // Eval mode: BN uses running stats, so both passes see identical ops.
+            let fast = m.forward_t(&x, &w, false);
+            let slow = naive(&m, &x, &w, false);
+            assert!(fast.allclose(&slow, 1e-5, 1e-6, false), "{op_set}");
+        }
+    }
+
+    #[test]
+    fn one_hot_weights_give_the_single_op() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = mixed(&vs, OpSet::Darts);
+        let x = Tensor::randn([2, 4, 5, 5], (Kind::Float, Device::Cpu));
+        for (o, op) in m.ops().iter().enumerate() {
+            let w = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+            let _ = w.get(o as i64).fill_(1.0);
+            let single = op.forward_t(&x, false);
+            assert!(m.forward_t(&x, &w, false).allclose(&single, 1e-6, 1e-7, false), "{}", op.kind());
+            let sampled = m.forward_sampled(&x, &w, Some(&[o]), false);
+            assert!(sampled.allclose(&single, 1e-6, 1e-7, false), "{}", op.kind());
+        }
+    }
+
+    /// Ops outside `active` never run: their parameters get no gradient and their BatchNorm
+    /// running statistics stay at the initial values, while the sampled op's do change. The
+    /// straight-through weights still give every probability a gradient.
+    #[test]
+    fn inactive_ops_are_not_evaluated_and_straight_through_grads_flow() {
+        tch::manual_seed(2);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = mixed(&vs, OpSet::Darts);
+        let x = Tensor::randn([4, 4, 6, 6], (Kind::Float, Device::Cpu));
+        let alpha = Tensor::randn([8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let p = alpha.softmax(0, Kind::Float);
+        let sampled = 4; // sep_conv_3x3
+        let hard = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+        let _ = hard.get(sampled).fill_(1.0);
+        let w = &hard - p.detach() + &p; // straight-through: value one-hot, gradient of p
+        let y = m.forward_sampled(&x, &w, Some(&[sampled as usize]), true);
+        y.sum(Kind::Float).backward();
+
+        let vars = vs.variables();
+        let grad_defined = |name: &str| vars[name].grad().defined();
+        assert!(grad_defined("edge0.sep_conv_3x3.dw1.weight"));
+        for name in ["edge0.sep_conv_5x5.dw1.weight", "edge0.dil_conv_3x3.dw.weight", "edge0.dil_conv_5x5.pw.weight"] {
+            assert!(!grad_defined(name), "{name} was evaluated");
+        }
+        let running_mean_moved = |name: &str| f64::try_from(vars[name].abs().sum(Kind::Float)).unwrap() > 0.0;
+        assert!(running_mean_moved("edge0.sep_conv_3x3.bn1.running_mean"));
+        for name in ["edge0.max_pool_3x3.bn.running_mean", "edge0.sep_conv_5x5.bn2.running_mean"] {
+            assert!(!running_mean_moved(name), "{name} was evaluated");
+        }
+        // d(sum y)/d(w_o): <1, op_o(x)> for the sampled op, the element count for the others
+        // (GDAS's broadcast scalar), chained through softmax: every alpha gets a gradient.
+        let g = alpha.grad();
+        assert!(g.defined());
+        assert!(Vec::<f32>::try_from(&g).unwrap().iter().all(|v| v.abs() > 0.0));
+    }
+
+    #[test]
+    fn a_sampled_none_gives_zeros_of_the_output_shape() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let spec = OpSpec::darts_search(4, 2);
+        let m = MixedOp::new(vs.root() / "edge0", OpSet::Darts, spec).unwrap();
+        let x = Tensor::randn([2, 4, 6, 6], (Kind::Float, Device::Cpu));
+        let w = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+        let _ = w.get(0).fill_(1.0);
+        let y = m.forward_sampled(&x, &w, Some(&[0]), true);
+        assert_eq!(y.size(), [2, 4, 3, 3]);
+        assert_eq!(f64::try_from(y.abs().sum(Kind::Float)).unwrap(), 0.0);
+    }
+}

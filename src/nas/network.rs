@@ -1,0 +1,790 @@
+//! Supernets: the DARTS CIFAR search network (Liu et al., ICLR 2019, `model_search.py`), the
+//! RL-DARTS encoders "standard" and "impala" (Miao et al. 2021), and the NAS-Bench-201 search
+//! network (Dong & Yang, ICLR 2020, xautodl `TinyNetworkDarts`). Each takes its op weights per
+//! forward ([`CellWeights`]) and never decides how they were made.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+use super::ops::{relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc, Sequence};
+use super::{
+    CellInputs, CellOutput, CellSpace, CellWeights, NasError, OpCost, OpSet, OpWeightsSlot, SearchCell,
+    SearchCellConfig,
+};
+use crate::agents::Encoder;
+
+/// Per-sample op costs summed over all cells of each type, `[num_edges][num_ops]`: the cost of
+/// choosing op `o` on edge `e` of the shared normal (reduce) cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpCostTable {
+    pub normal: Vec<Vec<OpCost>>,
+    pub reduce: Option<Vec<Vec<OpCost>>>,
+}
+
+impl OpCostTable {
+    fn zeros(space: &CellSpace, with_reduce: bool) -> Self {
+        let table = vec![vec![OpCost::default(); space.num_ops()]; space.num_edges()];
+        Self { normal: table.clone(), reduce: with_reduce.then_some(table) }
+    }
+
+    fn add(&mut self, reduction: bool, costs: &[Vec<OpCost>]) {
+        let target = if reduction { self.reduce.as_mut().expect("reduce table exists") } else { &mut self.normal };
+        for (row, add) in target.iter_mut().zip(costs) {
+            for (cell, &c) in row.iter_mut().zip(add) {
+                *cell += c;
+            }
+        }
+    }
+}
+
+/// A network whose cells take op weights: what a search strategy trains and evaluates.
+pub trait Supernet: std::fmt::Debug + Send {
+    /// # Shapes
+    /// `x: [N, C, H, W]` -> logits `[N, num_classes]` (vision) or features `[N, D]` (RL).
+    fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor;
+
+    /// The cell topology, hence the shape of each op-weight matrix.
+    fn space(&self) -> CellSpace;
+
+    /// Whether the network has reduction cells (and so needs `CellWeights::reduce`).
+    fn has_reduction_cells(&self) -> bool;
+
+    /// Op costs for one input of shape `[C, H, W]` (SNAS / UNAS resource terms).
+    fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable;
+}
+
+fn stem_plan(c_in: i64, c_out: i64, bias: bool, bn: bool) -> Vec<LayerDesc> {
+    let geom = ConvGeom { c_in, c_out, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1, bias };
+    let mut plan = vec![LayerDesc::Conv { name: "conv", geom }];
+    if bn {
+        plan.push(LayerDesc::BatchNorm { name: "bn", channels: c_out, affine: true });
+    }
+    plan
+}
+
+/// Cells `layers / 3` and `2 * layers / 3` are reductions (DARTS).
+pub(crate) fn is_reduction(i: usize, layers: usize) -> bool {
+    i == layers / 3 || i == 2 * layers / 3
+}
+
+/// Global average pool then flatten: `[N, C, H, W] -> [N, C]`.
+fn global_pool(x: &Tensor) -> Tensor {
+    x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// DARTS
+
+/// DARTS CIFAR search network. Defaults: the paper's (C = 16, 8 cells, 4 nodes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DartsSearchConfig {
+    /// Initial channels C (the stem outputs `stem_multiplier * C`). DARTS search: 16.
+    pub c: i64,
+    /// Number of cells; cells `layers/3` and `2*layers/3` reduce and double C. DARTS search: 8.
+    pub layers: usize,
+    pub num_classes: i64,
+    /// Intermediate nodes per cell (all concatenated into the output). DARTS: 4.
+    pub num_nodes: usize,
+    /// DARTS: 3.
+    pub stem_multiplier: i64,
+    /// Image channels.
+    pub in_channels: i64,
+    pub op_set: OpSet,
+}
+
+impl Default for DartsSearchConfig {
+    fn default() -> Self {
+        Self { c: 16, layers: 8, num_classes: 10, num_nodes: 4, stem_multiplier: 3, in_channels: 3, op_set: OpSet::Darts }
+    }
+}
+
+/// The DARTS search network: stem conv3x3 + BN, `layers` two-input cells, global average pool,
+/// linear classifier.
+#[derive(Debug)]
+pub struct DartsSearchNet {
+    config: DartsSearchConfig,
+    stem: Sequence,
+    cells: Vec<SearchCell>,
+    classifier: nn::Linear,
+}
+
+impl DartsSearchNet {
+    /// Variables under `p`: `stem`, `cells.{i}`, `classifier`.
+    pub fn new(p: nn::Path, config: &DartsSearchConfig) -> Result<Self, NasError> {
+        let space = CellSpace { num_inputs: 2, num_nodes: config.num_nodes, op_set: config.op_set };
+        space.validate()?;
+        if config.c <= 0 || config.layers == 0 || config.num_classes <= 0 || config.stem_multiplier <= 0 {
+            return Err(NasError::Config(format!("DARTS search network: every size must be positive, got {config:?}")));
+        }
+        let c_stem = config.stem_multiplier * config.c;
+        let stem = Sequence::new(&p / "stem", stem_plan(config.in_channels, c_stem, false, true));
+        let (mut c_prev_prev, mut c_prev, mut c_curr) = (c_stem, c_stem, config.c);
+        let mut reduction_prev = false;
+        let mut cells = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let reduction = is_reduction(i, config.layers);
+            if reduction {
+                c_curr *= 2;
+            }
+            let cell_config = SearchCellConfig {
+                space,
+                c: c_curr,
+                reduction,
+                inputs: CellInputs::Two { c_prev_prev, c_prev, reduction_prev },
+                output: CellOutput::Concat,
+                node_bn: false,
+                affine: false,
+                pool_bn: true,
+            };
+            let cell = SearchCell::new(&p / "cells" / i, cell_config)?;
+            reduction_prev = reduction;
+            c_prev_prev = c_prev;
+            c_prev = cell_config.out_channels();
+            cells.push(cell);
+        }
+        let classifier = torch_linear(&p / "classifier", c_prev, config.num_classes);
+        Ok(Self { config: config.clone(), stem, cells, classifier })
+    }
+
+    pub fn config(&self) -> &DartsSearchConfig {
+        &self.config
+    }
+}
+
+impl Supernet for DartsSearchNet {
+    /// # Shapes
+    /// `x: [N, in_channels, H, W]` -> logits `[N, num_classes]`
+    fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
+        let s = self.stem.forward_t(x, train);
+        let (mut s0, mut s1) = (s.shallow_clone(), s);
+        for cell in &self.cells {
+            let w = if cell.config().reduction { weights.reduce_or_panic() } else { &weights.normal };
+            let out = cell.forward_t(&[&s0, &s1], w, train);
+            s0 = s1;
+            s1 = out;
+        }
+        self.classifier.forward(&global_pool(&s1))
+    }
+
+    fn space(&self) -> CellSpace {
+        CellSpace { num_inputs: 2, num_nodes: self.config.num_nodes, op_set: self.config.op_set }
+    }
+
+    fn has_reduction_cells(&self) -> bool {
+        true
+    }
+
+    fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable {
+        let mut table = OpCostTable::zeros(&self.space(), true);
+        let s = self.stem.out_shape(input_chw);
+        let (mut s0, mut s1) = (s, s);
+        for cell in &self.cells {
+            let (costs, out) = cell.op_costs(&[s0, s1]);
+            table.add(cell.config().reduction, &costs);
+            s0 = s1;
+            s1 = out;
+        }
+        table
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RL-DARTS
+
+/// RL-DARTS supernet layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlDartsVariant {
+    /// Per stage: one reduction cell, then the normal cells.
+    Standard,
+    /// IMPALA's conv3x3 + maxpool per stage, its residual blocks replaced by normal cells
+    /// (no reduction cells, so no `alpha_reduce`).
+    Impala,
+}
+
+/// RL-DARTS encoder. Defaults: the paper's "standard" supernet over the 5-op set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlDartsConfig {
+    pub variant: RlDartsVariant,
+    /// Channels of each stage; every stage halves the resolution. RL-DARTS / IMPALA: [16, 32, 32].
+    pub channels: Vec<i64>,
+    /// Normal cells after each stage's head (reduction cell or conv + pool). RL-DARTS: 2.
+    pub normal_cells_per_stage: usize,
+    /// A conv3x3 stem (to `channels[0]`) before the first stage ("standard" only; the paper
+    /// makes it optional). Off by default, so the first reduction cell sees the pixels, as
+    /// IMPALA's first conv does.
+    pub stem: bool,
+    /// Intermediate nodes per cell. RL-DARTS: 4.
+    pub num_nodes: usize,
+    /// `rl_darts` (5 ops, default) or `rl_darts_conv` (6 ops); any named set builds.
+    pub op_set: OpSet,
+    /// RL-DARTS: concat -> conv1x1 (`concat_conv1x1`); `sum`, `mean`, `last_node` also work.
+    pub cell_output: CellOutput,
+    /// BatchNorm without affine after each node (RL-DARTS).
+    pub node_bn: bool,
+    /// Width of the final linear layer = feature dimension. RL-DARTS / IMPALA: 256.
+    pub embedding: i64,
+}
+
+impl Default for RlDartsConfig {
+    fn default() -> Self {
+        Self {
+            variant: RlDartsVariant::Standard,
+            channels: vec![16, 32, 32],
+            normal_cells_per_stage: 2,
+            stem: false,
+            num_nodes: 4,
+            op_set: OpSet::RlDarts,
+            cell_output: CellOutput::ConcatConv1x1,
+            node_bn: true,
+            embedding: 256,
+        }
+    }
+}
+
+impl RlDartsConfig {
+    pub fn space(&self) -> CellSpace {
+        CellSpace::rl_darts(self.op_set).with_nodes(self.num_nodes)
+    }
+
+    /// "standard" has reduction cells, "impala" does not.
+    pub fn has_reduction_cells(&self) -> bool {
+        self.variant == RlDartsVariant::Standard
+    }
+
+    fn validate(&self, obs_chw: &[i64]) -> Result<[i64; 3], NasError> {
+        let &[c, h, w] = obs_chw else {
+            return Err(NasError::Config(format!("RL-DARTS encoder needs image observations [C, H, W], got {obs_chw:?}")));
+        };
+        if c <= 0 || h <= 0 || w <= 0 {
+            return Err(NasError::Config(format!("observation shape {obs_chw:?} must be positive")));
+        }
+        if self.channels.is_empty() || self.channels.iter().any(|&c| c <= 0) || self.embedding <= 0 {
+            return Err(NasError::Config(format!(
+                "RL-DARTS channels {:?} and embedding {} must be positive and non-empty",
+                self.channels, self.embedding
+            )));
+        }
+        self.space().validate()?;
+        Ok([c, h, w])
+    }
+}
+
+/// Shared layout of the RL-DARTS encoders (supernet and derived), generic over the cell type:
+/// optional stem, stages of (reduction cell | conv + maxpool) + normal cells, then
+/// flatten -> relu -> linear -> relu.
+#[derive(Debug)]
+pub(crate) struct RlSkeleton<C> {
+    stem: Option<nn::Conv2D>,
+    stages: Vec<RlStage<C>>,
+    fc: nn::Linear,
+    embedding: i64,
+}
+
+#[derive(Debug)]
+enum RlStageHead<C> {
+    ReductionCell(C),
+    ConvPool(nn::Conv2D),
+}
+
+#[derive(Debug)]
+struct RlStage<C> {
+    head: RlStageHead<C>,
+    normal: Vec<C>,
+}
+
+/// How a skeleton builds one cell: `(path, c_prev, c, reduction) -> (cell, out_channels)`.
+pub(crate) type MakeCell<'a, C> = dyn FnMut(nn::Path, i64, i64, bool) -> Result<(C, i64), NasError> + 'a;
+
+fn conv3x3_bias(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
+    torch_conv2d(p, &ConvGeom { c_in, c_out, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1, bias: true })
+}
+
+impl<C> RlSkeleton<C> {
+    /// Variables under `p`: `stem`, `stage{i}.{reduce|conv}`, `stage{i}.normal{j}`, `fc`.
+    pub(crate) fn new(
+        p: &nn::Path,
+        config: &RlDartsConfig,
+        obs_chw: &[i64],
+        make_cell: &mut MakeCell<'_, C>,
+    ) -> Result<Self, NasError> {
+        let [c_obs, mut h, mut w] = config.validate(obs_chw)?;
+        let mut c_prev = c_obs;
+        let stem = (config.stem && config.variant == RlDartsVariant::Standard).then(|| {
+            let conv = conv3x3_bias(p / "stem", c_obs, config.channels[0]);
+            c_prev = config.channels[0];
+            conv
+        });
+        let mut stages = Vec::with_capacity(config.channels.len());
+        for (i, &c) in config.channels.iter().enumerate() {
+            let sp = p / format!("stage{i}");
+            let head = match config.variant {
+                RlDartsVariant::Standard => {
+                    let (cell, c_out) = make_cell(&sp / "reduce", c_prev, c, true)?;
+                    c_prev = c_out;
+                    RlStageHead::ReductionCell(cell)
+                }
+                RlDartsVariant::Impala => {
+                    let conv = conv3x3_bias(&sp / "conv", c_prev, c);
+                    c_prev = c;
+                    RlStageHead::ConvPool(conv)
+                }
+            };
+            // Both heads halve the size: ceil(h / 2) (3x3 stride-2 ops and pools, padding 1).
+            h = (h + 1) / 2;
+            w = (w + 1) / 2;
+            let mut normal = Vec::with_capacity(config.normal_cells_per_stage);
+            for j in 0..config.normal_cells_per_stage {
+                let (cell, c_out) = make_cell(&sp / format!("normal{j}"), c_prev, c, false)?;
+                c_prev = c_out;
+                normal.push(cell);
+            }
+            stages.push(RlStage { head, normal });
+        }
+        // Orthogonal with the ReLU gain and zero bias, as the IMPALA-CNN baseline's final
+        // layer (CleanRL's layer_init), so the PPO heads see the same feature scale.
+        let fc_config = nn::LinearConfig {
+            ws_init: nn::Init::Orthogonal { gain: 2f64.sqrt() },
+            bs_init: Some(nn::Init::Const(0.0)),
+            bias: true,
+        };
+        let fc = nn::linear(p / "fc", c_prev * h * w, config.embedding, fc_config);
+        Ok(Self { stem, stages, fc, embedding: config.embedding })
+    }
+
+    /// `run(cell, x, reduction)` evaluates one cell.
+    ///
+    /// # Shapes
+    /// `[N, C, H, W]` -> `[N, embedding]`
+    pub(crate) fn forward(&self, obs: &Tensor, mut run: impl FnMut(&C, &Tensor, bool) -> Tensor) -> Tensor {
+        let mut x = match &self.stem {
+            Some(conv) => conv.forward(obs),
+            None => obs.shallow_clone(),
+        };
+        for stage in &self.stages {
+            x = match &stage.head {
+                RlStageHead::ReductionCell(cell) => run(cell, &x, true),
+                RlStageHead::ConvPool(conv) => conv.forward(&x).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+            };
+            for cell in &stage.normal {
+                x = run(cell, &x, false);
+            }
+        }
+        self.fc.forward(&x.flatten(1, -1).relu()).relu()
+    }
+
+    pub(crate) fn embedding(&self) -> i64 {
+        self.embedding
+    }
+
+    /// Every cell with its reduction flag and input shape, for cost tables.
+    fn cells_with_inputs(&self, obs_chw: [i64; 3], out_shape: impl Fn(&C, [i64; 3]) -> [i64; 3]) -> Vec<(&C, bool, [i64; 3])> {
+        let mut shape = match &self.stem {
+            Some(conv) => [conv.ws.size()[0], obs_chw[1], obs_chw[2]],
+            None => obs_chw,
+        };
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            match &stage.head {
+                RlStageHead::ReductionCell(cell) => {
+                    out.push((cell, true, shape));
+                    shape = out_shape(cell, shape);
+                }
+                RlStageHead::ConvPool(conv) => {
+                    shape = [conv.ws.size()[0], (shape[1] + 1) / 2, (shape[2] + 1) / 2];
+                }
+            }
+            for cell in &stage.normal {
+                out.push((cell, false, shape));
+                shape = out_shape(cell, shape);
+            }
+        }
+        out
+    }
+}
+
+/// The RL-DARTS supernet encoder. It implements [`Encoder`] by asking its [`OpWeightsSlot`]
+/// for fresh op weights on every forward (see the slot's docs for why), and [`Supernet`] for
+/// callers that pass weights explicitly.
+#[derive(Debug)]
+pub struct RlDartsSupernet {
+    config: RlDartsConfig,
+    skeleton: RlSkeleton<SearchCell>,
+    slot: OpWeightsSlot,
+}
+
+impl RlDartsSupernet {
+    /// `obs_chw`: one preprocessed observation's `[C, H, W]` (Procgen: `[3, 64, 64]`). `slot`
+    /// provides the op weights; its current function is called once here to check shapes.
+    pub fn new(p: nn::Path, config: &RlDartsConfig, obs_chw: &[i64], slot: OpWeightsSlot) -> Result<Self, NasError> {
+        let space = config.space();
+        let mut make = |cp: nn::Path, c_prev: i64, c: i64, reduction: bool| {
+            let cell_config = SearchCellConfig {
+                space,
+                c,
+                reduction,
+                inputs: CellInputs::One { c_prev },
+                output: config.cell_output,
+                node_bn: config.node_bn,
+                affine: false,
+                pool_bn: false,
+            };
+            Ok((SearchCell::new(cp, cell_config)?, cell_config.out_channels()))
+        };
+        let skeleton = RlSkeleton::new(&p, config, obs_chw, &mut make)?;
+        tch::no_grad(|| slot.weights(false)).check(&space, config.has_reduction_cells())?;
+        Ok(Self { config: config.clone(), skeleton, slot })
+    }
+
+    pub fn config(&self) -> &RlDartsConfig {
+        &self.config
+    }
+
+    /// The slot this encoder reads its op weights from (a shared handle).
+    pub fn slot(&self) -> &OpWeightsSlot {
+        &self.slot
+    }
+}
+
+impl Supernet for RlDartsSupernet {
+    /// # Shapes
+    /// `x: [N, C, H, W]` -> features `[N, embedding]`
+    fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
+        self.skeleton.forward(x, |cell, h, reduction| {
+            let w = if reduction { weights.reduce_or_panic() } else { &weights.normal };
+            cell.forward_t(&[h], w, train)
+        })
+    }
+
+    fn space(&self) -> CellSpace {
+        self.config.space()
+    }
+
+    fn has_reduction_cells(&self) -> bool {
+        self.config.has_reduction_cells()
+    }
+
+    fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable {
+        let mut table = OpCostTable::zeros(&self.space(), self.has_reduction_cells());
+        let cells = self.skeleton.cells_with_inputs(input_chw, |cell, chw| cell.op_costs(&[chw]).1);
+        for (cell, reduction, chw) in cells {
+            table.add(reduction, &cell.op_costs(&[chw]).0);
+        }
+        table
+    }
+}
+
+impl Encoder for RlDartsSupernet {
+    /// # Shapes
+    /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
+    fn features(&self, obs: &Tensor, train: bool) -> Tensor {
+        self.forward_with(obs, &self.slot.weights(train), train)
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.skeleton.embedding()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NAS-Bench-201
+
+/// NAS-Bench-201 search network. Defaults: the benchmark's (C = 16, N = 5 cells per stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NasBench201Config {
+    /// Channels of the first stage (then 2C, 4C). NAS-Bench-201: 16.
+    pub c: i64,
+    /// Cells per stage. NAS-Bench-201: 5.
+    pub cells_per_stage: usize,
+    pub num_classes: i64,
+    pub in_channels: i64,
+}
+
+impl Default for NasBench201Config {
+    fn default() -> Self {
+        Self { c: 16, cells_per_stage: 5, num_classes: 10, in_channels: 3 }
+    }
+}
+
+/// xautodl's ResNetBasicblock at stride 2 (the fixed reduction between stages):
+/// `conv_b(conv_a(x)) + conv1x1(avgpool2x2(x))`.
+#[derive(Debug)]
+struct ResNetBasicBlock {
+    conv_a: Sequence,
+    conv_b: Sequence,
+    downsample: nn::Conv2D,
+}
+
+impl ResNetBasicBlock {
+    fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
+        let down = ConvGeom { c_in, c_out, kernel: 1, stride: 1, padding: 0, dilation: 1, groups: 1, bias: false };
+        Self {
+            conv_a: Sequence::new(&p / "conv_a", relu_conv_bn_plan(c_in, c_out, 3, 2, 1, true)),
+            conv_b: Sequence::new(&p / "conv_b", relu_conv_bn_plan(c_out, c_out, 3, 1, 1, true)),
+            downsample: torch_conv2d(&p / "downsample", &down),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, C_in, H, W] -> [N, C_out, H / 2, W / 2]`
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let residual = self.downsample.forward(&x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None));
+        self.conv_b.forward_t(&self.conv_a.forward_t(x, train), train) + residual
+    }
+}
+
+#[derive(Debug)]
+enum Nb201Layer {
+    Cell(SearchCell),
+    Reduction(ResNetBasicBlock),
+}
+
+/// The NAS-Bench-201 search network: stem, 3 stages of search cells joined by residual
+/// reduction blocks, BN + relu, global average pool, classifier.
+#[derive(Debug)]
+pub struct NasBench201SearchNet {
+    config: NasBench201Config,
+    stem: Sequence,
+    layers: Vec<Nb201Layer>,
+    last_bn: nn::BatchNorm,
+    classifier: nn::Linear,
+}
+
+impl NasBench201SearchNet {
+    /// Variables under `p`: `stem`, `cells.{i}` (cells and reduction blocks, one index),
+    /// `lastact`, `classifier`.
+    pub fn new(p: nn::Path, config: &NasBench201Config) -> Result<Self, NasError> {
+        if config.c <= 0 || config.cells_per_stage == 0 || config.num_classes <= 0 || config.in_channels <= 0 {
+            return Err(NasError::Config(format!("NAS-Bench-201 network: every size must be positive, got {config:?}")));
+        }
+        let space = CellSpace::nas_bench_201();
+        let stem = Sequence::new(&p / "stem", stem_plan(config.in_channels, config.c, false, true));
+        let mut layers = Vec::new();
+        let mut c_prev = config.c;
+        for stage in 0..3 {
+            let c = config.c << stage;
+            if stage > 0 {
+                layers.push(Nb201Layer::Reduction(ResNetBasicBlock::new(&p / "cells" / layers.len(), c_prev, c)));
+                c_prev = c;
+            }
+            for _ in 0..config.cells_per_stage {
+                let cell_config = SearchCellConfig {
+                    space,
+                    c,
+                    reduction: false,
+                    inputs: CellInputs::One { c_prev },
+                    output: CellOutput::LastNode,
+                    node_bn: false,
+                    affine: false,
+                    pool_bn: false,
+                };
+                layers.push(Nb201Layer::Cell(SearchCell::new(&p / "cells" / layers.len(), cell_config)?));
+            }
+        }
+        let last_bn = torch_batch_norm2d(&p / "lastact", c_prev, true);
+        let classifier = torch_linear(&p / "classifier", c_prev, config.num_classes);
+        Ok(Self { config: config.clone(), stem, layers, last_bn, classifier })
+    }
+
+    pub fn config(&self) -> &NasBench201Config {
+        &self.config
+    }
+}
+
+impl Supernet for NasBench201SearchNet {
+    /// # Shapes
+    /// `x: [N, in_channels, H, W]` -> logits `[N, num_classes]`
+    fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
+        let mut h = self.stem.forward_t(x, train);
+        for layer in &self.layers {
+            h = match layer {
+                Nb201Layer::Cell(cell) => cell.forward_t(&[&h], &weights.normal, train),
+                Nb201Layer::Reduction(block) => block.forward_t(&h, train),
+            };
+        }
+        let h = self.last_bn.forward_t(&h, train).relu();
+        self.classifier.forward(&global_pool(&h))
+    }
+
+    fn space(&self) -> CellSpace {
+        CellSpace::nas_bench_201()
+    }
+
+    fn has_reduction_cells(&self) -> bool {
+        false
+    }
+
+    fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable {
+        let mut table = OpCostTable::zeros(&self.space(), false);
+        let mut shape = self.stem.out_shape(input_chw);
+        for layer in &self.layers {
+            match layer {
+                Nb201Layer::Cell(cell) => {
+                    let (costs, out) = cell.op_costs(&[shape]);
+                    table.add(false, &costs);
+                    shape = out;
+                }
+                Nb201Layer::Reduction(block) => {
+                    shape = [block.downsample.ws.size()[0], shape[1] / 2, shape[2] / 2];
+                }
+            }
+        }
+        table
+    }
+}
+
+/// Number of trainable parameters of `vs` whose name passes `keep`.
+pub fn count_parameters(vs: &nn::VarStore, keep: impl Fn(&str) -> bool) -> i64 {
+    let trainable: Vec<Tensor> = vs.trainable_variables();
+    vs.variables()
+        .into_iter()
+        .filter(|(name, t)| keep(name) && trainable.iter().any(|v| v.data_ptr() == t.data_ptr()))
+        .map(|(_, t)| t.numel() as i64)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nas::{AlphaInit, ArchParams, OpWeights};
+    use tch::{Device, Kind};
+
+    fn no_renamed_variables(vs: &nn::VarStore) {
+        let names: Vec<String> = vs.variables().into_keys().collect();
+        assert!(names.iter().all(|n| !n.contains("__")), "renamed variables: {names:?}");
+    }
+
+    #[test]
+    fn darts_search_network_classifies_cifar_sized_images() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = DartsSearchConfig { c: 4, layers: 5, ..Default::default() };
+        let net = DartsSearchNet::new(vs.root() / "net", &cfg).unwrap();
+        let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit::default()).unwrap();
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let logits = net.forward_with(&x, &arch.softmax_weights(1.0), true);
+        assert_eq!(logits.size(), [2, 10]);
+        no_renamed_variables(&vs);
+        assert!(vs.variables().contains_key("net.cells.1.edge13.dil_conv_5x5.dw.weight"));
+    }
+
+    #[test]
+    fn darts_search_network_at_paper_size_builds() {
+        // C = 16, 8 cells: 14 edges x 8 ops in each of 8 cells.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = DartsSearchNet::new(vs.root(), &DartsSearchConfig::default()).unwrap();
+        let reductions: Vec<usize> = (0..8).filter(|&i| net.cells[i].config().reduction).collect();
+        assert_eq!(reductions, [2, 5]);
+        assert_eq!(net.cells[7].config().out_channels(), 4 * 64);
+        no_renamed_variables(&vs);
+        let table = net.op_costs([3, 32, 32]);
+        // `none` costs nothing; sep_conv_5x5 has more parameters than sep_conv_3x3 everywhere.
+        assert!(table.normal.iter().all(|row| row[0] == OpCost::default()));
+        assert!(table.normal.iter().all(|row| row[5].params > row[4].params));
+    }
+
+    #[test]
+    fn rl_darts_standard_encoder_outputs_256_features() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = RlDartsConfig::default();
+        let arch = ArchParams::new(Device::Cpu, cfg.space(), cfg.has_reduction_cells(), AlphaInit::default()).unwrap();
+        let slot = OpWeightsSlot::softmax(&arch, 1.0);
+        let enc = RlDartsSupernet::new(vs.root() / "encoder", &cfg, &[3, 64, 64], slot).unwrap();
+        let obs = Tensor::rand([4, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let features = enc.features(&obs, true);
+        assert_eq!(features.size(), [4, 256]);
+        assert_eq!(enc.feature_dim(), 256);
+        no_renamed_variables(&vs);
+        // 9 cells: 3 stages x (reduce + 2 normal).
+        let cells = enc.skeleton.cells_with_inputs([3, 64, 64], |c, chw| c.op_costs(&[chw]).1);
+        assert_eq!(cells.len(), 9);
+        assert_eq!(cells.iter().filter(|(_, r, _)| *r).count(), 3);
+        // The PPO-style loss reaches the alphas through the slot's weights, twice in a row
+        // (fresh weights per forward, so the second backward has its own graph).
+        for _ in 0..2 {
+            let features = enc.features(&obs, true);
+            features.mean(Kind::Float).backward();
+        }
+        assert!(arch.alpha_normal().grad().defined());
+        assert!(arch.alpha_reduce().unwrap().grad().defined());
+    }
+
+    #[test]
+    fn rl_darts_impala_variant_and_other_op_sets() {
+        tch::manual_seed(2);
+        for (variant, op_set, output) in [
+            (RlDartsVariant::Impala, OpSet::RlDarts, CellOutput::ConcatConv1x1),
+            (RlDartsVariant::Standard, OpSet::RlDartsConv, CellOutput::Sum),
+            (RlDartsVariant::Standard, OpSet::RlDarts, CellOutput::Concat),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = RlDartsConfig { variant, op_set, cell_output: output, stem: true, ..Default::default() };
+            let arch = ArchParams::new(Device::Cpu, cfg.space(), cfg.has_reduction_cells(), AlphaInit::default()).unwrap();
+            let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 20, 20], OpWeightsSlot::softmax(&arch, 1.0)).unwrap();
+            let obs = Tensor::rand([2, 3, 20, 20], (Kind::Float, Device::Cpu));
+            assert_eq!(enc.features(&obs, false).size(), [2, 256], "{variant:?} {op_set} {output:?}");
+            no_renamed_variables(&vs);
+        }
+    }
+
+    #[test]
+    fn a_slot_without_reduce_weights_is_rejected_for_the_standard_variant() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = RlDartsConfig::default();
+        let arch = ArchParams::new(Device::Cpu, cfg.space(), false, AlphaInit::default()).unwrap();
+        let err = RlDartsSupernet::new(vs.root(), &cfg, &[3, 64, 64], OpWeightsSlot::softmax(&arch, 1.0)).unwrap_err();
+        assert!(matches!(err, NasError::Shape(_)), "{err}");
+    }
+
+    #[test]
+    fn gdas_style_hard_weights_drive_the_encoder() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = RlDartsConfig { channels: vec![4, 8], ..Default::default() };
+        let space = cfg.space();
+        let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
+        let normal = arch.alpha_normal().shallow_clone();
+        let reduce = arch.alpha_reduce().unwrap().shallow_clone();
+        // Straight-through one-hot of op 0 (conv_3x3) on every edge.
+        let slot = OpWeightsSlot::new(move |_| {
+            let hard = |alpha: &Tensor| {
+                let p = alpha.softmax(-1, Kind::Float);
+                let h = p.zeros_like().index_fill(1, &Tensor::from_slice(&[0i64]), 1.0);
+                let index = vec![0usize; space.num_edges()];
+                OpWeights::one_hot(&h - p.detach() + &p, &index).expect("valid indices")
+            };
+            CellWeights { normal: hard(&normal), reduce: Some(hard(&reduce)) }
+        });
+        let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 16, 16], slot).unwrap();
+        let obs = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        enc.features(&obs, true).sum(Kind::Float).backward();
+        let g = arch.alpha_normal().grad();
+        assert!(g.defined() && f64::try_from(g.abs().sum(Kind::Float)).unwrap() > 0.0);
+        // Only conv_3x3 ran: the relu op's channel projection (3 -> 4 on the first reduction
+        // cell's input edge) got no gradient.
+        let vars = vs.variables();
+        assert!(vars["stage0.reduce.edge0.conv_3x3.conv.weight"].grad().defined());
+        assert!(!vars["stage0.reduce.edge0.relu.proj.weight"].grad().defined());
+    }
+
+    #[test]
+    fn nas_bench_201_search_network_runs() {
+        tch::manual_seed(4);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = NasBench201Config { c: 4, cells_per_stage: 2, ..Default::default() };
+        let net = NasBench201SearchNet::new(vs.root(), &cfg).unwrap();
+        let arch = ArchParams::new(Device::Cpu, net.space(), false, AlphaInit::default()).unwrap();
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        assert_eq!(net.forward_with(&x, &arch.softmax_weights(1.0), true).size(), [2, 10]);
+        assert_eq!(arch.alpha_normal().size(), [6, 5]);
+        no_renamed_variables(&vs);
+        let table = net.op_costs([3, 16, 16]);
+        // nor_conv_3x3 (index 3) costs more FLOPs than nor_conv_1x1 (index 2) on every edge.
+        assert!(table.normal.iter().all(|row| row[3].flops > row[2].flops));
+    }
+}

@@ -1,0 +1,36 @@
+//! Training loops (RL with PPO; supervised and RL architecture search build on these), run
+//! directories and checkpoints.
+
+pub mod rl;
+pub mod run_dir;
+
+use std::path::PathBuf;
+
+/// Errors of a training or evaluation run, one variant per boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Env(#[from] crate::envs::EnvError),
+    #[error(transparent)]
+    Agent(#[from] crate::agents::AgentError),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
+    #[error("tensor error: {0}")]
+    Tch(#[from] tch::TchError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error(
+        "{what} became {value} at iteration {iteration}; the run stopped without saving the \
+         diverged weights. {}Try a lower ppo.learning_rate or ppo.max_grad_norm.",
+        match last_checkpoint { Some(p) => format!("The last good checkpoint is {} (resume with --resume). ", p.display()), None => String::new() }
+    )]
+    NonFinite { iteration: u64, what: String, value: f64, last_checkpoint: Option<PathBuf> },
+}
