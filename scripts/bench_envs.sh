@@ -23,7 +23,7 @@ for cfg in "64 4" "64 1" "16 4"; do
     rs+=("$(echo "$line" | field steps_per_sec)")
     lib+=("$(awk -v l="$(echo "$line" | field library_secs)" -v s="$(echo "$line" | field secs)" 'BEGIN{printf "%.1f", 100*l/s}')")
     ps+=("$(PYTHONPATH=.deps/procgen PYTHONWARNINGS=ignore .venv/bin/python scripts/bench_envs_python.py \
-      --env "$ENV" --num-envs "$n" --threads "$th" --steps "$STEPS" | field steps_per_sec)")
+      --env "$ENV" --num-envs "$n" --threads "$th" --steps "$STEPS" 2>/dev/null | field steps_per_sec)")
   done
   r=$(printf '%s\n' "${rs[@]}" | median); p=$(printf '%s\n' "${ps[@]}" | median); l=$(printf '%s\n' "${lib[@]}" | median)
   printf '| %s | %s | %.0f | %.0f | %.2f | %s%% |\n' "$n" "$th" "$r" "$p" "$(awk -v a="$r" -v b="$p" 'BEGIN{print a/b}')" "$l" >> "$out"
