@@ -29,7 +29,7 @@ pub fn gae(
 ) -> Vec<f32> {
     let n = num_envs;
     assert!(
-        n > 0 && rewards.len() % n == 0,
+        n > 0 && rewards.len().is_multiple_of(n),
         "rollout length {} is not a multiple of {n} envs",
         rewards.len()
     );
@@ -75,6 +75,7 @@ mod tests {
     /// The definition, not the recursion: `A_t = sum_k (gamma lambda)^k delta_{t+k}` over the
     /// rest of t's episode within the rollout, with `delta` bootstrapping from the next value
     /// only when the next observation belongs to the same episode.
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         rewards: &[f32],
         values: &[f32],
@@ -128,7 +129,8 @@ mod tests {
             let next_first: Vec<u8> = (0..n).map(|e| u8::from(e % 2 == 0)).collect();
             let boundaries = firsts.iter().filter(|&&f| f != 0).count();
             assert!(
-                t_len < 10 || boundaries >= 10,
+                // Only the 64 x 5 case has enough draws (~32 expected) to demand 10.
+                len < 300 || boundaries >= 10,
                 "too few episode boundaries: {boundaries}"
             );
             let fast = gae(

@@ -31,11 +31,13 @@ impl Default for ImpalaConfig {
 fn conv3x3(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
     let config = nn::ConvConfig {
         padding: 1,
-        ws_init: nn::Init::Orthogonal { gain: 2f64.sqrt() },
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
     };
-    nn::conv2d(p, c_in, c_out, 3, config)
+    let conv = nn::conv2d(p, c_in, c_out, 3, config);
+    // Not `ws_init: Init::Orthogonal`: tch returns that weight flattened to 2-D (see init.rs).
+    super::init::orthogonal_(&conv.ws, 2f64.sqrt());
+    conv
 }
 
 /// `x + conv1(relu(conv0(relu(x))))`.

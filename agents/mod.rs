@@ -10,6 +10,7 @@ pub mod adam;
 pub mod error;
 pub mod gae;
 pub mod impala;
+pub mod init;
 pub mod mlp;
 pub mod normalize;
 pub mod policy;

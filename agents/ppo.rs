@@ -3,6 +3,8 @@
 //! entropy bonus, per-minibatch advantage normalisation, global gradient-norm clip. The update
 //! reads top to bottom like CleanRL's `ppo_procgen.py`.
 
+use rand::seq::SliceRandom;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -90,7 +92,14 @@ impl Default for PpoConfig {
 
 impl PpoConfig {
     /// CleanRL `ppo.py` for CartPole-v1 (4 envs x 128 steps, 4 minibatches, 4 epochs, lr
-    /// 2.5e-4 annealed, gamma 0.99, no reward normalisation), over 500k steps.
+    /// annealed, gamma 0.99), over 500k steps, with two departures. CleanRL gives the actor and
+    /// the critic separate networks; ours share the encoder, so raw CartPole returns (~100s)
+    /// make the value gradient dominate the shared trunk and the global norm clip shrinks the
+    /// policy's share of every step to almost nothing (measured: return ~80 after 100k steps).
+    /// Reward normalisation keeps the value scale near 1, and lr 1e-3 (instead of 2.5e-4)
+    /// speeds it up. Env steps until the last 20 episodes average >= 475, seeds 1-6 (the
+    /// `tune` harness in tests/ppo_cartpole.rs): this preset 32k-46k; lr 2.5e-4 with reward
+    /// normalisation 77k (seed 1), 104k (seed 2); CleanRL's exact values: not within 200k.
     pub fn cartpole() -> Self {
         Self {
             total_timesteps: 500_000,
@@ -98,7 +107,7 @@ impl PpoConfig {
             num_steps: 128,
             num_minibatches: 4,
             update_epochs: 4,
-            learning_rate: 2.5e-4,
+            learning_rate: 1e-3,
             adam_eps: 1e-5,
             anneal_lr: true,
             gamma: 0.99,
@@ -110,7 +119,7 @@ impl PpoConfig {
             vf_coef: 0.5,
             max_grad_norm: 0.5,
             target_kl: None,
-            norm_reward: false,
+            norm_reward: true,
             reward_clip: 10.0,
         }
     }
@@ -142,7 +151,7 @@ impl PpoConfig {
                 return err(format!("{key} must be at least 1"));
             }
         }
-        if self.batch_size() % self.num_minibatches != 0 {
+        if !self.batch_size().is_multiple_of(self.num_minibatches) {
             return err(format!(
                 "num_minibatches = {} must divide num_envs * num_steps = {}",
                 self.num_minibatches,
@@ -311,13 +320,15 @@ pub struct PpoStats {
 /// on the same backward pass (RL-DARTS joint first-order search: the architecture parameters
 /// follow the PPO loss with their own optimizer); pass `&mut []` for plain PPO.
 ///
-/// Shuffling draws from libtorch's global generator (`tch::manual_seed`).
-pub fn ppo_update(
+/// Minibatches are drawn by shuffling with `rng` (on the host: a run's randomness stays in
+/// its own seeded, checkpointable generator).
+pub fn ppo_update<R: Rng + ?Sized>(
     policy: &ActorCritic,
     optimizer: &mut Adam,
     joint: &mut [&mut dyn JointOptimizer],
     batch: &Batch,
     config: &PpoConfig,
+    rng: &mut R,
 ) -> Result<PpoStats, AgentError> {
     config.validate()?;
     let batch_size = batch.len();
@@ -334,7 +345,9 @@ pub fn ppo_update(
     let mut records: Vec<Tensor> = Vec::new();
     let mut epochs = 0;
     for _epoch in 0..config.update_epochs {
-        let perm = Tensor::randperm(batch_size, (Kind::Int64, Device::Cpu)).to_device(device);
+        let mut perm: Vec<i64> = (0..batch_size).collect();
+        perm.shuffle(rng);
+        let perm = Tensor::from_slice(&perm).to_device(device); // [B]
         let mut last_approx_kl = None;
         for start in (0..batch_size).step_by(minibatch_size as usize) {
             let mb = batch.select(&perm.narrow(0, start, minibatch_size));
@@ -401,6 +414,10 @@ mod tests {
     use super::*;
     use crate::agents::{AdamConfig, Mlp, MlpConfig};
     use tch::nn;
+
+    fn rng() -> rand_chacha::ChaCha8Rng {
+        rand::SeedableRng::seed_from_u64(0)
+    }
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::from_slice(v)
@@ -525,7 +542,7 @@ mod tests {
         // Below the threshold nothing changes.
         let c = Tensor::from_slice(&[0.1f32, 0.2]).set_requires_grad(true);
         c.sum(Kind::Float).backward();
-        clip_grad_norm(&[c.shallow_clone()], 10.0);
+        let _ = clip_grad_norm(&[c.shallow_clone()], 10.0);
         assert!(c.grad().equal(&Tensor::from_slice(&[1.0f32, 1.0])));
     }
 
@@ -595,7 +612,15 @@ mod tests {
             update_epochs: 2,
             ..PpoConfig::default()
         };
-        let stats = ppo_update(&policy, &mut opt, &mut [&mut arch_opt], &batch, &cfg).unwrap();
+        let stats = ppo_update(
+            &policy,
+            &mut opt,
+            &mut [&mut arch_opt],
+            &batch,
+            &cfg,
+            &mut rng(),
+        )
+        .unwrap();
         assert_eq!(stats.epochs, 2);
         assert_eq!(stats.minibatches, 8);
         assert!(stats.entropy > 0.6 && stats.entropy <= 2f64.ln() + 1e-6);
@@ -644,7 +669,7 @@ mod tests {
             target_kl: Some(1e-9),
             ..PpoConfig::default()
         };
-        let stats = ppo_update(&policy, &mut opt, &mut [], &batch, &cfg).unwrap();
+        let stats = ppo_update(&policy, &mut opt, &mut [], &batch, &cfg, &mut rng()).unwrap();
         assert_eq!(stats.epochs, 1);
         assert_eq!(stats.minibatches, 2);
     }

@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::time::Instant;
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
 use super::adam::{Adam, AdamConfig, JointOptimizer};
 use super::normalize::RewardNormalizer;
@@ -19,12 +21,14 @@ use crate::envs::{EnvSpec, EpisodeStats, VecEnv};
 /// `storage` (observations, first flags, actions, log-probabilities, values, rewards scaled by
 /// `normalizer` when given, and the observation after the last step). Continues from the
 /// environment's current state, so consecutive rollouts join up. Returns the episodes that
-/// finished during the rollout, with their raw returns.
-pub fn collect_rollout(
+/// finished during the rollout, with their raw returns. Actions are sampled with uniforms
+/// drawn from `rng` (see [`ActorCritic::act_with_uniform`]).
+pub fn collect_rollout<R: Rng + ?Sized>(
     env: &mut dyn VecEnv,
     policy: &ActorCritic,
     storage: &mut RolloutStorage,
     mut normalizer: Option<&mut RewardNormalizer>,
+    rng: &mut R,
 ) -> Result<Vec<EpisodeStats>, AgentError> {
     let n = storage.num_envs;
     let spec = env.spec();
@@ -44,7 +48,8 @@ pub fn collect_rollout(
     let mut finished = Vec::new();
     for t in 0..storage.num_steps {
         let step = t as i64;
-        let act = policy.act(&storage.obs.f_get(step)?);
+        let uniform: Vec<f64> = (0..n).map(|_| rng.gen()).collect();
+        let act = policy.act_with_uniform(&storage.obs.f_get(step)?, &Tensor::from_slice(&uniform));
         storage.actions.f_get(step)?.f_copy_(&act.action)?;
         storage.logprobs.f_get(step)?.f_copy_(&act.logprob)?;
         storage.values.f_get(step)?.f_copy_(&act.value)?;
@@ -95,6 +100,8 @@ struct TrainerState {
     iterations_done: u64,
     global_step: u64,
     normalizer: Option<RewardNormalizer>,
+    /// Sampling/shuffling generator, mid-stream.
+    rng: ChaCha8Rng,
 }
 
 const WEIGHTS_FILE: &str = "weights.safetensors";
@@ -105,10 +112,11 @@ const STATE_FILE: &str = "trainer.json";
 /// storage, the reward normaliser, and the step counters. The training loop calls
 /// [`PpoTrainer::iteration`] until [`PpoTrainer::is_done`], logging what it returns.
 ///
-/// Randomness: each iteration reseeds libtorch's global generator from `(seed, iteration)`, so
-/// action sampling and minibatch shuffling depend only on those two numbers, and a run resumed
-/// from a checkpoint draws the same numbers as one that never stopped (the environments'
-/// states are not part of a checkpoint: a resumed run starts fresh episodes).
+/// Randomness: action sampling and minibatch shuffling draw from the trainer's own ChaCha8
+/// generator (seeded with `seed`, saved in checkpoints), never from libtorch's global one, so
+/// a run resumed from a checkpoint (with the environment's `save_state` restored by the
+/// caller) continues exactly as one that never stopped. Only the weight initialisation, done
+/// by the caller before `new`, uses libtorch's generator.
 #[derive(Debug)]
 pub struct PpoTrainer {
     pub config: PpoConfig,
@@ -121,6 +129,7 @@ pub struct PpoTrainer {
     pub normalizer: Option<RewardNormalizer>,
     joint: Vec<Box<dyn JointOptimizer>>,
     seed: u64,
+    rng: ChaCha8Rng,
     iterations_done: u64,
     global_step: u64,
 }
@@ -172,6 +181,7 @@ impl PpoTrainer {
             normalizer,
             joint: Vec::new(),
             seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
             iterations_done: 0,
             global_step: 0,
         })
@@ -209,7 +219,6 @@ impl PpoTrainer {
 
     /// One rollout of `num_steps` x `num_envs` and one PPO update.
     pub fn iteration(&mut self, env: &mut dyn VecEnv) -> Result<IterationStats, AgentError> {
-        tch::manual_seed(iteration_seed(self.seed, self.iterations_done));
         let learning_rate = self.learning_rate();
         self.optimizer.set_lr(learning_rate);
 
@@ -219,6 +228,7 @@ impl PpoTrainer {
             &self.policy,
             &mut self.storage,
             self.normalizer.as_mut(),
+            &mut self.rng,
         )?;
         let rollout_secs = start.elapsed().as_secs_f64();
 
@@ -237,6 +247,7 @@ impl PpoTrainer {
             &mut joint,
             &batch,
             &self.config,
+            &mut self.rng,
         )?;
         let update_secs = start.elapsed().as_secs_f64();
 
@@ -254,7 +265,8 @@ impl PpoTrainer {
     }
 
     /// Writes `weights.safetensors` (the weight store), `adam.safetensors` (Adam's moments and
-    /// step) and `trainer.json` (config, seed, counters, reward normaliser) into `dir`, which
+    /// step) and `trainer.json` (config, seed, counters, reward normaliser, generator state)
+    /// into `dir`, which
     /// must exist.
     pub fn save(&self, dir: &Path) -> Result<(), AgentError> {
         self.vs.save(dir.join(WEIGHTS_FILE))?;
@@ -265,6 +277,7 @@ impl PpoTrainer {
             iterations_done: self.iterations_done,
             global_step: self.global_step,
             normalizer: self.normalizer.clone(),
+            rng: self.rng.clone(),
         };
         let path = dir.join(STATE_FILE);
         let json = serde_json::to_string_pretty(&state).map_err(|source| AgentError::Json {
@@ -318,22 +331,9 @@ impl PpoTrainer {
         self.iterations_done = state.iterations_done;
         self.global_step = state.global_step;
         self.normalizer = state.normalizer;
+        self.rng = state.rng;
         Ok(())
     }
-}
-
-/// A libtorch seed for iteration `iteration` of run `seed` (splitmix64 finaliser, so nearby
-/// inputs give unrelated seeds).
-fn iteration_seed(seed: u64, iteration: u64) -> i64 {
-    let mut z = seed
-        ^ iteration
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    // libtorch takes a signed seed; keep it non-negative.
-    (z >> 1) as i64
 }
 
 #[cfg(test)]
@@ -377,8 +377,14 @@ mod tests {
 
     impl CountingEnv {
         fn write_obs(&mut self) {
-            let x: Vec<f32> = self.steps.iter().map(|&s| s as f32 / self.len as f32).collect();
-            self.obs.narrow(1, 0, 1).copy_(&Tensor::from_slice(&x).unsqueeze(1));
+            let x: Vec<f32> = self
+                .steps
+                .iter()
+                .map(|&s| s as f32 / self.len as f32)
+                .collect();
+            self.obs
+                .narrow(1, 0, 1)
+                .copy_(&Tensor::from_slice(&x).unsqueeze(1));
         }
     }
 
@@ -446,7 +452,9 @@ mod tests {
     fn rollout_fills_storage_and_reports_episodes() {
         let mut t = trainer(small_config(), 0);
         let mut env = CountingEnv::new(4, 5);
-        let episodes = collect_rollout(&mut env, &t.policy, &mut t.storage, None).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let episodes =
+            collect_rollout(&mut env, &t.policy, &mut t.storage, None, &mut rng).unwrap();
         // 16 steps of 5-step episodes: 3 endings per env.
         assert_eq!(episodes.len(), 12);
         assert!(episodes.iter().all(|e| e.length == 5));
@@ -551,14 +559,5 @@ mod tests {
         let mut t = trainer(config, 4);
         let mut env = CountingEnv::new(3, 5);
         assert!(matches!(t.iteration(&mut env), Err(AgentError::Config(_))));
-    }
-
-    #[test]
-    fn iteration_seeds_differ() {
-        let seeds: std::collections::HashSet<i64> = (0..100)
-            .flat_map(|i| [iteration_seed(0, i), iteration_seed(1, i)])
-            .collect();
-        assert_eq!(seeds.len(), 200);
-        assert!(seeds.iter().all(|&s| s >= 0));
     }
 }

@@ -15,3 +15,5 @@ pub mod logging;
 pub mod media;
 pub mod nas;
 pub mod train;
+pub mod search;
+pub mod data;

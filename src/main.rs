@@ -22,6 +22,13 @@ enum Command {
     /// Environments: list them, benchmark stepping, record episodes.
     #[command(subcommand)]
     Envs(cli::envs::EnvsCommand),
+    /// Architecture search on an image dataset (DARTS and friends); writes genotype.json.
+    Search(cli::search::SearchArgs),
+    /// Train a derived genotype from scratch (DARTS evaluation recipe) and report test accuracy.
+    TrainArch(cli::search::TrainArchArgs),
+    /// Show a genotype or draw its cells with Graphviz.
+    #[command(subcommand)]
+    Genotype(cli::search::GenotypeCommand),
 }
 
 fn main() {
@@ -31,6 +38,9 @@ fn main() {
         Command::Eval(args) => cli::train::run_eval(args),
         Command::Info => cli::info::run(),
         Command::Envs(cmd) => cli::envs::run(cmd),
+        Command::Search(args) => cli::search::run_search(args),
+        Command::TrainArch(args) => cli::search::run_train_arch(args),
+        Command::Genotype(cmd) => cli::search::run_genotype(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -2,4 +2,5 @@
 
 pub mod envs;
 pub mod info;
+pub mod search;
 pub mod train;

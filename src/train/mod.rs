@@ -3,6 +3,7 @@
 
 pub mod rl;
 pub mod run_dir;
+pub mod supervised;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,353 @@
+//! Search strategies: how architecture parameters become op weights, how they are updated and
+//! how a discrete genotype is read off them (DARTS, Liu et al. ICLR 2019, and the methods
+//! below). NASLib's idea: the relaxation is the plugin point and the supernet stays
+//! strategy-agnostic; the official DARTS code's flaw avoided: the strategy never reaches into
+//! the model or the weight optimizer, it sees them only through an [`Objective`].
+//!
+//! # The contract
+//!
+//! A search loop (supervised: [`crate::train::supervised`]; RL: the PPO search loop) owns the
+//! weights, their optimizer and the data. Per iteration it
+//!
+//! 1. asks [`SearchStrategy::wants_arch_step`]; if yes, loads a search (validation) batch and
+//!    calls [`SearchStrategy::arch_step`] with itself as the [`Objective`];
+//! 2. builds op weights with [`SearchStrategy::op_weights`]`(arch, Phase::Weights)`, computes
+//!    the training loss, backpropagates, clips and steps the *weights* (never the alphas);
+//! 3. calls [`SearchStrategy::after_weight_step`] with the loss and gradient norm.
+//!
+//! and at each epoch start calls [`SearchStrategy::begin_epoch`]. The strategy owns the alpha
+//! optimizer (over the [`ArchParams`] store only) and any sampler state, and checkpoints both.
+//!
+//! # How each method maps onto the trait
+//!
+//! - **DARTS first order** ([`darts`]): `op_weights` = `softmax(alpha / T)`, detached in the
+//!   weight phase; `arch_step` = `grad_alpha L_val(w, alpha)`, Adam step.
+//! - **DARTS second order** ([`darts`]): `arch_step` makes the virtual step
+//!   `w' = w - xi (mu buf + grad_w L_train + wd w)` from [`Objective::virtual_step`] (xi = the
+//!   current weight lr), writes it through a [`perturb::WeightGuard`], takes
+//!   `grad_alpha L_val(w')` and `v = grad_w' L_val(w')`, restores `w` bit-exactly, and
+//!   subtracts `xi * grad2_{alpha,w} L_train * v` (central difference with
+//!   `eps = 0.01 / ||v||`, or exact by double backward).
+//! - **iDARTS**: `wants_arch_step` is true every `T` iterations (the loop's weight steps are
+//!   the `T` inner steps); `arch_step` computes `v = grad_w L_val`, the Neumann sum
+//!   `sum_k (I - gamma H)^k v` with [`perturb::exact_hvp`] on `L_train`, and the mixed term
+//!   with [`perturb::fd_mixed_hvp`] as DARTS does. K = 0 is DARTS at `w_T`.
+//! - **SNAS**: single level: `wants_arch_step` is always false; `op_weights(Weights)` zeroes
+//!   the alpha gradients and returns a Gumbel-softmax sample with its graph, so the loop's one
+//!   backward reaches alpha; `after_weight_step` adds the resource penalty's score-function
+//!   gradient `eta * C(Z) * grad log p(Z)` and steps Adam; `begin_epoch` anneals lambda
+//!   linearly; `derive` uses [`DeriveRule::ArgmaxAll`].
+//! - **UNAS**: `arch_step` samples a hard `z` and the relaxed `zeta` with the same noise,
+//!   evaluates `f = L_train + 0.5 |L_val - L_train| (+ latency)` on both through the
+//!   objective, and forms `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`.
+//! - **DARTS-PRIME**: `after_weight_step` updates the EWMA of `||grad_w L_train||^2` (in the
+//!   [`WeightStepReport`]) and the threshold; `wants_arch_step` compares them (the dynamic
+//!   schedule); `arch_step` adds `(t/T)(rho/2) ||softmax(alpha) - P||` with `P` the one-hot
+//!   mask of the current `derive`.
+//! - **GDAS**: `op_weights` returns straight-through hard one-hot weights `h - sg(p) + p` as
+//!   [`crate::nas::OpWeights::one_hot`], so the supernet evaluates only the sampled op per
+//!   edge; `begin_epoch` anneals tau linearly 10 -> 0.1.
+//! - **Random search** ([`random`]): see the module; the honest baseline.
+//!
+//! # Configuration
+//!
+//! One serde enum, [`StrategyConfig`], adjacently tagged (`[search.strategy] kind = "darts"`
+//! with `[search.strategy.params]`), unknown keys rejected everywhere, and one exhaustive
+//! `match` ([`StrategyConfig::build`]). Adding a strategy = a file, a variant, a match arm,
+//! a name in [`STRATEGY_NAMES`] and a preset in `configs/`.
+
+pub mod darts;
+pub mod optim;
+pub mod perturb;
+pub mod random;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::nas::{ArchParams, CellWeights, Genotype, NasError};
+
+pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
+pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
+pub use random::{RandomParams, RandomSearch};
+
+/// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
+pub const STRATEGY_NAMES: &[&str] = &["darts", "random"];
+
+/// Errors of the search layer, one variant per boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error(transparent)]
+    Nas(#[from] NasError),
+    #[error("libtorch: {0}")]
+    Tch(#[from] tch::TchError),
+    /// A configuration or call that cannot work (wrong shapes, a loss that is not a scalar).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Raised by an [`Objective`] (the loop's own failures travel through here as text).
+    #[error("objective: {0}")]
+    Objective(String),
+}
+
+impl SearchError {
+    pub(crate) fn checkpoint(path: &Path, reason: String) -> Self {
+        Self::Checkpoint { path: path.to_path_buf(), reason }
+    }
+}
+
+/// Which forward op weights are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// The loop's weight step on a training batch.
+    Weights,
+    /// Inside [`SearchStrategy::arch_step`] (strategies call this themselves).
+    Arch,
+    /// Evaluation: deterministic weights (no sampling noise).
+    Eval,
+}
+
+/// What the DARTS second-order virtual step needs to know about the weight optimizer
+/// (`architect.py` reads these from the PyTorch optimizer; here the loop hands them over).
+#[derive(Debug)]
+pub struct VirtualStep {
+    /// Current weight learning rate (DARTS's xi).
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Momentum buffers in [`Objective::parameters`] order; `None` before a parameter's first
+    /// step (treated as zero, as the official `except: moment = zeros` does).
+    pub momentum_buffers: Vec<Option<Tensor>>,
+}
+
+/// What a strategy may evaluate: losses on the current batches for given op weights, and the
+/// weights themselves (for virtual steps and Hessian-vector products). The vision loop and the
+/// RL loop each implement it; the batches are the loop's business (it sets them before calling
+/// the strategy).
+pub trait Objective {
+    /// Mean loss on the current *training* batch, with autograd graph to the weights and to
+    /// `weights`' tensors. Training-mode forward (BatchNorm batch statistics).
+    fn train_loss(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError>;
+
+    /// Mean loss on the current *search* (validation) batch, training-mode forward as in DARTS.
+    fn search_loss(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError>;
+
+    /// Trainable network weights (shallow clones), in a fixed order.
+    fn parameters(&self) -> Vec<Tensor>;
+
+    /// State that forward passes mutate (BatchNorm running statistics), snapshotted with the
+    /// weights so that virtual steps leave no trace.
+    fn buffers(&self) -> Vec<Tensor>;
+
+    /// The weight optimizer's current settings and momentum buffers.
+    fn virtual_step(&self) -> VirtualStep;
+}
+
+/// What the loop's weight step did, for strategies that react to it (single-level methods,
+/// DARTS-PRIME's schedule).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightStepReport {
+    pub iteration: u64,
+    pub loss: f64,
+    /// `sum_p ||grad_w L_train||^2`, before clipping.
+    pub grad_norm_sq: f64,
+    pub lr: f64,
+}
+
+/// What an alpha step did.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ArchStepStats {
+    /// Loss the step minimised (search loss, or the strategy's surrogate), before the step.
+    pub loss: f64,
+    /// Norm of the (hyper)gradient applied to the alphas.
+    pub grad_norm: f64,
+}
+
+/// How architecture parameters become op weights, how they are updated, and how a genotype
+/// is derived. Never steps the network weights.
+pub trait SearchStrategy: Send + std::fmt::Debug {
+    /// One of [`STRATEGY_NAMES`].
+    fn name(&self) -> &'static str;
+
+    /// Op weights for one forward in `phase`. Call once per forward that will be
+    /// backpropagated (the graph to alpha is consumed by the backward).
+    fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError>;
+
+    /// Start of epoch `epoch` of `num_epochs` (temperature schedules).
+    fn begin_epoch(&mut self, _epoch: usize, _num_epochs: usize) {}
+
+    /// Whether iteration `iteration` (0-based, global) takes an alpha step on a search batch.
+    fn wants_arch_step(&self, iteration: u64) -> bool;
+
+    /// One alpha update on the objective's current batches.
+    fn arch_step(&mut self, arch: &ArchParams, objective: &mut dyn Objective) -> Result<ArchStepStats, SearchError>;
+
+    /// After the loop's weight step; single-level strategies take their alpha step here.
+    fn after_weight_step(&mut self, _arch: &ArchParams, _report: &WeightStepReport) -> Result<Option<ArchStepStats>, SearchError> {
+        Ok(None)
+    }
+
+    /// The discrete architecture the alphas currently describe.
+    fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError>;
+
+    /// Strategy scalars worth logging (temperature, schedule threshold ...), tag suffix first.
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+
+    /// Writes optimizer and sampler state into the checkpoint folder `dir`.
+    fn save(&self, dir: &Path) -> Result<(), SearchError>;
+
+    /// Restores what [`SearchStrategy::save`] wrote.
+    fn load(&mut self, dir: &Path) -> Result<(), SearchError>;
+}
+
+/// Which strategy a search uses, with its parameters: TOML `[search.strategy] kind = "darts"`
+/// and `[search.strategy.params]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "params", rename_all = "snake_case", deny_unknown_fields, from = "RawStrategy")]
+pub enum StrategyConfig {
+    /// DARTS (Liu et al. 2019), first or second order.
+    Darts(DartsParams),
+    /// Random search over genotypes (Li & Talwalkar 2019; DARTS's baseline).
+    Random(RandomParams),
+}
+
+/// What TOML holds: like [`StrategyConfig`], but `params` may be left out (`--set
+/// search.strategy.kind=random` alone then means the defaults of that strategy; serde's
+/// adjacent tagging reads a missing content as `None` for an `Option`).
+#[derive(Deserialize)]
+#[serde(tag = "kind", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+enum RawStrategy {
+    Darts(Option<DartsParams>),
+    Random(Option<RandomParams>),
+}
+
+impl From<RawStrategy> for StrategyConfig {
+    fn from(raw: RawStrategy) -> Self {
+        match raw {
+            RawStrategy::Darts(p) => StrategyConfig::Darts(p.unwrap_or_default()),
+            RawStrategy::Random(p) => StrategyConfig::Random(p.unwrap_or_default()),
+        }
+    }
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig::Darts(DartsParams::default())
+    }
+}
+
+impl StrategyConfig {
+    /// The variant's name, as in TOML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyConfig::Darts(_) => "darts",
+            StrategyConfig::Random(_) => "random",
+        }
+    }
+
+    /// Default parameters for `name`, or an error listing the valid names.
+    pub fn from_name(name: &str) -> Result<Self, SearchError> {
+        match name {
+            "darts" => Ok(StrategyConfig::Darts(DartsParams::default())),
+            "random" => Ok(StrategyConfig::Random(RandomParams::default())),
+            other => Err(SearchError::Invalid(format!(
+                "unknown search strategy '{other}'; valid: {}",
+                STRATEGY_NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// Builds the strategy over `arch`'s alphas (its optimizer adopts the arch store only).
+    /// `seed` seeds the strategy's own sampler.
+    pub fn build(&self, arch: &ArchParams, seed: u64) -> Result<Box<dyn SearchStrategy>, SearchError> {
+        Ok(match self {
+            StrategyConfig::Darts(p) => Box::new(Darts::new(arch, p.clone())?),
+            StrategyConfig::Random(p) => Box::new(RandomSearch::new(arch, p.clone(), seed)?),
+        })
+    }
+}
+
+/// `softmax(alpha / temperature)` per edge in alpha's own precision (the f64 gradient checks
+/// need it; [`ArchParams::softmax_weights`] computes in f32).
+pub fn softmax_weights(arch: &ArchParams, temperature: f64) -> CellWeights {
+    let relax = |a: &Tensor| (a / temperature).softmax(-1, a.kind());
+    CellWeights::dense(relax(arch.alpha_normal()), arch.alpha_reduce().map(relax))
+}
+
+/// The alphas of `arch`, normal first (the order of every gradient list here).
+pub fn alphas(arch: &ArchParams) -> Vec<Tensor> {
+    let mut out = vec![arch.alpha_normal().shallow_clone()];
+    out.extend(arch.alpha_reduce().map(Tensor::shallow_clone));
+    out
+}
+
+/// Per-edge softmax rows as f64 (for logging and derivation), `[num_edges][num_ops]`.
+pub fn alpha_probabilities(alpha: &Tensor) -> Result<Vec<Vec<f64>>, SearchError> {
+    let p = tch::no_grad(|| alpha.softmax(-1, Kind::Double));
+    Ok(Vec::<Vec<f64>>::try_from(&p.to_device(tch::Device::Cpu))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{check_rejects_unknown_keys, load_config, ConfigError};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Wrapper {
+        strategy: StrategyConfig,
+    }
+
+    impl Default for Wrapper {
+        fn default() -> Self {
+            Self { strategy: StrategyConfig::default() }
+        }
+    }
+
+    #[test]
+    fn every_name_builds_from_config_and_round_trips() {
+        for name in STRATEGY_NAMES {
+            let config = load_config(None, Wrapper::default(), &[format!("strategy.kind={name}")]).unwrap();
+            assert_eq!(config.strategy.name(), *name);
+            assert_eq!(StrategyConfig::from_name(name).unwrap(), config.strategy);
+            let accepting = check_rejects_unknown_keys(&config).unwrap();
+            assert!(accepting.is_empty(), "{name}: tables accepting unknown keys: {accepting:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_strategy_names_and_keys_are_rejected_with_the_valid_list() {
+        let err = load_config(None, Wrapper::default(), &["strategy.kind=dartz".to_string()]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::TypeMismatch { .. }), "{text}");
+        assert!(STRATEGY_NAMES.iter().all(|n| text.contains(n)), "{text}");
+        assert!(text.contains("did you mean `darts`"), "{text}");
+
+        let err = load_config(None, Wrapper::default(), &["strategy.params.ordr=\"second\"".to_string()]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{text}");
+        assert!(text.contains("order"), "{text}");
+
+        assert!(StrategyConfig::from_name("gdas").unwrap_err().to_string().contains("darts, random"));
+    }
+
+    #[test]
+    fn switching_kind_drops_the_old_params() {
+        let config = load_config(
+            None,
+            Wrapper::default(),
+            &["strategy.params.num_candidates=7".to_string(), "strategy.kind=random".to_string()],
+        )
+        .unwrap();
+        match config.strategy {
+            StrategyConfig::Random(p) => assert_eq!(p.num_candidates, 7),
+            other => panic!("{other:?}"),
+        }
+    }
+}
