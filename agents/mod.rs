@@ -24,7 +24,9 @@ pub use gae::gae;
 pub use impala::{ImpalaCnn, ImpalaConfig};
 pub use mlp::{Mlp, MlpConfig};
 pub use normalize::{RewardNormalizer, RunningMeanStd};
-pub use policy::{preprocess_obs, Act, ActorCritic, Evaluation};
+pub use policy::{
+    encoder_input_shape, preprocess_obs, sample_categorical, Act, ActorCritic, Evaluation,
+};
 pub use ppo::{clip_grad_norm, ppo_loss, ppo_update, PpoConfig, PpoLoss, PpoStats};
 pub use rollout::{collect_rollout, IterationStats, PpoTrainer};
 pub use storage::{Batch, RolloutStorage};
