@@ -4,9 +4,12 @@
 //! builds a network that runs forward. Plus the second-order DARTS variants, whose virtual
 //! step must leave weights and BatchNorm statistics bit-identical.
 
-use rl_darts::nas::{AlphaInit, ArchParams, DartsEvalConfig, DartsSearchConfig, DartsSearchNet, OpWeights, Supernet};
+use rl_darts::nas::{
+    AlphaInit, ArchParams, DartsEvalConfig, DartsSearchConfig, DartsSearchNet, OpWeights, Supernet,
+};
 use rl_darts::search::{
-    alphas, DartsOrder, DartsParams, HessianMode, Phase, SearchStrategy, Sgd, SgdConfig, StrategyConfig, STRATEGY_NAMES,
+    alphas, DartsOrder, DartsParams, HessianMode, Phase, SearchStrategy, Sgd, SgdConfig,
+    StrategyConfig, STRATEGY_NAMES,
 };
 use rl_darts::train::supervised::{cross_entropy, derived_network_forward, VisionObjective};
 use tch::{nn, Device, Kind, Tensor};
@@ -15,13 +18,22 @@ fn check_op_weights(name: &str, phase: Phase, w: &OpWeights) {
     let rows = Vec::<Vec<f64>>::try_from(&w.weights().detach().to_kind(Kind::Double)).unwrap();
     for (e, row) in rows.iter().enumerate() {
         let sum: f64 = row.iter().sum();
-        assert!((sum - 1.0).abs() < 1e-5, "{name} {phase:?}: edge {e} sums to {sum}");
-        assert!(row.iter().all(|&v| v >= 0.0), "{name} {phase:?}: negative weight on edge {e}");
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "{name} {phase:?}: edge {e} sums to {sum}"
+        );
+        assert!(
+            row.iter().all(|&v| v >= 0.0),
+            "{name} {phase:?}: negative weight on edge {e}"
+        );
         if let Some(active) = w.active(e) {
             // A hard sample: exactly the active ops carry weight.
             for (o, &v) in row.iter().enumerate() {
                 let expected = if active.contains(&o) { 1.0 } else { 0.0 };
-                assert!((v - expected).abs() < 1e-6, "{name} {phase:?}: edge {e} op {o} = {v}, active {active:?}");
+                assert!(
+                    (v - expected).abs() < 1e-6,
+                    "{name} {phase:?}: edge {e} op {o} = {v}, active {active:?}"
+                );
             }
         }
     }
@@ -31,15 +43,35 @@ fn conformance(config: &StrategyConfig) {
     let name = config.name();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let net_config = DartsSearchConfig { c: 4, layers: 3, num_nodes: 3, in_channels: 1, stem_multiplier: 2, ..Default::default() };
+    let net_config = DartsSearchConfig {
+        c: 4,
+        layers: 3,
+        num_nodes: 3,
+        in_channels: 1,
+        stem_multiplier: 2,
+        ..Default::default()
+    };
     let net = DartsSearchNet::new(vs.root() / "net", &net_config).unwrap();
     let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit::default()).unwrap();
     let mut strategy: Box<dyn SearchStrategy> = config.build(&arch, 0).unwrap();
     assert_eq!(strategy.name(), name);
-    let mut sgd = Sgd::new(vs.variables(), SgdConfig { lr: 0.025, momentum: 0.9, weight_decay: 3e-4 });
+    let mut sgd = Sgd::new(
+        vs.variables(),
+        SgdConfig {
+            lr: 0.025,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+        },
+    );
     let opts = (Kind::Float, Device::Cpu);
-    let train = (Tensor::randn([8, 1, 8, 8], opts), Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)));
-    let search = (Tensor::randn([8, 1, 8, 8], opts), Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)));
+    let train = (
+        Tensor::randn([8, 1, 8, 8], opts),
+        Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)),
+    );
+    let search = (
+        Tensor::randn([8, 1, 8, 8], opts),
+        Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)),
+    );
 
     // One weight step as the loop takes it, so the optimizer has momentum.
     strategy.begin_epoch(0, 2);
@@ -57,13 +89,25 @@ fn conformance(config: &StrategyConfig) {
 
     let alphas_before: Vec<Tensor> = alphas(&arch).iter().map(Tensor::copy).collect();
     let params_before: Vec<Tensor> = sgd.parameters().iter().map(Tensor::copy).collect();
-    let mut objective = VisionObjective { net: &net, vs: &vs, sgd: &sgd, train, search };
+    let mut objective = VisionObjective {
+        net: &net,
+        vs: &vs,
+        sgd: &sgd,
+        train,
+        search,
+    };
     let stats = strategy.arch_step(&arch, &mut objective).unwrap();
     assert!(stats.loss.is_finite(), "{name}: arch loss {}", stats.loss);
-    let changed = alphas(&arch).iter().zip(&alphas_before).any(|(a, b)| !a.equal(b));
+    let changed = alphas(&arch)
+        .iter()
+        .zip(&alphas_before)
+        .any(|(a, b)| !a.equal(b));
     assert!(changed, "{name}: alphas did not change after an arch step");
     for (p, before) in sgd.parameters().iter().zip(&params_before) {
-        assert!(p.equal(before), "{name}: the arch step changed network weights");
+        assert!(
+            p.equal(before),
+            "{name}: the arch step changed network weights"
+        );
     }
 
     let genotype = strategy.derive(&arch).unwrap();
@@ -78,7 +122,8 @@ fn conformance(config: &StrategyConfig) {
         image_size: 8,
         ..Default::default()
     };
-    let logits = derived_network_forward(&genotype, &eval, &Tensor::randn([2, 1, 8, 8], opts)).unwrap();
+    let logits =
+        derived_network_forward(&genotype, &eval, &Tensor::randn([2, 1, 8, 8], opts)).unwrap();
     assert_eq!(logits.size(), [2, 10], "{name}");
 
     // Checkpoint round trip of the strategy state.
@@ -86,7 +131,11 @@ fn conformance(config: &StrategyConfig) {
     strategy.save(dir.path()).unwrap();
     let mut fresh = config.build(&arch, 99).unwrap();
     fresh.load(dir.path()).unwrap();
-    assert_eq!(fresh.derive(&arch).unwrap(), genotype, "{name}: state did not round-trip");
+    assert_eq!(
+        fresh.derive(&arch).unwrap(),
+        genotype,
+        "{name}: state did not round-trip"
+    );
 }
 
 #[test]
@@ -99,6 +148,10 @@ fn every_strategy_conforms() {
 #[test]
 fn darts_second_order_variants_conform() {
     for hessian in [HessianMode::FiniteDifference, HessianMode::Exact] {
-        conformance(&StrategyConfig::Darts(DartsParams { order: DartsOrder::Second, hessian, ..DartsParams::default() }));
+        conformance(&StrategyConfig::Darts(DartsParams {
+            order: DartsOrder::Second,
+            hessian,
+            ..DartsParams::default()
+        }));
     }
 }

@@ -9,7 +9,9 @@
 
 use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchConfig, DartsSearchNet, OpSet, Supernet};
 use rl_darts::search::perturb::{grad, WeightGuard};
-use rl_darts::search::{alphas, softmax_weights, Darts, DartsOrder, DartsParams, HessianMode, Objective, Sgd, SgdConfig};
+use rl_darts::search::{
+    alphas, softmax_weights, Darts, DartsOrder, DartsParams, HessianMode, Objective, Sgd, SgdConfig,
+};
 use rl_darts::train::supervised::{cross_entropy, VisionObjective};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -37,17 +39,46 @@ fn fixture() -> Fixture {
     };
     let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
     vs.set_kind(Kind::Double);
-    let mut arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit { mean: 0.0, std: 0.5 }).unwrap();
+    let mut arch = ArchParams::new(
+        Device::Cpu,
+        net.space(),
+        true,
+        AlphaInit {
+            mean: 0.0,
+            std: 0.5,
+        },
+    )
+    .unwrap();
     arch.var_store_mut().set_kind(Kind::Double);
-    let train = (Tensor::randn([6, 1, 6, 6], opts), Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]));
-    let search = (Tensor::randn([6, 1, 6, 6], opts), Tensor::from_slice(&[2i64, 1, 0, 2, 1, 0]));
-    let mut sgd = Sgd::new(vs.variables(), SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 3e-4 });
+    let train = (
+        Tensor::randn([6, 1, 6, 6], opts),
+        Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]),
+    );
+    let search = (
+        Tensor::randn([6, 1, 6, 6], opts),
+        Tensor::from_slice(&[2i64, 1, 0, 2, 1, 0]),
+    );
+    let mut sgd = Sgd::new(
+        vs.variables(),
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+        },
+    );
     // One real step so the virtual step has momentum buffers to include.
     let w = tch::no_grad(|| softmax_weights(&arch, 1.0));
     sgd.zero_grad();
     cross_entropy(&net.forward_with(&train.0, &w, true), &train.1).backward();
     sgd.step();
-    Fixture { vs, net, arch, sgd, train, search }
+    Fixture {
+        vs,
+        net,
+        arch,
+        sgd,
+        train,
+        search,
+    }
 }
 
 impl Fixture {
@@ -75,11 +106,18 @@ impl Fixture {
             w.iter()
                 .zip(&g)
                 .zip(&vstep.momentum_buffers)
-                .map(|((p, g), b)| p - (b.as_ref().unwrap() * vstep.momentum + g + p * vstep.weight_decay) * vstep.lr)
+                .map(|((p, g), b)| {
+                    p - (b.as_ref().unwrap() * vstep.momentum + g + p * vstep.weight_decay)
+                        * vstep.lr
+                })
                 .collect()
         });
         guard.set(&w_prime).unwrap();
-        let value = tch::no_grad(|| obj.search_loss(&softmax_weights(&self.arch, 1.0)).unwrap().double_value(&[]));
+        let value = tch::no_grad(|| {
+            obj.search_loss(&softmax_weights(&self.arch, 1.0))
+                .unwrap()
+                .double_value(&[])
+        });
         guard.restore();
         value
     }
@@ -95,10 +133,24 @@ impl Fixture {
 
 fn directional_check(hessian: HessianMode, fd_radius: f64, tolerance: f64) {
     let f = fixture();
-    let darts =
-        Darts::new(&f.arch, DartsParams { order: DartsOrder::Second, hessian, fd_radius, ..DartsParams::default() }).unwrap();
-    let before: Vec<(String, Tensor)> = f.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
-    let (_, g) = darts.unrolled_gradient(&f.arch, &mut f.objective()).unwrap();
+    let darts = Darts::new(
+        &f.arch,
+        DartsParams {
+            order: DartsOrder::Second,
+            hessian,
+            fd_radius,
+            ..DartsParams::default()
+        },
+    )
+    .unwrap();
+    let before: Vec<(String, Tensor)> =
+        f.vs.variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+    let (_, g) = darts
+        .unrolled_gradient(&f.arch, &mut f.objective())
+        .unwrap();
     // Bit-identical weights and BN statistics after the virtual step and both perturbations.
     let after = f.vs.variables();
     for (name, value) in &before {
@@ -109,8 +161,15 @@ fn directional_check(hessian: HessianMode, fd_radius: f64, tolerance: f64) {
     let h = 1e-5;
     for seed in 0..3 {
         tch::manual_seed(100 + seed);
-        let d: Vec<Tensor> = g.iter().map(|t| Tensor::randn(t.size(), (Kind::Double, Device::Cpu))).collect();
-        let analytic: f64 = g.iter().zip(&d).map(|(a, b)| (a * b).sum(Kind::Double).double_value(&[])).sum();
+        let d: Vec<Tensor> = g
+            .iter()
+            .map(|t| Tensor::randn(t.size(), (Kind::Double, Device::Cpu)))
+            .collect();
+        let analytic: f64 = g
+            .iter()
+            .zip(&d)
+            .map(|(a, b)| (a * b).sum(Kind::Double).double_value(&[]))
+            .sum();
         f.shift_alphas(&d, h);
         let plus = f.unrolled();
         f.shift_alphas(&d, -2.0 * h);
@@ -118,7 +177,10 @@ fn directional_check(hessian: HessianMode, fd_radius: f64, tolerance: f64) {
         f.shift_alphas(&d, h);
         let numeric = (plus - minus) / (2.0 * h);
         let rel = (analytic - numeric).abs() / numeric.abs().max(1e-8);
-        assert!(rel < tolerance, "{hessian:?} direction {seed}: analytic {analytic:e}, numeric {numeric:e}, rel {rel:e}");
+        assert!(
+            rel < tolerance,
+            "{hessian:?} direction {seed}: analytic {analytic:e}, numeric {numeric:e}, rel {rel:e}"
+        );
     }
 }
 
@@ -140,11 +202,22 @@ fn second_order_gradient_with_finite_difference_hvp_equals_the_unrolled_finite_d
 fn finite_difference_and_exact_second_order_gradients_agree() {
     let f = fixture();
     let grads = |hessian| {
-        let params = DartsParams { order: DartsOrder::Second, hessian, fd_radius: 1e-5, ..DartsParams::default() };
+        let params = DartsParams {
+            order: DartsOrder::Second,
+            hessian,
+            fd_radius: 1e-5,
+            ..DartsParams::default()
+        };
         let darts = Darts::new(&f.arch, params).unwrap();
-        darts.unrolled_gradient(&f.arch, &mut f.objective()).unwrap().1
+        darts
+            .unrolled_gradient(&f.arch, &mut f.objective())
+            .unwrap()
+            .1
     };
-    let (fd, exact) = (grads(HessianMode::FiniteDifference), grads(HessianMode::Exact));
+    let (fd, exact) = (
+        grads(HessianMode::FiniteDifference),
+        grads(HessianMode::Exact),
+    );
     for (a, b) in fd.iter().zip(&exact) {
         let err = (a - b).abs().max().double_value(&[]);
         let scale = b.abs().max().double_value(&[]);

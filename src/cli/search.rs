@@ -35,7 +35,10 @@ pub struct SearchArgs {
 }
 
 fn strategy_help() -> String {
-    format!("Override any config key (repeatable). Strategies (search.strategy.kind): {}", STRATEGY_NAMES.join(", "))
+    format!(
+        "Override any config key (repeatable). Strategies (search.strategy.kind): {}",
+        STRATEGY_NAMES.join(", ")
+    )
 }
 
 #[derive(Args, Debug)]
@@ -105,7 +108,8 @@ fn progress(quiet: bool) -> Box<dyn Progress> {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}").expect("valid template"),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
     );
     Box::new(Bar(bar))
 }
@@ -130,10 +134,19 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
             (config, run, true)
         }
         None => {
-            let config = load_config(args.config.as_deref(), SupervisedConfig::default(), &args.sets)?;
+            let config = load_config(
+                args.config.as_deref(),
+                SupervisedConfig::default(),
+                &args.sets,
+            )?;
             let run = match &args.run_dir {
                 Some(dir) => RunDir::create_at(dir)?,
-                None => RunDir::create_new(Path::new("runs"), config.data.name(), config.search.strategy.name(), config.seed)?,
+                None => RunDir::create_new(
+                    Path::new("runs"),
+                    config.data.name(),
+                    config.search.strategy.name(),
+                    config.seed,
+                )?,
             };
             (config, run, false)
         }
@@ -167,30 +180,54 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         summary.val_accuracy,
         summary.genotype_path.display()
     );
-    println!("retrain: rl-darts train-arch --genotype {} --config <preset>", summary.genotype_path.display());
+    println!(
+        "retrain: rl-darts train-arch --genotype {} --config <preset>",
+        summary.genotype_path.display()
+    );
     if summary.interrupted {
-        println!("resume with: rl-darts search --resume {}", run_dir.root.display());
+        println!(
+            "resume with: rl-darts search --resume {}",
+            run_dir.root.display()
+        );
     }
     Ok(())
 }
 
 pub fn run_train_arch(args: TrainArchArgs) -> anyhow::Result<()> {
-    let genotype = Genotype::load(&args.genotype).with_context(|| format!("reading {}", args.genotype.display()))?;
-    let config = load_config(args.config.as_deref(), SupervisedConfig::default(), &args.sets)?;
+    let genotype = Genotype::load(&args.genotype)
+        .with_context(|| format!("reading {}", args.genotype.display()))?;
+    let config = load_config(
+        args.config.as_deref(),
+        SupervisedConfig::default(),
+        &args.sets,
+    )?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
-        None => args.genotype.parent().unwrap_or(Path::new(".")).join("train_arch"),
+        None => args
+            .genotype
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("train_arch"),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     save_resolved_config(&config, &out)?;
     let mut sink = tensorboard(&out.join("tb"));
-    println!("training {genotype} from scratch on {} for {} epochs -> {}", config.data.name(), config.train_arch.epochs, out.display());
+    println!(
+        "training {genotype} from scratch on {} for {} epochs -> {}",
+        config.data.name(),
+        config.train_arch.epochs,
+        out.display()
+    );
     let mut bar = progress(args.quiet);
     let summary = train_arch(&config, &genotype, Some(&out), &mut sink, bar.as_mut())?;
     sink.flush();
     println!(
         "{} parameters, {} epochs in {:.0}s: train accuracy {:.4}, test accuracy {:.4}",
-        summary.parameters, summary.epochs, summary.seconds, summary.train_accuracy, summary.test_accuracy
+        summary.parameters,
+        summary.epochs,
+        summary.seconds,
+        summary.train_accuracy,
+        summary.test_accuracy
     );
     Ok(())
 }
@@ -207,7 +244,15 @@ pub fn run_genotype(cmd: GenotypeCommand) -> anyhow::Result<()> {
             let stem = out.unwrap_or_else(|| file.with_extension(""));
             // Two-input cells (DARTS) name their inputs c_{k-2}, c_{k-1}; the largest input
             // index any gene reads tells which.
-            let num_inputs = if g.normal.first().is_some_and(|genes| genes.iter().any(|&(_, i)| i == 1)) { 2 } else { 1 };
+            let num_inputs = if g
+                .normal
+                .first()
+                .is_some_and(|genes| genes.iter().any(|&(_, i)| i == 1))
+            {
+                2
+            } else {
+                1
+            };
             for cell in cell_types(&g) {
                 let name = match cell {
                     CellType::Normal => "normal",
@@ -215,7 +260,8 @@ pub fn run_genotype(cmd: GenotypeCommand) -> anyhow::Result<()> {
                 };
                 let dot = g.to_dot(cell, num_inputs);
                 let dot_path = PathBuf::from(format!("{}_{name}.dot", stem.display()));
-                std::fs::write(&dot_path, &dot).with_context(|| format!("writing {}", dot_path.display()))?;
+                std::fs::write(&dot_path, &dot)
+                    .with_context(|| format!("writing {}", dot_path.display()))?;
                 let img = PathBuf::from(format!("{}_{name}.{format}", stem.display()));
                 match render_dot(&dot, &img) {
                     Ok(()) => println!("wrote {} and {}", dot_path.display(), img.display()),

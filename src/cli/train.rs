@@ -57,7 +57,8 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let env = args.env.clone().or(file_env).unwrap_or_else(|| "coinrun".to_string());
     let mut sets = vec![format!("env={env:?}")];
     if let Some(e) = &args.encoder {
-        sets.push(format!("encoder.kind={e:?}"));
+        // The whole table: a new kind starts from its own default params.
+        sets.push(format!("encoder={{ kind = {e:?}, params = {{}} }}"));
     }
     if let Some(n) = args.total_steps {
         sets.push(format!("ppo.total_timesteps={n}"));

@@ -15,23 +15,40 @@ use super::{DataError, Dataset};
 pub const DIGITS_CSV: &str = ".deps/digits/digits.csv";
 
 /// MNIST file stems (train images, train labels, test images, test labels); `.gz` accepted.
-pub const MNIST_FILES: [&str; 4] =
-    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+pub const MNIST_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
 
 /// CIFAR-10 binary batches: five training files, then the test file.
-pub const CIFAR10_FILES: [&str; 6] =
-    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"];
+pub const CIFAR10_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
 
 fn read_all(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| DataError::Io { path: path.to_path_buf(), source, hint: hint.to_string() })?;
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+            hint: hint.to_string(),
+        })?;
     Ok(bytes)
 }
 
 fn malformed(path: &Path, message: impl Into<String>) -> DataError {
-    DataError::Malformed { path: path.to_path_buf(), message: message.into() }
+    DataError::Malformed {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 fn images_tensor(pixels: Vec<u8>, shape: [i64; 4], scale: f64) -> Tensor {
@@ -46,17 +63,37 @@ pub fn load_digits(path: &Path) -> Result<Dataset, DataError> {
     let text = String::from_utf8(bytes).map_err(|_| malformed(path, "not UTF-8 text"))?;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let values: Vec<&str> = line.split(',').map(str::trim).collect();
         if values.len() != 65 {
-            return Err(malformed(path, format!("line {}: {} values, expected 64 pixels and a label", i + 1, values.len())));
+            return Err(malformed(
+                path,
+                format!(
+                    "line {}: {} values, expected 64 pixels and a label",
+                    i + 1,
+                    values.len()
+                ),
+            ));
         }
         for (j, v) in values.iter().enumerate() {
             // The export writes floats ("0.0") or integers; both parse as f64.
-            let x: f64 = v.parse().map_err(|_| malformed(path, format!("line {}: `{v}` is not a number", i + 1)))?;
-            let ok = if j < 64 { (0.0..=16.0).contains(&x) } else { (0.0..=9.0).contains(&x) };
+            let x: f64 = v
+                .parse()
+                .map_err(|_| malformed(path, format!("line {}: `{v}` is not a number", i + 1)))?;
+            let ok = if j < 64 {
+                (0.0..=16.0).contains(&x)
+            } else {
+                (0.0..=9.0).contains(&x)
+            };
             if !ok || x.fract() != 0.0 {
-                return Err(malformed(path, format!("line {}, value {}: {x} out of range", i + 1, j + 1)));
+                return Err(malformed(
+                    path,
+                    format!("line {}, value {}: {x} out of range", i + 1, j + 1),
+                ));
             }
             if j < 64 {
                 pixels.push(x as u8);
@@ -69,7 +106,11 @@ pub fn load_digits(path: &Path) -> Result<Dataset, DataError> {
         return Err(malformed(path, "no rows"));
     }
     let n = labels.len() as i64;
-    Ok(Dataset { images: images_tensor(pixels, [n, 1, 8, 8], 16.0), labels: Tensor::from_slice(&labels), num_classes: 10 })
+    Ok(Dataset {
+        images: images_tensor(pixels, [n, 1, 8, 8], 16.0),
+        labels: Tensor::from_slice(&labels),
+        num_classes: 10,
+    })
 }
 
 /// `dir/stem` or `dir/stem.gz`, decompressed.
@@ -81,7 +122,9 @@ fn read_maybe_gz(dir: &Path, stem: &str, hint: &str) -> Result<(PathBuf, Vec<u8>
     }
     let compressed = read_all(&gz, hint)?;
     let mut bytes = Vec::new();
-    GzDecoder::new(compressed.as_slice()).read_to_end(&mut bytes).map_err(|e| malformed(&gz, format!("gzip: {e}")))?;
+    GzDecoder::new(compressed.as_slice())
+        .read_to_end(&mut bytes)
+        .map_err(|e| malformed(&gz, format!("gzip: {e}")))?;
     Ok((gz, bytes))
 }
 
@@ -97,25 +140,51 @@ pub fn load_mnist(dir: &Path, train: bool) -> Result<Dataset, DataError> {
         MNIST_FILES.join(", "),
         dir.display()
     );
-    let (img_stem, lbl_stem) = if train { (MNIST_FILES[0], MNIST_FILES[1]) } else { (MNIST_FILES[2], MNIST_FILES[3]) };
+    let (img_stem, lbl_stem) = if train {
+        (MNIST_FILES[0], MNIST_FILES[1])
+    } else {
+        (MNIST_FILES[2], MNIST_FILES[3])
+    };
     let (img_path, img) = read_maybe_gz(dir, img_stem, &hint)?;
     let (lbl_path, lbl) = read_maybe_gz(dir, lbl_stem, &hint)?;
     if img.len() < 16 || be_u32(&img, 0) != 2051 {
-        return Err(malformed(&img_path, "not an IDX image file (magic 2051 expected)"));
+        return Err(malformed(
+            &img_path,
+            "not an IDX image file (magic 2051 expected)",
+        ));
     }
     if lbl.len() < 8 || be_u32(&lbl, 0) != 2049 {
-        return Err(malformed(&lbl_path, "not an IDX label file (magic 2049 expected)"));
+        return Err(malformed(
+            &lbl_path,
+            "not an IDX label file (magic 2049 expected)",
+        ));
     }
-    let (n, h, w) = (be_u32(&img, 4) as usize, be_u32(&img, 8) as usize, be_u32(&img, 12) as usize);
+    let (n, h, w) = (
+        be_u32(&img, 4) as usize,
+        be_u32(&img, 8) as usize,
+        be_u32(&img, 12) as usize,
+    );
     if img.len() != 16 + n * h * w {
-        return Err(malformed(&img_path, format!("header says {n} images of {h}x{w}, file has {} pixel bytes", img.len() - 16)));
+        return Err(malformed(
+            &img_path,
+            format!(
+                "header says {n} images of {h}x{w}, file has {} pixel bytes",
+                img.len() - 16
+            ),
+        ));
     }
     let m = be_u32(&lbl, 4) as usize;
     if m != n || lbl.len() != 8 + m {
-        return Err(malformed(&lbl_path, format!("{m} labels ({} bytes) for {n} images", lbl.len() - 8)));
+        return Err(malformed(
+            &lbl_path,
+            format!("{m} labels ({} bytes) for {n} images", lbl.len() - 8),
+        ));
     }
     if let Some(bad) = lbl[8..].iter().find(|&&l| l > 9) {
-        return Err(malformed(&lbl_path, format!("label {bad} out of range 0..9")));
+        return Err(malformed(
+            &lbl_path,
+            format!("label {bad} out of range 0..9"),
+        ));
     }
     let labels: Vec<i64> = lbl[8..].iter().map(|&l| l as i64).collect();
     Ok(Dataset {
@@ -129,14 +198,22 @@ pub fn load_mnist(dir: &Path, train: bool) -> Result<Dataset, DataError> {
 /// [0, 1]: the 50k training images or the 10k test images.
 pub fn load_cifar10(dir: &Path, train: bool) -> Result<Dataset, DataError> {
     let nested = dir.join("cifar-10-batches-bin");
-    let dir = if nested.is_dir() { nested } else { dir.to_path_buf() };
+    let dir = if nested.is_dir() {
+        nested
+    } else {
+        dir.to_path_buf()
+    };
     let hint = format!(
         "Download the binary version (cifar-10-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html and \
          extract it into {} (files {})",
         dir.display(),
         CIFAR10_FILES.join(", ")
     );
-    let files: &[&str] = if train { &CIFAR10_FILES[..5] } else { &CIFAR10_FILES[5..] };
+    let files: &[&str] = if train {
+        &CIFAR10_FILES[..5]
+    } else {
+        &CIFAR10_FILES[5..]
+    };
     const RECORD: usize = 1 + 3 * 32 * 32;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
@@ -144,11 +221,20 @@ pub fn load_cifar10(dir: &Path, train: bool) -> Result<Dataset, DataError> {
         let path = dir.join(name);
         let bytes = read_all(&path, &hint)?;
         if bytes.is_empty() || bytes.len() % RECORD != 0 {
-            return Err(malformed(&path, format!("{} bytes is not a whole number of {RECORD}-byte records", bytes.len())));
+            return Err(malformed(
+                &path,
+                format!(
+                    "{} bytes is not a whole number of {RECORD}-byte records",
+                    bytes.len()
+                ),
+            ));
         }
         for record in bytes.chunks_exact(RECORD) {
             if record[0] > 9 {
-                return Err(malformed(&path, format!("label {} out of range 0..9", record[0])));
+                return Err(malformed(
+                    &path,
+                    format!("label {} out of range 0..9", record[0]),
+                ));
             }
             labels.push(record[0] as i64);
             pixels.extend_from_slice(&record[1..]);
@@ -185,7 +271,9 @@ mod tests {
         std::fs::write(&path, "1,2,3\n").unwrap();
         let err = load_digits(&path).unwrap_err().to_string();
         assert!(err.contains("line 1: 3 values"), "{err}");
-        let err = load_digits(&dir.path().join("missing.csv")).unwrap_err().to_string();
+        let err = load_digits(&dir.path().join("missing.csv"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("make setup"), "{err}");
     }
 
@@ -212,7 +300,10 @@ mod tests {
         std::fs::write(dir.path().join(MNIST_FILES[0]), idx_images(3, 28, 28)).unwrap();
         std::fs::write(dir.path().join(MNIST_FILES[1]), idx_labels(&[1, 2, 3])).unwrap();
         // The test set gzipped.
-        for (stem, bytes) in [(MNIST_FILES[2], idx_images(2, 28, 28)), (MNIST_FILES[3], idx_labels(&[9, 0]))] {
+        for (stem, bytes) in [
+            (MNIST_FILES[2], idx_images(2, 28, 28)),
+            (MNIST_FILES[3], idx_labels(&[9, 0])),
+        ] {
             let f = File::create(dir.path().join(format!("{stem}.gz"))).unwrap();
             let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
             gz.write_all(&bytes).unwrap();
@@ -223,14 +314,24 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(&train.labels).unwrap(), [1, 2, 3]);
         let test = load_mnist(dir.path(), false).unwrap();
         assert_eq!(Vec::<i64>::try_from(&test.labels).unwrap(), [9, 0]);
-        assert!((test.images.get(0).flatten(0, -1).get(1).double_value(&[]) - 1.0 / 255.0).abs() < 1e-7);
+        assert!(
+            (test.images.get(0).flatten(0, -1).get(1).double_value(&[]) - 1.0 / 255.0).abs() < 1e-7
+        );
 
         // Label count mismatch and a wrong magic are named.
         std::fs::write(dir.path().join(MNIST_FILES[1]), idx_labels(&[1, 2])).unwrap();
-        assert!(load_mnist(dir.path(), true).unwrap_err().to_string().contains("2 labels"));
+        assert!(load_mnist(dir.path(), true)
+            .unwrap_err()
+            .to_string()
+            .contains("2 labels"));
         std::fs::write(dir.path().join(MNIST_FILES[0]), [0u8; 20]).unwrap();
-        assert!(load_mnist(dir.path(), true).unwrap_err().to_string().contains("magic 2051"));
-        let err = load_mnist(&dir.path().join("nowhere"), true).unwrap_err().to_string();
+        assert!(load_mnist(dir.path(), true)
+            .unwrap_err()
+            .to_string()
+            .contains("magic 2051"));
+        let err = load_mnist(&dir.path().join("nowhere"), true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Download the four MNIST files"), "{err}");
     }
 
@@ -250,14 +351,26 @@ mod tests {
         }
         let train = load_cifar10(dir.path(), true).unwrap();
         assert_eq!(train.images.size(), [10, 3, 32, 32]);
-        assert_eq!(Vec::<i64>::try_from(&train.labels).unwrap(), [0, 9, 1, 9, 2, 9, 3, 9, 4, 9]);
-        assert_eq!(train.images.get(0).mean(Kind::Double).double_value(&[]), 1.0);
+        assert_eq!(
+            Vec::<i64>::try_from(&train.labels).unwrap(),
+            [0, 9, 1, 9, 2, 9, 3, 9, 4, 9]
+        );
+        assert_eq!(
+            train.images.get(0).mean(Kind::Double).double_value(&[]),
+            1.0
+        );
         let test = load_cifar10(dir.path(), false).unwrap();
         assert_eq!(test.len(), 2);
 
         std::fs::write(sub.join("test_batch.bin"), vec![0u8; 100]).unwrap();
-        assert!(load_cifar10(dir.path(), false).unwrap_err().to_string().contains("3073-byte records"));
+        assert!(load_cifar10(dir.path(), false)
+            .unwrap_err()
+            .to_string()
+            .contains("3073-byte records"));
         std::fs::remove_file(sub.join("data_batch_3.bin")).unwrap();
-        assert!(load_cifar10(dir.path(), true).unwrap_err().to_string().contains("cifar-10-binary.tar.gz"));
+        assert!(load_cifar10(dir.path(), true)
+            .unwrap_err()
+            .to_string()
+            .contains("cifar-10-binary.tar.gz"));
     }
 }

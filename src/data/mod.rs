@@ -23,7 +23,11 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: {source}. {hint}")]
-    Io { path: PathBuf, source: std::io::Error, hint: String },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+        hint: String,
+    },
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
     #[error("{0}")]
@@ -71,7 +75,9 @@ impl Dataset {
     /// from `seed` (fixed, so a held-out test split is the same in every run).
     pub fn split(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset), DataError> {
         if !(0.0..1.0).contains(&fraction) {
-            return Err(DataError::Invalid(format!("split fraction must be in [0, 1), got {fraction}")));
+            return Err(DataError::Invalid(format!(
+                "split fraction must be in [0, 1), got {fraction}"
+            )));
         }
         let mut order: Vec<i64> = (0..self.len() as i64).collect();
         let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
@@ -88,15 +94,24 @@ impl Dataset {
     /// weights, the rest is the search (validation) set (`train_search.py`, portion 0.5).
     pub fn split_head(&self, portion: f64) -> Result<(Dataset, Dataset), DataError> {
         if !(portion > 0.0 && portion < 1.0) {
-            return Err(DataError::Invalid(format!("train_portion must be in (0, 1), got {portion}")));
+            return Err(DataError::Invalid(format!(
+                "train_portion must be in (0, 1), got {portion}"
+            )));
         }
         let n = self.len() as i64;
         let cut = (n as f64 * portion).floor() as i64;
-        Ok((self.subset(&(0..cut).collect::<Vec<_>>()), self.subset(&(cut..n).collect::<Vec<_>>())))
+        Ok((
+            self.subset(&(0..cut).collect::<Vec<_>>()),
+            self.subset(&(cut..n).collect::<Vec<_>>()),
+        ))
     }
 
     pub fn to_device(&self, device: Device) -> Dataset {
-        Dataset { images: self.images.to_device(device), labels: self.labels.to_device(device), num_classes: self.num_classes }
+        Dataset {
+            images: self.images.to_device(device),
+            labels: self.labels.to_device(device),
+            num_classes: self.num_classes,
+        }
     }
 }
 
@@ -111,23 +126,37 @@ impl Normalizer {
     /// CIFAR-10 constants of the DARTS code (`utils._data_transforms_cifar10`), for pixels
     /// scaled to [0, 1].
     pub fn cifar10() -> Self {
-        Self { mean: vec![0.49139968, 0.48215827, 0.44653124], std: vec![0.24703233, 0.24348505, 0.26158768] }
+        Self {
+            mean: vec![0.49139968, 0.48215827, 0.44653124],
+            std: vec![0.24703233, 0.24348505, 0.26158768],
+        }
     }
 
     /// Statistics of `images` `[N, C, H, W]` (compute them on the training split only).
     pub fn fit(images: &Tensor) -> Self {
-        let per_channel = |t: Tensor| Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default();
+        let per_channel = |t: Tensor| {
+            Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(Device::Cpu)).unwrap_or_default()
+        };
         let mean = per_channel(images.mean_dim([0i64, 2, 3].as_slice(), false, Kind::Float));
         let std = per_channel(images.std_dim([0i64, 2, 3].as_slice(), false, false));
-        Self { mean, std: std.into_iter().map(|s| s.max(1e-6)).collect() }
+        Self {
+            mean,
+            std: std.into_iter().map(|s| s.max(1e-6)).collect(),
+        }
     }
 
     /// # Shapes
     /// `[N, C, H, W] -> [N, C, H, W]`
     pub fn apply(&self, images: &Tensor) -> Tensor {
         let c = self.mean.len() as i64;
-        let mean = Tensor::from_slice(&self.mean).to_kind(images.kind()).to_device(images.device()).view([1, c, 1, 1]);
-        let std = Tensor::from_slice(&self.std).to_kind(images.kind()).to_device(images.device()).view([1, c, 1, 1]);
+        let mean = Tensor::from_slice(&self.mean)
+            .to_kind(images.kind())
+            .to_device(images.device())
+            .view([1, c, 1, 1]);
+        let std = Tensor::from_slice(&self.std)
+            .to_kind(images.kind())
+            .to_device(images.device())
+            .view([1, c, 1, 1]);
         (images - mean) / std
     }
 }
@@ -158,13 +187,23 @@ impl Augment {
         if self.is_identity() {
             return x.shallow_clone();
         }
-        let [n, _, h, w] = x.size()[..] else { return x.shallow_clone() };
+        let [n, _, h, w] = x.size()[..] else {
+            return x.shallow_clone();
+        };
         let p = self.crop_padding;
-        let padded = if p > 0 { x.constant_pad_nd([p, p, p, p]) } else { x.shallow_clone() };
+        let padded = if p > 0 {
+            x.constant_pad_nd([p, p, p, p])
+        } else {
+            x.shallow_clone()
+        };
         let mut out = Vec::with_capacity(n as usize);
         let mut masks = Vec::new();
         for i in 0..n {
-            let (dy, dx) = if p > 0 { (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p)) } else { (0, 0) };
+            let (dy, dx) = if p > 0 {
+                (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p))
+            } else {
+                (0, 0)
+            };
             let mut img = padded.get(i).narrow(1, dy, h).narrow(2, dx, w);
             if self.flip && rng.gen_bool(0.5) {
                 img = img.flip([2]);
@@ -174,7 +213,12 @@ impl Augment {
                 // The official Cutout: centre uniform over the image, square clipped at the border.
                 let (cy, cx) = (rng.gen_range(0..h), rng.gen_range(0..w));
                 let half = self.cutout / 2;
-                masks.push([(cy - half).max(0), (cy + half).min(h), (cx - half).max(0), (cx + half).min(w)]);
+                masks.push([
+                    (cy - half).max(0),
+                    (cy + half).min(h),
+                    (cx - half).max(0),
+                    (cx + half).min(w),
+                ]);
             }
         }
         let batch = Tensor::stack(&out, 0);
@@ -183,7 +227,11 @@ impl Augment {
         }
         let mask = Tensor::ones([n, 1, h, w], (x.kind(), Device::Cpu));
         for (i, [y0, y1, x0, x1]) in masks.into_iter().enumerate() {
-            let _ = mask.get(i as i64).narrow(1, y0, y1 - y0).narrow(2, x0, x1 - x0).fill_(0.0);
+            let _ = mask
+                .get(i as i64)
+                .narrow(1, y0, y1 - y0)
+                .narrow(2, x0, x1 - x0)
+                .fill_(0.0);
         }
         batch * mask.to_device(x.device())
     }
@@ -191,12 +239,20 @@ impl Augment {
 
 /// Shuffled minibatch indices over one epoch (the last, smaller batch included, as PyTorch's
 /// DataLoader with `drop_last=False`).
-pub fn epoch_batches(len: usize, batch_size: usize, shuffle: bool, rng: &mut ChaCha8Rng) -> Vec<Vec<i64>> {
+pub fn epoch_batches(
+    len: usize,
+    batch_size: usize,
+    shuffle: bool,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<i64>> {
     let mut order: Vec<i64> = (0..len as i64).collect();
     if shuffle {
         order.shuffle(rng);
     }
-    order.chunks(batch_size.max(1)).map(<[i64]>::to_vec).collect()
+    order
+        .chunks(batch_size.max(1))
+        .map(<[i64]>::to_vec)
+        .collect()
 }
 
 #[cfg(test)]
@@ -219,7 +275,8 @@ mod tests {
         assert_eq!((a.len(), b.len()), (8, 2));
         let (a2, b2) = d.split(0.2, 7).unwrap();
         assert!(a.images.equal(&a2.images) && b.labels.equal(&b2.labels));
-        let all: f64 = a.images.sum(Kind::Double).double_value(&[]) + b.images.sum(Kind::Double).double_value(&[]);
+        let all: f64 = a.images.sum(Kind::Double).double_value(&[])
+            + b.images.sum(Kind::Double).double_value(&[]);
         assert_eq!(all, d.images.sum(Kind::Double).double_value(&[]));
         let (t, v) = d.split_head(0.5).unwrap();
         assert_eq!((t.len(), v.len()), (5, 5));
@@ -232,7 +289,8 @@ mod tests {
         let x = Tensor::rand([50, 3, 4, 4], (Kind::Float, Device::Cpu)) * 5.0 + 2.0;
         let n = Normalizer::fit(&x);
         let y = n.apply(&x);
-        let m = Vec::<f64>::try_from(y.mean_dim([0i64, 2, 3].as_slice(), false, Kind::Double)).unwrap();
+        let m =
+            Vec::<f64>::try_from(y.mean_dim([0i64, 2, 3].as_slice(), false, Kind::Double)).unwrap();
         assert!(m.iter().all(|v| v.abs() < 1e-4), "{m:?}");
     }
 
@@ -240,15 +298,29 @@ mod tests {
     fn augmentation_keeps_shapes_and_cutout_zeroes_a_square() {
         let x = Tensor::ones([4, 3, 8, 8], (Kind::Float, Device::Cpu));
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let aug = Augment { crop_padding: 2, flip: true, cutout: 4 };
+        let aug = Augment {
+            crop_padding: 2,
+            flip: true,
+            cutout: 4,
+        };
         let y = aug.apply(&x, &mut rng);
         assert_eq!(y.size(), [4, 3, 8, 8]);
         let zeros = y.eq(0.0).sum(Kind::Int64).int64_value(&[]);
         assert!(zeros > 0, "padding or cutout should zero some pixels");
-        let only_cutout = Augment { cutout: 4, ..Augment::default() }.apply(&x, &mut rng);
+        let only_cutout = Augment {
+            cutout: 4,
+            ..Augment::default()
+        }
+        .apply(&x, &mut rng);
         // Each image loses at most a 4x4 square (fewer pixels where clipped), in every channel.
-        let per_image = only_cutout.eq(0.0).sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64);
-        assert!(Vec::<i64>::try_from(per_image).unwrap().iter().all(|&z| z > 0 && z <= 48));
+        let per_image =
+            only_cutout
+                .eq(0.0)
+                .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64);
+        assert!(Vec::<i64>::try_from(per_image)
+            .unwrap()
+            .iter()
+            .all(|&z| z > 0 && z <= 48));
         // Same seed, same augmentation.
         let a = aug.apply(&x, &mut ChaCha8Rng::seed_from_u64(5));
         let b = aug.apply(&x, &mut ChaCha8Rng::seed_from_u64(5));

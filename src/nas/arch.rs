@@ -24,7 +24,10 @@ pub struct AlphaInit {
 
 impl Default for AlphaInit {
     fn default() -> Self {
-        Self { mean: 0.0, std: 1e-3 }
+        Self {
+            mean: 0.0,
+            std: 1e-3,
+        }
     }
 }
 
@@ -40,18 +43,33 @@ pub struct ArchParams {
 
 impl ArchParams {
     /// Fresh alphas for `space`; `with_reduce` adds the reduction-cell matrix.
-    pub fn new(device: Device, space: CellSpace, with_reduce: bool, init: AlphaInit) -> Result<Self, NasError> {
+    pub fn new(
+        device: Device,
+        space: CellSpace,
+        with_reduce: bool,
+        init: AlphaInit,
+    ) -> Result<Self, NasError> {
         space.validate()?;
         if !(init.std >= 0.0 && init.std.is_finite() && init.mean.is_finite()) {
-            return Err(NasError::Config(format!("alpha init needs a finite mean and std >= 0, got {init:?}")));
+            return Err(NasError::Config(format!(
+                "alpha init needs a finite mean and std >= 0, got {init:?}"
+            )));
         }
         let vs = nn::VarStore::new(device);
         let dims = [space.num_edges() as i64, space.num_ops() as i64];
-        let randn = nn::Init::Randn { mean: init.mean, stdev: init.std };
+        let randn = nn::Init::Randn {
+            mean: init.mean,
+            stdev: init.std,
+        };
         let root = vs.root();
         let normal = root.var("alpha_normal", &dims, randn);
         let reduce = with_reduce.then(|| root.var("alpha_reduce", &dims, randn));
-        Ok(Self { vs, space, normal, reduce })
+        Ok(Self {
+            vs,
+            space,
+            normal,
+            reduce,
+        })
     }
 
     pub fn space(&self) -> &CellSpace {
@@ -82,14 +100,21 @@ impl ArchParams {
     pub fn softmax_weights(&self, temperature: f64) -> CellWeights {
         CellWeights::dense(
             (&self.normal / temperature).softmax(-1, Kind::Float),
-            self.reduce.as_ref().map(|r| (r / temperature).softmax(-1, Kind::Float)),
+            self.reduce
+                .as_ref()
+                .map(|r| (r / temperature).softmax(-1, Kind::Float)),
         )
     }
 
     /// Derives a genotype from `softmax(alpha)` (what the official DARTS `genotype()` ranks).
     pub fn derive_genotype(&self, rule: DeriveRule) -> Result<Genotype, NasError> {
         let probs = tch::no_grad(|| self.softmax_weights(1.0));
-        Genotype::derive(&self.space, probs.normal.weights(), probs.reduce.as_ref().map(|r| r.weights()), rule)
+        Genotype::derive(
+            &self.space,
+            probs.normal.weights(),
+            probs.reduce.as_ref().map(|r| r.weights()),
+            rule,
+        )
     }
 
     /// Writes the alphas to a safetensors file (readable from Python with `safetensors.torch`).
@@ -108,7 +133,10 @@ impl ArchParams {
     /// and shapes (a file from another op set or cell size is an error, not a silent resize).
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), NasError> {
         let path = path.as_ref();
-        let checkpoint_err = |message: String| NasError::Checkpoint { path: path.to_path_buf(), message };
+        let checkpoint_err = |message: String| NasError::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
         let tensors = Tensor::read_safetensors(path).map_err(|e| checkpoint_err(e.to_string()))?;
         let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let mut targets: Vec<(&str, &mut Tensor)> = vec![("alpha_normal", &mut self.normal)];
@@ -116,7 +144,8 @@ impl ArchParams {
             targets.push(("alpha_reduce", r));
         }
         for (name, var) in targets {
-            let src = find(name).ok_or_else(|| checkpoint_err(format!("no tensor named {name}")))?;
+            let src =
+                find(name).ok_or_else(|| checkpoint_err(format!("no tensor named {name}")))?;
             if src.size() != var.size() {
                 return Err(checkpoint_err(format!(
                     "{name} is {:?}, this {} space with {} nodes needs {:?}",
@@ -140,7 +169,8 @@ mod tests {
     #[test]
     fn alphas_have_the_darts_shape_and_scale() {
         tch::manual_seed(0);
-        let arch = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
+        let arch =
+            ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
         assert_eq!(arch.alpha_normal().size(), [14, 8]);
         assert_eq!(arch.alpha_reduce().map(Tensor::size), Some(vec![14, 8]));
         let std = f64::try_from(arch.alpha_normal().std(true)).unwrap();
@@ -154,21 +184,38 @@ mod tests {
     #[test]
     fn alphas_and_weights_live_in_separate_stores() {
         tch::manual_seed(1);
-        let arch = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
+        let arch =
+            ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = DartsSearchConfig { c: 4, layers: 3, ..Default::default() };
+        let cfg = DartsSearchConfig {
+            c: 4,
+            layers: 3,
+            ..Default::default()
+        };
         let net = DartsSearchNet::new(vs.root() / "net", &cfg).unwrap();
         let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
-        let loss = net.forward_with(&x, &arch.softmax_weights(1.0), true).square().mean(Kind::Float);
+        let loss = net
+            .forward_with(&x, &arch.softmax_weights(1.0), true)
+            .square()
+            .mean(Kind::Float);
         loss.backward();
 
         let weight_names: Vec<String> = vs.variables().into_keys().collect();
-        assert!(weight_names.iter().all(|n| !n.contains("alpha")), "{weight_names:?}");
+        assert!(
+            weight_names.iter().all(|n| !n.contains("alpha")),
+            "{weight_names:?}"
+        );
         let arch_names: Vec<String> = arch.var_store().variables().into_keys().collect();
         assert!(arch_names.iter().all(|n| n.starts_with("alpha_")));
         // No tensor is shared: the weight store's trainables are not the alphas.
-        let alpha_ptrs = [arch.alpha_normal().data_ptr(), arch.alpha_reduce().unwrap().data_ptr()];
-        assert!(vs.trainable_variables().iter().all(|t| !alpha_ptrs.contains(&t.data_ptr())));
+        let alpha_ptrs = [
+            arch.alpha_normal().data_ptr(),
+            arch.alpha_reduce().unwrap().data_ptr(),
+        ];
+        assert!(vs
+            .trainable_variables()
+            .iter()
+            .all(|t| !alpha_ptrs.contains(&t.data_ptr())));
         // And the loss reached the alphas through the op weights.
         assert!(arch.alpha_normal().grad().defined());
         assert!(arch.alpha_reduce().unwrap().grad().defined());
@@ -179,18 +226,32 @@ mod tests {
         tch::manual_seed(2);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alphas.safetensors");
-        let arch = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
+        let arch =
+            ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
         arch.save(&path).unwrap();
-        let mut other = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
+        let mut other =
+            ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
         assert!(!other.alpha_normal().equal(arch.alpha_normal()));
         other.load(&path).unwrap();
         assert!(other.alpha_normal().equal(arch.alpha_normal()));
-        assert!(other.alpha_reduce().unwrap().equal(arch.alpha_reduce().unwrap()));
+        assert!(other
+            .alpha_reduce()
+            .unwrap()
+            .equal(arch.alpha_reduce().unwrap()));
 
-        let mut wrong = ArchParams::new(Device::Cpu, CellSpace::rl_darts(OpSet::RlDarts), true, AlphaInit::default()).unwrap();
+        let mut wrong = ArchParams::new(
+            Device::Cpu,
+            CellSpace::rl_darts(OpSet::RlDarts),
+            true,
+            AlphaInit::default(),
+        )
+        .unwrap();
         let err = wrong.load(&path).unwrap_err();
         assert!(matches!(err, NasError::Checkpoint { .. }), "{err}");
         assert!(err.to_string().contains("[10, 5]"), "{err}");
-        assert!(matches!(other.load(dir.path().join("missing.safetensors")), Err(NasError::Checkpoint { .. })));
+        assert!(matches!(
+            other.load(dir.path().join("missing.safetensors")),
+            Err(NasError::Checkpoint { .. })
+        ));
     }
 }

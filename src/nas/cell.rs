@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::ops::{factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom, Sequence};
+use super::ops::{
+    factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom, Sequence,
+};
 use super::{MixedOp, NasError, OpCost, OpSet, OpSpec, OpWeights};
 
 /// The topology every cell of a search space shares; it fixes the shape of the architecture
@@ -37,17 +39,29 @@ pub struct Edge {
 impl CellSpace {
     /// DARTS CNN space: 2 inputs, 4 nodes, 14 edges, the 8 DARTS ops.
     pub fn darts() -> Self {
-        Self { num_inputs: 2, num_nodes: 4, op_set: OpSet::Darts }
+        Self {
+            num_inputs: 2,
+            num_nodes: 4,
+            op_set: OpSet::Darts,
+        }
     }
 
     /// RL-DARTS: 1 input, 4 nodes, 10 edges.
     pub fn rl_darts(op_set: OpSet) -> Self {
-        Self { num_inputs: 1, num_nodes: 4, op_set }
+        Self {
+            num_inputs: 1,
+            num_nodes: 4,
+            op_set,
+        }
     }
 
     /// NAS-Bench-201: 1 input, 3 nodes, 6 edges, 5 ops.
     pub fn nas_bench_201() -> Self {
-        Self { num_inputs: 1, num_nodes: 3, op_set: OpSet::NasBench201 }
+        Self {
+            num_inputs: 1,
+            num_nodes: 3,
+            op_set: OpSet::NasBench201,
+        }
     }
 
     /// The same space with `num_nodes` intermediate nodes.
@@ -75,7 +89,9 @@ impl CellSpace {
     pub fn edges(&self) -> Vec<Edge> {
         (0..self.num_nodes)
             .flat_map(|node| {
-                self.node_edges(node).enumerate().map(move |(from, index)| Edge { index, from, node })
+                self.node_edges(node)
+                    .enumerate()
+                    .map(move |(from, index)| Edge { index, from, node })
             })
             .collect()
     }
@@ -126,7 +142,11 @@ pub enum CellInputs {
     /// DARTS: outputs of cells k-2 and k-1, each brought to `C` channels by relu-conv1x1-BN,
     /// or by FactorizedReduce when cell k-1 was a reduction (the k-2 output is then at twice
     /// the resolution).
-    Two { c_prev_prev: i64, c_prev: i64, reduction_prev: bool },
+    Two {
+        c_prev_prev: i64,
+        c_prev: i64,
+        reduction_prev: bool,
+    },
 }
 
 impl CellInputs {
@@ -188,14 +208,24 @@ impl SearchCell {
         let c = config.c;
         let (preprocess, c_input) = match config.inputs {
             CellInputs::One { c_prev } => (Vec::new(), c_prev),
-            CellInputs::Two { c_prev_prev, c_prev, reduction_prev } => {
+            CellInputs::Two {
+                c_prev_prev,
+                c_prev,
+                reduction_prev,
+            } => {
                 let plan0 = if reduction_prev {
                     factorized_reduce_plan(c_prev_prev, c, config.affine)
                 } else {
                     relu_conv_bn_plan(c_prev_prev, c, 1, 1, 0, config.affine)
                 };
                 let plan1 = relu_conv_bn_plan(c_prev, c, 1, 1, 0, config.affine);
-                (vec![Sequence::new(&p / "preprocess0", plan0), Sequence::new(&p / "preprocess1", plan1)], c)
+                (
+                    vec![
+                        Sequence::new(&p / "preprocess0", plan0),
+                        Sequence::new(&p / "preprocess1", plan1),
+                    ],
+                    c,
+                )
             }
         };
         let edges = space
@@ -215,7 +245,9 @@ impl SearchCell {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let node_bns = if config.node_bn {
-            (0..space.num_nodes).map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false)).collect()
+            (0..space.num_nodes)
+                .map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false))
+                .collect()
         } else {
             Vec::new()
         };
@@ -232,7 +264,13 @@ impl SearchCell {
             };
             torch_conv2d(&p / "output", &geom)
         });
-        Ok(Self { config, preprocess, edges, node_bns, output_proj })
+        Ok(Self {
+            config,
+            preprocess,
+            edges,
+            node_bns,
+            output_proj,
+        })
     }
 
     pub fn config(&self) -> &SearchCellConfig {
@@ -252,13 +290,21 @@ impl SearchCell {
         let mut states: Vec<[i64; 3]> = if self.preprocess.is_empty() {
             input_chw.to_vec()
         } else {
-            self.preprocess.iter().zip(input_chw).map(|(pre, &chw)| pre.out_shape(chw)).collect()
+            self.preprocess
+                .iter()
+                .zip(input_chw)
+                .map(|(pre, &chw)| pre.out_shape(chw))
+                .collect()
         };
         let mut costs = vec![Vec::new(); space.num_edges()];
         for node in 0..space.num_nodes {
             let mut node_shape = [0; 3];
             for (from, e) in space.node_edges(node).enumerate() {
-                costs[e] = self.edges[e].ops().iter().map(|op| op.cost(states[from])).collect();
+                costs[e] = self.edges[e]
+                    .ops()
+                    .iter()
+                    .map(|op| op.cost(states[from]))
+                    .collect();
                 node_shape = self.edges[e].out_shape(states[from]);
             }
             states.push(node_shape);
@@ -274,17 +320,31 @@ impl SearchCell {
     /// Returns `[N, out_channels, H', W']`, `H' = ceil(H / 2)` in reduction cells.
     pub fn forward_t(&self, inputs: &[&Tensor], weights: &OpWeights, train: bool) -> Tensor {
         let space = &self.config.space;
-        assert_eq!(inputs.len(), space.num_inputs, "cell expects {} inputs", space.num_inputs);
+        assert_eq!(
+            inputs.len(),
+            space.num_inputs,
+            "cell expects {} inputs",
+            space.num_inputs
+        );
         let mut states: Vec<Tensor> = if self.preprocess.is_empty() {
             inputs.iter().map(|x| x.shallow_clone()).collect()
         } else {
-            self.preprocess.iter().zip(inputs).map(|(pre, x)| pre.forward_t(x, train)).collect()
+            self.preprocess
+                .iter()
+                .zip(inputs)
+                .map(|(pre, x)| pre.forward_t(x, train))
+                .collect()
         };
         let w = weights.weights();
         for node in 0..space.num_nodes {
             let mut sum: Option<Tensor> = None;
             for (from, e) in space.node_edges(node).enumerate() {
-                let y = self.edges[e].forward_sampled(&states[from], &w.get(e as i64), weights.active(e), train);
+                let y = self.edges[e].forward_sampled(
+                    &states[from],
+                    &w.get(e as i64),
+                    weights.active(e),
+                    train,
+                );
                 sum = Some(match sum {
                     None => y,
                     Some(acc) => acc + y,
@@ -297,12 +357,20 @@ impl SearchCell {
             }
             states.push(s);
         }
-        combine_nodes(&states[space.num_inputs..], self.config.output, self.output_proj.as_ref())
+        combine_nodes(
+            &states[space.num_inputs..],
+            self.config.output,
+            self.output_proj.as_ref(),
+        )
     }
 }
 
 /// Combines node outputs (all `[N, C, H, W]`) into the cell output.
-pub(crate) fn combine_nodes(nodes: &[Tensor], output: CellOutput, proj: Option<&nn::Conv2D>) -> Tensor {
+pub(crate) fn combine_nodes(
+    nodes: &[Tensor],
+    output: CellOutput,
+    proj: Option<&nn::Conv2D>,
+) -> Tensor {
     match output {
         CellOutput::Concat => Tensor::cat(nodes, 1),
         CellOutput::ConcatConv1x1 => {
@@ -336,8 +404,22 @@ mod tests {
         assert_eq!(keys, [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]);
     }
 
-    fn config(space: CellSpace, inputs: CellInputs, reduction: bool, output: CellOutput) -> SearchCellConfig {
-        SearchCellConfig { space, c: 8, reduction, inputs, output, node_bn: false, affine: false, pool_bn: true }
+    fn config(
+        space: CellSpace,
+        inputs: CellInputs,
+        reduction: bool,
+        output: CellOutput,
+    ) -> SearchCellConfig {
+        SearchCellConfig {
+            space,
+            c: 8,
+            reduction,
+            inputs,
+            output,
+            node_bn: false,
+            affine: false,
+            pool_bn: true,
+        }
     }
 
     #[test]
@@ -347,11 +429,22 @@ mod tests {
         let space = CellSpace::darts();
         let weights = OpWeights::dense(Tensor::ones([14, 8], (Kind::Float, Device::Cpu)) / 8.0);
         // A reduction cell after a reduction: s0 at twice the resolution of s1.
-        let inputs = CellInputs::Two { c_prev_prev: 12, c_prev: 16, reduction_prev: true };
-        let cell = SearchCell::new(vs.root() / "cell", config(space, inputs, true, CellOutput::Concat)).unwrap();
+        let inputs = CellInputs::Two {
+            c_prev_prev: 12,
+            c_prev: 16,
+            reduction_prev: true,
+        };
+        let cell = SearchCell::new(
+            vs.root() / "cell",
+            config(space, inputs, true, CellOutput::Concat),
+        )
+        .unwrap();
         let s0 = Tensor::randn([2, 12, 16, 16], (Kind::Float, Device::Cpu));
         let s1 = Tensor::randn([2, 16, 8, 8], (Kind::Float, Device::Cpu));
-        assert_eq!(cell.forward_t(&[&s0, &s1], &weights, true).size(), [2, 32, 4, 4]);
+        assert_eq!(
+            cell.forward_t(&[&s0, &s1], &weights, true).size(),
+            [2, 32, 4, 4]
+        );
     }
 
     #[test]
@@ -360,19 +453,82 @@ mod tests {
         let space = CellSpace::rl_darts(OpSet::RlDarts);
         let weights = OpWeights::dense(Tensor::ones([10, 5], (Kind::Float, Device::Cpu)) / 5.0);
         let x = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
-        for output in [CellOutput::Concat, CellOutput::ConcatConv1x1, CellOutput::Sum, CellOutput::Mean, CellOutput::LastNode] {
+        for output in [
+            CellOutput::Concat,
+            CellOutput::ConcatConv1x1,
+            CellOutput::Sum,
+            CellOutput::Mean,
+            CellOutput::LastNode,
+        ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = SearchCellConfig { node_bn: true, ..config(space, CellInputs::One { c_prev: 3 }, true, output) };
+            let cfg = SearchCellConfig {
+                node_bn: true,
+                ..config(space, CellInputs::One { c_prev: 3 }, true, output)
+            };
             let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
             let y = cell.forward_t(&[&x], &weights, true);
             assert_eq!(y.size(), [2, cfg.out_channels(), 5, 5], "{output:?}");
         }
     }
 
+    /// d loss / d weights of a tiny cell in f64: autograd against central differences,
+    /// `(L(w + eps e_k) - L(w - eps e_k)) / (2 eps)` for every entry `k` of the op weights.
+    #[test]
+    fn weight_gradients_match_central_differences() {
+        tch::manual_seed(5);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let space = CellSpace {
+            num_nodes: 2,
+            ..CellSpace::rl_darts(OpSet::RlDarts)
+        };
+        let cfg = SearchCellConfig {
+            node_bn: true,
+            ..config(
+                space,
+                CellInputs::One { c_prev: 2 },
+                true,
+                CellOutput::ConcatConv1x1,
+            )
+        };
+        let cell = SearchCell::new(vs.root() / "cell", SearchCellConfig { c: 2, ..cfg }).unwrap();
+        vs.double();
+        let x = Tensor::randn([2, 2, 5, 5], (Kind::Double, Device::Cpu));
+        let loss = |w: &Tensor| {
+            // Eval mode: BatchNorm uses its running statistics, so L is a fixed function of w.
+            let y = cell.forward_t(&[&x], &OpWeights::dense(w.shallow_clone()), false);
+            y.square().sum(Kind::Double)
+        };
+        let w0 = Tensor::rand([3, 5], (Kind::Double, Device::Cpu));
+        let w = w0.copy().set_requires_grad(true);
+        loss(&w).backward();
+        let analytic = Vec::<f64>::try_from(&w.grad().flatten(0, -1)).unwrap();
+        let eps = 1e-6;
+        for (k, &g) in analytic.iter().enumerate() {
+            let bump = |delta: f64| {
+                let wk = w0.copy();
+                let _ = wk.flatten(0, -1).get(k as i64).g_add_scalar_(delta);
+                f64::try_from(loss(&wk)).unwrap()
+            };
+            let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            assert!(
+                (numeric - g).abs() <= 1e-6 * (1.0 + g.abs()),
+                "entry {k}: autograd {g}, finite difference {numeric}"
+            );
+        }
+    }
+
     #[test]
     fn a_mismatched_input_count_is_a_config_error() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = config(CellSpace::darts(), CellInputs::One { c_prev: 8 }, false, CellOutput::Concat);
-        assert!(matches!(SearchCell::new(vs.root(), cfg), Err(NasError::Config(_))));
+        let cfg = config(
+            CellSpace::darts(),
+            CellInputs::One { c_prev: 8 },
+            false,
+            CellOutput::Concat,
+        );
+        assert!(matches!(
+            SearchCell::new(vs.root(), cfg),
+            Err(NasError::Config(_))
+        ));
     }
 }

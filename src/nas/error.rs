@@ -8,15 +8,27 @@ use std::path::PathBuf;
 pub enum NasError {
     /// An op name that is not in the registry; `suggestion` is the closest known name.
     #[error("unknown op '{name}'{}; known ops: {known}", suggestion_text(.suggestion))]
-    UnknownOp { name: String, suggestion: Option<&'static str>, known: String },
+    UnknownOp {
+        name: String,
+        suggestion: Option<&'static str>,
+        known: String,
+    },
 
     /// An op that exists but is not a member of the op set a network was built with.
     #[error("op '{op}' is not in op set '{op_set}' (members: {members})")]
-    OpNotInSet { op: String, op_set: String, members: String },
+    OpNotInSet {
+        op: String,
+        op_set: String,
+        members: String,
+    },
 
     /// The DARTS text form could not be parsed; `line` and `column` are 1-based.
     #[error("genotype text, line {line} column {column}: {message}")]
-    GenotypeParse { line: usize, column: usize, message: String },
+    GenotypeParse {
+        line: usize,
+        column: usize,
+        message: String,
+    },
 
     /// A genotype that is structurally wrong for the network it is used with.
     #[error("invalid genotype: {0}")]
@@ -35,7 +47,10 @@ pub enum NasError {
     Checkpoint { path: PathBuf, message: String },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("genotype JSON: {0}")]
     Json(#[from] serde_json::Error),

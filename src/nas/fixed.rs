@@ -8,8 +8,14 @@ use tch::Tensor;
 
 use super::cell::combine_nodes;
 use super::network::{is_reduction, RlSkeleton};
-use super::ops::{factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc, Sequence};
-use super::{CellInputs, CellOutput, CellType, Gene, Genotype, NasError, Op, OpKind, OpSpec, RlDartsConfig, StrideStyle};
+use super::ops::{
+    factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear,
+    ConvGeom, LayerDesc, Sequence,
+};
+use super::{
+    CellInputs, CellOutput, CellType, Gene, Genotype, NasError, Op, OpKind, OpSpec, RlDartsConfig,
+    StrideStyle,
+};
 use crate::agents::Encoder;
 
 /// How a fixed cell is built (the genes come separately).
@@ -43,18 +49,34 @@ pub struct FixedCell {
 
 impl FixedCell {
     /// Variables under `p`: `preprocess{0,1}`, `node{j}.{g}_{op}`, `node_bn{j}`, `output`.
-    pub fn new(p: nn::Path, genes: &[Vec<Gene>], concat: &[usize], config: FixedCellConfig) -> Result<Self, NasError> {
+    pub fn new(
+        p: nn::Path,
+        genes: &[Vec<Gene>],
+        concat: &[usize],
+        config: FixedCellConfig,
+    ) -> Result<Self, NasError> {
         let c = config.c;
         let (num_inputs, preprocess, c_input) = match config.inputs {
             CellInputs::One { c_prev } => (1, Vec::new(), c_prev),
-            CellInputs::Two { c_prev_prev, c_prev, reduction_prev } => {
+            CellInputs::Two {
+                c_prev_prev,
+                c_prev,
+                reduction_prev,
+            } => {
                 let plan0 = if reduction_prev {
                     factorized_reduce_plan(c_prev_prev, c, config.affine)
                 } else {
                     relu_conv_bn_plan(c_prev_prev, c, 1, 1, 0, config.affine)
                 };
                 let plan1 = relu_conv_bn_plan(c_prev, c, 1, 1, 0, config.affine);
-                (2, vec![Sequence::new(&p / "preprocess0", plan0), Sequence::new(&p / "preprocess1", plan1)], c)
+                (
+                    2,
+                    vec![
+                        Sequence::new(&p / "preprocess0", plan0),
+                        Sequence::new(&p / "preprocess1", plan1),
+                    ],
+                    c,
+                )
             }
         };
         let probe = Genotype {
@@ -86,13 +108,18 @@ impl FixedCell {
                         stride_style: config.stride_style,
                     };
                     // The gene index keeps paths unique when a node uses one op twice.
-                    Ok((input, Op::new(&node_p / format!("{g}_{}", kind.name()), kind, spec)?))
+                    Ok((
+                        input,
+                        Op::new(&node_p / format!("{g}_{}", kind.name()), kind, spec)?,
+                    ))
                 })
                 .collect::<Result<Vec<_>, NasError>>()?;
             nodes.push(ops);
         }
         let node_bns = if config.node_bn {
-            (0..genes.len()).map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false)).collect()
+            (0..genes.len())
+                .map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false))
+                .collect()
         } else {
             Vec::new()
         };
@@ -109,12 +136,22 @@ impl FixedCell {
             };
             torch_conv2d(&p / "output", &geom)
         });
-        Ok(Self { config, num_inputs, preprocess, nodes, concat: concat.to_vec(), node_bns, output_proj })
+        Ok(Self {
+            config,
+            num_inputs,
+            preprocess,
+            nodes,
+            concat: concat.to_vec(),
+            node_bns,
+            output_proj,
+        })
     }
 
     /// Output channels.
     pub fn out_channels(&self) -> i64 {
-        self.config.output.channels(self.concat.len(), self.config.c)
+        self.config
+            .output
+            .channels(self.concat.len(), self.config.c)
     }
 
     pub fn config(&self) -> &FixedCellConfig {
@@ -127,11 +164,20 @@ impl FixedCell {
     ///
     /// `drop_prob`: DARTS drop-path on every non-identity op output while training.
     pub fn forward_t(&self, inputs: &[&Tensor], drop_prob: f64, train: bool) -> Tensor {
-        assert_eq!(inputs.len(), self.num_inputs, "cell expects {} inputs", self.num_inputs);
+        assert_eq!(
+            inputs.len(),
+            self.num_inputs,
+            "cell expects {} inputs",
+            self.num_inputs
+        );
         let mut states: Vec<Tensor> = if self.preprocess.is_empty() {
             inputs.iter().map(|x| x.shallow_clone()).collect()
         } else {
-            self.preprocess.iter().zip(inputs).map(|(pre, x)| pre.forward_t(x, train)).collect()
+            self.preprocess
+                .iter()
+                .zip(inputs)
+                .map(|(pre, x)| pre.forward_t(x, train))
+                .collect()
         };
         for (j, ops) in self.nodes.iter().enumerate() {
             let mut sum: Option<Tensor> = None;
@@ -151,7 +197,11 @@ impl FixedCell {
             }
             states.push(s);
         }
-        let picked: Vec<Tensor> = self.concat.iter().map(|&i| states[i].shallow_clone()).collect();
+        let picked: Vec<Tensor> = self
+            .concat
+            .iter()
+            .map(|&i| states[i].shallow_clone())
+            .collect();
         combine_nodes(&picked, self.config.output, self.output_proj.as_ref())
     }
 }
@@ -162,7 +212,9 @@ impl FixedCell {
 /// `[N, C, H, W] -> [N, C, H, W]`
 fn drop_path(x: &Tensor, p: f64) -> Tensor {
     let keep = 1.0 - p;
-    let mask = Tensor::rand([x.size()[0], 1, 1, 1], (x.kind(), x.device())).lt(keep).to_kind(x.kind());
+    let mask = Tensor::rand([x.size()[0], 1, 1, 1], (x.kind(), x.device()))
+        .lt(keep)
+        .to_kind(x.kind());
     x / keep * mask
 }
 
@@ -228,7 +280,16 @@ impl AuxiliaryHead {
                 "the auxiliary head needs a feature map of at least 8x8 (images of 32x32), got {size}x{size}"
             )));
         }
-        let geom = |c_in, c_out, kernel| ConvGeom { c_in, c_out, kernel, stride: 1, padding: 0, dilation: 1, groups: 1, bias: false };
+        let geom = |c_in, c_out, kernel| ConvGeom {
+            c_in,
+            c_out,
+            kernel,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        };
         Ok(Self {
             conv1: torch_conv2d(&p / "conv1", &geom(c, 128, 1)),
             bn1: torch_batch_norm2d(&p / "bn1", 128, true),
@@ -241,7 +302,9 @@ impl AuxiliaryHead {
     /// # Shapes
     /// `[N, C, 8, 8] -> [N, num_classes]`
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = x.relu().avg_pool2d([5, 5], [3, 3], [0, 0], false, false, None);
+        let h = x
+            .relu()
+            .avg_pool2d([5, 5], [3, 3], [0, 0], false, false, None);
         let h = self.bn1.forward_t(&self.conv1.forward(&h), train).relu();
         let h = self.bn2.forward_t(&self.conv2.forward(&h), train).relu();
         self.classifier.forward(&h.flatten(1, -1))
@@ -261,21 +324,47 @@ pub struct DartsEvalNet {
 
 impl DartsEvalNet {
     /// Variables under `p`: `stem`, `cells.{i}`, `auxiliary_head`, `classifier`.
-    pub fn new(p: nn::Path, config: &DartsEvalConfig, genotype: &Genotype) -> Result<Self, NasError> {
-        if config.c <= 0 || config.layers == 0 || config.num_classes <= 0 || config.image_size <= 0 {
-            return Err(NasError::Config(format!("DARTS evaluation network: every size must be positive, got {config:?}")));
+    pub fn new(
+        p: nn::Path,
+        config: &DartsEvalConfig,
+        genotype: &Genotype,
+    ) -> Result<Self, NasError> {
+        if config.c <= 0 || config.layers == 0 || config.num_classes <= 0 || config.image_size <= 0
+        {
+            return Err(NasError::Config(format!(
+                "DARTS evaluation network: every size must be positive, got {config:?}"
+            )));
         }
         if !(0.0..1.0).contains(&config.drop_path_prob) {
-            return Err(NasError::Config(format!("drop_path_prob must be in [0, 1), got {}", config.drop_path_prob)));
+            return Err(NasError::Config(format!(
+                "drop_path_prob must be in [0, 1), got {}",
+                config.drop_path_prob
+            )));
         }
         genotype.validate(2, true)?;
         let c_stem = config.stem_multiplier * config.c;
-        let stem_geom = ConvGeom { c_in: config.in_channels, c_out: c_stem, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1, bias: false };
+        let stem_geom = ConvGeom {
+            c_in: config.in_channels,
+            c_out: c_stem,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        };
         let stem = Sequence::new(
             &p / "stem",
             vec![
-                LayerDesc::Conv { name: "conv", geom: stem_geom },
-                LayerDesc::BatchNorm { name: "bn", channels: c_stem, affine: true },
+                LayerDesc::Conv {
+                    name: "conv",
+                    geom: stem_geom,
+                },
+                LayerDesc::BatchNorm {
+                    name: "bn",
+                    channels: c_stem,
+                    affine: true,
+                },
             ],
         );
         let (mut c_prev_prev, mut c_prev, mut c_curr) = (c_stem, c_stem, config.c);
@@ -289,12 +378,20 @@ impl DartsEvalNet {
                 c_curr *= 2;
                 size = (size + 1) / 2;
             }
-            let cell_type = if reduction { CellType::Reduce } else { CellType::Normal };
+            let cell_type = if reduction {
+                CellType::Reduce
+            } else {
+                CellType::Normal
+            };
             let (genes, concat) = genotype.cell(cell_type);
             let cell_config = FixedCellConfig {
                 c: c_curr,
                 reduction,
-                inputs: CellInputs::Two { c_prev_prev, c_prev, reduction_prev },
+                inputs: CellInputs::Two {
+                    c_prev_prev,
+                    c_prev,
+                    reduction_prev,
+                },
                 output: CellOutput::Concat,
                 node_bn: false,
                 affine: true,
@@ -306,11 +403,23 @@ impl DartsEvalNet {
             c_prev = cell.out_channels();
             cells.push(cell);
             if i == 2 * config.layers / 3 && config.auxiliary {
-                aux = Some(AuxiliaryHead::new(&p / "auxiliary_head", c_prev, size, config.num_classes)?);
+                aux = Some(AuxiliaryHead::new(
+                    &p / "auxiliary_head",
+                    c_prev,
+                    size,
+                    config.num_classes,
+                )?);
             }
         }
         let classifier = torch_linear(&p / "classifier", c_prev, config.num_classes);
-        Ok(Self { config: config.clone(), stem, cells, auxiliary: aux, classifier, drop_path_prob: config.drop_path_prob })
+        Ok(Self {
+            config: config.clone(),
+            stem,
+            cells,
+            auxiliary: aux,
+            classifier,
+            drop_path_prob: config.drop_path_prob,
+        })
     }
 
     pub fn config(&self) -> &DartsEvalConfig {
@@ -341,7 +450,10 @@ impl DartsEvalNet {
             s0 = s1;
             s1 = out;
             if i == aux_at && train {
-                aux_logits = self.auxiliary.as_ref().map(|head| head.forward_t(&s1, train));
+                aux_logits = self
+                    .auxiliary
+                    .as_ref()
+                    .map(|head| head.forward_t(&s1, train));
             }
         }
         let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
@@ -362,7 +474,12 @@ pub struct RlDartsFixedEncoder {
 impl RlDartsFixedEncoder {
     /// `genotype` must use ops of `config.op_set` and, for the "standard" variant, have a
     /// reduce cell.
-    pub fn new(p: nn::Path, config: &RlDartsConfig, genotype: &Genotype, obs_chw: &[i64]) -> Result<Self, NasError> {
+    pub fn new(
+        p: nn::Path,
+        config: &RlDartsConfig,
+        genotype: &Genotype,
+        obs_chw: &[i64],
+    ) -> Result<Self, NasError> {
         genotype.validate(1, config.has_reduction_cells())?;
         for (op, _) in genotype.normal.iter().chain(&genotype.reduce).flatten() {
             if *op != OpKind::None {
@@ -370,7 +487,11 @@ impl RlDartsFixedEncoder {
             }
         }
         let mut make = |cp: nn::Path, c_prev: i64, c: i64, reduction: bool| {
-            let (genes, concat) = genotype.cell(if reduction { CellType::Reduce } else { CellType::Normal });
+            let (genes, concat) = genotype.cell(if reduction {
+                CellType::Reduce
+            } else {
+                CellType::Normal
+            });
             let cell_config = FixedCellConfig {
                 c,
                 reduction,
@@ -384,7 +505,9 @@ impl RlDartsFixedEncoder {
             let out = cell.out_channels();
             Ok((cell, out))
         };
-        Ok(Self { skeleton: RlSkeleton::new(&p, config, obs_chw, &mut make)? })
+        Ok(Self {
+            skeleton: RlSkeleton::new(&p, config, obs_chw, &mut make)?,
+        })
     }
 }
 
@@ -392,7 +515,8 @@ impl Encoder for RlDartsFixedEncoder {
     /// # Shapes
     /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
     fn features(&self, obs: &Tensor, train: bool) -> Tensor {
-        self.skeleton.forward(obs, |cell, x, _reduction| cell.forward_t(&[x], 0.0, train))
+        self.skeleton
+            .forward(obs, |cell, x, _reduction| cell.forward_t(&[x], 0.0, train))
     }
 
     fn feature_dim(&self) -> i64 {
@@ -403,7 +527,9 @@ impl Encoder for RlDartsFixedEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nas::{count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, OpSet, DARTS_V2};
+    use crate::nas::{
+        count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, OpSet, DARTS_V2,
+    };
     use tch::{Device, Kind};
 
     /// DARTS_V2 at C = 36, 20 cells, 10 classes: the paper reports 3.3M parameters, counted
@@ -411,10 +537,19 @@ mod tests {
     #[test]
     fn darts_v2_evaluation_network_has_3_3m_parameters() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = DartsEvalNet::new(vs.root(), &DartsEvalConfig::default(), &DARTS_V2.to_genotype()).unwrap();
+        let net = DartsEvalNet::new(
+            vs.root(),
+            &DartsEvalConfig::default(),
+            &DARTS_V2.to_genotype(),
+        )
+        .unwrap();
         let params = count_parameters(&vs, |name| !name.contains("auxiliary"));
-        println!("DARTS_V2, C=36, 20 cells, 10 classes: {params} parameters (auxiliary head excluded)");
+        println!(
+            "DARTS_V2, C=36, 20 cells, 10 classes: {params} parameters (auxiliary head excluded)"
+        );
         assert!((3_200_000..3_400_000).contains(&params), "{params}");
+        // The official `train.py` logs `param size = 3.349342MB` for DARTS_V2 at these settings.
+        assert_eq!(params, 3_349_342);
         assert!(count_parameters(&vs, |_| true) > params);
         let names: Vec<String> = vs.variables().into_keys().collect();
         assert!(names.iter().all(|n| !n.contains("__")));
@@ -425,7 +560,11 @@ mod tests {
     fn darts_v2_forward_with_auxiliary_and_drop_path() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = DartsEvalConfig { c: 8, layers: 6, ..Default::default() };
+        let cfg = DartsEvalConfig {
+            c: 8,
+            layers: 6,
+            ..Default::default()
+        };
         let net = DartsEvalNet::new(vs.root(), &cfg, &DARTS_V2.to_genotype()).unwrap();
         let x = Tensor::randn([3, 3, 32, 32], (Kind::Float, Device::Cpu));
         let (logits, aux) = net.forward_t(&x, true);
@@ -441,9 +580,12 @@ mod tests {
         tch::manual_seed(1);
         let x = Tensor::ones([2000, 2, 3, 3], (Kind::Float, Device::Cpu));
         let y = drop_path(&x, 0.25);
-        let per_sample = Vec::<f32>::try_from(&y.mean_dim([1, 2, 3].as_slice(), false, Kind::Float)).unwrap();
+        let per_sample =
+            Vec::<f32>::try_from(&y.mean_dim([1, 2, 3].as_slice(), false, Kind::Float)).unwrap();
         // Each sample is all 0 or all 1/0.75.
-        assert!(per_sample.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        assert!(per_sample
+            .iter()
+            .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
         let kept = per_sample.iter().filter(|&&v| v > 0.0).count() as f64 / 2000.0;
         assert!((kept - 0.75).abs() < 0.05, "kept {kept}");
     }
@@ -452,13 +594,30 @@ mod tests {
     #[test]
     fn a_genotype_derived_from_random_alphas_builds_and_runs() {
         tch::manual_seed(2);
-        let arch = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit { mean: 0.0, std: 1.0 }).unwrap();
+        let arch = ArchParams::new(
+            Device::Cpu,
+            CellSpace::darts(),
+            true,
+            AlphaInit {
+                mean: 0.0,
+                std: 1.0,
+            },
+        )
+        .unwrap();
         for rule in [DeriveRule::Darts, DeriveRule::ArgmaxAll] {
             let genotype = arch.derive_genotype(rule).unwrap();
             let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = DartsEvalConfig { c: 4, layers: 5, auxiliary: false, ..Default::default() };
+            let cfg = DartsEvalConfig {
+                c: 4,
+                layers: 5,
+                auxiliary: false,
+                ..Default::default()
+            };
             let net = DartsEvalNet::new(vs.root(), &cfg, &genotype).unwrap();
-            let (logits, _) = net.forward_t(&Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)), true);
+            let (logits, _) = net.forward_t(
+                &Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)),
+                true,
+            );
             assert_eq!(logits.size(), [2, 10], "{rule:?}: {genotype}");
         }
     }
@@ -467,11 +626,25 @@ mod tests {
     fn derived_rl_darts_encoder_runs_for_each_op_set() {
         tch::manual_seed(3);
         for op_set in [OpSet::RlDarts, OpSet::RlDartsConv] {
-            let cfg = RlDartsConfig { op_set, ..Default::default() };
-            let arch = ArchParams::new(Device::Cpu, cfg.space(), true, AlphaInit { mean: 0.0, std: 1.0 }).unwrap();
+            let cfg = RlDartsConfig {
+                op_set,
+                ..Default::default()
+            };
+            let arch = ArchParams::new(
+                Device::Cpu,
+                cfg.space(),
+                true,
+                AlphaInit {
+                    mean: 0.0,
+                    std: 1.0,
+                },
+            )
+            .unwrap();
             let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
             let vs = nn::VarStore::new(Device::Cpu);
-            let enc = RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64]).unwrap();
+            let enc =
+                RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64])
+                    .unwrap();
             let obs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
             assert_eq!(enc.features(&obs, true).size(), [2, 256], "{genotype}");
             assert_eq!(enc.feature_dim(), 256);
@@ -486,7 +659,8 @@ mod tests {
         let cfg = RlDartsConfig::default();
         // DARTS_V2 reads two inputs; as a one-input cell its `('sep_conv_3x3', 1)` in node 0
         // is a forward reference.
-        let err = RlDartsFixedEncoder::new(vs.root(), &cfg, &DARTS_V2.to_genotype(), &[3, 64, 64]).unwrap_err();
+        let err = RlDartsFixedEncoder::new(vs.root(), &cfg, &DARTS_V2.to_genotype(), &[3, 64, 64])
+            .unwrap_err();
         assert!(matches!(err, NasError::InvalidGenotype(_)), "{err}");
     }
 }

@@ -142,12 +142,26 @@ impl Genotype {
     /// Derives a genotype from op weights `[num_edges, num_ops]` (DARTS passes
     /// `softmax(alpha)`); `reduce` may be `None` for networks without reduction cells. The
     /// concat lists name every intermediate node.
-    pub fn derive(space: &CellSpace, normal: &Tensor, reduce: Option<&Tensor>, rule: DeriveRule) -> Result<Self, NasError> {
+    pub fn derive(
+        space: &CellSpace,
+        normal: &Tensor,
+        reduce: Option<&Tensor>,
+        rule: DeriveRule,
+    ) -> Result<Self, NasError> {
         let concat: Vec<usize> = (space.num_inputs..space.num_inputs + space.num_nodes).collect();
         let normal = derive_cell(space, normal, rule)?;
         let reduce = reduce.map(|r| derive_cell(space, r, rule)).transpose()?;
-        let reduce_concat = if reduce.is_some() { concat.clone() } else { Vec::new() };
-        Ok(Self { normal, normal_concat: concat, reduce: reduce.unwrap_or_default(), reduce_concat })
+        let reduce_concat = if reduce.is_some() {
+            concat.clone()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            normal,
+            normal_concat: concat,
+            reduce: reduce.unwrap_or_default(),
+            reduce_concat,
+        })
     }
 
     /// The genes of one cell type.
@@ -161,7 +175,9 @@ impl Genotype {
     /// Checks indices for a cell with `num_inputs` inputs; `needs_reduce` requires a reduce cell.
     pub fn validate(&self, num_inputs: usize, needs_reduce: bool) -> Result<(), NasError> {
         if needs_reduce && self.reduce.is_empty() {
-            return Err(NasError::InvalidGenotype("the network has reduction cells but the genotype has no reduce cell".into()));
+            return Err(NasError::InvalidGenotype(
+                "the network has reduction cells but the genotype has no reduce cell".into(),
+            ));
         }
         for cell in [CellType::Normal, CellType::Reduce] {
             let (nodes, concat) = self.cell(cell);
@@ -180,7 +196,8 @@ impl Genotype {
                 if genes.is_empty() {
                     return bad(format!("node {j} has no incoming edge"));
                 }
-                if let Some(&(op, input)) = genes.iter().find(|(_, input)| *input >= num_inputs + j) {
+                if let Some(&(op, input)) = genes.iter().find(|(_, input)| *input >= num_inputs + j)
+                {
                     return bad(format!(
                         "node {j} (state {}) reads state {input} via {op}; it may read states 0..{}",
                         num_inputs + j,
@@ -193,7 +210,9 @@ impl Genotype {
                 return bad("empty concat list".into());
             }
             if let Some(&s) = concat.iter().find(|&&s| s >= states) {
-                return bad(format!("concat names state {s}, the cell has states 0..{states}"));
+                return bad(format!(
+                    "concat names state {s}, the cell has states 0..{states}"
+                ));
             }
             let mut sorted = concat.to_vec();
             sorted.sort_unstable();
@@ -217,15 +236,29 @@ impl Genotype {
                 let pairs: Vec<String> = nodes.iter().flatten().map(pair).collect();
                 let _ = write!(out, "[{}]", pairs.join(", "));
             } else {
-                let groups: Vec<String> =
-                    nodes.iter().map(|g| format!("[{}]", g.iter().map(pair).collect::<Vec<_>>().join(", "))).collect();
+                let groups: Vec<String> = nodes
+                    .iter()
+                    .map(|g| format!("[{}]", g.iter().map(pair).collect::<Vec<_>>().join(", ")))
+                    .collect();
                 let _ = write!(out, "[{}]", groups.join(", "));
             }
         }
-        let list = |v: &[usize]| format!("[{}]", v.iter().map(usize::to_string).collect::<Vec<_>>().join(", "));
+        let list = |v: &[usize]| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let mut out = String::from("Genotype(normal=");
         genes(&mut out, &self.normal);
-        let _ = write!(out, ", normal_concat={}, reduce=", list(&self.normal_concat));
+        let _ = write!(
+            out,
+            ", normal_concat={}, reduce=",
+            list(&self.normal_concat)
+        );
         genes(&mut out, &self.reduce);
         let _ = write!(out, ", reduce_concat={})", list(&self.reduce_concat));
         out
@@ -251,13 +284,19 @@ impl Genotype {
     /// Writes pretty JSON.
     pub fn save_json(&self, path: impl AsRef<Path>) -> Result<(), NasError> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_json()? + "\n").map_err(|source| NasError::Io { path: path.to_path_buf(), source })
+        std::fs::write(path, self.to_json()? + "\n").map_err(|source| NasError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Reads a file holding JSON or the DARTS text form.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, NasError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| NasError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| NasError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse_any(&text)
     }
 
@@ -269,7 +308,10 @@ impl Genotype {
             .normal
             .iter()
             .map(|genes| {
-                let ops: Vec<String> = genes.iter().map(|(op, i)| format!("{}~{i}", op.name())).collect();
+                let ops: Vec<String> = genes
+                    .iter()
+                    .map(|(op, i)| format!("{}~{i}", op.name()))
+                    .collect();
                 format!("|{}|", ops.join("|"))
             })
             .collect();
@@ -278,25 +320,42 @@ impl Genotype {
 
     /// Parses a NAS-Bench-201 arch string into a one-input genotype (concat: the last node).
     pub fn from_nas_bench_201_str(text: &str) -> Result<Self, NasError> {
-        let err = |msg: String| NasError::GenotypeParse { line: 1, column: 1, message: msg };
+        let err = |msg: String| NasError::GenotypeParse {
+            line: 1,
+            column: 1,
+            message: msg,
+        };
         let mut normal = Vec::new();
         for (j, node) in text.trim().split('+').enumerate() {
             let inner = node
                 .strip_prefix('|')
                 .and_then(|n| n.strip_suffix('|'))
-                .ok_or_else(|| err(format!("node {} `{node}` is not of the form |op~i|...|", j + 1)))?;
+                .ok_or_else(|| {
+                    err(format!(
+                        "node {} `{node}` is not of the form |op~i|...|",
+                        j + 1
+                    ))
+                })?;
             let genes = inner
                 .split('|')
                 .map(|item| {
-                    let (op, input) =
-                        item.split_once('~').ok_or_else(|| err(format!("`{item}` is not of the form op~input")))?;
-                    let input = input.parse::<usize>().map_err(|_| err(format!("`{input}` in `{item}` is not an index")))?;
+                    let (op, input) = item
+                        .split_once('~')
+                        .ok_or_else(|| err(format!("`{item}` is not of the form op~input")))?;
+                    let input = input
+                        .parse::<usize>()
+                        .map_err(|_| err(format!("`{input}` in `{item}` is not an index")))?;
                     Ok((op.parse::<OpKind>()?, input))
                 })
                 .collect::<Result<Vec<Gene>, NasError>>()?;
             normal.push(genes);
         }
-        let genotype = Genotype { normal_concat: vec![normal.len()], normal, reduce: Vec::new(), reduce_concat: Vec::new() };
+        let genotype = Genotype {
+            normal_concat: vec![normal.len()],
+            normal,
+            reduce: Vec::new(),
+            reduce_concat: Vec::new(),
+        };
         genotype.validate(1, false)?;
         Ok(genotype)
     }
@@ -333,12 +392,21 @@ impl Genotype {
         }
         for (j, genes) in nodes.iter().enumerate() {
             for (op, input) in genes.iter().filter(|(op, _)| *op != OpKind::None) {
-                let _ = writeln!(out, "  \"{}\" -> \"{j}\" [label=\"{}\", fillcolor=gray];", name(*input), op.name());
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{j}\" [label=\"{}\", fillcolor=gray];",
+                    name(*input),
+                    op.name()
+                );
             }
         }
         let _ = writeln!(out, "  \"c_{{k}}\" [fillcolor=palegoldenrod];");
         for &state in concat {
-            let _ = writeln!(out, "  \"{}\" -> \"c_{{k}}\" [fillcolor=gray];", name(state));
+            let _ = writeln!(
+                out,
+                "  \"{}\" -> \"c_{{k}}\" [fillcolor=gray];",
+                name(state)
+            );
         }
         out.push_str("}\n");
         out
@@ -371,9 +439,16 @@ fn weight_rows(space: &CellSpace, weights: &Tensor) -> Result<Vec<Vec<f64>>, Nas
             space.op_set
         )));
     }
-    let rows = Vec::<Vec<f64>>::try_from(&weights.detach().to_device(Device::Cpu).to_kind(Kind::Double))?;
+    let rows = Vec::<Vec<f64>>::try_from(
+        &weights
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Double),
+    )?;
     if rows.iter().flatten().any(|v| v.is_nan()) {
-        return Err(NasError::InvalidGenotype("op weights contain NaN (did the search diverge?)".into()));
+        return Err(NasError::InvalidGenotype(
+            "op weights contain NaN (did the search diverge?)".into(),
+        ));
     }
     Ok(rows)
 }
@@ -386,7 +461,11 @@ fn argmax(row: &[f64], candidates: impl Iterator<Item = usize>) -> Option<usize>
     })
 }
 
-fn derive_cell(space: &CellSpace, weights: &Tensor, rule: DeriveRule) -> Result<Vec<Vec<Gene>>, NasError> {
+fn derive_cell(
+    space: &CellSpace,
+    weights: &Tensor,
+    rule: DeriveRule,
+) -> Result<Vec<Vec<Gene>>, NasError> {
     let rows = weight_rows(space, weights)?;
     let ops = space.op_set.ops();
     let none = space.op_set.none_index();
@@ -404,7 +483,10 @@ fn derive_cell(space: &CellSpace, weights: &Tensor, rule: DeriveRule) -> Result<
                     .enumerate()
                     .map(|(from, e)| {
                         let k = argmax(&rows[e], non_none()).ok_or_else(|| {
-                            NasError::Config(format!("op set {} has no op besides none", space.op_set))
+                            NasError::Config(format!(
+                                "op set {} has no op besides none",
+                                space.op_set
+                            ))
                         })?;
                         Ok((from, k, rows[e][k]))
                     })
@@ -413,7 +495,11 @@ fn derive_cell(space: &CellSpace, weights: &Tensor, rule: DeriveRule) -> Result<
                 // Stable sort, descending: ties keep the lower source index first, as Python's
                 // `sorted(range(i + 2), key=lambda x: -max(...))` does.
                 ranked.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
-                ranked.iter().take(2).map(|&(from, k, _)| (ops[k], from)).collect()
+                ranked
+                    .iter()
+                    .take(2)
+                    .map(|&(from, k, _)| (ops[k], from))
+                    .collect()
             }
         };
         nodes.push(genes);
@@ -443,13 +529,19 @@ pub fn render_dot(dot: &str, out: &Path) -> Result<(), NasError> {
         .spawn();
     let mut child = match spawn {
         Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NasError::GraphvizMissing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(NasError::GraphvizMissing)
+        }
         Err(e) => return Err(NasError::Graphviz(e.to_string())),
     };
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(dot.as_bytes()).map_err(|e| NasError::Graphviz(e.to_string()))?;
+        stdin
+            .write_all(dot.as_bytes())
+            .map_err(|e| NasError::Graphviz(e.to_string()))?;
     }
-    let output = child.wait_with_output().map_err(|e| NasError::Graphviz(e.to_string()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| NasError::Graphviz(e.to_string()))?;
     if !output.status.success() {
         return Err(NasError::Graphviz(format!(
             "exit status {}: {}",
@@ -495,7 +587,11 @@ impl Parser {
         let mut toks = Vec::new();
         let chars: Vec<char> = text.chars().collect();
         let (mut i, mut line, mut col) = (0, 1, 1);
-        let err = |line, column, message: String| NasError::GenotypeParse { line, column, message };
+        let err = |line, column, message: String| NasError::GenotypeParse {
+            line,
+            column,
+            message,
+        };
         while i < chars.len() {
             let c = chars[i];
             let (start_line, start_col) = (line, col);
@@ -518,7 +614,11 @@ impl Parser {
                 if j >= chars.len() || chars[j] != c {
                     return Err(err(start_line, start_col, "unterminated string".into()));
                 }
-                toks.push((Tok::Str(chars[i + 1..j].iter().collect()), start_line, start_col));
+                toks.push((
+                    Tok::Str(chars[i + 1..j].iter().collect()),
+                    start_line,
+                    start_col,
+                ));
                 col += j + 1 - i;
                 i = j + 1;
             } else if c.is_ascii_digit() {
@@ -527,18 +627,28 @@ impl Parser {
                     j += 1;
                 }
                 let digits: String = chars[i..j].iter().collect();
-                let value = digits
-                    .parse()
-                    .map_err(|_| err(start_line, start_col, format!("integer {digits} is too large")))?;
+                let value = digits.parse().map_err(|_| {
+                    err(
+                        start_line,
+                        start_col,
+                        format!("integer {digits} is too large"),
+                    )
+                })?;
                 toks.push((Tok::Int(value), start_line, start_col));
                 col += j - i;
                 i = j;
             } else if c.is_alphabetic() || c == '_' {
                 let mut j = i;
-                while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '.') {
+                while j < chars.len()
+                    && (chars[j].is_alphanumeric() || chars[j] == '_' || chars[j] == '.')
+                {
                     j += 1;
                 }
-                toks.push((Tok::Ident(chars[i..j].iter().collect()), start_line, start_col));
+                toks.push((
+                    Tok::Ident(chars[i..j].iter().collect()),
+                    start_line,
+                    start_col,
+                ));
                 col += j - i;
                 i = j;
             } else if "()[],=".contains(c) {
@@ -546,7 +656,11 @@ impl Parser {
                 i += 1;
                 col += 1;
             } else {
-                return Err(err(start_line, start_col, format!("unexpected character `{c}`")));
+                return Err(err(
+                    start_line,
+                    start_col,
+                    format!("unexpected character `{c}`"),
+                ));
             }
         }
         toks.push((Tok::End, line, col));
@@ -559,7 +673,11 @@ impl Parser {
 
     fn error<T>(&self, message: String) -> Result<T, NasError> {
         let (_, line, column) = self.toks[self.pos];
-        Err(NasError::GenotypeParse { line, column, message })
+        Err(NasError::GenotypeParse {
+            line,
+            column,
+            message,
+        })
     }
 
     fn next(&mut self) -> Tok {
@@ -610,7 +728,8 @@ impl Parser {
             other => return self.error(format!("expected `Genotype(`, found {other}")),
         }
         self.expect('(')?;
-        let (mut normal, mut normal_concat, mut reduce, mut reduce_concat) = (None, None, None, None);
+        let (mut normal, mut normal_concat, mut reduce, mut reduce_concat) =
+            (None, None, None, None);
         while !self.eat(')') {
             let field = match self.next() {
                 Tok::Ident(field) => field,
@@ -725,7 +844,11 @@ impl Parser {
                 self.pos += 1;
                 self.expect('(')?;
                 let first = self.int()?;
-                let (start, end) = if self.eat(',') { (first, self.int()?) } else { (0, first) };
+                let (start, end) = if self.eat(',') {
+                    (first, self.int()?)
+                } else {
+                    (0, first)
+                };
                 self.eat(',');
                 self.expect(')')?;
                 Ok((start..end).collect())
@@ -743,7 +866,9 @@ impl Parser {
                 }
                 Ok(values)
             }
-            other => self.error(format!("expected a concat list `[2, 3, 4, 5]` or `range(2, 6)`, found {other}")),
+            other => self.error(format!(
+                "expected a concat list `[2, 3, 4, 5]` or `range(2, 6)`, found {other}"
+            )),
         }
     }
 }
@@ -772,7 +897,9 @@ mod tests {
     #[test]
     fn the_train_search_log_form_with_range_parses() {
         // What `train_search.py` logs: concat as `range(2, 6)`, here over several lines.
-        let text = DARTS_V2_TEXT.replace("[2, 3, 4, 5]", "range(2, 6)").replace(", reduce=", ",\n    reduce=");
+        let text = DARTS_V2_TEXT
+            .replace("[2, 3, 4, 5]", "range(2, 6)")
+            .replace(", reduce=", ",\n    reduce=");
         let g: Genotype = text.parse().unwrap();
         assert_eq!(g, DARTS_V2.to_genotype());
         // Grouped per node (pt.darts), double quotes, trailing commas, a module prefix.
@@ -783,23 +910,62 @@ mod tests {
     #[test]
     fn parse_errors_say_where_and_what() {
         let cases = [
-            (DARTS_V2_TEXT.replace("'dil_conv_3x3'", "'dil_conv3x3'"), "did you mean 'dil_conv_3x3'"),
-            (DARTS_V2_TEXT.replace("reduce_concat", "reduce_concatt"), "unknown field `reduce_concatt`"),
-            (DARTS_V2_TEXT.replace(", reduce_concat=[2, 3, 4, 5]", ""), "missing field `reduce_concat`"),
-            (DARTS_V2_TEXT.replace("('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0)", "('sep_conv_3x3', 0), ('sep_conv_3x3', 1)"), "two (op, input) pairs per node"),
-            (DARTS_V2_TEXT.replace("('skip_connect', 0), ('dil", "('skip_connect' 0), ('dil"), "expected `,`"),
-            ("Genotype(normal=[('sep_conv_3x3', 0)".to_string(), "found end of input"),
+            (
+                DARTS_V2_TEXT.replace("'dil_conv_3x3'", "'dil_conv3x3'"),
+                "did you mean 'dil_conv_3x3'",
+            ),
+            (
+                DARTS_V2_TEXT.replace("reduce_concat", "reduce_concatt"),
+                "unknown field `reduce_concatt`",
+            ),
+            (
+                DARTS_V2_TEXT.replace(", reduce_concat=[2, 3, 4, 5]", ""),
+                "missing field `reduce_concat`",
+            ),
+            (
+                DARTS_V2_TEXT.replace(
+                    "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0)",
+                    "('sep_conv_3x3', 0), ('sep_conv_3x3', 1)",
+                ),
+                "two (op, input) pairs per node",
+            ),
+            (
+                DARTS_V2_TEXT.replace("('skip_connect', 0), ('dil", "('skip_connect' 0), ('dil"),
+                "expected `,`",
+            ),
+            (
+                "Genotype(normal=[('sep_conv_3x3', 0)".to_string(),
+                "found end of input",
+            ),
             (format!("{DARTS_V2_TEXT} extra"), "after the closing"),
-            ("Genotype(normal=[('sep_conv_3x3, 0)])".to_string(), "unterminated string"),
+            (
+                "Genotype(normal=[('sep_conv_3x3, 0)])".to_string(),
+                "unterminated string",
+            ),
         ];
         for (text, needle) in cases {
             let err = text.parse::<Genotype>().unwrap_err();
             assert!(matches!(err, NasError::GenotypeParse { .. }), "{err}");
-            assert!(err.to_string().contains(needle), "`{err}` should mention `{needle}`");
+            assert!(
+                err.to_string().contains(needle),
+                "`{err}` should mention `{needle}`"
+            );
         }
         // Positions are 1-based line and column of the offending token.
-        let err = "Genotype(\n  normal=[('sep_conv_3x3', x)]".parse::<Genotype>().unwrap_err();
-        assert!(matches!(err, NasError::GenotypeParse { line: 2, column: 28, .. }), "{err}");
+        let err = "Genotype(\n  normal=[('sep_conv_3x3', x)]"
+            .parse::<Genotype>()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NasError::GenotypeParse {
+                    line: 2,
+                    column: 28,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -814,8 +980,14 @@ mod tests {
         let path = dir.path().join("genotype.json");
         g.save_json(&path).unwrap();
         assert_eq!(Genotype::load(&path).unwrap(), g);
-        assert!(matches!(Genotype::load(dir.path().join("nope.json")), Err(NasError::Io { .. })));
-        assert!(matches!(Genotype::from_json("{\"normal\": [], \"extra\": 1}"), Err(NasError::Json(_))));
+        assert!(matches!(
+            Genotype::load(dir.path().join("nope.json")),
+            Err(NasError::Io { .. })
+        ));
+        assert!(matches!(
+            Genotype::from_json("{\"normal\": [], \"extra\": 1}"),
+            Err(NasError::Json(_))
+        ));
     }
 
     #[test]
@@ -835,16 +1007,31 @@ mod tests {
         w[4][1] = 0.7;
         let t = Tensor::from_slice(&w.concat()).reshape([14, 8]);
         let g = Genotype::derive(&space, &t, Some(&t), DeriveRule::Darts).unwrap();
-        assert_eq!(g.normal[0], vec![(OpKind::DilConv5x5, 1), (OpKind::SkipConnect, 0)]);
-        assert_eq!(g.normal[1], vec![(OpKind::MaxPool3x3, 2), (OpKind::SepConv3x3, 0)]);
+        assert_eq!(
+            g.normal[0],
+            vec![(OpKind::DilConv5x5, 1), (OpKind::SkipConnect, 0)]
+        );
+        assert_eq!(
+            g.normal[1],
+            vec![(OpKind::MaxPool3x3, 2), (OpKind::SepConv3x3, 0)]
+        );
         // Nodes 2 and 3 are all ties (0.1): lower source index and lower op index win.
-        assert_eq!(g.normal[2], vec![(OpKind::MaxPool3x3, 0), (OpKind::MaxPool3x3, 1)]);
+        assert_eq!(
+            g.normal[2],
+            vec![(OpKind::MaxPool3x3, 0), (OpKind::MaxPool3x3, 1)]
+        );
         assert_eq!(g.normal_concat, [2, 3, 4, 5]);
         g.validate(2, true).unwrap();
 
         let all = Genotype::derive(&space, &t, None, DeriveRule::ArgmaxAll).unwrap();
-        assert_eq!(all.normal[0], vec![(OpKind::None, 0), (OpKind::DilConv5x5, 1)]);
-        assert_eq!(all.normal.iter().map(Vec::len).collect::<Vec<_>>(), [2, 3, 4, 5]);
+        assert_eq!(
+            all.normal[0],
+            vec![(OpKind::None, 0), (OpKind::DilConv5x5, 1)]
+        );
+        assert_eq!(
+            all.normal.iter().map(Vec::len).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
         assert!(all.reduce.is_empty());
         // Not two genes per node: printed grouped, and read back.
         assert_eq!(all.to_darts_string().parse::<Genotype>().unwrap(), all);
@@ -869,19 +1056,32 @@ mod tests {
     fn derive_checks_shapes_and_nans() {
         let space = CellSpace::darts();
         let wrong = Tensor::zeros([10, 5], (Kind::Float, Device::Cpu));
-        assert!(matches!(Genotype::derive(&space, &wrong, None, DeriveRule::Darts), Err(NasError::Shape(_))));
+        assert!(matches!(
+            Genotype::derive(&space, &wrong, None, DeriveRule::Darts),
+            Err(NasError::Shape(_))
+        ));
         let nan = Tensor::full([14, 8], f64::NAN, (Kind::Float, Device::Cpu));
-        assert!(matches!(Genotype::derive(&space, &nan, None, DeriveRule::Darts), Err(NasError::InvalidGenotype(_))));
+        assert!(matches!(
+            Genotype::derive(&space, &nan, None, DeriveRule::Darts),
+            Err(NasError::InvalidGenotype(_))
+        ));
     }
 
     #[test]
     fn validation_rejects_forward_references_and_bad_concat() {
         let mut g = DARTS_V2.to_genotype();
         g.normal[0][0].1 = 2; // node 0 = state 2 cannot read itself
-        assert!(matches!(g.validate(2, true), Err(NasError::InvalidGenotype(_))));
+        assert!(matches!(
+            g.validate(2, true),
+            Err(NasError::InvalidGenotype(_))
+        ));
         let mut g = DARTS_V2.to_genotype();
         g.reduce_concat = vec![2, 6];
-        assert!(g.validate(2, true).unwrap_err().to_string().contains("state 6"));
+        assert!(g
+            .validate(2, true)
+            .unwrap_err()
+            .to_string()
+            .contains("state 6"));
         let mut g = DARTS_V2.to_genotype();
         g.reduce.clear();
         g.reduce_concat.clear();
@@ -893,7 +1093,14 @@ mod tests {
     fn nas_bench_201_strings_round_trip() {
         let text = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|";
         let g = Genotype::from_nas_bench_201_str(text).unwrap();
-        assert_eq!(g.normal[2], vec![(OpKind::SkipConnect, 0), (OpKind::NorConv3x3, 1), (OpKind::SkipConnect, 2)]);
+        assert_eq!(
+            g.normal[2],
+            vec![
+                (OpKind::SkipConnect, 0),
+                (OpKind::NorConv3x3, 1),
+                (OpKind::SkipConnect, 2)
+            ]
+        );
         assert_eq!(g.normal_concat, [3]);
         assert_eq!(g.to_nas_bench_201_string(), text);
         assert!(Genotype::from_nas_bench_201_str("|nor_conv_3x3~1|").is_err());
@@ -905,8 +1112,14 @@ mod tests {
         let g = DARTS_V2.to_genotype();
         let dot = g.to_dot(CellType::Normal, 2);
         assert!(dot.starts_with("digraph normal {"));
-        assert!(dot.contains("\"c_{k-2}\" -> \"0\" [label=\"sep_conv_3x3\""), "{dot}");
-        assert!(dot.contains("\"0\" -> \"3\" [label=\"dil_conv_3x3\""), "{dot}");
+        assert!(
+            dot.contains("\"c_{k-2}\" -> \"0\" [label=\"sep_conv_3x3\""),
+            "{dot}"
+        );
+        assert!(
+            dot.contains("\"0\" -> \"3\" [label=\"dil_conv_3x3\""),
+            "{dot}"
+        );
         assert_eq!(dot.matches("-> \"c_{k}\"").count(), 4);
         let dir = tempfile::tempdir().unwrap();
         let svg = dir.path().join("normal.svg");
@@ -918,9 +1131,15 @@ mod tests {
             // Machines without graphviz get the explanatory error instead.
             Err(e) => assert!(matches!(e, NasError::GraphvizMissing), "{e}"),
         }
-        assert!(matches!(render_dot(&dot, &dir.path().join("x.bmp")), Err(NasError::Config(_))));
+        assert!(matches!(
+            render_dot(&dot, &dir.path().join("x.bmp")),
+            Err(NasError::Config(_))
+        ));
         if svg.exists() {
-            assert!(matches!(render_dot("digraph {", &dir.path().join("bad.png")), Err(NasError::Graphviz(_))));
+            assert!(matches!(
+                render_dot("digraph {", &dir.path().join("bad.png")),
+                Err(NasError::Graphviz(_))
+            ));
         }
     }
 }

@@ -26,13 +26,22 @@ impl MixedOp {
             .iter()
             .map(|&kind| Op::new(&p / kind.name(), kind, spec))
             .collect::<Result<Vec<_>, _>>()?;
-        let evaluated: Vec<usize> = (0..ops.len()).filter(|&o| ops[o].kind() != OpKind::None).collect();
+        let evaluated: Vec<usize> = (0..ops.len())
+            .filter(|&o| ops[o].kind() != OpKind::None)
+            .collect();
         if evaluated.is_empty() {
-            return Err(NasError::Config(format!("op set {op_set} has no op besides none")));
+            return Err(NasError::Config(format!(
+                "op set {op_set} has no op besides none"
+            )));
         }
         let index: Vec<i64> = evaluated.iter().map(|&o| o as i64).collect();
         let evaluated_index = Tensor::from_slice(&index).to_device(p.device());
-        Ok(Self { ops, evaluated, evaluated_index, spec })
+        Ok(Self {
+            ops,
+            evaluated,
+            evaluated_index,
+            spec,
+        })
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -56,7 +65,11 @@ impl MixedOp {
     /// # Shapes
     /// `x: [N, c_in, H, W]`, `weights: [num_ops]` -> `[N, c_out, H', W']`
     pub fn forward_t(&self, x: &Tensor, weights: &Tensor, train: bool) -> Tensor {
-        let outputs: Vec<Tensor> = self.evaluated.iter().map(|&o| self.ops[o].forward_t(x, train)).collect();
+        let outputs: Vec<Tensor> = self
+            .evaluated
+            .iter()
+            .map(|&o| self.ops[o].forward_t(x, train))
+            .collect();
         let stacked = Tensor::stack(&outputs, 0); // [O', N, C, H', W']
         let w = weights.index_select(0, &self.evaluated_index); // [O']
         w.tensordot(&stacked, [0], [0])
@@ -70,7 +83,13 @@ impl MixedOp {
     ///
     /// # Shapes
     /// `x: [N, c_in, H, W]`, `weights: [num_ops]` -> `[N, c_out, H', W']`
-    pub fn forward_sampled(&self, x: &Tensor, weights: &Tensor, active: Option<&[usize]>, train: bool) -> Tensor {
+    pub fn forward_sampled(
+        &self,
+        x: &Tensor,
+        weights: &Tensor,
+        active: Option<&[usize]>,
+        train: bool,
+    ) -> Tensor {
         let Some(active) = active else {
             return self.forward_t(x, weights, train);
         };
@@ -96,8 +115,10 @@ impl MixedOp {
             let [c, h, w] = self.out_shape([size[1], size[2], size[3]]);
             Tensor::zeros([size[0], c, h, w], (x.kind(), x.device()))
         });
-        let inactive: Vec<Tensor> =
-            (0..self.ops.len()).filter(|&o| !is_active[o]).map(|o| weights.get(o as i64)).collect();
+        let inactive: Vec<Tensor> = (0..self.ops.len())
+            .filter(|&o| !is_active[o])
+            .map(|o| weights.get(o as i64))
+            .collect();
         if inactive.is_empty() {
             out
         } else {
@@ -116,7 +137,10 @@ mod tests {
     use tch::{Device, Kind};
 
     fn mixed(vs: &nn::VarStore, op_set: OpSet) -> MixedOp {
-        let spec = OpSpec { stride_style: op_set.stride_style(), ..OpSpec::darts_search(4, 1) };
+        let spec = OpSpec {
+            stride_style: op_set.stride_style(),
+            ..OpSpec::darts_search(4, 1)
+        };
         MixedOp::new(vs.root() / "edge0", op_set, spec).unwrap()
     }
 
@@ -124,7 +148,7 @@ mod tests {
     fn naive(m: &MixedOp, x: &Tensor, w: &Tensor, train: bool) -> Tensor {
         let mut acc = m.ops()[0].forward_t(x, train) * w.get(0);
         for (o, op) in m.ops().iter().enumerate().skip(1) {
-            acc = acc + op.forward_t(x, train) * w.get(o as i64);
+            acc += op.forward_t(x, train) * w.get(o as i64);
         }
         acc
     }
@@ -136,7 +160,8 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let m = mixed(&vs, op_set);
             let x = Tensor::randn([3, 4, 6, 6], (Kind::Float, Device::Cpu));
-            let w = Tensor::randn([op_set.len() as i64], (Kind::Float, Device::Cpu)).softmax(0, Kind::Float);
+            let w = Tensor::randn([op_set.len() as i64], (Kind::Float, Device::Cpu))
+                .softmax(0, Kind::Float);
             // Eval mode: BN uses running stats, so both passes see identical ops.
             let fast = m.forward_t(&x, &w, false);
             let slow = naive(&m, &x, &w, false);
@@ -154,9 +179,18 @@ mod tests {
             let w = Tensor::zeros([8], (Kind::Float, Device::Cpu));
             let _ = w.get(o as i64).fill_(1.0);
             let single = op.forward_t(&x, false);
-            assert!(m.forward_t(&x, &w, false).allclose(&single, 1e-6, 1e-7, false), "{}", op.kind());
+            assert!(
+                m.forward_t(&x, &w, false)
+                    .allclose(&single, 1e-6, 1e-7, false),
+                "{}",
+                op.kind()
+            );
             let sampled = m.forward_sampled(&x, &w, Some(&[o]), false);
-            assert!(sampled.allclose(&single, 1e-6, 1e-7, false), "{}", op.kind());
+            assert!(
+                sampled.allclose(&single, 1e-6, 1e-7, false),
+                "{}",
+                op.kind()
+            );
         }
     }
 
@@ -181,19 +215,30 @@ mod tests {
         let vars = vs.variables();
         let grad_defined = |name: &str| vars[name].grad().defined();
         assert!(grad_defined("edge0.sep_conv_3x3.dw1.weight"));
-        for name in ["edge0.sep_conv_5x5.dw1.weight", "edge0.dil_conv_3x3.dw.weight", "edge0.dil_conv_5x5.pw.weight"] {
+        for name in [
+            "edge0.sep_conv_5x5.dw1.weight",
+            "edge0.dil_conv_3x3.dw.weight",
+            "edge0.dil_conv_5x5.pw.weight",
+        ] {
             assert!(!grad_defined(name), "{name} was evaluated");
         }
-        let running_mean_moved = |name: &str| f64::try_from(vars[name].abs().sum(Kind::Float)).unwrap() > 0.0;
+        let running_mean_moved =
+            |name: &str| f64::try_from(vars[name].abs().sum(Kind::Float)).unwrap() > 0.0;
         assert!(running_mean_moved("edge0.sep_conv_3x3.bn1.running_mean"));
-        for name in ["edge0.max_pool_3x3.bn.running_mean", "edge0.sep_conv_5x5.bn2.running_mean"] {
+        for name in [
+            "edge0.max_pool_3x3.bn.running_mean",
+            "edge0.sep_conv_5x5.bn2.running_mean",
+        ] {
             assert!(!running_mean_moved(name), "{name} was evaluated");
         }
         // d(sum y)/d(w_o): <1, op_o(x)> for the sampled op, the element count for the others
         // (GDAS's broadcast scalar), chained through softmax: every alpha gets a gradient.
         let g = alpha.grad();
         assert!(g.defined());
-        assert!(Vec::<f32>::try_from(&g).unwrap().iter().all(|v| v.abs() > 0.0));
+        assert!(Vec::<f32>::try_from(&g)
+            .unwrap()
+            .iter()
+            .all(|v| v.abs() > 0.0));
     }
 
     #[test]

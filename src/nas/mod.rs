@@ -26,7 +26,9 @@ pub use arch::{AlphaInit, ArchParams};
 pub use cell::{CellInputs, CellOutput, CellSpace, Edge, SearchCell, SearchCellConfig};
 pub use error::NasError;
 pub use fixed::{DartsEvalConfig, DartsEvalNet, FixedCell, FixedCellConfig, RlDartsFixedEncoder};
-pub use genotype::{render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2};
+pub use genotype::{
+    render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2,
+};
 pub use mixed::MixedOp;
 pub use network::{
     count_parameters, DartsSearchConfig, DartsSearchNet, NasBench201Config, NasBench201SearchNet,

@@ -7,10 +7,13 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::ops::{relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc, Sequence};
+use super::ops::{
+    relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc,
+    Sequence,
+};
 use super::{
-    CellInputs, CellOutput, CellSpace, CellWeights, NasError, OpCost, OpSet, OpWeightsSlot, SearchCell,
-    SearchCellConfig,
+    CellInputs, CellOutput, CellSpace, CellWeights, NasError, OpCost, OpSet, OpWeightsSlot,
+    SearchCell, SearchCellConfig,
 };
 use crate::agents::Encoder;
 
@@ -25,11 +28,18 @@ pub struct OpCostTable {
 impl OpCostTable {
     fn zeros(space: &CellSpace, with_reduce: bool) -> Self {
         let table = vec![vec![OpCost::default(); space.num_ops()]; space.num_edges()];
-        Self { normal: table.clone(), reduce: with_reduce.then_some(table) }
+        Self {
+            normal: table.clone(),
+            reduce: with_reduce.then_some(table),
+        }
     }
 
     fn add(&mut self, reduction: bool, costs: &[Vec<OpCost>]) {
-        let target = if reduction { self.reduce.as_mut().expect("reduce table exists") } else { &mut self.normal };
+        let target = if reduction {
+            self.reduce.as_mut().expect("reduce table exists")
+        } else {
+            &mut self.normal
+        };
         for (row, add) in target.iter_mut().zip(costs) {
             for (cell, &c) in row.iter_mut().zip(add) {
                 *cell += c;
@@ -55,10 +65,23 @@ pub trait Supernet: std::fmt::Debug + Send {
 }
 
 fn stem_plan(c_in: i64, c_out: i64, bias: bool, bn: bool) -> Vec<LayerDesc> {
-    let geom = ConvGeom { c_in, c_out, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1, bias };
+    let geom = ConvGeom {
+        c_in,
+        c_out,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        dilation: 1,
+        groups: 1,
+        bias,
+    };
     let mut plan = vec![LayerDesc::Conv { name: "conv", geom }];
     if bn {
-        plan.push(LayerDesc::BatchNorm { name: "bn", channels: c_out, affine: true });
+        plan.push(LayerDesc::BatchNorm {
+            name: "bn",
+            channels: c_out,
+            affine: true,
+        });
     }
     plan
 }
@@ -96,7 +119,15 @@ pub struct DartsSearchConfig {
 
 impl Default for DartsSearchConfig {
     fn default() -> Self {
-        Self { c: 16, layers: 8, num_classes: 10, num_nodes: 4, stem_multiplier: 3, in_channels: 3, op_set: OpSet::Darts }
+        Self {
+            c: 16,
+            layers: 8,
+            num_classes: 10,
+            num_nodes: 4,
+            stem_multiplier: 3,
+            in_channels: 3,
+            op_set: OpSet::Darts,
+        }
     }
 }
 
@@ -113,13 +144,26 @@ pub struct DartsSearchNet {
 impl DartsSearchNet {
     /// Variables under `p`: `stem`, `cells.{i}`, `classifier`.
     pub fn new(p: nn::Path, config: &DartsSearchConfig) -> Result<Self, NasError> {
-        let space = CellSpace { num_inputs: 2, num_nodes: config.num_nodes, op_set: config.op_set };
+        let space = CellSpace {
+            num_inputs: 2,
+            num_nodes: config.num_nodes,
+            op_set: config.op_set,
+        };
         space.validate()?;
-        if config.c <= 0 || config.layers == 0 || config.num_classes <= 0 || config.stem_multiplier <= 0 {
-            return Err(NasError::Config(format!("DARTS search network: every size must be positive, got {config:?}")));
+        if config.c <= 0
+            || config.layers == 0
+            || config.num_classes <= 0
+            || config.stem_multiplier <= 0
+        {
+            return Err(NasError::Config(format!(
+                "DARTS search network: every size must be positive, got {config:?}"
+            )));
         }
         let c_stem = config.stem_multiplier * config.c;
-        let stem = Sequence::new(&p / "stem", stem_plan(config.in_channels, c_stem, false, true));
+        let stem = Sequence::new(
+            &p / "stem",
+            stem_plan(config.in_channels, c_stem, false, true),
+        );
         let (mut c_prev_prev, mut c_prev, mut c_curr) = (c_stem, c_stem, config.c);
         let mut reduction_prev = false;
         let mut cells = Vec::with_capacity(config.layers);
@@ -132,7 +176,11 @@ impl DartsSearchNet {
                 space,
                 c: c_curr,
                 reduction,
-                inputs: CellInputs::Two { c_prev_prev, c_prev, reduction_prev },
+                inputs: CellInputs::Two {
+                    c_prev_prev,
+                    c_prev,
+                    reduction_prev,
+                },
                 output: CellOutput::Concat,
                 node_bn: false,
                 affine: false,
@@ -145,7 +193,12 @@ impl DartsSearchNet {
             cells.push(cell);
         }
         let classifier = torch_linear(&p / "classifier", c_prev, config.num_classes);
-        Ok(Self { config: config.clone(), stem, cells, classifier })
+        Ok(Self {
+            config: config.clone(),
+            stem,
+            cells,
+            classifier,
+        })
     }
 
     pub fn config(&self) -> &DartsSearchConfig {
@@ -160,7 +213,11 @@ impl Supernet for DartsSearchNet {
         let s = self.stem.forward_t(x, train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         for cell in &self.cells {
-            let w = if cell.config().reduction { weights.reduce_or_panic() } else { &weights.normal };
+            let w = if cell.config().reduction {
+                weights.reduce_or_panic()
+            } else {
+                &weights.normal
+            };
             let out = cell.forward_t(&[&s0, &s1], w, train);
             s0 = s1;
             s1 = out;
@@ -169,7 +226,11 @@ impl Supernet for DartsSearchNet {
     }
 
     fn space(&self) -> CellSpace {
-        CellSpace { num_inputs: 2, num_nodes: self.config.num_nodes, op_set: self.config.op_set }
+        CellSpace {
+            num_inputs: 2,
+            num_nodes: self.config.num_nodes,
+            op_set: self.config.op_set,
+        }
     }
 
     fn has_reduction_cells(&self) -> bool {
@@ -257,12 +318,17 @@ impl RlDartsConfig {
 
     fn validate(&self, obs_chw: &[i64]) -> Result<[i64; 3], NasError> {
         let &[c, h, w] = obs_chw else {
-            return Err(NasError::Config(format!("RL-DARTS encoder needs image observations [C, H, W], got {obs_chw:?}")));
+            return Err(NasError::Config(format!(
+                "RL-DARTS encoder needs image observations [C, H, W], got {obs_chw:?}"
+            )));
         };
         if c <= 0 || h <= 0 || w <= 0 {
-            return Err(NasError::Config(format!("observation shape {obs_chw:?} must be positive")));
+            return Err(NasError::Config(format!(
+                "observation shape {obs_chw:?} must be positive"
+            )));
         }
-        if self.channels.is_empty() || self.channels.iter().any(|&c| c <= 0) || self.embedding <= 0 {
+        if self.channels.is_empty() || self.channels.iter().any(|&c| c <= 0) || self.embedding <= 0
+        {
             return Err(NasError::Config(format!(
                 "RL-DARTS channels {:?} and embedding {} must be positive and non-empty",
                 self.channels, self.embedding
@@ -297,10 +363,23 @@ struct RlStage<C> {
 }
 
 /// How a skeleton builds one cell: `(path, c_prev, c, reduction) -> (cell, out_channels)`.
-pub(crate) type MakeCell<'a, C> = dyn FnMut(nn::Path, i64, i64, bool) -> Result<(C, i64), NasError> + 'a;
+pub(crate) type MakeCell<'a, C> =
+    dyn FnMut(nn::Path, i64, i64, bool) -> Result<(C, i64), NasError> + 'a;
 
 fn conv3x3_bias(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
-    torch_conv2d(p, &ConvGeom { c_in, c_out, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1, bias: true })
+    torch_conv2d(
+        p,
+        &ConvGeom {
+            c_in,
+            c_out,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            dilation: 1,
+            groups: 1,
+            bias: true,
+        },
+    )
 }
 
 impl<C> RlSkeleton<C> {
@@ -352,14 +431,23 @@ impl<C> RlSkeleton<C> {
             bias: true,
         };
         let fc = nn::linear(p / "fc", c_prev * h * w, config.embedding, fc_config);
-        Ok(Self { stem, stages, fc, embedding: config.embedding })
+        Ok(Self {
+            stem,
+            stages,
+            fc,
+            embedding: config.embedding,
+        })
     }
 
     /// `run(cell, x, reduction)` evaluates one cell.
     ///
     /// # Shapes
     /// `[N, C, H, W]` -> `[N, embedding]`
-    pub(crate) fn forward(&self, obs: &Tensor, mut run: impl FnMut(&C, &Tensor, bool) -> Tensor) -> Tensor {
+    pub(crate) fn forward(
+        &self,
+        obs: &Tensor,
+        mut run: impl FnMut(&C, &Tensor, bool) -> Tensor,
+    ) -> Tensor {
         let mut x = match &self.stem {
             Some(conv) => conv.forward(obs),
             None => obs.shallow_clone(),
@@ -367,7 +455,10 @@ impl<C> RlSkeleton<C> {
         for stage in &self.stages {
             x = match &stage.head {
                 RlStageHead::ReductionCell(cell) => run(cell, &x, true),
-                RlStageHead::ConvPool(conv) => conv.forward(&x).max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false),
+                RlStageHead::ConvPool(conv) => {
+                    conv.forward(&x)
+                        .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+                }
             };
             for cell in &stage.normal {
                 x = run(cell, &x, false);
@@ -381,7 +472,11 @@ impl<C> RlSkeleton<C> {
     }
 
     /// Every cell with its reduction flag and input shape, for cost tables.
-    fn cells_with_inputs(&self, obs_chw: [i64; 3], out_shape: impl Fn(&C, [i64; 3]) -> [i64; 3]) -> Vec<(&C, bool, [i64; 3])> {
+    fn cells_with_inputs(
+        &self,
+        obs_chw: [i64; 3],
+        out_shape: impl Fn(&C, [i64; 3]) -> [i64; 3],
+    ) -> Vec<(&C, bool, [i64; 3])> {
         let mut shape = match &self.stem {
             Some(conv) => [conv.ws.size()[0], obs_chw[1], obs_chw[2]],
             None => obs_chw,
@@ -419,7 +514,12 @@ pub struct RlDartsSupernet {
 impl RlDartsSupernet {
     /// `obs_chw`: one preprocessed observation's `[C, H, W]` (Procgen: `[3, 64, 64]`). `slot`
     /// provides the op weights; its current function is called once here to check shapes.
-    pub fn new(p: nn::Path, config: &RlDartsConfig, obs_chw: &[i64], slot: OpWeightsSlot) -> Result<Self, NasError> {
+    pub fn new(
+        p: nn::Path,
+        config: &RlDartsConfig,
+        obs_chw: &[i64],
+        slot: OpWeightsSlot,
+    ) -> Result<Self, NasError> {
         let space = config.space();
         let mut make = |cp: nn::Path, c_prev: i64, c: i64, reduction: bool| {
             let cell_config = SearchCellConfig {
@@ -432,11 +532,18 @@ impl RlDartsSupernet {
                 affine: false,
                 pool_bn: false,
             };
-            Ok((SearchCell::new(cp, cell_config)?, cell_config.out_channels()))
+            Ok((
+                SearchCell::new(cp, cell_config)?,
+                cell_config.out_channels(),
+            ))
         };
         let skeleton = RlSkeleton::new(&p, config, obs_chw, &mut make)?;
         tch::no_grad(|| slot.weights(false)).check(&space, config.has_reduction_cells())?;
-        Ok(Self { config: config.clone(), skeleton, slot })
+        Ok(Self {
+            config: config.clone(),
+            skeleton,
+            slot,
+        })
     }
 
     pub fn config(&self) -> &RlDartsConfig {
@@ -454,7 +561,11 @@ impl Supernet for RlDartsSupernet {
     /// `x: [N, C, H, W]` -> features `[N, embedding]`
     fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
         self.skeleton.forward(x, |cell, h, reduction| {
-            let w = if reduction { weights.reduce_or_panic() } else { &weights.normal };
+            let w = if reduction {
+                weights.reduce_or_panic()
+            } else {
+                &weights.normal
+            };
             cell.forward_t(&[h], w, train)
         })
     }
@@ -469,7 +580,9 @@ impl Supernet for RlDartsSupernet {
 
     fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable {
         let mut table = OpCostTable::zeros(&self.space(), self.has_reduction_cells());
-        let cells = self.skeleton.cells_with_inputs(input_chw, |cell, chw| cell.op_costs(&[chw]).1);
+        let cells = self
+            .skeleton
+            .cells_with_inputs(input_chw, |cell, chw| cell.op_costs(&[chw]).1);
         for (cell, reduction, chw) in cells {
             table.add(reduction, &cell.op_costs(&[chw]).0);
         }
@@ -506,7 +619,12 @@ pub struct NasBench201Config {
 
 impl Default for NasBench201Config {
     fn default() -> Self {
-        Self { c: 16, cells_per_stage: 5, num_classes: 10, in_channels: 3 }
+        Self {
+            c: 16,
+            cells_per_stage: 5,
+            num_classes: 10,
+            in_channels: 3,
+        }
     }
 }
 
@@ -521,10 +639,22 @@ struct ResNetBasicBlock {
 
 impl ResNetBasicBlock {
     fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
-        let down = ConvGeom { c_in, c_out, kernel: 1, stride: 1, padding: 0, dilation: 1, groups: 1, bias: false };
+        let down = ConvGeom {
+            c_in,
+            c_out,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        };
         Self {
             conv_a: Sequence::new(&p / "conv_a", relu_conv_bn_plan(c_in, c_out, 3, 2, 1, true)),
-            conv_b: Sequence::new(&p / "conv_b", relu_conv_bn_plan(c_out, c_out, 3, 1, 1, true)),
+            conv_b: Sequence::new(
+                &p / "conv_b",
+                relu_conv_bn_plan(c_out, c_out, 3, 1, 1, true),
+            ),
             downsample: torch_conv2d(&p / "downsample", &down),
         }
     }
@@ -532,8 +662,12 @@ impl ResNetBasicBlock {
     /// # Shapes
     /// `[N, C_in, H, W] -> [N, C_out, H / 2, W / 2]`
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let residual = self.downsample.forward(&x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None));
-        self.conv_b.forward_t(&self.conv_a.forward_t(x, train), train) + residual
+        let residual =
+            self.downsample
+                .forward(&x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None));
+        self.conv_b
+            .forward_t(&self.conv_a.forward_t(x, train), train)
+            + residual
     }
 }
 
@@ -558,17 +692,30 @@ impl NasBench201SearchNet {
     /// Variables under `p`: `stem`, `cells.{i}` (cells and reduction blocks, one index),
     /// `lastact`, `classifier`.
     pub fn new(p: nn::Path, config: &NasBench201Config) -> Result<Self, NasError> {
-        if config.c <= 0 || config.cells_per_stage == 0 || config.num_classes <= 0 || config.in_channels <= 0 {
-            return Err(NasError::Config(format!("NAS-Bench-201 network: every size must be positive, got {config:?}")));
+        if config.c <= 0
+            || config.cells_per_stage == 0
+            || config.num_classes <= 0
+            || config.in_channels <= 0
+        {
+            return Err(NasError::Config(format!(
+                "NAS-Bench-201 network: every size must be positive, got {config:?}"
+            )));
         }
         let space = CellSpace::nas_bench_201();
-        let stem = Sequence::new(&p / "stem", stem_plan(config.in_channels, config.c, false, true));
+        let stem = Sequence::new(
+            &p / "stem",
+            stem_plan(config.in_channels, config.c, false, true),
+        );
         let mut layers = Vec::new();
         let mut c_prev = config.c;
         for stage in 0..3 {
             let c = config.c << stage;
             if stage > 0 {
-                layers.push(Nb201Layer::Reduction(ResNetBasicBlock::new(&p / "cells" / layers.len(), c_prev, c)));
+                layers.push(Nb201Layer::Reduction(ResNetBasicBlock::new(
+                    &p / "cells" / layers.len(),
+                    c_prev,
+                    c,
+                )));
                 c_prev = c;
             }
             for _ in 0..config.cells_per_stage {
@@ -582,12 +729,21 @@ impl NasBench201SearchNet {
                     affine: false,
                     pool_bn: false,
                 };
-                layers.push(Nb201Layer::Cell(SearchCell::new(&p / "cells" / layers.len(), cell_config)?));
+                layers.push(Nb201Layer::Cell(SearchCell::new(
+                    &p / "cells" / layers.len(),
+                    cell_config,
+                )?));
             }
         }
         let last_bn = torch_batch_norm2d(&p / "lastact", c_prev, true);
         let classifier = torch_linear(&p / "classifier", c_prev, config.num_classes);
-        Ok(Self { config: config.clone(), stem, layers, last_bn, classifier })
+        Ok(Self {
+            config: config.clone(),
+            stem,
+            layers,
+            last_bn,
+            classifier,
+        })
     }
 
     pub fn config(&self) -> &NasBench201Config {
@@ -655,21 +811,30 @@ mod tests {
 
     fn no_renamed_variables(vs: &nn::VarStore) {
         let names: Vec<String> = vs.variables().into_keys().collect();
-        assert!(names.iter().all(|n| !n.contains("__")), "renamed variables: {names:?}");
+        assert!(
+            names.iter().all(|n| !n.contains("__")),
+            "renamed variables: {names:?}"
+        );
     }
 
     #[test]
     fn darts_search_network_classifies_cifar_sized_images() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = DartsSearchConfig { c: 4, layers: 5, ..Default::default() };
+        let cfg = DartsSearchConfig {
+            c: 4,
+            layers: 5,
+            ..Default::default()
+        };
         let net = DartsSearchNet::new(vs.root() / "net", &cfg).unwrap();
         let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit::default()).unwrap();
         let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let logits = net.forward_with(&x, &arch.softmax_weights(1.0), true);
         assert_eq!(logits.size(), [2, 10]);
         no_renamed_variables(&vs);
-        assert!(vs.variables().contains_key("net.cells.1.edge13.dil_conv_5x5.dw.weight"));
+        assert!(vs
+            .variables()
+            .contains_key("net.cells.1.edge13.dil_conv_5x5.dw.weight"));
     }
 
     #[test]
@@ -677,7 +842,9 @@ mod tests {
         // C = 16, 8 cells: 14 edges x 8 ops in each of 8 cells.
         let vs = nn::VarStore::new(Device::Cpu);
         let net = DartsSearchNet::new(vs.root(), &DartsSearchConfig::default()).unwrap();
-        let reductions: Vec<usize> = (0..8).filter(|&i| net.cells[i].config().reduction).collect();
+        let reductions: Vec<usize> = (0..8)
+            .filter(|&i| net.cells[i].config().reduction)
+            .collect();
         assert_eq!(reductions, [2, 5]);
         assert_eq!(net.cells[7].config().out_channels(), 4 * 64);
         no_renamed_variables(&vs);
@@ -692,7 +859,13 @@ mod tests {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = RlDartsConfig::default();
-        let arch = ArchParams::new(Device::Cpu, cfg.space(), cfg.has_reduction_cells(), AlphaInit::default()).unwrap();
+        let arch = ArchParams::new(
+            Device::Cpu,
+            cfg.space(),
+            cfg.has_reduction_cells(),
+            AlphaInit::default(),
+        )
+        .unwrap();
         let slot = OpWeightsSlot::softmax(&arch, 1.0);
         let enc = RlDartsSupernet::new(vs.root() / "encoder", &cfg, &[3, 64, 64], slot).unwrap();
         let obs = Tensor::rand([4, 3, 64, 64], (Kind::Float, Device::Cpu));
@@ -701,7 +874,9 @@ mod tests {
         assert_eq!(enc.feature_dim(), 256);
         no_renamed_variables(&vs);
         // 9 cells: 3 stages x (reduce + 2 normal).
-        let cells = enc.skeleton.cells_with_inputs([3, 64, 64], |c, chw| c.op_costs(&[chw]).1);
+        let cells = enc
+            .skeleton
+            .cells_with_inputs([3, 64, 64], |c, chw| c.op_costs(&[chw]).1);
         assert_eq!(cells.len(), 9);
         assert_eq!(cells.iter().filter(|(_, r, _)| *r).count(), 3);
         // The PPO-style loss reaches the alphas through the slot's weights, twice in a row
@@ -718,16 +893,46 @@ mod tests {
     fn rl_darts_impala_variant_and_other_op_sets() {
         tch::manual_seed(2);
         for (variant, op_set, output) in [
-            (RlDartsVariant::Impala, OpSet::RlDarts, CellOutput::ConcatConv1x1),
-            (RlDartsVariant::Standard, OpSet::RlDartsConv, CellOutput::Sum),
+            (
+                RlDartsVariant::Impala,
+                OpSet::RlDarts,
+                CellOutput::ConcatConv1x1,
+            ),
+            (
+                RlDartsVariant::Standard,
+                OpSet::RlDartsConv,
+                CellOutput::Sum,
+            ),
             (RlDartsVariant::Standard, OpSet::RlDarts, CellOutput::Concat),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = RlDartsConfig { variant, op_set, cell_output: output, stem: true, ..Default::default() };
-            let arch = ArchParams::new(Device::Cpu, cfg.space(), cfg.has_reduction_cells(), AlphaInit::default()).unwrap();
-            let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 20, 20], OpWeightsSlot::softmax(&arch, 1.0)).unwrap();
+            let cfg = RlDartsConfig {
+                variant,
+                op_set,
+                cell_output: output,
+                stem: true,
+                ..Default::default()
+            };
+            let arch = ArchParams::new(
+                Device::Cpu,
+                cfg.space(),
+                cfg.has_reduction_cells(),
+                AlphaInit::default(),
+            )
+            .unwrap();
+            let enc = RlDartsSupernet::new(
+                vs.root(),
+                &cfg,
+                &[3, 20, 20],
+                OpWeightsSlot::softmax(&arch, 1.0),
+            )
+            .unwrap();
             let obs = Tensor::rand([2, 3, 20, 20], (Kind::Float, Device::Cpu));
-            assert_eq!(enc.features(&obs, false).size(), [2, 256], "{variant:?} {op_set} {output:?}");
+            assert_eq!(
+                enc.features(&obs, false).size(),
+                [2, 256],
+                "{variant:?} {op_set} {output:?}"
+            );
             no_renamed_variables(&vs);
         }
     }
@@ -737,7 +942,13 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = RlDartsConfig::default();
         let arch = ArchParams::new(Device::Cpu, cfg.space(), false, AlphaInit::default()).unwrap();
-        let err = RlDartsSupernet::new(vs.root(), &cfg, &[3, 64, 64], OpWeightsSlot::softmax(&arch, 1.0)).unwrap_err();
+        let err = RlDartsSupernet::new(
+            vs.root(),
+            &cfg,
+            &[3, 64, 64],
+            OpWeightsSlot::softmax(&arch, 1.0),
+        )
+        .unwrap_err();
         assert!(matches!(err, NasError::Shape(_)), "{err}");
     }
 
@@ -745,7 +956,10 @@ mod tests {
     fn gdas_style_hard_weights_drive_the_encoder() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = RlDartsConfig { channels: vec![4, 8], ..Default::default() };
+        let cfg = RlDartsConfig {
+            channels: vec![4, 8],
+            ..Default::default()
+        };
         let space = cfg.space();
         let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
         let normal = arch.alpha_normal().shallow_clone();
@@ -754,11 +968,16 @@ mod tests {
         let slot = OpWeightsSlot::new(move |_| {
             let hard = |alpha: &Tensor| {
                 let p = alpha.softmax(-1, Kind::Float);
-                let h = p.zeros_like().index_fill(1, &Tensor::from_slice(&[0i64]), 1.0);
+                let h = p
+                    .zeros_like()
+                    .index_fill(1, &Tensor::from_slice(&[0i64]), 1.0);
                 let index = vec![0usize; space.num_edges()];
                 OpWeights::one_hot(&h - p.detach() + &p, &index).expect("valid indices")
             };
-            CellWeights { normal: hard(&normal), reduce: Some(hard(&reduce)) }
+            CellWeights {
+                normal: hard(&normal),
+                reduce: Some(hard(&reduce)),
+            }
         });
         let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 16, 16], slot).unwrap();
         let obs = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
@@ -768,23 +987,130 @@ mod tests {
         // Only conv_3x3 ran: the relu op's channel projection (3 -> 4 on the first reduction
         // cell's input edge) got no gradient.
         let vars = vs.variables();
-        assert!(vars["stage0.reduce.edge0.conv_3x3.conv.weight"].grad().defined());
-        assert!(!vars["stage0.reduce.edge0.relu.proj.weight"].grad().defined());
+        assert!(vars["stage0.reduce.edge0.conv_3x3.conv.weight"]
+            .grad()
+            .defined());
+        assert!(!vars["stage0.reduce.edge0.relu.proj.weight"]
+            .grad()
+            .defined());
     }
 
     #[test]
     fn nas_bench_201_search_network_runs() {
         tch::manual_seed(4);
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = NasBench201Config { c: 4, cells_per_stage: 2, ..Default::default() };
+        let cfg = NasBench201Config {
+            c: 4,
+            cells_per_stage: 2,
+            ..Default::default()
+        };
         let net = NasBench201SearchNet::new(vs.root(), &cfg).unwrap();
         let arch = ArchParams::new(Device::Cpu, net.space(), false, AlphaInit::default()).unwrap();
         let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
-        assert_eq!(net.forward_with(&x, &arch.softmax_weights(1.0), true).size(), [2, 10]);
+        assert_eq!(
+            net.forward_with(&x, &arch.softmax_weights(1.0), true)
+                .size(),
+            [2, 10]
+        );
         assert_eq!(arch.alpha_normal().size(), [6, 5]);
         no_renamed_variables(&vs);
         let table = net.op_costs([3, 16, 16]);
         // nor_conv_3x3 (index 3) costs more FLOPs than nor_conv_1x1 (index 2) on every edge.
         assert!(table.normal.iter().all(|row| row[3].flops > row[2].flops));
+    }
+
+    /// Every network, dense and sparse weights, forward and backward, on `device`: checks that
+    /// nothing is left on the CPU (index tensors, zeros, masks) and that gradients reach the
+    /// alphas there.
+    fn networks_run_on(device: Device) {
+        tch::manual_seed(6);
+        let x32 = Tensor::randn([2, 3, 32, 32], (Kind::Float, device));
+
+        let vs = nn::VarStore::new(device);
+        let cfg = DartsSearchConfig {
+            c: 4,
+            layers: 3,
+            ..Default::default()
+        };
+        let net = DartsSearchNet::new(vs.root(), &cfg).unwrap();
+        let arch = ArchParams::new(device, net.space(), true, AlphaInit::default()).unwrap();
+        let logits = net.forward_with(&x32, &arch.softmax_weights(1.0), true);
+        assert_eq!(logits.device(), device);
+        logits.sum(Kind::Float).backward();
+        assert!(arch.alpha_reduce().unwrap().grad().defined());
+        let index = vec![3usize; 14]; // skip_connect everywhere (FactorizedReduce in reductions)
+        let hard = |alpha: &Tensor| {
+            let w = alpha.zeros_like().index_fill(
+                1,
+                &Tensor::from_slice(&[3i64]).to_device(device),
+                1.0,
+            );
+            OpWeights::one_hot(w, &index).unwrap()
+        };
+        let sparse = CellWeights {
+            normal: hard(arch.alpha_normal()),
+            reduce: Some(hard(arch.alpha_reduce().unwrap())),
+        };
+        assert_eq!(net.forward_with(&x32, &sparse, false).size(), [2, 10]);
+
+        let vs = nn::VarStore::new(device);
+        let cfg = RlDartsConfig {
+            channels: vec![8, 16],
+            ..Default::default()
+        };
+        let arch = ArchParams::new(device, cfg.space(), true, AlphaInit::default()).unwrap();
+        let enc = RlDartsSupernet::new(
+            vs.root(),
+            &cfg,
+            &[3, 32, 32],
+            OpWeightsSlot::softmax(&arch, 1.0),
+        )
+        .unwrap();
+        let features = enc.features(&x32.sigmoid(), true);
+        assert_eq!((features.size(), features.device()), (vec![2, 256], device));
+        features.mean(Kind::Float).backward();
+        assert!(arch.alpha_normal().grad().defined());
+
+        let vs = nn::VarStore::new(device);
+        let cfg = NasBench201Config {
+            c: 4,
+            cells_per_stage: 1,
+            ..Default::default()
+        };
+        let net = NasBench201SearchNet::new(vs.root(), &cfg).unwrap();
+        let arch = ArchParams::new(device, net.space(), false, AlphaInit::default()).unwrap();
+        assert_eq!(
+            net.forward_with(&x32, &arch.softmax_weights(1.0), true)
+                .device(),
+            device
+        );
+
+        let genotype = crate::nas::DARTS_V2.to_genotype();
+        let vs = nn::VarStore::new(device);
+        let cfg = crate::nas::DartsEvalConfig {
+            c: 4,
+            layers: 6,
+            ..Default::default()
+        };
+        let net = crate::nas::DartsEvalNet::new(vs.root(), &cfg, &genotype).unwrap();
+        let (logits, aux) = net.forward_t(&x32, true);
+        assert_eq!(logits.device(), device);
+        assert_eq!(aux.map(|a| a.device()), Some(device));
+    }
+
+    #[test]
+    fn networks_run_on_cpu() {
+        networks_run_on(Device::Cpu);
+    }
+
+    /// The same on a GPU: `cargo test --lib nas:: -- --ignored` on a machine with CUDA.
+    #[test]
+    #[ignore = "needs a CUDA device"]
+    fn networks_run_on_cuda() {
+        assert!(
+            tch::Cuda::is_available(),
+            "run this test on a machine with CUDA"
+        );
+        networks_run_on(Device::Cuda(0));
     }
 }

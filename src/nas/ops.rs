@@ -147,8 +147,16 @@ impl FromStr for OpKind {
             .filter(|(d, _)| *d <= 3)
             .min()
             .map(|(_, name)| name);
-        let known = OpKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ");
-        Err(NasError::UnknownOp { name: s.to_string(), suggestion, known })
+        let known = OpKind::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(NasError::UnknownOp {
+            name: s.to_string(),
+            suggestion,
+            known,
+        })
     }
 }
 
@@ -206,8 +214,13 @@ const DARTS_OPS: [OpKind; 8] = [
     OpKind::DilConv3x3,
     OpKind::DilConv5x5,
 ];
-const RL_DARTS_OPS: [OpKind; 5] =
-    [OpKind::Conv3x3, OpKind::Relu, OpKind::Tanh, OpKind::SkipConnect, OpKind::None];
+const RL_DARTS_OPS: [OpKind; 5] = [
+    OpKind::Conv3x3,
+    OpKind::Relu,
+    OpKind::Tanh,
+    OpKind::SkipConnect,
+    OpKind::None,
+];
 const RL_DARTS_CONV_OPS: [OpKind; 6] = [
     OpKind::Conv3x3Relu,
     OpKind::DilConv3x3Relu,
@@ -226,7 +239,12 @@ const NAS_BENCH_201_OPS: [OpKind; 5] = [
 
 impl OpSet {
     /// Every named set, for tests and `--help`.
-    pub const ALL: [OpSet; 4] = [OpSet::Darts, OpSet::RlDarts, OpSet::RlDartsConv, OpSet::NasBench201];
+    pub const ALL: [OpSet; 4] = [
+        OpSet::Darts,
+        OpSet::RlDarts,
+        OpSet::RlDartsConv,
+        OpSet::NasBench201,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -277,7 +295,12 @@ impl OpSet {
         self.index_of(kind).ok_or_else(|| NasError::OpNotInSet {
             op: kind.name().to_string(),
             op_set: self.name().to_string(),
-            members: self.ops().iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+            members: self
+                .ops()
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 }
@@ -292,10 +315,18 @@ impl FromStr for OpSet {
     type Err = NasError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OpSet::ALL.iter().copied().find(|set| set.name() == s).ok_or_else(|| {
-            let names = OpSet::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ");
-            NasError::Config(format!("unknown op set '{s}'; known op sets: {names}"))
-        })
+        OpSet::ALL
+            .iter()
+            .copied()
+            .find(|set| set.name() == s)
+            .ok_or_else(|| {
+                let names = OpSet::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                NasError::Config(format!("unknown op set '{s}'; known op sets: {names}"))
+            })
     }
 }
 
@@ -320,12 +351,26 @@ pub struct OpSpec {
 impl OpSpec {
     /// DARTS search edge: `c -> c`, no affine, pooling followed by BN.
     pub fn darts_search(c: i64, stride: i64) -> Self {
-        Self { c_in: c, c_out: c, stride, affine: false, pool_bn: true, stride_style: StrideStyle::Darts }
+        Self {
+            c_in: c,
+            c_out: c,
+            stride,
+            affine: false,
+            pool_bn: true,
+            stride_style: StrideStyle::Darts,
+        }
     }
 
     /// DARTS evaluation edge: `c -> c`, affine BN, bare pooling.
     pub fn darts_eval(c: i64, stride: i64) -> Self {
-        Self { c_in: c, c_out: c, stride, affine: true, pool_bn: false, stride_style: StrideStyle::Darts }
+        Self {
+            c_in: c,
+            c_out: c,
+            stride,
+            affine: true,
+            pool_bn: false,
+            stride_style: StrideStyle::Darts,
+        }
     }
 }
 
@@ -334,8 +379,8 @@ impl OpSpec {
 /// Conventions (stated because papers differ): `flops` counts multiply-adds (a conv costs
 /// `C_in/groups * k * k * C_out * H_out * W_out`), one per element for BatchNorm (folded to
 /// scale-and-shift) and activations, nine per output element for 3x3 pooling; `mac` is
-/// ShuffleNet V2's memory access cost, the sum over layers of input elements + output elements
-/// + parameters; `params` counts trainable parameters (BN running statistics excluded, as in
+/// ShuffleNet V2's memory access cost, the sum over layers of input elements, output elements
+/// and parameters; `params` counts trainable parameters (BN running statistics excluded, as in
 /// PyTorch's `parameters()`). The zero op and the identity cost nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OpCost {
@@ -382,7 +427,16 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     fn new(c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> Self {
-        Self { c_in, c_out, kernel, stride, padding, dilation: 1, groups: 1, bias: false }
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        }
     }
 
     fn out_hw(&self, h: i64) -> i64 {
@@ -390,7 +444,8 @@ impl ConvGeom {
     }
 
     fn params(&self) -> i64 {
-        self.c_out * (self.c_in / self.groups) * self.kernel * self.kernel + if self.bias { self.c_out } else { 0 }
+        self.c_out * (self.c_in / self.groups) * self.kernel * self.kernel
+            + if self.bias { self.c_out } else { 0 }
     }
 }
 
@@ -399,17 +454,35 @@ impl ConvGeom {
 pub enum LayerDesc {
     Relu,
     Tanh,
-    Conv { name: &'static str, geom: ConvGeom },
-    BatchNorm { name: &'static str, channels: i64, affine: bool },
+    Conv {
+        name: &'static str,
+        geom: ConvGeom,
+    },
+    BatchNorm {
+        name: &'static str,
+        channels: i64,
+        affine: bool,
+    },
     /// 3x3, padding 1.
-    MaxPool { stride: i64 },
+    MaxPool {
+        stride: i64,
+    },
     /// 3x3, padding 1, `count_include_pad = false` (DARTS and NAS-Bench-201).
-    AvgPool { stride: i64 },
+    AvgPool {
+        stride: i64,
+    },
     /// The two stride-2 1x1 convs of FactorizedReduce, on `x` and on `x` shifted by one pixel,
     /// concatenated on channels (`conv_1`: `c_out / 2` channels, `conv_2`: the rest).
-    FactorizedConvs { c_in: i64, c_out: i64, bias: bool },
+    FactorizedConvs {
+        c_in: i64,
+        c_out: i64,
+        bias: bool,
+    },
     /// Zeros of shape `[N, c_out, ceil(H / stride), ceil(W / stride)]`.
-    Zero { stride: i64, c_out: i64 },
+    Zero {
+        stride: i64,
+        c_out: i64,
+    },
 }
 
 /// 3x3/stride/pad-1 pooling output size: floor((h - 1) / s) + 1, i.e. ceil(h / s) for s <= 2.
@@ -422,48 +495,102 @@ impl LayerDesc {
     fn cost(&self, [c, h, w]: [i64; 3]) -> (OpCost, [i64; 3]) {
         let elems = c * h * w;
         match self {
-            LayerDesc::Relu | LayerDesc::Tanh => (OpCost { params: 0, flops: elems, mac: 2 * elems }, [c, h, w]),
+            LayerDesc::Relu | LayerDesc::Tanh => (
+                OpCost {
+                    params: 0,
+                    flops: elems,
+                    mac: 2 * elems,
+                },
+                [c, h, w],
+            ),
             LayerDesc::Conv { geom, .. } => {
                 let (ho, wo) = (geom.out_hw(h), geom.out_hw(w));
                 let out = geom.c_out * ho * wo;
                 let params = geom.params();
-                let flops = geom.c_out * (geom.c_in / geom.groups) * geom.kernel * geom.kernel * ho * wo;
-                (OpCost { params, flops, mac: elems + out + params }, [geom.c_out, ho, wo])
+                let flops =
+                    geom.c_out * (geom.c_in / geom.groups) * geom.kernel * geom.kernel * ho * wo;
+                (
+                    OpCost {
+                        params,
+                        flops,
+                        mac: elems + out + params,
+                    },
+                    [geom.c_out, ho, wo],
+                )
             }
             LayerDesc::BatchNorm { affine, .. } => {
                 let params = if *affine { 2 * c } else { 0 };
-                (OpCost { params, flops: elems, mac: 2 * elems + params }, [c, h, w])
+                (
+                    OpCost {
+                        params,
+                        flops: elems,
+                        mac: 2 * elems + params,
+                    },
+                    [c, h, w],
+                )
             }
             LayerDesc::MaxPool { stride } | LayerDesc::AvgPool { stride } => {
                 let (ho, wo) = (pooled(h, *stride), pooled(w, *stride));
                 let out = c * ho * wo;
-                (OpCost { params: 0, flops: 9 * out, mac: elems + out }, [c, ho, wo])
+                (
+                    OpCost {
+                        params: 0,
+                        flops: 9 * out,
+                        mac: elems + out,
+                    },
+                    [c, ho, wo],
+                )
             }
             LayerDesc::FactorizedConvs { c_in, c_out, bias } => {
                 let (ho, wo) = (pooled(h, 2), pooled(w, 2));
                 let params = c_in * c_out + if *bias { *c_out } else { 0 };
                 let out = c_out * ho * wo;
                 // Each half reads the whole input once.
-                (OpCost { params, flops: c_in * c_out * ho * wo, mac: 2 * elems + out + params }, [*c_out, ho, wo])
+                (
+                    OpCost {
+                        params,
+                        flops: c_in * c_out * ho * wo,
+                        mac: 2 * elems + out + params,
+                    },
+                    [*c_out, ho, wo],
+                )
             }
-            LayerDesc::Zero { stride, c_out } => (OpCost::default(), [*c_out, pooled(h, *stride), pooled(w, *stride)]),
+            LayerDesc::Zero { stride, c_out } => (
+                OpCost::default(),
+                [*c_out, pooled(h, *stride), pooled(w, *stride)],
+            ),
         }
     }
 }
 
 fn cost_of(plan: &[LayerDesc], input_chw: [i64; 3]) -> (OpCost, [i64; 3]) {
-    plan.iter().fold((OpCost::default(), input_chw), |(total, shape), layer| {
-        let (cost, out) = layer.cost(shape);
-        (total + cost, out)
-    })
+    plan.iter()
+        .fold((OpCost::default(), input_chw), |(total, shape), layer| {
+            let (cost, out) = layer.cost(shape);
+            (total + cost, out)
+        })
 }
 
 /// `relu -> conv k x k (no bias) -> BN`: DARTS's ReLUConvBN (cell preprocessing).
-pub(crate) fn relu_conv_bn_plan(c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, affine: bool) -> Vec<LayerDesc> {
+pub(crate) fn relu_conv_bn_plan(
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    stride: i64,
+    padding: i64,
+    affine: bool,
+) -> Vec<LayerDesc> {
     vec![
         LayerDesc::Relu,
-        LayerDesc::Conv { name: "conv", geom: ConvGeom::new(c_in, c_out, kernel, stride, padding) },
-        LayerDesc::BatchNorm { name: "bn", channels: c_out, affine },
+        LayerDesc::Conv {
+            name: "conv",
+            geom: ConvGeom::new(c_in, c_out, kernel, stride, padding),
+        },
+        LayerDesc::BatchNorm {
+            name: "bn",
+            channels: c_out,
+            affine,
+        },
     ]
 }
 
@@ -472,19 +599,38 @@ pub(crate) fn relu_conv_bn_plan(c_in: i64, c_out: i64, kernel: i64, stride: i64,
 pub(crate) fn factorized_reduce_plan(c_in: i64, c_out: i64, affine: bool) -> Vec<LayerDesc> {
     vec![
         LayerDesc::Relu,
-        LayerDesc::FactorizedConvs { c_in, c_out, bias: false },
-        LayerDesc::BatchNorm { name: "bn", channels: c_out, affine },
+        LayerDesc::FactorizedConvs {
+            c_in,
+            c_out,
+            bias: false,
+        },
+        LayerDesc::BatchNorm {
+            name: "bn",
+            channels: c_out,
+            affine,
+        },
     ]
 }
 
 /// The layer plan of `kind` at `spec`: the single source of both forward and cost.
 pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
-    let &OpSpec { c_in, c_out, stride, affine, pool_bn, stride_style } = spec;
+    let &OpSpec {
+        c_in,
+        c_out,
+        stride,
+        affine,
+        pool_bn,
+        stride_style,
+    } = spec;
     if c_in <= 0 || c_out <= 0 {
-        return Err(NasError::Config(format!("op {kind}: channels must be positive, got {c_in} -> {c_out}")));
+        return Err(NasError::Config(format!(
+            "op {kind}: channels must be positive, got {c_in} -> {c_out}"
+        )));
     }
     if stride != 1 && stride != 2 {
-        return Err(NasError::Config(format!("op {kind}: stride must be 1 or 2, got {stride}")));
+        return Err(NasError::Config(format!(
+            "op {kind}: stride must be 1 or 2, got {stride}"
+        )));
     }
     let reduce = stride == 2;
     let conv = |name, kernel: i64, dilation: i64, bias: bool| LayerDesc::Conv {
@@ -507,7 +653,10 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
             layers.push(LayerDesc::AvgPool { stride: 2 });
         }
         if c_in != c_out {
-            let geom = ConvGeom { bias: true, ..ConvGeom::new(c_in, c_out, 1, 1, 0) };
+            let geom = ConvGeom {
+                bias: true,
+                ..ConvGeom::new(c_in, c_out, 1, 1, 0)
+            };
             layers.push(LayerDesc::Conv { name: "proj", geom });
         }
         layers
@@ -521,11 +670,21 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
                 match stride_style {
                     StrideStyle::Darts => {
                         layers.push(LayerDesc::Relu);
-                        layers.push(LayerDesc::Conv { name: "proj", geom: ConvGeom::new(c_in, c_out, 1, 1, 0) });
-                        layers.push(LayerDesc::BatchNorm { name: "proj_bn", channels: c_out, affine });
+                        layers.push(LayerDesc::Conv {
+                            name: "proj",
+                            geom: ConvGeom::new(c_in, c_out, 1, 1, 0),
+                        });
+                        layers.push(LayerDesc::BatchNorm {
+                            name: "proj_bn",
+                            channels: c_out,
+                            affine,
+                        });
                     }
                     StrideStyle::AvgPool => {
-                        let geom = ConvGeom { bias: true, ..ConvGeom::new(c_in, c_out, 1, 1, 0) };
+                        let geom = ConvGeom {
+                            bias: true,
+                            ..ConvGeom::new(c_in, c_out, 1, 1, 0)
+                        };
                         layers.push(LayerDesc::Conv { name: "proj", geom });
                     }
                 }
@@ -536,7 +695,11 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
                 LayerDesc::AvgPool { stride }
             });
             if pool_bn {
-                layers.push(LayerDesc::BatchNorm { name: "bn", channels: c_out, affine: false });
+                layers.push(LayerDesc::BatchNorm {
+                    name: "bn",
+                    channels: c_out,
+                    affine: false,
+                });
             }
             layers
         }
@@ -545,8 +708,15 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
             StrideStyle::Darts if reduce => factorized_reduce_plan(c_in, c_out, affine),
             // NAS-Bench-201's FactorizedReduce at stride 1: 1x1 conv + BN, no relu.
             StrideStyle::Darts => vec![
-                LayerDesc::Conv { name: "proj", geom: ConvGeom::new(c_in, c_out, 1, 1, 0) },
-                LayerDesc::BatchNorm { name: "bn", channels: c_out, affine },
+                LayerDesc::Conv {
+                    name: "proj",
+                    geom: ConvGeom::new(c_in, c_out, 1, 1, 0),
+                },
+                LayerDesc::BatchNorm {
+                    name: "bn",
+                    channels: c_out,
+                    affine,
+                },
             ],
             StrideStyle::AvgPool => avgpool_style_prefix(),
         },
@@ -554,35 +724,67 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
             // Pool and channel-match first, so the activation stays the op's last layer as in
             // the conv+relu ops of the same search space.
             let mut layers = avgpool_style_prefix();
-            layers.push(if kind == OpKind::Relu { LayerDesc::Relu } else { LayerDesc::Tanh });
+            layers.push(if kind == OpKind::Relu {
+                LayerDesc::Relu
+            } else {
+                LayerDesc::Tanh
+            });
             layers
         }
         OpKind::SepConv3x3 | OpKind::SepConv5x5 => {
             let k = if kind == OpKind::SepConv3x3 { 3 } else { 5 };
             let depthwise = |name, stride| LayerDesc::Conv {
                 name,
-                geom: ConvGeom { groups: c_in, ..ConvGeom::new(c_in, c_in, k, stride, k / 2) },
+                geom: ConvGeom {
+                    groups: c_in,
+                    ..ConvGeom::new(c_in, c_in, k, stride, k / 2)
+                },
             };
             vec![
                 LayerDesc::Relu,
                 depthwise("dw1", stride),
-                LayerDesc::Conv { name: "pw1", geom: ConvGeom::new(c_in, c_in, 1, 1, 0) },
-                LayerDesc::BatchNorm { name: "bn1", channels: c_in, affine },
+                LayerDesc::Conv {
+                    name: "pw1",
+                    geom: ConvGeom::new(c_in, c_in, 1, 1, 0),
+                },
+                LayerDesc::BatchNorm {
+                    name: "bn1",
+                    channels: c_in,
+                    affine,
+                },
                 LayerDesc::Relu,
                 depthwise("dw2", 1),
-                LayerDesc::Conv { name: "pw2", geom: ConvGeom::new(c_in, c_out, 1, 1, 0) },
-                LayerDesc::BatchNorm { name: "bn2", channels: c_out, affine },
+                LayerDesc::Conv {
+                    name: "pw2",
+                    geom: ConvGeom::new(c_in, c_out, 1, 1, 0),
+                },
+                LayerDesc::BatchNorm {
+                    name: "bn2",
+                    channels: c_out,
+                    affine,
+                },
             ]
         }
         OpKind::DilConv3x3 | OpKind::DilConv5x5 => {
             let k = if kind == OpKind::DilConv3x3 { 3 } else { 5 };
             // DARTS: padding 2 (3x3) and 4 (5x5) at dilation 2 keep the size.
-            let geom = ConvGeom { dilation: 2, groups: c_in, ..ConvGeom::new(c_in, c_in, k, stride, k - 1) };
+            let geom = ConvGeom {
+                dilation: 2,
+                groups: c_in,
+                ..ConvGeom::new(c_in, c_in, k, stride, k - 1)
+            };
             vec![
                 LayerDesc::Relu,
                 LayerDesc::Conv { name: "dw", geom },
-                LayerDesc::Conv { name: "pw", geom: ConvGeom::new(c_in, c_out, 1, 1, 0) },
-                LayerDesc::BatchNorm { name: "bn", channels: c_out, affine },
+                LayerDesc::Conv {
+                    name: "pw",
+                    geom: ConvGeom::new(c_in, c_out, 1, 1, 0),
+                },
+                LayerDesc::BatchNorm {
+                    name: "bn",
+                    channels: c_out,
+                    affine,
+                },
             ]
         }
         OpKind::Conv3x3 => vec![conv("conv", 3, 1, true)],
@@ -596,7 +798,11 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
             vec![
                 LayerDesc::Relu,
                 conv("conv", k, 1, !affine),
-                LayerDesc::BatchNorm { name: "bn", channels: c_out, affine },
+                LayerDesc::BatchNorm {
+                    name: "bn",
+                    channels: c_out,
+                    affine,
+                },
             ]
         }
     };
@@ -614,8 +820,14 @@ pub(crate) fn torch_conv2d(p: nn::Path, g: &ConvGeom) -> nn::Conv2D {
         dilation: g.dilation,
         groups: g.groups,
         bias: g.bias,
-        ws_init: nn::Init::Uniform { lo: -bound, up: bound },
-        bs_init: nn::Init::Uniform { lo: -bound, up: bound },
+        ws_init: nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        bs_init: nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
         padding_mode: nn::PaddingMode::Zeros,
     };
     nn::conv2d(p, g.c_in, g.c_out, g.kernel, config)
@@ -637,8 +849,14 @@ pub(crate) fn torch_batch_norm2d(p: nn::Path, channels: i64, affine: bool) -> nn
 pub(crate) fn torch_linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     let bound = 1.0 / (c_in as f64).sqrt();
     let config = nn::LinearConfig {
-        ws_init: nn::Init::Uniform { lo: -bound, up: bound },
-        bs_init: Some(nn::Init::Uniform { lo: -bound, up: bound }),
+        ws_init: nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        bs_init: Some(nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        }),
         bias: true,
     };
     nn::linear(p, c_in, c_out, config)
@@ -651,10 +869,20 @@ enum Layer {
     Tanh,
     Conv(nn::Conv2D),
     BatchNorm(nn::BatchNorm),
-    MaxPool { stride: i64 },
-    AvgPool { stride: i64 },
-    FactorizedConvs { conv_1: nn::Conv2D, conv_2: nn::Conv2D },
-    Zero { stride: i64, c_out: i64 },
+    MaxPool {
+        stride: i64,
+    },
+    AvgPool {
+        stride: i64,
+    },
+    FactorizedConvs {
+        conv_1: nn::Conv2D,
+        conv_2: nn::Conv2D,
+    },
+    Zero {
+        stride: i64,
+        c_out: i64,
+    },
 }
 
 impl Layer {
@@ -663,13 +891,18 @@ impl Layer {
             LayerDesc::Relu => Layer::Relu,
             LayerDesc::Tanh => Layer::Tanh,
             LayerDesc::Conv { name, geom } => Layer::Conv(torch_conv2d(p / name, &geom)),
-            LayerDesc::BatchNorm { name, channels, affine } => {
-                Layer::BatchNorm(torch_batch_norm2d(p / name, channels, affine))
-            }
+            LayerDesc::BatchNorm {
+                name,
+                channels,
+                affine,
+            } => Layer::BatchNorm(torch_batch_norm2d(p / name, channels, affine)),
             LayerDesc::MaxPool { stride } => Layer::MaxPool { stride },
             LayerDesc::AvgPool { stride } => Layer::AvgPool { stride },
             LayerDesc::FactorizedConvs { c_in, c_out, bias } => {
-                let half = |c| ConvGeom { bias, ..ConvGeom::new(c_in, c, 1, 2, 0) };
+                let half = |c| ConvGeom {
+                    bias,
+                    ..ConvGeom::new(c_in, c, 1, 2, 0)
+                };
                 Layer::FactorizedConvs {
                     conv_1: torch_conv2d(p / "conv_1", &half(c_out / 2)),
                     conv_2: torch_conv2d(p / "conv_2", &half(c_out - c_out / 2)),
@@ -685,19 +918,31 @@ impl Layer {
             Layer::Tanh => x.tanh(),
             Layer::Conv(conv) => conv.forward(x),
             Layer::BatchNorm(bn) => bn.forward_t(x, train),
-            Layer::MaxPool { stride } => x.max_pool2d([3, 3], [*stride, *stride], [1, 1], [1, 1], false),
-            Layer::AvgPool { stride } => x.avg_pool2d([3, 3], [*stride, *stride], [1, 1], false, false, None),
+            Layer::MaxPool { stride } => {
+                x.max_pool2d([3, 3], [*stride, *stride], [1, 1], [1, 1], false)
+            }
+            Layer::AvgPool { stride } => {
+                x.avg_pool2d([3, 3], [*stride, *stride], [1, 1], false, false, None)
+            }
             Layer::FactorizedConvs { conv_1, conv_2 } => {
                 let (h, w) = (x.size()[2], x.size()[3]);
                 // DARTS convolves x[:, :, 1:, 1:]; padding one zero row and column first
                 // (NAS-Bench-201's variant) gives the identical result for even sizes and
                 // matching shapes for odd ones, where DARTS's concat would fail.
-                let shifted = x.constant_pad_nd([0, 1, 0, 1]).narrow(2, 1, h).narrow(3, 1, w);
+                let shifted = x
+                    .constant_pad_nd([0, 1, 0, 1])
+                    .narrow(2, 1, h)
+                    .narrow(3, 1, w);
                 Tensor::cat(&[conv_1.forward(x), conv_2.forward(&shifted)], 1)
             }
             Layer::Zero { stride, c_out } => {
                 let size = x.size();
-                let shape = [size[0], *c_out, pooled(size[2], *stride), pooled(size[3], *stride)];
+                let shape = [
+                    size[0],
+                    *c_out,
+                    pooled(size[2], *stride),
+                    pooled(size[3], *stride),
+                ];
                 Tensor::zeros(shape, (x.kind(), x.device()))
             }
         }
@@ -733,7 +978,9 @@ impl Sequence {
         let mut layers = self.layers.iter();
         match layers.next() {
             None => x.shallow_clone(),
-            Some(first) => layers.fold(first.forward_t(x, train), |h, layer| layer.forward_t(&h, train)),
+            Some(first) => layers.fold(first.forward_t(x, train), |h, layer| {
+                layer.forward_t(&h, train)
+            }),
         }
     }
 
@@ -759,7 +1006,11 @@ pub struct Op {
 impl Op {
     /// Builds `kind` at `spec`, variables under `p` (callers use `edge / kind.name()`).
     pub fn new(p: nn::Path, kind: OpKind, spec: OpSpec) -> Result<Self, NasError> {
-        Ok(Self { kind, spec, seq: Sequence::new(p, plan(kind, &spec)?) })
+        Ok(Self {
+            kind,
+            spec,
+            seq: Sequence::new(p, plan(kind, &spec)?),
+        })
     }
 
     pub fn kind(&self) -> OpKind {
@@ -804,14 +1055,24 @@ mod tests {
         let mut out = Vec::new();
         for stride in [1, 2] {
             for (affine, pool_bn) in [(false, true), (true, false)] {
-                out.push(OpSpec { c_in, c_out, stride, affine, pool_bn, stride_style: style });
+                out.push(OpSpec {
+                    c_in,
+                    c_out,
+                    stride,
+                    affine,
+                    pool_bn,
+                    stride_style: style,
+                });
             }
         }
         out
     }
 
     fn trainable_count(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     /// Every op x stride x BN convention x stride style, equal and changing channels: the
@@ -832,7 +1093,10 @@ mod tests {
                             let s = spec.stride;
                             let expected = [2, c_out, (h + s - 1) / s, (w + s - 1) / s];
                             assert_eq!(y.size(), expected, "{kind} {spec:?} on {h}x{w}");
-                            assert_eq!(op.out_shape([c_in, h, w]), [c_out, expected[2], expected[3]]);
+                            assert_eq!(
+                                op.out_shape([c_in, h, w]),
+                                [c_out, expected[2], expected[3]]
+                            );
                         }
                         let cost = op.cost([c_in, 8, 8]);
                         assert_eq!(cost.params, trainable_count(&vs), "{kind} {spec:?}");
@@ -852,19 +1116,68 @@ mod tests {
         // sep_conv = (relu, depthwise, pointwise, BN) twice.
         let sep = layers(OpKind::SepConv3x3);
         assert_eq!(sep.len(), 8);
-        assert!(matches!(sep[1], LayerDesc::Conv { geom: ConvGeom { groups: 16, kernel: 3, padding: 1, .. }, .. }));
-        assert!(matches!(sep[5], LayerDesc::Conv { geom: ConvGeom { groups: 16, stride: 1, .. }, .. }));
+        assert!(matches!(
+            sep[1],
+            LayerDesc::Conv {
+                geom: ConvGeom {
+                    groups: 16,
+                    kernel: 3,
+                    padding: 1,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert!(matches!(
+            sep[5],
+            LayerDesc::Conv {
+                geom: ConvGeom {
+                    groups: 16,
+                    stride: 1,
+                    ..
+                },
+                ..
+            }
+        ));
         // dil_conv 5x5: dilation 2, padding 4.
         let dil = layers(OpKind::DilConv5x5);
-        assert!(matches!(dil[1], LayerDesc::Conv { geom: ConvGeom { dilation: 2, padding: 4, kernel: 5, .. }, .. }));
+        assert!(matches!(
+            dil[1],
+            LayerDesc::Conv {
+                geom: ConvGeom {
+                    dilation: 2,
+                    padding: 4,
+                    kernel: 5,
+                    ..
+                },
+                ..
+            }
+        ));
         // skip_connect: identity at stride 1, FactorizedReduce at stride 2.
         assert!(layers(OpKind::SkipConnect).is_empty());
         let fr = plan(OpKind::SkipConnect, &OpSpec::darts_eval(16, 2)).unwrap();
-        assert!(matches!(fr[1], LayerDesc::FactorizedConvs { c_in: 16, c_out: 16, bias: false }));
+        assert!(matches!(
+            fr[1],
+            LayerDesc::FactorizedConvs {
+                c_in: 16,
+                c_out: 16,
+                bias: false
+            }
+        ));
         // Search: pools followed by BN without affine; evaluation: bare pools.
         let pool = plan(OpKind::MaxPool3x3, &OpSpec::darts_search(16, 1)).unwrap();
-        assert_eq!(pool[1], LayerDesc::BatchNorm { name: "bn", channels: 16, affine: false });
-        assert_eq!(layers(OpKind::AvgPool3x3), vec![LayerDesc::AvgPool { stride: 1 }]);
+        assert_eq!(
+            pool[1],
+            LayerDesc::BatchNorm {
+                name: "bn",
+                channels: 16,
+                affine: false
+            }
+        );
+        assert_eq!(
+            layers(OpKind::AvgPool3x3),
+            vec![LayerDesc::AvgPool { stride: 1 }]
+        );
     }
 
     #[test]
@@ -872,27 +1185,53 @@ mod tests {
         // sep_conv_3x3, C = 16, stride 1, affine, 8x8 input:
         //   params: 2 * (16*9 + 16*16 + 2*16) = 2 * 432 = 864
         //   flops:  2 * (16*9*64 + 16*16*64 + 16*64) + 2 relus * 16*64 = 53_248 + 2_048 = 55_296
-        let cost = OpKind::SepConv3x3.cost(&OpSpec::darts_eval(16, 1), [16, 8, 8]).unwrap();
+        let cost = OpKind::SepConv3x3
+            .cost(&OpSpec::darts_eval(16, 1), [16, 8, 8])
+            .unwrap();
         assert_eq!(cost.params, 864);
         assert_eq!(cost.flops, 55_296);
         // MAC: 8 layers each read and write 1024 elements, plus 864 parameters.
         assert_eq!(cost.mac, 8 * 2 * 1024 + 864);
-        assert_eq!(OpKind::None.cost(&OpSpec::darts_eval(16, 2), [16, 8, 8]).unwrap(), OpCost::default());
+        assert_eq!(
+            OpKind::None
+                .cost(&OpSpec::darts_eval(16, 2), [16, 8, 8])
+                .unwrap(),
+            OpCost::default()
+        );
     }
 
     #[test]
     fn factorized_reduce_equals_the_official_slicing_on_even_sizes() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
-        let op = Op::new(vs.root() / "skip", OpKind::SkipConnect, OpSpec::darts_eval(4, 2)).unwrap();
+        let op = Op::new(
+            vs.root() / "skip",
+            OpKind::SkipConnect,
+            OpSpec::darts_eval(4, 2),
+        )
+        .unwrap();
         let x = Tensor::randn([2, 4, 6, 6], (Kind::Float, Device::Cpu));
         let y = op.forward_t(&x, false);
         // Reference: cat(conv_1(relu x), conv_2(relu x[:, :, 1:, 1:])) then BN (eval, identity
         // stats: running mean 0, var 1, weight 1, bias 0 -> x / sqrt(1 + eps)).
         let vars = vs.variables();
         let r = x.relu();
-        let a = r.conv2d(&vars["skip.conv_1.weight"], None::<Tensor>, [2, 2], [0, 0], [1, 1], 1);
-        let b = r.narrow(2, 1, 5).narrow(3, 1, 5).conv2d(&vars["skip.conv_2.weight"], None::<Tensor>, [2, 2], [0, 0], [1, 1], 1);
+        let a = r.conv2d(
+            &vars["skip.conv_1.weight"],
+            None::<Tensor>,
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            1,
+        );
+        let b = r.narrow(2, 1, 5).narrow(3, 1, 5).conv2d(
+            &vars["skip.conv_2.weight"],
+            None::<Tensor>,
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            1,
+        );
         let reference = Tensor::cat(&[a, b], 1) / (1.0f64 + 1e-5).sqrt();
         assert!(y.allclose(&reference, 1e-5, 1e-6, false));
     }
@@ -921,16 +1260,37 @@ mod tests {
     #[test]
     fn unknown_op_names_suggest_the_closest() {
         let err = "sep_conv3x3".parse::<OpKind>().unwrap_err();
-        assert!(matches!(err, NasError::UnknownOp { suggestion: Some("sep_conv_3x3"), .. }));
-        assert!(err.to_string().contains("did you mean 'sep_conv_3x3'"), "{err}");
+        assert!(matches!(
+            err,
+            NasError::UnknownOp {
+                suggestion: Some("sep_conv_3x3"),
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("did you mean 'sep_conv_3x3'"),
+            "{err}"
+        );
         assert!(serde_json::from_str::<OpKind>("\"conv_7x7\"").is_err());
     }
 
     #[test]
     fn invalid_specs_are_errors() {
-        let spec = OpSpec { stride: 3, ..OpSpec::darts_eval(4, 1) };
-        assert!(matches!(plan(OpKind::SepConv3x3, &spec), Err(NasError::Config(_))));
-        let spec = OpSpec { c_in: 0, ..OpSpec::darts_eval(4, 1) };
-        assert!(matches!(plan(OpKind::Conv3x3, &spec), Err(NasError::Config(_))));
+        let spec = OpSpec {
+            stride: 3,
+            ..OpSpec::darts_eval(4, 1)
+        };
+        assert!(matches!(
+            plan(OpKind::SepConv3x3, &spec),
+            Err(NasError::Config(_))
+        ));
+        let spec = OpSpec {
+            c_in: 0,
+            ..OpSpec::darts_eval(4, 1)
+        };
+        assert!(matches!(
+            plan(OpKind::Conv3x3, &spec),
+            Err(NasError::Config(_))
+        ));
     }
 }

@@ -29,7 +29,10 @@ pub struct OpWeights {
 impl OpWeights {
     /// Every op of every edge is evaluated (DARTS, SNAS, DrNAS).
     pub fn dense(weights: Tensor) -> Self {
-        Self { weights, active: None }
+        Self {
+            weights,
+            active: None,
+        }
     }
 
     /// Only `active[e]` is evaluated on edge `e`; checks that indices exist and that there is
@@ -38,17 +41,31 @@ impl OpWeights {
         let size = weights.size();
         let (edges, ops) = match size[..] {
             [e, o] => (e as usize, o as usize),
-            _ => return Err(NasError::Shape(format!("op weights must be [num_edges, num_ops], got {size:?}"))),
+            _ => {
+                return Err(NasError::Shape(format!(
+                    "op weights must be [num_edges, num_ops], got {size:?}"
+                )))
+            }
         };
         if active.len() != edges {
-            return Err(NasError::Shape(format!("{} active lists for {edges} edges", active.len())));
+            return Err(NasError::Shape(format!(
+                "{} active lists for {edges} edges",
+                active.len()
+            )));
         }
-        if let Some((e, &o)) =
-            active.iter().enumerate().find_map(|(e, list)| list.iter().find(|&&o| o >= ops).map(|o| (e, o)))
+        if let Some((e, &o)) = active
+            .iter()
+            .enumerate()
+            .find_map(|(e, list)| list.iter().find(|&&o| o >= ops).map(|o| (e, o)))
         {
-            return Err(NasError::Shape(format!("edge {e}: active op {o} out of range for {ops} ops")));
+            return Err(NasError::Shape(format!(
+                "edge {e}: active op {o} out of range for {ops} ops"
+            )));
         }
-        Ok(Self { weights, active: Some(active) })
+        Ok(Self {
+            weights,
+            active: Some(active),
+        })
     }
 
     /// One sampled op per edge (GDAS): `index[e]` is evaluated on edge `e`.
@@ -78,7 +95,11 @@ impl OpWeights {
         }
         if let Some(active) = &self.active {
             if active.len() != space.num_edges() {
-                return Err(NasError::Shape(format!("{} active lists for {} edges", active.len(), space.num_edges())));
+                return Err(NasError::Shape(format!(
+                    "{} active lists for {} edges",
+                    active.len(),
+                    space.num_edges()
+                )));
             }
         }
         Ok(())
@@ -86,7 +107,10 @@ impl OpWeights {
 
     /// A new `OpWeights` sharing storage (and autograd graph) with this one.
     pub fn shallow_clone(&self) -> Self {
-        Self { weights: self.weights.shallow_clone(), active: self.active.clone() }
+        Self {
+            weights: self.weights.shallow_clone(),
+            active: self.active.clone(),
+        }
     }
 }
 
@@ -100,7 +124,10 @@ pub struct CellWeights {
 
 impl CellWeights {
     pub fn dense(normal: Tensor, reduce: Option<Tensor>) -> Self {
-        Self { normal: OpWeights::dense(normal), reduce: reduce.map(OpWeights::dense) }
+        Self {
+            normal: OpWeights::dense(normal),
+            reduce: reduce.map(OpWeights::dense),
+        }
     }
 
     /// `Err(Shape)` unless both matrices fit `space` and `reduce` is present when `needs_reduce`.
@@ -108,7 +135,9 @@ impl CellWeights {
         self.normal.check(space)?;
         match (&self.reduce, needs_reduce) {
             (Some(r), _) => r.check(space),
-            (None, true) => Err(NasError::Shape("this network has reduction cells but no reduce weights were given".into())),
+            (None, true) => Err(NasError::Shape(
+                "this network has reduction cells but no reduce weights were given".into(),
+            )),
             (None, false) => Ok(()),
         }
     }
@@ -122,7 +151,10 @@ impl CellWeights {
     }
 
     pub fn shallow_clone(&self) -> Self {
-        Self { normal: self.normal.shallow_clone(), reduce: self.reduce.as_ref().map(OpWeights::shallow_clone) }
+        Self {
+            normal: self.normal.shallow_clone(),
+            reduce: self.reduce.as_ref().map(OpWeights::shallow_clone),
+        }
     }
 }
 
@@ -166,25 +198,36 @@ impl OpWeightsSlot {
 
     /// Replaces the function; the next forward uses it.
     pub fn set(&self, f: impl Fn(bool) -> CellWeights + Send + 'static) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Box::new(f);
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Box::new(f);
     }
 
     /// Calls the current function.
     pub fn weights(&self, train: bool) -> CellWeights {
-        let f = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let f = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(train)
     }
 }
 
 /// `softmax(alpha / temperature)` per edge, from shallow clones of `arch`'s alphas (so the
 /// result backpropagates into the arch store's variables).
-fn softmax_fn(arch: &ArchParams, temperature: f64) -> impl Fn(bool) -> CellWeights + Send + 'static {
+fn softmax_fn(
+    arch: &ArchParams,
+    temperature: f64,
+) -> impl Fn(bool) -> CellWeights + Send + 'static {
     let normal = arch.alpha_normal().shallow_clone();
     let reduce = arch.alpha_reduce().map(Tensor::shallow_clone);
     move |_train| {
         CellWeights::dense(
             (&normal / temperature).softmax(-1, Kind::Float),
-            reduce.as_ref().map(|r| (r / temperature).softmax(-1, Kind::Float)),
+            reduce
+                .as_ref()
+                .map(|r| (r / temperature).softmax(-1, Kind::Float)),
         )
     }
 }

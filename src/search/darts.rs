@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::perturb::{exact_mixed_hvp, fd_mixed_hvp, grad, norm, WeightGuard};
-use super::{alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy};
+use super::{
+    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy,
+};
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
 /// First order: `grad_alpha L_val(w, alpha)`. Second order: through one virtual weight step.
@@ -93,7 +96,11 @@ impl Darts {
     /// `w' = w - xi (mu buf + grad_w L_train(w, alpha) + wd w)`, `v = grad_w' L_val(w', alpha)`.
     /// Returns `(L_val(w'), gradient per alpha)`; the weights and buffers are bit-identical
     /// afterwards.
-    pub fn unrolled_gradient(&self, arch: &ArchParams, objective: &mut dyn Objective) -> Result<(f64, Vec<Tensor>), SearchError> {
+    pub fn unrolled_gradient(
+        &self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<(f64, Vec<Tensor>), SearchError> {
         let t = self.params.temperature;
         let a = alphas(arch);
         let w = objective.parameters();
@@ -161,12 +168,20 @@ impl Darts {
             }
         };
         drop(guard); // restores buffers the last forward touched
-        let g = d_alpha.iter().zip(&mixed).map(|(d, m)| d - m * xi).collect();
+        let g = d_alpha
+            .iter()
+            .zip(&mixed)
+            .map(|(d, m)| d - m * xi)
+            .collect();
         Ok((l_val_value, g))
     }
 
     /// First-order gradient `grad_alpha L_val(w, alpha)`.
-    pub fn first_order_gradient(&self, arch: &ArchParams, objective: &mut dyn Objective) -> Result<(f64, Vec<Tensor>), SearchError> {
+    pub fn first_order_gradient(
+        &self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<(f64, Vec<Tensor>), SearchError> {
         let weights = softmax_weights(arch, self.params.temperature);
         let loss = objective.search_loss(&weights)?;
         let value = loss.f_double_value(&[])?;
@@ -185,7 +200,9 @@ impl SearchStrategy for Darts {
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
         Ok(match phase {
             Phase::Arch => softmax_weights(arch, self.params.temperature),
-            Phase::Weights | Phase::Eval => tch::no_grad(|| softmax_weights(arch, self.params.temperature)),
+            Phase::Weights | Phase::Eval => {
+                tch::no_grad(|| softmax_weights(arch, self.params.temperature))
+            }
         })
     }
 
@@ -194,13 +211,20 @@ impl SearchStrategy for Darts {
         true
     }
 
-    fn arch_step(&mut self, arch: &ArchParams, objective: &mut dyn Objective) -> Result<ArchStepStats, SearchError> {
+    fn arch_step(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<ArchStepStats, SearchError> {
         let (loss, g) = match self.params.order {
             DartsOrder::First => self.first_order_gradient(arch, objective)?,
             DartsOrder::Second => self.unrolled_gradient(arch, objective)?,
         };
         self.adam.step_with(&g);
-        Ok(ArchStepStats { loss, grad_norm: norm(&g) })
+        Ok(ArchStepStats {
+            loss,
+            grad_norm: norm(&g),
+        })
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
@@ -214,7 +238,10 @@ impl SearchStrategy for Darts {
     }
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {
-        vec![("temperature", self.params.temperature), ("arch_lr", self.adam.config.lr)]
+        vec![
+            ("temperature", self.params.temperature),
+            ("arch_lr", self.adam.config.lr),
+        ]
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {

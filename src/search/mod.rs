@@ -88,7 +88,10 @@ pub enum SearchError {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Raised by an [`Objective`] (the loop's own failures travel through here as text).
     #[error("objective: {0}")]
     Objective(String),
@@ -96,7 +99,10 @@ pub enum SearchError {
 
 impl SearchError {
     pub(crate) fn checkpoint(path: &Path, reason: String) -> Self {
-        Self::Checkpoint { path: path.to_path_buf(), reason }
+        Self::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        }
     }
 }
 
@@ -184,10 +190,18 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     fn wants_arch_step(&self, iteration: u64) -> bool;
 
     /// One alpha update on the objective's current batches.
-    fn arch_step(&mut self, arch: &ArchParams, objective: &mut dyn Objective) -> Result<ArchStepStats, SearchError>;
+    fn arch_step(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<ArchStepStats, SearchError>;
 
     /// After the loop's weight step; single-level strategies take their alpha step here.
-    fn after_weight_step(&mut self, _arch: &ArchParams, _report: &WeightStepReport) -> Result<Option<ArchStepStats>, SearchError> {
+    fn after_weight_step(
+        &mut self,
+        _arch: &ArchParams,
+        _report: &WeightStepReport,
+    ) -> Result<Option<ArchStepStats>, SearchError> {
         Ok(None)
     }
 
@@ -209,7 +223,13 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
 /// Which strategy a search uses, with its parameters: TOML `[search.strategy] kind = "darts"`
 /// and `[search.strategy.params]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "params", rename_all = "snake_case", deny_unknown_fields, from = "RawStrategy")]
+#[serde(
+    tag = "kind",
+    content = "params",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    from = "RawStrategy"
+)]
 pub enum StrategyConfig {
     /// DARTS (Liu et al. 2019), first or second order.
     Darts(DartsParams),
@@ -221,7 +241,12 @@ pub enum StrategyConfig {
 /// search.strategy.kind=random` alone then means the defaults of that strategy; serde's
 /// adjacent tagging reads a missing content as `None` for an `Option`).
 #[derive(Deserialize)]
-#[serde(tag = "kind", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    content = "params",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 enum RawStrategy {
     Darts(Option<DartsParams>),
     Random(Option<RandomParams>),
@@ -265,7 +290,11 @@ impl StrategyConfig {
 
     /// Builds the strategy over `arch`'s alphas (its optimizer adopts the arch store only).
     /// `seed` seeds the strategy's own sampler.
-    pub fn build(&self, arch: &ArchParams, seed: u64) -> Result<Box<dyn SearchStrategy>, SearchError> {
+    pub fn build(
+        &self,
+        arch: &ArchParams,
+        seed: u64,
+    ) -> Result<Box<dyn SearchStrategy>, SearchError> {
         Ok(match self {
             StrategyConfig::Darts(p) => Box::new(Darts::new(arch, p.clone())?),
             StrategyConfig::Random(p) => Box::new(RandomSearch::new(arch, p.clone(), seed)?),
@@ -306,35 +335,54 @@ mod tests {
 
     impl Default for Wrapper {
         fn default() -> Self {
-            Self { strategy: StrategyConfig::default() }
+            Self {
+                strategy: StrategyConfig::default(),
+            }
         }
     }
 
     #[test]
     fn every_name_builds_from_config_and_round_trips() {
         for name in STRATEGY_NAMES {
-            let config = load_config(None, Wrapper::default(), &[format!("strategy.kind={name}")]).unwrap();
+            let config =
+                load_config(None, Wrapper::default(), &[format!("strategy.kind={name}")]).unwrap();
             assert_eq!(config.strategy.name(), *name);
             assert_eq!(StrategyConfig::from_name(name).unwrap(), config.strategy);
             let accepting = check_rejects_unknown_keys(&config).unwrap();
-            assert!(accepting.is_empty(), "{name}: tables accepting unknown keys: {accepting:?}");
+            assert!(
+                accepting.is_empty(),
+                "{name}: tables accepting unknown keys: {accepting:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_strategy_names_and_keys_are_rejected_with_the_valid_list() {
-        let err = load_config(None, Wrapper::default(), &["strategy.kind=dartz".to_string()]).unwrap_err();
+        let err = load_config(
+            None,
+            Wrapper::default(),
+            &["strategy.kind=dartz".to_string()],
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, ConfigError::TypeMismatch { .. }), "{text}");
         assert!(STRATEGY_NAMES.iter().all(|n| text.contains(n)), "{text}");
         assert!(text.contains("did you mean `darts`"), "{text}");
 
-        let err = load_config(None, Wrapper::default(), &["strategy.params.ordr=\"second\"".to_string()]).unwrap_err();
+        let err = load_config(
+            None,
+            Wrapper::default(),
+            &["strategy.params.ordr=\"second\"".to_string()],
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, ConfigError::UnknownKey { .. }), "{text}");
         assert!(text.contains("order"), "{text}");
 
-        assert!(StrategyConfig::from_name("gdas").unwrap_err().to_string().contains("darts, random"));
+        assert!(StrategyConfig::from_name("gdas")
+            .unwrap_err()
+            .to_string()
+            .contains("darts, random"));
     }
 
     #[test]
@@ -342,7 +390,10 @@ mod tests {
         let config = load_config(
             None,
             Wrapper::default(),
-            &["strategy.params.num_candidates=7".to_string(), "strategy.kind=random".to_string()],
+            &[
+                "strategy.params.num_candidates=7".to_string(),
+                "strategy.kind=random".to_string(),
+            ],
         )
         .unwrap();
         match config.strategy {

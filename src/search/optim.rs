@@ -14,7 +14,10 @@ use super::SearchError;
 
 /// A named, trainable tensor, in a fixed order (name order), so that checkpoints line up.
 fn named_params(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
-    let mut named: Vec<(String, Tensor)> = named.into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut named: Vec<(String, Tensor)> = named
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
 }
@@ -45,7 +48,12 @@ impl Sgd {
         let named = named_params(named.into_iter().collect());
         let buffers = (0..named.len()).map(|_| None).collect();
         let (names, params) = named.into_iter().unzip();
-        Self { config, names, params, buffers }
+        Self {
+            config,
+            names,
+            params,
+            buffers,
+        }
     }
 
     /// The parameters, shallow clones (same storage), in the optimizer's order.
@@ -55,7 +63,10 @@ impl Sgd {
 
     /// Momentum buffers in parameter order; `None` before the first step of a parameter.
     pub fn momentum_buffers(&self) -> Vec<Option<Tensor>> {
-        self.buffers.iter().map(|b| b.as_ref().map(Tensor::shallow_clone)).collect()
+        self.buffers
+            .iter()
+            .map(|b| b.as_ref().map(Tensor::shallow_clone))
+            .collect()
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -70,14 +81,22 @@ impl Sgd {
 
     /// One step on the current gradients; parameters without one are skipped.
     pub fn step(&mut self) {
-        let SgdConfig { lr, momentum, weight_decay } = self.config;
+        let SgdConfig {
+            lr,
+            momentum,
+            weight_decay,
+        } = self.config;
         tch::no_grad(|| {
             for (p, buf) in self.params.iter_mut().zip(self.buffers.iter_mut()) {
                 let grad = p.grad();
                 if !grad.defined() {
                     continue;
                 }
-                let d_p = if weight_decay != 0.0 { &grad + &*p * weight_decay } else { grad.copy() };
+                let d_p = if weight_decay != 0.0 {
+                    &grad + &*p * weight_decay
+                } else {
+                    grad.copy()
+                };
                 let d_p = if momentum != 0.0 {
                     match buf {
                         Some(b) => {
@@ -104,12 +123,16 @@ impl Sgd {
             .names
             .iter()
             .zip(&self.buffers)
-            .filter_map(|(n, b)| b.as_ref().map(|b| (format!("momentum_buffer.{n}"), b.shallow_clone())))
+            .filter_map(|(n, b)| {
+                b.as_ref()
+                    .map(|b| (format!("momentum_buffer.{n}"), b.shallow_clone()))
+            })
             .collect();
         // safetensors cannot hold zero tensors; a marker keeps the file valid before any step.
         let mut named = named;
         named.push(("lr".into(), Tensor::from_slice(&[self.config.lr])));
-        Tensor::write_safetensors(&named, path).map_err(|e| SearchError::checkpoint(path, e.to_string()))
+        Tensor::write_safetensors(&named, path)
+            .map_err(|e| SearchError::checkpoint(path, e.to_string()))
     }
 
     /// Restores what [`Sgd::save`] wrote for the same parameters.
@@ -119,22 +142,35 @@ impl Sgd {
             .into_iter()
             .collect();
         if let Some(lr) = saved.remove("lr") {
-            self.config.lr = lr.f_double_value(&[0]).map_err(|e| SearchError::checkpoint(path, e.to_string()))?;
+            self.config.lr = lr
+                .f_double_value(&[0])
+                .map_err(|e| SearchError::checkpoint(path, e.to_string()))?;
         }
-        for (name, (p, buf)) in self.names.iter().zip(self.params.iter().zip(self.buffers.iter_mut())) {
+        for (name, (p, buf)) in self
+            .names
+            .iter()
+            .zip(self.params.iter().zip(self.buffers.iter_mut()))
+        {
             *buf = match saved.remove(&format!("momentum_buffer.{name}")) {
                 Some(t) if t.size() == p.size() => Some(t.to_kind(p.kind()).to_device(p.device())),
                 Some(t) => {
                     return Err(SearchError::checkpoint(
                         path,
-                        format!("momentum buffer of {name} is {:?}, the parameter is {:?}", t.size(), p.size()),
+                        format!(
+                            "momentum buffer of {name} is {:?}, the parameter is {:?}",
+                            t.size(),
+                            p.size()
+                        ),
                     ))
                 }
                 None => None,
             };
         }
         if let Some(extra) = saved.keys().next() {
-            return Err(SearchError::checkpoint(path, format!("unexpected tensor {extra} (a checkpoint of another network?)")));
+            return Err(SearchError::checkpoint(
+                path,
+                format!("unexpected tensor {extra} (a checkpoint of another network?)"),
+            ));
         }
         Ok(())
     }
@@ -159,7 +195,13 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        Self { lr: 3e-4, beta1: 0.5, beta2: 0.999, eps: 1e-8, weight_decay: 1e-3 }
+        Self {
+            lr: 3e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-3,
+        }
     }
 }
 
@@ -181,7 +223,14 @@ impl Adam {
         let exp_avg = named.iter().map(|(_, p)| p.zeros_like()).collect();
         let exp_avg_sq = named.iter().map(|(_, p)| p.zeros_like()).collect();
         let (names, params) = named.into_iter().unzip();
-        Self { config, names, params, exp_avg, exp_avg_sq, step: 0 }
+        Self {
+            config,
+            names,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+        }
     }
 
     pub fn parameters(&self) -> Vec<Tensor> {
@@ -207,16 +256,32 @@ impl Adam {
     /// One step with explicitly given gradients, in [`Adam::parameters`] order (a
     /// hypergradient that was assembled rather than backpropagated); undefined ones are skipped.
     pub fn step_with(&mut self, grads: &[Tensor]) {
-        let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.config;
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
         self.step += 1;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
         tch::no_grad(|| {
-            for (((p, m), v), grad) in self.params.iter_mut().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq).zip(grads) {
+            for (((p, m), v), grad) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.exp_avg)
+                .zip(&mut self.exp_avg_sq)
+                .zip(grads)
+            {
                 if !grad.defined() {
                     continue;
                 }
-                let g = if weight_decay != 0.0 { grad + &*p * weight_decay } else { grad.shallow_clone() };
+                let g = if weight_decay != 0.0 {
+                    grad + &*p * weight_decay
+                } else {
+                    grad.shallow_clone()
+                };
                 let _ = m.g_mul_scalar_(beta1).g_add_(&(&g * (1.0 - beta1)));
                 let _ = v.g_mul_scalar_(beta2).g_add_(&(&g * &g * (1.0 - beta2)));
                 let denom = v.sqrt() / bc2_sqrt + eps;
@@ -233,22 +298,38 @@ impl Adam {
             named.push((format!("exp_avg_sq.{n}"), v.shallow_clone()));
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
-        Tensor::write_safetensors(&named, path).map_err(|e| SearchError::checkpoint(path, e.to_string()))
+        Tensor::write_safetensors(&named, path)
+            .map_err(|e| SearchError::checkpoint(path, e.to_string()))
     }
 
     /// Restores what [`Adam::save`] wrote for the same parameters.
     pub fn load(&mut self, path: &Path) -> Result<(), SearchError> {
         let bad = |reason: String| SearchError::checkpoint(path, reason);
-        let mut saved: HashMap<String, Tensor> =
-            Tensor::read_safetensors(path).map_err(|e| bad(e.to_string()))?.into_iter().collect();
-        let step = saved.remove("step").ok_or_else(|| bad("no `step` entry".into()))?;
+        let mut saved: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| bad(e.to_string()))?
+            .into_iter()
+            .collect();
+        let step = saved
+            .remove("step")
+            .ok_or_else(|| bad("no `step` entry".into()))?;
         self.step = step.f_int64_value(&[0]).map_err(|e| bad(e.to_string()))?;
-        for ((n, m), v) in self.names.iter().zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
+        for ((n, m), v) in self
+            .names
+            .iter()
+            .zip(&mut self.exp_avg)
+            .zip(&mut self.exp_avg_sq)
+        {
             for (prefix, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
                 let key = format!("{prefix}.{n}");
-                let src = saved.remove(&key).ok_or_else(|| bad(format!("missing `{key}`")))?;
+                let src = saved
+                    .remove(&key)
+                    .ok_or_else(|| bad(format!("missing `{key}`")))?;
                 if src.size() != dst.size() {
-                    return Err(bad(format!("`{key}` is {:?}, expected {:?}", src.size(), dst.size())));
+                    return Err(bad(format!(
+                        "`{key}` is {:?}, expected {:?}",
+                        src.size(),
+                        dst.size()
+                    )));
                 }
                 tch::no_grad(|| dst.f_copy_(&src.to_kind(dst.kind())))?;
             }
@@ -274,7 +355,14 @@ mod tests {
     fn sgd_matches_the_pytorch_update() {
         let named = param(&[1.0]);
         let w = named["w"].shallow_clone();
-        let mut sgd = Sgd::new(named, SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.1 });
+        let mut sgd = Sgd::new(
+            named,
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 0.1,
+            },
+        );
         for _ in 0..2 {
             sgd.zero_grad();
             (&w * &w * 0.5).sum(Kind::Double).backward();
@@ -288,11 +376,20 @@ mod tests {
     fn adam_first_step_is_lr_times_sign() {
         let named = param(&[1.0, -2.0]);
         let w = named["w"].shallow_clone();
-        let mut adam = Adam::new(named, AdamConfig { weight_decay: 0.0, ..AdamConfig::default() });
+        let mut adam = Adam::new(
+            named,
+            AdamConfig {
+                weight_decay: 0.0,
+                ..AdamConfig::default()
+            },
+        );
         (&w * &w).sum(Kind::Double).backward();
         adam.step();
         let got = Vec::<f64>::try_from(&w).unwrap();
-        assert!((got[0] - (1.0 - 3e-4)).abs() < 1e-9 && (got[1] - (-2.0 + 3e-4)).abs() < 1e-9, "{got:?}");
+        assert!(
+            (got[0] - (1.0 - 3e-4)).abs() < 1e-9 && (got[1] - (-2.0 + 3e-4)).abs() < 1e-9,
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -301,7 +398,14 @@ mod tests {
         let named = param(&[1.0, 2.0]);
         let w = named["w"].shallow_clone();
         let again = || HashMap::from([("w".to_string(), w.shallow_clone())]);
-        let mut sgd = Sgd::new(again(), SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0 });
+        let mut sgd = Sgd::new(
+            again(),
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 0.0,
+            },
+        );
         let mut adam = Adam::new(named, AdamConfig::default());
         let sgd_path = dir.path().join("sgd.safetensors");
         sgd.save(&sgd_path).unwrap(); // before any step: no buffers
@@ -310,10 +414,20 @@ mod tests {
         adam.step();
         sgd.save(&sgd_path).unwrap();
         adam.save(&dir.path().join("adam.safetensors")).unwrap();
-        let mut sgd2 = Sgd::new(again(), SgdConfig { lr: 1.0, momentum: 0.9, weight_decay: 0.0 });
+        let mut sgd2 = Sgd::new(
+            again(),
+            SgdConfig {
+                lr: 1.0,
+                momentum: 0.9,
+                weight_decay: 0.0,
+            },
+        );
         sgd2.load(&sgd_path).unwrap();
         assert_eq!(sgd2.config.lr, 0.1);
-        assert!(sgd2.momentum_buffers()[0].as_ref().unwrap().equal(sgd.momentum_buffers()[0].as_ref().unwrap()));
+        assert!(sgd2.momentum_buffers()[0]
+            .as_ref()
+            .unwrap()
+            .equal(sgd.momentum_buffers()[0].as_ref().unwrap()));
         let mut adam2 = Adam::new(again(), AdamConfig::default());
         adam2.load(&dir.path().join("adam.safetensors")).unwrap();
         assert_eq!(adam2.steps_taken(), 1);

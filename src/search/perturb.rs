@@ -25,7 +25,10 @@ impl WeightGuard {
     /// Copies `tensors` (shallow clones of the live tensors are kept to write back into).
     pub fn snapshot(tensors: &[Tensor]) -> Self {
         let saved = tch::no_grad(|| tensors.iter().map(|t| t.detach().copy()).collect());
-        Self { live: tensors.iter().map(Tensor::shallow_clone).collect(), saved }
+        Self {
+            live: tensors.iter().map(Tensor::shallow_clone).collect(),
+            saved,
+        }
     }
 
     /// The snapshot values (detached copies).
@@ -83,7 +86,10 @@ impl Drop for WeightGuard {
 
 /// `sum_i <a_i, b_i>` as an f64.
 pub fn dot(a: &[Tensor], b: &[Tensor]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x * y).sum(Kind::Double).double_value(&[])).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x * y).sum(Kind::Double).double_value(&[]))
+        .sum()
 }
 
 /// `sqrt(sum_i ||a_i||^2)`.
@@ -93,9 +99,17 @@ pub fn norm(a: &[Tensor]) -> f64 {
 
 /// Gradients of `loss` with respect to `inputs`; an input the loss does not reach gets zeros
 /// (libtorch returns an undefined tensor there).
-pub fn grad(loss: &Tensor, inputs: &[Tensor], create_graph: bool) -> Result<Vec<Tensor>, SearchError> {
+pub fn grad(
+    loss: &Tensor,
+    inputs: &[Tensor],
+    create_graph: bool,
+) -> Result<Vec<Tensor>, SearchError> {
     let grads = Tensor::f_run_backward(&[loss], inputs, create_graph, create_graph)?;
-    Ok(grads.into_iter().zip(inputs).map(|(g, x)| if g.defined() { g } else { x.zeros_like() }).collect())
+    Ok(grads
+        .into_iter()
+        .zip(inputs)
+        .map(|(g, x)| if g.defined() { g } else { x.zeros_like() })
+        .collect())
 }
 
 /// Mixed second derivative by central differences, DARTS's eq. 8:
@@ -118,12 +132,21 @@ pub fn fd_mixed_hvp(
     let minus = plus.and_then(|p| Ok((p, grad_alpha()?)));
     guard.restore();
     let (plus, minus) = minus?;
-    Ok(plus.iter().zip(&minus).map(|(p, m)| (p - m) / (2.0 * eps)).collect())
+    Ok(plus
+        .iter()
+        .zip(&minus)
+        .map(|(p, m)| (p - m) / (2.0 * eps))
+        .collect())
 }
 
 /// Mixed second derivative by double backward: `grad_alpha <grad_w L, v>`. `loss` must have
 /// been built with a graph to both `w` and `alpha`.
-pub fn exact_mixed_hvp(loss: &Tensor, w: &[Tensor], alpha: &[Tensor], v: &[Tensor]) -> Result<Vec<Tensor>, SearchError> {
+pub fn exact_mixed_hvp(
+    loss: &Tensor,
+    w: &[Tensor],
+    alpha: &[Tensor],
+    v: &[Tensor],
+) -> Result<Vec<Tensor>, SearchError> {
     let gw = grad(loss, w, true)?;
     let inner = inner_product(&gw, v);
     grad(&inner, alpha, false)
@@ -140,13 +163,16 @@ pub fn exact_hvp(loss: &Tensor, w: &[Tensor], v: &[Tensor]) -> Result<Vec<Tensor
 /// `sum_i (a_i * sg(b_i)).sum()` as a scalar tensor that keeps `a`'s graph (how an output
 /// gradient `b` is backpropagated when `run_backward` takes none).
 fn inner_product(a: &[Tensor], b: &[Tensor]) -> Tensor {
-    a.iter().zip(b).map(|(x, y)| (x * y.detach()).sum(x.kind())).fold(None, |acc: Option<Tensor>, t| {
-        Some(match acc {
-            None => t,
-            Some(s) => s + t,
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x * y.detach()).sum(x.kind()))
+        .fold(None, |acc: Option<Tensor>, t| {
+            Some(match acc {
+                None => t,
+                Some(s) => s + t,
+            })
         })
-    })
-    .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, tch::Device::Cpu)))
+        .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, tch::Device::Cpu)))
 }
 
 #[cfg(test)]
@@ -193,25 +219,48 @@ mod tests {
         let w = Tensor::randn([4, 3], opts()).set_requires_grad(true);
         let a = Tensor::randn([4, 3], opts()).set_requires_grad(true);
         let v = [Tensor::randn([4, 3], opts())];
-        let exact = exact_mixed_hvp(&loss(&w, &a), &[w.shallow_clone()], &[a.shallow_clone()], &v).unwrap();
+        let exact = exact_mixed_hvp(
+            &loss(&w, &a),
+            &[w.shallow_clone()],
+            &[a.shallow_clone()],
+            &v,
+        )
+        .unwrap();
         let mut guard = WeightGuard::snapshot(&[w.shallow_clone()]);
         let eps = 1e-4 / norm(&v);
-        let fd = fd_mixed_hvp(&mut guard, &v, eps, || grad(&loss(&w, &a), &[a.shallow_clone()], false)).unwrap();
+        let fd = fd_mixed_hvp(&mut guard, &v, eps, || {
+            grad(&loss(&w, &a), &[a.shallow_clone()], false)
+        })
+        .unwrap();
         let err = (&fd[0] - &exact[0]).abs().max().double_value(&[]);
         let scale = exact[0].abs().max().double_value(&[]);
-        assert!(err <= 1e-7 * scale.max(1.0), "fd vs exact: {err} (scale {scale})");
+        assert!(
+            err <= 1e-7 * scale.max(1.0),
+            "fd vs exact: {err} (scale {scale})"
+        );
         // The weight Hessian-vector product against central differences of the gradient.
         let exact_ww = exact_hvp(&loss(&w, &a), &[w.shallow_clone()], &v).unwrap();
-        let fd_ww = fd_mixed_hvp(&mut guard, &v, eps, || grad(&loss(&w, &a), &[w.shallow_clone()], false)).unwrap();
+        let fd_ww = fd_mixed_hvp(&mut guard, &v, eps, || {
+            grad(&loss(&w, &a), &[w.shallow_clone()], false)
+        })
+        .unwrap();
         let err = (&fd_ww[0] - &exact_ww[0]).abs().max().double_value(&[]);
-        assert!(err <= 1e-6 * exact_ww[0].abs().max().double_value(&[]).max(1.0), "{err}");
+        assert!(
+            err <= 1e-6 * exact_ww[0].abs().max().double_value(&[]).max(1.0),
+            "{err}"
+        );
     }
 
     #[test]
     fn unused_inputs_get_zero_gradients() {
         let w = Tensor::ones([2], opts()).set_requires_grad(true);
         let unused = Tensor::ones([3], opts()).set_requires_grad(true);
-        let g = grad(&(&w * 2.0).sum(Kind::Double), &[w.shallow_clone(), unused.shallow_clone()], false).unwrap();
+        let g = grad(
+            &(&w * 2.0).sum(Kind::Double),
+            &[w.shallow_clone(), unused.shallow_clone()],
+            false,
+        )
+        .unwrap();
         assert_eq!(Vec::<f64>::try_from(&g[1]).unwrap(), [0.0; 3]);
     }
 }

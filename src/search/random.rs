@@ -38,7 +38,11 @@ pub struct RandomParams {
 
 impl Default for RandomParams {
     fn default() -> Self {
-        Self { num_candidates: 8, epochs_per_candidate: 5, edges_per_node: 2 }
+        Self {
+            num_candidates: 8,
+            epochs_per_candidate: 5,
+            edges_per_node: 2,
+        }
     }
 }
 
@@ -78,7 +82,10 @@ impl RandomSearch {
     pub fn new(arch: &ArchParams, params: RandomParams, seed: u64) -> Result<Self, SearchError> {
         let space = *arch.space();
         let none = space.op_set.none_index().ok_or_else(|| {
-            SearchError::Invalid(format!("random search marks dropped edges with `none`, which op set {} lacks", space.op_set))
+            SearchError::Invalid(format!(
+                "random search marks dropped edges with `none`, which op set {} lacks",
+                space.op_set
+            ))
         })?;
         if space.num_ops() < 2 || params.edges_per_node == 0 {
             return Err(SearchError::Invalid(format!(
@@ -86,8 +93,19 @@ impl RandomSearch {
                 params.edges_per_node
             )));
         }
-        let state = State { rng: ChaCha8Rng::seed_from_u64(seed), current: None, best: None, scored: 0 };
-        Ok(Self { params, space, with_reduce: arch.alpha_reduce().is_some(), none, state })
+        let state = State {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            current: None,
+            best: None,
+            scored: 0,
+        };
+        Ok(Self {
+            params,
+            space,
+            with_reduce: arch.alpha_reduce().is_some(),
+            none,
+            state,
+        })
     }
 
     pub fn params(&self) -> &RandomParams {
@@ -132,12 +150,17 @@ impl RandomSearch {
     }
 
     fn genotype(&self, c: &Candidate) -> Genotype {
-        let concat: Vec<usize> = (self.space.num_inputs..self.space.num_inputs + self.space.num_nodes).collect();
+        let concat: Vec<usize> =
+            (self.space.num_inputs..self.space.num_inputs + self.space.num_nodes).collect();
         Genotype {
             normal: self.genes(&c.normal),
             normal_concat: concat.clone(),
             reduce: c.reduce.as_ref().map(|r| self.genes(r)).unwrap_or_default(),
-            reduce_concat: if c.reduce.is_some() { concat } else { Vec::new() },
+            reduce_concat: if c.reduce.is_some() {
+                concat
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -151,7 +174,8 @@ impl RandomSearch {
     fn weights(&self, arch: &ArchParams, c: &Candidate) -> Result<CellWeights, SearchError> {
         let one_hot = |alpha: &Tensor, ops: &[usize]| -> Result<OpWeights, SearchError> {
             let w = alpha.zeros_like().detach();
-            let index = Tensor::from_slice(&ops.iter().map(|&o| o as i64).collect::<Vec<_>>()).to_device(w.device());
+            let index = Tensor::from_slice(&ops.iter().map(|&o| o as i64).collect::<Vec<_>>())
+                .to_device(w.device());
             let w = w.scatter_value(1, &index.unsqueeze(1), 1.0);
             Ok(OpWeights::one_hot(w, ops)?)
         };
@@ -167,8 +191,12 @@ impl RandomSearch {
     fn write_alphas(&self, arch: &ArchParams, c: &Candidate) {
         tch::no_grad(|| {
             let write = |alpha: &Tensor, ops: &[usize]| {
-                let index = Tensor::from_slice(&ops.iter().map(|&o| o as i64).collect::<Vec<_>>()).to_device(alpha.device());
-                let pattern = alpha.zeros_like().scatter_value(1, &index.unsqueeze(1), ONE_HOT_LOGIT);
+                let index = Tensor::from_slice(&ops.iter().map(|&o| o as i64).collect::<Vec<_>>())
+                    .to_device(alpha.device());
+                let pattern =
+                    alpha
+                        .zeros_like()
+                        .scatter_value(1, &index.unsqueeze(1), ONE_HOT_LOGIT);
                 let mut live = alpha.shallow_clone();
                 live.copy_(&pattern);
             };
@@ -212,17 +240,30 @@ impl SearchStrategy for RandomSearch {
 
     /// Scores one new candidate on the search batch with the shared weights; a better one
     /// becomes the incumbent and is written into the alphas.
-    fn arch_step(&mut self, arch: &ArchParams, objective: &mut dyn Objective) -> Result<ArchStepStats, SearchError> {
+    fn arch_step(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<ArchStepStats, SearchError> {
         let c = self.sample();
         self.state.current = Some(c.clone());
         let weights = self.weights(arch, &c)?;
         let loss = tch::no_grad(|| objective.search_loss(&weights))?.f_double_value(&[])?;
         self.state.scored += 1;
-        if loss.is_finite() && self.state.best.as_ref().map_or(true, |(best, _)| loss < *best) {
+        if loss.is_finite()
+            && self
+                .state
+                .best
+                .as_ref()
+                .map_or(true, |(best, _)| loss < *best)
+        {
             self.write_alphas(arch, &c);
             self.state.best = Some((loss, c));
         }
-        Ok(ArchStepStats { loss, grad_norm: 0.0 })
+        Ok(ArchStepStats {
+            loss,
+            grad_norm: 0.0,
+        })
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
@@ -243,14 +284,19 @@ impl SearchStrategy for RandomSearch {
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
         let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state).map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
         std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io { path: path.clone(), source })?;
-        self.state = serde_json::from_slice(&bytes).map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.state = serde_json::from_slice(&bytes)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
         Ok(())
     }
 }
@@ -263,7 +309,8 @@ mod tests {
 
     #[test]
     fn samples_are_valid_darts_genotypes_and_cover_the_ops() {
-        let arch = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
+        let arch =
+            ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
         let mut rs = RandomSearch::new(&arch, RandomParams::default(), 3).unwrap();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..50 {
@@ -284,10 +331,14 @@ mod tests {
 
     #[test]
     fn alphas_written_for_a_candidate_derive_back_to_it() {
-        let arch = ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
+        let arch =
+            ArchParams::new(Device::Cpu, CellSpace::darts(), true, AlphaInit::default()).unwrap();
         let mut rs = RandomSearch::new(&arch, RandomParams::default(), 5).unwrap();
         let c = rs.sample();
         rs.write_alphas(&arch, &c);
-        assert_eq!(arch.derive_genotype(crate::nas::DeriveRule::Darts).unwrap(), rs.genotype(&c));
+        assert_eq!(
+            arch.derive_genotype(crate::nas::DeriveRule::Darts).unwrap(),
+            rs.genotype(&c)
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Training loops (RL with PPO; supervised and RL architecture search build on these), run
 //! directories and checkpoints.
 
+pub mod arch;
 pub mod rl;
 pub mod run_dir;
 pub mod supervised;

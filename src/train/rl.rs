@@ -10,12 +10,14 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use super::arch::{ArchSearch, RlDartsSearchConfig};
 use super::run_dir::{run_of_checkpoint, RunDir};
 use super::TrainError;
 use crate::agents::{ActorCritic, Encoder, ImpalaCnn, ImpalaConfig, IterationStats, Mlp, MlpConfig, PpoConfig, PpoTrainer};
 use crate::envs::procgen::{find_game, normalized_return, ProcgenOptions, ProcgenVecEnv};
 use crate::envs::{gym::GYM_ENVS, make_vec_env, EnvSpec, EpisodeStats, VecEnv};
 use crate::logging::{tags, MetricsSink};
+use crate::nas::RlDartsSupernet;
 
 /// Which network turns observations into features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +27,8 @@ pub enum EncoderConfig {
     Impala(ImpalaConfig),
     /// A tanh MLP, for state-vector envs such as CartPole.
     Mlp(MlpConfig),
+    /// RL-DARTS: a DARTS supernet whose alphas are searched jointly with PPO (first order).
+    RlDarts(RlDartsSearchConfig),
 }
 
 impl EncoderConfig {
@@ -32,6 +36,7 @@ impl EncoderConfig {
         match self {
             EncoderConfig::Impala(_) => "impala",
             EncoderConfig::Mlp(_) => "mlp",
+            EncoderConfig::RlDarts(_) => "rl_darts",
         }
     }
 }
@@ -117,10 +122,22 @@ impl TrainConfig {
     }
 }
 
-/// Builds the encoder `config` describes for observations of `spec`.
-pub fn build_encoder(p: nn::Path, spec: &EnvSpec, config: &EncoderConfig) -> Result<Box<dyn Encoder>, TrainError> {
+/// Builds the encoder `config` describes for observations of `spec`; a searched encoder
+/// reads its op weights from `arch`.
+pub fn build_encoder(
+    p: nn::Path,
+    spec: &EnvSpec,
+    config: &EncoderConfig,
+    arch: Option<&ArchSearch>,
+) -> Result<Box<dyn Encoder>, TrainError> {
     let shape = crate::agents::policy::encoder_input_shape(spec);
     Ok(match config {
+        EncoderConfig::RlDarts(c) => {
+            let arch = arch.expect("build_policy creates the arch search for rl_darts");
+            let net = RlDartsSupernet::new(p, &c.supernet, &shape, arch.slot.clone())
+                .map_err(|e| TrainError::Invalid(format!("encoder.params.supernet: {e}")))?;
+            Box::new(net)
+        }
         EncoderConfig::Impala(c) => {
             if shape.len() != 3 {
                 return Err(TrainError::Invalid(format!(
@@ -138,12 +155,36 @@ fn make_env(config: &TrainConfig, procgen: &ProcgenOptions) -> Result<Box<dyn Ve
     Ok(make_vec_env(&config.env, config.ppo.num_envs, config.seed, procgen)?)
 }
 
-/// Builds the weights store, policy and trainer for `config` on `device`.
-pub fn build_trainer(config: &TrainConfig, spec: &EnvSpec, device: Device) -> Result<PpoTrainer, TrainError> {
+/// The weights store, the policy, and (for a searched encoder) the architecture parameters,
+/// each in its own store.
+pub fn build_policy(
+    config: &TrainConfig,
+    spec: &EnvSpec,
+    device: Device,
+) -> Result<(nn::VarStore, ActorCritic, Option<ArchSearch>), TrainError> {
+    let arch = match &config.encoder {
+        EncoderConfig::RlDarts(c) => Some(ArchSearch::new(c, device)?),
+        _ => None,
+    };
     let vs = nn::VarStore::new(device);
-    let encoder = build_encoder(vs.root() / "encoder", spec, &config.encoder)?;
+    let encoder = build_encoder(vs.root() / "encoder", spec, &config.encoder, arch.as_ref())?;
     let policy = ActorCritic::new(vs.root() / "policy", encoder, spec.num_actions);
-    Ok(PpoTrainer::new(vs, policy, spec, config.ppo.clone(), config.seed)?)
+    Ok((vs, policy, arch))
+}
+
+/// Builds the trainer for `config` on `device`; a searched encoder's alpha optimizer is
+/// stepped on every PPO backward pass (RL-DARTS joint first-order mode).
+pub fn build_trainer(
+    config: &TrainConfig,
+    spec: &EnvSpec,
+    device: Device,
+) -> Result<(PpoTrainer, Option<ArchSearch>), TrainError> {
+    let (vs, policy, arch) = build_policy(config, spec, device)?;
+    let mut trainer = PpoTrainer::new(vs, policy, spec, config.ppo.clone(), config.seed)?;
+    if let Some(a) = &arch {
+        trainer.add_joint_optimizer(a.joint_optimizer());
+    }
+    Ok((trainer, arch))
 }
 
 const ENV_STATE_FILE: &str = "env_state.bin";
@@ -224,7 +265,7 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         None => make_env(config, &config.procgen)?,
     };
     let spec = env.spec().clone();
-    let mut trainer = build_trainer(config, &spec, device)?;
+    let (mut trainer, mut arch) = build_trainer(config, &spec, device)?;
     let game = config.is_procgen().then(|| find_game(&config.env)).transpose()?;
 
     let mut state = LoopState::default();
@@ -237,6 +278,9 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
             });
         };
         trainer.load(&ckpt)?;
+        if let Some(a) = arch.as_mut() {
+            a.load(&ckpt)?;
+        }
         let env_state = read(&ckpt.join(ENV_STATE_FILE))?;
         env.load_state(&env_state)?;
         let loop_path = ckpt.join(LOOP_STATE_FILE);
@@ -248,9 +292,12 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         run.sink.text("config", &markdown, 0);
     }
 
-    let save = |trainer: &PpoTrainer, env: &dyn VecEnv, state: &LoopState| -> Result<PathBuf, TrainError> {
+    let save = |trainer: &PpoTrainer, arch: Option<&ArchSearch>, env: &dyn VecEnv, state: &LoopState| -> Result<PathBuf, TrainError> {
         run.run_dir.save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
             trainer.save(dir)?;
+            if let Some(a) = arch {
+                a.save(dir)?;
+            }
             write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
             let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
             write(&dir.join(LOOP_STATE_FILE), &json)
@@ -279,6 +326,11 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
             state.episodes_done += 1;
         }
         log_iteration(run.sink, &stats, batch, game.map(|g| (g, config.procgen.distribution_mode)));
+        if let Some(a) = &arch {
+            if trainer.iterations_done() % a.config.log_every.max(1) == 0 {
+                a.log(run.sink, stats.global_step as i64);
+            }
+        }
         let mean_return = mean(state.recent_returns.iter().copied());
         if let Some(m) = mean_return {
             run.sink.scalar("charts/mean_return_last100", m, stats.global_step as i64);
@@ -303,7 +355,7 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
 
         let stop = run.stop.load(Ordering::SeqCst);
         if stop || trainer.iterations_done() % config.checkpoint.every.max(1) == 0 || trainer.is_done() {
-            last_checkpoint = Some(save(&trainer, env.as_ref(), &state)?);
+            last_checkpoint = Some(save(&trainer, arch.as_ref(), env.as_ref(), &state)?);
         }
         if stop {
             interrupted = true;
@@ -311,7 +363,11 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         }
     }
     if !interrupted && last_checkpoint.as_ref().map_or(true, |c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done()))) {
-        last_checkpoint = Some(save(&trainer, env.as_ref(), &state)?);
+        last_checkpoint = Some(save(&trainer, arch.as_ref(), env.as_ref(), &state)?);
+    }
+    if let Some(a) = &arch {
+        let g = a.write_genotype(&run.run_dir.root)?;
+        run.sink.text("arch/final_genotype", &format!("`{}`", g.to_darts_string()), trainer.global_step() as i64);
     }
     let mean_return = mean(state.recent_returns.iter().copied());
     let summary = TrainSummary {
@@ -478,9 +534,10 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
         Box::new(ProcgenVecEnv::new(&env_name, opts.num_envs, procgen.clone())?)
     };
     let spec = env.spec().clone();
-    let mut vs = nn::VarStore::new(device);
-    let encoder = build_encoder(vs.root() / "encoder", &spec, &config.encoder)?;
-    let policy = ActorCritic::new(vs.root() / "policy", encoder, spec.num_actions);
+    let (mut vs, policy, mut arch) = build_policy(&config, &spec, device)?;
+    if let Some(a) = arch.as_mut() {
+        a.load_alphas(&ckpt)?;
+    }
     let weights = ckpt.join("weights.safetensors");
     vs.load(&weights).map_err(|e| TrainError::Checkpoint {
         path: weights.clone(),

@@ -16,15 +16,17 @@ use tch::{Device, Kind, Tensor};
 
 use super::rl::Progress;
 use super::run_dir::RunDir;
-use crate::data::{epoch_batches, load_cifar10, load_digits, load_mnist, Augment, DataError, Dataset, Normalizer};
+use crate::data::{
+    epoch_batches, load_cifar10, load_digits, load_mnist, Augment, DataError, Dataset, Normalizer,
+};
 use crate::logging::MetricsSink;
 use crate::nas::{
-    AlphaInit, ArchParams, CellType, CellWeights, DartsEvalConfig, DartsEvalNet, DartsSearchConfig, DartsSearchNet, Genotype,
-    NasError, Supernet,
+    AlphaInit, ArchParams, CellType, CellWeights, DartsEvalConfig, DartsEvalNet, DartsSearchConfig,
+    DartsSearchNet, Genotype, NasError, Supernet,
 };
 use crate::search::{
-    alpha_probabilities, ArchStepStats, Objective, Phase, RandomSearch, SearchError, SearchStrategy, Sgd, SgdConfig,
-    StrategyConfig, VirtualStep, WeightStepReport,
+    alpha_probabilities, ArchStepStats, Objective, Phase, RandomSearch, SearchError,
+    SearchStrategy, Sgd, SgdConfig, StrategyConfig, VirtualStep, WeightStepReport,
 };
 
 /// Errors of a supervised search or retraining run.
@@ -45,15 +47,25 @@ pub enum SupervisedError {
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{what} became {value} in epoch {epoch}; the run stopped. Try a lower learning rate.")]
-    NonFinite { epoch: usize, what: String, value: f64 },
+    NonFinite {
+        epoch: usize,
+        what: String,
+        value: f64,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SupervisedError + '_ {
-    move |source| SupervisedError::Io { path: path.to_path_buf(), source }
+    move |source| SupervisedError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,7 +99,12 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: DatasetKind::Digits, path: PathBuf::from(crate::data::DIGITS_CSV), test_fraction: 0.2, split_seed: 0 }
+        Self {
+            dataset: DatasetKind::Digits,
+            path: PathBuf::from(crate::data::DIGITS_CSV),
+            test_fraction: 0.2,
+            split_seed: 0,
+        }
     }
 }
 
@@ -104,15 +121,26 @@ impl DataConfig {
     /// DARTS constants).
     pub fn load(&self) -> Result<(Dataset, Dataset), SupervisedError> {
         let (train, test) = match self.dataset {
-            DatasetKind::Digits => load_digits(&self.path)?.split(self.test_fraction, self.split_seed)?,
-            DatasetKind::Mnist => (load_mnist(&self.path, true)?, load_mnist(&self.path, false)?),
-            DatasetKind::Cifar10 => (load_cifar10(&self.path, true)?, load_cifar10(&self.path, false)?),
+            DatasetKind::Digits => {
+                load_digits(&self.path)?.split(self.test_fraction, self.split_seed)?
+            }
+            DatasetKind::Mnist => (
+                load_mnist(&self.path, true)?,
+                load_mnist(&self.path, false)?,
+            ),
+            DatasetKind::Cifar10 => (
+                load_cifar10(&self.path, true)?,
+                load_cifar10(&self.path, false)?,
+            ),
         };
         let norm = match self.dataset {
             DatasetKind::Cifar10 => Normalizer::cifar10(),
             _ => Normalizer::fit(&train.images),
         };
-        let normalise = |d: Dataset| Dataset { images: norm.apply(&d.images), ..d };
+        let normalise = |d: Dataset| Dataset {
+            images: norm.apply(&d.images),
+            ..d
+        };
         Ok((normalise(train), normalise(test)))
     }
 }
@@ -133,7 +161,13 @@ pub struct WeightOptimConfig {
 
 impl Default for WeightOptimConfig {
     fn default() -> Self {
-        Self { lr: 0.025, lr_min: 0.001, momentum: 0.9, weight_decay: 3e-4, grad_clip: 5.0 }
+        Self {
+            lr: 0.025,
+            lr_min: 0.001,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            grad_clip: 5.0,
+        }
     }
 }
 
@@ -146,7 +180,11 @@ impl WeightOptimConfig {
     }
 
     fn sgd(&self) -> SgdConfig {
-        SgdConfig { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay }
+        SgdConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        }
     }
 }
 
@@ -206,8 +244,15 @@ impl Default for TrainArchConfig {
             network: DartsEvalConfig::default(),
             epochs: 600,
             batch_size: 96,
-            weights: WeightOptimConfig { lr_min: 0.0, ..WeightOptimConfig::default() },
-            augment: Augment { crop_padding: 4, flip: true, cutout: 16 },
+            weights: WeightOptimConfig {
+                lr_min: 0.0,
+                ..WeightOptimConfig::default()
+            },
+            augment: Augment {
+                crop_padding: 4,
+                flip: true,
+                cutout: 16,
+            },
             auxiliary_weight: 0.4,
         }
     }
@@ -261,7 +306,12 @@ impl Default for SupervisedConfig {
     }
 }
 
-fn check_shapes(what: &str, in_channels: i64, num_classes: i64, data: &Dataset) -> Result<(), SupervisedError> {
+fn check_shapes(
+    what: &str,
+    in_channels: i64,
+    num_classes: i64,
+    data: &Dataset,
+) -> Result<(), SupervisedError> {
     let [c, _, _] = data.image_shape();
     if in_channels != c || num_classes != data.num_classes {
         return Err(SupervisedError::Invalid(format!(
@@ -286,7 +336,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
 }
 
 fn correct(logits: &Tensor, labels: &Tensor) -> i64 {
-    logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64).int64_value(&[])
+    logits
+        .argmax(-1, false)
+        .eq_tensor(labels)
+        .sum(Kind::Int64)
+        .int64_value(&[])
 }
 
 /// The vision loop as an [`Objective`]: a supernet, its weight store, the weight optimizer
@@ -321,22 +375,39 @@ impl Objective for VisionObjective<'_> {
 
     /// BatchNorm running statistics: every non-trainable variable, in name order.
     fn buffers(&self) -> Vec<Tensor> {
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named.into_iter().map(|(_, t)| t).collect()
     }
 
     fn virtual_step(&self) -> VirtualStep {
         let c = self.sgd.config;
-        VirtualStep { lr: c.lr, momentum: c.momentum, weight_decay: c.weight_decay, momentum_buffers: self.sgd.momentum_buffers() }
+        VirtualStep {
+            lr: c.lr,
+            momentum: c.momentum,
+            weight_decay: c.weight_decay,
+            momentum_buffers: self.sgd.momentum_buffers(),
+        }
     }
 }
 
 /// Global-norm gradient clipping (`clip_grad_norm_`); returns the squared norm before clipping.
 fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-        let sq: f64 = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum();
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        let sq: f64 = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum();
         let coef = max_norm / (sq.sqrt() + 1e-6);
         if coef < 1.0 {
             for g in &grads {
@@ -404,11 +475,17 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
     let started = Instant::now();
     let device = setup(config)?;
     let (train_full, _test) = config.data.load()?;
-    check_shapes("network", config.network.in_channels, config.network.num_classes, &train_full)?;
+    check_shapes(
+        "network",
+        config.network.in_channels,
+        config.network.num_classes,
+        &train_full,
+    )?;
     let (w_train, w_search) = train_full.split_head(config.search.train_portion)?;
     let (w_train, w_search) = (w_train.to_device(device), w_search.to_device(device));
     if !run.resume {
-        run.sink.text("config", &crate::config::to_markdown(config)?, 0);
+        run.sink
+            .text("config", &crate::config::to_markdown(config)?, 0);
     }
     let summary = match &config.search.strategy {
         StrategyConfig::Random(_) => random_from_scratch(&mut run, device, &w_train, &w_search)?,
@@ -419,27 +496,53 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
     genotype.save_json(&genotype_path)?;
     let txt = run.run_dir.root.join(GENOTYPE_TXT);
     std::fs::write(&txt, genotype.to_darts_string() + "\n").map_err(io(&txt))?;
-    let summary = SearchSummary { genotype, genotype_path, epochs_done, val_accuracy, interrupted, seconds: started.elapsed().as_secs_f64() };
+    let summary = SearchSummary {
+        genotype,
+        genotype_path,
+        epochs_done,
+        val_accuracy,
+        interrupted,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     let path = run.run_dir.root.join("summary.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary).unwrap_or_default()).map_err(io(&path))?;
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(io(&path))?;
     Ok(summary)
 }
 
 type Outcome = (Genotype, usize, f64, bool);
 
-fn batch(data: &Dataset, index: &[i64], augment: &Augment, rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
+fn batch(
+    data: &Dataset,
+    index: &[i64],
+    augment: &Augment,
+    rng: &mut ChaCha8Rng,
+) -> (Tensor, Tensor) {
     let sub = data.subset(index);
     (augment.apply(&sub.images, rng), sub.labels)
 }
 
 /// The DARTS loop (`train_search.py`): per iteration, alpha step on a search batch through the
 /// strategy, then SGD on the train batch.
-fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_search: &Dataset) -> Result<Outcome, SupervisedError> {
+fn bilevel_search(
+    run: &mut SearchRun<'_>,
+    device: Device,
+    w_train: &Dataset,
+    w_search: &Dataset,
+) -> Result<Outcome, SupervisedError> {
     let config = run.config;
     let sc = &config.search;
     let mut vs = nn::VarStore::new(device);
     let net = DartsSearchNet::new(vs.root() / "net", &config.network)?;
-    let mut arch = ArchParams::new(device, net.space(), net.has_reduction_cells(), sc.alpha_init)?;
+    let mut arch = ArchParams::new(
+        device,
+        net.space(),
+        net.has_reduction_cells(),
+        sc.alpha_init,
+    )?;
     let mut strategy = sc.strategy.build(&arch, config.seed)?;
     let mut sgd = Sgd::new(vs.variables(), sc.weights.sgd());
     let mut state = LoopState {
@@ -451,7 +554,10 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
     };
     if run.resume {
         let ckpt = run.run_dir.latest_checkpoint()?.ok_or_else(|| {
-            SupervisedError::Invalid(format!("{} has no complete checkpoint to resume from", run.run_dir.root.display()))
+            SupervisedError::Invalid(format!(
+                "{} has no complete checkpoint to resume from",
+                run.run_dir.root.display()
+            ))
         })?;
         load_weights(&mut vs, &ckpt.join(WEIGHTS_FILE))?;
         arch.load(ckpt.join(ALPHAS_FILE))?;
@@ -459,7 +565,8 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
         strategy.load(&ckpt)?;
         let path = ckpt.join(LOOP_FILE);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        state = serde_json::from_slice(&bytes).map_err(|e| SupervisedError::Invalid(format!("{}: {e}", path.display())))?;
+        state = serde_json::from_slice(&bytes)
+            .map_err(|e| SupervisedError::Invalid(format!("{}: {e}", path.display())))?;
     }
 
     let epochs = sc.epochs;
@@ -485,8 +592,13 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
             if strategy.wants_arch_step(state.iteration) {
                 let search_index = next_search_batch(&mut state, w_search.len(), sc.batch_size);
                 let search = batch(w_search, &search_index, &Augment::default(), &mut state.rng);
-                let mut objective =
-                    VisionObjective { net: &net, vs: &vs, sgd: &sgd, train: (x.shallow_clone(), y.shallow_clone()), search };
+                let mut objective = VisionObjective {
+                    net: &net,
+                    vs: &vs,
+                    sgd: &sgd,
+                    train: (x.shallow_clone(), y.shallow_clone()),
+                    search,
+                };
                 let s = strategy.arch_step(&arch, &mut objective)?;
                 arch_stats.loss += s.loss;
                 arch_stats.grad_norm += s.grad_norm;
@@ -502,9 +614,18 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
             sgd.step();
             let loss_value = loss.double_value(&[]);
             if !loss_value.is_finite() {
-                return Err(SupervisedError::NonFinite { epoch, what: "training loss".into(), value: loss_value });
+                return Err(SupervisedError::NonFinite {
+                    epoch,
+                    what: "training loss".into(),
+                    value: loss_value,
+                });
             }
-            let report = WeightStepReport { iteration: state.iteration, loss: loss_value, grad_norm_sq, lr };
+            let report = WeightStepReport {
+                iteration: state.iteration,
+                loss: loss_value,
+                grad_norm_sq,
+                lr,
+            };
             if let Some(s) = strategy.after_weight_step(&arch, &report)? {
                 arch_stats.loss += s.loss;
                 arch_stats.grad_norm += s.grad_norm;
@@ -517,10 +638,16 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
             run.progress.update(
                 state.iteration,
                 total,
-                &format!("epoch {}/{epochs} | loss {:.3} | acc {:.3}", epoch + 1, loss_sum / seen as f64, hits as f64 / seen as f64),
+                &format!(
+                    "epoch {}/{epochs} | loss {:.3} | acc {:.3}",
+                    epoch + 1,
+                    loss_sum / seen as f64,
+                    hits as f64 / seen as f64
+                ),
             );
         }
-        let (val_loss, val_acc) = evaluate_supernet(&net, &arch, strategy.as_mut(), w_search, sc.batch_size)?;
+        let (val_loss, val_acc) =
+            evaluate_supernet(&net, &arch, strategy.as_mut(), w_search, sc.batch_size)?;
         val_accuracy = val_acc;
         state.epochs_done += 1;
         epochs_here += 1;
@@ -537,32 +664,52 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
             step,
         );
         if arch_steps > 0 {
-            sink.scalar("search/arch_loss", arch_stats.loss / arch_steps as f64, step);
-            sink.scalar("search/arch_grad_norm", arch_stats.grad_norm / arch_steps as f64, step);
+            sink.scalar(
+                "search/arch_loss",
+                arch_stats.loss / arch_steps as f64,
+                step,
+            );
+            sink.scalar(
+                "search/arch_grad_norm",
+                arch_stats.grad_norm / arch_steps as f64,
+                step,
+            );
         }
         for (name, value) in strategy.scalars() {
             sink.scalar(&format!("strategy/{name}"), value, step);
         }
         log_alphas(sink, &arch, step)?;
         let genotype = strategy.derive(&arch)?;
-        sink.text("genotype", &format!("`{}`", genotype.to_darts_string()), step);
+        sink.text(
+            "genotype",
+            &format!("`{}`", genotype.to_darts_string()),
+            step,
+        );
         sink.flush();
 
         let stop = run.stop.load(Ordering::SeqCst);
-        if stop || state.epochs_done % config.checkpoint.every.max(1) == 0 || state.epochs_done == epochs {
+        if stop
+            || state.epochs_done % config.checkpoint.every.max(1) == 0
+            || state.epochs_done == epochs
+        {
             let iteration = state.epochs_done as u64;
-            run.run_dir.save_checkpoint(iteration, config.checkpoint.keep, |dir| {
-                let wrap = |e: SupervisedError| super::TrainError::Checkpoint { path: dir.to_path_buf(), reason: e.to_string() };
-                (|| -> Result<(), SupervisedError> {
-                    vs.save(dir.join(WEIGHTS_FILE))?;
-                    arch.save(dir.join(ALPHAS_FILE))?;
-                    sgd.save(&dir.join(SGD_FILE))?;
-                    strategy.save(dir)?;
-                    let json = serde_json::to_vec_pretty(&state).map_err(|e| SupervisedError::Invalid(e.to_string()))?;
-                    std::fs::write(dir.join(LOOP_FILE), json).map_err(io(&dir.join(LOOP_FILE)))
-                })()
-                .map_err(wrap)
-            })?;
+            run.run_dir
+                .save_checkpoint(iteration, config.checkpoint.keep, |dir| {
+                    let wrap = |e: SupervisedError| super::TrainError::Checkpoint {
+                        path: dir.to_path_buf(),
+                        reason: e.to_string(),
+                    };
+                    (|| -> Result<(), SupervisedError> {
+                        vs.save(dir.join(WEIGHTS_FILE))?;
+                        arch.save(dir.join(ALPHAS_FILE))?;
+                        sgd.save(&dir.join(SGD_FILE))?;
+                        strategy.save(dir)?;
+                        let json = serde_json::to_vec_pretty(&state)
+                            .map_err(|e| SupervisedError::Invalid(e.to_string()))?;
+                        std::fs::write(dir.join(LOOP_FILE), json).map_err(io(&dir.join(LOOP_FILE)))
+                    })()
+                    .map_err(wrap)
+                })?;
         }
         if stop {
             interrupted = true;
@@ -570,7 +717,10 @@ fn bilevel_search(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_
         }
     }
     let genotype = strategy.derive(&arch)?;
-    run.progress.finish(&format!("search: {} epochs, val accuracy {val_accuracy:.4}", state.epochs_done));
+    run.progress.finish(&format!(
+        "search: {} epochs, val accuracy {val_accuracy:.4}",
+        state.epochs_done
+    ));
     Ok((genotype, state.epochs_done, val_accuracy, interrupted))
 }
 
@@ -580,7 +730,12 @@ const SGD_FILE: &str = "sgd.safetensors";
 const LOOP_FILE: &str = "loop.json";
 
 fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<(), SupervisedError> {
-    vs.load(path).map_err(|e| SupervisedError::Invalid(format!("{}: {e} (a checkpoint of another network?)", path.display())))
+    vs.load(path).map_err(|e| {
+        SupervisedError::Invalid(format!(
+            "{}: {e} (a checkpoint of another network?)",
+            path.display()
+        ))
+    })
 }
 
 /// The next search batch, cycling through a reshuffled search split.
@@ -621,7 +776,11 @@ fn evaluate_supernet(
 
 /// Per edge and op `softmax(alpha)` as scalars (`alpha/{cell}/e{edge}_{from}to{node}/{op}`),
 /// and one heatmap image per cell type (rows: edges, columns: ops; white 0 -> dark blue 1).
-fn log_alphas(sink: &mut dyn MetricsSink, arch: &ArchParams, step: i64) -> Result<(), SupervisedError> {
+fn log_alphas(
+    sink: &mut dyn MetricsSink,
+    arch: &ArchParams,
+    step: i64,
+) -> Result<(), SupervisedError> {
     let space = arch.space();
     let ops = space.op_set.ops();
     let mut cells = vec![("normal", arch.alpha_normal())];
@@ -630,7 +789,13 @@ fn log_alphas(sink: &mut dyn MetricsSink, arch: &ArchParams, step: i64) -> Resul
         let probs = alpha_probabilities(alpha)?;
         for edge in space.edges() {
             for (o, op) in ops.iter().enumerate() {
-                let tag = format!("alpha/{cell}/e{:02}_{}to{}/{}", edge.index, edge.from, edge.node + space.num_inputs, op.name());
+                let tag = format!(
+                    "alpha/{cell}/e{:02}_{}to{}/{}",
+                    edge.index,
+                    edge.from,
+                    edge.node + space.num_inputs,
+                    op.name()
+                );
                 sink.scalar(&tag, probs[edge.index][o], step);
             }
         }
@@ -641,7 +806,11 @@ fn log_alphas(sink: &mut dyn MetricsSink, arch: &ArchParams, step: i64) -> Resul
             for x in 0..w {
                 let v = probs[y / CELL][x / CELL].clamp(0.0, 1.0);
                 let px = &mut rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];
-                px.copy_from_slice(&[(255.0 * (1.0 - v)) as u8, (255.0 * (1.0 - 0.8 * v)) as u8, (255.0 - 100.0 * v) as u8]);
+                px.copy_from_slice(&[
+                    (255.0 * (1.0 - v)) as u8,
+                    (255.0 * (1.0 - 0.8 * v)) as u8,
+                    (255.0 - 100.0 * v) as u8,
+                ]);
             }
         }
         sink.image(&format!("alpha_heatmap/{cell}"), &rgb, h, w, step);
@@ -652,12 +821,24 @@ fn log_alphas(sink: &mut dyn MetricsSink, arch: &ArchParams, step: i64) -> Resul
 /// DARTS's random-search baseline: `num_candidates` genotypes, each trained from scratch for
 /// `epochs_per_candidate` epochs at the search network's size on the train split and scored on
 /// the search split; the best is kept.
-fn random_from_scratch(run: &mut SearchRun<'_>, device: Device, w_train: &Dataset, w_search: &Dataset) -> Result<Outcome, SupervisedError> {
+fn random_from_scratch(
+    run: &mut SearchRun<'_>,
+    device: Device,
+    w_train: &Dataset,
+    w_search: &Dataset,
+) -> Result<Outcome, SupervisedError> {
     let config = run.config;
     let StrategyConfig::Random(params) = &config.search.strategy else {
-        return Err(SupervisedError::Invalid("random_from_scratch needs the random strategy".into()));
+        return Err(SupervisedError::Invalid(
+            "random_from_scratch needs the random strategy".into(),
+        ));
     };
-    let probe = ArchParams::new(Device::Cpu, DartsSearchNet::new(nn::VarStore::new(Device::Cpu).root(), &config.network)?.space(), true, AlphaInit::default())?;
+    let probe = ArchParams::new(
+        Device::Cpu,
+        DartsSearchNet::new(nn::VarStore::new(Device::Cpu).root(), &config.network)?.space(),
+        true,
+        AlphaInit::default(),
+    )?;
     let mut sampler = RandomSearch::new(&probe, params.clone(), config.seed)?;
     let net_config = DartsEvalConfig {
         c: config.network.c,
@@ -684,20 +865,42 @@ fn random_from_scratch(run: &mut SearchRun<'_>, device: Device, w_train: &Datase
             break;
         }
         let genotype = sampler.sample_genotype();
-        let result = train_genotype(&train_config, &genotype, device, w_train, w_search, &mut rng, &mut *run.progress)?;
-        run.sink.scalar("random/candidate_val_accuracy", result.test_accuracy, k as i64 + 1);
-        run.sink.text("random/candidate", &format!("{:.4}: `{}`", result.test_accuracy, genotype), k as i64 + 1);
-        if best.as_ref().map_or(true, |(acc, _)| result.test_accuracy > *acc) {
+        let result = train_genotype(
+            &train_config,
+            &genotype,
+            device,
+            w_train,
+            w_search,
+            &mut rng,
+            &mut *run.progress,
+        )?;
+        run.sink.scalar(
+            "random/candidate_val_accuracy",
+            result.test_accuracy,
+            k as i64 + 1,
+        );
+        run.sink.text(
+            "random/candidate",
+            &format!("{:.4}: `{}`", result.test_accuracy, genotype),
+            k as i64 + 1,
+        );
+        if best
+            .as_ref()
+            .map_or(true, |(acc, _)| result.test_accuracy > *acc)
+        {
             best = Some((result.test_accuracy, genotype));
         }
         if let Some((acc, _)) = &best {
-            run.sink.scalar("random/best_val_accuracy", *acc, k as i64 + 1);
+            run.sink
+                .scalar("random/best_val_accuracy", *acc, k as i64 + 1);
         }
         run.sink.flush();
     }
     let interrupted = run.stop.load(Ordering::SeqCst);
-    let (acc, genotype) = best.ok_or_else(|| SupervisedError::Invalid("random search evaluated no candidate".into()))?;
-    run.progress.finish(&format!("random search: best val accuracy {acc:.4}"));
+    let (acc, genotype) = best
+        .ok_or_else(|| SupervisedError::Invalid("random search evaluated no candidate".into()))?;
+    run.progress
+        .finish(&format!("random search: best val accuracy {acc:.4}"));
     Ok((genotype, params.num_candidates, acc, interrupted))
 }
 
@@ -731,14 +934,33 @@ pub fn train_arch(
     let (train, test) = config.data.load()?;
     let (train, test) = (train.to_device(device), test.to_device(device));
     let ta = &config.train_arch;
-    check_shapes("train_arch.network", ta.network.in_channels, ta.network.num_classes, &train)?;
+    check_shapes(
+        "train_arch.network",
+        ta.network.in_channels,
+        ta.network.num_classes,
+        &train,
+    )?;
     sink.text("genotype", &format!("`{genotype}`"), 0);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut result = train_genotype_logged(ta, genotype, device, &train, &test, &mut rng, progress, Some(sink), out_dir)?;
+    let mut result = train_genotype_logged(
+        ta,
+        genotype,
+        device,
+        &train,
+        &test,
+        &mut rng,
+        progress,
+        Some(sink),
+        out_dir,
+    )?;
     result.seconds = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {
         let path = dir.join("train_arch_summary.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap_or_default()).map_err(io(&path))?;
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&result).unwrap_or_default(),
+        )
+        .map_err(io(&path))?;
     }
     Ok(result)
 }
@@ -792,13 +1014,27 @@ fn train_genotype_logged(
             sgd.step();
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                return Err(SupervisedError::NonFinite { epoch, what: "training loss".into(), value });
+                return Err(SupervisedError::NonFinite {
+                    epoch,
+                    what: "training loss".into(),
+                    value,
+                });
             }
             loss_sum += value * index.len() as f64;
             hits += correct(&logits, &y);
             seen += index.len();
             step += 1;
-            progress.update(step, total, &format!("epoch {}/{} | loss {:.3} | acc {:.3}", epoch + 1, ta.epochs, loss_sum / seen as f64, hits as f64 / seen as f64));
+            progress.update(
+                step,
+                total,
+                &format!(
+                    "epoch {}/{} | loss {:.3} | acc {:.3}",
+                    epoch + 1,
+                    ta.epochs,
+                    loss_sum / seen as f64,
+                    hits as f64 / seen as f64
+                ),
+            );
         }
         train_accuracy = hits as f64 / seen.max(1) as f64;
         if let Some(sink) = sink.as_deref_mut() {
@@ -819,8 +1055,18 @@ fn train_genotype_logged(
     if let Some(dir) = out_dir {
         vs.save(dir.join(WEIGHTS_FILE))?;
     }
-    progress.finish(&format!("trained {} epochs: test accuracy {test_accuracy:.4}", ta.epochs));
-    Ok(TrainArchSummary { genotype: genotype.to_darts_string(), epochs: ta.epochs, parameters, train_accuracy, test_accuracy, seconds: 0.0 })
+    progress.finish(&format!(
+        "trained {} epochs: test accuracy {test_accuracy:.4}",
+        ta.epochs
+    ));
+    Ok(TrainArchSummary {
+        genotype: genotype.to_darts_string(),
+        epochs: ta.epochs,
+        parameters,
+        train_accuracy,
+        test_accuracy,
+        seconds: 0.0,
+    })
 }
 
 fn accuracy(net: &DartsEvalNet, data: &Dataset, batch_size: usize) -> f64 {
@@ -838,7 +1084,11 @@ fn accuracy(net: &DartsEvalNet, data: &Dataset, batch_size: usize) -> f64 {
 
 /// A network of the derived cells runs forward on `[N, C, H, W]` (used by tests and as a
 /// sanity check after a search).
-pub fn derived_network_forward(genotype: &Genotype, config: &DartsEvalConfig, x: &Tensor) -> Result<Tensor, SupervisedError> {
+pub fn derived_network_forward(
+    genotype: &Genotype,
+    config: &DartsEvalConfig,
+    x: &Tensor,
+) -> Result<Tensor, SupervisedError> {
     let vs = nn::VarStore::new(x.device());
     let net = DartsEvalNet::new(vs.root(), config, genotype)?;
     Ok(tch::no_grad(|| net.forward_t(x, false).0))
