@@ -13,7 +13,8 @@ BIN=target/release/rl-darts
 if ! .venv/bin/python -c "import cleanrl" 2>/dev/null; then
   .venv/bin/python -m pip install -q --no-deps --ignore-requires-python cleanrl==1.2.0
 fi
-CLEANRL=$(.venv/bin/python -c "import cleanrl, os; print(os.path.dirname(cleanrl.__file__))")/ppo_procgen.py
+# cleanrl installs as a namespace package (no __init__.py): take its path, not __file__.
+CLEANRL=$(.venv/bin/python -c "import cleanrl; print(list(cleanrl.__path__)[0])")/ppo_procgen.py
 mkdir -p bench-out/cleanrl
 rm -rf bench-out/ppo-rl-darts
 

@@ -17,7 +17,9 @@ pub struct TrainArgs {
     /// Environment: a Procgen game (coinrun, starpilot, ...) or cartpole / mountaincar.
     #[arg(long)]
     env: Option<String>,
-    /// Encoder: impala (Procgen baseline) or mlp (vector observations).
+    /// Encoder: impala (Procgen baseline), mlp (vector observations), rl_darts (supernet
+    /// searched jointly with PPO) or rl_darts_fixed (a derived genotype retrained from scratch;
+    /// give it with --set encoder.params.genotype="runs/<search run>/genotype.json").
     #[arg(long)]
     encoder: Option<String>,
     /// A TOML config (see configs/); merged onto the defaults for the env.

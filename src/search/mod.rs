@@ -28,10 +28,12 @@
 //!   `grad_alpha L_val(w')` and `v = grad_w' L_val(w')`, restores `w` bit-exactly, and
 //!   subtracts `xi * grad2_{alpha,w} L_train * v` (central difference with
 //!   `eps = 0.01 / ||v||`, or exact by double backward).
-//! - **iDARTS**: `wants_arch_step` is true every `T` iterations (the loop's weight steps are
-//!   the `T` inner steps); `arch_step` computes `v = grad_w L_val`, the Neumann sum
-//!   `sum_k (I - gamma H)^k v` with [`perturb::exact_hvp`] on `L_train`, and the mixed term
-//!   with [`perturb::fd_mixed_hvp`] as DARTS does. K = 0 is DARTS at `w_T`.
+//! - **iDARTS** ([`idarts`]): `wants_arch_step` is true every `T` iterations (the loop's
+//!   weight steps are the `T` inner steps); `arch_step` computes `v = grad_w L_val`, the
+//!   Neumann sum `gamma sum_k (I - gamma H)^k v` with [`perturb::exact_hvp`] on `L_train`, and
+//!   the mixed term by double backward (default) or [`perturb::fd_mixed_hvp`] as DARTS does.
+//!   K = 0 is DARTS at `w_T` with `xi = gamma`; power iteration optionally estimates the top
+//!   Hessian eigenvalue and warns when `gamma` is too large for the series.
 //! - **SNAS**: single level: `wants_arch_step` is always false; `op_weights(Weights)` zeroes
 //!   the alpha gradients and returns a Gumbel-softmax sample with its graph, so the loop's one
 //!   backward reaches alpha; `after_weight_step` adds the resource penalty's score-function
@@ -57,6 +59,8 @@
 //! a name in [`STRATEGY_NAMES`] and a preset in `configs/`.
 
 pub mod darts;
+pub mod gdas;
+pub mod idarts;
 pub mod optim;
 pub mod perturb;
 pub mod random;
@@ -69,11 +73,13 @@ use tch::{Kind, Tensor};
 use crate::nas::{ArchParams, CellWeights, Genotype, NasError};
 
 pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
+pub use gdas::{Gdas, GdasParams};
+pub use idarts::{IDarts, IDartsParams};
 pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
 
 /// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
-pub const STRATEGY_NAMES: &[&str] = &["darts", "random"];
+pub const STRATEGY_NAMES: &[&str] = &["darts", "random", "gdas", "idarts"];
 
 /// Errors of the search layer, one variant per boundary.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +241,10 @@ pub enum StrategyConfig {
     Darts(DartsParams),
     /// Random search over genotypes (Li & Talwalkar 2019; DARTS's baseline).
     Random(RandomParams),
+    /// GDAS (Dong & Yang 2019): hard Gumbel one-hot, straight-through, one op per edge.
+    Gdas(GdasParams),
+    /// iDARTS (Zhang et al. 2021): implicit hypergradient, Neumann series.
+    Idarts(IDartsParams),
 }
 
 /// What TOML holds: like [`StrategyConfig`], but `params` may be left out (`--set
@@ -250,6 +260,8 @@ pub enum StrategyConfig {
 enum RawStrategy {
     Darts(Option<DartsParams>),
     Random(Option<RandomParams>),
+    Gdas(Option<GdasParams>),
+    Idarts(Option<IDartsParams>),
 }
 
 impl From<RawStrategy> for StrategyConfig {
@@ -257,6 +269,8 @@ impl From<RawStrategy> for StrategyConfig {
         match raw {
             RawStrategy::Darts(p) => StrategyConfig::Darts(p.unwrap_or_default()),
             RawStrategy::Random(p) => StrategyConfig::Random(p.unwrap_or_default()),
+            RawStrategy::Gdas(p) => StrategyConfig::Gdas(p.unwrap_or_default()),
+            RawStrategy::Idarts(p) => StrategyConfig::Idarts(p.unwrap_or_default()),
         }
     }
 }
@@ -273,6 +287,8 @@ impl StrategyConfig {
         match self {
             StrategyConfig::Darts(_) => "darts",
             StrategyConfig::Random(_) => "random",
+            StrategyConfig::Gdas(_) => "gdas",
+            StrategyConfig::Idarts(_) => "idarts",
         }
     }
 
@@ -281,6 +297,8 @@ impl StrategyConfig {
         match name {
             "darts" => Ok(StrategyConfig::Darts(DartsParams::default())),
             "random" => Ok(StrategyConfig::Random(RandomParams::default())),
+            "gdas" => Ok(StrategyConfig::Gdas(GdasParams::default())),
+            "idarts" => Ok(StrategyConfig::Idarts(IDartsParams::default())),
             other => Err(SearchError::Invalid(format!(
                 "unknown search strategy '{other}'; valid: {}",
                 STRATEGY_NAMES.join(", ")
@@ -298,6 +316,8 @@ impl StrategyConfig {
         Ok(match self {
             StrategyConfig::Darts(p) => Box::new(Darts::new(arch, p.clone())?),
             StrategyConfig::Random(p) => Box::new(RandomSearch::new(arch, p.clone(), seed)?),
+            StrategyConfig::Gdas(p) => Box::new(Gdas::new(arch, p.clone(), seed)?),
+            StrategyConfig::Idarts(p) => Box::new(IDarts::new(arch, p.clone())?),
         })
     }
 }
@@ -379,7 +399,7 @@ mod tests {
         assert!(matches!(err, ConfigError::UnknownKey { .. }), "{text}");
         assert!(text.contains("order"), "{text}");
 
-        assert!(StrategyConfig::from_name("gdas")
+        assert!(StrategyConfig::from_name("gdaz")
             .unwrap_err()
             .to_string()
             .contains("darts, random"));

@@ -17,7 +17,7 @@ use crate::agents::{ActorCritic, Encoder, ImpalaCnn, ImpalaConfig, IterationStat
 use crate::envs::procgen::{find_game, normalized_return, ProcgenOptions, ProcgenVecEnv};
 use crate::envs::{gym::GYM_ENVS, make_vec_env, EnvSpec, EpisodeStats, VecEnv};
 use crate::logging::{tags, MetricsSink};
-use crate::nas::RlDartsSupernet;
+use crate::nas::{Genotype, RlDartsConfig, RlDartsFixedEncoder, RlDartsSupernet};
 
 /// Which network turns observations into features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,27 @@ pub enum EncoderConfig {
     Mlp(MlpConfig),
     /// RL-DARTS: a DARTS supernet whose alphas are searched jointly with PPO (first order).
     RlDarts(RlDartsSearchConfig),
+    /// RL-DARTS retraining: the discrete cell derived by an `rl_darts` search, in the same
+    /// layout, trained from scratch (Miao, Song et al. 2021, section 3).
+    RlDartsFixed(RlDartsFixedConfig),
+}
+
+/// `[encoder] kind = "rl_darts_fixed"`: a derived genotype and the supernet layout it was
+/// searched in (stages, channels, nodes, op set, cell output), which the discrete network
+/// keeps; only the mixed ops become the genotype's chosen ops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlDartsFixedConfig {
+    /// genotype.json (or the DARTS text form) written by an `rl_darts` search run. Required.
+    pub genotype: PathBuf,
+    /// The layout of the search's `encoder.params.supernet` (same keys and defaults).
+    pub supernet: RlDartsConfig,
+}
+
+impl Default for RlDartsFixedConfig {
+    fn default() -> Self {
+        Self { genotype: PathBuf::new(), supernet: RlDartsConfig::default() }
+    }
 }
 
 impl EncoderConfig {
@@ -37,6 +58,7 @@ impl EncoderConfig {
             EncoderConfig::Impala(_) => "impala",
             EncoderConfig::Mlp(_) => "mlp",
             EncoderConfig::RlDarts(_) => "rl_darts",
+            EncoderConfig::RlDartsFixed(_) => "rl_darts_fixed",
         }
     }
 }
@@ -148,6 +170,22 @@ pub fn build_encoder(
             Box::new(ImpalaCnn::new(p, &shape, c)?)
         }
         EncoderConfig::Mlp(c) => Box::new(Mlp::new(p, &shape, c)?),
+        EncoderConfig::RlDartsFixed(c) => {
+            if c.genotype.as_os_str().is_empty() {
+                return Err(TrainError::Invalid(
+                    "encoder.params.genotype is required: the genotype.json an rl_darts search wrote".into(),
+                ));
+            }
+            let genotype = Genotype::load(&c.genotype)
+                .map_err(|e| TrainError::Invalid(format!("encoder.params.genotype: {e}")))?;
+            let net = RlDartsFixedEncoder::new(p, &c.supernet, &genotype, &shape).map_err(|e| {
+                TrainError::Invalid(format!(
+                    "encoder.params: genotype {} does not fit the supernet layout: {e}",
+                    c.genotype.display()
+                ))
+            })?;
+            Box::new(net)
+        }
     })
 }
 
