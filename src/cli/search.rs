@@ -17,7 +17,7 @@ use rl_darts::train::supervised::{cell_types, search, train_arch, SearchRun, Sup
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
-    /// A TOML preset (configs/digits-darts.toml, configs/cifar10-darts.toml ...).
+    /// A TOML preset (configs/digits-darts.toml, digits-idarts.toml, digits-gdas.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override any key, e.g. --set search.strategy.params.order=second (repeatable).

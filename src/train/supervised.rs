@@ -273,7 +273,7 @@ impl Default for EpochCheckpointConfig {
 }
 
 /// Everything `rl-darts search` and `rl-darts train-arch` read. TOML is the source of truth
-/// (configs/digits-darts.toml, configs/cifar10-darts.toml).
+/// (configs/digits-darts.toml and the other digits-* presets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisedConfig {
