@@ -198,12 +198,11 @@ impl SearchStrategy for Darts {
     /// backpropagates the weight loss into alpha (the official code computes those gradients
     /// and throws them away with `zero_grad`).
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
-        Ok(match phase {
-            Phase::Arch => softmax_weights(arch, self.params.temperature),
-            Phase::Weights | Phase::Eval => {
-                tch::no_grad(|| softmax_weights(arch, self.params.temperature))
-            }
-        })
+        Ok(super::bilevel_softmax_weights(
+            arch,
+            self.params.temperature,
+            phase,
+        ))
     }
 
     /// Every iteration, as in `train_search.py`.
@@ -228,13 +227,7 @@ impl SearchStrategy for Darts {
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
-        let probs = tch::no_grad(|| softmax_weights(arch, 1.0));
-        Ok(Genotype::derive(
-            arch.space(),
-            probs.normal.weights(),
-            probs.reduce.as_ref().map(|r| r.weights()),
-            self.params.derive,
-        )?)
+        super::derive_from_softmax(arch, self.params.derive)
     }
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {

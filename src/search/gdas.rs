@@ -239,13 +239,7 @@ impl SearchStrategy for Gdas {
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
-        let probs = tch::no_grad(|| super::softmax_weights(arch, 1.0));
-        Ok(Genotype::derive(
-            arch.space(),
-            probs.normal.weights(),
-            probs.reduce.as_ref().map(|r| r.weights()),
-            self.params.derive,
-        )?)
+        super::derive_from_softmax(arch, self.params.derive)
     }
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {

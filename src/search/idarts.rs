@@ -299,12 +299,11 @@ impl SearchStrategy for IDarts {
     }
 
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
-        Ok(match phase {
-            Phase::Arch => softmax_weights(arch, self.params.temperature),
-            Phase::Weights | Phase::Eval => {
-                tch::no_grad(|| softmax_weights(arch, self.params.temperature))
-            }
-        })
+        Ok(super::bilevel_softmax_weights(
+            arch,
+            self.params.temperature,
+            phase,
+        ))
     }
 
     /// The loop asks before the weight step of `iteration`, so iteration `kT` comes after
@@ -327,13 +326,7 @@ impl SearchStrategy for IDarts {
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
-        let probs = tch::no_grad(|| softmax_weights(arch, 1.0));
-        Ok(Genotype::derive(
-            arch.space(),
-            probs.normal.weights(),
-            probs.reduce.as_ref().map(|r| r.weights()),
-            self.params.derive,
-        )?)
+        super::derive_from_softmax(arch, self.params.derive)
     }
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {

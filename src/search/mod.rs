@@ -70,7 +70,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::nas::{ArchParams, CellWeights, Genotype, NasError};
+use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, NasError};
 
 pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
 pub use gdas::{Gdas, GdasParams};
@@ -327,6 +327,28 @@ impl StrategyConfig {
 pub fn softmax_weights(arch: &ArchParams, temperature: f64) -> CellWeights {
     let relax = |a: &Tensor| (a / temperature).softmax(-1, a.kind());
     CellWeights::dense(relax(arch.alpha_normal()), arch.alpha_reduce().map(relax))
+}
+
+/// Bilevel relaxation's op weights: `softmax(alpha / temperature)` with its graph to alpha only
+/// in the arch step. Bilevel methods never backpropagate the weight loss into alpha (the
+/// official DARTS code computes those gradients and throws them away with `zero_grad`).
+pub fn bilevel_softmax_weights(arch: &ArchParams, temperature: f64, phase: Phase) -> CellWeights {
+    match phase {
+        Phase::Arch => softmax_weights(arch, temperature),
+        Phase::Weights | Phase::Eval => tch::no_grad(|| softmax_weights(arch, temperature)),
+    }
+}
+
+/// The genotype `rule` reads off `softmax(alpha)` (the DARTS derivation for every strategy whose
+/// alphas are logits of the op distribution).
+pub fn derive_from_softmax(arch: &ArchParams, rule: DeriveRule) -> Result<Genotype, SearchError> {
+    let probs = tch::no_grad(|| softmax_weights(arch, 1.0));
+    Ok(Genotype::derive(
+        arch.space(),
+        probs.normal.weights(),
+        probs.reduce.as_ref().map(|r| r.weights()),
+        rule,
+    )?)
 }
 
 /// The alphas of `arch`, normal first (the order of every gradient list here).
