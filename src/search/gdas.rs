@@ -285,8 +285,8 @@ mod tests {
     use crate::nas::{AlphaInit, DartsSearchConfig, DartsSearchNet, Supernet};
     use tch::{nn, Device};
 
-    #[test]
-    fn temperature_anneals_linearly_from_ten_to_a_tenth() {
+    /// Alphas of a one-cell, two-node DARTS supernet (the net itself is not needed).
+    fn tiny_arch(with_reduce: bool) -> ArchParams {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = DartsSearchNet::new(
             vs.root(),
@@ -300,7 +300,12 @@ mod tests {
             },
         )
         .unwrap();
-        let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit::default()).unwrap();
+        ArchParams::new(Device::Cpu, net.space(), with_reduce, AlphaInit::default()).unwrap()
+    }
+
+    #[test]
+    fn temperature_anneals_linearly_from_ten_to_a_tenth() {
+        let arch = tiny_arch(true);
         let mut g = Gdas::new(&arch, GdasParams::default(), 0).unwrap();
         g.begin_epoch(0, 5);
         assert!((g.tau() - 10.0).abs() < 1e-12);
@@ -322,20 +327,7 @@ mod tests {
     #[test]
     fn samples_follow_the_softmax_distribution() {
         // Gumbel-max: argmax(log p + g) ~ Categorical(p), whatever tau.
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = DartsSearchNet::new(
-            vs.root(),
-            &DartsSearchConfig {
-                c: 4,
-                layers: 1,
-                num_nodes: 2,
-                in_channels: 1,
-                stem_multiplier: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let arch = ArchParams::new(Device::Cpu, net.space(), false, AlphaInit::default()).unwrap();
+        let arch = tiny_arch(false);
         let mut g = Gdas::new(&arch, GdasParams::default(), 3).unwrap();
         let alpha = Tensor::from_slice(&[0.0f64, 1.0, 2.0]).view([1, 3]);
         let p = [1.0, 1f64.exp(), 2f64.exp()];
