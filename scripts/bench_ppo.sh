@@ -24,6 +24,15 @@ echo "CleanRL ppo_procgen.py: $STEPS steps on $ENV (CPU)..."
   --seed 1 > log.txt 2>&1)
 cleanrl_sps=$(grep -o 'SPS: [0-9]*' bench-out/cleanrl/log.txt | tail -1 | awk '{print $2}')
 
+# The same peer with the heap policy rl-darts sets for itself (device::keep_freed_memory_for_reuse):
+# glibc's defaults mmap and unmap every large activation, which costs both sides page faults.
+echo "CleanRL ppo_procgen.py with MALLOC_MMAP_MAX_=0 (heap kept): $STEPS steps..."
+(cd bench-out/cleanrl && PYTHONPATH=../../.deps/procgen PYTHONWARNINGS=ignore \
+  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \
+  ../../.venv/bin/python "$CLEANRL" --env-id "$ENV" --total-timesteps "$STEPS" --cuda False \
+  --seed 1 > log-heap.txt 2>&1)
+cleanrl_heap_sps=$(grep -o 'SPS: [0-9]*' bench-out/cleanrl/log-heap.txt | tail -1 | awk '{print $2}')
+
 echo "rl-darts train: $STEPS steps on $ENV (CPU)..."
 $BIN train --env "$ENV" --encoder impala --device cpu --total-steps "$STEPS" --quiet \
   --set procgen.num_levels=0 --run-dir bench-out/ppo-rl-darts > bench-out/ppo-rl-darts.log
@@ -35,9 +44,11 @@ print(round(s['steps_per_sec'], 1), round(s['rollout_secs'], 1), round(s['update
   echo "| implementation | env steps/s | rollout s | update s |"
   echo "|---|---:|---:|---:|"
   echo "| CleanRL ppo_procgen.py 1.2.0 (PyTorch 2.13) | $cleanrl_sps | - | - |"
+  echo "| CleanRL, glibc heap kept (MALLOC_MMAP_MAX_=0) | $cleanrl_heap_sps | - | - |"
   echo "| rl-darts train --encoder impala | $ours | $roll | $upd |"
   echo
   echo "ratio rl-darts / CleanRL: $(awk -v a="$ours" -v b="$cleanrl_sps" 'BEGIN{printf "%.2f", a/b}')"
+  echo "ratio rl-darts / CleanRL with the heap kept: $(awk -v a="$ours" -v b="$cleanrl_heap_sps" 'BEGIN{printf "%.2f", a/b}')"
 } > bench-out/ppo.md
 echo "env=$ENV steps=$STEPS machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(date -u +%F)"
 cat bench-out/ppo.md
