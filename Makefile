@@ -12,7 +12,9 @@ setup:
 build: setup
 	$(CARGO) build --release
 
-# The main job on its defaults: PPO on coinrun (see README for options; TRAIN_ARGS adds flags).
+# The main job on its defaults: the RL-DARTS pipeline on coinrun (search, derive, retrain +
+# IMPALA baseline, eval; configs/coinrun-darts.toml spells the defaults out). TRAIN_ARGS adds
+# flags, e.g. TRAIN_ARGS=--quick for the few-minutes preset or TRAIN_ARGS='--resume runs/...'.
 train: build
 	./target/release/rl-darts train --env coinrun $(TRAIN_ARGS)
 

@@ -55,6 +55,8 @@ fn conformance(config: &StrategyConfig) {
     let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit::default()).unwrap();
     let mut strategy: Box<dyn SearchStrategy> = config.build(&arch, 0).unwrap();
     assert_eq!(strategy.name(), name);
+    // As the loops do: the supernet's per-op costs for the input shape (SNAS's resource term).
+    strategy.set_op_costs(&net.op_costs([1, 8, 8])).unwrap();
     let mut sgd = Sgd::new(
         vs.variables(),
         SgdConfig {

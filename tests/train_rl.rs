@@ -185,7 +185,7 @@ fn tiny_procgen_run_has_finite_losses_readable_tensorboard_files_and_evaluates()
     let base = tempfile::tempdir().unwrap();
     let run_dir = base.path().join("run");
     let out = common::rl_darts()
-        .args(["train", "--env", "coinrun", "--quiet", "--device", "cpu", "--total-steps", "512"])
+        .args(["train", "--env", "coinrun", "--encoder", "impala", "--quiet", "--device", "cpu", "--total-steps", "512"])
         .args(["--set", "ppo.num_envs=4", "--set", "ppo.num_steps=64", "--set", "ppo.num_minibatches=2"])
         .args(["--set", "procgen.num_threads=1"])
         .arg("--run-dir")

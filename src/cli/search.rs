@@ -13,11 +13,14 @@ use rl_darts::nas::{render_dot, CellType, Genotype};
 use rl_darts::search::STRATEGY_NAMES;
 use rl_darts::train::rl::{NoProgress, Progress};
 use rl_darts::train::run_dir::RunDir;
-use rl_darts::train::supervised::{cell_types, search, train_arch, SearchRun, SupervisedConfig};
+use rl_darts::train::supervised::{
+    cell_types, search, train_arch_run, SearchRun, SupervisedConfig, TrainArchRun, GENOTYPE_JSON,
+};
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
-    /// A TOML preset (configs/digits-darts.toml, digits-idarts.toml, digits-gdas.toml).
+    /// A TOML preset (configs/digits-darts.toml, digits-idarts.toml, digits-gdas.toml,
+    /// mnist-darts.toml, cifar10-darts.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override any key, e.g. --set search.strategy.params.order=second (repeatable).
@@ -44,16 +47,20 @@ fn strategy_help() -> String {
 #[derive(Args, Debug)]
 pub struct TrainArchArgs {
     /// genotype.json or a file holding the DARTS text form `Genotype(normal=[...], ...)`.
-    #[arg(long)]
-    genotype: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    genotype: Option<PathBuf>,
     /// The preset whose [train_arch] and [data] sections to use.
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Folder for TensorBoard logs, weights and the summary (default: next to the genotype).
+    /// Run folder: config, genotype, checkpoints, TensorBoard logs, weights and the summary
+    /// (default: train_arch/ next to the genotype file).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the retraining in this folder (an earlier --out) from its newest checkpoint.
+    #[arg(long, conflicts_with_all = ["genotype", "config", "sets", "out"])]
+    resume: Option<PathBuf>,
     #[arg(long, short)]
     quiet: bool,
 }
@@ -139,6 +146,8 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
                 SupervisedConfig::default(),
                 &args.sets,
             )?;
+            // Missing data is the likeliest first error: say so before creating a run folder.
+            config.data.check_present()?;
             let run = match &args.run_dir {
                 Some(dir) => RunDir::create_at(dir)?,
                 None => RunDir::create_new(
@@ -194,32 +203,67 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_train_arch(args: TrainArchArgs) -> anyhow::Result<()> {
-    let genotype = Genotype::load(&args.genotype)
-        .with_context(|| format!("reading {}", args.genotype.display()))?;
-    let config = load_config(
-        args.config.as_deref(),
-        SupervisedConfig::default(),
-        &args.sets,
-    )?;
-    let out = match &args.out {
-        Some(dir) => dir.clone(),
-        None => args
-            .genotype
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("train_arch"),
+    let (config, genotype, run_dir, resume) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::open(dir)?;
+            let config = load_config(Some(&run.config_path()), SupervisedConfig::default(), &[])?;
+            let path = run.root.join(GENOTYPE_JSON);
+            let genotype =
+                Genotype::load(&path).with_context(|| format!("reading {}", path.display()))?;
+            (config, genotype, run, true)
+        }
+        None => {
+            let Some(genotype_path) = &args.genotype else {
+                bail!("give --genotype FILE (or --resume DIR)");
+            };
+            let genotype = Genotype::load(genotype_path)
+                .with_context(|| format!("reading {}", genotype_path.display()))?;
+            let config = load_config(
+                args.config.as_deref(),
+                SupervisedConfig::default(),
+                &args.sets,
+            )?;
+            config.data.check_present()?;
+            let out = match &args.out {
+                Some(dir) => dir.clone(),
+                None => genotype_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("train_arch"),
+            };
+            let run = RunDir::create_at(&out)?;
+            // Checkpoints of an earlier run would mix with this one's (and be pruned or resumed
+            // in its place).
+            if run.latest_checkpoint()?.is_some() {
+                bail!(
+                    "{} already holds a train-arch run; continue it with --resume {0} or pick another --out",
+                    out.display()
+                );
+            }
+            (config, genotype, run, false)
+        }
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    save_resolved_config(&config, &out)?;
-    let mut sink = tensorboard(&out.join("tb"));
+    save_resolved_config(&config, &run_dir.root)?;
+    let stop = install_stop_handler()?;
+    let mut sink = tensorboard(&run_dir.tensorboard_dir());
     println!(
-        "training {genotype} from scratch on {} for {} epochs -> {}",
+        "{} {genotype} from scratch on {} for {} epochs -> {}",
+        if resume { "resuming" } else { "training" },
         config.data.name(),
         config.train_arch.epochs,
-        out.display()
+        run_dir.root.display()
     );
     let mut bar = progress(args.quiet);
-    let summary = train_arch(&config, &genotype, Some(&out), &mut sink, bar.as_mut())?;
+    let summary = train_arch_run(TrainArchRun {
+        config: &config,
+        genotype: &genotype,
+        run_dir: &run_dir,
+        resume,
+        sink: &mut sink as &mut dyn MetricsSink,
+        progress: bar.as_mut(),
+        stop: &stop,
+        max_epochs: None,
+    })?;
     sink.flush();
     println!(
         "{} parameters, {} epochs in {:.0}s: train accuracy {:.4}, test accuracy {:.4}",
@@ -229,6 +273,12 @@ pub fn run_train_arch(args: TrainArchArgs) -> anyhow::Result<()> {
         summary.train_accuracy,
         summary.test_accuracy
     );
+    if summary.interrupted {
+        println!(
+            "resume with: rl-darts train-arch --resume {}",
+            run_dir.root.display()
+        );
+    }
     Ok(())
 }
 

@@ -9,19 +9,30 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rl_darts::config::{load_config, save_resolved_config};
 use rl_darts::logging::{MetricsSink, MultiSink, StdoutSink, TensorBoardSink, Verbosity};
+use rl_darts::envs::gym::GYM_ENVS;
+use rl_darts::train::pipeline::{self, Phase, PipelineOutcome, PipelineReporter, PipelineRun};
 use rl_darts::train::rl::{evaluate, train, EvalOptions, Progress, TrainConfig, TrainRun};
-use rl_darts::train::run_dir::RunDir;
+use rl_darts::train::run_dir::{RunDir, CONFIG_FILE, TENSORBOARD_DIR};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Environment: a Procgen game (coinrun, starpilot, ...) or cartpole / mountaincar.
     #[arg(long)]
     env: Option<String>,
-    /// Encoder: impala (Procgen baseline), mlp (vector observations), rl_darts (supernet
-    /// searched jointly with PPO) or rl_darts_fixed (a derived genotype retrained from scratch;
-    /// give it with --set encoder.params.genotype="runs/<search run>/genotype.json").
+    /// Encoder of a single PPO run: impala (Procgen baseline), mlp (vector observations),
+    /// rl_darts (supernet searched during PPO, see --strategy), mlp_darts / mlp_darts_fixed
+    /// (the same for vector observations such as cartpole) or rl_darts_fixed (a derived genotype
+    /// retrained from scratch; give it with --set encoder.params.genotype="runs/<search
+    /// run>/genotype.json"). Without --encoder a Procgen game runs the whole RL-DARTS pipeline
+    /// (search, derive, retrain + IMPALA baseline, eval; budgets in [pipeline]).
     #[arg(long)]
     encoder: Option<String>,
+    /// Search strategy of a supernet encoder (rl_darts, mlp_darts; the pipeline's search):
+    /// joint (default, RL-DARTS's joint first order), darts, idarts, gdas, snas, random,
+    /// darts_prime. Its parameters keep their defaults; change them with
+    /// --set search.strategy.params.KEY=VALUE (presets: configs/coinrun-<strategy>.toml).
+    #[arg(long)]
+    strategy: Option<String>,
     /// A TOML config (see configs/); merged onto the defaults for the env.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -45,22 +56,101 @@ pub struct TrainArgs {
     /// No progress bar: one log line per iteration instead (for log files).
     #[arg(long, short)]
     quiet: bool,
+    /// The quick preset, configs/coinrun-darts-quick.toml: the whole pipeline in minutes on a CPU.
+    #[arg(long, conflicts_with = "config")]
+    quick: bool,
+    /// Pipeline: run only this phase (search | retrain | eval); the earlier ones must be complete.
+    #[arg(long)]
+    phase: Option<Phase>,
+    /// Pipeline: do not train the IMPALA-CNN baseline (pipeline.skip_baseline).
+    #[arg(long, conflicts_with = "baseline_from")]
+    skip_baseline: bool,
+    /// Pipeline: reuse the baseline of an earlier pipeline run directory or of a single
+    /// `train --encoder impala` run (pipeline.baseline_from).
+    #[arg(long)]
+    baseline_from: Option<PathBuf>,
+}
+
+/// The preset `--quick` names: in the working directory (a clone), else in the source tree
+/// this binary was built from.
+fn quick_preset() -> anyhow::Result<PathBuf> {
+    let name = Path::new("configs").join("coinrun-darts-quick.toml");
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(&name);
+    [name, built_from]
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("--quick: configs/coinrun-darts-quick.toml not found (run from the repository, or pass --config FILE)")
+}
+
+/// The config file of a new run: --config, or the --quick preset.
+fn config_file(args: &TrainArgs) -> anyhow::Result<Option<PathBuf>> {
+    if args.quick {
+        return Ok(Some(quick_preset()?));
+    }
+    Ok(args.config.clone())
+}
+
+/// A new run without --encoder on a Procgen game is the pipeline, unless its config file asks
+/// for another encoder than the searched one (e.g. configs/coinrun-impala.toml).
+fn wants_pipeline(args: &TrainArgs) -> anyhow::Result<bool> {
+    if args.encoder.is_some() {
+        return Ok(false);
+    }
+    let (file_env, file_kind) = match config_file(args)? {
+        Some(path) => {
+            let table = read_table(&path)?;
+            let kind = table.get("encoder").and_then(|e| e.get("kind")).and_then(|k| k.as_str()).map(str::to_string);
+            (table.get("env").and_then(|v| v.as_str()).map(str::to_string), kind)
+        }
+        None => (None, None),
+    };
+    let env = args.env.clone().or(file_env).unwrap_or_else(|| "coinrun".to_string());
+    Ok(!GYM_ENVS.contains(&env.as_str()) && file_kind.is_none_or(|k| k == "rl_darts"))
+}
+
+/// `--set`s for the pipeline's flags, applied before the user's own --set.
+fn pipeline_flag_sets(args: &TrainArgs) -> anyhow::Result<Vec<String>> {
+    let mut sets = Vec::new();
+    if let Some(n) = args.total_steps {
+        sets.push(format!("pipeline.search_timesteps={n}"));
+        sets.push(format!("pipeline.retrain_timesteps={n}"));
+    }
+    if args.skip_baseline {
+        sets.push("pipeline.skip_baseline=true".into());
+    }
+    if let Some(dir) = &args.baseline_from {
+        let dir = std::path::absolute(dir).with_context(|| format!("--baseline-from {}", dir.display()))?;
+        sets.push(format!("pipeline.baseline_from={:?}", dir.display().to_string()));
+    }
+    Ok(sets)
+}
+
+fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Peeks at the `env` key of a config file, to pick the matching defaults before merging.
 fn env_in_file(path: &Path) -> anyhow::Result<Option<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(table.get("env").and_then(|v| v.as_str()).map(str::to_string))
+    Ok(read_table(path)?.get("env").and_then(|v| v.as_str()).map(str::to_string))
 }
 
-fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let file_env = args.config.as_deref().map(env_in_file).transpose()?.flatten();
+/// The config of a new run: defaults for the env (the pipeline's when `pipeline`), the file,
+/// the flags, then --set.
+fn resolve_config(args: &TrainArgs, pipeline: bool) -> anyhow::Result<TrainConfig> {
+    let config_path = config_file(args)?;
+    let file_env = config_path.as_deref().map(env_in_file).transpose()?.flatten();
     let env = args.env.clone().or(file_env).unwrap_or_else(|| "coinrun".to_string());
     let mut sets = vec![format!("env={env:?}")];
     if let Some(e) = &args.encoder {
         // The whole table: a new kind starts from its own default params.
         sets.push(format!("encoder={{ kind = {e:?}, params = {{}} }}"));
+    }
+    if let Some(name) = &args.strategy {
+        // Checked here for the list of valid names; the whole table, so the strategy starts
+        // from its own default params.
+        rl_darts::search::StrategyConfig::from_name(name)?;
+        sets.push(format!("search.strategy={{ kind = {name:?} }}"));
     }
     if let Some(n) = args.total_steps {
         sets.push(format!("ppo.total_timesteps={n}"));
@@ -71,8 +161,14 @@ fn resolve_config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(d) = &args.device {
         sets.push(format!("device={d:?}"));
     }
+    let defaults = if pipeline {
+        sets.extend(pipeline_flag_sets(args)?);
+        pipeline::pipeline_defaults(&env)
+    } else {
+        TrainConfig::defaults_for(&env)
+    };
     sets.extend(args.sets.iter().cloned());
-    Ok(load_config(args.config.as_deref(), TrainConfig::defaults_for(&env), &sets)?)
+    Ok(load_config(config_path.as_deref(), defaults, &sets)?)
 }
 
 /// Ctrl-C: the first press asks the loop to checkpoint and stop after the current
@@ -116,9 +212,19 @@ impl Progress for Lines {
 }
 
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let pipeline_mode = match &args.resume {
+        Some(dir) => pipeline::is_pipeline_run(dir),
+        None => wants_pipeline(&args)?,
+    };
+    if pipeline_mode {
+        return run_pipeline(args);
+    }
+    if args.phase.is_some() || args.skip_baseline || args.baseline_from.is_some() {
+        bail!("--phase, --skip-baseline and --baseline-from belong to the RL-DARTS pipeline, which `train` runs on a Procgen game without --encoder");
+    }
     let (config, run_dir, resume) = match &args.resume {
         Some(dir) => {
-            if args.config.is_some() || args.env.is_some() || args.encoder.is_some() || args.seed.is_some() || !args.sets.is_empty() {
+            if args.config.is_some() || args.env.is_some() || args.encoder.is_some() || args.strategy.is_some() || args.seed.is_some() || !args.sets.is_empty() {
                 bail!("--resume continues a run with its saved config; only --total-steps and --device may change");
             }
             let run = RunDir::open(dir)?;
@@ -134,7 +240,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             (config, run, true)
         }
         None => {
-            let config = resolve_config(&args)?;
+            let config = resolve_config(&args, false)?;
             let run = match &args.run_dir {
                 Some(dir) => RunDir::create_at(dir)?,
                 None => RunDir::create_new(Path::new("runs"), &config.env, config.encoder.name(), config.seed)?,
@@ -145,14 +251,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     save_resolved_config(&config, &run_dir.root)?;
     let stop = install_stop_handler()?;
 
-    let mut sink = MultiSink::new();
-    match TensorBoardSink::create(run_dir.tensorboard_dir()) {
-        Ok(tb) => sink.push(tb),
-        Err(e) => eprintln!("warning: TensorBoard logging disabled: {e}"),
-    }
-    if args.quiet {
-        sink.push(StdoutSink::new(Verbosity::Quiet));
-    }
+    let mut sink = make_sink(&run_dir.tensorboard_dir(), args.quiet);
     println!(
         "{} {} with {} on {} for {} steps -> {}",
         if resume { "resuming" } else { "training" },
@@ -162,16 +261,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         config.ppo.total_timesteps,
         run_dir.root.display()
     );
-    let mut progress: Box<dyn Progress> = if args.quiet {
-        Box::new(Lines)
-    } else {
-        let bar = ProgressBar::new(config.ppo.total_timesteps);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}")
-                .expect("valid template"),
-        );
-        Box::new(Bar(bar))
-    };
+    let mut progress = make_progress(args.quiet, config.ppo.total_timesteps);
     let summary = train(TrainRun {
         config: &config,
         run_dir: &run_dir,
@@ -199,6 +289,133 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     println!("TensorBoard: tensorboard --logdir {}", run_dir.tensorboard_dir().display());
     if summary.interrupted {
         println!("resume with: rl-darts train --resume {}", run_dir.root.display());
+    }
+    Ok(())
+}
+
+/// TensorBoard files in `dir`, plus one line per iteration on stdout when `quiet`.
+fn make_sink(dir: &Path, quiet: bool) -> MultiSink {
+    let mut sink = MultiSink::new();
+    match TensorBoardSink::create(dir) {
+        Ok(tb) => sink.push(tb),
+        Err(e) => eprintln!("warning: TensorBoard logging disabled: {e}"),
+    }
+    if quiet {
+        sink.push(StdoutSink::new(Verbosity::Quiet));
+    }
+    sink
+}
+
+/// A progress bar, or plain lines when `quiet`.
+fn make_progress(quiet: bool, total_steps: u64) -> Box<dyn Progress> {
+    if quiet {
+        return Box::new(Lines);
+    }
+    let bar = ProgressBar::new(total_steps);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}")
+            .expect("valid template"),
+    );
+    Box::new(Bar(bar))
+}
+
+/// The pipeline's phases report to the terminal and to TensorBoard files in each phase's
+/// directory.
+struct TerminalReporter {
+    quiet: bool,
+}
+
+impl PipelineReporter for TerminalReporter {
+    fn sink(&mut self, _label: &str, dir: &Path) -> Box<dyn MetricsSink> {
+        Box::new(make_sink(&dir.join(TENSORBOARD_DIR), self.quiet))
+    }
+    fn progress(&mut self, _label: &str) -> Box<dyn Progress> {
+        make_progress(self.quiet, 0)
+    }
+    fn message(&mut self, line: &str) {
+        println!("{line}");
+    }
+}
+
+/// `rl-darts train` without --encoder on a Procgen game: search, derive, retrain + baseline,
+/// eval (train::pipeline), or what remains of them in a --resume'd directory.
+fn run_pipeline(args: TrainArgs) -> anyhow::Result<()> {
+    let (config, root, resuming) = match &args.resume {
+        Some(dir) => {
+            if args.config.is_some()
+                || args.quick
+                || args.env.is_some()
+                || args.encoder.is_some()
+                || args.strategy.is_some()
+                || args.seed.is_some()
+                || !args.sets.is_empty()
+            {
+                bail!("--resume continues a pipeline with its saved config; only --total-steps, --device, --phase, --skip-baseline and --baseline-from may change");
+            }
+            let path = dir.join(CONFIG_FILE);
+            let env = env_in_file(&path)?.unwrap_or_else(|| "coinrun".into());
+            let mut sets = pipeline_flag_sets(&args)?;
+            if let Some(d) = &args.device {
+                sets.push(format!("device={d:?}"));
+            }
+            let config = load_config(Some(&path), pipeline::pipeline_defaults(&env), &sets)?;
+            (config, dir.clone(), true)
+        }
+        None => {
+            let config = resolve_config(&args, true)?;
+            pipeline::validate(&config)?;
+            let root = match &args.run_dir {
+                Some(dir) if dir.join(CONFIG_FILE).is_file() => {
+                    bail!("{} already holds a run; continue it with --resume {}", dir.display(), dir.display())
+                }
+                Some(dir) => dir.clone(),
+                None => pipeline::new_pipeline_dir(Path::new("runs"), &config.env, config.seed)?,
+            };
+            (config, root, false)
+        }
+    };
+    pipeline::validate(&config)?;
+    let stop = install_stop_handler()?;
+    let p = &config.pipeline;
+    println!(
+        "{} the RL-DARTS pipeline on {} ({}): search {} steps, retrain {} steps ({}), seed {} -> {}",
+        if resuming { "resuming" } else { "starting" },
+        config.env,
+        config.device,
+        p.search_timesteps,
+        p.retrain_timesteps,
+        match (&p.baseline_from, p.skip_baseline) {
+            (Some(from), _) => format!("baseline reused from {}", from.display()),
+            (None, true) => "no baseline".to_string(),
+            (None, false) => "and the IMPALA-CNN baseline".to_string(),
+        },
+        config.seed,
+        root.display()
+    );
+    let mut reporter = TerminalReporter { quiet: args.quiet };
+    let outcome = pipeline::run_pipeline(PipelineRun {
+        config: &config,
+        root: &root,
+        only: args.phase,
+        reporter: &mut reporter,
+        stop: &stop,
+    })?;
+    match outcome {
+        PipelineOutcome::Complete(comparison) => {
+            println!("\n{}", comparison.to_markdown());
+            println!(
+                "written to {} and {}",
+                root.join(pipeline::COMPARISON_MD).display(),
+                root.join(pipeline::COMPARISON_JSON).display()
+            );
+            println!("TensorBoard: tensorboard --logdir {}", root.display());
+        }
+        PipelineOutcome::PhaseDone(phase) => {
+            println!("phase {phase} complete; continue with: rl-darts train --resume {}", root.display());
+        }
+        PipelineOutcome::Interrupted(phase) => {
+            println!("stopped in phase {phase}; resume with: rl-darts train --resume {}", root.display());
+        }
     }
     Ok(())
 }

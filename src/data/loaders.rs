@@ -36,9 +36,9 @@ fn read_all(path: &Path, hint: &str) -> Result<Vec<u8>, DataError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| DataError::Io {
+        .map_err(|cause| DataError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
             hint: hint.to_string(),
         })?;
     Ok(bytes)
@@ -55,11 +55,12 @@ fn images_tensor(pixels: Vec<u8>, shape: [i64; 4], scale: f64) -> Tensor {
     Tensor::from_slice(&pixels).view(shape).to_kind(Kind::Float) / scale
 }
 
+const DIGITS_HINT: &str = "Run `make setup` (it exports scikit-learn's digits to .deps/digits/digits.csv), or write \
+     the file yourself from `sklearn.datasets.load_digits()`: one image per line, 64 pixel values 0..16 then the label";
+
 /// scikit-learn's digits (1797 images of 8x8, values 0..16), pixels scaled to [0, 1].
 pub fn load_digits(path: &Path) -> Result<Dataset, DataError> {
-    let hint = "Run `make setup` (it exports scikit-learn's digits to .deps/digits/digits.csv), or write the file \
-                yourself from `sklearn.datasets.load_digits()`: one image per line, 64 pixel values 0..16 then the label";
-    let bytes = read_all(path, hint)?;
+    let bytes = read_all(path, DIGITS_HINT)?;
     let text = String::from_utf8(bytes).map_err(|_| malformed(path, "not UTF-8 text"))?;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
@@ -113,6 +114,39 @@ pub fn load_digits(path: &Path) -> Result<Dataset, DataError> {
     })
 }
 
+fn mnist_hint(dir: &Path) -> String {
+    format!(
+        "Download the four MNIST files ({}; .gz is fine) into {}, e.g. from torchvision's mirror \
+         https://ossci-datasets.s3.amazonaws.com/mnist/ or from https://yann.lecun.com/exdb/mnist/",
+        MNIST_FILES.join(", "),
+        dir.display()
+    )
+}
+
+/// Fails with the loader's message unless all four MNIST files (plain or `.gz`) are in `dir`;
+/// cheap, for checking before a run starts.
+pub fn check_mnist(dir: &Path) -> Result<(), DataError> {
+    for stem in MNIST_FILES {
+        if !dir.join(stem).is_file() {
+            check_readable(&dir.join(format!("{stem}.gz")), &mnist_hint(dir))?;
+        }
+    }
+    Ok(())
+}
+
+/// Fails with the loader's message unless the digits CSV exists.
+pub fn check_digits(path: &Path) -> Result<(), DataError> {
+    check_readable(path, DIGITS_HINT)
+}
+
+fn check_readable(path: &Path, hint: &str) -> Result<(), DataError> {
+    File::open(path).map(drop).map_err(|cause| DataError::Io {
+        path: path.to_path_buf(),
+        cause,
+        hint: hint.to_string(),
+    })
+}
+
 /// `dir/stem` or `dir/stem.gz`, decompressed.
 fn read_maybe_gz(dir: &Path, stem: &str, hint: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
     let plain = dir.join(stem);
@@ -134,12 +168,7 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 
 /// MNIST from IDX files in `dir` (`train` or the t10k test set), pixels scaled to [0, 1].
 pub fn load_mnist(dir: &Path, train: bool) -> Result<Dataset, DataError> {
-    let hint = format!(
-        "Download the four MNIST files ({}; .gz is fine) from https://yann.lecun.com/exdb/mnist/ or a mirror \
-         into {}",
-        MNIST_FILES.join(", "),
-        dir.display()
-    );
+    let hint = mnist_hint(dir);
     let (img_stem, lbl_stem) = if train {
         (MNIST_FILES[0], MNIST_FILES[1])
     } else {
@@ -194,21 +223,56 @@ pub fn load_mnist(dir: &Path, train: bool) -> Result<Dataset, DataError> {
     })
 }
 
-/// CIFAR-10 from the binary batches in `dir` (or `dir/cifar-10-batches-bin`), pixels scaled to
-/// [0, 1]: the 50k training images or the 10k test images.
-pub fn load_cifar10(dir: &Path, train: bool) -> Result<Dataset, DataError> {
-    let nested = dir.join("cifar-10-batches-bin");
-    let dir = if nested.is_dir() {
+/// The tarball unpacks into `cifar-10-batches-bin/`: accept its parent too.
+fn cifar10_dir(dir: &Path) -> PathBuf {
+    let nested = dir.join(CIFAR10_FOLDER);
+    if nested.is_dir() {
         nested
     } else {
         dir.to_path_buf()
+    }
+}
+
+/// The folder the tarball creates.
+const CIFAR10_FOLDER: &str = "cifar-10-batches-bin";
+
+fn cifar10_hint(dir: &Path) -> String {
+    // Where `tar -C` must point so that the files land in `dir`.
+    let unpack_into = if dir.file_name().is_some_and(|n| n == CIFAR10_FOLDER) {
+        match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    } else {
+        dir.to_path_buf()
     };
-    let hint = format!(
-        "Download the binary version (cifar-10-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html and \
-         extract it into {} (files {})",
-        dir.display(),
-        CIFAR10_FILES.join(", ")
-    );
+    format!(
+        "CIFAR-10's binary version is expected in {dir} (files {files}). Download cifar-10-binary.tar.gz \
+         from https://www.cs.toronto.edu/~kriz/cifar.html and unpack it with `mkdir -p {into} && tar -xzf \
+         cifar-10-binary.tar.gz -C {into}` (it creates {into}/{CIFAR10_FOLDER}/), or set data.path to the \
+         folder that holds the files",
+        dir = dir.display(),
+        into = unpack_into.display(),
+        files = CIFAR10_FILES.join(", ")
+    )
+}
+
+/// Fails with the loader's message unless all six CIFAR-10 batch files are in `dir` (or
+/// `dir/cifar-10-batches-bin`); cheap, for checking before a run starts.
+pub fn check_cifar10(dir: &Path) -> Result<(), DataError> {
+    let dir = cifar10_dir(dir);
+    let hint = cifar10_hint(&dir);
+    for name in CIFAR10_FILES {
+        check_readable(&dir.join(name), &hint)?;
+    }
+    Ok(())
+}
+
+/// CIFAR-10 from the binary batches in `dir` (or `dir/cifar-10-batches-bin`), pixels scaled to
+/// [0, 1]: the 50k training images or the 10k test images.
+pub fn load_cifar10(dir: &Path, train: bool) -> Result<Dataset, DataError> {
+    let dir = cifar10_dir(dir);
+    let hint = cifar10_hint(&dir);
     let files: &[&str] = if train {
         &CIFAR10_FILES[..5]
     } else {

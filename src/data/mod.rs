@@ -9,7 +9,10 @@
 
 mod loaders;
 
-pub use loaders::{load_cifar10, load_digits, load_mnist, CIFAR10_FILES, DIGITS_CSV, MNIST_FILES};
+pub use loaders::{
+    check_cifar10, check_digits, check_mnist, load_cifar10, load_digits, load_mnist, CIFAR10_FILES,
+    DIGITS_CSV, MNIST_FILES,
+};
 
 use std::path::PathBuf;
 
@@ -22,10 +25,12 @@ use tch::{Device, Kind, Tensor};
 /// Failures reading a dataset; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}. {hint}")]
+    /// The I/O error is part of the message, not a `source`: anyhow's `{:#}` would print it a
+    /// second time after the hint.
+    #[error("{path}: {cause}. {hint}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
         hint: String,
     },
     #[error("{path}: {message}")]

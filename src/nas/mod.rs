@@ -18,6 +18,7 @@ pub mod error;
 pub mod fixed;
 pub mod genotype;
 pub mod mixed;
+pub mod mlp;
 pub mod network;
 pub mod ops;
 pub mod weights;
@@ -30,6 +31,7 @@ pub use genotype::{
     render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2,
 };
 pub use mixed::MixedOp;
+pub use mlp::{MlpDartsConfig, MlpFixedEncoder, MlpSupernet};
 pub use network::{
     count_parameters, DartsSearchConfig, DartsSearchNet, NasBench201Config, NasBench201SearchNet,
     OpCostTable, RlDartsConfig, RlDartsSupernet, RlDartsVariant, Supernet,

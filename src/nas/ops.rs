@@ -61,11 +61,17 @@ pub enum OpKind {
     NorConv1x1,
     /// `nor_conv_3x3`: NAS-Bench-201: relu, 3x3 conv, BN.
     NorConv3x3,
+    /// `linear_relu`: the `mlp` set for vector observations (features as `[N, C, 1, 1]`): a
+    /// linear layer with bias (a 1x1 conv), then relu.
+    LinearRelu,
+    /// `linear_tanh`: the `mlp` set: a linear layer with bias, then tanh (CleanRL's MLP
+    /// activation for classic control).
+    LinearTanh,
 }
 
 impl OpKind {
     /// Every op of the registry.
-    pub const ALL: [OpKind; 17] = [
+    pub const ALL: [OpKind; 19] = [
         OpKind::None,
         OpKind::MaxPool3x3,
         OpKind::AvgPool3x3,
@@ -83,6 +89,8 @@ impl OpKind {
         OpKind::DilConv5x5Relu,
         OpKind::NorConv1x1,
         OpKind::NorConv3x3,
+        OpKind::LinearRelu,
+        OpKind::LinearTanh,
     ];
 
     /// The name used in genotypes, configs and checkpoints (the DARTS `PRIMITIVES` strings
@@ -106,6 +114,8 @@ impl OpKind {
             OpKind::DilConv5x5Relu => "dil_conv_5x5_relu",
             OpKind::NorConv1x1 => "nor_conv_1x1",
             OpKind::NorConv3x3 => "nor_conv_3x3",
+            OpKind::LinearRelu => "linear_relu",
+            OpKind::LinearTanh => "linear_tanh",
         }
     }
 
@@ -202,6 +212,11 @@ pub enum OpSet {
     /// NAS-Bench-201 (5 ops, xautodl's `NAS_BENCH_201` order).
     #[serde(rename = "nas_bench_201")]
     NasBench201,
+    /// Vector features (4 ops): linear_relu, linear_tanh, skip_connect, none; the RL-DARTS
+    /// default set with its conv made a linear layer and its activations folded into it, for
+    /// MLP supernets on state-vector envs (CartPole).
+    #[serde(rename = "mlp")]
+    Mlp,
 }
 
 const DARTS_OPS: [OpKind; 8] = [
@@ -229,6 +244,12 @@ const RL_DARTS_CONV_OPS: [OpKind; 6] = [
     OpKind::SkipConnect,
     OpKind::None,
 ];
+const MLP_OPS: [OpKind; 4] = [
+    OpKind::LinearRelu,
+    OpKind::LinearTanh,
+    OpKind::SkipConnect,
+    OpKind::None,
+];
 const NAS_BENCH_201_OPS: [OpKind; 5] = [
     OpKind::None,
     OpKind::SkipConnect,
@@ -239,11 +260,12 @@ const NAS_BENCH_201_OPS: [OpKind; 5] = [
 
 impl OpSet {
     /// Every named set, for tests and `--help`.
-    pub const ALL: [OpSet; 4] = [
+    pub const ALL: [OpSet; 5] = [
         OpSet::Darts,
         OpSet::RlDarts,
         OpSet::RlDartsConv,
         OpSet::NasBench201,
+        OpSet::Mlp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -252,6 +274,7 @@ impl OpSet {
             OpSet::RlDarts => "rl_darts",
             OpSet::RlDartsConv => "rl_darts_conv",
             OpSet::NasBench201 => "nas_bench_201",
+            OpSet::Mlp => "mlp",
         }
     }
 
@@ -262,6 +285,7 @@ impl OpSet {
             OpSet::RlDarts => &RL_DARTS_OPS,
             OpSet::RlDartsConv => &RL_DARTS_CONV_OPS,
             OpSet::NasBench201 => &NAS_BENCH_201_OPS,
+            OpSet::Mlp => &MLP_OPS,
         }
     }
 
@@ -286,7 +310,9 @@ impl OpSet {
     pub fn stride_style(self) -> StrideStyle {
         match self {
             OpSet::Darts | OpSet::NasBench201 => StrideStyle::Darts,
-            OpSet::RlDarts | OpSet::RlDartsConv => StrideStyle::AvgPool,
+            // Mlp: a skip between widths needs the RL-DARTS 1x1 projection (a linear layer);
+            // its networks have no reduction cells, so the avg-pool never runs.
+            OpSet::RlDarts | OpSet::RlDartsConv | OpSet::Mlp => StrideStyle::AvgPool,
         }
     }
 
@@ -792,6 +818,10 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
         OpKind::DilConv3x3Relu => vec![conv("conv", 3, 2, true), LayerDesc::Relu],
         OpKind::Conv5x5Relu => vec![conv("conv", 5, 1, true), LayerDesc::Relu],
         OpKind::DilConv5x5Relu => vec![conv("conv", 5, 2, true), LayerDesc::Relu],
+        // On `[N, C, 1, 1]` a 1x1 conv with bias is exactly a linear layer, and its plan's cost
+        // (C_in * C_out multiply-adds, C_in * C_out + C_out parameters) is the linear layer's.
+        OpKind::LinearRelu => vec![conv("linear", 1, 1, true), LayerDesc::Relu],
+        OpKind::LinearTanh => vec![conv("linear", 1, 1, true), LayerDesc::Tanh],
         OpKind::NorConv1x1 | OpKind::NorConv3x3 => {
             let k = if kind == OpKind::NorConv1x1 { 1 } else { 3 };
             // xautodl's ReLUConvBN: the conv has a bias exactly when the BN has no affine.
@@ -1254,6 +1284,8 @@ mod tests {
         assert_eq!(OpSet::RlDarts.len(), 5);
         assert_eq!(OpSet::RlDartsConv.len(), 6);
         assert_eq!(OpSet::NasBench201.len(), 5);
+        assert_eq!(OpSet::Mlp.len(), 4);
+        assert_eq!(OpSet::Mlp.none_index(), Some(3));
         assert_eq!(OpSet::Darts.none_index(), Some(0));
     }
 
@@ -1272,6 +1304,37 @@ mod tests {
             "{err}"
         );
         assert!(serde_json::from_str::<OpKind>("\"conv_7x7\"").is_err());
+    }
+
+    /// `linear_relu` / `linear_tanh` on `[N, C, 1, 1]` equal `act(x W^T + b)` of the same
+    /// weights, and cost what a linear layer costs.
+    #[test]
+    fn linear_ops_are_linear_layers_on_vector_features() {
+        tch::manual_seed(4);
+        let spec = OpSpec {
+            c_in: 5,
+            c_out: 3,
+            stride: 1,
+            affine: false,
+            pool_bn: false,
+            stride_style: OpSet::Mlp.stride_style(),
+        };
+        for (kind, act) in [
+            (OpKind::LinearRelu, Tensor::relu as fn(&Tensor) -> Tensor),
+            (OpKind::LinearTanh, Tensor::tanh),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let op = Op::new(vs.root() / "op", kind, spec).unwrap();
+            let x = Tensor::randn([4, 5], (Kind::Float, Device::Cpu));
+            let y = op.forward_t(&x.view([4, 5, 1, 1]), false).view([4, 3]);
+            let vars = vs.variables();
+            let w = vars["op.linear.weight"].view([3, 5]);
+            let reference = act(&x.linear(&w, Some(&vars["op.linear.bias"])));
+            assert!(y.allclose(&reference, 1e-6, 1e-6, false), "{kind}");
+            // 5 * 3 weights + 3 biases; 15 multiply-adds + 3 activations.
+            let cost = op.cost([5, 1, 1]);
+            assert_eq!((cost.params, cost.flops), (18, 18), "{kind}");
+        }
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!    the training loss, backpropagates, clips and steps the *weights* (never the alphas);
 //! 3. calls [`SearchStrategy::after_weight_step`] with the loss and gradient norm.
 //!
-//! and at each epoch start calls [`SearchStrategy::begin_epoch`]. The strategy owns the alpha
+//! and at each epoch start calls [`SearchStrategy::begin_epoch`]. Once, after building the
+//! strategy (and after loading a checkpoint), it hands over the supernet's per-op costs for the
+//! actual input shape, [`SearchStrategy::set_op_costs`]`(&net.op_costs([C, H, W]))`; strategies
+//! with a resource term (SNAS) need them, the others ignore them. The strategy owns the alpha
 //! optimizer (over the [`ArchParams`] store only) and any sampler state, and checkpoints both.
 //!
 //! # How each method maps onto the trait
@@ -34,18 +37,24 @@
 //!   the mixed term by double backward (default) or [`perturb::fd_mixed_hvp`] as DARTS does.
 //!   K = 0 is DARTS at `w_T` with `xi = gamma`; power iteration optionally estimates the top
 //!   Hessian eigenvalue and warns when `gamma` is too large for the series.
-//! - **SNAS**: single level: `wants_arch_step` is always false; `op_weights(Weights)` zeroes
-//!   the alpha gradients and returns a Gumbel-softmax sample with its graph, so the loop's one
-//!   backward reaches alpha; `after_weight_step` adds the resource penalty's score-function
-//!   gradient `eta * C(Z) * grad log p(Z)` and steps Adam; `begin_epoch` anneals lambda
-//!   linearly; `derive` uses [`DeriveRule::ArgmaxAll`].
-//! - **UNAS**: `arch_step` samples a hard `z` and the relaxed `zeta` with the same noise,
-//!   evaluates `f = L_train + 0.5 |L_val - L_train| (+ latency)` on both through the
-//!   objective, and forms `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`.
-//! - **DARTS-PRIME**: `after_weight_step` updates the EWMA of `||grad_w L_train||^2` (in the
-//!   [`WeightStepReport`]) and the threshold; `wants_arch_step` compares them (the dynamic
-//!   schedule); `arch_step` adds `(t/T)(rho/2) ||softmax(alpha) - P||` with `P` the one-hot
-//!   mask of the current `derive`.
+//! - **SNAS** ([`snas`]): single level: `wants_arch_step` is always false; `op_weights(Weights)`
+//!   zeroes the alpha gradients and returns a Gumbel-softmax sample with its graph, so the
+//!   loop's one backward reaches alpha; `after_weight_step` adds the resource penalty's
+//!   score-function gradient `eta * C(H) * grad log p(H)` (per edge, costs from
+//!   `set_op_costs`) and steps Adam; `begin_epoch` anneals lambda linearly; `Eval` weights and
+//!   `derive` are the argmax child ([`DeriveRule::ArgmaxAll`]).
+//! - **Joint first order** ([`joint`], RL-DARTS's default): single level like SNAS but
+//!   deterministic: `op_weights(Weights)` is `softmax(alpha / T)` with its graph, so the loop's
+//!   one backward of the training loss reaches the alphas; `after_weight_step` steps their Adam.
+//! - **UNAS** ([`unas`]): `arch_step` samples a hard `z` and the relaxed `zeta` with the same noise,
+//!   evaluates `f = L_train + 0.5 |L_val - L_train|` on both through the objective, and forms
+//!   `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`, or REBAR's unbiased form with a
+//!   conditional sample `zeta~ | z` (the default); `op_weights(Weights)` is a hard sample.
+//! - **DARTS-PRIME** ([`darts_prime`]): `after_weight_step` updates the EWMA of
+//!   `||grad_w L_train||^2` (in the [`WeightStepReport`]) and the threshold, and decides the
+//!   next iteration; `wants_arch_step` reads that decision (the dynamic schedule); `arch_step`
+//!   adds `(t/T)(rho/2) ||softmax(alpha) - P||` with `P` the one-hot mask of the current
+//!   `derive` (or the ADMM term).
 //! - **GDAS**: `op_weights` returns straight-through hard one-hot weights `h - sg(p) + p` as
 //!   [`crate::nas::OpWeights::one_hot`], so the supernet evaluates only the sampled op per
 //!   edge; `begin_epoch` anneals tau linearly 10 -> 0.1.
@@ -59,27 +68,44 @@
 //! a name in [`STRATEGY_NAMES`] and a preset in `configs/`.
 
 pub mod darts;
+pub mod darts_prime;
 pub mod gdas;
 pub mod idarts;
+pub mod joint;
 pub mod optim;
 pub mod perturb;
 pub mod random;
+pub mod snas;
+pub mod unas;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, NasError};
+use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, NasError, OpCostTable};
 
 pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
+pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer};
 pub use gdas::{Gdas, GdasParams};
 pub use idarts::{IDarts, IDartsParams};
+pub use joint::{Joint, JointParams};
 pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
+pub use snas::{CostMetric, Snas, SnasParams};
+pub use unas::{Unas, UnasEstimator, UnasParams};
 
 /// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
-pub const STRATEGY_NAMES: &[&str] = &["darts", "random", "gdas", "idarts"];
+pub const STRATEGY_NAMES: &[&str] = &[
+    "darts",
+    "random",
+    "gdas",
+    "idarts",
+    "snas",
+    "joint",
+    "darts_prime",
+    "unas",
+];
 
 /// Errors of the search layer, one variant per boundary.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +237,13 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
         Ok(None)
     }
 
+    /// Per-op costs of the supernet for the actual input shape, `[num_edges][num_ops]` per cell
+    /// type; the loop calls this once after building (and after loading). Strategies without a
+    /// resource term ignore it.
+    fn set_op_costs(&mut self, _costs: &OpCostTable) -> Result<(), SearchError> {
+        Ok(())
+    }
+
     /// The discrete architecture the alphas currently describe.
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError>;
 
@@ -245,6 +278,17 @@ pub enum StrategyConfig {
     Gdas(GdasParams),
     /// iDARTS (Zhang et al. 2021): implicit hypergradient, Neumann series.
     Idarts(IDartsParams),
+    /// SNAS (Xie et al. 2019): single level, Gumbel-softmax samples, resource constraint.
+    Snas(SnasParams),
+    /// Joint first-order DARTS (RL-DARTS's default): alphas follow the training loss, single
+    /// level.
+    Joint(JointParams),
+    /// DARTS-PRIME (Maile et al. 2021): dynamic alpha-step schedule, proximity (or ADMM)
+    /// regularisation towards the derived genotype.
+    DartsPrime(DartsPrimeParams),
+    /// UNAS (Vahdat et al. 2020): REINFORCE + relaxed (REBAR) estimator of the expected
+    /// generalisation-gap objective.
+    Unas(UnasParams),
 }
 
 /// What TOML holds: like [`StrategyConfig`], but `params` may be left out (`--set
@@ -262,6 +306,10 @@ enum RawStrategy {
     Random(Option<RandomParams>),
     Gdas(Option<GdasParams>),
     Idarts(Option<IDartsParams>),
+    Snas(Option<SnasParams>),
+    Joint(Option<JointParams>),
+    DartsPrime(Option<DartsPrimeParams>),
+    Unas(Option<UnasParams>),
 }
 
 impl From<RawStrategy> for StrategyConfig {
@@ -271,6 +319,10 @@ impl From<RawStrategy> for StrategyConfig {
             RawStrategy::Random(p) => StrategyConfig::Random(p.unwrap_or_default()),
             RawStrategy::Gdas(p) => StrategyConfig::Gdas(p.unwrap_or_default()),
             RawStrategy::Idarts(p) => StrategyConfig::Idarts(p.unwrap_or_default()),
+            RawStrategy::Snas(p) => StrategyConfig::Snas(p.unwrap_or_default()),
+            RawStrategy::Joint(p) => StrategyConfig::Joint(p.unwrap_or_default()),
+            RawStrategy::DartsPrime(p) => StrategyConfig::DartsPrime(p.unwrap_or_default()),
+            RawStrategy::Unas(p) => StrategyConfig::Unas(p.unwrap_or_default()),
         }
     }
 }
@@ -289,6 +341,10 @@ impl StrategyConfig {
             StrategyConfig::Random(_) => "random",
             StrategyConfig::Gdas(_) => "gdas",
             StrategyConfig::Idarts(_) => "idarts",
+            StrategyConfig::Snas(_) => "snas",
+            StrategyConfig::Joint(_) => "joint",
+            StrategyConfig::DartsPrime(_) => "darts_prime",
+            StrategyConfig::Unas(_) => "unas",
         }
     }
 
@@ -299,6 +355,10 @@ impl StrategyConfig {
             "random" => Ok(StrategyConfig::Random(RandomParams::default())),
             "gdas" => Ok(StrategyConfig::Gdas(GdasParams::default())),
             "idarts" => Ok(StrategyConfig::Idarts(IDartsParams::default())),
+            "snas" => Ok(StrategyConfig::Snas(SnasParams::default())),
+            "joint" => Ok(StrategyConfig::Joint(JointParams::default())),
+            "darts_prime" => Ok(StrategyConfig::DartsPrime(DartsPrimeParams::default())),
+            "unas" => Ok(StrategyConfig::Unas(UnasParams::default())),
             other => Err(SearchError::Invalid(format!(
                 "unknown search strategy '{other}'; valid: {}",
                 STRATEGY_NAMES.join(", ")
@@ -318,6 +378,10 @@ impl StrategyConfig {
             StrategyConfig::Random(p) => Box::new(RandomSearch::new(arch, p.clone(), seed)?),
             StrategyConfig::Gdas(p) => Box::new(Gdas::new(arch, p.clone(), seed)?),
             StrategyConfig::Idarts(p) => Box::new(IDarts::new(arch, p.clone())?),
+            StrategyConfig::Snas(p) => Box::new(Snas::new(arch, p.clone(), seed)?),
+            StrategyConfig::Joint(p) => Box::new(Joint::new(arch, p.clone())?),
+            StrategyConfig::DartsPrime(p) => Box::new(DartsPrime::new(arch, p.clone())?),
+            StrategyConfig::Unas(p) => Box::new(Unas::new(arch, p.clone(), seed)?),
         })
     }
 }

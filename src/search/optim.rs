@@ -368,7 +368,11 @@ mod tests {
             (&w * &w * 0.5).sum(Kind::Double).backward();
             sgd.step();
         }
-        assert!((w.double_value(&[0]) - 0.6931).abs() < 1e-12);
+        // By hand: g=1.1, buf=1.1, w=0.89; g=0.979, buf=0.9*1.1+0.979=1.969, w=0.89-0.1969.
+        // (That it is close to ln 2 is a coincidence, hence the allow.)
+        #[allow(clippy::approx_constant)]
+        let expected = 0.6931;
+        assert!((w.double_value(&[0]) - expected).abs() < 1e-12);
     }
 
     /// Adam's first step moves every parameter by lr * sign(g) (bias-corrected m / sqrt(v)).

@@ -1,6 +1,9 @@
 //! PPO training runs (Cobbe et al. 2020's Procgen recipe, CleanRL's tags): configuration,
 //! the loop around `PpoTrainer` with logging, progress, checkpoints and exact resume, and
-//! evaluation of a checkpoint on chosen levels.
+//! evaluation of a checkpoint on chosen levels. With a supernet encoder (`rl_darts`,
+//! `mlp_darts`) the same loop searches its architecture with any strategy of
+//! [`crate::search`] (RL-DARTS, Miao, Song et al. 2021; how PPO drives a strategy: see
+//! [`super::arch`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -10,14 +13,23 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::arch::{ArchSearch, RlDartsSearchConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::arch::{ArchSearch, RlDartsSearchConfig, RlSearchConfig, SearchBatch};
 use super::run_dir::{run_of_checkpoint, RunDir};
 use super::TrainError;
-use crate::agents::{ActorCritic, Encoder, ImpalaCnn, ImpalaConfig, IterationStats, Mlp, MlpConfig, PpoConfig, PpoTrainer};
+use crate::agents::{
+    collect_rollout, ActorCritic, Batch, Encoder, ImpalaCnn, ImpalaConfig, IterationStats, Mlp, MlpConfig, PpoConfig,
+    PpoTrainer, RewardNormalizer, RolloutStorage,
+};
 use crate::envs::procgen::{find_game, normalized_return, ProcgenOptions, ProcgenVecEnv};
 use crate::envs::{gym::GYM_ENVS, make_vec_env, EnvSpec, EpisodeStats, VecEnv};
 use crate::logging::{tags, MetricsSink};
-use crate::nas::{Genotype, RlDartsConfig, RlDartsFixedEncoder, RlDartsSupernet};
+use crate::nas::{
+    Genotype, MlpDartsConfig, MlpFixedEncoder, MlpSupernet, RlDartsConfig, RlDartsFixedEncoder, RlDartsSupernet,
+    Supernet,
+};
 
 /// Which network turns observations into features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,11 +39,37 @@ pub enum EncoderConfig {
     Impala(ImpalaConfig),
     /// A tanh MLP, for state-vector envs such as CartPole.
     Mlp(MlpConfig),
-    /// RL-DARTS: a DARTS supernet whose alphas are searched jointly with PPO (first order).
+    /// RL-DARTS: a DARTS supernet over images whose alphas are searched during PPO by the
+    /// strategy of `[search.strategy]` (default: joint first order, as RL-DARTS).
     RlDarts(RlDartsSearchConfig),
     /// RL-DARTS retraining: the discrete cell derived by an `rl_darts` search, in the same
     /// layout, trained from scratch (Miao, Song et al. 2021, section 3).
     RlDartsFixed(RlDartsFixedConfig),
+    /// The RL-DARTS search over state vectors (CartPole): an MLP supernet of cells over the
+    /// `mlp` op set (linear_relu, linear_tanh, skip_connect, none), searched like `rl_darts`.
+    MlpDarts(MlpDartsSearchConfig),
+    /// The discrete cell derived by an `mlp_darts` search, in the same layout, from scratch.
+    MlpDartsFixed(MlpDartsFixedConfig),
+}
+
+/// `[encoder] kind = "mlp_darts"`: the searched vector encoder. How its alphas learn is
+/// `[search]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpDartsSearchConfig {
+    /// Cells, nodes, width, op set (default: 2 cells of 4 nodes, 64 features, `mlp` ops).
+    pub supernet: MlpDartsConfig,
+}
+
+/// `[encoder] kind = "mlp_darts_fixed"`: a genotype derived by an `mlp_darts` search and the
+/// supernet layout it was searched in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpDartsFixedConfig {
+    /// genotype.json (or the DARTS text form) written by an `mlp_darts` search run. Required.
+    pub genotype: PathBuf,
+    /// The layout of the search's `encoder.params.supernet` (same keys and defaults).
+    pub supernet: MlpDartsConfig,
 }
 
 /// `[encoder] kind = "rl_darts_fixed"`: a derived genotype and the supernet layout it was
@@ -59,7 +97,14 @@ impl EncoderConfig {
             EncoderConfig::Mlp(_) => "mlp",
             EncoderConfig::RlDarts(_) => "rl_darts",
             EncoderConfig::RlDartsFixed(_) => "rl_darts_fixed",
+            EncoderConfig::MlpDarts(_) => "mlp_darts",
+            EncoderConfig::MlpDartsFixed(_) => "mlp_darts_fixed",
         }
+    }
+
+    /// Whether this encoder is a supernet whose architecture the run searches.
+    pub fn is_supernet(&self) -> bool {
+        matches!(self, EncoderConfig::RlDarts(_) | EncoderConfig::MlpDarts(_))
     }
 }
 
@@ -96,6 +141,11 @@ pub struct TrainConfig {
     /// Training levels (Procgen only). Paper protocol: easy, 200 levels from 0.
     pub procgen: ProcgenOptions,
     pub checkpoint: CheckpointConfig,
+    /// Architecture search: read only with a supernet encoder (`rl_darts`, `mlp_darts`).
+    pub search: RlSearchConfig,
+    /// Budgets and evaluation of the RL-DARTS pipeline (`rl-darts train` without --encoder);
+    /// unused by a single PPO run. See train::pipeline.
+    pub pipeline: super::pipeline::PipelineConfig,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +166,8 @@ impl TrainConfig {
             ppo: PpoConfig::default(),
             procgen: ProcgenOptions { num_levels: 200, start_level: 0, ..ProcgenOptions::default() },
             checkpoint: CheckpointConfig::default(),
+            search: RlSearchConfig::default(),
+            pipeline: super::pipeline::PipelineConfig::default(),
         }
     }
 
@@ -145,7 +197,7 @@ impl TrainConfig {
 }
 
 /// Builds the encoder `config` describes for observations of `spec`; a searched encoder
-/// reads its op weights from `arch`.
+/// reads its op weights from `arch` (and hands its per-op costs to `arch`'s strategy).
 pub fn build_encoder(
     p: nn::Path,
     spec: &EnvSpec,
@@ -153,11 +205,38 @@ pub fn build_encoder(
     arch: Option<&ArchSearch>,
 ) -> Result<Box<dyn Encoder>, TrainError> {
     let shape = crate::agents::policy::encoder_input_shape(spec);
+    let need_arch = || {
+        arch.ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "the {} encoder reads its op weights from an architecture search; build it with build_policy",
+                config.name()
+            ))
+        })
+    };
+    let supernet_err = |e: crate::nas::NasError| TrainError::Invalid(format!("encoder.params.supernet: {e}"));
     Ok(match config {
         EncoderConfig::RlDarts(c) => {
-            let arch = arch.expect("build_policy creates the arch search for rl_darts");
-            let net = RlDartsSupernet::new(p, &c.supernet, &shape, arch.slot.clone())
-                .map_err(|e| TrainError::Invalid(format!("encoder.params.supernet: {e}")))?;
+            let arch = need_arch()?;
+            let net = RlDartsSupernet::new(p, &c.supernet, &shape, arch.slot.clone()).map_err(supernet_err)?;
+            if let &[ch, h, w] = shape.as_slice() {
+                arch.set_op_costs(net.op_costs([ch, h, w]))?;
+            }
+            Box::new(net)
+        }
+        EncoderConfig::MlpDarts(c) => {
+            let arch = need_arch()?;
+            let net = MlpSupernet::new(p, &c.supernet, &shape, arch.slot.clone()).map_err(supernet_err)?;
+            arch.set_op_costs(net.op_costs([shape[0], 1, 1]))?;
+            Box::new(net)
+        }
+        EncoderConfig::MlpDartsFixed(c) => {
+            let genotype = load_genotype(&c.genotype, "mlp_darts")?;
+            let net = MlpFixedEncoder::new(p, &c.supernet, &genotype, &shape).map_err(|e| {
+                TrainError::Invalid(format!(
+                    "encoder.params: genotype {} does not fit the supernet layout: {e}",
+                    c.genotype.display()
+                ))
+            })?;
             Box::new(net)
         }
         EncoderConfig::Impala(c) => {
@@ -171,13 +250,7 @@ pub fn build_encoder(
         }
         EncoderConfig::Mlp(c) => Box::new(Mlp::new(p, &shape, c)?),
         EncoderConfig::RlDartsFixed(c) => {
-            if c.genotype.as_os_str().is_empty() {
-                return Err(TrainError::Invalid(
-                    "encoder.params.genotype is required: the genotype.json an rl_darts search wrote".into(),
-                ));
-            }
-            let genotype = Genotype::load(&c.genotype)
-                .map_err(|e| TrainError::Invalid(format!("encoder.params.genotype: {e}")))?;
+            let genotype = load_genotype(&c.genotype, "rl_darts")?;
             let net = RlDartsFixedEncoder::new(p, &c.supernet, &genotype, &shape).map_err(|e| {
                 TrainError::Invalid(format!(
                     "encoder.params: genotype {} does not fit the supernet layout: {e}",
@@ -187,6 +260,16 @@ pub fn build_encoder(
             Box::new(net)
         }
     })
+}
+
+/// The genotype a `*_fixed` encoder retrains.
+fn load_genotype(path: &Path, search_kind: &str) -> Result<Genotype, TrainError> {
+    if path.as_os_str().is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "encoder.params.genotype is required: the genotype.json an {search_kind} search wrote"
+        )));
+    }
+    Genotype::load(path).map_err(|e| TrainError::Invalid(format!("encoder.params.genotype: {e}")))
 }
 
 fn make_env(config: &TrainConfig, procgen: &ProcgenOptions) -> Result<Box<dyn VecEnv>, TrainError> {
@@ -201,7 +284,14 @@ pub fn build_policy(
     device: Device,
 ) -> Result<(nn::VarStore, ActorCritic, Option<ArchSearch>), TrainError> {
     let arch = match &config.encoder {
-        EncoderConfig::RlDarts(c) => Some(ArchSearch::new(c, device)?),
+        EncoderConfig::RlDarts(c) => {
+            let (space, reduce) = (c.supernet.space(), c.supernet.has_reduction_cells());
+            Some(ArchSearch::new(&config.search, space, reduce, device, config.seed)?)
+        }
+        EncoderConfig::MlpDarts(c) => {
+            let (space, reduce) = (c.supernet.space(), c.supernet.has_reduction_cells());
+            Some(ArchSearch::new(&config.search, space, reduce, device, config.seed)?)
+        }
         _ => None,
     };
     let vs = nn::VarStore::new(device);
@@ -210,8 +300,9 @@ pub fn build_policy(
     Ok((vs, policy, arch))
 }
 
-/// Builds the trainer for `config` on `device`; a searched encoder's alpha optimizer is
-/// stepped on every PPO backward pass (RL-DARTS joint first-order mode).
+/// Builds the trainer for `config` on `device`; with a searched encoder, the strategy's
+/// `after_weight_step` runs after every PPO minibatch (where single-level strategies, such as
+/// RL-DARTS's joint first-order default, step the alphas on the same backward pass).
 pub fn build_trainer(
     config: &TrainConfig,
     spec: &EnvSpec,
@@ -254,6 +345,9 @@ pub struct TrainSummary {
     pub steps_per_sec: f64,
     pub rollout_secs: f64,
     pub update_secs: f64,
+    /// Seconds in the architecture search outside the PPO update (search rollouts and alpha
+    /// steps of bilevel strategies); counted in `steps_per_sec`.
+    pub search_secs: f64,
 }
 
 /// Progress reporting for the loop (a bar in the CLI, nothing in tests).
@@ -305,6 +399,10 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     let spec = env.spec().clone();
     let (mut trainer, mut arch) = build_trainer(config, &spec, device)?;
     let game = config.is_procgen().then(|| find_game(&config.env)).transpose()?;
+    if arch.is_some() {
+        search_env_options(config)?;
+    }
+    let mut search = SearchLoop::new(config.seed);
 
     let mut state = LoopState::default();
     let mut last_checkpoint = None;
@@ -318,6 +416,7 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         trainer.load(&ckpt)?;
         if let Some(a) = arch.as_mut() {
             a.load(&ckpt)?;
+            search.load(&ckpt, config, device)?;
         }
         let env_state = read(&ckpt.join(ENV_STATE_FILE))?;
         env.load_state(&env_state)?;
@@ -330,11 +429,17 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         run.sink.text("config", &markdown, 0);
     }
 
-    let save = |trainer: &PpoTrainer, arch: Option<&ArchSearch>, env: &dyn VecEnv, state: &LoopState| -> Result<PathBuf, TrainError> {
+    let save = |trainer: &PpoTrainer,
+                arch: Option<&ArchSearch>,
+                search: &SearchLoop,
+                env: &dyn VecEnv,
+                state: &LoopState|
+     -> Result<PathBuf, TrainError> {
         run.run_dir.save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
             trainer.save(dir)?;
             if let Some(a) = arch {
                 a.save(dir)?;
+                search.save(dir)?;
             }
             write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
             let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
@@ -344,18 +449,75 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
 
     let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
     let batch = config.ppo.batch_size();
-    let (mut rollout_secs, mut update_secs, mut iterations_here) = (0.0, 0.0, 0u64);
+    let (mut rollout_secs, mut update_secs, mut search_secs, mut iterations_here) = (0.0, 0.0, 0.0, 0u64);
+    // Weight steps per PPO update (fewer after a target_kl stop).
+    let planned_steps = (config.ppo.update_epochs * config.ppo.num_minibatches) as u64;
     let started = Instant::now();
     let mut interrupted = false;
     while !trainer.is_done() {
         if run.max_iterations.is_some_and(|m| iterations_here >= m) {
             break;
         }
+        // Architecture search, before the update: the strategy's epoch, and for bilevel
+        // strategies the search rollout, collected by the policy that collects the training
+        // rollout next (see train::arch).
+        let search_start = Instant::now();
+        let mut search_batch = None;
+        let first_step = arch.as_ref().map_or(0, |a| a.weight_steps());
+        if let Some(a) = &arch {
+            a.begin_iteration(trainer.iterations_done(), config.ppo.num_iterations());
+            a.set_weight_lr(trainer.learning_rate());
+            if a.wants_arch_steps(first_step, planned_steps) {
+                let (batch, episodes) = search.collect(config, device, &trainer.policy)?;
+                a.take_error()?;
+                log_search_episodes(run.sink, &episodes, trainer.global_step() as i64 + batch_steps(config));
+                search_batch = Some(batch);
+            }
+        }
+        let mut search_here = search_start.elapsed().as_secs_f64();
+
         let stats = trainer.iteration(env.as_mut())?;
+        if let Some(a) = &arch {
+            a.take_error()?;
+        }
         iterations_here += 1;
         rollout_secs += stats.rollout_secs;
         update_secs += stats.update_secs;
         check_finite(&stats, last_checkpoint.as_deref())?;
+
+        // Alpha steps of bilevel strategies, after the update (train::arch explains the order).
+        if let (Some(a), Some(search_batch)) = (&arch, &search_batch) {
+            let arch_start = Instant::now();
+            let steps = (first_step, stats.ppo.minibatches as u64);
+            let (_, next_value) = tch::no_grad(|| trainer.policy.forward(&trainer.storage.next_obs, false));
+            // The trainer's own batch bootstrapped from the pre-update value, which it does not
+            // keep; this one bootstraps the last step of each env from the updated critic.
+            let train_batch = trainer.storage.compute_batch(&next_value, config.ppo.gamma, config.ppo.gae_lambda)?;
+            let minibatch = (search_batch.len() as usize / config.ppo.num_minibatches).max(1);
+            let arch_stats = a.arch_phase(
+                &trainer.policy,
+                &config.ppo,
+                trainer.optimizer.parameters(),
+                buffers(&trainer.vs),
+                &train_batch,
+                search_batch,
+                minibatch,
+                &mut search.rng,
+                steps,
+            )?;
+            a.take_error()?;
+            if let Some((s, count)) = arch_stats {
+                log_arch_steps(run.sink, "bilevel", &s, count, stats.global_step as i64);
+            }
+            search_here += arch_start.elapsed().as_secs_f64();
+        }
+        if let Some(a) = &arch {
+            if let Some((s, count)) = a.take_hook_stats() {
+                log_arch_steps(run.sink, "single_level", &s, count, stats.global_step as i64);
+            }
+            run.sink.scalar("perf/search_secs", search_here, stats.global_step as i64);
+        }
+        search_secs += search_here;
         for ep in &stats.episodes {
             state.recent_returns.push_back(ep.episode_return);
             if state.recent_returns.len() > RETURN_WINDOW {
@@ -393,15 +555,15 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
 
         let stop = run.stop.load(Ordering::SeqCst);
         if stop || trainer.iterations_done() % config.checkpoint.every.max(1) == 0 || trainer.is_done() {
-            last_checkpoint = Some(save(&trainer, arch.as_ref(), env.as_ref(), &state)?);
+            last_checkpoint = Some(save(&trainer, arch.as_ref(), &search, env.as_ref(), &state)?);
         }
         if stop {
             interrupted = true;
             break;
         }
     }
-    if !interrupted && last_checkpoint.as_ref().map_or(true, |c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done()))) {
-        last_checkpoint = Some(save(&trainer, arch.as_ref(), env.as_ref(), &state)?);
+    if !interrupted && last_checkpoint.as_ref().is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done()))) {
+        last_checkpoint = Some(save(&trainer, arch.as_ref(), &search, env.as_ref(), &state)?);
     }
     if let Some(a) = &arch {
         let g = a.write_genotype(&run.run_dir.root)?;
@@ -419,9 +581,10 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         episodes: state.episodes_done,
         interrupted,
         last_checkpoint,
-        steps_per_sec: (iterations_here * batch as u64) as f64 / (rollout_secs + update_secs).max(1e-9),
+        steps_per_sec: (iterations_here * batch as u64) as f64 / (rollout_secs + update_secs + search_secs).max(1e-9),
         rollout_secs,
         update_secs,
+        search_secs,
     };
     run.progress.finish(&format!(
         "{} after {} steps: mean return (last 100) {}",
@@ -432,6 +595,160 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     let path = run.run_dir.root.join("summary.json");
     write(&path, &serde_json::to_vec_pretty(&summary).expect("summary serialises"))?;
     Ok(summary)
+}
+
+/// Env steps of one training rollout.
+fn batch_steps(config: &TrainConfig) -> i64 {
+    config.ppo.batch_size() as i64
+}
+
+/// BatchNorm running statistics of the weight store (every non-trainable variable), in name
+/// order: what a virtual weight step must restore.
+fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, t)| t).collect()
+}
+
+fn log_arch_steps(sink: &mut dyn MetricsSink, kind: &str, s: &crate::search::ArchStepStats, count: u32, step: i64) {
+    let tags = [
+        format!("search/{kind}_arch_loss"),
+        format!("search/{kind}_arch_grad_norm"),
+        format!("search/{kind}_arch_steps"),
+    ];
+    sink.scalars(&[(tags[0].as_str(), s.loss), (tags[1].as_str(), s.grad_norm), (tags[2].as_str(), f64::from(count))], step);
+}
+
+fn log_search_episodes(sink: &mut dyn MetricsSink, episodes: &[EpisodeStats], step: i64) {
+    for ep in episodes {
+        sink.scalar("search/episodic_return", ep.episode_return, step);
+    }
+}
+
+const SEARCH_ENV_STATE_FILE: &str = "search_env_state.bin";
+const SEARCH_LOOP_FILE: &str = "search_loop.json";
+/// Offsets the search envs' level-seed generator from the training envs' one, so the two sets
+/// of envs never replay each other's level sequence.
+const SEARCH_SEED_OFFSET: u64 = 1_000_003;
+
+/// The env options of the search rollout (`[search] search_batch`), or why they cannot work.
+fn search_env_options(config: &TrainConfig) -> Result<(u64, ProcgenOptions), TrainError> {
+    let s = &config.search;
+    if s.search_envs == Some(0) {
+        return Err(TrainError::Invalid("search.search_envs must be at least 1".into()));
+    }
+    let base = config.procgen.rand_seed.map_or(config.seed, |r| r as u64);
+    let seed = base.wrapping_add(SEARCH_SEED_OFFSET);
+    let mut options =
+        ProcgenOptions { rand_seed: Some((seed % i32::MAX as u64) as i32), ..config.procgen.clone() };
+    if s.search_batch == SearchBatch::HeldoutLevels {
+        if !config.is_procgen() {
+            return Err(TrainError::Invalid(format!(
+                "search.search_batch = \"heldout_levels\" needs a Procgen env ('{}' has no levels); use \"rollout_split\"",
+                config.env
+            )));
+        }
+        if config.procgen.num_levels <= 0 || s.heldout_num_levels <= 0 {
+            return Err(TrainError::Invalid(format!(
+                "search.search_batch = \"heldout_levels\" needs procgen.num_levels > 0 (training on a finite level set) and search.heldout_num_levels > 0; got {} and {}",
+                config.procgen.num_levels, s.heldout_num_levels
+            )));
+        }
+        let start = i64::from(config.procgen.start_level) + i64::from(config.procgen.num_levels);
+        options.start_level = i32::try_from(start)
+            .map_err(|_| TrainError::Invalid(format!("held-out levels would start at {start}, beyond int32")))?;
+        options.num_levels = s.heldout_num_levels;
+    }
+    Ok((seed, options))
+}
+
+/// The search envs of a bilevel strategy and their rollout storage.
+struct SearchEnv {
+    env: Box<dyn VecEnv>,
+    storage: RolloutStorage,
+    normalizer: Option<RewardNormalizer>,
+}
+
+/// The loop's side of the search: the search envs (built when a bilevel strategy first asks
+/// for an alpha step; single-level strategies never need them) and the generator for their
+/// actions and for the alpha steps' minibatches, all checkpointed.
+struct SearchLoop {
+    env: Option<SearchEnv>,
+    rng: ChaCha8Rng,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SearchLoopState {
+    rng: ChaCha8Rng,
+    normalizer: Option<RewardNormalizer>,
+    has_env: bool,
+}
+
+impl SearchLoop {
+    fn new(seed: u64) -> Self {
+        Self { env: None, rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(SEARCH_SEED_OFFSET)) }
+    }
+
+    fn build_env(config: &TrainConfig, device: Device) -> Result<SearchEnv, TrainError> {
+        let (seed, options) = search_env_options(config)?;
+        let search_envs = config.search.search_envs(config.ppo.num_envs);
+        let env = make_vec_env(&config.env, search_envs, seed, &options)?;
+        let storage = RolloutStorage::new(env.spec(), config.ppo.num_steps, device)?;
+        let normalizer = config
+            .ppo
+            .norm_reward
+            .then(|| RewardNormalizer::new(search_envs, config.ppo.gamma, config.ppo.reward_clip));
+        Ok(SearchEnv { env, storage, normalizer })
+    }
+
+    /// One rollout of the search envs with `policy` (rewards normalised like the training
+    /// rollout's, by their own running statistics, so the value loss sees one scale) and its
+    /// PPO batch.
+    fn collect(
+        &mut self,
+        config: &TrainConfig,
+        device: Device,
+        policy: &ActorCritic,
+    ) -> Result<(Batch, Vec<EpisodeStats>), TrainError> {
+        if self.env.is_none() {
+            self.env = Some(Self::build_env(config, device)?);
+        }
+        let s = self.env.as_mut().expect("built above");
+        let episodes = collect_rollout(s.env.as_mut(), policy, &mut s.storage, s.normalizer.as_mut(), &mut self.rng)?;
+        let (_, next_value) = tch::no_grad(|| policy.forward(&s.storage.next_obs, false));
+        let batch = s.storage.compute_batch(&next_value, config.ppo.gamma, config.ppo.gae_lambda)?;
+        Ok((batch, episodes))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let state = SearchLoopState {
+            rng: self.rng.clone(),
+            normalizer: self.env.as_ref().and_then(|s| s.normalizer.clone()),
+            has_env: self.env.is_some(),
+        };
+        if let Some(s) = &self.env {
+            write(&dir.join(SEARCH_ENV_STATE_FILE), &s.env.save_state()?)?;
+        }
+        write(&dir.join(SEARCH_LOOP_FILE), &serde_json::to_vec_pretty(&state).expect("search loop state serialises"))
+    }
+
+    fn load(&mut self, dir: &Path, config: &TrainConfig, device: Device) -> Result<(), TrainError> {
+        let path = dir.join(SEARCH_LOOP_FILE);
+        let state: SearchLoopState = serde_json::from_slice(&read(&path)?)
+            .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        self.rng = state.rng;
+        self.env = None;
+        if state.has_env {
+            let mut s = Self::build_env(config, device)?;
+            s.env.load_state(&read(&dir.join(SEARCH_ENV_STATE_FILE))?)?;
+            if state.normalizer.as_ref().map(|n| n.returns.len()) != s.normalizer.as_ref().map(|n| n.returns.len()) {
+                return Err(TrainError::Checkpoint { path, reason: "search reward normaliser state does not fit".into() });
+            }
+            s.normalizer = state.normalizer;
+            self.env = Some(s);
+        }
+        Ok(())
+    }
 }
 
 fn check_finite(stats: &IterationStats, last_checkpoint: Option<&Path>) -> Result<(), TrainError> {
@@ -574,7 +891,7 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
     let spec = env.spec().clone();
     let (mut vs, policy, mut arch) = build_policy(&config, &spec, device)?;
     if let Some(a) = arch.as_mut() {
-        a.load_alphas(&ckpt)?;
+        a.load(&ckpt)?;
     }
     let weights = ckpt.join("weights.safetensors");
     vs.load(&weights).map_err(|e| TrainError::Checkpoint {

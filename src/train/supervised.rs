@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::nn;
@@ -17,7 +17,8 @@ use tch::{Device, Kind, Tensor};
 use super::rl::Progress;
 use super::run_dir::RunDir;
 use crate::data::{
-    epoch_batches, load_cifar10, load_digits, load_mnist, Augment, DataError, Dataset, Normalizer,
+    check_cifar10, check_digits, check_mnist, epoch_batches, load_cifar10, load_digits, load_mnist,
+    Augment, DataError, Dataset, Normalizer,
 };
 use crate::logging::MetricsSink;
 use crate::nas::{
@@ -115,6 +116,17 @@ impl DataConfig {
             DatasetKind::Mnist => "mnist",
             DatasetKind::Cifar10 => "cifar10",
         }
+    }
+
+    /// Fails with the loader's message (which says what to download and where) unless the
+    /// dataset's files exist; cheap, so the CLI checks before creating a run directory.
+    pub fn check_present(&self) -> Result<(), SupervisedError> {
+        match self.dataset {
+            DatasetKind::Digits => check_digits(&self.path)?,
+            DatasetKind::Mnist => check_mnist(&self.path)?,
+            DatasetKind::Cifar10 => check_cifar10(&self.path)?,
+        }
+        Ok(())
     }
 
     /// `(train, test)`, normalised with statistics of the training images (CIFAR-10: the
@@ -525,6 +537,39 @@ fn batch(
     (augment.apply(&sub.images, rng), sub.labels)
 }
 
+/// What [`weight_step`] did.
+pub struct WeightStep {
+    /// `[N, num_classes]`, with graph.
+    pub logits: Tensor,
+    pub loss: f64,
+    /// Squared global gradient norm before clipping.
+    pub grad_norm_sq: f64,
+}
+
+/// The weight half of a search iteration (`train_search.py` `train`): cross-entropy on the
+/// train batch with the given op weights, backward, global-norm clipping, SGD step. Public so
+/// that the search benchmark (examples/bench_darts_search.rs) times exactly this code.
+pub fn weight_step(
+    net: &dyn Supernet,
+    weights: &CellWeights,
+    sgd: &mut Sgd,
+    x: &Tensor,
+    y: &Tensor,
+    grad_clip: f64,
+) -> WeightStep {
+    sgd.zero_grad();
+    let logits = net.forward_with(x, weights, true);
+    let loss = cross_entropy(&logits, y);
+    loss.backward();
+    let grad_norm_sq = clip_grad_norm(&sgd.parameters(), grad_clip);
+    sgd.step();
+    WeightStep {
+        logits,
+        loss: loss.double_value(&[]),
+        grad_norm_sq,
+    }
+}
+
 /// The DARTS loop (`train_search.py`): per iteration, alpha step on a search batch through the
 /// strategy, then SGD on the train batch.
 fn bilevel_search(
@@ -544,6 +589,8 @@ fn bilevel_search(
         sc.alpha_init,
     )?;
     let mut strategy = sc.strategy.build(&arch, config.seed)?;
+    // Resource-aware strategies (SNAS, UNAS) price ops at this dataset's input size.
+    strategy.set_op_costs(&net.op_costs(w_train.image_shape()))?;
     let mut sgd = Sgd::new(vs.variables(), sc.weights.sgd());
     let mut state = LoopState {
         epochs_done: 0,
@@ -591,7 +638,9 @@ fn bilevel_search(
             let (x, y) = batch(w_train, index, &sc.augment, &mut state.rng);
             if strategy.wants_arch_step(state.iteration) {
                 let search_index = next_search_batch(&mut state, w_search.len(), sc.batch_size);
-                let search = batch(w_search, &search_index, &Augment::default(), &mut state.rng);
+                // Augmented like the train batch: `train_search.py` builds both queues from
+                // the one dataset with `train_transform`.
+                let search = batch(w_search, &search_index, &sc.augment, &mut state.rng);
                 let mut objective = VisionObjective {
                     net: &net,
                     vs: &vs,
@@ -605,14 +654,11 @@ fn bilevel_search(
                 arch_steps += 1;
             }
             let weights = strategy.op_weights(&arch, Phase::Weights)?;
-            sgd.zero_grad();
-            let logits = net.forward_with(&x, &weights, true);
-            let loss = cross_entropy(&logits, &y);
-            loss.backward();
-            let params = sgd.parameters();
-            let grad_norm_sq = clip_grad_norm(&params, sc.weights.grad_clip);
-            sgd.step();
-            let loss_value = loss.double_value(&[]);
+            let WeightStep {
+                logits,
+                loss: loss_value,
+                grad_norm_sq,
+            } = weight_step(&net, &weights, &mut sgd, &x, &y, sc.weights.grad_clip);
             if !loss_value.is_finite() {
                 return Err(SupervisedError::NonFinite {
                     epoch,
@@ -911,23 +957,86 @@ fn random_from_scratch(
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainArchSummary {
     pub genotype: String,
+    /// Epochs trained so far (all of `train_arch.epochs` unless interrupted).
     pub epochs: usize,
     pub parameters: i64,
     pub train_accuracy: f64,
     /// Accuracy on the held-out test set.
     pub test_accuracy: f64,
     pub seconds: f64,
+    /// Stopped early (Ctrl-C or `max_epochs`); a checkpoint holds the state to resume from.
+    pub interrupted: bool,
 }
 
+/// The summary `train_arch_run` writes into its run directory.
+pub const TRAIN_ARCH_SUMMARY: &str = "train_arch_summary.json";
+
 /// Trains `genotype` from scratch with `config.train_arch` on the training set and reports
-/// the test accuracy (DARTS `train.py`). Writes `weights.safetensors` and `summary.json` into
-/// `out_dir` when given.
+/// the test accuracy (DARTS `train.py`), without checkpoints. Writes `weights.safetensors` and
+/// `train_arch_summary.json` into `out_dir` when given. [`train_arch_run`] is the same with
+/// checkpoints and resume.
 pub fn train_arch(
     config: &SupervisedConfig,
     genotype: &Genotype,
     out_dir: Option<&Path>,
     sink: &mut dyn MetricsSink,
     progress: &mut dyn Progress,
+) -> Result<TrainArchSummary, SupervisedError> {
+    train_arch_impl(config, genotype, out_dir, sink, progress, None)
+}
+
+/// One call of [`train_arch_run`].
+pub struct TrainArchRun<'a> {
+    pub config: &'a SupervisedConfig,
+    pub genotype: &'a Genotype,
+    /// Receives `genotype.json`, `checkpoints/`, the final `weights.safetensors` and the
+    /// summary. The caller writes `config.toml` into it (as for [`search`]).
+    pub run_dir: &'a RunDir,
+    /// Continue from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    pub sink: &'a mut dyn MetricsSink,
+    pub progress: &'a mut dyn Progress,
+    /// Checked after every epoch: when set, a checkpoint is written and the run returns.
+    pub stop: &'a AtomicBool,
+    /// Stop after this many epochs in this call (tests).
+    pub max_epochs: Option<usize>,
+}
+
+/// [`train_arch`] with a checkpoint every `config.checkpoint.every` epochs (and on stop) and
+/// exact resume: weights, BatchNorm statistics, SGD momentum, the loop's RNG (shuffling,
+/// augmentation, drop-path seeds) and the epoch counter are restored, so an interrupted and
+/// resumed run computes the same numbers as an uninterrupted one.
+pub fn train_arch_run(run: TrainArchRun<'_>) -> Result<TrainArchSummary, SupervisedError> {
+    let root = run.run_dir.root.clone();
+    if !run.resume {
+        let path = root.join(GENOTYPE_JSON);
+        run.genotype.save_json(&path)?;
+    }
+    let checkpoints = Checkpointing {
+        run_dir: run.run_dir,
+        resume: run.resume,
+        every: run.config.checkpoint.every.max(1),
+        keep: run.config.checkpoint.keep,
+        stop: run.stop,
+        max_epochs: run.max_epochs,
+    };
+    train_arch_impl(
+        run.config,
+        run.genotype,
+        Some(&root),
+        run.sink,
+        run.progress,
+        Some(checkpoints),
+    )
+}
+
+fn train_arch_impl(
+    config: &SupervisedConfig,
+    genotype: &Genotype,
+    out_dir: Option<&Path>,
+    sink: &mut dyn MetricsSink,
+    progress: &mut dyn Progress,
+    checkpoints: Option<Checkpointing<'_>>,
 ) -> Result<TrainArchSummary, SupervisedError> {
     let started = Instant::now();
     let device = setup(config)?;
@@ -940,22 +1049,27 @@ pub fn train_arch(
         ta.network.num_classes,
         &train,
     )?;
-    sink.text("genotype", &format!("`{genotype}`"), 0);
+    if !checkpoints.as_ref().is_some_and(|c| c.resume) {
+        sink.text("genotype", &format!("`{genotype}`"), 0);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut result = train_genotype_logged(
-        ta,
-        genotype,
-        device,
-        &train,
-        &test,
+    let mut result = retrain(
+        Retrain {
+            ta,
+            genotype,
+            device,
+            train: &train,
+            test: &test,
+            progress,
+            sink: Some(sink),
+            out_dir,
+            checkpoints,
+        },
         &mut rng,
-        progress,
-        Some(sink),
-        out_dir,
     )?;
     result.seconds = started.elapsed().as_secs_f64();
     if let Some(dir) = out_dir {
-        let path = dir.join("train_arch_summary.json");
+        let path = dir.join(TRAIN_ARCH_SUMMARY);
         std::fs::write(
             &path,
             serde_json::to_vec_pretty(&result).unwrap_or_default(),
@@ -963,6 +1077,42 @@ pub fn train_arch(
         .map_err(io(&path))?;
     }
     Ok(result)
+}
+
+/// Checkpoint settings of a retraining run.
+struct Checkpointing<'a> {
+    run_dir: &'a RunDir,
+    resume: bool,
+    every: usize,
+    keep: usize,
+    stop: &'a AtomicBool,
+    max_epochs: Option<usize>,
+}
+
+/// Retraining loop state beyond the weights and SGD buffers, saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RetrainState {
+    epochs_done: usize,
+    /// Minibatches done (progress bar).
+    step: u64,
+    rng: ChaCha8Rng,
+    train_accuracy: f64,
+}
+
+/// One retraining: the network, its data and where results go.
+struct Retrain<'a> {
+    ta: &'a TrainArchConfig,
+    genotype: &'a Genotype,
+    device: Device,
+    train: &'a Dataset,
+    /// Test set (train-arch) or search split (random search's candidate scoring).
+    test: &'a Dataset,
+    progress: &'a mut dyn Progress,
+    /// Per-epoch scalars when given.
+    sink: Option<&'a mut dyn MetricsSink>,
+    /// Final weights go here when given.
+    out_dir: Option<&'a Path>,
+    checkpoints: Option<Checkpointing<'a>>,
 }
 
 fn train_genotype(
@@ -974,40 +1124,82 @@ fn train_genotype(
     rng: &mut ChaCha8Rng,
     progress: &mut dyn Progress,
 ) -> Result<TrainArchSummary, SupervisedError> {
-    train_genotype_logged(ta, genotype, device, train, test, rng, progress, None, None)
+    retrain(
+        Retrain {
+            ta,
+            genotype,
+            device,
+            train,
+            test,
+            progress,
+            sink: None,
+            out_dir: None,
+            checkpoints: None,
+        },
+        rng,
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_genotype_logged(
-    ta: &TrainArchConfig,
-    genotype: &Genotype,
-    device: Device,
-    train: &Dataset,
-    test: &Dataset,
-    rng: &mut ChaCha8Rng,
-    progress: &mut dyn Progress,
-    mut sink: Option<&mut dyn MetricsSink>,
-    out_dir: Option<&Path>,
-) -> Result<TrainArchSummary, SupervisedError> {
-    let vs = nn::VarStore::new(device);
+const RETRAIN_STATE_FILE: &str = "retrain.json";
+
+/// DARTS `train.py`: SGD with cosine lr per epoch, drop-path ramped linearly, auxiliary loss,
+/// gradient clipping. Draws shuffling and augmentation from `rng` (left where the run ended).
+fn retrain(r: Retrain<'_>, rng: &mut ChaCha8Rng) -> Result<TrainArchSummary, SupervisedError> {
+    let Retrain {
+        ta,
+        genotype,
+        device,
+        train,
+        test,
+        progress,
+        mut sink,
+        out_dir,
+        checkpoints,
+    } = r;
+    let mut vs = nn::VarStore::new(device);
     let mut net = DartsEvalNet::new(vs.root() / "net", &ta.network, genotype)?;
     let mut sgd = Sgd::new(vs.variables(), ta.weights.sgd());
     let parameters = crate::nas::count_parameters(&vs, |name| !name.contains("auxiliary"));
+    let mut state = RetrainState {
+        epochs_done: 0,
+        step: 0,
+        rng: rng.clone(),
+        train_accuracy: 0.0,
+    };
+    if let Some(ck) = checkpoints.as_ref().filter(|c| c.resume) {
+        let dir = ck.run_dir.latest_checkpoint()?.ok_or_else(|| {
+            SupervisedError::Invalid(format!(
+                "{} has no complete checkpoint to resume from",
+                ck.run_dir.root.display()
+            ))
+        })?;
+        load_weights(&mut vs, &dir.join(WEIGHTS_FILE))?;
+        sgd.load(&dir.join(SGD_FILE))?;
+        let path = dir.join(RETRAIN_STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        state = serde_json::from_slice(&bytes)
+            .map_err(|e| SupervisedError::Invalid(format!("{}: {e}", path.display())))?;
+    }
     let total = (ta.epochs * train.len().div_ceil(ta.batch_size.max(1))) as u64;
-    let mut step = 0u64;
-    let mut train_accuracy = 0.0;
-    for epoch in 0..ta.epochs {
+    let mut epochs_here = 0;
+    let mut interrupted = false;
+    while state.epochs_done < ta.epochs {
+        let epoch = state.epochs_done;
         sgd.set_lr(ta.weights.lr_at(epoch, ta.epochs));
         // DARTS ramps drop-path linearly from 0 over training.
         net.set_drop_path_prob(ta.network.drop_path_prob * epoch as f64 / ta.epochs as f64);
+        // Drop-path masks come from libtorch's global generator, whose state tch cannot read
+        // or write; reseeding it from the loop's (checkpointed) RNG at each epoch makes a
+        // resumed run draw the same masks. The official code lets one stream run instead.
+        tch::manual_seed(state.rng.gen_range(0..i64::MAX));
         let (mut loss_sum, mut hits, mut seen) = (0.0, 0i64, 0usize);
-        for index in epoch_batches(train.len(), ta.batch_size, true, rng) {
-            let (x, y) = batch(train, &index, &ta.augment, rng);
+        for index in epoch_batches(train.len(), ta.batch_size, true, &mut state.rng) {
+            let (x, y) = batch(train, &index, &ta.augment, &mut state.rng);
             sgd.zero_grad();
             let (logits, aux) = net.forward_t(&x, true);
             let mut loss = cross_entropy(&logits, &y);
             if let Some(aux) = aux {
-                loss = loss + cross_entropy(&aux, &y) * ta.auxiliary_weight;
+                loss += cross_entropy(&aux, &y) * ta.auxiliary_weight;
             }
             loss.backward();
             clip_grad_norm(&sgd.parameters(), ta.weights.grad_clip);
@@ -1023,9 +1215,9 @@ fn train_genotype_logged(
             loss_sum += value * index.len() as f64;
             hits += correct(&logits, &y);
             seen += index.len();
-            step += 1;
+            state.step += 1;
             progress.update(
-                step,
+                state.step,
                 total,
                 &format!(
                     "epoch {}/{} | loss {:.3} | acc {:.3}",
@@ -1036,37 +1228,78 @@ fn train_genotype_logged(
                 ),
             );
         }
-        train_accuracy = hits as f64 / seen.max(1) as f64;
+        state.train_accuracy = hits as f64 / seen.max(1) as f64;
+        state.epochs_done += 1;
+        epochs_here += 1;
         if let Some(sink) = sink.as_deref_mut() {
             let test_acc = accuracy(&net, test, ta.batch_size);
             sink.scalars(
                 &[
                     ("train_arch/train_loss", loss_sum / seen.max(1) as f64),
-                    ("train_arch/train_accuracy", train_accuracy),
+                    ("train_arch/train_accuracy", state.train_accuracy),
                     ("train_arch/test_accuracy", test_acc),
                     ("train_arch/lr", sgd.config.lr),
                 ],
-                epoch as i64 + 1,
+                state.epochs_done as i64,
             );
             sink.flush();
         }
+        if let Some(ck) = &checkpoints {
+            let done = state.epochs_done == ta.epochs;
+            let stop = !done
+                && (ck.stop.load(Ordering::SeqCst)
+                    || ck.max_epochs.is_some_and(|m| epochs_here >= m));
+            if stop || done || state.epochs_done.is_multiple_of(ck.every) {
+                save_retrain_checkpoint(ck, &vs, &sgd, &state)?;
+            }
+            if stop {
+                interrupted = true;
+                break;
+            }
+        }
     }
+    *rng = state.rng.clone();
     let test_accuracy = accuracy(&net, test, ta.batch_size);
-    if let Some(dir) = out_dir {
+    if let Some(dir) = out_dir.filter(|_| !interrupted) {
         vs.save(dir.join(WEIGHTS_FILE))?;
     }
     progress.finish(&format!(
-        "trained {} epochs: test accuracy {test_accuracy:.4}",
-        ta.epochs
+        "trained {} of {} epochs: test accuracy {test_accuracy:.4}",
+        state.epochs_done, ta.epochs
     ));
     Ok(TrainArchSummary {
         genotype: genotype.to_darts_string(),
-        epochs: ta.epochs,
+        epochs: state.epochs_done,
         parameters,
-        train_accuracy,
+        train_accuracy: state.train_accuracy,
         test_accuracy,
         seconds: 0.0,
+        interrupted,
     })
+}
+
+fn save_retrain_checkpoint(
+    ck: &Checkpointing<'_>,
+    vs: &nn::VarStore,
+    sgd: &Sgd,
+    state: &RetrainState,
+) -> Result<(), SupervisedError> {
+    ck.run_dir
+        .save_checkpoint(state.epochs_done as u64, ck.keep, |dir| {
+            (|| -> Result<(), SupervisedError> {
+                vs.save(dir.join(WEIGHTS_FILE))?;
+                sgd.save(&dir.join(SGD_FILE))?;
+                let json = serde_json::to_vec_pretty(state)
+                    .map_err(|e| SupervisedError::Invalid(e.to_string()))?;
+                let path = dir.join(RETRAIN_STATE_FILE);
+                std::fs::write(&path, json).map_err(io(&path))
+            })()
+            .map_err(|e| super::TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: e.to_string(),
+            })
+        })?;
+    Ok(())
 }
 
 fn accuracy(net: &DartsEvalNet, data: &Dataset, batch_size: usize) -> f64 {

@@ -1,0 +1,843 @@
+//! DARTS-PRIME (Maile, Lecarpentier, Luga & Wilson 2021, "DARTS-PRIME: Regularization and
+//! Scheduling Improve Constrained Optimization in Differentiable NAS"; ../shared/REFERENCE.md
+//! section 8; official code `k8lion/DARTS-PRIME`, `train_scheduled_hard_statebn.py` and
+//! `model_admm_hard_statebn.py`): first-order DARTS with two changes.
+//!
+//! **Dynamic schedule.** After every weight step the loop reports
+//! `FI = sum_p ||grad_w L_train||^2` (before clipping, as the official `track_FI` runs before
+//! `clip_grad_norm_`); the strategy keeps its EWMA (`ewma <- c FI + (1 - c) ewma`, seeded with
+//! the first `FI`). Before each iteration's weight step an alpha step happens iff
+//! `0 < ewma < threshold`; then `threshold *= m^(-sched_freq)`, otherwise `threshold *= m`
+//! (`m` = 1.05). On a stationary signal the threshold settles where
+//! `fires * sched_freq = non-fires`, i.e. one alpha step per `sched_freq + 1` iterations, and it
+//! follows the signal when it moves (multiplicatively, 5% per iteration upwards).
+//!
+//! **Proximity regularisation.** The alpha step minimises
+//! `L_val + (t/T) (rho/2) sum_c ||softmax(alpha_c) - P_c||` (Frobenius norm, not squared, summed
+//! over the normal and reduce matrices as the official `prox_loss` does), with `P_c` the one-hot
+//! mask of the genotype currently derived from the alphas (kept edges carry a 1 at their op,
+//! dropped edges are all zero; held constant, as the official `.detach()` does) and `t/T` the
+//! search's progress in epochs. The **ADMM** variant (`regularizer = "admm"`) replaces it by
+//! `(rho/2) sum_c ||softmax(alpha_c) - Z_c + U_c||` with the scaled-form updates
+//! `Z = mask(derive(softmax(alpha) + U))`, `U <- U + softmax(alpha) - Z` every `admm_every`
+//! alpha steps.
+//!
+//! # How it maps onto the trait
+//!
+//! The decision for iteration `i + 1` is taken in `after_weight_step` of iteration `i` (that is
+//! when the official loop has the new EWMA; it decides at the top of the next iteration, with
+//! nothing in between) and recorded; `wants_arch_step(i + 1)` reads it. Iterations not decided
+//! yet answer `true` ("may want"): a loop that asks ahead (the RL loop, before collecting the
+//! search rollout of a PPO update) prepares a search batch, and one that never reports weight
+//! steps degrades to an alpha step every iteration (DARTS).
+//!
+//! # Departures, each for a reason
+//! - `rho` defaults to 0.1 and the EWMA weight to 0.2 as REFERENCE.md section 8 (the paper's
+//!   recommended settings); the official command line defaults are `--rho 1e-3` and
+//!   `--ewma 1.0` (no smoothing), and its README command sets neither.
+//! - `t/T`: the official clock advances `1/batches` per iteration and is divided by a
+//!   hard-coded 50 (= its epochs). Here `T` is the loop's epoch count and the fraction within
+//!   an epoch is measured against the previous epoch's number of weight steps; in the first
+//!   epoch, whose length is not known yet, the fraction is 0 (the official ramp reaches 1/T
+//!   there, so the difference is at most `rho / (2T)`).
+//! - ADMM works on `softmax(alpha)` throughout (penalty, `Z` and `U`); the official code
+//!   mixes raw alphas into `U`'s update and the `Z` projection, and starts from `Z = alpha`.
+//!   Here `Z` starts at `softmax(alpha)` and `U` at 0 (no pull until the first projection).
+//!   The official loop updates every `admm_freq - 1` alpha steps (its counter check runs
+//!   before the reset); here exactly every `admm_every`.
+//! - Loops that cannot report the gradient norm (a NaN in [`WeightStepReport::grad_norm_sq`])
+//!   get a fixed schedule with the stationary frequency, one alpha step per
+//!   `round(sched_freq) + 1` weight steps, a warning on stderr, and the `schedule_fallback`
+//!   scalar counting those steps; EWMA and threshold stay where they were.
+//! - The official `--dyno_split` sets `train_portion = 1 / (1 + schedfreq)`; the split is the
+//!   loop's business here (`[search] train_portion`, the presets use 10/11 as REFERENCE.md).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::perturb::{grad, norm};
+use super::{
+    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy, WeightStepReport,
+};
+use crate::nas::{ArchParams, CellSpace, CellWeights, DeriveRule, Gene, Genotype};
+
+/// What pulls the alphas towards a discrete architecture in the alpha step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimeRegularizer {
+    /// Proximity to the currently derived genotype, ramped in linearly (DARTS-PRIME, the
+    /// official `--reg prox`).
+    Prox,
+    /// ADMM towards a discrete `Z` with a scaled dual `U` (the official `--reg admm`).
+    Admm,
+    /// Plain first-order DARTS loss (the schedule alone; the paper's ablation).
+    None,
+}
+
+/// `[search.strategy.params]` of `kind = "darts_prime"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DartsPrimeParams {
+    /// `true`: the dynamic schedule decides when an alpha step happens (`--dyno_schedule`).
+    /// `false`: an alpha step before every weight step, as DARTS.
+    pub dynamic_schedule: bool,
+    /// Weight steps per alpha step the schedule aims at (`--schedfreq`); on a stationary signal
+    /// it takes one alpha step per `sched_freq + 1` iterations. DARTS-PRIME: 10.
+    pub sched_freq: f64,
+    /// Weight of the newest `FI` in its moving average, in (0, 1]; 1 = no smoothing. REFERENCE.md
+    /// section 8: 0.2.
+    pub ewma: f64,
+    /// Threshold before the first iteration (`--init_alpha_threshold`). DARTS-PRIME: 1.
+    pub initial_threshold: f64,
+    /// Factor `m > 1` the threshold grows by per iteration without an alpha step; one with an
+    /// alpha step divides it by `m^sched_freq` (`--threshold_multiplier`). DARTS-PRIME: 1.05.
+    pub threshold_multiplier: f64,
+    /// `prox` (DARTS-PRIME), `admm` or `none`.
+    pub regularizer: PrimeRegularizer,
+    /// Penalty weight `rho` (the term is `rho/2` times a norm). REFERENCE.md section 8: 0.1.
+    pub rho: f64,
+    /// ADMM only: alpha steps between `Z`/`U` updates (`--admm_freq`). Official: 10.
+    pub admm_every: u32,
+    /// How the genotype (and so the proximity target) is read off `softmax(alpha)`.
+    /// DARTS-PRIME: `darts` (top-2 edges per node, `none` excluded).
+    pub derive: DeriveRule,
+    /// Adam over the alphas. DARTS-PRIME keeps DARTS's: lr 3e-4, betas (0.5, 0.999), weight
+    /// decay 1e-3.
+    pub optimizer: AdamConfig,
+}
+
+impl Default for DartsPrimeParams {
+    fn default() -> Self {
+        Self {
+            dynamic_schedule: true,
+            sched_freq: 10.0,
+            ewma: 0.2,
+            initial_threshold: 1.0,
+            threshold_multiplier: 1.05,
+            regularizer: PrimeRegularizer::Prox,
+            rho: 0.1,
+            admm_every: 10,
+            derive: DeriveRule::Darts,
+            optimizer: AdamConfig::default(),
+        }
+    }
+}
+
+/// Decisions further back than this many iterations are forgotten (no loop asks that late; the
+/// RL loop asks about one PPO update's few dozen weight steps).
+const DECISION_WINDOW: u64 = 4096;
+
+/// Where the threshold stops moving (see [`PrimeSchedule::observe`]).
+const THRESHOLD_BOUNDS: (f64, f64) = (1e-300, 1e300);
+
+/// The dynamic schedule as plain data (checkpointed as JSON; every float is finite or `None`,
+/// since JSON has no NaN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimeSchedule {
+    /// EWMA of `FI`; `None` before the first report (the official `-1`).
+    pub ewma: Option<f64>,
+    pub threshold: f64,
+    /// The last reported `FI`.
+    pub last_fi: Option<f64>,
+    /// Highest iteration decided so far.
+    pub decided_through: u64,
+    /// Decided iterations that take an alpha step (within [`DECISION_WINDOW`]).
+    fire_at: BTreeSet<u64>,
+    /// Whether the last decision was an alpha step.
+    pub last_fired: bool,
+    /// Decisions and alpha steps since the epoch began.
+    pub epoch_decisions: u64,
+    pub epoch_fires: u64,
+    /// Weight steps reported without a finite `FI` (fixed-period fallback).
+    pub fallback_steps: u64,
+}
+
+impl PrimeSchedule {
+    /// The state before iteration 0, which never takes an alpha step (no `FI` yet: the official
+    /// `FI_ewma = -1` fails `0 < ewma`, and the threshold grows once).
+    pub fn new(params: &DartsPrimeParams) -> Self {
+        Self {
+            ewma: None,
+            threshold: params.initial_threshold * params.threshold_multiplier,
+            last_fi: None,
+            decided_through: 0,
+            fire_at: BTreeSet::new(),
+            last_fired: false,
+            epoch_decisions: 0,
+            epoch_fires: 0,
+            fallback_steps: 0,
+        }
+    }
+
+    /// Whether iteration `t` takes an alpha step; undecided iterations answer `true`.
+    pub fn wants(&self, t: u64) -> bool {
+        t > self.decided_through || self.fire_at.contains(&t)
+    }
+
+    /// Folds in the weight step of iteration `iteration` and decides iteration `iteration + 1`.
+    /// Returns that decision.
+    pub fn observe(&mut self, params: &DartsPrimeParams, iteration: u64, fi: f64) -> bool {
+        let next = iteration + 1;
+        let fire = if fi.is_finite() {
+            self.last_fi = Some(fi);
+            let ewma = match self.ewma {
+                None => fi,
+                Some(e) => params.ewma * fi + (1.0 - params.ewma) * e,
+            };
+            self.ewma = Some(ewma);
+            let fire = ewma > 0.0 && ewma < self.threshold;
+            if fire {
+                self.threshold *= params.threshold_multiplier.powf(-params.sched_freq);
+            } else {
+                self.threshold *= params.threshold_multiplier;
+            }
+            // A signal stuck at 0 (never `> 0`) would grow the threshold to infinity, which
+            // JSON cannot hold; any finite signal is met long before these bounds.
+            self.threshold = self.threshold.clamp(THRESHOLD_BOUNDS.0, THRESHOLD_BOUNDS.1);
+            fire
+        } else {
+            self.fallback_steps += 1;
+            let period = params.sched_freq.round().max(0.0) as u64 + 1;
+            next.is_multiple_of(period)
+        };
+        if fire {
+            self.fire_at.insert(next);
+        } else {
+            self.fire_at.remove(&next);
+        }
+        self.decided_through = self.decided_through.max(next);
+        let oldest = next.saturating_sub(DECISION_WINDOW);
+        self.fire_at = self.fire_at.split_off(&oldest);
+        self.last_fired = fire;
+        self.epoch_decisions += 1;
+        self.epoch_fires += u64::from(fire);
+        fire
+    }
+}
+
+/// ADMM's discrete target and scaled dual per cell type, `[num_edges][num_ops]`, normal first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct AdmmState {
+    z: Vec<Vec<Vec<f64>>>,
+    u: Vec<Vec<Vec<f64>>>,
+    /// Alpha steps since the last `Z`/`U` update.
+    steps_since_update: u32,
+}
+
+/// Everything but Adam, checkpointed as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    schedule: PrimeSchedule,
+    epoch: usize,
+    /// `None` until the loop calls `begin_epoch`.
+    num_epochs: Option<usize>,
+    steps_in_epoch: u64,
+    prev_epoch_steps: Option<u64>,
+    arch_steps: u64,
+    /// The regulariser's value and weight at the last alpha step.
+    last_penalty: Option<f64>,
+    last_penalty_weight: Option<f64>,
+    admm: Option<AdmmState>,
+}
+
+const STATE_FILE: &str = "darts_prime.json";
+const ADAM_FILE: &str = "arch_adam.safetensors";
+
+/// The DARTS-PRIME strategy.
+#[derive(Debug)]
+pub struct DartsPrime {
+    params: DartsPrimeParams,
+    adam: Adam,
+    state: State,
+    warned_fallback: bool,
+}
+
+impl DartsPrime {
+    pub fn new(arch: &ArchParams, params: DartsPrimeParams) -> Result<Self, SearchError> {
+        let p = &params;
+        let bad = |what: String| Err(SearchError::Invalid(format!("darts_prime: {what}")));
+        if !(p.sched_freq.is_finite() && p.sched_freq > 0.0) {
+            return bad(format!("sched_freq must be positive, got {}", p.sched_freq));
+        }
+        if !(p.ewma > 0.0 && p.ewma <= 1.0) {
+            return bad(format!("ewma must lie in (0, 1], got {}", p.ewma));
+        }
+        if !(p.initial_threshold.is_finite() && p.initial_threshold > 0.0) {
+            return bad(format!(
+                "initial_threshold must be positive, got {}",
+                p.initial_threshold
+            ));
+        }
+        if !(p.threshold_multiplier.is_finite() && p.threshold_multiplier > 1.0) {
+            return bad(format!(
+                "threshold_multiplier must be > 1, got {}",
+                p.threshold_multiplier
+            ));
+        }
+        if !(p.rho.is_finite() && p.rho >= 0.0) {
+            return bad(format!("rho must be >= 0, got {}", p.rho));
+        }
+        if p.admm_every == 0 {
+            return bad("admm_every must be at least 1".into());
+        }
+        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let admm = match params.regularizer {
+            PrimeRegularizer::Admm => {
+                let z = probabilities(arch)?;
+                let u = z
+                    .iter()
+                    .map(|m| m.iter().map(|r| vec![0.0; r.len()]).collect())
+                    .collect();
+                Some(AdmmState {
+                    z,
+                    u,
+                    steps_since_update: 0,
+                })
+            }
+            _ => None,
+        };
+        let state = State {
+            schedule: PrimeSchedule::new(&params),
+            epoch: 0,
+            num_epochs: None,
+            steps_in_epoch: 0,
+            prev_epoch_steps: None,
+            arch_steps: 0,
+            last_penalty: None,
+            last_penalty_weight: None,
+            admm,
+        };
+        Ok(Self {
+            params,
+            adam,
+            state,
+            warned_fallback: false,
+        })
+    }
+
+    pub fn params(&self) -> &DartsPrimeParams {
+        &self.params
+    }
+
+    pub fn schedule(&self) -> &PrimeSchedule {
+        &self.state.schedule
+    }
+
+    /// Search progress `t/T` in [0, 1] at the current iteration (see the module doc).
+    pub fn progress(&self) -> f64 {
+        let Some(total) = self.state.num_epochs.filter(|&n| n > 0) else {
+            return 0.0;
+        };
+        let within = self
+            .state
+            .prev_epoch_steps
+            .filter(|&n| n > 0)
+            .map_or(0.0, |n| {
+                ((self.state.steps_in_epoch + 1) as f64 / n as f64).min(1.0)
+            });
+        ((self.state.epoch as f64 + within) / total as f64).clamp(0.0, 1.0)
+    }
+
+    /// The weight in front of the regulariser's norms now: `(t/T) rho/2` (prox), `rho/2`
+    /// (ADMM), 0 (none).
+    pub fn penalty_weight(&self) -> f64 {
+        match self.params.regularizer {
+            PrimeRegularizer::Prox => self.progress() * self.params.rho / 2.0,
+            PrimeRegularizer::Admm => self.params.rho / 2.0,
+            PrimeRegularizer::None => 0.0,
+        }
+    }
+
+    /// The regulariser at the current alphas, with its graph to them: the proximity term
+    /// `(t/T)(rho/2) sum_c ||softmax(alpha_c) - P_c||` or the ADMM term
+    /// `(rho/2) sum_c ||softmax(alpha_c) - Z_c + U_c||`; `None` without a regulariser.
+    pub fn penalty(&self, arch: &ArchParams) -> Result<Option<Tensor>, SearchError> {
+        let weight = self.penalty_weight();
+        let a = alphas(arch);
+        let targets: Vec<Tensor> = match self.params.regularizer {
+            PrimeRegularizer::None => return Ok(None),
+            PrimeRegularizer::Prox => {
+                let genotype = self.derive(arch)?;
+                genotype_masks(arch.space(), &genotype, a.len())?
+                    .iter()
+                    .zip(&a)
+                    .map(|(m, alpha)| matrix(m, alpha))
+                    .collect::<Result<_, _>>()?
+            }
+            PrimeRegularizer::Admm => {
+                let admm = self.admm()?;
+                admm.z
+                    .iter()
+                    .zip(&admm.u)
+                    .zip(&a)
+                    .map(|((z, u), alpha)| Ok(matrix(z, alpha)? - matrix(u, alpha)?))
+                    .collect::<Result<_, SearchError>>()?
+            }
+        };
+        let mut total: Option<Tensor> = None;
+        for (alpha, target) in a.iter().zip(&targets) {
+            let term = distance(alpha, target);
+            total = Some(match total {
+                None => term,
+                Some(t) => t + term,
+            });
+        }
+        Ok(total.map(|t| t * weight))
+    }
+
+    fn admm(&self) -> Result<&AdmmState, SearchError> {
+        self.state.admm.as_ref().ok_or_else(|| {
+            SearchError::Invalid(
+                "darts_prime: ADMM state missing (checkpoint of another regularizer?)".into(),
+            )
+        })
+    }
+
+    /// ADMM's projection and dual update: `Z = mask(derive(p + U))`, `U <- U + p - Z`, with
+    /// `p = softmax(alpha)` after the alpha step.
+    fn admm_update(&mut self, arch: &ArchParams) -> Result<(), SearchError> {
+        let p = probabilities(arch)?;
+        let rule = self.params.derive;
+        let space = *arch.space();
+        let admm = self
+            .state
+            .admm
+            .as_mut()
+            .ok_or_else(|| SearchError::Invalid("darts_prime: ADMM state missing".into()))?;
+        let shifted: Vec<Tensor> = p
+            .iter()
+            .zip(&admm.u)
+            .map(|(pc, uc)| {
+                let rows: Vec<f64> = pc
+                    .iter()
+                    .zip(uc)
+                    .flat_map(|(pr, ur)| pr.iter().zip(ur).map(|(a, b)| a + b))
+                    .collect();
+                Tensor::from_slice(&rows).view([pc.len() as i64, -1])
+            })
+            .collect();
+        let genotype = Genotype::derive(&space, &shifted[0], shifted.get(1), rule)?;
+        let z = genotype_masks(&space, &genotype, p.len())?;
+        for ((uc, pc), zc) in admm.u.iter_mut().zip(&p).zip(&z) {
+            for ((ur, pr), zr) in uc.iter_mut().zip(pc).zip(zc) {
+                for ((u, p), z) in ur.iter_mut().zip(pr).zip(zr) {
+                    *u += p - z;
+                }
+            }
+        }
+        admm.z = z;
+        admm.steps_since_update = 0;
+        Ok(())
+    }
+
+    /// ADMM's current `Z` and `U` (normal first), `[num_edges][num_ops]` each.
+    #[allow(clippy::type_complexity)]
+    pub fn admm_state(&self) -> Option<(&[Vec<Vec<f64>>], &[Vec<Vec<f64>>])> {
+        self.state.admm.as_ref().map(|a| (&a.z[..], &a.u[..]))
+    }
+}
+
+/// `||softmax(alpha) - target||_F` over one `[num_edges, num_ops]` matrix, in alpha's precision.
+///
+/// Its gradient (what tests/search_prime.rs checks by finite differences): with
+/// `s = softmax(alpha)` per row and `r = s - target`, `d/d alpha_eo = s_eo (r_eo - <r_e, s_e>) / ||r||`
+/// (the softmax Jacobian `diag(s) - s s^T` applied to `r / ||r||`).
+pub fn distance(alpha: &Tensor, target: &Tensor) -> Tensor {
+    let s = alpha.softmax(-1, alpha.kind());
+    (s - target).norm()
+}
+
+/// The one-hot masks of `genotype`, one per cell type (normal, then reduce when `cells` is 2):
+/// a 1 at `(edge, op)` for every gene, zeros on edges the genotype drops.
+pub fn genotype_masks(
+    space: &CellSpace,
+    genotype: &Genotype,
+    cells: usize,
+) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+    let one = |nodes: &[Vec<Gene>]| -> Result<Vec<Vec<f64>>, SearchError> {
+        let mut mask = vec![vec![0.0; space.num_ops()]; space.num_edges()];
+        if nodes.len() != space.num_nodes {
+            return Err(SearchError::Invalid(format!(
+                "darts_prime: genotype has {} nodes, the space {}",
+                nodes.len(),
+                space.num_nodes
+            )));
+        }
+        for (node, genes) in nodes.iter().enumerate() {
+            let edges = space.node_edges(node);
+            for &(op, from) in genes {
+                let row = edges.start + from;
+                let col = space.op_set.check_member(op)?;
+                if row >= edges.end {
+                    return Err(SearchError::Invalid(format!(
+                        "darts_prime: node {node} reads state {from}, which it cannot see"
+                    )));
+                }
+                mask[row][col] = 1.0;
+            }
+        }
+        Ok(mask)
+    };
+    let mut out = vec![one(&genotype.normal)?];
+    if cells > 1 {
+        out.push(one(&genotype.reduce)?);
+    }
+    Ok(out)
+}
+
+/// `rows` as a tensor shaped, typed and placed like `like`.
+fn matrix(rows: &[Vec<f64>], like: &Tensor) -> Result<Tensor, SearchError> {
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Ok(Tensor::from_slice(&flat)
+        .f_view(like.size().as_slice())?
+        .to_kind(like.kind())
+        .to_device(like.device()))
+}
+
+/// `softmax(alpha)` per cell type as f64 rows (no graph).
+fn probabilities(arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+    alphas(arch)
+        .iter()
+        .map(super::alpha_probabilities)
+        .collect()
+}
+
+impl SearchStrategy for DartsPrime {
+    fn name(&self) -> &'static str {
+        "darts_prime"
+    }
+
+    /// `softmax(alpha)`, detached outside the arch step (bilevel, as DARTS).
+    fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
+        Ok(super::bilevel_softmax_weights(arch, 1.0, phase))
+    }
+
+    fn begin_epoch(&mut self, epoch: usize, num_epochs: usize) {
+        let s = &mut self.state;
+        if s.steps_in_epoch > 0 {
+            s.prev_epoch_steps = Some(s.steps_in_epoch);
+        }
+        s.steps_in_epoch = 0;
+        s.epoch = epoch;
+        s.num_epochs = Some(num_epochs);
+        s.schedule.epoch_decisions = 0;
+        s.schedule.epoch_fires = 0;
+    }
+
+    /// The dynamic schedule's decision for `iteration` (always, without the schedule).
+    fn wants_arch_step(&self, iteration: u64) -> bool {
+        !self.params.dynamic_schedule || self.state.schedule.wants(iteration)
+    }
+
+    /// First-order DARTS step on `L_val + regulariser` (the official `Architect.step` with
+    /// `model._loss`); ADMM projects and updates its dual every `admm_every` steps.
+    fn arch_step(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<ArchStepStats, SearchError> {
+        let weights = softmax_weights(arch, 1.0);
+        let l_val = objective.search_loss(&weights)?;
+        let penalty = self.penalty(arch)?;
+        let total = match &penalty {
+            Some(p) => &l_val + p,
+            None => l_val,
+        };
+        let loss = total.f_double_value(&[])?;
+        let g = grad(&total, &alphas(arch), false)?;
+        self.adam.step_with(&g);
+        self.state.arch_steps += 1;
+        self.state.last_penalty = penalty.map(|p| p.double_value(&[]));
+        self.state.last_penalty_weight = Some(self.penalty_weight());
+        if let Some(admm) = self.state.admm.as_mut() {
+            admm.steps_since_update += 1;
+            if admm.steps_since_update >= self.params.admm_every {
+                self.admm_update(arch)?;
+            }
+        }
+        Ok(ArchStepStats {
+            loss,
+            grad_norm: norm(&g),
+        })
+    }
+
+    /// Feeds the schedule and decides the next iteration.
+    fn after_weight_step(
+        &mut self,
+        _arch: &ArchParams,
+        report: &WeightStepReport,
+    ) -> Result<Option<ArchStepStats>, SearchError> {
+        self.state.steps_in_epoch += 1;
+        if self.params.dynamic_schedule {
+            if !report.grad_norm_sq.is_finite() && !self.warned_fallback {
+                self.warned_fallback = true;
+                eprintln!(
+                    "warning: darts_prime: this loop reports no weight-gradient norm \
+                     (grad_norm_sq = {}); the dynamic schedule falls back to one alpha step per \
+                     {} weight steps",
+                    report.grad_norm_sq,
+                    self.params.sched_freq.round() as u64 + 1
+                );
+            }
+            self.state
+                .schedule
+                .observe(&self.params, report.iteration, report.grad_norm_sq);
+        }
+        Ok(None)
+    }
+
+    fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
+        super::derive_from_softmax(arch, self.params.derive)
+    }
+
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let s = &self.state;
+        let sched = &s.schedule;
+        let mut out = vec![("arch_lr", self.adam.config.lr)];
+        out.push(("alpha_steps", s.arch_steps as f64));
+        if self.params.dynamic_schedule {
+            if let Some(fi) = sched.last_fi {
+                out.push(("schedule_fi", fi));
+            }
+            if let Some(e) = sched.ewma {
+                out.push(("schedule_fi_ewma", e));
+            }
+            out.push(("schedule_threshold", sched.threshold));
+            out.push(("schedule_alpha_step", f64::from(u8::from(sched.last_fired))));
+            if sched.epoch_decisions > 0 {
+                out.push((
+                    "schedule_alpha_step_rate",
+                    sched.epoch_fires as f64 / sched.epoch_decisions as f64,
+                ));
+            }
+            if sched.fallback_steps > 0 {
+                out.push(("schedule_fallback", sched.fallback_steps as f64));
+            }
+        }
+        let (term, weight) = match self.params.regularizer {
+            PrimeRegularizer::Prox => ("proximity_term", "proximity_weight"),
+            PrimeRegularizer::Admm => ("admm_term", "admm_weight"),
+            PrimeRegularizer::None => return out,
+        };
+        if let Some(v) = s.last_penalty {
+            out.push((term, v));
+        }
+        out.push((
+            weight,
+            s.last_penalty_weight.unwrap_or(self.penalty_weight()),
+        ));
+        out
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), SearchError> {
+        self.adam.save(&dir.join(ADAM_FILE))?;
+        let path = dir.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
+        self.adam.load(&dir.join(ADAM_FILE))?;
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let state: State = serde_json::from_slice(&bytes)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        if state.admm.is_some() != (self.params.regularizer == PrimeRegularizer::Admm) {
+            return Err(SearchError::checkpoint(
+                &path,
+                format!(
+                    "written with a different regularizer than the configured {:?}",
+                    self.params.regularizer
+                ),
+            ));
+        }
+        self.state = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nas::{AlphaInit, OpSet};
+    use tch::Device;
+
+    fn arch() -> ArchParams {
+        tch::manual_seed(0);
+        let space = CellSpace {
+            num_inputs: 2,
+            num_nodes: 3,
+            op_set: OpSet::Darts,
+        };
+        ArchParams::new(
+            Device::Cpu,
+            space,
+            true,
+            AlphaInit {
+                mean: 0.0,
+                std: 0.5,
+            },
+        )
+        .unwrap()
+    }
+
+    fn report(iteration: u64, fi: f64) -> WeightStepReport {
+        WeightStepReport {
+            iteration,
+            loss: 1.0,
+            grad_norm_sq: fi,
+            lr: 0.025,
+        }
+    }
+
+    #[test]
+    fn iteration_zero_never_steps_and_the_first_report_seeds_the_ewma() {
+        let arch = arch();
+        let mut s = DartsPrime::new(&arch, DartsPrimeParams::default()).unwrap();
+        assert!(!s.wants_arch_step(0));
+        assert!(s.wants_arch_step(1), "undecided iterations may want a step");
+        // Official trace: threshold 1 -> 1.05 at iteration 0 (no FI yet); FI = 0.5 < 1.05.
+        s.after_weight_step(&arch, &report(0, 0.5)).unwrap();
+        assert_eq!(s.schedule().ewma, Some(0.5));
+        assert!(s.wants_arch_step(1));
+        let t = 1.05 * 1.05f64.powf(-10.0);
+        assert!((s.schedule().threshold - t).abs() < 1e-12);
+        // ewma = 0.2 * 2 + 0.8 * 0.5 = 0.8 > t: no step, threshold grows.
+        s.after_weight_step(&arch, &report(1, 2.0)).unwrap();
+        assert!((s.schedule().ewma.unwrap() - 0.8).abs() < 1e-12);
+        assert!(!s.wants_arch_step(2));
+        assert!((s.schedule().threshold - t * 1.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn without_the_dynamic_schedule_every_iteration_steps() {
+        let arch = arch();
+        let params = DartsPrimeParams {
+            dynamic_schedule: false,
+            ..Default::default()
+        };
+        let mut s = DartsPrime::new(&arch, params).unwrap();
+        for i in 0..20 {
+            assert!(s.wants_arch_step(i));
+            s.after_weight_step(&arch, &report(i, 1e6)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_missing_gradient_norm_falls_back_to_the_stationary_period() {
+        let arch = arch();
+        let mut s = DartsPrime::new(&arch, DartsPrimeParams::default()).unwrap();
+        let mut fired = Vec::new();
+        for i in 0..44 {
+            s.after_weight_step(&arch, &report(i, f64::NAN)).unwrap();
+            if s.wants_arch_step(i + 1) {
+                fired.push(i + 1);
+            }
+        }
+        assert_eq!(fired, vec![11, 22, 33, 44]);
+        assert_eq!(s.schedule().ewma, None);
+        assert!(s
+            .scalars()
+            .iter()
+            .any(|(k, v)| *k == "schedule_fallback" && *v == 44.0));
+    }
+
+    #[test]
+    fn the_proximity_target_is_the_derived_genotype_and_ramps_linearly() {
+        let arch = arch();
+        let s = DartsPrime::new(&arch, DartsPrimeParams::default()).unwrap();
+        let genotype = s.derive(&arch).unwrap();
+        let masks = genotype_masks(arch.space(), &genotype, 2).unwrap();
+        for (mask, nodes) in masks.iter().zip([&genotype.normal, &genotype.reduce]) {
+            let ones: f64 = mask.iter().flatten().sum();
+            assert_eq!(ones as usize, nodes.iter().map(Vec::len).sum::<usize>());
+            for row in mask {
+                assert!(row.iter().sum::<f64>() <= 1.0);
+                assert_eq!(row[0], 0.0, "none is never a DARTS gene");
+            }
+        }
+        let mut s = s;
+        assert_eq!(s.penalty_weight(), 0.0);
+        // Epoch 0 of 4 has 10 weight steps; then epoch 1 at its 5th step (4 steps done).
+        s.begin_epoch(0, 4);
+        for i in 0..10 {
+            s.after_weight_step(&arch, &report(i, 1.0)).unwrap();
+        }
+        s.begin_epoch(1, 4);
+        for i in 10..14 {
+            s.after_weight_step(&arch, &report(i, 1.0)).unwrap();
+        }
+        let expected = (1.0 + 5.0 / 10.0) / 4.0 * 0.1 / 2.0;
+        assert!((s.penalty_weight() - expected).abs() < 1e-12);
+        // The term is the weight times the summed distances to the masks.
+        let a = alphas(&arch);
+        let by_hand: f64 = a
+            .iter()
+            .zip(&masks)
+            .map(|(alpha, m)| distance(alpha, &matrix(m, alpha).unwrap()).double_value(&[]))
+            .sum::<f64>()
+            * expected;
+        let term = s.penalty(&arch).unwrap().unwrap().double_value(&[]);
+        assert!((term - by_hand).abs() < 1e-6, "{term} vs {by_hand}");
+    }
+
+    #[test]
+    fn a_zero_signal_never_steps_and_the_threshold_stays_serialisable() {
+        let params = DartsPrimeParams::default();
+        let mut s = PrimeSchedule::new(&params);
+        for i in 0..20_000 {
+            assert!(!s.observe(&params, i, 0.0), "0 < ewma fails, as official");
+        }
+        assert_eq!(s.threshold, THRESHOLD_BOUNDS.1);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<PrimeSchedule>(&json).unwrap(), s);
+        // A real signal brings it back down: / 1.05^10 per alpha step.
+        assert!(s.observe(&params, 20_000, 1.0));
+    }
+
+    #[test]
+    fn bad_parameters_are_rejected_with_the_key() {
+        let arch = arch();
+        for (params, key) in [
+            (
+                DartsPrimeParams {
+                    sched_freq: 0.0,
+                    ..Default::default()
+                },
+                "sched_freq",
+            ),
+            (
+                DartsPrimeParams {
+                    ewma: 1.5,
+                    ..Default::default()
+                },
+                "ewma",
+            ),
+            (
+                DartsPrimeParams {
+                    threshold_multiplier: 1.0,
+                    ..Default::default()
+                },
+                "threshold_multiplier",
+            ),
+            (
+                DartsPrimeParams {
+                    admm_every: 0,
+                    ..Default::default()
+                },
+                "admm_every",
+            ),
+        ] {
+            let err = DartsPrime::new(&arch, params).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+}

@@ -1,0 +1,915 @@
+//! SNAS (Xie, Zheng, Liu & Lin, ICLR 2019, "SNAS: Stochastic Neural Architecture Search";
+//! ../shared/REFERENCE.md section 6): single-level search over a factorised categorical
+//! distribution of architectures. Per edge the alphas are log-alphas (unnormalised logits);
+//! each forward of a weight step uses the Gumbel-softmax (Concrete) sample
+//! `Z = softmax((log_alpha + G) / lambda)`, `G = -log(-log U)`, so the one backward of the
+//! training loss reaches both the weights and the alphas (the paper's search gradient). The
+//! temperature `lambda` anneals linearly from `temperature_start` to `temperature_end` over
+//! the search (official: 1 -> 0.03).
+//!
+//! Resource constraint `E[L(Z)] + eta E[C(Z)]`: `C` sums over edges the cost of the op chosen
+//! there, with per-op costs from the supernet's own ops for the actual input shape
+//! ([`OpCostTable`]: parameters, FLOPs, memory access cost); its gradient is the score function
+//! (the paper's policy gradient) with the locally decomposed reward: each edge's log-probability
+//! gradient is weighted by that edge's own cost only (unbiased, since edges are sampled
+//! independently). The child network is the argmax on every edge, `none` included
+//! ([`DeriveRule::ArgmaxAll`]).
+//!
+//! Departures from the official code (SNAS-Series `model_search.py` / `train_search.py`), each
+//! for a reason:
+//! - The score function is taken for the categorical child `H = one_hot(argmax(log_alpha + G))`
+//!   (same noise as `Z`; by the Gumbel-max trick `H ~ Categorical(softmax(log_alpha))`), with
+//!   `grad log p(H) = onehot(H) - softmax(log_alpha)` and cost `C(H)`, the cost of the network
+//!   the search derives. The official code evaluates the cost on the relaxed `Z` and uses the
+//!   Concrete density of `Z`. Both are unbiased for the gradient of their own expectation; ours
+//!   targets the expected cost of the sampled child exactly, which makes it checkable against
+//!   enumeration (tests/search_snas.rs), and the two coincide as `lambda -> 0`.
+//! - [`OpCostTable`] sums each op's cost over all cells of a type, so the "log penalty" (mean of
+//!   the logs of params, FLOPs and MAC) is taken of the per-type sum; the official code takes
+//!   the log per cell and averages over cells (a difference only where cells of one type see
+//!   different resolutions). A `ln` of a cost below 1 (`none`, parameter-free ops) counts 0, as
+//!   the official `clean_* < 1 -> 1` does.
+//! - The temperature reaches `temperature_end` exactly at the last epoch and starts at
+//!   `temperature_start` (the official scheduler is stepped before the first epoch, so its
+//!   first epoch already runs one decrement below the start).
+//! - The Gumbel noise comes from the strategy's own seeded ChaCha RNG (checkpointed) instead of
+//!   libtorch's global generator, so a resumed search draws the same samples.
+//! - Alphas step with Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3) as in
+//!   REFERENCE.md section 6 and the official distributed path; the official single-GPU path
+//!   uses plain SGD. The alpha gradient's norm is clipped at 10 as in the official code.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::perturb::{grad, norm};
+use super::{
+    alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    WeightStepReport,
+};
+use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpCost, OpCostTable, OpWeights};
+
+/// Which resource an op's cost counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostMetric {
+    /// Mean of parameters, FLOPs and memory access cost (the official `separation = all`).
+    All,
+    Params,
+    Flops,
+    Mac,
+}
+
+/// `[search.strategy.params]` of `kind = "snas"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnasParams {
+    /// Gumbel-softmax temperature lambda at the first epoch. SNAS: 1.
+    pub temperature_start: f64,
+    /// Temperature at the last epoch (linear in between). SNAS: 0.03.
+    pub temperature_end: f64,
+    /// Weight of the resource constraint `eta E[C(Z)]`; 0 searches without it. REFERENCE.md
+    /// section 6: 1e-2 with the log penalty on the 8-cell supernet.
+    pub eta: f64,
+    /// Which costs the constraint counts. SNAS: `all`.
+    pub cost_metric: CostMetric,
+    /// `true`: an op's cost is `ln` of the metric (the official "log penalty", mean of the logs
+    /// under `all`). `false`: the metric itself in millions (M params, MFLOPs, M accesses).
+    pub log_cost: bool,
+    /// Subtract each edge's expected cost from its sampled cost in the score function (a
+    /// variance-reducing baseline that leaves the estimate unbiased; the official
+    /// `minus_baseline` subtracts the op average instead). SNAS: off.
+    pub baseline: bool,
+    /// Max global norm of the alpha gradient before the Adam step; 0 disables. Official: 10.
+    pub alpha_grad_clip: f64,
+    /// How the genotype is read off the alphas. SNAS: `argmax_all` (argmax on every edge,
+    /// `none` included, no top-2 pruning).
+    pub derive: DeriveRule,
+    /// Adam over the alphas. SNAS: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3.
+    pub optimizer: AdamConfig,
+}
+
+impl Default for SnasParams {
+    fn default() -> Self {
+        Self {
+            temperature_start: 1.0,
+            temperature_end: 0.03,
+            eta: 1e-2,
+            cost_metric: CostMetric::All,
+            log_cost: true,
+            baseline: false,
+            alpha_grad_clip: 10.0,
+            derive: DeriveRule::ArgmaxAll,
+            optimizer: AdamConfig::default(),
+        }
+    }
+}
+
+impl SnasParams {
+    /// The scalar cost of one op under these settings (the official per-edge resource term).
+    pub fn op_cost(&self, cost: &OpCost) -> f64 {
+        let metrics: &[i64] = match self.cost_metric {
+            CostMetric::All => &[cost.params, cost.flops, cost.mac],
+            CostMetric::Params => &[cost.params],
+            CostMetric::Flops => &[cost.flops],
+            CostMetric::Mac => &[cost.mac],
+        };
+        let f = |x: i64| {
+            if self.log_cost {
+                (x.max(1) as f64).ln()
+            } else {
+                x as f64 / 1e6
+            }
+        };
+        metrics.iter().map(|&x| f(x)).sum::<f64>() / metrics.len() as f64
+    }
+}
+
+/// One sample of one cell type's architecture.
+#[derive(Debug)]
+pub struct SnasSample {
+    /// Relaxed `Z = softmax((log_alpha + G) / lambda)`, `[num_edges, num_ops]`, with its graph
+    /// to the alphas; every row sums to 1.
+    pub relaxed: Tensor,
+    /// The categorical child on each edge, `argmax(log_alpha + G)` (same noise).
+    pub index: Vec<usize>,
+}
+
+/// The categorical children of the last weight-phase sample, waiting for the alpha step.
+#[derive(Debug, Clone)]
+struct Pending {
+    normal: Vec<usize>,
+    reduce: Option<Vec<usize>>,
+}
+
+/// Sampler and schedule state, checkpointed as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    rng: ChaCha8Rng,
+    temperature: f64,
+    arch_steps: u64,
+    /// `E_{H ~ softmax(alpha)}[C(H)]` after the last alpha step (exact); `None` before the
+    /// first step or without costs (JSON has no NaN).
+    expected_cost: Option<f64>,
+    /// Sum and count of `eta * C(H)` over this epoch's alpha steps.
+    penalty_sum: f64,
+    penalty_count: u64,
+}
+
+const STATE_FILE: &str = "snas.json";
+const ADAM_FILE: &str = "arch_adam.safetensors";
+
+/// Per-op costs of one cell type, `[num_edges, num_ops]`, f64.
+#[derive(Debug)]
+struct Costs {
+    normal: Tensor,
+    reduce: Option<Tensor>,
+}
+
+/// The SNAS strategy.
+#[derive(Debug)]
+pub struct Snas {
+    params: SnasParams,
+    adam: Adam,
+    state: State,
+    /// `[num_edges, num_ops]` and whether there is a reduce cell, to check the cost table.
+    shape: (usize, usize, bool),
+    device: Device,
+    costs: Option<Costs>,
+    pending: Option<Pending>,
+}
+
+impl Snas {
+    pub fn new(arch: &ArchParams, params: SnasParams, seed: u64) -> Result<Self, SearchError> {
+        let p = &params;
+        if !(p.temperature_end > 0.0
+            && p.temperature_start >= p.temperature_end
+            && p.temperature_start.is_finite())
+        {
+            return Err(SearchError::Invalid(format!(
+                "snas: need 0 < temperature_end <= temperature_start, got start {} end {}",
+                p.temperature_start, p.temperature_end
+            )));
+        }
+        if !(p.eta >= 0.0 && p.eta.is_finite()) {
+            return Err(SearchError::Invalid(format!(
+                "snas: eta must be finite and >= 0, got {}",
+                p.eta
+            )));
+        }
+        if p.alpha_grad_clip.is_nan() || p.alpha_grad_clip < 0.0 {
+            return Err(SearchError::Invalid(format!(
+                "snas: alpha_grad_clip must be >= 0 (0 = off), got {}",
+                p.alpha_grad_clip
+            )));
+        }
+        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let space = arch.space();
+        let state = State {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            temperature: params.temperature_start,
+            arch_steps: 0,
+            expected_cost: None,
+            penalty_sum: 0.0,
+            penalty_count: 0,
+        };
+        Ok(Self {
+            params,
+            adam,
+            state,
+            shape: (
+                space.num_edges(),
+                space.num_ops(),
+                arch.alpha_reduce().is_some(),
+            ),
+            device: arch.alpha_normal().device(),
+            costs: None,
+            pending: None,
+        })
+    }
+
+    pub fn params(&self) -> &SnasParams {
+        &self.params
+    }
+
+    /// Current Gumbel-softmax temperature lambda.
+    pub fn temperature(&self) -> f64 {
+        self.state.temperature
+    }
+
+    /// Per-op cost matrices `[num_edges, num_ops]` (normal, reduce), once set.
+    pub fn cost_matrices(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        self.costs.as_ref().map(|c| (&c.normal, c.reduce.as_ref()))
+    }
+
+    /// Gumbel noise `-log(-log u)`, `u ~ U(0, 1)` open, shaped like `alpha`, from the
+    /// strategy's RNG (drawn in f64, then cast to alpha's kind).
+    fn gumbel_like(&mut self, alpha: &Tensor) -> Result<Tensor, SearchError> {
+        let n = alpha.numel();
+        let g: Vec<f64> = (0..n)
+            .map(|_| {
+                // gen::<f64>() is in [0, 1); reflecting gives (0, 1], capped below 1.
+                let u: f64 = (1.0 - self.state.rng.gen::<f64>()).min(1.0 - f64::EPSILON);
+                -(-u.ln()).ln()
+            })
+            .collect();
+        Ok(Tensor::from_slice(&g)
+            .f_view(alpha.size().as_slice())?
+            .to_kind(alpha.kind())
+            .to_device(alpha.device()))
+    }
+
+    /// Draws one sample of `alpha` (`[num_edges, num_ops]` log-alphas) at the current
+    /// temperature: the relaxed `Z` with its graph, and the categorical child from the same
+    /// noise.
+    pub fn sample(&mut self, alpha: &Tensor) -> Result<SnasSample, SearchError> {
+        let gumbel = self.gumbel_like(alpha)?;
+        let logits = alpha + gumbel; // [E, O]
+        let relaxed = (&logits / self.state.temperature).softmax(-1, alpha.kind());
+        let index =
+            Vec::<i64>::try_from(&logits.detach().argmax(-1, false).to_device(Device::Cpu))?;
+        Ok(SnasSample {
+            relaxed,
+            index: index.into_iter().map(|i| i as usize).collect(),
+        })
+    }
+
+    /// Samples both cell types; `Pending` remembers the children for the score function.
+    fn sampled_weights(
+        &mut self,
+        arch: &ArchParams,
+    ) -> Result<(CellWeights, Pending), SearchError> {
+        let n = self.sample(arch.alpha_normal())?;
+        let r = arch.alpha_reduce().map(|a| self.sample(a)).transpose()?;
+        let pending = Pending {
+            normal: n.index,
+            reduce: r.as_ref().map(|r| r.index.clone()),
+        };
+        Ok((CellWeights::dense(n.relaxed, r.map(|r| r.relaxed)), pending))
+    }
+
+    /// The argmax child: one-hot on `argmax alpha` per edge (`none` included), every other op
+    /// skipped.
+    fn argmax_weights(arch: &ArchParams) -> Result<CellWeights, SearchError> {
+        let one = |a: &Tensor| -> Result<OpWeights, SearchError> {
+            let idx = a.argmax(-1, false);
+            let index = Vec::<i64>::try_from(&idx.to_device(Device::Cpu))?;
+            let w = a
+                .zeros_like()
+                .detach()
+                .scatter_value(-1, &idx.unsqueeze(-1), 1.0);
+            let index: Vec<usize> = index.into_iter().map(|i| i as usize).collect();
+            Ok(OpWeights::one_hot(w, &index)?)
+        };
+        Ok(CellWeights {
+            normal: one(arch.alpha_normal())?,
+            reduce: arch.alpha_reduce().map(one).transpose()?,
+        })
+    }
+
+    fn costs_or_err(&self) -> Result<&Costs, SearchError> {
+        self.costs.as_ref().ok_or_else(|| {
+            SearchError::Invalid(format!(
+                "snas: eta = {} needs per-op costs, but the search loop did not call \
+                 SearchStrategy::set_op_costs; set search.strategy.params.eta = 0 to search \
+                 without the resource constraint",
+                self.params.eta
+            ))
+        })
+    }
+
+    /// `E_{H ~ softmax(alpha)}[C(H)] = sum_e sum_o p_eo c_eo` over both cell types, exact.
+    pub fn expected_cost(&self, arch: &ArchParams) -> Result<f64, SearchError> {
+        let costs = self.costs_or_err()?;
+        let mut total = expected_cost(arch.alpha_normal(), &costs.normal)?;
+        if let (Some(a), Some(c)) = (arch.alpha_reduce(), costs.reduce.as_ref()) {
+            total += expected_cost(a, c)?;
+        }
+        Ok(total)
+    }
+
+    /// `(C(H), eta * score-function gradient per alpha)` for the children in `pending`; zeros
+    /// when `eta = 0`.
+    fn cost_term(
+        &self,
+        arch: &ArchParams,
+        pending: &Pending,
+    ) -> Result<(f64, Vec<Tensor>), SearchError> {
+        let a = alphas(arch);
+        if self.params.eta == 0.0 {
+            return Ok((0.0, a.iter().map(Tensor::zeros_like).collect()));
+        }
+        let costs = self.costs_or_err()?;
+        let mut parts = vec![(&a[0], &costs.normal, &pending.normal)];
+        if let (Some(alpha), Some(c), Some(idx)) =
+            (a.get(1), costs.reduce.as_ref(), pending.reduce.as_ref())
+        {
+            parts.push((alpha, c, idx));
+        }
+        let mut total = 0.0;
+        let mut grads = Vec::with_capacity(parts.len());
+        for (alpha, cost, index) in parts {
+            total += sampled_cost(cost, index)?;
+            let g = score_function_cost_gradient(alpha, cost, index, self.params.baseline)?;
+            grads.push((g * self.params.eta).to_kind(alpha.kind()));
+        }
+        Ok((total, grads))
+    }
+
+    /// Adds the cost term to the loss gradients `g_loss`, clips, steps Adam, records scalars.
+    fn step(
+        &mut self,
+        arch: &ArchParams,
+        pending: &Pending,
+        g_loss: Vec<Tensor>,
+        loss: f64,
+    ) -> Result<ArchStepStats, SearchError> {
+        let (cost, g_cost) = self.cost_term(arch, pending)?;
+        let g: Vec<Tensor> = g_loss.iter().zip(&g_cost).map(|(l, c)| l + c).collect();
+        let grad_norm = norm(&g);
+        if !grad_norm.is_finite() {
+            return Err(SearchError::Invalid(format!(
+                "snas: alpha gradient norm is {grad_norm}"
+            )));
+        }
+        let clip = self.params.alpha_grad_clip;
+        let g = if clip > 0.0 && grad_norm > clip {
+            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6).
+            let scale = clip / (grad_norm + 1e-6);
+            g.iter().map(|t| t * scale).collect()
+        } else {
+            g
+        };
+        self.adam.step_with(&g);
+        self.state.arch_steps += 1;
+        let penalty = self.params.eta * cost;
+        self.state.penalty_sum += penalty;
+        self.state.penalty_count += 1;
+        let expected = match self.costs {
+            Some(_) => Some(self.expected_cost(arch)?),
+            None => None,
+        };
+        self.state.expected_cost = expected;
+        Ok(ArchStepStats {
+            loss: loss + penalty,
+            grad_norm,
+        })
+    }
+
+    /// The gradient the single-level step applies before clipping and Adam: the alphas'
+    /// accumulated `.grad()` (the loop's one backward through `Z`) plus the cost term, for the
+    /// sample drawn by the last `op_weights(Phase::Weights)`. Exposed for tests.
+    pub fn single_level_gradient(&self, arch: &ArchParams) -> Result<Vec<Tensor>, SearchError> {
+        let pending = self.pending.as_ref().ok_or_else(no_sample)?;
+        let g_loss = loss_gradients(arch)?;
+        let (_, g_cost) = self.cost_term(arch, pending)?;
+        Ok(g_loss.iter().zip(&g_cost).map(|(l, c)| l + c).collect())
+    }
+}
+
+fn no_sample() -> SearchError {
+    SearchError::Invalid(
+        "snas: after_weight_step without a preceding op_weights(Phase::Weights): the weight \
+         step's forward must use the strategy's sample"
+            .into(),
+    )
+}
+
+/// The alphas' `.grad()`s, or an error if the backward never reached them.
+fn loss_gradients(arch: &ArchParams) -> Result<Vec<Tensor>, SearchError> {
+    alphas(arch)
+        .iter()
+        .map(|a| {
+            let g = a.grad();
+            if g.defined() {
+                Ok(g.detach().copy())
+            } else {
+                Err(SearchError::Invalid(
+                    "snas: the weight step's backward did not reach the alphas (single-level \
+                     search needs the loss built from op_weights(Phase::Weights) with its graph)"
+                        .into(),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// `sum_e cost[e, index[e]]`.
+pub fn sampled_cost(cost: &Tensor, index: &[usize]) -> Result<f64, SearchError> {
+    let rows = Vec::<Vec<f64>>::try_from(&cost.to_kind(Kind::Double).to_device(Device::Cpu))?;
+    if rows.len() != index.len() {
+        return Err(SearchError::Invalid(format!(
+            "snas: {} sampled edges for a cost table of {} edges",
+            index.len(),
+            rows.len()
+        )));
+    }
+    rows.iter()
+        .zip(index)
+        .map(|(row, &o)| {
+            row.get(o).copied().ok_or_else(|| {
+                SearchError::Invalid(format!("snas: op {o} outside a row of {} ops", row.len()))
+            })
+        })
+        .sum()
+}
+
+/// `E_{H ~ softmax(alpha)}[sum_e cost[e, H_e]] = sum_e <softmax(alpha_e), cost_e>`.
+pub fn expected_cost(alpha: &Tensor, cost: &Tensor) -> Result<f64, SearchError> {
+    let p = tch::no_grad(|| alpha.softmax(-1, Kind::Double));
+    Ok((p * cost.to_kind(Kind::Double).to_device(alpha.device()))
+        .sum(Kind::Double)
+        .f_double_value(&[])?)
+}
+
+/// The score-function (REINFORCE) estimate of `grad_alpha E_{H ~ softmax(alpha)}[C(H)]` from
+/// one categorical sample `index`, with the locally decomposed reward of SNAS: edge `e`'s row
+/// is `(cost[e, H_e] - b_e) (onehot(H_e) - softmax(alpha_e))`, `b_e = <softmax(alpha_e),
+/// cost_e>` when `baseline`, else 0. `alpha` and `cost` are `[num_edges, num_ops]`; the result
+/// is f64.
+///
+/// Unbiased: `E[onehot(H_e) - p_e] = 0` makes other edges' costs (independent of `H_e`) and any
+/// baseline drop out, and `E[c_{e,H_e} (onehot(H_e) - p_e)]_o = p_eo (c_eo - <p_e, c_e>)`, the
+/// exact gradient of `<softmax(alpha_e), c_e>` with respect to `alpha_eo`.
+pub fn score_function_cost_gradient(
+    alpha: &Tensor,
+    cost: &Tensor,
+    index: &[usize],
+    baseline: bool,
+) -> Result<Tensor, SearchError> {
+    let (edges, ops) = match alpha.size()[..] {
+        [e, o] => (e, o),
+        _ => {
+            return Err(SearchError::Invalid(format!(
+                "snas: alphas must be [num_edges, num_ops], got {:?}",
+                alpha.size()
+            )))
+        }
+    };
+    if cost.size() != [edges, ops] || index.len() != edges as usize {
+        return Err(SearchError::Invalid(format!(
+            "snas: cost table {:?} and {} sampled edges do not match alphas {:?}",
+            cost.size(),
+            index.len(),
+            alpha.size()
+        )));
+    }
+    if let Some(&o) = index.iter().find(|&&o| o as i64 >= ops) {
+        return Err(SearchError::Invalid(format!(
+            "snas: sampled op {o} outside {ops} ops"
+        )));
+    }
+    let device = alpha.device();
+    tch::no_grad(|| {
+        let p = alpha.detach().softmax(-1, Kind::Double); // [E, O]
+        let cost = cost.to_kind(Kind::Double).to_device(device); // [E, O]
+        let idx: Vec<i64> = index.iter().map(|&o| o as i64).collect();
+        let idx = Tensor::from_slice(&idx).to_device(device).unsqueeze(-1); // [E, 1]
+        let one_hot = p.zeros_like().scatter_value(-1, &idx, 1.0); // [E, O]
+        let mut reward = cost.gather(-1, &idx, false); // [E, 1]
+        if baseline {
+            reward -= (&p * &cost).sum_dim_intlist(-1, true, Kind::Double);
+        }
+        Ok((one_hot - p) * reward)
+    })
+}
+
+/// `[num_edges, num_ops]` f64 matrix of `params.op_cost` over one cell type's table.
+fn cost_matrix(
+    params: &SnasParams,
+    table: &[Vec<OpCost>],
+    (edges, ops): (usize, usize),
+    what: &str,
+    device: Device,
+) -> Result<Tensor, SearchError> {
+    if table.len() != edges || table.iter().any(|row| row.len() != ops) {
+        return Err(SearchError::Invalid(format!(
+            "snas: the {what} cost table is {}x{}, the alphas are {edges}x{ops}",
+            table.len(),
+            table.first().map_or(0, Vec::len)
+        )));
+    }
+    let flat: Vec<f64> = table
+        .iter()
+        .flat_map(|row| row.iter().map(|c| params.op_cost(c)))
+        .collect();
+    Ok(Tensor::from_slice(&flat)
+        .view([edges as i64, ops as i64])
+        .to_device(device))
+}
+
+impl SearchStrategy for Snas {
+    fn name(&self) -> &'static str {
+        "snas"
+    }
+
+    /// Weights: zeroes the alpha gradients and returns the relaxed sample `Z` with its graph to
+    /// the alphas (every op computed), so the loop's one backward reaches them; the categorical
+    /// children are kept for the resource term of [`SearchStrategy::after_weight_step`]. Arch:
+    /// a fresh relaxed sample. Eval: the argmax child network (`none` included), only its ops
+    /// computed.
+    fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
+        match phase {
+            Phase::Weights => {
+                for mut a in alphas(arch) {
+                    a.zero_grad();
+                }
+                let (weights, pending) = self.sampled_weights(arch)?;
+                self.pending = Some(pending);
+                Ok(weights)
+            }
+            Phase::Arch => Ok(self.sampled_weights(arch)?.0),
+            Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
+        }
+    }
+
+    /// Linear anneal `temperature_start -> temperature_end`, reached at the last epoch.
+    fn begin_epoch(&mut self, epoch: usize, num_epochs: usize) {
+        let span = num_epochs.saturating_sub(1).max(1) as f64;
+        let frac = (epoch as f64 / span).min(1.0);
+        let (start, end) = (self.params.temperature_start, self.params.temperature_end);
+        self.state.temperature = start - (start - end) * frac;
+        self.state.penalty_sum = 0.0;
+        self.state.penalty_count = 0;
+    }
+
+    /// Never: SNAS is single level (alphas step in `after_weight_step`).
+    fn wants_arch_step(&self, _iteration: u64) -> bool {
+        false
+    }
+
+    /// The same single-level alpha update without a weight step, on the objective's *training*
+    /// batch (loops never call it, since `wants_arch_step` is false; it serves loops or tests
+    /// that take alpha steps explicitly). Uses only [`Objective::train_loss`], so it works with
+    /// the RL objective as well.
+    fn arch_step(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<ArchStepStats, SearchError> {
+        let (weights, pending) = self.sampled_weights(arch)?;
+        let loss = objective.train_loss(&weights)?;
+        let value = loss.f_double_value(&[])?;
+        let g_loss = grad(&loss, &alphas(arch), false)?;
+        self.step(arch, &pending, g_loss, value)
+    }
+
+    /// The single-level alpha step: the loop's backward left `grad_alpha L(Z)` in the alphas;
+    /// add `eta *` the score-function cost gradient for the same sample, clip, step Adam.
+    fn after_weight_step(
+        &mut self,
+        arch: &ArchParams,
+        report: &WeightStepReport,
+    ) -> Result<Option<ArchStepStats>, SearchError> {
+        let pending = self.pending.take().ok_or_else(no_sample)?;
+        let g_loss = loss_gradients(arch)?;
+        let stats = self.step(arch, &pending, g_loss, report.loss)?;
+        for mut a in alphas(arch) {
+            a.zero_grad();
+        }
+        Ok(Some(stats))
+    }
+
+    fn set_op_costs(&mut self, costs: &OpCostTable) -> Result<(), SearchError> {
+        let (edges, ops, with_reduce) = self.shape;
+        let normal = cost_matrix(
+            &self.params,
+            &costs.normal,
+            (edges, ops),
+            "normal",
+            self.device,
+        )?;
+        let reduce = match (with_reduce, costs.reduce.as_ref()) {
+            (true, Some(t)) => Some(cost_matrix(
+                &self.params,
+                t,
+                (edges, ops),
+                "reduce",
+                self.device,
+            )?),
+            (false, _) => None,
+            (true, None) => {
+                return Err(SearchError::Invalid(
+                    "snas: the alphas have a reduce cell but the cost table has none".into(),
+                ))
+            }
+        };
+        self.costs = Some(Costs { normal, reduce });
+        Ok(())
+    }
+
+    fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
+        super::derive_from_softmax(arch, self.params.derive)
+    }
+
+    /// `temperature`; `expected_cost` (exact `E[C]` at the current alphas, once costs are set
+    /// and a step was taken); `penalty` (mean `eta * C(H)` over this epoch's alpha steps).
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![("temperature", self.state.temperature)];
+        if let Some(c) = self.state.expected_cost {
+            out.push(("expected_cost", c));
+        }
+        if self.state.penalty_count > 0 {
+            out.push((
+                "penalty",
+                self.state.penalty_sum / self.state.penalty_count as f64,
+            ));
+        }
+        out.push(("arch_lr", self.adam.config.lr));
+        out.push(("arch_steps", self.state.arch_steps as f64));
+        out
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), SearchError> {
+        self.adam.save(&dir.join(ADAM_FILE))?;
+        let path = dir.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
+        self.adam.load(&dir.join(ADAM_FILE))?;
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.state = serde_json::from_slice(&bytes)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        self.pending = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nas::{AlphaInit, DartsSearchConfig, DartsSearchNet, Supernet};
+    use tch::nn;
+
+    /// Alphas of a one-normal-cell, two-reduce-cell, two-node DARTS supernet, f64, and its
+    /// per-op costs on 8x8 grey images.
+    fn tiny() -> (ArchParams, OpCostTable) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = DartsSearchNet::new(
+            vs.root(),
+            &DartsSearchConfig {
+                c: 4,
+                layers: 3,
+                num_nodes: 2,
+                in_channels: 1,
+                stem_multiplier: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut arch = ArchParams::new(
+            Device::Cpu,
+            net.space(),
+            true,
+            AlphaInit {
+                mean: 1.0,
+                std: 0.01,
+            },
+        )
+        .unwrap();
+        arch.var_store_mut().set_kind(Kind::Double);
+        (arch, net.op_costs([1, 8, 8]))
+    }
+
+    #[test]
+    fn temperature_anneals_linearly_and_bad_settings_are_rejected() {
+        let (arch, _) = tiny();
+        let mut s = Snas::new(&arch, SnasParams::default(), 0).unwrap();
+        assert_eq!(s.temperature(), 1.0);
+        let t: Vec<f64> = (0..5)
+            .map(|e| {
+                s.begin_epoch(e, 5);
+                s.temperature()
+            })
+            .collect();
+        let expected = [1.0, 0.7575, 0.515, 0.2725, 0.03];
+        for (got, want) in t.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-12, "{t:?}");
+        }
+        for bad in [
+            SnasParams {
+                temperature_end: 0.0,
+                ..Default::default()
+            },
+            SnasParams {
+                temperature_start: 0.01,
+                ..Default::default()
+            },
+            SnasParams {
+                eta: -1.0,
+                ..Default::default()
+            },
+            SnasParams {
+                alpha_grad_clip: f64::NAN,
+                ..Default::default()
+            },
+        ] {
+            assert!(Snas::new(&arch, bad, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn op_cost_is_the_mean_log_or_the_metric_in_millions() {
+        let c = OpCost {
+            params: 100,
+            flops: 1000,
+            mac: 10,
+        };
+        let log_all = SnasParams::default().op_cost(&c);
+        assert!((log_all - 2.0 * 10f64.ln()).abs() < 1e-12, "{log_all}");
+        // ln of a zero cost (none, parameter-free ops) counts 0, as the official clean-up does.
+        assert_eq!(SnasParams::default().op_cost(&OpCost::default()), 0.0);
+        let linear_params = SnasParams {
+            cost_metric: CostMetric::Params,
+            log_cost: false,
+            ..Default::default()
+        };
+        assert!((linear_params.op_cost(&c) - 1e-4).abs() < 1e-18);
+    }
+
+    #[test]
+    fn cost_table_shape_is_checked_and_missing_costs_are_an_error_only_with_eta() {
+        let (arch, table) = tiny();
+        let mut s = Snas::new(&arch, SnasParams::default(), 0).unwrap();
+        let mut short = table.clone();
+        short.normal.pop();
+        let err = s.set_op_costs(&short).unwrap_err().to_string();
+        assert!(err.contains("normal cost table"), "{err}");
+        let no_reduce = OpCostTable {
+            normal: table.normal.clone(),
+            reduce: None,
+        };
+        assert!(s.set_op_costs(&no_reduce).is_err());
+
+        // eta > 0 without costs: a clear error naming the fix.
+        s.op_weights(&arch, Phase::Weights).unwrap();
+        let err = s.expected_cost(&arch).unwrap_err().to_string();
+        assert!(
+            err.contains("set_op_costs") && err.contains("eta = 0"),
+            "{err}"
+        );
+
+        // eta = 0 needs none.
+        let mut free = Snas::new(
+            &arch,
+            SnasParams {
+                eta: 0.0,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let w = free.op_weights(&arch, Phase::Weights).unwrap();
+        let loss = w.normal.weights().sum(Kind::Double)
+            + w.reduce
+                .as_ref()
+                .unwrap()
+                .weights()
+                .square()
+                .sum(Kind::Double);
+        loss.backward();
+        let report = WeightStepReport {
+            iteration: 0,
+            loss: 0.0,
+            grad_norm_sq: 0.0,
+            lr: 0.0,
+        };
+        assert!(free.after_weight_step(&arch, &report).unwrap().is_some());
+    }
+
+    /// The applied gradient is the backward's `grad_alpha L(Z)` plus `eta` times the score
+    /// function for the *same* sample's children; the step moves the alphas and clears their
+    /// gradients; a step without a sample is an error.
+    #[test]
+    fn single_level_gradient_is_loss_gradient_plus_eta_score_function() {
+        let (arch, table) = tiny();
+        let params = SnasParams {
+            eta: 0.5,
+            ..Default::default()
+        };
+        let mut s = Snas::new(&arch, params, 1).unwrap();
+        s.set_op_costs(&table).unwrap();
+        let target = Tensor::randn([5, 8], (Kind::Double, Device::Cpu));
+        let w = s.op_weights(&arch, Phase::Weights).unwrap();
+        let loss = (w.normal.weights() * &target).sum(Kind::Double)
+            + (w.reduce.as_ref().unwrap().weights() * &target).sum(Kind::Double);
+        loss.backward();
+        let g_loss: Vec<Tensor> = alphas(&arch).iter().map(|a| a.grad().copy()).collect();
+        assert!(g_loss
+            .iter()
+            .all(|g| g.abs().sum(Kind::Double).double_value(&[]) > 0.0));
+
+        let pending = s.pending.clone().unwrap();
+        let (costs_n, costs_r) = s.cost_matrices().unwrap();
+        let expected = [
+            &g_loss[0]
+                + score_function_cost_gradient(
+                    arch.alpha_normal(),
+                    costs_n,
+                    &pending.normal,
+                    false,
+                )
+                .unwrap()
+                    * 0.5,
+            &g_loss[1]
+                + score_function_cost_gradient(
+                    arch.alpha_reduce().unwrap(),
+                    costs_r.unwrap(),
+                    pending.reduce.as_ref().unwrap(),
+                    false,
+                )
+                .unwrap()
+                    * 0.5,
+        ];
+        let got = s.single_level_gradient(&arch).unwrap();
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(g.allclose(e, 1e-12, 1e-12, false));
+        }
+
+        let before: Vec<Tensor> = alphas(&arch).iter().map(Tensor::copy).collect();
+        let report = WeightStepReport {
+            iteration: 0,
+            loss: 1.0,
+            grad_norm_sq: 0.0,
+            lr: 0.025,
+        };
+        let stats = s.after_weight_step(&arch, &report).unwrap().unwrap();
+        assert!(stats.grad_norm > 0.0 && stats.loss >= 1.0);
+        for (a, b) in alphas(&arch).iter().zip(&before) {
+            assert!(!a.equal(b), "alphas did not move");
+            assert_eq!(a.grad().abs().sum(Kind::Double).double_value(&[]), 0.0);
+        }
+        let names: Vec<&str> = s.scalars().iter().map(|(n, _)| *n).collect();
+        assert!(names.contains(&"expected_cost") && names.contains(&"penalty"));
+        assert!(s.after_weight_step(&arch, &report).is_err());
+    }
+
+    #[test]
+    fn checkpoint_restores_the_sampler_and_the_schedule() {
+        let (arch, _) = tiny();
+        let mut s = Snas::new(&arch, SnasParams::default(), 7).unwrap();
+        s.begin_epoch(3, 10);
+        s.sample(arch.alpha_normal()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        s.save(dir.path()).unwrap();
+        let mut fresh = Snas::new(&arch, SnasParams::default(), 99).unwrap();
+        fresh.load(dir.path()).unwrap();
+        assert_eq!(fresh.temperature(), s.temperature());
+        for _ in 0..3 {
+            let a = s.sample(arch.alpha_normal()).unwrap();
+            let b = fresh.sample(arch.alpha_normal()).unwrap();
+            assert_eq!(a.index, b.index);
+            assert!(a.relaxed.equal(&b.relaxed));
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! UNAS (Vahdat, Mallya, Liu & Kautz, CVPR 2020, "UNAS: Differentiable Architecture Search
+//! Meets Reinforcement Learning"; ../shared/REFERENCE.md section 7): the alphas are logits of a
+//! factorised categorical distribution over architectures, and they minimise the expected
+//! objective `E_{z ~ p(z)}[f(z)]` with `f = L_train + lambda |L_val - L_train|` (the
+//! generalisation-gap objective, lambda 0.5), whose gradient mixes REINFORCE and the
+//! reparameterisation trick.
+//!
+//! Per edge the Gumbel noise `G` gives the relaxed sample `zeta = softmax((log p + G) / tau)`
+//! (tau 0.4) and, with the same noise, the hard architecture `z = onehot(argmax(log p + G))`.
+//! Two estimators (`estimator` switch):
+//! - `relaxed_baseline`: `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`, REINFORCE with the
+//!   relaxed loss as baseline plus the reparameterised relaxed term. Low variance, but biased:
+//!   `zeta` depends on the same noise as `z`, so `E[f(zeta) grad log p(z)] != grad E[f(zeta)]`
+//!   in general (the bias vanishes as tau -> 0).
+//! - `rebar` (default): REBAR (Tucker et al. 2017) with eta = 1,
+//!   `(f(z) - f(zeta~)) grad log p(z) + grad f(zeta) - grad f(zeta~)`, where `zeta~ =
+//!   softmax(b~ / tau)` and `b~ ~ p(b | z)` is the conditional Gumbel sample given the hard
+//!   architecture, reparameterised with its own uniforms (the derivative of `f(zeta~)` holds
+//!   `z` fixed). Unbiased for `grad E[f(z)]` (tests/search_unas.rs checks it against an
+//!   enumerated expectation). Costs one more relaxed evaluation of `f` per step.
+//!
+//! Mapping onto the trait: bilevel like DARTS. `arch_step` draws the samples, evaluates `f` on
+//! the objective's current training and search batches for each of `z` (hard, only the sampled
+//! op of each edge computed, no graph), `zeta` (and `zeta~`), and steps Adam (lr 1e-3) on the
+//! alphas with the estimate. The weight step trains the weights on a hard sample of the current
+//! distribution (only the sampled ops computed), the network UNAS's REINFORCE part scores.
+//! The first `warmup_epochs` epochs train the weights only. `f` is built from
+//! [`Objective::train_loss`] and [`Objective::search_loss`] only, so any loop that implements
+//! [`Objective`] (supervised or RL) drives it.
+//!
+//! Not implemented here (ISSUE 7 leftovers): the measured-latency penalty
+//! `c_t relu(latency(z) - target)` and the factorised cell (2 input and 2 op selectors per
+//! node); this module searches the standard DARTS cell (with `none`) and derives its genotype
+//! with the DARTS rule.
+//!
+//! Departures, each for a reason: the Gumbel noise comes from the strategy's own seeded ChaCha
+//! RNG (checkpointed) so a resumed search draws the same samples; the alpha Adam's betas and
+//! weight decay default to DARTS's values (REFERENCE.md gives only the lr, 1e-3).
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::perturb::{grad, norm};
+use super::{
+    alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+};
+use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpWeights};
+
+/// Which gradient estimator the alpha step uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnasEstimator {
+    /// `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)` (biased, low variance).
+    RelaxedBaseline,
+    /// REBAR with the conditional Gumbel sample: unbiased.
+    Rebar,
+    /// Plain REINFORCE `f(z) grad log p(z)`, no baseline: the reference the other two are
+    /// compared with (unbiased, high variance). Not meant for real searches.
+    Reinforce,
+}
+
+/// `[search.strategy.params]` of `kind = "unas"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnasParams {
+    /// Weight of the generalisation gap `|L_val - L_train|` in `f`. UNAS: 0.5.
+    pub gap_weight: f64,
+    /// Temperature of the relaxed samples. UNAS: 0.4.
+    pub tau: f64,
+    /// `rebar` (unbiased) | `relaxed_baseline` | `reinforce`.
+    pub estimator: UnasEstimator,
+    /// Epochs that train the weights only before alpha steps start. UNAS: 15 of 100 on
+    /// CIFAR-10 (set in configs/cifar10-unas.toml); the default 0 leaves the schedule to the
+    /// preset, since an epoch means different amounts of work in the vision and RL loops.
+    pub warmup_epochs: usize,
+    /// Decay of the running mean/variance of the alpha gradient logged as
+    /// `estimator_variance` (an EWMA over steps; monitoring only).
+    pub variance_decay: f64,
+    /// How the genotype is read off `softmax(alpha)`: `darts` (top-2 edges per node, `none`
+    /// excluded) for the DARTS cell.
+    pub derive: DeriveRule,
+    /// Adam over the alphas. UNAS: lr 1e-3; the rest as DARTS.
+    pub optimizer: AdamConfig,
+}
+
+impl Default for UnasParams {
+    fn default() -> Self {
+        Self {
+            gap_weight: 0.5,
+            tau: 0.4,
+            estimator: UnasEstimator::Rebar,
+            warmup_epochs: 0,
+            variance_decay: 0.9,
+            derive: DeriveRule::Darts,
+            optimizer: AdamConfig {
+                lr: 1e-3,
+                ..AdamConfig::default()
+            },
+        }
+    }
+}
+
+/// One sample of one cell type's architecture.
+#[derive(Debug)]
+pub struct UnasSample {
+    /// The hard architecture: sampled op per edge, `argmax(log p + G)`.
+    pub index: Vec<usize>,
+    /// `onehot(index)`, `[num_edges, num_ops]`, no graph.
+    pub hard: Tensor,
+    /// `zeta = softmax((log p + G) / tau)` with graph to the alphas.
+    pub relaxed: Tensor,
+    /// `zeta~ = softmax(b~ / tau)`, `b~ ~ p(b | z)` (REBAR only), with graph to the alphas.
+    pub conditional: Option<Tensor>,
+}
+
+/// Values of `f` at the three samples of one estimate (the conditional one only for REBAR).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UnasTerms {
+    pub f_hard: f64,
+    pub f_relaxed: f64,
+    pub f_conditional: Option<f64>,
+}
+
+/// Uniforms in the open interval (0, 1), as f64, shaped `[n]`.
+fn open_uniforms(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
+    (0..n)
+        // gen::<f64>() is in [0, 1); reflecting gives (0, 1], capped below 1.
+        .map(|_| (1.0 - rng.gen::<f64>()).min(1.0 - f64::EPSILON))
+        .collect()
+}
+
+fn like(values: Vec<f64>, alpha: &Tensor) -> Result<Tensor, SearchError> {
+    Ok(Tensor::from_slice(&values)
+        .f_view(alpha.size().as_slice())?
+        .to_kind(alpha.kind())
+        .to_device(alpha.device()))
+}
+
+/// Draws `z`, `zeta` (and `zeta~` when `conditional`) for the logits `alpha`
+/// (`[num_edges, num_ops]`) at temperature `tau` from `rng`.
+///
+/// The conditional sample (Tucker et al. 2017, appendix): with `lp = log_softmax(alpha)` and
+/// fresh uniforms `v`, the maximum of the perturbed log-probabilities is Gumbel(0), so
+/// `b~_k = -log(-log v_k)` for the sampled op `k`, and every other op is a Gumbel truncated
+/// below it, `b~_i = -log(-log v_i / p_i - log v_k)`.
+pub fn sample_cell(
+    rng: &mut ChaCha8Rng,
+    alpha: &Tensor,
+    tau: f64,
+    conditional: bool,
+) -> Result<UnasSample, SearchError> {
+    if alpha.dim() != 2 {
+        return Err(SearchError::Invalid(format!(
+            "unas: alphas must be [num_edges, num_ops], got {:?}",
+            alpha.size()
+        )));
+    }
+    let n = alpha.numel();
+    let log_p = alpha.log_softmax(-1, alpha.kind()); // [E, O]
+    let gumbel = like(
+        open_uniforms(rng, n)
+            .into_iter()
+            .map(|u| -(-u.ln()).ln())
+            .collect(),
+        alpha,
+    )?;
+    let b = &log_p + gumbel; // [E, O]
+    let argmax = b.detach().argmax(-1, true); // [E, 1]
+    let index = Vec::<i64>::try_from(&argmax.flatten(0, -1).to_device(Device::Cpu))?;
+    let hard = b.zeros_like().detach().scatter_value(-1, &argmax, 1.0); // [E, O]
+    let relaxed = (&b / tau).softmax(-1, alpha.kind());
+    let conditional = if conditional {
+        // -log v, positive, [E, O]
+        let neg_log_v = like(
+            open_uniforms(rng, n).into_iter().map(|v| -v.ln()).collect(),
+            alpha,
+        )?;
+        let top = neg_log_v.gather(-1, &argmax, false); // [E, 1]: -log v_k
+        let others = -(&neg_log_v * (-&log_p).exp() + &top).log(); // [E, O]
+        let at_top = -top.log(); // [E, 1]
+        let b_tilde = others.where_self(&hard.eq(0.0), &at_top.expand_as(&others));
+        Some((b_tilde / tau).softmax(-1, alpha.kind()))
+    } else {
+        None
+    };
+    Ok(UnasSample {
+        index: index.into_iter().map(|i| i as usize).collect(),
+        hard,
+        relaxed,
+        conditional,
+    })
+}
+
+/// The alpha gradient of one estimate. `alphas` are the logits of each cell type, `samples`
+/// one [`UnasSample`] per alpha, and `f` evaluates the objective for one op-weight matrix per
+/// cell type (called with the hard one-hot weights under `no_grad`, then with `zeta`, then with
+/// `zeta~` for REBAR; it must return a scalar with graph to the weights it was given).
+pub fn estimate_gradient(
+    alphas: &[Tensor],
+    samples: &[UnasSample],
+    estimator: UnasEstimator,
+    mut f: impl FnMut(Vec<OpWeights>) -> Result<Tensor, SearchError>,
+) -> Result<(Vec<Tensor>, UnasTerms), SearchError> {
+    if alphas.len() != samples.len() {
+        return Err(SearchError::Invalid(format!(
+            "unas: {} alpha matrices and {} samples",
+            alphas.len(),
+            samples.len()
+        )));
+    }
+    let hard: Vec<OpWeights> = samples
+        .iter()
+        .map(|s| OpWeights::one_hot(s.hard.shallow_clone(), &s.index))
+        .collect::<Result<_, _>>()?;
+    let f_hard = tch::no_grad(|| f(hard))?.f_double_value(&[])?;
+    // log p(z) = sum over cells and edges of log_softmax(alpha)[e, z_e].
+    let mut log_p_z = Tensor::zeros([], (alphas[0].kind(), alphas[0].device()));
+    for (a, s) in alphas.iter().zip(samples) {
+        let lp = a.log_softmax(-1, a.kind()) * &s.hard;
+        log_p_z += lp.sum(a.kind());
+    }
+    let mut terms = UnasTerms {
+        f_hard,
+        ..Default::default()
+    };
+    let surrogate = match estimator {
+        UnasEstimator::Reinforce => {
+            terms.f_relaxed = f_hard;
+            log_p_z * f_hard
+        }
+        UnasEstimator::RelaxedBaseline => {
+            let dense = samples
+                .iter()
+                .map(|s| OpWeights::dense(s.relaxed.shallow_clone()))
+                .collect();
+            let f_rel = f(dense)?;
+            terms.f_relaxed = f_rel.f_double_value(&[])?;
+            &f_rel + log_p_z * (f_hard - terms.f_relaxed)
+        }
+        UnasEstimator::Rebar => {
+            let dense = samples
+                .iter()
+                .map(|s| OpWeights::dense(s.relaxed.shallow_clone()))
+                .collect();
+            let f_rel = f(dense)?;
+            let cond = samples
+                .iter()
+                .map(|s| {
+                    s.conditional
+                        .as_ref()
+                        .map(|c| OpWeights::dense(c.shallow_clone()))
+                        .ok_or_else(|| {
+                            SearchError::Invalid("unas: rebar needs conditional samples".into())
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            let f_cond = f(cond)?;
+            terms.f_relaxed = f_rel.f_double_value(&[])?;
+            let fc = f_cond.f_double_value(&[])?;
+            terms.f_conditional = Some(fc);
+            &f_rel - &f_cond + log_p_z * (f_hard - fc)
+        }
+    };
+    let g = grad(&surrogate, alphas, false)?;
+    Ok((g, terms))
+}
+
+/// Sampler and monitoring state, checkpointed as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    rng: ChaCha8Rng,
+    epoch: usize,
+    arch_steps: u64,
+    /// EWMA of the flattened alpha gradient (empty before the first step).
+    grad_mean: Vec<f64>,
+    /// EWMA of `||g - grad_mean||^2`: the estimator's variance (trace), for monitoring.
+    grad_variance: f64,
+    last_train_loss: Option<f64>,
+    last_search_loss: Option<f64>,
+    last_terms: Option<(f64, f64, Option<f64>)>,
+}
+
+const STATE_FILE: &str = "unas.json";
+const ADAM_FILE: &str = "arch_adam.safetensors";
+
+/// The UNAS strategy.
+#[derive(Debug)]
+pub struct Unas {
+    params: UnasParams,
+    adam: Adam,
+    state: State,
+}
+
+impl Unas {
+    pub fn new(arch: &ArchParams, params: UnasParams, seed: u64) -> Result<Self, SearchError> {
+        let p = &params;
+        if !(p.tau > 0.0 && p.tau.is_finite()) {
+            return Err(SearchError::Invalid(format!(
+                "unas: tau must be finite and > 0, got {}",
+                p.tau
+            )));
+        }
+        if !(p.gap_weight >= 0.0 && p.gap_weight.is_finite()) {
+            return Err(SearchError::Invalid(format!(
+                "unas: gap_weight must be finite and >= 0, got {}",
+                p.gap_weight
+            )));
+        }
+        if !(0.0..1.0).contains(&p.variance_decay) {
+            return Err(SearchError::Invalid(format!(
+                "unas: variance_decay must be in [0, 1), got {}",
+                p.variance_decay
+            )));
+        }
+        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        Ok(Self {
+            params,
+            adam,
+            state: State {
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                epoch: 0,
+                arch_steps: 0,
+                grad_mean: Vec::new(),
+                grad_variance: 0.0,
+                last_train_loss: None,
+                last_search_loss: None,
+                last_terms: None,
+            },
+        })
+    }
+
+    pub fn params(&self) -> &UnasParams {
+        &self.params
+    }
+
+    /// The running estimate of the alpha gradient's variance (trace), 0 before two steps.
+    pub fn estimator_variance(&self) -> f64 {
+        self.state.grad_variance
+    }
+
+    fn samples(&mut self, arch: &ArchParams) -> Result<Vec<UnasSample>, SearchError> {
+        let conditional = self.params.estimator == UnasEstimator::Rebar;
+        alphas(arch)
+            .iter()
+            .map(|a| sample_cell(&mut self.state.rng, a, self.params.tau, conditional))
+            .collect()
+    }
+
+    fn hard_weights(&mut self, arch: &ArchParams) -> Result<CellWeights, SearchError> {
+        let mut cells = tch::no_grad(|| -> Result<Vec<OpWeights>, SearchError> {
+            alphas(arch)
+                .iter()
+                .map(|a| {
+                    let s = sample_cell(&mut self.state.rng, a, self.params.tau, false)?;
+                    Ok(OpWeights::one_hot(s.hard, &s.index)?)
+                })
+                .collect()
+        })?
+        .into_iter();
+        let normal = cells
+            .next()
+            .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
+        Ok(CellWeights {
+            normal,
+            reduce: cells.next(),
+        })
+    }
+
+    /// The argmax op per edge, one-hot, every other op skipped.
+    fn argmax_weights(arch: &ArchParams) -> Result<CellWeights, SearchError> {
+        let one = |a: &Tensor| -> Result<OpWeights, SearchError> {
+            let idx = a.argmax(-1, false);
+            let index = Vec::<i64>::try_from(&idx.to_device(Device::Cpu))?;
+            let w = a
+                .zeros_like()
+                .detach()
+                .scatter_value(-1, &idx.unsqueeze(-1), 1.0);
+            let index: Vec<usize> = index.into_iter().map(|i| i as usize).collect();
+            Ok(OpWeights::one_hot(w, &index)?)
+        };
+        Ok(CellWeights {
+            normal: one(arch.alpha_normal())?,
+            reduce: arch.alpha_reduce().map(one).transpose()?,
+        })
+    }
+
+    fn record_gradient(&mut self, g: &[Tensor]) -> Result<(), SearchError> {
+        let mut flat = Vec::new();
+        for t in g {
+            flat.extend(Vec::<f64>::try_from(
+                &t.detach()
+                    .to_kind(Kind::Double)
+                    .to_device(Device::Cpu)
+                    .flatten(0, -1),
+            )?);
+        }
+        let d = self.params.variance_decay;
+        if self.state.grad_mean.len() != flat.len() {
+            self.state.grad_mean = flat;
+            self.state.grad_variance = 0.0;
+            return Ok(());
+        }
+        let dev: f64 = flat
+            .iter()
+            .zip(&self.state.grad_mean)
+            .map(|(x, m)| (x - m).powi(2))
+            .sum();
+        self.state.grad_variance = d * self.state.grad_variance + (1.0 - d) * dev;
+        for (m, x) in self.state.grad_mean.iter_mut().zip(&flat) {
+            *m = d * *m + (1.0 - d) * x;
+        }
+        Ok(())
+    }
+}
+
+impl SearchStrategy for Unas {
+    fn name(&self) -> &'static str {
+        "unas"
+    }
+
+    /// Weights: a hard sample of the current distribution, no graph, only the sampled op per
+    /// edge computed. Arch: the relaxed `zeta` with its graph (for loops that want it; the
+    /// strategy's own `arch_step` samples for itself). Eval: the argmax sub-network.
+    fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
+        match phase {
+            Phase::Weights => self.hard_weights(arch),
+            Phase::Arch => {
+                let mut s = self.samples(arch)?.into_iter().map(|s| s.relaxed);
+                let normal = s
+                    .next()
+                    .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
+                Ok(CellWeights::dense(normal, s.next()))
+            }
+            Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
+        }
+    }
+
+    fn begin_epoch(&mut self, epoch: usize, _num_epochs: usize) {
+        self.state.epoch = epoch;
+    }
+
+    /// Every iteration once the warm-up epochs are over.
+    fn wants_arch_step(&self, _iteration: u64) -> bool {
+        self.state.epoch >= self.params.warmup_epochs
+    }
+
+    fn arch_step(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<ArchStepStats, SearchError> {
+        let samples = self.samples(arch)?;
+        let lambda = self.params.gap_weight;
+        let mut losses = None;
+        let (g, terms) = estimate_gradient(
+            &alphas(arch),
+            &samples,
+            self.params.estimator,
+            |mut cells: Vec<OpWeights>| {
+                let reduce = if cells.len() > 1 { cells.pop() } else { None };
+                let normal = cells
+                    .pop()
+                    .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
+                let w = CellWeights { normal, reduce };
+                let lt = objective.train_loss(&w)?;
+                let lv = objective.search_loss(&w)?;
+                if losses.is_none() {
+                    // The hard architecture's losses (evaluated first).
+                    losses = Some((lt.f_double_value(&[])?, lv.f_double_value(&[])?));
+                }
+                Ok(&lt + (&lv - &lt).abs() * lambda)
+            },
+        )?;
+        let grad_norm = norm(&g);
+        if !grad_norm.is_finite() {
+            return Err(SearchError::Invalid(format!(
+                "unas: alpha gradient norm is {grad_norm}"
+            )));
+        }
+        self.record_gradient(&g)?;
+        self.adam.step_with(&g);
+        self.state.arch_steps += 1;
+        if let Some((lt, lv)) = losses {
+            self.state.last_train_loss = Some(lt);
+            self.state.last_search_loss = Some(lv);
+        }
+        self.state.last_terms = Some((terms.f_hard, terms.f_relaxed, terms.f_conditional));
+        Ok(ArchStepStats {
+            loss: terms.f_hard,
+            grad_norm,
+        })
+    }
+
+    fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
+        super::derive_from_softmax(arch, self.params.derive)
+    }
+
+    /// `estimator_variance` (EWMA trace of the alpha-gradient variance); the hard
+    /// architecture's `train_loss`, `search_loss` and `gap`; `f_hard`, `f_relaxed`,
+    /// `f_conditional` of the last estimate; `tau`, `arch_lr`, `arch_steps`.
+    fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![("estimator_variance", self.state.grad_variance)];
+        if let (Some(lt), Some(lv)) = (self.state.last_train_loss, self.state.last_search_loss) {
+            out.push(("train_loss", lt));
+            out.push(("search_loss", lv));
+            out.push(("gap", (lv - lt).abs()));
+        }
+        if let Some((h, r, c)) = self.state.last_terms {
+            out.push(("f_hard", h));
+            out.push(("f_relaxed", r));
+            if let Some(c) = c {
+                out.push(("f_conditional", c));
+            }
+        }
+        out.push(("tau", self.params.tau));
+        out.push(("arch_lr", self.adam.config.lr));
+        out.push(("arch_steps", self.state.arch_steps as f64));
+        out
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), SearchError> {
+        self.adam.save(&dir.join(ADAM_FILE))?;
+        let path = dir.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+    }
+
+    fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
+        self.adam.load(&dir.join(ADAM_FILE))?;
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.state = serde_json::from_slice(&bytes)
+            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        Ok(())
+    }
+}

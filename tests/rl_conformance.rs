@@ -1,0 +1,579 @@
+//! Every search strategy through the RL loop (`train` with a supernet encoder): for each name
+//! in `STRATEGY_NAMES`, two PPO iterations on a small CoinRun (image supernet) and on CartPole
+//! (MLP supernet). The alphas moved by the route the strategy promises (alpha steps on the
+//! search rollout for bilevel strategies, steps on the PPO backward for single-level ones,
+//! candidates scored for random search), the weights are finite, and the derived genotype
+//! builds the fixed encoder, which runs forward. Plus: in joint first-order mode the PPO
+//! optimizer never touches alphas and the alpha optimizer never touches weights; a search
+//! resumed from a checkpoint logs exactly what an uninterrupted one logs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use rl_darts::agents::preprocess_obs;
+use rl_darts::envs::gym::{GymEnvKind, GymVecEnv};
+use rl_darts::envs::{make_vec_env, VecEnv};
+use rl_darts::logging::{MemorySink, MetricsSink};
+use rl_darts::nas::{MlpDartsConfig, RlDartsConfig};
+use rl_darts::search::{StrategyConfig, STRATEGY_NAMES};
+use rl_darts::train::arch::{stores_are_disjoint, RlDartsSearchConfig};
+use rl_darts::train::rl::{
+    build_encoder, build_trainer, train, EncoderConfig, MlpDartsFixedConfig, MlpDartsSearchConfig,
+    NoProgress, RlDartsFixedConfig, TrainConfig, TrainRun, TrainSummary,
+};
+use rl_darts::train::run_dir::RunDir;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Single-level strategies step the alphas inside the PPO update; the others after it, on the
+/// search rollout.
+const SINGLE_LEVEL: &[&str] = &["joint", "snas"];
+
+fn small_coinrun(strategy: &str) -> TrainConfig {
+    let mut c = TrainConfig::procgen("coinrun");
+    c.device = "cpu".into();
+    c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
+        supernet: RlDartsConfig {
+            channels: vec![4],
+            normal_cells_per_stage: 1,
+            num_nodes: 2,
+            embedding: 16,
+            ..RlDartsConfig::default()
+        },
+    });
+    c.ppo.num_envs = 4;
+    c.ppo.num_steps = 16;
+    // 12 weight steps per update: enough for every schedule to take an alpha step in two
+    // iterations (DARTS-PRIME without gradient norms: one per 11 weight steps).
+    c.ppo.num_minibatches = 4;
+    c.ppo.update_epochs = 3;
+    c.ppo.total_timesteps = 2 * 64;
+    c.procgen.num_threads = 1;
+    c.checkpoint.every = 1;
+    c.search.strategy = StrategyConfig::from_name(strategy).unwrap();
+    c.search.search_envs = Some(2);
+    // Visible alpha moves within two iterations for the strategies with DARTS's Adam (3e-4).
+    c.search.alpha_init.std = 1.0;
+    c
+}
+
+fn small_cartpole(strategy: &str) -> TrainConfig {
+    let mut c = TrainConfig::classic_control("cartpole");
+    c.device = "cpu".into();
+    c.encoder = EncoderConfig::MlpDarts(MlpDartsSearchConfig {
+        supernet: small_mlp(),
+    });
+    c.ppo.num_envs = 4;
+    c.ppo.num_steps = 16;
+    // 12 weight steps per update: enough for every schedule to take an alpha step in two
+    // iterations (DARTS-PRIME without gradient norms: one per 11 weight steps).
+    c.ppo.num_minibatches = 4;
+    c.ppo.update_epochs = 3;
+    c.ppo.total_timesteps = 2 * 64;
+    c.checkpoint.every = 1;
+    c.search.strategy = StrategyConfig::from_name(strategy).unwrap();
+    c.search.search_envs = Some(2);
+    c.search.alpha_init.std = 1.0;
+    c
+}
+
+fn small_mlp() -> MlpDartsConfig {
+    MlpDartsConfig {
+        hidden: 16,
+        cells: 2,
+        num_nodes: 3,
+        embedding: 16,
+        ..MlpDartsConfig::default()
+    }
+}
+
+fn run(
+    config: &TrainConfig,
+    dir: &RunDir,
+    resume: bool,
+    sink: &mut dyn MetricsSink,
+    max_iterations: Option<u64>,
+) -> TrainSummary {
+    let stop = AtomicBool::new(false);
+    train(TrainRun {
+        config,
+        run_dir: dir,
+        resume,
+        sink,
+        progress: &mut NoProgress,
+        stop: &stop,
+        max_iterations,
+        env: None,
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", config.search.strategy.name()))
+}
+
+fn read_safetensors(path: &Path) -> Vec<(String, Tensor)> {
+    Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The alphas a run starts from: the loop seeds libtorch with `seed` and creates the alphas
+/// first, so a fresh `build_trainer` after the same seed reproduces them.
+fn initial_alphas(config: &TrainConfig, env: &dyn VecEnv) -> Vec<Tensor> {
+    tch::manual_seed(config.seed as i64);
+    let (_, arch) = build_trainer(config, env.spec(), Device::Cpu).unwrap();
+    arch.unwrap().alphas()
+}
+
+fn last_scalar(sink: &MemorySink, tag: &str) -> Option<f64> {
+    sink.snapshot()
+        .scalars
+        .iter()
+        .filter(|p| p.tag == tag)
+        .map(|p| p.value)
+        .next_back()
+}
+
+fn sum_scalar(sink: &MemorySink, tag: &str) -> f64 {
+    sink.snapshot()
+        .scalars
+        .iter()
+        .filter(|p| p.tag == tag)
+        .map(|p| p.value)
+        .sum()
+}
+
+/// Two PPO iterations of `config`, then every check of the module doc; `fixed` is the
+/// derived encoder's config for the written genotype.
+fn conformance(config: &TrainConfig, fixed: impl Fn(PathBuf) -> EncoderConfig) {
+    let name = config.search.strategy.name();
+    let env = make_vec_env(
+        &config.env,
+        config.ppo.num_envs,
+        config.seed,
+        &config.procgen,
+    )
+    .unwrap();
+    let before = initial_alphas(config, env.as_ref());
+
+    let base = tempfile::tempdir().unwrap();
+    let dir = RunDir::create_at(base.path()).unwrap();
+    let sink = MemorySink::new();
+    let summary = run(config, &dir, false, &mut sink.clone(), None);
+    assert_eq!(summary.iterations, 2, "{name}");
+    let ckpt = dir.latest_checkpoint().unwrap().unwrap();
+
+    // The route the strategy promises.
+    if SINGLE_LEVEL.contains(&name) {
+        // One alpha step per PPO minibatch: 12 per iteration.
+        assert_eq!(
+            sum_scalar(&sink, "search/single_level_arch_steps"),
+            24.0,
+            "{name}"
+        );
+        assert_eq!(
+            sum_scalar(&sink, "search/bilevel_arch_steps"),
+            0.0,
+            "{name}"
+        );
+    } else {
+        assert!(
+            sum_scalar(&sink, "search/bilevel_arch_steps") >= 1.0,
+            "{name}: no alpha step"
+        );
+        assert!(
+            !sink
+                .snapshot()
+                .scalars
+                .iter()
+                .any(|p| p.tag == "search/episodic_return")
+                || last_scalar(&sink, "search/episodic_return")
+                    .unwrap()
+                    .is_finite()
+        );
+        let loss = last_scalar(&sink, "search/bilevel_arch_loss").unwrap();
+        assert!(loss.is_finite(), "{name}: search loss {loss}");
+    }
+    if name == "random" {
+        // Random search's contract: it scores candidates on the search rollout and writes the
+        // incumbent into the alphas as a one-hot pattern.
+        assert!(last_scalar(&sink, "strategy/candidates_scored").unwrap() >= 1.0);
+        let best = last_scalar(&sink, "strategy/best_search_loss").unwrap();
+        assert!(best.is_finite());
+    }
+    let after: Vec<Tensor> = read_safetensors(&ckpt.join("alphas.safetensors"))
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(after.len(), before.len(), "{name}");
+    let moved = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b).abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(moved > 0.0, "{name}: the alphas did not move");
+    assert!(after
+        .iter()
+        .all(|a| a.isfinite().all().int64_value(&[]) == 1));
+
+    // Weights finite.
+    for (n, w) in read_safetensors(&ckpt.join("weights.safetensors")) {
+        assert_eq!(
+            w.isfinite().all().int64_value(&[]),
+            1,
+            "{name}: weight {n} is not finite"
+        );
+    }
+
+    // The genotype derives, builds the fixed encoder, which runs forward.
+    let genotype = dir.root.join("genotype.json");
+    assert!(genotype.exists(), "{name}: no genotype.json");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let encoder = build_encoder(vs.root() / "encoder", env.spec(), &fixed(genotype), None)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let obs = preprocess_obs(env.observe().obs);
+    let features = encoder.features(&obs, false);
+    assert_eq!(features.size()[0], config.ppo.num_envs as i64);
+    assert_eq!(features.size()[1], encoder.feature_dim());
+    assert_eq!(features.isfinite().all().int64_value(&[]), 1, "{name}");
+}
+
+#[test]
+fn every_strategy_searches_a_procgen_supernet() {
+    tch::set_num_threads(1);
+    for name in STRATEGY_NAMES {
+        let config = small_coinrun(name);
+        let EncoderConfig::RlDarts(c) = &config.encoder else {
+            unreachable!()
+        };
+        let supernet = c.supernet.clone();
+        conformance(&config, |genotype| {
+            EncoderConfig::RlDartsFixed(RlDartsFixedConfig {
+                genotype,
+                supernet: supernet.clone(),
+            })
+        });
+    }
+}
+
+#[test]
+fn every_strategy_searches_a_cartpole_mlp_supernet() {
+    tch::set_num_threads(1);
+    for name in STRATEGY_NAMES {
+        conformance(&small_cartpole(name), |genotype| {
+            EncoderConfig::MlpDartsFixed(MlpDartsFixedConfig {
+                genotype,
+                supernet: small_mlp(),
+            })
+        });
+    }
+}
+
+/// RL-DARTS's default: the PPO backward reaches both stores; the weights' Adam moves the
+/// weights only, the strategy's Adam (through the PPO hook) the alphas only.
+#[test]
+fn joint_first_order_keeps_the_two_optimizers_to_their_own_stores() {
+    tch::set_num_threads(1);
+    tch::manual_seed(0);
+    let config = small_cartpole("joint");
+    let env = GymVecEnv::new(GymEnvKind::CartPole, 4, 0).unwrap();
+    let (mut trainer, arch) = build_trainer(&config, env.spec(), Device::Cpu).unwrap();
+    let arch = arch.unwrap();
+    let alphas = arch.alpha_handles();
+    assert!(stores_are_disjoint(&trainer.vs, &alphas));
+    let weights = trainer.optimizer.parameters();
+    assert!(weights
+        .iter()
+        .all(|w| alphas.iter().all(|a| w.data_ptr() != a.data_ptr())));
+
+    // A training-mode forward (the PPO update's), its backward fills both stores' gradients.
+    let obs = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+    let actions = Tensor::from_slice(&[0i64, 1, 0, 1, 1, 0, 0, 1]);
+    let mut hook = arch.joint_optimizer();
+    let ev = trainer.policy.evaluate(&obs, &actions);
+    trainer.optimizer.zero_grad();
+    hook.zero_grad();
+    (ev.logprob.sum(Kind::Float) + ev.value.square().sum(Kind::Float)).backward();
+    assert!(alphas
+        .iter()
+        .all(|a| a.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0));
+    let copy = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(Tensor::copy).collect() };
+    let same = |a: &[Tensor], b: &[Tensor]| a.iter().zip(b).all(|(x, y)| x.equal(y));
+
+    let (alphas0, weights0) = (copy(&alphas), copy(&weights));
+    trainer.optimizer.step();
+    assert!(same(&alphas, &alphas0), "the PPO optimizer moved an alpha");
+    assert!(
+        !same(&weights, &weights0),
+        "the PPO optimizer did not move the weights"
+    );
+
+    let weights1 = copy(&weights);
+    hook.step();
+    arch.take_error().unwrap();
+    assert!(
+        same(&weights, &weights1),
+        "the alpha optimizer moved a weight"
+    );
+    assert!(
+        !same(&alphas, &alphas0),
+        "the alpha optimizer did not move the alphas"
+    );
+}
+
+/// Everything logged except wall-clock measurements.
+fn deterministic_log(sink: &MemorySink) -> Vec<(String, i64, u64)> {
+    let mut out: Vec<(String, i64, u64)> = sink
+        .snapshot()
+        .scalars
+        .iter()
+        .filter(|p| !p.tag.starts_with("perf/") && p.tag != "charts/SPS")
+        .map(|p| (p.tag.clone(), p.step, p.value.to_bits()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A search resumed after two of four iterations logs bit for bit what the uninterrupted
+/// search logs: DARTS (search envs, their normaliser and generator, the alpha optimizer, the
+/// weight-step counter) and the joint default (alpha steps inside the PPO update).
+///
+/// Not GDAS or random search: their sampled forwards leave the unsampled ops' weights without
+/// a gradient, which the PPO Adam (agents::Adam, zero_grad keeps zeroed gradients) still steps
+/// by momentum in an uninterrupted run but skips in a fresh process (undefined gradients).
+#[test]
+fn a_resumed_search_reproduces_the_uninterrupted_search() {
+    tch::set_num_threads(1);
+    for name in ["darts", "joint"] {
+        resume_matches(name);
+    }
+}
+
+fn resume_matches(name: &str) {
+    let mut config = small_cartpole(name);
+    config.ppo.total_timesteps = 4 * 64;
+    let base = tempfile::tempdir().unwrap();
+
+    let straight = RunDir::create_at(&base.path().join("straight")).unwrap();
+    let full = MemorySink::new();
+    run(&config, &straight, false, &mut full.clone(), None);
+
+    let split = RunDir::create_at(&base.path().join("split")).unwrap();
+    let first = MemorySink::new();
+    assert_eq!(
+        run(&config, &split, false, &mut first.clone(), Some(2)).iterations,
+        2
+    );
+    let second = MemorySink::new();
+    assert_eq!(
+        run(&config, &split, true, &mut second.clone(), None).iterations,
+        4
+    );
+    let mut joined = deterministic_log(&first);
+    joined.extend(deterministic_log(&second));
+    joined.sort();
+    let straight_log = deterministic_log(&full);
+    let kind = if name == "joint" {
+        "single_level"
+    } else {
+        "bilevel"
+    };
+    let tag = format!("search/{kind}_arch_loss");
+    assert!(straight_log.iter().any(|(t, _, _)| *t == tag), "{name}");
+    assert_eq!(
+        joined, straight_log,
+        "{name}: resumed logs differ from the uninterrupted run"
+    );
+}
+
+/// Bad search settings are clear errors before any training.
+#[test]
+fn impossible_search_batches_are_clear_errors() {
+    let mut config = small_cartpole("darts");
+    config.search.search_batch = rl_darts::train::arch::SearchBatch::HeldoutLevels;
+    let base = tempfile::tempdir().unwrap();
+    let dir = RunDir::create_at(base.path()).unwrap();
+    let stop = AtomicBool::new(false);
+    let err = train(TrainRun {
+        config: &config,
+        run_dir: &dir,
+        resume: false,
+        sink: &mut MemorySink::new(),
+        progress: &mut NoProgress,
+        stop: &stop,
+        max_iterations: None,
+        env: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("heldout_levels") && err.contains("Procgen"),
+        "{err}"
+    );
+
+    let unknown = rl_darts::config::load_config(
+        None,
+        TrainConfig::classic_control("cartpole"),
+        &["search.strategy.kind=\"dartz\"".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        STRATEGY_NAMES.iter().all(|n| unknown.contains(n)),
+        "{unknown}"
+    );
+}
+
+/// `search_batch = "heldout_levels"`: the search envs play the levels after the training
+/// levels, and the bilevel alpha steps run on them.
+#[test]
+fn heldout_levels_feed_the_alpha_steps() {
+    tch::set_num_threads(1);
+    let mut config = small_coinrun("darts");
+    config.search.search_batch = rl_darts::train::arch::SearchBatch::HeldoutLevels;
+    config.search.heldout_num_levels = 10;
+    config.ppo.total_timesteps = 64;
+    let base = tempfile::tempdir().unwrap();
+    let dir = RunDir::create_at(base.path()).unwrap();
+    let sink = MemorySink::new();
+    run(&config, &dir, false, &mut sink.clone(), None);
+    assert_eq!(sum_scalar(&sink, "search/bilevel_arch_steps"), 12.0);
+}
+
+/// `rl-darts train --strategy NAME` picks the strategy (and an unknown name lists the valid
+/// ones).
+#[test]
+fn cli_strategy_flag_selects_the_strategy() {
+    let base = tempfile::tempdir().unwrap();
+    let out = common_cli()
+        .args([
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp_darts",
+            "--strategy",
+            "dartz",
+        ])
+        .arg("--run-dir")
+        .arg(base.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(STRATEGY_NAMES.iter().all(|n| err.contains(n)), "{err}");
+
+    let run_dir = base.path().join("ok");
+    let out = common_cli()
+        .args([
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp_darts",
+            "--strategy",
+            "gdas",
+        ])
+        .args([
+            "--device",
+            "cpu",
+            "--quiet",
+            "--total-steps",
+            "512",
+            "--set",
+        ])
+        .arg("encoder.params.supernet.hidden=8")
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(config.contains("kind = \"gdas\""), "{config}");
+    assert!(run_dir.join("genotype.json").exists());
+}
+
+fn common_cli() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rl-darts"))
+}
+
+/// The configs/coinrun-<strategy>.toml presets load onto the defaults, name the strategy their
+/// file names, and that strategy builds over the RL-DARTS supernet's alphas.
+#[test]
+fn coinrun_strategy_presets_load_and_build() {
+    let presets = [
+        ("coinrun-darts-joint.toml", "joint"),
+        ("coinrun-darts-second.toml", "darts"),
+        ("coinrun-idarts.toml", "idarts"),
+        ("coinrun-gdas.toml", "gdas"),
+        ("coinrun-snas.toml", "snas"),
+    ];
+    for (file, kind) in presets {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(file);
+        let config =
+            rl_darts::config::load_config(Some(&path), TrainConfig::procgen("coinrun"), &[])
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(config.search.strategy.name(), kind, "{file}");
+        let EncoderConfig::RlDarts(c) = &config.encoder else {
+            panic!("{file}: not an rl_darts search")
+        };
+        let arch = rl_darts::nas::ArchParams::new(
+            Device::Cpu,
+            c.supernet.space(),
+            c.supernet.has_reduction_cells(),
+            config.search.alpha_init,
+        )
+        .unwrap();
+        config.search.strategy.build(&arch, 0).unwrap();
+    }
+    let second = rl_darts::config::load_config(
+        Some(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/coinrun-darts-second.toml")),
+        TrainConfig::procgen("coinrun"),
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(
+        second.search.strategy,
+        StrategyConfig::Darts(rl_darts::search::DartsParams {
+            order: rl_darts::search::DartsOrder::Second,
+            ..
+        })
+    ));
+}
+
+/// The end-to-end check on CartPole: a joint search with the MLP supernet moves the
+/// alphas and derives a genotype, and PPO then trains the derived network from scratch.
+#[test]
+fn cartpole_search_then_the_derived_network_learns() {
+    tch::set_num_threads(1);
+    let mut search = TrainConfig::classic_control("cartpole");
+    search.device = "cpu".into();
+    search.encoder = EncoderConfig::MlpDarts(MlpDartsSearchConfig {
+        supernet: small_mlp(),
+    });
+    search.ppo.total_timesteps = 4 * 512;
+    let base = tempfile::tempdir().unwrap();
+    let dir = RunDir::create_at(&base.path().join("search")).unwrap();
+    run(&search, &dir, false, &mut MemorySink::new(), None);
+
+    let mut retrain = search.clone();
+    retrain.encoder = EncoderConfig::MlpDartsFixed(MlpDartsFixedConfig {
+        genotype: dir.root.join("genotype.json"),
+        supernet: small_mlp(),
+    });
+    retrain.ppo.total_timesteps = RETRAIN_STEPS;
+    let dir = RunDir::create_at(&base.path().join("retrain")).unwrap();
+    let sink = MemorySink::new();
+    let summary = run(&retrain, &dir, false, &mut sink.clone(), None);
+    let returns = sink.scalars("charts/episodic_return");
+    let first: f64 = returns.iter().take(20).map(|(_, r)| r).sum::<f64>() / 20.0;
+    let last = summary.mean_return.unwrap();
+    println!("derived cell on CartPole: first 20 episodes {first:.1}, last 100 {last:.1}");
+    assert!(
+        last > 3.0 * first && last > 100.0,
+        "first {first}, last {last}"
+    );
+}
+
+/// Env steps of the retraining in the CartPole end-to-end test.
+const RETRAIN_STEPS: u64 = 40 * 512;
