@@ -1,5 +1,6 @@
-//! Times DARTS search iterations (Liu et al., ICLR 2019, `train_search.py`) on the DARTS CIFAR
-//! supernet, for scripts/bench_darts_search.sh, and prints one JSON line.
+//! Times search iterations on the DARTS CIFAR supernet and prints one JSON line: DARTS (Liu et
+//! al., ICLR 2019, `train_search.py`) first and second order for scripts/bench_darts_search.sh,
+//! and any other registered strategy (`--strategy snas`, ...) for scripts/bench_strategies.sh.
 //!
 //! One iteration is what `rl-darts search` does per batch, through the same library code: the
 //! strategy's alpha step on a search batch (first order: grad_alpha L_val; second order: the
@@ -9,18 +10,31 @@
 //! made before timing, so data loading and augmentation are not timed (the NNI side does the
 //! same). Peak memory is the process's VmHWM (max resident set) from /proc/self/status.
 //!
+//! Other strategies run the iteration exactly as the supervised search loop does: an alpha step
+//! when `wants_arch_step` says so (DARTS-PRIME's schedule may skip it), the weight step with the
+//! strategy's op weights for the weight phase (GDAS: one sampled op per edge; SNAS: a
+//! Gumbel-softmax sample), then `after_weight_step` (where single-level strategies such as SNAS
+//! take their alpha step). The per-op costs SNAS and UNAS price are set first, as the loop does.
+//!
 //! cargo run --release --example bench_darts_search -- --order second --iters 10 --threads 2
+//! cargo run --release --example bench_darts_search -- --strategy gdas --iters 10 --threads 2
 
 use std::time::Instant;
 
 use clap::Parser;
 use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchConfig, DartsSearchNet, OpSet, Supernet};
-use rl_darts::search::{DartsOrder, DartsParams, Phase, Sgd, SgdConfig, StrategyConfig};
+use rl_darts::search::{
+    DartsOrder, DartsParams, Phase, Sgd, SgdConfig, StrategyConfig, WeightStepReport,
+};
 use rl_darts::train::supervised::{weight_step, VisionObjective};
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
 struct Args {
+    /// Search strategy, by its config name (darts, idarts, gdas, snas, unas, darts_prime, joint),
+    /// with its default parameters; `--order` applies to darts.
+    #[arg(long, default_value = "darts")]
+    strategy: String,
     /// `first` or `second` (finite-difference Hessian-vector product, as the paper).
     #[arg(long, default_value = "first")]
     order: String,
@@ -58,6 +72,10 @@ fn proc_status_mib(key: &str) -> Option<f64> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // As the `rl-darts` binary does first thing: freed tensor memory stays in the heap.
+    if let Some(note) = rl_darts::device::keep_freed_memory_for_reuse() {
+        eprintln!("{note}");
+    }
     let order = match args.order.as_str() {
         "first" => DartsOrder::First,
         "second" => DartsOrder::Second,
@@ -79,11 +97,17 @@ fn main() -> anyhow::Result<()> {
     };
     let net = DartsSearchNet::new(vs.root() / "net", &config)?;
     let arch = ArchParams::new(device, net.space(), true, AlphaInit::default())?;
-    let strategy_config = StrategyConfig::Darts(DartsParams {
-        order,
-        ..DartsParams::default()
-    });
+    let strategy_config = match args.strategy.as_str() {
+        "darts" => StrategyConfig::Darts(DartsParams {
+            order,
+            ..DartsParams::default()
+        }),
+        // Random search trains sampled cells from scratch; it has no per-iteration cost to time.
+        "random" => anyhow::bail!("random search has no search iteration to time"),
+        other => StrategyConfig::from_name(other)?,
+    };
     let mut strategy = strategy_config.build(&arch, args.seed as u64)?;
+    strategy.set_op_costs(&net.op_costs([3, args.image, args.image]))?;
     let mut sgd = Sgd::new(
         vs.variables(),
         SgdConfig {
@@ -105,22 +129,38 @@ fn main() -> anyhow::Result<()> {
     let rss_before_mib = proc_status_mib("VmRSS:");
 
     let mut seconds = Vec::with_capacity(args.iters);
+    let mut timed_arch_steps = 0usize;
     for i in 0..args.warmup + args.iters {
         let started = Instant::now();
-        let mut objective = VisionObjective {
-            net: &net,
-            vs: &vs,
-            sgd: &sgd,
-            train: (train.0.shallow_clone(), train.1.shallow_clone()),
-            search: (search.0.shallow_clone(), search.1.shallow_clone()),
-        };
-        strategy.arch_step(&arch, &mut objective)?;
-        drop(objective);
+        let mut arch_steps = 0;
+        if strategy.wants_arch_step(i as u64) {
+            let mut objective = VisionObjective {
+                net: &net,
+                vs: &vs,
+                sgd: &sgd,
+                train: (train.0.shallow_clone(), train.1.shallow_clone()),
+                search: (search.0.shallow_clone(), search.1.shallow_clone()),
+            };
+            strategy.arch_step(&arch, &mut objective)?;
+            arch_steps += 1;
+        }
         let weights = strategy.op_weights(&arch, Phase::Weights)?;
         let step = weight_step(&net, &weights, &mut sgd, &train.0, &train.1, 5.0);
         anyhow::ensure!(step.loss.is_finite(), "loss became {}", step.loss);
+        let report = WeightStepReport {
+            iteration: i as u64,
+            loss: step.loss,
+            grad_norm_sq: step.grad_norm_sq,
+            lr: 0.025,
+        };
+        // Single-level strategies (SNAS, joint) step alpha on the weight step's own backward.
+        drop(step);
+        if strategy.after_weight_step(&arch, &report)?.is_some() {
+            arch_steps += 1;
+        }
         if i >= args.warmup {
             seconds.push(started.elapsed().as_secs_f64());
+            timed_arch_steps += arch_steps;
         }
     }
     let mut sorted = seconds.clone();
@@ -135,7 +175,9 @@ fn main() -> anyhow::Result<()> {
     let mean = seconds.iter().sum::<f64>() / seconds.len().max(1) as f64;
     let out = serde_json::json!({
         "impl": "rl-darts",
+        "strategy": args.strategy,
         "order": args.order,
+        "arch_steps_per_iter": timed_arch_steps as f64 / args.iters.max(1) as f64,
         "threads": args.threads,
         "batch": args.batch,
         "c": args.c,

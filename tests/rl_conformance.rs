@@ -505,6 +505,8 @@ fn coinrun_strategy_presets_load_and_build() {
         ("coinrun-idarts.toml", "idarts"),
         ("coinrun-gdas.toml", "gdas"),
         ("coinrun-snas.toml", "snas"),
+        ("coinrun-unas.toml", "unas"),
+        ("coinrun-darts-prime.toml", "darts_prime"),
     ];
     for (file, kind) in presets {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

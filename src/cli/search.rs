@@ -19,8 +19,8 @@ use rl_darts::train::supervised::{
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
-    /// A TOML preset (configs/digits-darts.toml, digits-idarts.toml, digits-gdas.toml,
-    /// mnist-darts.toml, cifar10-darts.toml).
+    /// A TOML preset: configs/digits-<strategy>.toml (darts, idarts, gdas, snas, unas,
+    /// darts-prime; runs anywhere), mnist-darts.toml, cifar10-<strategy>.toml.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override any key, e.g. --set search.strategy.params.order=second (repeatable).
