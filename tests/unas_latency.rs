@@ -353,8 +353,10 @@ fn digits_unas_search_with_latency_logs_latency_and_target() {
     use std::sync::atomic::AtomicBool;
 
     let base = tempfile::tempdir().unwrap();
-    let mut c = SupervisedConfig::default();
-    c.device = "cpu".into();
+    let mut c = SupervisedConfig {
+        device: "cpu".into(),
+        ..Default::default()
+    };
     c.data.path =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
     c.network.c = 4;

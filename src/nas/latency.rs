@@ -404,11 +404,13 @@ impl LinearLatencyModel {
                 .max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))
                 .expect("non-empty range");
             a.swap(col, piv);
-            for r in col + 1..d {
-                let f = a[r][col] / a[col][col];
+            let (top, rest) = a.split_at_mut(col + 1);
+            let pivot = &top[col];
+            for row in rest {
+                let f = row[col] / pivot[col];
                 if f != 0.0 {
-                    for c in col..=d {
-                        a[r][c] -= f * a[col][c];
+                    for (x, &p) in row[col..].iter_mut().zip(&pivot[col..]) {
+                        *x -= f * p;
                     }
                 }
             }
