@@ -313,6 +313,31 @@ impl SearchCell {
         (costs, [self.config.out_channels(), h, w])
     }
 
+    /// The `[C, H, W]` each edge's ops receive (after preprocessing), in row order, for cell
+    /// inputs of shapes `input_chw`; what measured latency tables time the ops at.
+    pub fn edge_input_shapes(&self, input_chw: &[[i64; 3]]) -> Vec<[i64; 3]> {
+        let space = &self.config.space;
+        let mut states: Vec<[i64; 3]> = if self.preprocess.is_empty() {
+            input_chw.to_vec()
+        } else {
+            self.preprocess
+                .iter()
+                .zip(input_chw)
+                .map(|(pre, &chw)| pre.out_shape(chw))
+                .collect()
+        };
+        let mut out = vec![[0; 3]; space.num_edges()];
+        for node in 0..space.num_nodes {
+            let mut node_shape = [0; 3];
+            for (from, e) in space.node_edges(node).enumerate() {
+                out[e] = states[from];
+                node_shape = self.edges[e].out_shape(states[from]);
+            }
+            states.push(node_shape);
+        }
+        out
+    }
+
     /// # Shapes
     /// `inputs`: `num_inputs` tensors; DARTS `[N, C_pp, H_pp, W_pp]` (twice the resolution after
     /// a reduction) and `[N, C_p, H, W]`; RL-DARTS `[N, C_p, H, W]`.

@@ -17,6 +17,7 @@ pub mod cell;
 pub mod error;
 pub mod fixed;
 pub mod genotype;
+pub mod latency;
 pub mod mixed;
 pub mod mlp;
 pub mod network;
@@ -30,6 +31,7 @@ pub use fixed::{DartsEvalConfig, DartsEvalNet, FixedCell, FixedCellConfig, RlDar
 pub use genotype::{
     render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2,
 };
+pub use latency::{LatencyOptions, LatencyTable, LinearLatencyModel};
 pub use mixed::MixedOp;
 pub use mlp::{MlpDartsConfig, MlpFixedEncoder, MlpSupernet};
 pub use network::{

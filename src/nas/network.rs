@@ -62,6 +62,13 @@ pub trait Supernet: std::fmt::Debug + Send {
 
     /// Op costs for one input of shape `[C, H, W]` (SNAS / UNAS resource terms).
     fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable;
+
+    /// Every search cell in forward order with its reduction flag and the `[C, H, W]` of its
+    /// inputs, for a network input `input_chw`: what [`super::latency`] times. Empty for
+    /// networks whose cells cannot be timed alone.
+    fn search_cells(&self, _input_chw: [i64; 3]) -> Vec<(&SearchCell, bool, Vec<[i64; 3]>)> {
+        Vec::new()
+    }
 }
 
 fn stem_plan(c_in: i64, c_out: i64, bias: bool, bn: bool) -> Vec<LayerDesc> {
@@ -248,6 +255,19 @@ impl Supernet for DartsSearchNet {
             s1 = out;
         }
         table
+    }
+
+    fn search_cells(&self, input_chw: [i64; 3]) -> Vec<(&SearchCell, bool, Vec<[i64; 3]>)> {
+        let s = self.stem.out_shape(input_chw);
+        let (mut s0, mut s1) = (s, s);
+        let mut out = Vec::with_capacity(self.cells.len());
+        for cell in &self.cells {
+            out.push((cell, cell.config().reduction, vec![s0, s1]));
+            let next = cell.op_costs(&[s0, s1]).1;
+            s0 = s1;
+            s1 = next;
+        }
+        out
     }
 }
 
@@ -588,6 +608,14 @@ impl Supernet for RlDartsSupernet {
         }
         table
     }
+
+    fn search_cells(&self, input_chw: [i64; 3]) -> Vec<(&SearchCell, bool, Vec<[i64; 3]>)> {
+        self.skeleton
+            .cells_with_inputs(input_chw, |cell, chw| cell.op_costs(&[chw]).1)
+            .into_iter()
+            .map(|(cell, reduction, chw)| (cell, reduction, vec![chw]))
+            .collect()
+    }
 }
 
 impl Encoder for RlDartsSupernet {
@@ -790,6 +818,23 @@ impl Supernet for NasBench201SearchNet {
             }
         }
         table
+    }
+
+    fn search_cells(&self, input_chw: [i64; 3]) -> Vec<(&SearchCell, bool, Vec<[i64; 3]>)> {
+        let mut out = Vec::new();
+        let mut shape = self.stem.out_shape(input_chw);
+        for layer in &self.layers {
+            match layer {
+                Nb201Layer::Cell(cell) => {
+                    out.push((cell, false, vec![shape]));
+                    shape = cell.op_costs(&[shape]).1;
+                }
+                Nb201Layer::Reduction(block) => {
+                    shape = [block.downsample.ws.size()[0], shape[1] / 2, shape[2] / 2];
+                }
+            }
+        }
+        out
     }
 }
 

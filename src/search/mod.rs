@@ -50,6 +50,8 @@
 //!   evaluates `f = L_train + 0.5 |L_val - L_train|` on both through the objective, and forms
 //!   `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`, or REBAR's unbiased form with a
 //!   conditional sample `zeta~ | z` (the default); `op_weights(Weights)` is a hard sample.
+//!   Optionally `f += c_t relu(latency - target)` with latencies from a table the loop
+//!   measures on request ([`SearchStrategy::latency_request`]).
 //! - **DARTS-PRIME** ([`darts_prime`]): `after_weight_step` updates the EWMA of
 //!   `||grad_w L_train||^2` (in the [`WeightStepReport`]) and the threshold, and decides the
 //!   next iteration; `wants_arch_step` reads that decision (the dynamic schedule); `arch_step`
@@ -83,7 +85,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, NasError, OpCostTable};
+use crate::nas::{
+    ArchParams, CellWeights, DeriveRule, Genotype, LatencyOptions, LatencyTable, NasError,
+    OpCostTable,
+};
 
 pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
 pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer};
@@ -93,7 +98,7 @@ pub use joint::{Joint, JointParams};
 pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
 pub use snas::{CostMetric, Snas, SnasParams};
-pub use unas::{Unas, UnasEstimator, UnasParams};
+pub use unas::{LatencySource, Unas, UnasEstimator, UnasLatencyParams, UnasParams};
 
 /// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
 pub const STRATEGY_NAMES: &[&str] = &[
@@ -241,6 +246,19 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// type; the loop calls this once after building (and after loading). Strategies without a
     /// resource term ignore it.
     fn set_op_costs(&mut self, _costs: &OpCostTable) -> Result<(), SearchError> {
+        Ok(())
+    }
+
+    /// How the strategy wants the supernet's op latencies measured, if it uses them (UNAS's
+    /// latency penalty); the loop then measures a table on the search device
+    /// ([`crate::nas::latency::load_or_measure`]) and hands it to
+    /// [`SearchStrategy::set_latency_table`], after building and after loading.
+    fn latency_request(&self) -> Option<LatencyOptions> {
+        None
+    }
+
+    /// Measured per-op latencies, `[num_edges][num_ops]` ms per cell type.
+    fn set_latency_table(&mut self, _table: LatencyTable) -> Result<(), SearchError> {
         Ok(())
     }
 

@@ -28,8 +28,16 @@
 //! [`Objective::train_loss`] and [`Objective::search_loss`] only, so any loop that implements
 //! [`Objective`] (supervised or RL) drives it.
 //!
-//! Not implemented here (ISSUE 7 leftovers): the measured-latency penalty
-//! `c_t relu(latency(z) - target)` and the factorised cell (2 input and 2 op selectors per
+//! Latency penalty (`[latency] source = "table"`, off by default): `f(w) += c_t relu(lat(w) -
+//! target)` with `lat(w) = sum w * T` over the measured per-op table `T`
+//! ([`crate::nas::latency`], handed over by the loop through
+//! [`SearchStrategy::set_latency_table`]). For the hard `z` that is the table latency of the
+//! architecture (entering through the REINFORCE term); for `zeta` and `zeta~` it is the
+//! expected latency under the relaxed sample, differentiable, so the same `f` is evaluated at
+//! all three samples and REBAR stays unbiased. `c_t` ramps linearly from 0 to `weight` over
+//! `ramp_steps` alpha steps (the counter is checkpointed).
+//!
+//! Not implemented here (ISSUE 7 leftover): the factorised cell (2 input and 2 op selectors per
 //! node); this module searches the standard DARTS cell (with `none`) and derives its genotype
 //! with the DARTS rule.
 //!
@@ -37,7 +45,7 @@
 //! RNG (checkpointed) so a resumed search draws the same samples; the alpha Adam's betas and
 //! weight decay default to DARTS's values (REFERENCE.md gives only the lr, 1e-3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -48,7 +56,9 @@ use super::perturb::{grad, norm};
 use super::{
     alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
-use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpWeights};
+use crate::nas::{
+    ArchParams, CellWeights, DeriveRule, Genotype, LatencyOptions, LatencyTable, OpWeights,
+};
 
 /// Which gradient estimator the alpha step uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +71,65 @@ pub enum UnasEstimator {
     /// Plain REINFORCE `f(z) grad log p(z)`, no baseline: the reference the other two are
     /// compared with (unbiased, high variance). Not meant for real searches.
     Reinforce,
+}
+
+/// Where the latency of an architecture comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencySource {
+    /// No latency penalty.
+    Off,
+    /// The sum of per-op times measured on the search device ([`crate::nas::latency`]).
+    Table,
+}
+
+/// `[search.strategy.params.latency]`: UNAS's penalty `c_t relu(latency(z) - target)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnasLatencyParams {
+    /// `off` (default) | `table`.
+    pub source: LatencySource,
+    /// Latency below which there is no penalty, milliseconds per forward of `batch` inputs on
+    /// the search device (the table's units).
+    pub target_ms: f64,
+    /// Final penalty coefficient `c`, per millisecond. UNAS: 0.1.
+    pub weight: f64,
+    /// Alpha steps over which `c_t` ramps linearly from 0 to `weight`; 0 = no ramp. UNAS: 30k.
+    pub ramp_steps: u64,
+    /// Untimed warm-up forwards per op before timing.
+    pub warmup: usize,
+    /// Timed forwards per op; the median is kept.
+    pub repeats: usize,
+    /// Batch size of the timed forwards.
+    pub batch: i64,
+    /// Folder caching measured tables per device and shape (JSON); unset = measure each run.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for UnasLatencyParams {
+    fn default() -> Self {
+        Self {
+            source: LatencySource::Off,
+            target_ms: 0.0,
+            weight: 0.1,
+            ramp_steps: 30_000,
+            warmup: 3,
+            repeats: 10,
+            batch: 64,
+            cache_dir: None,
+        }
+    }
+}
+
+impl UnasLatencyParams {
+    /// `c_t` after `steps` alpha steps.
+    pub fn coefficient(&self, steps: u64) -> f64 {
+        if self.ramp_steps == 0 {
+            self.weight
+        } else {
+            self.weight * (steps as f64 / self.ramp_steps as f64).min(1.0)
+        }
+    }
 }
 
 /// `[search.strategy.params]` of `kind = "unas"`.
@@ -85,6 +154,8 @@ pub struct UnasParams {
     pub derive: DeriveRule,
     /// Adam over the alphas. UNAS: lr 1e-3; the rest as DARTS.
     pub optimizer: AdamConfig,
+    /// The measured-latency penalty (off by default).
+    pub latency: UnasLatencyParams,
 }
 
 impl Default for UnasParams {
@@ -100,6 +171,7 @@ impl Default for UnasParams {
                 lr: 1e-3,
                 ..AdamConfig::default()
             },
+            latency: UnasLatencyParams::default(),
         }
     }
 }
@@ -282,6 +354,10 @@ struct State {
     last_train_loss: Option<f64>,
     last_search_loss: Option<f64>,
     last_terms: Option<(f64, f64, Option<f64>)>,
+    /// Table latency of the last hard sample and expected latency under `softmax(alpha)`
+    /// before the step, ms (latency penalty on only).
+    #[serde(default)]
+    last_latency: Option<(f64, f64)>,
 }
 
 const STATE_FILE: &str = "unas.json";
@@ -293,6 +369,8 @@ pub struct Unas {
     params: UnasParams,
     adam: Adam,
     state: State,
+    /// Measured (or read from the cache) by the loop at start; not checkpointed, `load` keeps it.
+    latency: Option<LatencyTable>,
 }
 
 impl Unas {
@@ -316,6 +394,19 @@ impl Unas {
                 p.variance_decay
             )));
         }
+        let l = &p.latency;
+        if l.source == LatencySource::Table
+            && !(l.target_ms >= 0.0
+                && l.target_ms.is_finite()
+                && l.weight >= 0.0
+                && l.weight.is_finite()
+                && l.batch > 0
+                && l.repeats > 0)
+        {
+            return Err(SearchError::Invalid(format!(
+                "unas: latency needs target_ms >= 0, weight >= 0, batch > 0, repeats > 0, got {l:?}"
+            )));
+        }
         let adam = Adam::new(arch.var_store().variables(), params.optimizer);
         Ok(Self {
             params,
@@ -329,7 +420,9 @@ impl Unas {
                 last_train_loss: None,
                 last_search_loss: None,
                 last_terms: None,
+                last_latency: None,
             },
+            latency: None,
         })
     }
 
@@ -456,6 +549,20 @@ impl SearchStrategy for Unas {
         let samples = self.samples(arch)?;
         let lambda = self.params.gap_weight;
         let mut losses = None;
+        let penalty = match (self.params.latency.source, &self.latency) {
+            (LatencySource::Off, _) => None,
+            (LatencySource::Table, Some(t)) => Some((
+                t,
+                self.params.latency.coefficient(self.state.arch_steps),
+                self.params.latency.target_ms,
+            )),
+            (LatencySource::Table, None) => {
+                return Err(SearchError::Invalid(
+                    "unas: latency source is 'table' but the loop measured no latency table".into(),
+                ))
+            }
+        };
+        let mut hard_latency = None;
         let (g, terms) = estimate_gradient(
             &alphas(arch),
             &samples,
@@ -472,9 +579,23 @@ impl SearchStrategy for Unas {
                     // The hard architecture's losses (evaluated first).
                     losses = Some((lt.f_double_value(&[])?, lv.f_double_value(&[])?));
                 }
-                Ok(&lt + (&lv - &lt).abs() * lambda)
+                let f = &lt + (&lv - &lt).abs() * lambda;
+                let Some((table, c_t, target)) = penalty else {
+                    return Ok(f);
+                };
+                // sum w * T: the table latency for one-hot z, the expected one for zeta.
+                let ms = table.expected(&w)?.to_kind(f.kind());
+                if hard_latency.is_none() {
+                    hard_latency = Some(ms.f_double_value(&[])?);
+                }
+                Ok(f + (ms - target).relu() * c_t)
             },
         )?;
+        if let (Some(hard), Some((table, _, _))) = (hard_latency, penalty) {
+            let probs = tch::no_grad(|| super::softmax_weights(arch, 1.0));
+            let expected = table.expected(&probs)?.f_double_value(&[])?;
+            self.state.last_latency = Some((hard, expected));
+        }
         let grad_norm = norm(&g);
         if !grad_norm.is_finite() {
             return Err(SearchError::Invalid(format!(
@@ -495,13 +616,30 @@ impl SearchStrategy for Unas {
         })
     }
 
+    fn latency_request(&self) -> Option<LatencyOptions> {
+        let l = &self.params.latency;
+        (l.source == LatencySource::Table).then(|| LatencyOptions {
+            batch: l.batch,
+            warmup: l.warmup,
+            repeats: l.repeats,
+            cache_dir: l.cache_dir.clone(),
+        })
+    }
+
+    fn set_latency_table(&mut self, table: LatencyTable) -> Result<(), SearchError> {
+        self.latency = Some(table);
+        Ok(())
+    }
+
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
         super::derive_from_softmax(arch, self.params.derive)
     }
 
     /// `estimator_variance` (EWMA trace of the alpha-gradient variance); the hard
     /// architecture's `train_loss`, `search_loss` and `gap`; `f_hard`, `f_relaxed`,
-    /// `f_conditional` of the last estimate; `tau`, `arch_lr`, `arch_steps`.
+    /// `f_conditional` of the last estimate; `tau`, `arch_lr`, `arch_steps`; with the latency
+    /// penalty on, `latency_hard_ms` (last hard sample), `latency_expected_ms` (under
+    /// `softmax(alpha)`), `latency_target_ms` and `latency_coef` (`c_t`).
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         let mut out = vec![("estimator_variance", self.state.grad_variance)];
         if let (Some(lt), Some(lv)) = (self.state.last_train_loss, self.state.last_search_loss) {
@@ -519,6 +657,15 @@ impl SearchStrategy for Unas {
         out.push(("tau", self.params.tau));
         out.push(("arch_lr", self.adam.config.lr));
         out.push(("arch_steps", self.state.arch_steps as f64));
+        let l = &self.params.latency;
+        if l.source == LatencySource::Table {
+            if let Some((hard, expected)) = self.state.last_latency {
+                out.push(("latency_hard_ms", hard));
+                out.push(("latency_expected_ms", expected));
+            }
+            out.push(("latency_target_ms", l.target_ms));
+            out.push(("latency_coef", l.coefficient(self.state.arch_steps)));
+        }
         out
     }
 

@@ -304,6 +304,23 @@ impl ArchSearch {
         Ok(())
     }
 
+    /// Measures the latency table the strategy asks for (if any) on `net` at `input_chw`, on
+    /// `device`, and hands it over. The strategy keeps it across [`ArchSearch::load`].
+    pub fn set_latency_from(
+        &self,
+        net: &dyn crate::nas::Supernet,
+        input_chw: [i64; 3],
+        device: tch::Device,
+    ) -> Result<(), TrainError> {
+        let Some(options) = self.with(|_, s| s.latency_request()) else {
+            return Ok(());
+        };
+        let (table, _) = crate::nas::latency::load_or_measure(net, input_chw, device, &options)
+            .map_err(|e| TrainError::Invalid(format!("latency table: {e}")))?;
+        self.with(|_, s| s.set_latency_table(table))
+            .map_err(search_err)
+    }
+
     /// Start of PPO iteration `iteration` (0-based) of `num_iterations`: the strategy's epoch.
     pub fn begin_iteration(&self, iteration: u64, num_iterations: u64) {
         self.with(|_, s| s.begin_epoch(iteration as usize, num_iterations.max(1) as usize));

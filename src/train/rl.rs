@@ -217,16 +217,22 @@ pub fn build_encoder(
     Ok(match config {
         EncoderConfig::RlDarts(c) => {
             let arch = need_arch()?;
+            let device = p.device();
             let net = RlDartsSupernet::new(p, &c.supernet, &shape, arch.slot.clone()).map_err(supernet_err)?;
             if let &[ch, h, w] = shape.as_slice() {
                 arch.set_op_costs(net.op_costs([ch, h, w]))?;
+                arch.set_latency_from(&net, [ch, h, w], device)?;
             }
             Box::new(net)
         }
         EncoderConfig::MlpDarts(c) => {
             let arch = need_arch()?;
+            let device = p.device();
             let net = MlpSupernet::new(p, &c.supernet, &shape, arch.slot.clone()).map_err(supernet_err)?;
             arch.set_op_costs(net.op_costs([shape[0], 1, 1]))?;
+            // Fails with a clear message if a latency penalty is asked for: MLP cells are not
+            // timed alone.
+            arch.set_latency_from(&net, [shape[0], 1, 1], device)?;
             Box::new(net)
         }
         EncoderConfig::MlpDartsFixed(c) => {

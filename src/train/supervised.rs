@@ -591,6 +591,12 @@ fn bilevel_search(
     let mut strategy = sc.strategy.build(&arch, config.seed)?;
     // Resource-aware strategies (SNAS, UNAS) price ops at this dataset's input size.
     strategy.set_op_costs(&net.op_costs(w_train.image_shape()))?;
+    // UNAS's latency penalty times the ops here, on the search device.
+    if let Some(options) = strategy.latency_request() {
+        let (table, _) =
+            crate::nas::latency::load_or_measure(&net, w_train.image_shape(), device, &options)?;
+        strategy.set_latency_table(table)?;
+    }
     let mut sgd = Sgd::new(vs.variables(), sc.weights.sgd());
     let mut state = LoopState {
         epochs_done: 0,
