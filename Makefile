@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TRAIN_ARGS ?=
 
-.PHONY: setup build train test bench-envs bench-ppo clean-deps
+.PHONY: setup build train test bench-envs bench-ppo bench-darts bench-strategies bench-digits clean-deps
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,15 @@ bench-envs: build
 
 bench-ppo: build
 	bash scripts/bench_ppo.sh
+
+bench-darts: build
+	bash scripts/bench_darts_search.sh
+
+bench-strategies: build
+	bash scripts/bench_strategies.sh
+
+bench-digits: build
+	bash scripts/bench_digits_strategies.sh
 
 clean-deps:
 	rm -rf .venv .deps

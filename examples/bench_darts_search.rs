@@ -72,10 +72,8 @@ fn proc_status_mib(key: &str) -> Option<f64> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // As the `rl-darts` binary does first thing: freed tensor memory stays in the heap.
-    if let Some(note) = rl_darts::device::keep_freed_memory_for_reuse() {
-        eprintln!("{note}");
-    }
+    // glibc's default allocator policy, as `rl-darts search` runs: the kept heap of
+    // device::keep_freed_memory_for_reuse is for fixed-encoder PPO only (its docs say why).
     let order = match args.order.as_str() {
         "first" => DartsOrder::First,
         "second" => DartsOrder::Second,

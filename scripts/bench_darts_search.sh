@@ -33,8 +33,12 @@ else
   BIN=target/debug/examples/bench_darts_search
 fi
 if ! $PY -c "import nni, pytorch_lightning" 2>/dev/null; then
-  # NNI 3.0 imports pkg_resources (gone from setuptools 70) and predates Lightning 2.1.
-  $PY -m pip install -q nni==3.0 'pytorch-lightning<2.1' 'setuptools<70'
+  # NNI 3.0 imports pkg_resources (removed in setuptools 81) and predates Lightning 2.1. The
+  # .venv's torch is the libtorch rl-darts links against, and numpy<2 is what gym3 needs: pin
+  # both, or pip's resolver swaps them for other versions (it once picked torch 2.12.1, which
+  # broke every rl-darts binary built against 2.13.0).
+  torch_pin=$($PY -c 'import torch; print(torch.__version__.split("+")[0])')
+  $PY -m pip install -q nni==3.0 'pytorch-lightning<2.1' 'setuptools<81' "torch==$torch_pin" 'numpy<2'
 fi
 
 # run NAME CMD...: one process under /usr/bin/time; its JSON line goes to $OUT/NAME.json and the

@@ -108,6 +108,14 @@ pub const SYSTEM_MALLOC_ENV: &str = "RL_DARTS_SYSTEM_MALLOC";
 /// PPO update went from 5.5 s to 3.6 s per 2048-sample minibatch with the heap kept. The cost
 /// is that the process's resident size stays at its peak, which training reaches anyway.
 ///
+/// Only for fixed-network training (the PPO loop calls it when its encoder is not a supernet):
+/// in a supernet search the many differently sized op activations fragment a heap that never
+/// returns memory, and glibc's malloc then spends most of the time walking its free lists. The
+/// DARTS second-order search iteration measured 280 s with the heap kept against 52.5 s with
+/// glibc's defaults (first order: 242 s for the first iteration, then 19 s). It is a
+/// process-wide setting that cannot be undone (any `mallopt` disables glibc's dynamic mmap
+/// threshold), which is why the pipeline searches before it retrains.
+///
 /// Returns a note when the setting could not be applied (non-glibc targets, or opted out with
 /// `RL_DARTS_SYSTEM_MALLOC`); None when it was applied.
 pub fn keep_freed_memory_for_reuse() -> Option<String> {

@@ -32,12 +32,9 @@ enum Command {
 }
 
 fn main() {
-    // Before libtorch allocates anything: large activations then reuse heap pages.
-    let allocator = rl_darts::device::keep_freed_memory_for_reuse();
+    // The glibc heap policy (device::keep_freed_memory_for_reuse) is chosen per workload by
+    // the PPO loop, not here: it speeds up fixed-encoder PPO and slows supernet searches.
     let cli = Cli::parse();
-    if let Some(note) = allocator {
-        eprintln!("note: {note}");
-    }
     let result = match cli.command {
         Command::Train(args) => cli::train::run_train(args),
         Command::Eval(args) => cli::train::run_eval(args),

@@ -404,6 +404,13 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     };
     let spec = env.spec().clone();
     let (mut trainer, mut arch) = build_trainer(config, &spec, device)?;
+    // Fixed encoders only: the kept heap made the IMPALA PPO update 1.5x faster, but a
+    // supernet's many differently sized op activations fragment it (see the function's docs).
+    if arch.is_none() && device == tch::Device::Cpu {
+        if let Some(note) = crate::device::keep_freed_memory_for_reuse() {
+            eprintln!("note: {note}");
+        }
+    }
     let game = config.is_procgen().then(|| find_game(&config.env)).transpose()?;
     if arch.is_some() {
         search_env_options(config)?;
