@@ -2,7 +2,8 @@
 //! architectures give every node exactly two incoming ops and never `none`; `log p(z)` is the
 //! sum of the four selectors' log-softmax entries per node; REBAR on the factorised
 //! parameterisation is unbiased against an enumerated expectation; a 1-epoch digits search
-//! derives a genotype that builds and runs.
+//! derives a genotype that builds and runs; two PPO iterations on CoinRun move the selectors
+//! and derive a fixed encoder that runs; the selectors and sampler survive a checkpoint.
 
 use std::sync::atomic::AtomicBool;
 
@@ -318,4 +319,142 @@ fn the_digits_factorised_preset_selects_the_factorised_cell() {
         strategy: StrategyConfig,
     }
     assert!(toml::from_str::<Search>(bad).is_err());
+}
+
+/// Two tiny PPO iterations on CoinRun with the factorised cell: the selectors move (their
+/// checkpointed logits are no longer all zero), the genotype has two genes per node and builds
+/// the fixed RL-DARTS encoder, which runs forward.
+#[test]
+fn coinrun_search_with_the_factorised_cell_derives_a_fixed_encoder() {
+    use rl_darts::agents::preprocess_obs;
+    use rl_darts::envs::make_vec_env;
+    use rl_darts::nas::RlDartsConfig;
+    use rl_darts::train::arch::RlDartsSearchConfig;
+    use rl_darts::train::rl::{
+        build_encoder, train, EncoderConfig, RlDartsFixedConfig, TrainConfig, TrainRun,
+    };
+
+    tch::set_num_threads(1);
+    let supernet = RlDartsConfig {
+        channels: vec![4],
+        normal_cells_per_stage: 1,
+        num_nodes: 2,
+        embedding: 16,
+        ..RlDartsConfig::default()
+    };
+    let mut c = TrainConfig::procgen("coinrun");
+    c.device = "cpu".into();
+    c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
+        supernet: supernet.clone(),
+    });
+    c.ppo.num_envs = 4;
+    c.ppo.num_steps = 16;
+    c.ppo.num_minibatches = 4;
+    c.ppo.update_epochs = 3;
+    c.ppo.total_timesteps = 2 * 64;
+    c.procgen.num_threads = 1;
+    c.checkpoint.every = 1;
+    c.search.search_envs = Some(2);
+    c.search.strategy = StrategyConfig::Unas(UnasParams {
+        cell: UnasCell::Factorised,
+        ..Default::default()
+    });
+    let base = tempfile::tempdir().unwrap();
+    let dir = RunDir::create_at(base.path()).unwrap();
+    let mut sink = MemorySink::new();
+    let summary = train(TrainRun {
+        config: &c,
+        run_dir: &dir,
+        resume: false,
+        sink: &mut sink,
+        progress: &mut NoProgress,
+        stop: &AtomicBool::new(false),
+        max_iterations: None,
+        env: None,
+    })
+    .unwrap();
+    assert_eq!(summary.iterations, 2);
+    assert!(sink.scalars("strategy/arch_steps").last().unwrap().1 >= 1.0);
+
+    // The selectors' logits are checkpointed with the strategy and moved off zero.
+    fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+        std::fs::read_dir(dir).ok()?.find_map(|e| {
+            let p = e.ok()?.path();
+            if p.file_name()? == name {
+                Some(p)
+            } else if p.is_dir() {
+                find(&p, name)
+            } else {
+                None
+            }
+        })
+    }
+    let ckpt = dir.latest_checkpoint().unwrap().unwrap();
+    let logits = find(&ckpt, "unas_factorised.safetensors").expect("selector logits saved");
+    let moved = Tensor::read_safetensors(&logits)
+        .unwrap()
+        .iter()
+        .map(|(_, t)| t.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(moved > 0.0, "the selectors did not move");
+
+    let path = dir.root.join("genotype.json");
+    let g = Genotype::load(&path).unwrap();
+    assert!(g
+        .normal
+        .iter()
+        .all(|genes| genes.len() == 2 && genes.iter().all(|(op, _)| *op != OpKind::None)));
+    let env = make_vec_env(&c.env, c.ppo.num_envs, c.seed, &c.procgen).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let fixed = EncoderConfig::RlDartsFixed(RlDartsFixedConfig {
+        genotype: path,
+        supernet,
+    });
+    let encoder = build_encoder(vs.root() / "encoder", env.spec(), &fixed, None).unwrap();
+    let features = encoder.features(&preprocess_obs(env.observe().obs), false);
+    assert_eq!(features.size(), [4, encoder.feature_dim()]);
+    assert!(bool::try_from(features.isfinite().all()).unwrap());
+}
+
+/// The selectors' logits and the sampler are checkpointed with the strategy: a strategy
+/// loaded from a save derives the same genotype and draws the same next sample.
+#[test]
+fn factorised_selectors_survive_a_checkpoint() {
+    use rl_darts::nas::{AlphaInit, ArchParams};
+    use rl_darts::search::{Phase, SearchStrategy, Unas};
+
+    let space = CellSpace::darts().with_nodes(3);
+    let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
+    let params = UnasParams {
+        cell: UnasCell::Factorised,
+        ..Default::default()
+    };
+    let mut a = Unas::new(&arch, params.clone(), 4).unwrap();
+    randomise(a.factorised().unwrap(), 21);
+    let _ = a.op_weights(&arch, Phase::Weights).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    a.save(dir.path()).unwrap();
+    let mut b = Unas::new(&arch, params, 99).unwrap();
+    b.load(dir.path()).unwrap();
+    for (x, y) in a
+        .factorised()
+        .unwrap()
+        .params()
+        .iter()
+        .zip(b.factorised().unwrap().params())
+    {
+        assert!(x.equal(&y));
+    }
+    assert_eq!(a.derive(&arch).unwrap(), b.derive(&arch).unwrap());
+    let wa = a.op_weights(&arch, Phase::Weights).unwrap();
+    let wb = b.op_weights(&arch, Phase::Weights).unwrap();
+    assert!(wa.normal.weights().equal(wb.normal.weights()));
+    assert!(wa
+        .reduce
+        .unwrap()
+        .weights()
+        .equal(wb.reduce.unwrap().weights()));
+    // The DARTS cell is untouched: no selectors.
+    let darts = Unas::new(&arch, UnasParams::default(), 4).unwrap();
+    assert!(darts.factorised().is_none());
 }
