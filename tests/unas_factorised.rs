@@ -2,8 +2,9 @@
 //! architectures give every node exactly two incoming ops and never `none`; `log p(z)` is the
 //! sum of the four selectors' log-softmax entries per node; REBAR on the factorised
 //! parameterisation is unbiased against an enumerated expectation; a 1-epoch digits search
-//! derives a genotype that builds and runs; two PPO iterations on CoinRun move the selectors
-//! and derive a fixed encoder that runs; the selectors and sampler survive a checkpoint.
+//! (with the latency penalty on) derives a genotype that builds and runs; two PPO iterations
+//! on CoinRun move the selectors and derive a fixed encoder that runs; the selectors and
+//! sampler survive a checkpoint.
 
 use std::sync::atomic::AtomicBool;
 
@@ -13,7 +14,10 @@ use rl_darts::config::load_config;
 use rl_darts::logging::MemorySink;
 use rl_darts::nas::{CellSpace, DartsEvalConfig, DartsEvalNet, Genotype, OpKind, OpSet, OpWeights};
 use rl_darts::search::unas::estimate_gradient_from;
-use rl_darts::search::{FactorisedAlphas, StrategyConfig, UnasCell, UnasEstimator, UnasParams};
+use rl_darts::search::{
+    FactorisedAlphas, LatencySource, StrategyConfig, UnasCell, UnasEstimator, UnasLatencyParams,
+    UnasParams,
+};
 use rl_darts::train::rl::NoProgress;
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig};
@@ -248,8 +252,17 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
     c.network.in_channels = 1;
     c.search.epochs = 1;
     c.search.batch_size = 64;
+    // With the latency penalty too: the expected latency is read off the selectors.
     c.search.strategy = StrategyConfig::Unas(UnasParams {
         cell: UnasCell::Factorised,
+        latency: UnasLatencyParams {
+            source: LatencySource::Table,
+            warmup: 1,
+            repeats: 2,
+            batch: 4,
+            cache_dir: Some(base.path().join("cache")),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let run_dir = RunDir::create_at(&base.path().join("run")).unwrap();
@@ -274,6 +287,13 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
             .all(|genes| genes.len() == 2 && genes.iter().all(|(op, _)| *op != OpKind::None)));
     }
     assert!(!sink.scalars("strategy/f_hard").is_empty());
+    let expected = sink.scalars("strategy/latency_expected_ms");
+    let hard = sink.scalars("strategy/latency_hard_ms");
+    assert!(!expected.is_empty() && hard.len() == expected.len());
+    assert!(expected
+        .iter()
+        .chain(&hard)
+        .all(|(_, v)| v.is_finite() && *v > 0.0));
     println!("factorised digits genotype: {g}");
 
     let vs = nn::VarStore::new(Device::Cpu);
