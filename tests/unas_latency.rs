@@ -404,3 +404,105 @@ fn digits_unas_search_with_latency_logs_latency_and_target() {
     );
     println!("digits search: latency scalars {expected:?} (expected), {hard:?} (hard)");
 }
+
+/// The RL loop measures the table for the RL-DARTS encoder on request (at the observation
+/// shape, cached on disk) and logs the latency scalars: two tiny PPO iterations on CoinRun.
+#[test]
+fn coinrun_unas_search_with_latency_measures_the_encoder_and_logs_latency() {
+    use rl_darts::logging::MemorySink;
+    use rl_darts::nas::RlDartsConfig;
+    use rl_darts::train::arch::RlDartsSearchConfig;
+    use rl_darts::train::rl::{train, EncoderConfig, NoProgress, TrainConfig, TrainRun};
+    use rl_darts::train::run_dir::RunDir;
+    use std::sync::atomic::AtomicBool;
+
+    tch::set_num_threads(1);
+    let base = tempfile::tempdir().unwrap();
+    let cache = base.path().join("cache");
+    let mut c = TrainConfig::procgen("coinrun");
+    c.device = "cpu".into();
+    c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
+        supernet: RlDartsConfig {
+            channels: vec![4],
+            normal_cells_per_stage: 1,
+            num_nodes: 2,
+            embedding: 16,
+            ..RlDartsConfig::default()
+        },
+    });
+    c.ppo.num_envs = 4;
+    c.ppo.num_steps = 16;
+    c.ppo.num_minibatches = 4;
+    c.ppo.update_epochs = 3;
+    c.ppo.total_timesteps = 2 * 64;
+    c.procgen.num_threads = 1;
+    c.search.search_envs = Some(2);
+    c.search.strategy = StrategyConfig::Unas(UnasParams {
+        latency: UnasLatencyParams {
+            source: LatencySource::Table,
+            target_ms: 0.0,
+            ramp_steps: 2,
+            warmup: 1,
+            repeats: 2,
+            batch: 2,
+            cache_dir: Some(cache.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let run_dir = RunDir::create_at(&base.path().join("run")).unwrap();
+    let mut sink = MemorySink::new();
+    let stop = AtomicBool::new(false);
+    train(TrainRun {
+        config: &c,
+        run_dir: &run_dir,
+        resume: false,
+        sink: &mut sink,
+        progress: &mut NoProgress,
+        stop: &stop,
+        max_iterations: None,
+        env: None,
+    })
+    .unwrap();
+
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "one cached table for the encoder: {files:?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
+    // Timed at the requested batch, one entry per (cell, edge, op) of the encoder.
+    assert_eq!(
+        json["key"]["batch"],
+        serde_json::json!(2),
+        "{}",
+        json["key"]
+    );
+    assert!(!json["key"]["ops"].as_array().unwrap().is_empty());
+
+    let expected = sink.scalars("strategy/latency_expected_ms");
+    let hard = sink.scalars("strategy/latency_hard_ms");
+    let coef = sink.scalars("strategy/latency_coef");
+    assert!(
+        !expected.is_empty(),
+        "no strategy/latency_expected_ms logged"
+    );
+    assert_eq!(hard.len(), expected.len());
+    assert_eq!(
+        sink.scalars("strategy/latency_target_ms").len(),
+        expected.len()
+    );
+    assert!(expected
+        .iter()
+        .chain(&hard)
+        .all(|(_, v)| v.is_finite() && *v > 0.0));
+    assert!(coef.iter().all(|(_, v)| v.is_finite() && *v >= 0.0));
+    println!(
+        "coinrun search: latency {expected:?} ms (expected), {hard:?} ms (hard), coef {coef:?}"
+    );
+}

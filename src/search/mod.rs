@@ -79,6 +79,7 @@ pub mod perturb;
 pub mod random;
 pub mod snas;
 pub mod unas;
+pub mod unas_factorised;
 
 use std::path::{Path, PathBuf};
 
@@ -98,7 +99,8 @@ pub use joint::{Joint, JointParams};
 pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
 pub use snas::{CostMetric, Snas, SnasParams};
-pub use unas::{LatencySource, Unas, UnasEstimator, UnasLatencyParams, UnasParams};
+pub use unas::{LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams};
+pub use unas_factorised::{FactorisedAlphas, FactorisedSample};
 
 /// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
 pub const STRATEGY_NAMES: &[&str] = &[

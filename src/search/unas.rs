@@ -37,9 +37,15 @@
 //! all three samples and REBAR stays unbiased. `c_t` ramps linearly from 0 to `weight` over
 //! `ramp_steps` alpha steps (the counter is checkpointed).
 //!
-//! Not implemented here (ISSUE 7 leftover): the factorised cell (2 input and 2 op selectors per
-//! node); this module searches the standard DARTS cell (with `none`) and derives its genotype
-//! with the DARTS rule.
+//! Cell (`cell` switch): `darts` (default) searches the standard DARTS cell (one categorical
+//! over the op set, with `none`, per edge; the supernet's alphas) and derives its genotype with
+//! `derive`; `factorised` searches UNAS's factorised cell (per node two input selectors and two
+//! op selectors over the op set without `none`, so exactly two incoming edges per node), whose
+//! selector logits live in the strategy's own VarStore (checkpointed with the strategy; the
+//! supernet's alphas stay unused) and whose genotype is each selector's argmax, in DARTS format
+//! ([`super::unas_factorised`]). Both go through the same estimators: a factorised sample is
+//! mapped to DARTS op weights, and `log p(z)` sums the selectors' log-probabilities
+//! ([`estimate_gradient_from`]).
 //!
 //! Departures, each for a reason: the Gumbel noise comes from the strategy's own seeded ChaCha
 //! RNG (checkpointed) so a resumed search draws the same samples; the alpha Adam's betas and
@@ -53,12 +59,27 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::perturb::{grad, norm};
+use super::unas_factorised::{FactorisedAlphas, FactorisedSample};
 use super::{
     alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
 use crate::nas::{
     ArchParams, CellWeights, DeriveRule, Genotype, LatencyOptions, LatencyTable, OpWeights,
 };
+
+/// Which cell the search parameterises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnasCell {
+    /// The DARTS cell: one categorical over the op set (with `none`) per edge, the
+    /// supernet's alphas.
+    #[default]
+    Darts,
+    /// UNAS's factorised cell: per node two input selectors and two op selectors (the op set
+    /// without `none`), exactly two incoming edges per node
+    /// ([`super::unas_factorised`]).
+    Factorised,
+}
 
 /// Which gradient estimator the alpha step uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +177,10 @@ pub struct UnasParams {
     pub optimizer: AdamConfig,
     /// The measured-latency penalty (off by default).
     pub latency: UnasLatencyParams,
+    /// `darts` (default) | `factorised`. The factorised cell selects among the op set's ops
+    /// other than `none`, whatever the supernet's op set; its genotype is read off the
+    /// selectors' argmax (`derive` is not used).
+    pub cell: UnasCell,
 }
 
 impl Default for UnasParams {
@@ -172,6 +197,7 @@ impl Default for UnasParams {
                 ..AdamConfig::default()
             },
             latency: UnasLatencyParams::default(),
+            cell: UnasCell::Darts,
         }
     }
 }
@@ -275,7 +301,7 @@ pub fn estimate_gradient(
     alphas: &[Tensor],
     samples: &[UnasSample],
     estimator: UnasEstimator,
-    mut f: impl FnMut(Vec<OpWeights>) -> Result<Tensor, SearchError>,
+    f: impl FnMut(Vec<OpWeights>) -> Result<Tensor, SearchError>,
 ) -> Result<(Vec<Tensor>, UnasTerms), SearchError> {
     if alphas.len() != samples.len() {
         return Err(SearchError::Invalid(format!(
@@ -288,13 +314,34 @@ pub fn estimate_gradient(
         .iter()
         .map(|s| OpWeights::one_hot(s.hard.shallow_clone(), &s.index))
         .collect::<Result<_, _>>()?;
-    let f_hard = tch::no_grad(|| f(hard))?.f_double_value(&[])?;
     // log p(z) = sum over cells and edges of log_softmax(alpha)[e, z_e].
     let mut log_p_z = Tensor::zeros([], (alphas[0].kind(), alphas[0].device()));
     for (a, s) in alphas.iter().zip(samples) {
         let lp = a.log_softmax(-1, a.kind()) * &s.hard;
         log_p_z += lp.sum(a.kind());
     }
+    let relaxed = samples.iter().map(|s| s.relaxed.shallow_clone()).collect();
+    let conditional = samples
+        .iter()
+        .map(|s| s.conditional.as_ref().map(Tensor::shallow_clone))
+        .collect();
+    estimate_gradient_from(alphas, log_p_z, hard, relaxed, conditional, estimator, f)
+}
+
+/// [`estimate_gradient`] for any parameterisation: `params` are the tensors differentiated,
+/// `log_p_z` is `log p(z)` of the hard sample with graph to them, `hard` the hard op weights
+/// per cell type, `relaxed` (`zeta`) and `conditional` (`zeta~`, REBAR only) the relaxed op
+/// weights with graph to `params`.
+pub fn estimate_gradient_from(
+    params: &[Tensor],
+    log_p_z: Tensor,
+    hard: Vec<OpWeights>,
+    relaxed: Vec<Tensor>,
+    conditional: Vec<Option<Tensor>>,
+    estimator: UnasEstimator,
+    mut f: impl FnMut(Vec<OpWeights>) -> Result<Tensor, SearchError>,
+) -> Result<(Vec<Tensor>, UnasTerms), SearchError> {
+    let f_hard = tch::no_grad(|| f(hard))?.f_double_value(&[])?;
     let mut terms = UnasTerms {
         f_hard,
         ..Default::default()
@@ -305,29 +352,20 @@ pub fn estimate_gradient(
             log_p_z * f_hard
         }
         UnasEstimator::RelaxedBaseline => {
-            let dense = samples
-                .iter()
-                .map(|s| OpWeights::dense(s.relaxed.shallow_clone()))
-                .collect();
+            let dense = relaxed.into_iter().map(OpWeights::dense).collect();
             let f_rel = f(dense)?;
             terms.f_relaxed = f_rel.f_double_value(&[])?;
             &f_rel + log_p_z * (f_hard - terms.f_relaxed)
         }
         UnasEstimator::Rebar => {
-            let dense = samples
-                .iter()
-                .map(|s| OpWeights::dense(s.relaxed.shallow_clone()))
-                .collect();
+            let dense = relaxed.into_iter().map(OpWeights::dense).collect();
             let f_rel = f(dense)?;
-            let cond = samples
-                .iter()
-                .map(|s| {
-                    s.conditional
-                        .as_ref()
-                        .map(|c| OpWeights::dense(c.shallow_clone()))
-                        .ok_or_else(|| {
-                            SearchError::Invalid("unas: rebar needs conditional samples".into())
-                        })
+            let cond = conditional
+                .into_iter()
+                .map(|c| {
+                    c.map(OpWeights::dense).ok_or_else(|| {
+                        SearchError::Invalid("unas: rebar needs conditional samples".into())
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             let f_cond = f(cond)?;
@@ -337,7 +375,7 @@ pub fn estimate_gradient(
             &f_rel - &f_cond + log_p_z * (f_hard - fc)
         }
     };
-    let g = grad(&surrogate, alphas, false)?;
+    let g = grad(&surrogate, params, false)?;
     Ok((g, terms))
 }
 
@@ -371,6 +409,9 @@ pub struct Unas {
     state: State,
     /// Measured (or read from the cache) by the loop at start; not checkpointed, `load` keeps it.
     latency: Option<LatencyTable>,
+    /// The factorised cell's selector logits (`cell = "factorised"`), stepped instead of the
+    /// supernet's alphas.
+    factorised: Option<FactorisedAlphas>,
 }
 
 impl Unas {
@@ -407,7 +448,18 @@ impl Unas {
                 "unas: latency needs target_ms >= 0, weight >= 0, batch > 0, repeats > 0, got {l:?}"
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let factorised = match p.cell {
+            UnasCell::Darts => None,
+            UnasCell::Factorised => Some(FactorisedAlphas::new(
+                arch.space(),
+                arch.alpha_reduce().is_some(),
+                arch.alpha_normal().device(),
+            )?),
+        };
+        let adam = match &factorised {
+            Some(f) => Adam::new(f.var_store().variables(), params.optimizer),
+            None => Adam::new(arch.var_store().variables(), params.optimizer),
+        };
         Ok(Self {
             params,
             adam,
@@ -423,6 +475,7 @@ impl Unas {
                 last_latency: None,
             },
             latency: None,
+            factorised,
         })
     }
 
@@ -443,7 +496,36 @@ impl Unas {
             .collect()
     }
 
+    /// The factorised selector logits (`cell = "factorised"`).
+    pub fn factorised(&self) -> Option<&FactorisedAlphas> {
+        self.factorised.as_ref()
+    }
+
+    fn factorised_samples(
+        &mut self,
+        conditional: bool,
+    ) -> Result<Vec<FactorisedSample>, SearchError> {
+        let Some(f) = &self.factorised else {
+            return Ok(Vec::new());
+        };
+        (0..f.num_cells())
+            .map(|c| f.sample(&mut self.state.rng, c, self.params.tau, conditional))
+            .collect()
+    }
+
+    fn cell_weights(mut cells: Vec<OpWeights>) -> Result<CellWeights, SearchError> {
+        let reduce = if cells.len() > 1 { cells.pop() } else { None };
+        let normal = cells
+            .pop()
+            .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
+        Ok(CellWeights { normal, reduce })
+    }
+
     fn hard_weights(&mut self, arch: &ArchParams) -> Result<CellWeights, SearchError> {
+        if self.factorised.is_some() {
+            let s = tch::no_grad(|| self.factorised_samples(false))?;
+            return Self::cell_weights(s.into_iter().map(|s| s.hard).collect());
+        }
         let mut cells = tch::no_grad(|| -> Result<Vec<OpWeights>, SearchError> {
             alphas(arch)
                 .iter()
@@ -521,6 +603,16 @@ impl SearchStrategy for Unas {
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
         match phase {
             Phase::Weights => self.hard_weights(arch),
+            Phase::Arch if self.factorised.is_some() => {
+                let mut s = self
+                    .factorised_samples(false)?
+                    .into_iter()
+                    .map(|s| s.relaxed);
+                let normal = s
+                    .next()
+                    .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
+                Ok(CellWeights::dense(normal, s.next()))
+            }
             Phase::Arch => {
                 let mut s = self.samples(arch)?.into_iter().map(|s| s.relaxed);
                 let normal = s
@@ -528,7 +620,16 @@ impl SearchStrategy for Unas {
                     .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
                 Ok(CellWeights::dense(normal, s.next()))
             }
-            Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
+            Phase::Eval => match &self.factorised {
+                Some(f) => tch::no_grad(|| {
+                    Self::cell_weights(
+                        (0..f.num_cells())
+                            .map(|c| f.hard_weights(&f.argmax(c)?))
+                            .collect::<Result<_, _>>()?,
+                    )
+                }),
+                None => tch::no_grad(|| Self::argmax_weights(arch)),
+            },
         }
     }
 
@@ -546,7 +647,11 @@ impl SearchStrategy for Unas {
         arch: &ArchParams,
         objective: &mut dyn Objective,
     ) -> Result<ArchStepStats, SearchError> {
-        let samples = self.samples(arch)?;
+        let rebar = self.params.estimator == UnasEstimator::Rebar;
+        let (params, samples, factorised) = match &self.factorised {
+            Some(f) => (f.params(), Vec::new(), self.factorised_samples(rebar)?),
+            None => (alphas(arch), self.samples(arch)?, Vec::new()),
+        };
         let lambda = self.params.gap_weight;
         let mut losses = None;
         let penalty = match (self.params.latency.source, &self.latency) {
@@ -563,36 +668,44 @@ impl SearchStrategy for Unas {
             }
         };
         let mut hard_latency = None;
-        let (g, terms) = estimate_gradient(
-            &alphas(arch),
-            &samples,
-            self.params.estimator,
-            |mut cells: Vec<OpWeights>| {
-                let reduce = if cells.len() > 1 { cells.pop() } else { None };
-                let normal = cells
-                    .pop()
-                    .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
-                let w = CellWeights { normal, reduce };
-                let lt = objective.train_loss(&w)?;
-                let lv = objective.search_loss(&w)?;
-                if losses.is_none() {
-                    // The hard architecture's losses (evaluated first).
-                    losses = Some((lt.f_double_value(&[])?, lv.f_double_value(&[])?));
-                }
-                let f = &lt + (&lv - &lt).abs() * lambda;
-                let Some((table, c_t, target)) = penalty else {
-                    return Ok(f);
-                };
-                // sum w * T: the table latency for one-hot z, the expected one for zeta.
-                let ms = table.expected(&w)?.to_kind(f.kind());
-                if hard_latency.is_none() {
-                    hard_latency = Some(ms.f_double_value(&[])?);
-                }
-                Ok(f + (ms - target).relu() * c_t)
-            },
-        )?;
+        let estimator = self.params.estimator;
+        let f = |cells: Vec<OpWeights>| {
+            let w = Self::cell_weights(cells)?;
+            let lt = objective.train_loss(&w)?;
+            let lv = objective.search_loss(&w)?;
+            if losses.is_none() {
+                // The hard architecture's losses (evaluated first).
+                losses = Some((lt.f_double_value(&[])?, lv.f_double_value(&[])?));
+            }
+            let f = &lt + (&lv - &lt).abs() * lambda;
+            let Some((table, c_t, target)) = penalty else {
+                return Ok(f);
+            };
+            // sum w * T: the table latency for one-hot z, the expected one for zeta.
+            let ms = table.expected(&w)?.to_kind(f.kind());
+            if hard_latency.is_none() {
+                hard_latency = Some(ms.f_double_value(&[])?);
+            }
+            Ok(f + (ms - target).relu() * c_t)
+        };
+        let (g, terms) = if factorised.is_empty() {
+            estimate_gradient(&params, &samples, estimator, f)?
+        } else {
+            let mut log_p_z = Tensor::zeros([], (Kind::Float, params[0].device()));
+            let (mut hard, mut relaxed, mut conditional) = (Vec::new(), Vec::new(), Vec::new());
+            for s in factorised {
+                log_p_z += s.log_p;
+                hard.push(s.hard);
+                relaxed.push(s.relaxed);
+                conditional.push(s.conditional);
+            }
+            estimate_gradient_from(&params, log_p_z, hard, relaxed, conditional, estimator, f)?
+        };
         if let (Some(hard), Some((table, _, _))) = (hard_latency, penalty) {
-            let probs = tch::no_grad(|| super::softmax_weights(arch, 1.0));
+            let probs = tch::no_grad(|| match &self.factorised {
+                Some(f) => f.expected_weights(),
+                None => super::softmax_weights(arch, 1.0),
+            });
             let expected = table.expected(&probs)?.f_double_value(&[])?;
             self.state.last_latency = Some((hard, expected));
         }
@@ -632,6 +745,9 @@ impl SearchStrategy for Unas {
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
+        if let Some(f) = &self.factorised {
+            return tch::no_grad(|| f.derive());
+        }
         super::derive_from_softmax(arch, self.params.derive)
     }
 
@@ -671,6 +787,9 @@ impl SearchStrategy for Unas {
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
         self.adam.save(&dir.join(ADAM_FILE))?;
+        if let Some(f) = &self.factorised {
+            f.save(dir)?;
+        }
         let path = dir.join(STATE_FILE);
         let json = serde_json::to_vec_pretty(&self.state)
             .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
@@ -679,6 +798,9 @@ impl SearchStrategy for Unas {
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))?;
+        if let Some(f) = &mut self.factorised {
+            f.load(dir)?;
+        }
         let path = dir.join(STATE_FILE);
         let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
             path: path.clone(),
