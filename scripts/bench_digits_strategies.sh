@@ -6,24 +6,33 @@
 # (and each run under bench-out/digits/).
 #
 #   PRESETS="darts idarts gdas snas unas darts-prime random" bash scripts/bench_digits_strategies.sh
+#
+# SETS="torch_threads=1" adds --set overrides to both commands. The table lists every preset
+# whose logs are under bench-out/digits/, so presets can be run in several invocations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PRESETS=${PRESETS:-"darts idarts gdas snas unas darts-prime random"}
+ALL="darts idarts gdas snas unas darts-prime random"
+PRESETS=${PRESETS:-$ALL}
+sets=(); for kv in ${SETS:-}; do sets+=(--set "$kv"); done
 OUT=bench-out/digits
 mkdir -p "$OUT"
 cargo build --release
 BIN=target/release/rl-darts
-rows=()
 for name in $PRESETS; do
   config=configs/digits-$name.toml; extra=()
   if [ "$name" = random ]; then config=configs/digits-darts.toml; extra=(--set search.strategy.kind=random); fi
-  rm -rf "$OUT/$name"
+  rm -rf "$OUT/$name" "$OUT/$name.search.log" "$OUT/$name.retrain.log"
   echo "== $name: search ($config) =="
-  $BIN search --config "$config" "${extra[@]}" --run-dir "$OUT/$name/search" -q | tee "$OUT/$name.search.log"
-  search_line=$(grep -E "epochs in [0-9]+s" "$OUT/$name.search.log" | tail -n 1)
+  $BIN search --config "$config" "${extra[@]}" "${sets[@]}" --run-dir "$OUT/$name/search" -q | tee "$OUT/$name.search.log"
   echo "== $name: train-arch =="
-  $BIN train-arch --genotype "$OUT/$name/search/genotype.json" --config "$config" --out "$OUT/$name/retrain" -q \
+  $BIN train-arch --genotype "$OUT/$name/search/genotype.json" --config "$config" "${sets[@]}" --out "$OUT/$name/retrain" -q \
     | tee "$OUT/$name.retrain.log"
+done
+
+rows=()
+for name in $ALL; do
+  [ -f "$OUT/$name.retrain.log" ] || continue
+  search_line=$(grep -E "epochs in [0-9]+s" "$OUT/$name.search.log" | tail -n 1)
   retrain_line=$(grep -E "test accuracy" "$OUT/$name.retrain.log" | tail -n 1)
   search_s=$(sed -n 's/.*epochs in \([0-9]*\)s.*/\1/p' <<< "$search_line")
   val=$(sed -n 's/.*validation accuracy \([0-9.]*\).*/\1/p' <<< "$search_line")
