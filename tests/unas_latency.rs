@@ -26,6 +26,13 @@ use tch::{nn, Device, Kind, Tensor};
 
 /// A 3-cell DARTS net (cells 1 and 2 reduce), 2 nodes per cell: 5 edges of 8 ops per cell
 /// type, ops from `none` (free) to `sep_conv_5x5` (several convolutions).
+/// Tests here time ops and networks; run them one at a time so that they do not share the
+/// cores with each other while timing (cargo runs a binary's tests on parallel threads).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn tiny_net(c: i64, in_channels: i64) -> (nn::VarStore, DartsSearchNet) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -69,10 +76,23 @@ fn random_arch(rng: &mut ChaCha8Rng, edges: usize, p_conv: f64) -> Vec<usize> {
 
 #[test]
 fn latency_table_predicts_measured_latency_of_random_architectures() {
+    let _serial = serial();
     let (_vs, net) = tiny_net(8, 3);
     let chw = [3, 16, 16];
     let batch = 8;
-    let table = measure_table(&net, chw, Device::Cpu, &options(batch, None)).unwrap();
+    // 21 repeats (the default options use 7): the table and the network timings are medians,
+    // and on a shared 2-core machine fewer repeats left the correlation at the mercy of noise.
+    let repeats = 21;
+    let table = measure_table(
+        &net,
+        chw,
+        Device::Cpu,
+        &LatencyOptions {
+            repeats,
+            ..options(batch, None)
+        },
+    )
+    .unwrap();
     let space = net.space();
     let (edges, ops) = (space.num_edges(), space.num_ops());
 
@@ -86,7 +106,7 @@ fn latency_table_predicts_measured_latency_of_random_architectures() {
         let normal = random_arch(&mut rng, edges, p_conv);
         let reduce = random_arch(&mut rng, edges, p_conv);
         let w = one_hot_weights(ops, &normal, Some(&reduce), Device::Cpu).unwrap();
-        measured.push(measure_network_latency(&net, &w, &x, 2, 7));
+        measured.push(measure_network_latency(&net, &w, &x, 2, repeats));
         predicted.push(table.hard(&normal, Some(&reduce)));
         features.push(LinearLatencyModel::features(ops, &normal, Some(&reduce)));
     }
@@ -123,6 +143,7 @@ fn latency_table_predicts_measured_latency_of_random_architectures() {
 
 #[test]
 fn latency_cache_round_trips_and_a_key_mismatch_remeasures() {
+    let _serial = serial();
     let (_vs, net) = tiny_net(4, 1);
     let chw = [1, 8, 8];
     let dir = tempfile::tempdir().unwrap();
@@ -221,6 +242,7 @@ fn run_unas(latency: UnasLatencyParams, steps: usize) -> (f64, f64, Box<dyn Sear
 
 #[test]
 fn latency_penalty_lowers_the_expected_latency() {
+    let _serial = serial();
     let on = UnasLatencyParams {
         source: LatencySource::Table,
         target_ms: 0.0,
@@ -251,6 +273,7 @@ fn latency_penalty_lowers_the_expected_latency() {
 
 #[test]
 fn latency_coefficient_ramps_and_survives_a_checkpoint() {
+    let _serial = serial();
     let on = UnasLatencyParams {
         source: LatencySource::Table,
         target_ms: 1.0,
@@ -303,6 +326,7 @@ fn latency_coefficient_ramps_and_survives_a_checkpoint() {
 
 #[test]
 fn latency_config_table_parses_and_rejects_unknown_keys() {
+    let _serial = serial();
     #[derive(serde::Deserialize)]
     struct Search {
         strategy: StrategyConfig,
@@ -346,6 +370,7 @@ fn latency_config_table_parses_and_rejects_unknown_keys() {
 /// scalars (TensorBoard's `strategy/latency_*`).
 #[test]
 fn digits_unas_search_with_latency_logs_latency_and_target() {
+    let _serial = serial();
     use rl_darts::logging::MemorySink;
     use rl_darts::train::rl::NoProgress;
     use rl_darts::train::run_dir::RunDir;
@@ -409,6 +434,7 @@ fn digits_unas_search_with_latency_logs_latency_and_target() {
 /// shape, cached on disk) and logs the latency scalars: two tiny PPO iterations on CoinRun.
 #[test]
 fn coinrun_unas_search_with_latency_measures_the_encoder_and_logs_latency() {
+    let _serial = serial();
     use rl_darts::logging::MemorySink;
     use rl_darts::nas::RlDartsConfig;
     use rl_darts::train::arch::RlDartsSearchConfig;

@@ -7,6 +7,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use super::ops::{
+    SharedInput,
     factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom, Sequence,
 };
 use super::{MixedOp, NasError, OpCost, OpSet, OpSpec, OpWeights};
@@ -351,20 +352,24 @@ impl SearchCell {
             "cell expects {} inputs",
             space.num_inputs
         );
-        let mut states: Vec<Tensor> = if self.preprocess.is_empty() {
-            inputs.iter().map(|x| x.shallow_clone()).collect()
+        // Each state feeds several edges; its ReLU is computed once for all of them.
+        let mut states: Vec<SharedInput> = if self.preprocess.is_empty() {
+            inputs
+                .iter()
+                .map(|x| SharedInput::new(x.shallow_clone()))
+                .collect()
         } else {
             self.preprocess
                 .iter()
                 .zip(inputs)
-                .map(|(pre, x)| pre.forward_t(x, train))
+                .map(|(pre, x)| SharedInput::new(pre.forward_t(x, train)))
                 .collect()
         };
         let w = weights.weights();
         for node in 0..space.num_nodes {
             let mut sum: Option<Tensor> = None;
             for (from, e) in space.node_edges(node).enumerate() {
-                let y = self.edges[e].forward_sampled(
+                let y = self.edges[e].forward_sampled_shared(
                     &states[from],
                     &w.get(e as i64),
                     weights.active(e),
@@ -380,10 +385,15 @@ impl SearchCell {
             if let Some(bn) = self.node_bns.get(node) {
                 s = bn.forward_t(&s, train);
             }
-            states.push(s);
+            states.push(SharedInput::new(s));
         }
+        let nodes: Vec<Tensor> = states
+            .into_iter()
+            .skip(space.num_inputs)
+            .map(SharedInput::into_tensor)
+            .collect();
         combine_nodes(
-            &states[space.num_inputs..],
+            &nodes,
             self.config.output,
             self.output_proj.as_ref(),
         )

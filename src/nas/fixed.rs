@@ -10,7 +10,7 @@ use super::cell::combine_nodes;
 use super::network::{is_reduction, RlSkeleton};
 use super::ops::{
     factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear,
-    ConvGeom, LayerDesc, Sequence,
+    to_channels_last, ConvGeom, LayerDesc, Sequence,
 };
 use super::{
     CellInputs, CellOutput, CellType, Gene, Genotype, NasError, Op, OpKind, OpSpec, RlDartsConfig,
@@ -441,7 +441,8 @@ impl DartsEvalNet {
     /// `x: [N, in_channels, H, W]` -> (`[N, num_classes]`, `Some([N, num_classes])` if training
     /// with `auxiliary`)
     pub fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
-        let s = self.stem.forward_t(x, train);
+        // NHWC on the CPU, like the search network (see `to_channels_last`).
+        let s = self.stem.forward_t(&to_channels_last(x), train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         let mut aux_logits = None;
         let aux_at = 2 * self.config.layers / 3;

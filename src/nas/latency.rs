@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::ops::to_channels_last;
 use super::{CellWeights, NasError, Op, OpWeights, Supernet};
 
 /// Milliseconds per forward of one batch, summed over all cells of each type,
@@ -187,7 +188,10 @@ pub fn measure_table(
         for t in &ops {
             let ms = *timed.entry(t.key.as_str()).or_insert_with(|| {
                 let [c, h, w] = t.chw;
-                let x = Tensor::randn([options.batch, c, h, w], (Kind::Float, device));
+                let mut x = Tensor::randn([options.batch, c, h, w], (Kind::Float, device));
+                if net.channels_last() {
+                    x = to_channels_last(&x);
+                }
                 median_ms(device, options.warmup, options.repeats, || {
                     let _ = t.op.forward_t(&x, false);
                 })
@@ -210,8 +214,16 @@ pub struct LatencyKey {
     pub threads: i64,
     pub op_set: String,
     pub batch: i64,
+    /// Activation layout the ops were timed in: `nchw`, or `nhwc` for networks that run
+    /// channels-last. Cache files from before this field was written read as `nchw`.
+    #[serde(default = "nchw")]
+    pub layout: String,
     /// Every timed op as `kind|spec|input shape`, in (cell, edge, op) order.
     pub ops: Vec<String>,
+}
+
+fn nchw() -> String {
+    "nchw".into()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -232,6 +244,7 @@ pub fn latency_key(
         threads: i64::from(tch::get_num_threads()),
         op_set: net.space().op_set.name().to_string(),
         batch: options.batch,
+        layout: if net.channels_last() && device == Device::Cpu { "nhwc" } else { "nchw" }.into(),
         ops: timed_ops(net, input_chw)?
             .into_iter()
             .map(|t| t.key)

@@ -4,6 +4,7 @@
 use tch::nn;
 use tch::Tensor;
 
+use super::ops::{is_channels_last, to_channels_last, SharedInput};
 use super::{NasError, Op, OpKind, OpSet, OpSpec};
 
 /// All ops of one edge.
@@ -65,14 +66,28 @@ impl MixedOp {
     /// # Shapes
     /// `x: [N, c_in, H, W]`, `weights: [num_ops]` -> `[N, c_out, H', W']`
     pub fn forward_t(&self, x: &Tensor, weights: &Tensor, train: bool) -> Tensor {
+        self.forward_shared(&SharedInput::new(x.shallow_clone()), weights, train)
+    }
+
+    /// [`MixedOp::forward_t`] on a [`SharedInput`], whose ReLU the ops that start with one
+    /// share with each other and with the other edges reading the same state.
+    pub fn forward_shared(&self, input: &SharedInput, weights: &Tensor, train: bool) -> Tensor {
         let outputs: Vec<Tensor> = self
             .evaluated
             .iter()
-            .map(|&o| self.ops[o].forward_t(x, train))
+            .map(|&o| self.ops[o].forward_shared(input, train))
             .collect();
-        let stacked = Tensor::stack(&outputs, 0); // [O', N, C, H', W']
         let w = weights.index_select(0, &self.evaluated_index); // [O']
-        w.tensordot(&stacked, [0], [0])
+        if is_channels_last(&outputs[0]) {
+            // Stack the NHWC views, which are contiguous, so the layout survives the sum; a
+            // plain stack would transpose every output to NCHW first.
+            let nhwc: Vec<Tensor> = outputs.iter().map(|y| y.permute([0, 2, 3, 1])).collect();
+            let stacked = Tensor::stack(&nhwc, 0); // [O', N, H', W', C]
+            w.tensordot(&stacked, [0], [0]).permute([0, 3, 1, 2])
+        } else {
+            let stacked = Tensor::stack(&outputs, 0); // [O', N, C, H', W']
+            w.tensordot(&stacked, [0], [0])
+        }
     }
 
     /// Like [`MixedOp::forward_t`], but with `active = Some(list)` only the listed ops are
@@ -90,9 +105,21 @@ impl MixedOp {
         active: Option<&[usize]>,
         train: bool,
     ) -> Tensor {
+        self.forward_sampled_shared(&SharedInput::new(x.shallow_clone()), weights, active, train)
+    }
+
+    /// [`MixedOp::forward_sampled`] on a [`SharedInput`] (see [`MixedOp::forward_shared`]).
+    pub fn forward_sampled_shared(
+        &self,
+        input: &SharedInput,
+        weights: &Tensor,
+        active: Option<&[usize]>,
+        train: bool,
+    ) -> Tensor {
         let Some(active) = active else {
-            return self.forward_t(x, weights, train);
+            return self.forward_shared(input, weights, train);
         };
+        let x = input.tensor();
         let mut is_active = vec![false; self.ops.len()];
         let mut out: Option<Tensor> = None;
         for &o in active {
@@ -104,7 +131,7 @@ impl MixedOp {
             if self.ops[o].kind() == OpKind::None {
                 continue;
             }
-            let term = self.ops[o].forward_t(x, train) * weights.get(o as i64);
+            let term = self.ops[o].forward_shared(input, train) * weights.get(o as i64);
             out = Some(match out {
                 None => term,
                 Some(acc) => acc + term,
@@ -113,7 +140,14 @@ impl MixedOp {
         let out = out.unwrap_or_else(|| {
             let size = x.size();
             let [c, h, w] = self.out_shape([size[1], size[2], size[3]]);
-            Tensor::zeros([size[0], c, h, w], (x.kind(), x.device()))
+            let zeros = Tensor::zeros([size[0], c, h, w], (x.kind(), x.device()));
+            // In the input's layout: an NCHW term in an NHWC node sum would turn the rest of
+            // the network NCHW.
+            if is_channels_last(x) {
+                to_channels_last(&zeros)
+            } else {
+                zeros
+            }
         });
         let inactive: Vec<Tensor> = (0..self.ops.len())
             .filter(|&o| !is_active[o])
@@ -166,6 +200,33 @@ mod tests {
             let fast = m.forward_t(&x, &w, false);
             let slow = naive(&m, &x, &w, false);
             assert!(fast.allclose(&slow, 1e-5, 1e-6, false), "{op_set}");
+        }
+    }
+
+    /// The NHWC path (channels-last input, as the networks feed it on the CPU) gives the NCHW
+    /// result, keeps the layout, and gives the same gradients to the op weights.
+    #[test]
+    fn channels_last_input_gives_the_nchw_result_and_gradients() {
+        use crate::nas::ops::{is_channels_last, to_channels_last};
+        tch::manual_seed(3);
+        for op_set in [OpSet::Darts, OpSet::RlDarts] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = mixed(&vs, op_set);
+            let x = Tensor::randn([4, 4, 7, 7], (Kind::Float, Device::Cpu));
+            let x_nhwc = to_channels_last(&x);
+            assert!(is_channels_last(&x_nhwc) && !is_channels_last(&x));
+            let alpha = Tensor::randn([op_set.len() as i64], (Kind::Float, Device::Cpu))
+                .set_requires_grad(true);
+            let run = |input: &Tensor| {
+                let y = m.forward_t(input, &alpha.softmax(0, Kind::Float), true);
+                let g = Tensor::run_backward(&[(&y * &y).sum(Kind::Float)], &[&alpha], false, false);
+                (y, g[0].shallow_clone())
+            };
+            let (y, g) = run(&x);
+            let (y_nhwc, g_nhwc) = run(&x_nhwc);
+            assert!(is_channels_last(&y_nhwc), "{op_set}: layout lost");
+            assert!(y.allclose(&y_nhwc, 1e-4, 1e-5, false), "{op_set}: outputs differ");
+            assert!(g.allclose(&g_nhwc, 1e-3, 1e-4, false), "{op_set}: alpha gradients differ");
         }
     }
 

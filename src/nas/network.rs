@@ -8,6 +8,7 @@ use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use super::ops::{
+    to_channels_last,
     relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc,
     Sequence,
 };
@@ -68,6 +69,12 @@ pub trait Supernet: std::fmt::Debug + Send {
     /// networks whose cells cannot be timed alone.
     fn search_cells(&self, _input_chw: [i64; 3]) -> Vec<(&SearchCell, bool, Vec<[i64; 3]>)> {
         Vec::new()
+    }
+
+    /// Whether the cells see channels-last activations on the CPU ([`to_channels_last`]), so
+    /// that per-op timings use the layout the network runs in.
+    fn channels_last(&self) -> bool {
+        false
     }
 }
 
@@ -217,7 +224,7 @@ impl Supernet for DartsSearchNet {
     /// # Shapes
     /// `x: [N, in_channels, H, W]` -> logits `[N, num_classes]`
     fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
-        let s = self.stem.forward_t(x, train);
+        let s = self.stem.forward_t(&to_channels_last(x), train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         for cell in &self.cells {
             let w = if cell.config().reduction {
@@ -241,6 +248,10 @@ impl Supernet for DartsSearchNet {
     }
 
     fn has_reduction_cells(&self) -> bool {
+        true
+    }
+
+    fn channels_last(&self) -> bool {
         true
     }
 

@@ -892,6 +892,53 @@ pub(crate) fn torch_linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     nn::linear(p, c_in, c_out, config)
 }
 
+/// `x` in the channels-last (NHWC) layout, still indexed `[N, C, H, W]`, for float tensors on
+/// the CPU; other tensors unchanged. Layers keep the layout of their input, and on the CPU
+/// oneDNN runs NHWC depthwise convolutions with its direct depthwise kernels instead of
+/// im2col + GEMM, and pooling and BatchNorm have vectorised NHWC kernels: on the DARTS
+/// supernet about a quarter of the search time was im2col/col2im and scalar NCHW max-pooling.
+/// Only the memory order changes, so results equal the NCHW ones up to float rounding.
+pub fn to_channels_last(x: &Tensor) -> Tensor {
+    if x.dim() == 4 && x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float {
+        x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    } else {
+        x.shallow_clone()
+    }
+}
+
+/// True when the 4-d tensor `x` is stored channels-last: `[N, H, W, C]` in memory.
+pub fn is_channels_last(x: &Tensor) -> bool {
+    x.dim() == 4 && x.permute([0, 2, 3, 1]).is_contiguous() && !x.is_contiguous()
+}
+
+/// A tensor read by several ops, with its ReLU computed on first use and then shared.
+#[derive(Debug)]
+pub struct SharedInput {
+    x: Tensor,
+    relu: std::cell::OnceCell<Tensor>,
+}
+
+impl SharedInput {
+    pub fn new(x: Tensor) -> Self {
+        Self {
+            x,
+            relu: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        &self.x
+    }
+
+    pub fn relu(&self) -> &Tensor {
+        self.relu.get_or_init(|| self.x.relu())
+    }
+
+    pub fn into_tensor(self) -> Tensor {
+        self.x
+    }
+}
+
 /// A built layer.
 #[derive(Debug)]
 enum Layer {
@@ -973,7 +1020,12 @@ impl Layer {
                     pooled(size[2], *stride),
                     pooled(size[3], *stride),
                 ];
-                Tensor::zeros(shape, (x.kind(), x.device()))
+                let zeros = Tensor::zeros(shape, (x.kind(), x.device()));
+                if is_channels_last(x) {
+                    to_channels_last(&zeros)
+                } else {
+                    zeros
+                }
             }
         }
     }
@@ -1009,6 +1061,24 @@ impl Sequence {
         match layers.next() {
             None => x.shallow_clone(),
             Some(first) => layers.fold(first.forward_t(x, train), |h, layer| {
+                layer.forward_t(&h, train)
+            }),
+        }
+    }
+
+    /// True when the first layer is a ReLU, which [`Sequence::forward_after_relu`] can skip.
+    pub fn starts_with_relu(&self) -> bool {
+        matches!(self.layers.first(), Some(Layer::Relu))
+    }
+
+    /// The chain from its second layer on, given `relu_x = relu(x)` for a chain that starts with
+    /// a ReLU ([`Sequence::starts_with_relu`]); equal to `forward_t(x)`.
+    pub fn forward_after_relu(&self, relu_x: &Tensor, train: bool) -> Tensor {
+        debug_assert!(self.starts_with_relu());
+        let mut layers = self.layers.iter().skip(1);
+        match layers.next() {
+            None => relu_x.shallow_clone(),
+            Some(first) => layers.fold(first.forward_t(relu_x, train), |h, layer| {
                 layer.forward_t(&h, train)
             }),
         }
@@ -1064,6 +1134,17 @@ impl Op {
     /// `[N, c_in, H, W] -> [N, c_out, ceil(H / stride), ceil(W / stride)]`
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         self.seq.forward_t(x, train)
+    }
+
+    /// Like [`Op::forward_t`], but an op that starts with a ReLU takes it from `input`, so the
+    /// ReLU of one tensor is computed (and kept for backward) once for all ops and edges that
+    /// read it: four of the eight DARTS ops on every edge start with one.
+    pub fn forward_shared(&self, input: &SharedInput, train: bool) -> Tensor {
+        if self.seq.starts_with_relu() {
+            self.seq.forward_after_relu(input.relu(), train)
+        } else {
+            self.seq.forward_t(input.tensor(), train)
+        }
     }
 
     pub fn out_shape(&self, input_chw: [i64; 3]) -> [i64; 3] {
