@@ -287,36 +287,25 @@ impl SearchCell {
     /// Preprocessing, node BN and the output projection are shared by every architecture and
     /// left out.
     pub fn op_costs(&self, input_chw: &[[i64; 3]]) -> (Vec<Vec<OpCost>>, [i64; 3]) {
-        let space = &self.config.space;
-        let mut states: Vec<[i64; 3]> = if self.preprocess.is_empty() {
-            input_chw.to_vec()
-        } else {
-            self.preprocess
-                .iter()
-                .zip(input_chw)
-                .map(|(pre, &chw)| pre.out_shape(chw))
-                .collect()
-        };
-        let mut costs = vec![Vec::new(); space.num_edges()];
-        for node in 0..space.num_nodes {
-            let mut node_shape = [0; 3];
-            for (from, e) in space.node_edges(node).enumerate() {
-                costs[e] = self.edges[e]
-                    .ops()
-                    .iter()
-                    .map(|op| op.cost(states[from]))
-                    .collect();
-                node_shape = self.edges[e].out_shape(states[from]);
-            }
-            states.push(node_shape);
-        }
-        let [_, h, w] = states[states.len() - 1];
+        let (edge_inputs, [_, h, w]) = self.shape_walk(input_chw);
+        let costs = self
+            .edges
+            .iter()
+            .zip(&edge_inputs)
+            .map(|(edge, &chw)| edge.ops().iter().map(|op| op.cost(chw)).collect())
+            .collect();
         (costs, [self.config.out_channels(), h, w])
     }
 
     /// The `[C, H, W]` each edge's ops receive (after preprocessing), in row order, for cell
     /// inputs of shapes `input_chw`; what measured latency tables time the ops at.
     pub fn edge_input_shapes(&self, input_chw: &[[i64; 3]]) -> Vec<[i64; 3]> {
+        self.shape_walk(input_chw).0
+    }
+
+    /// Propagates shapes through the cell: each edge's input `[C, H, W]` (row order) and the
+    /// last node's output shape.
+    fn shape_walk(&self, input_chw: &[[i64; 3]]) -> (Vec<[i64; 3]>, [i64; 3]) {
         let space = &self.config.space;
         let mut states: Vec<[i64; 3]> = if self.preprocess.is_empty() {
             input_chw.to_vec()
@@ -327,16 +316,17 @@ impl SearchCell {
                 .map(|(pre, &chw)| pre.out_shape(chw))
                 .collect()
         };
-        let mut out = vec![[0; 3]; space.num_edges()];
+        let mut edge_inputs = vec![[0; 3]; space.num_edges()];
         for node in 0..space.num_nodes {
             let mut node_shape = [0; 3];
             for (from, e) in space.node_edges(node).enumerate() {
-                out[e] = states[from];
+                edge_inputs[e] = states[from];
                 node_shape = self.edges[e].out_shape(states[from]);
             }
             states.push(node_shape);
         }
-        out
+        let last = states[states.len() - 1];
+        (edge_inputs, last)
     }
 
     /// # Shapes
