@@ -7,8 +7,8 @@ use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use super::ops::{
-    SharedInput,
-    factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom, Sequence,
+    factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom,
+    Sequence, SharedInput,
 };
 use super::{MixedOp, NasError, OpCost, OpSet, OpSpec, OpWeights};
 
@@ -382,11 +382,7 @@ impl SearchCell {
             .skip(space.num_inputs)
             .map(SharedInput::into_tensor)
             .collect();
-        combine_nodes(
-            &nodes,
-            self.config.output,
-            self.output_proj.as_ref(),
-        )
+        combine_nodes(&nodes, self.config.output, self.output_proj.as_ref())
     }
 }
 

@@ -9,8 +9,8 @@ use tch::Tensor;
 use super::cell::combine_nodes;
 use super::network::{is_reduction, RlSkeleton};
 use super::ops::{
-    factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear,
-    to_channels_last, ConvGeom, LayerDesc, Sequence,
+    factorized_reduce_plan, relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d,
+    torch_linear, ConvGeom, LayerDesc, Sequence,
 };
 use super::{
     CellInputs, CellOutput, CellType, Gene, Genotype, NasError, Op, OpKind, OpSpec, RlDartsConfig,

@@ -244,7 +244,12 @@ pub fn latency_key(
         threads: i64::from(tch::get_num_threads()),
         op_set: net.space().op_set.name().to_string(),
         batch: options.batch,
-        layout: if net.channels_last() && device == Device::Cpu { "nhwc" } else { "nchw" }.into(),
+        layout: if net.channels_last() && device == Device::Cpu {
+            "nhwc"
+        } else {
+            "nchw"
+        }
+        .into(),
         ops: timed_ops(net, input_chw)?
             .into_iter()
             .map(|t| t.key)

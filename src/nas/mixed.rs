@@ -4,7 +4,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::ops::{is_channels_last, to_channels_last, SharedInput};
+use super::ops::{is_channels_last, zeros_in_layout_of, SharedInput};
 use super::{NasError, Op, OpKind, OpSet, OpSpec};
 
 /// All ops of one edge.
@@ -140,14 +140,7 @@ impl MixedOp {
         let out = out.unwrap_or_else(|| {
             let size = x.size();
             let [c, h, w] = self.out_shape([size[1], size[2], size[3]]);
-            let zeros = Tensor::zeros([size[0], c, h, w], (x.kind(), x.device()));
-            // In the input's layout: an NCHW term in an NHWC node sum would turn the rest of
-            // the network NCHW.
-            if is_channels_last(x) {
-                to_channels_last(&zeros)
-            } else {
-                zeros
-            }
+            zeros_in_layout_of([size[0], c, h, w], x)
         });
         let inactive: Vec<Tensor> = (0..self.ops.len())
             .filter(|&o| !is_active[o])
@@ -219,14 +212,21 @@ mod tests {
                 .set_requires_grad(true);
             let run = |input: &Tensor| {
                 let y = m.forward_t(input, &alpha.softmax(0, Kind::Float), true);
-                let g = Tensor::run_backward(&[(&y * &y).sum(Kind::Float)], &[&alpha], false, false);
+                let g =
+                    Tensor::run_backward(&[(&y * &y).sum(Kind::Float)], &[&alpha], false, false);
                 (y, g[0].shallow_clone())
             };
             let (y, g) = run(&x);
             let (y_nhwc, g_nhwc) = run(&x_nhwc);
             assert!(is_channels_last(&y_nhwc), "{op_set}: layout lost");
-            assert!(y.allclose(&y_nhwc, 1e-4, 1e-5, false), "{op_set}: outputs differ");
-            assert!(g.allclose(&g_nhwc, 1e-3, 1e-4, false), "{op_set}: alpha gradients differ");
+            assert!(
+                y.allclose(&y_nhwc, 1e-4, 1e-5, false),
+                "{op_set}: outputs differ"
+            );
+            assert!(
+                g.allclose(&g_nhwc, 1e-3, 1e-4, false),
+                "{op_set}: alpha gradients differ"
+            );
         }
     }
 

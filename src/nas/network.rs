@@ -8,9 +8,8 @@ use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use super::ops::{
-    to_channels_last,
-    relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc,
-    Sequence,
+    relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom,
+    LayerDesc, Sequence,
 };
 use super::{
     CellInputs, CellOutput, CellSpace, CellWeights, NasError, OpCost, OpSet, OpWeightsSlot,

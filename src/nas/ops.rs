@@ -906,6 +906,17 @@ pub fn to_channels_last(x: &Tensor) -> Tensor {
     }
 }
 
+/// Zeros of `shape` in the layout of `like` (channels-last if `like` is): an NCHW term in an
+/// NHWC sum would turn everything after it NCHW.
+pub fn zeros_in_layout_of(shape: [i64; 4], like: &Tensor) -> Tensor {
+    let zeros = Tensor::zeros(shape, (like.kind(), like.device()));
+    if is_channels_last(like) {
+        to_channels_last(&zeros)
+    } else {
+        zeros
+    }
+}
+
 /// True when the 4-d tensor `x` is stored channels-last: `[N, H, W, C]` in memory.
 pub fn is_channels_last(x: &Tensor) -> bool {
     x.dim() == 4 && x.permute([0, 2, 3, 1]).is_contiguous() && !x.is_contiguous()
@@ -1020,12 +1031,7 @@ impl Layer {
                     pooled(size[2], *stride),
                     pooled(size[3], *stride),
                 ];
-                let zeros = Tensor::zeros(shape, (x.kind(), x.device()));
-                if is_channels_last(x) {
-                    to_channels_last(&zeros)
-                } else {
-                    zeros
-                }
+                zeros_in_layout_of(shape, x)
             }
         }
     }
