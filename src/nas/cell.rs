@@ -342,7 +342,8 @@ impl SearchCell {
             "cell expects {} inputs",
             space.num_inputs
         );
-        // Each state feeds several edges; its ReLU is computed once for all of them.
+        // Each state feeds several edges; the parameter-free layers their ops start with (ReLU,
+        // tanh, pools) run once per state, not once per op and edge.
         let mut states: Vec<SharedInput> = if self.preprocess.is_empty() {
             inputs
                 .iter()

@@ -69,8 +69,9 @@ impl MixedOp {
         self.forward_shared(&SharedInput::new(x.shallow_clone()), weights, train)
     }
 
-    /// [`MixedOp::forward_t`] on a [`SharedInput`], whose ReLU the ops that start with one
-    /// share with each other and with the other edges reading the same state.
+    /// [`MixedOp::forward_t`] on a [`SharedInput`]: the parameter-free layers the ops start with
+    /// (ReLU, tanh, pools) are shared with each other and with the other edges reading the
+    /// same state.
     pub fn forward_shared(&self, input: &SharedInput, weights: &Tensor, train: bool) -> Tensor {
         let outputs: Vec<Tensor> = self
             .evaluated

@@ -517,6 +517,29 @@ fn pooled(h: i64, stride: i64) -> i64 {
 }
 
 impl LayerDesc {
+    /// Parameter-free and the same in training and evaluation, so its output on a shared
+    /// input can be shared ([`SharedInput`]).
+    pub fn is_stateless(&self) -> bool {
+        matches!(
+            self,
+            LayerDesc::Relu
+                | LayerDesc::Tanh
+                | LayerDesc::MaxPool { .. }
+                | LayerDesc::AvgPool { .. }
+        )
+    }
+
+    /// Runs a stateless layer ([`LayerDesc::is_stateless`]).
+    fn forward_stateless(&self, x: &Tensor) -> Tensor {
+        match *self {
+            LayerDesc::Relu => x.relu(),
+            LayerDesc::Tanh => x.tanh(),
+            LayerDesc::MaxPool { stride } => max_pool_3x3(x, stride),
+            LayerDesc::AvgPool { stride } => avg_pool_3x3(x, stride),
+            _ => unreachable!("forward_stateless on {self:?}, which has state"),
+        }
+    }
+
     /// Cost and output shape for one sample of shape `[C, H, W]`.
     fn cost(&self, [c, h, w]: [i64; 3]) -> (OpCost, [i64; 3]) {
         let elems = c * h * w;
@@ -922,18 +945,22 @@ pub fn is_channels_last(x: &Tensor) -> bool {
     x.dim() == 4 && x.permute([0, 2, 3, 1]).is_contiguous() && !x.is_contiguous()
 }
 
-/// A tensor read by several ops, with its ReLU computed on first use and then shared.
+/// A tensor read by several ops. The outputs of the parameter-free layers that ops start with
+/// (ReLU, tanh, pools: [`LayerDesc::is_stateless`]) are computed on first use and then shared,
+/// keyed by the chain of such layers: every edge that leaves a cell state runs the same
+/// candidate ops, so without sharing a state's ReLU, tanh or stride-2 average pool would be
+/// computed (and kept for backward) once per op and edge.
 #[derive(Debug)]
 pub struct SharedInput {
     x: Tensor,
-    relu: std::cell::OnceCell<Tensor>,
+    prefixes: std::cell::RefCell<Vec<(Vec<LayerDesc>, Tensor)>>,
 }
 
 impl SharedInput {
     pub fn new(x: Tensor) -> Self {
         Self {
             x,
-            relu: std::cell::OnceCell::new(),
+            prefixes: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -941,8 +968,26 @@ impl SharedInput {
         &self.x
     }
 
-    pub fn relu(&self) -> &Tensor {
-        self.relu.get_or_init(|| self.x.relu())
+    /// The input after the stateless layers `chain`, computed once per distinct chain (each
+    /// chain reuses its longest cached head, so `[avg_pool, relu]` and `[avg_pool, tanh]` pool
+    /// once).
+    pub fn after(&self, chain: &[LayerDesc]) -> Tensor {
+        let Some((last, head)) = chain.split_last() else {
+            return self.x.shallow_clone();
+        };
+        if let Some((_, y)) = self.prefixes.borrow().iter().find(|(c, _)| c == chain) {
+            return y.shallow_clone();
+        }
+        let y = last.forward_stateless(&self.after(head));
+        self.prefixes
+            .borrow_mut()
+            .push((chain.to_vec(), y.shallow_clone()));
+        y
+    }
+
+    /// How many distinct layer chains have been computed (for tests).
+    pub fn cached_chains(&self) -> usize {
+        self.prefixes.borrow().len()
     }
 
     pub fn into_tensor(self) -> Tensor {
@@ -1006,12 +1051,8 @@ impl Layer {
             Layer::Tanh => x.tanh(),
             Layer::Conv(conv) => conv.forward(x),
             Layer::BatchNorm(bn) => bn.forward_t(x, train),
-            Layer::MaxPool { stride } => {
-                x.max_pool2d([3, 3], [*stride, *stride], [1, 1], [1, 1], false)
-            }
-            Layer::AvgPool { stride } => {
-                x.avg_pool2d([3, 3], [*stride, *stride], [1, 1], false, false, None)
-            }
+            Layer::MaxPool { stride } => max_pool_3x3(x, *stride),
+            Layer::AvgPool { stride } => avg_pool_3x3(x, *stride),
             Layer::FactorizedConvs { conv_1, conv_2 } => {
                 let (h, w) = (x.size()[2], x.size()[3]);
                 // DARTS convolves x[:, :, 1:, 1:]; padding one zero row and column first
@@ -1035,6 +1076,16 @@ impl Layer {
             }
         }
     }
+}
+
+/// 3x3 max pool, padding 1.
+fn max_pool_3x3(x: &Tensor, stride: i64) -> Tensor {
+    x.max_pool2d([3, 3], [stride, stride], [1, 1], [1, 1], false)
+}
+
+/// 3x3 average pool, padding 1, padding not counted (DARTS, NAS-Bench-201, RL-DARTS).
+fn avg_pool_3x3(x: &Tensor, stride: i64) -> Tensor {
+    x.avg_pool2d([3, 3], [stride, stride], [1, 1], false, false, None)
 }
 
 /// A chain of layers built from a plan; ops and cell preprocessing are both one.
@@ -1072,22 +1123,19 @@ impl Sequence {
         }
     }
 
-    /// True when the first layer is a ReLU, which [`Sequence::forward_after_relu`] can skip.
-    pub fn starts_with_relu(&self) -> bool {
-        matches!(self.layers.first(), Some(Layer::Relu))
+    /// How many leading layers are stateless, so [`Sequence::forward_shared`] can share them.
+    fn stateless_prefix_len(&self) -> usize {
+        self.plan.iter().take_while(|d| d.is_stateless()).count()
     }
 
-    /// The chain from its second layer on, given `relu_x = relu(x)` for a chain that starts with
-    /// a ReLU ([`Sequence::starts_with_relu`]); equal to `forward_t(x)`.
-    pub fn forward_after_relu(&self, relu_x: &Tensor, train: bool) -> Tensor {
-        debug_assert!(self.starts_with_relu());
-        let mut layers = self.layers.iter().skip(1);
-        match layers.next() {
-            None => relu_x.shallow_clone(),
-            Some(first) => layers.fold(first.forward_t(relu_x, train), |h, layer| {
-                layer.forward_t(&h, train)
-            }),
-        }
+    /// Equal to `forward_t(input.tensor())`, but the leading stateless layers come from
+    /// `input`'s cache ([`SharedInput::after`]).
+    pub fn forward_shared(&self, input: &SharedInput, train: bool) -> Tensor {
+        let k = self.stateless_prefix_len();
+        let head = input.after(&self.plan[..k]);
+        self.layers[k..]
+            .iter()
+            .fold(head, |h, layer| layer.forward_t(&h, train))
     }
 
     /// Output `[C, H, W]` for an input `[C, H, W]`.
@@ -1142,15 +1190,12 @@ impl Op {
         self.seq.forward_t(x, train)
     }
 
-    /// Like [`Op::forward_t`], but an op that starts with a ReLU takes it from `input`, so the
-    /// ReLU of one tensor is computed (and kept for backward) once for all ops and edges that
-    /// read it: four of the eight DARTS ops on every edge start with one.
+    /// Like [`Op::forward_t`], but the op's leading parameter-free layers come from `input`,
+    /// so they run (and are kept for backward) once for all ops and edges that read it: four
+    /// of the eight DARTS ops start with a ReLU, both pools are shared across a state's edges,
+    /// and in RL-DARTS reduction cells `skip_connect`, `relu` and `tanh` share one avg-pool.
     pub fn forward_shared(&self, input: &SharedInput, train: bool) -> Tensor {
-        if self.seq.starts_with_relu() {
-            self.seq.forward_after_relu(input.relu(), train)
-        } else {
-            self.seq.forward_t(input.tensor(), train)
-        }
+        self.seq.forward_shared(input, train)
     }
 
     pub fn out_shape(&self, input_chw: [i64; 3]) -> [i64; 3] {
@@ -1221,6 +1266,50 @@ mod tests {
                         let names: Vec<String> = vs.variables().into_keys().collect();
                         assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
                     }
+                }
+            }
+        }
+    }
+
+    /// Every op read through a [`SharedInput`] gives its plain forward, values and input
+    /// gradients, and all ops of a set on one shared input compute each distinct chain of
+    /// leading parameter-free layers once.
+    #[test]
+    fn shared_input_forward_equals_the_plain_forward_and_computes_each_chain_once() {
+        tch::manual_seed(1);
+        for style in [StrideStyle::Darts, StrideStyle::AvgPool] {
+            for (c_in, c_out) in [(6, 6), (3, 8)] {
+                for spec in specs(style, c_in, c_out) {
+                    let vs = nn::VarStore::new(Device::Cpu);
+                    let ops: Vec<Op> = OpKind::ALL
+                        .iter()
+                        .map(|&k| Op::new(vs.root() / k.name(), k, spec).unwrap())
+                        .collect();
+                    let mut vs = vs;
+                    vs.double();
+                    let x = Tensor::randn([2, c_in, 7, 6], (Kind::Double, Device::Cpu))
+                        .set_requires_grad(true);
+                    let shared = SharedInput::new(x.shallow_clone());
+                    let mut chains: Vec<&[LayerDesc]> = Vec::new();
+                    for op in &ops {
+                        let plain = op.forward_t(&x, false);
+                        let via_cache = op.forward_shared(&shared, false);
+                        assert!(via_cache.allclose(&plain, 1e-12, 1e-12, false), "{op:?}");
+                        if plain.requires_grad() {
+                            let grad = |y: &Tensor| {
+                                Tensor::run_backward(&[y.sum(Kind::Double)], &[&x], true, false)
+                                    .remove(0)
+                            };
+                            assert!(grad(&via_cache).allclose(&grad(&plain), 1e-12, 1e-12, false));
+                        }
+                        let k = op.plan().iter().take_while(|d| d.is_stateless()).count();
+                        for n in 1..=k {
+                            if !chains.contains(&&op.plan()[..n]) {
+                                chains.push(&op.plan()[..n]);
+                            }
+                        }
+                    }
+                    assert_eq!(shared.cached_chains(), chains.len(), "{style:?} {spec:?}");
                 }
             }
         }
