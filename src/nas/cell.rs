@@ -357,6 +357,20 @@ impl SearchCell {
                 .collect()
         };
         let w = weights.weights();
+        let edges = space.edges();
+        // Each state's outgoing edges run their convs as one (SharedInput::fuse_convs); edges
+        // with a hard sample (GDAS, SNAS) run only their sampled ops, so they are left out.
+        let fuse_outgoing = |state: usize, input: &SharedInput| {
+            let convs: Vec<_> = edges
+                .iter()
+                .filter(|edge| edge.from == state && weights.active(edge.index).is_none())
+                .flat_map(|edge| self.edges[edge.index].leading_convs())
+                .collect();
+            input.fuse_convs(&convs);
+        };
+        for (state, input) in states.iter().enumerate() {
+            fuse_outgoing(state, input);
+        }
         for node in 0..space.num_nodes {
             let mut sum: Option<Tensor> = None;
             for (from, e) in space.node_edges(node).enumerate() {
@@ -376,7 +390,9 @@ impl SearchCell {
             if let Some(bn) = self.node_bns.get(node) {
                 s = bn.forward_t(&s, train);
             }
-            states.push(SharedInput::new(s));
+            let state = SharedInput::new(s);
+            fuse_outgoing(states.len(), &state);
+            states.push(state);
         }
         let nodes: Vec<Tensor> = states
             .into_iter()

@@ -4,7 +4,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::ops::{is_channels_last, zeros_in_layout_of, SharedInput};
+use super::ops::{is_channels_last, zeros_in_layout_of, ConvGeom, SharedInput};
 use super::{NasError, Op, OpKind, OpSet, OpSpec};
 
 /// All ops of one edge.
@@ -47,6 +47,13 @@ impl MixedOp {
 
     pub fn ops(&self) -> &[Op] {
         &self.ops
+    }
+
+    /// The leading convs of the ops the dense forward evaluates ([`Op::leading_conv`]).
+    pub fn leading_convs(&self) -> impl Iterator<Item = (&nn::Conv2D, ConvGeom)> + '_ {
+        self.evaluated
+            .iter()
+            .filter_map(|&o| self.ops[o].leading_conv())
     }
 
     pub fn num_ops(&self) -> usize {

@@ -950,10 +950,19 @@ pub fn is_channels_last(x: &Tensor) -> bool {
 /// keyed by the chain of such layers: every edge that leaves a cell state runs the same
 /// candidate ops, so without sharing a state's ReLU, tanh or stride-2 average pool would be
 /// computed (and kept for backward) once per op and edge.
+///
+/// It also holds the outputs of convolutions fused across ops ([`SharedInput::fuse_convs`]).
 #[derive(Debug)]
 pub struct SharedInput {
     x: Tensor,
     prefixes: std::cell::RefCell<Vec<(Vec<LayerDesc>, Tensor)>>,
+    /// `(address of the op's nn::Conv2D, its output)`: the conv was run as part of a fused one.
+    fused: std::cell::RefCell<Vec<(usize, Tensor)>>,
+}
+
+/// The identity of a built conv layer while its network lives (the key of fused outputs).
+fn conv_key(conv: &nn::Conv2D) -> usize {
+    std::ptr::from_ref(conv) as usize
 }
 
 impl SharedInput {
@@ -961,7 +970,69 @@ impl SharedInput {
         Self {
             x,
             prefixes: std::cell::RefCell::new(Vec::new()),
+            fused: std::cell::RefCell::new(Vec::new()),
         }
+    }
+
+    /// Runs the ops' leading convolutions that read this input ([`Op::leading_conv`]) as one
+    /// convolution per geometry, weights concatenated on output channels, and keeps each op's
+    /// slice for [`Op::forward_shared`].
+    ///
+    /// Why: every edge leaving a cell state has its own conv of the state (RL-DARTS: a
+    /// `conv_3x3` on each of them). At the narrow widths of RL encoders (4-32 channels) one
+    /// conv with k times the output channels fills the vector units that k small ones leave
+    /// mostly idle, and costs one kernel launch instead of k. Autograd splits the gradient
+    /// back to each op's own weights, so results equal the unfused ones up to float rounding.
+    pub fn fuse_convs(&self, convs: &[(&nn::Conv2D, ConvGeom)]) {
+        let mut done = vec![false; convs.len()];
+        for i in 0..convs.len() {
+            if done[i] {
+                continue;
+            }
+            let same_geometry = |g: &ConvGeom| {
+                ConvGeom { c_out: 0, ..*g }
+                    == ConvGeom {
+                        c_out: 0,
+                        ..convs[i].1
+                    }
+            };
+            let group: Vec<usize> = (i..convs.len())
+                .filter(|&j| !done[j] && same_geometry(&convs[j].1))
+                .collect();
+            for &j in &group {
+                done[j] = true;
+            }
+            if group.len() < 2 {
+                continue;
+            }
+            let g = convs[i].1;
+            let weights: Vec<&Tensor> = group.iter().map(|&j| &convs[j].0.ws).collect();
+            let biases: Option<Vec<&Tensor>> =
+                group.iter().map(|&j| convs[j].0.bs.as_ref()).collect();
+            let y = self.x.conv2d(
+                &Tensor::cat(&weights, 0),
+                biases.map(|b| Tensor::cat(&b, 0)).as_ref(),
+                [g.stride, g.stride],
+                [g.padding, g.padding],
+                [g.dilation, g.dilation],
+                1,
+            );
+            let sizes: Vec<i64> = group.iter().map(|&j| convs[j].1.c_out).collect();
+            let mut fused = self.fused.borrow_mut();
+            for (&j, part) in group.iter().zip(y.split_with_sizes(&sizes, 1)) {
+                fused.push((conv_key(convs[j].0), part));
+            }
+        }
+    }
+
+    /// The output of `conv` on this input, if [`SharedInput::fuse_convs`] computed it.
+    fn fused_output(&self, conv: &nn::Conv2D) -> Option<Tensor> {
+        let key = conv_key(conv);
+        self.fused
+            .borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, y)| y.shallow_clone())
     }
 
     pub fn tensor(&self) -> &Tensor {
@@ -1128,9 +1199,27 @@ impl Sequence {
         self.plan.iter().take_while(|d| d.is_stateless()).count()
     }
 
+    /// The first layer when it is a dense (ungrouped) convolution, which
+    /// [`SharedInput::fuse_convs`] can run together with others.
+    pub fn leading_conv(&self) -> Option<(&nn::Conv2D, ConvGeom)> {
+        match (self.plan.first(), self.layers.first()) {
+            (Some(LayerDesc::Conv { geom, .. }), Some(Layer::Conv(conv))) if geom.groups == 1 => {
+                Some((conv, *geom))
+            }
+            _ => None,
+        }
+    }
+
     /// Equal to `forward_t(input.tensor())`, but the leading stateless layers come from
-    /// `input`'s cache ([`SharedInput::after`]).
+    /// `input`'s cache ([`SharedInput::after`]), or the leading conv from a fused one.
     pub fn forward_shared(&self, input: &SharedInput, train: bool) -> Tensor {
+        if let Some(Layer::Conv(conv)) = self.layers.first() {
+            if let Some(y) = input.fused_output(conv) {
+                return self.layers[1..]
+                    .iter()
+                    .fold(y, |h, layer| layer.forward_t(&h, train));
+            }
+        }
         let k = self.stateless_prefix_len();
         let head = input.after(&self.plan[..k]);
         self.layers[k..]
@@ -1196,6 +1285,11 @@ impl Op {
     /// and in RL-DARTS reduction cells `skip_connect`, `relu` and `tanh` share one avg-pool.
     pub fn forward_shared(&self, input: &SharedInput, train: bool) -> Tensor {
         self.seq.forward_shared(input, train)
+    }
+
+    /// The op's first layer when it is a dense conv ([`SharedInput::fuse_convs`]).
+    pub fn leading_conv(&self) -> Option<(&nn::Conv2D, ConvGeom)> {
+        self.seq.leading_conv()
     }
 
     pub fn out_shape(&self, input_chw: [i64; 3]) -> [i64; 3] {
@@ -1311,6 +1405,65 @@ mod tests {
                     }
                     assert_eq!(shared.cached_chains(), chains.len(), "{style:?} {spec:?}");
                 }
+            }
+        }
+    }
+
+    /// Convs of several ops on one input, fused by `SharedInput::fuse_convs` (3x3 convs fused,
+    /// a 5x5 conv alone in its geometry, an op with no leading conv), give each op's plain
+    /// output and the same gradients for every weight, in f64.
+    #[test]
+    fn fused_leading_convs_equal_the_separate_convs_in_value_and_gradient() {
+        tch::manual_seed(2);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let spec = OpSpec {
+            stride_style: StrideStyle::AvgPool,
+            ..OpSpec::darts_search(5, 2)
+        };
+        let kinds = [
+            OpKind::Conv3x3,
+            OpKind::Conv3x3,
+            OpKind::Conv3x3Relu,
+            OpKind::Conv5x5Relu,
+            OpKind::Tanh,
+            OpKind::Conv3x3,
+        ];
+        let ops: Vec<Op> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| Op::new(vs.root() / format!("e{i}") / k.name(), k, spec).unwrap())
+            .collect();
+        vs.double();
+        let x = Tensor::randn([2, 5, 9, 7], (Kind::Double, Device::Cpu));
+        let shared = SharedInput::new(x.shallow_clone());
+        let convs: Vec<_> = ops.iter().filter_map(Op::leading_conv).collect();
+        assert_eq!(convs.len(), 5, "every op but tanh starts with a dense conv");
+        shared.fuse_convs(&convs);
+        assert_eq!(
+            shared.fused.borrow().len(),
+            4,
+            "the four 3x3 convs run as one"
+        );
+        let variables = vs.variables();
+        for (i, op) in ops.iter().enumerate() {
+            let fused = op.forward_shared(&shared, true);
+            let plain = op.forward_t(&x, true);
+            assert!(fused.allclose(&plain, 1e-12, 1e-12, false), "{:?}", op.kind());
+            // The op's own weights (asking autograd for unused inputs is not supported).
+            let own: Vec<&Tensor> = variables
+                .iter()
+                .filter(|(name, _)| name.starts_with(&format!("e{i}.")))
+                .map(|(_, v)| v)
+                .collect();
+            if own.is_empty() {
+                continue;
+            }
+            let w = Tensor::randn_like(&plain);
+            let grads = |y: &Tensor| {
+                Tensor::run_backward(&[(y * &w).sum(Kind::Double)], &own, true, false)
+            };
+            for (a, b) in grads(&fused).iter().zip(grads(&plain)) {
+                assert!(a.allclose(&b, 1e-12, 1e-12, false), "{:?}", op.kind());
             }
         }
     }
