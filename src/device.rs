@@ -14,9 +14,17 @@ pub enum DeviceError {
 
 /// Parses a device name. `auto` is the first GPU when CUDA is usable, else the CPU.
 pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
-    let cuda_count = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+    let cuda_count = if tch::Cuda::is_available() {
+        tch::Cuda::device_count()
+    } else {
+        0
+    };
     match name {
-        "auto" => Ok(if cuda_count > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if cuda_count > 0 {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cpu" => Ok(Device::Cpu),
         _ => {
             let index = match name.strip_prefix("cuda") {
@@ -71,11 +79,22 @@ pub fn describe_devices() -> Vec<String> {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     for i in 0..tch::Cuda::device_count() {
-        let detail = names.get(i as usize).cloned().unwrap_or_else(|| "name unknown".into());
-        lines.push(format!("cuda:{i} ({detail}), cudnn {}", tch::Cuda::cudnn_is_available()));
+        let detail = names
+            .get(i as usize)
+            .cloned()
+            .unwrap_or_else(|| "name unknown".into());
+        lines.push(format!(
+            "cuda:{i} ({detail}), cudnn {}",
+            tch::Cuda::cudnn_is_available()
+        ));
     }
     lines
 }
@@ -88,10 +107,16 @@ mod tests {
     fn device_names() {
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
         assert!(matches!(parse_device("gpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(parse_device("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            parse_device("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
         if !tch::Cuda::is_available() {
             assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
-            assert!(matches!(parse_device("cuda:0"), Err(DeviceError::Unavailable { .. })));
+            assert!(matches!(
+                parse_device("cuda:0"),
+                Err(DeviceError::Unavailable { .. })
+            ));
         }
     }
 }
@@ -108,19 +133,23 @@ pub const SYSTEM_MALLOC_ENV: &str = "RL_DARTS_SYSTEM_MALLOC";
 /// PPO update went from 5.5 s to 3.6 s per 2048-sample minibatch with the heap kept. The cost
 /// is that the process's resident size stays at its peak, which training reaches anyway.
 ///
-/// Only for fixed-network training (the PPO loop calls it when its encoder is not a supernet):
-/// in a supernet search the many differently sized op activations fragment a heap that never
-/// returns memory, and glibc's malloc then spends most of the time walking its free lists. The
-/// DARTS second-order search iteration measured 280 s with the heap kept against 52.5 s with
-/// glibc's defaults (first order: 242 s for the first iteration, then 19 s). It is a
-/// process-wide setting that cannot be undone (any `mallopt` disables glibc's dynamic mmap
-/// threshold), which is why the pipeline searches before it retrains.
+/// The PPO loop calls it on the CPU for every encoder. A supernet's PPO minibatches repeat
+/// the same tensor sizes every step, and the RL-DARTS search at paper size ran 2x faster with
+/// the heap kept (12 -> 23 env steps/s, 16 envs x 64 steps; at the quick preset's widths no
+/// change). Supervised DARTS searches do not call it: their many differently sized op
+/// activations fragment a heap that never returns memory, and glibc's malloc then spent most
+/// of the time walking its free lists. The DARTS second-order search iteration measured 280 s
+/// with the heap kept against 52.5 s with glibc's defaults (first order: 242 s for the first
+/// iteration, then 19 s). It is a process-wide setting that cannot be undone (any `mallopt`
+/// disables glibc's dynamic mmap threshold).
 ///
 /// Returns a note when the setting could not be applied (non-glibc targets, or opted out with
 /// `RL_DARTS_SYSTEM_MALLOC`); None when it was applied.
 pub fn keep_freed_memory_for_reuse() -> Option<String> {
     if std::env::var_os(SYSTEM_MALLOC_ENV).is_some() {
-        return Some(format!("{SYSTEM_MALLOC_ENV} is set: glibc's default allocator policy is kept"));
+        return Some(format!(
+            "{SYSTEM_MALLOC_ENV} is set: glibc's default allocator policy is kept"
+        ));
     }
     keep_heap_impl()
 }

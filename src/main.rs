@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "rl-darts", version, about = "Differentiable architecture search for RL and vision, on libtorch")]
+#[command(
+    name = "rl-darts",
+    version,
+    about = "Differentiable architecture search for RL and vision, on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +37,7 @@ enum Command {
 
 fn main() {
     // The glibc heap policy (device::keep_freed_memory_for_reuse) is chosen per workload by
-    // the PPO loop, not here: it speeds up fixed-encoder PPO and slows supernet searches.
+    // the PPO loop, not here: it speeds up PPO and slows supervised supernet searches.
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => cli::train::run_train(args),

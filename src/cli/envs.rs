@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rl_darts::envs::gym::GYM_ENVS;
-use rl_darts::envs::procgen::{DistributionMode, ProcgenOptions, ProcgenVecEnv, ACTION_MEANINGS, GAMES};
+use rl_darts::envs::procgen::{
+    DistributionMode, ProcgenOptions, ProcgenVecEnv, ACTION_MEANINGS, GAMES,
+};
 use rl_darts::envs::{make_vec_env, VecEnv};
 use rl_darts::media::{write_png, GifWriter};
 use tch::Tensor;
@@ -83,10 +85,16 @@ pub fn run(cmd: EnvsCommand) -> anyhow::Result<()> {
 
 fn list() -> anyhow::Result<()> {
     println!("Procgen games (procgen 0.10.7):");
-    println!("  {:<10} {:<40} {:>9} {:>9}", "game", "distribution modes", "timeout", "R easy");
+    println!(
+        "  {:<10} {:<40} {:>9} {:>9}",
+        "game", "distribution modes", "timeout", "R easy"
+    );
     for g in GAMES.iter() {
-        let modes: Vec<&str> =
-            DistributionMode::ALL.iter().filter(|m| m.allowed_for(g)).map(|m| m.name()).collect();
+        let modes: Vec<&str> = DistributionMode::ALL
+            .iter()
+            .filter(|m| m.allowed_for(g))
+            .map(|m| m.name())
+            .collect();
         println!(
             "  {:<10} {:<40} {:>9} {:>4}-{:<4}",
             g.name,
@@ -99,7 +107,11 @@ fn list() -> anyhow::Result<()> {
     println!("\nDistribution modes:");
     for m in DistributionMode::ALL {
         let games = m.games();
-        let which = if games.len() == GAMES.len() { "all games".to_string() } else { games.join(", ") };
+        let which = if games.len() == GAMES.len() {
+            "all games".to_string()
+        } else {
+            games.join(", ")
+        };
         println!("  {:<12} {which}", m.name());
     }
     println!("\nActions (all games):");
@@ -125,7 +137,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let warmup = (args.steps / 10).clamp(1, 200);
     let mut draws = |num_actions: i64| -> Vec<Vec<i64>> {
         (0..args.steps + warmup)
-            .map(|_| (0..args.num_envs).map(|_| rng.gen_range(0..num_actions)).collect())
+            .map(|_| {
+                (0..args.num_envs)
+                    .map(|_| rng.gen_range(0..num_actions))
+                    .collect()
+            })
             .collect()
     };
     // Procgen directly, to also report the time inside the C library; gym-rs via the factory.
@@ -143,7 +159,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let sps = (args.steps * args.num_envs) as f64 / secs;
     if args.machine {
-        let lib = library_secs.map(|l| format!(" library_secs={l:.4}")).unwrap_or_default();
+        let lib = library_secs
+            .map(|l| format!(" library_secs={l:.4}"))
+            .unwrap_or_default();
         println!("steps_per_sec={sps:.1} secs={secs:.4}{lib}");
     } else {
         println!(
@@ -175,13 +193,19 @@ fn time_steps(env: &mut dyn VecEnv, draws: &[Vec<i64>], warmup: usize) -> anyhow
 }
 
 fn read_actions(path: &PathBuf) -> anyhow::Result<Vec<i64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading actions file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading actions file {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             let a: i64 = l.trim().parse().with_context(|| {
-                format!("{}:{}: '{}' is not an integer action", path.display(), i + 1, l.trim())
+                format!(
+                    "{}:{}: '{}' is not an integer action",
+                    path.display(),
+                    i + 1,
+                    l.trim()
+                )
             })?;
             if !(0..ACTION_MEANINGS.len() as i64).contains(&a) {
                 bail!("{}:{}: action {a} is outside 0..=14", path.display(), i + 1);
@@ -196,7 +220,9 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         (Some(path), _) => read_actions(path)?,
         (None, Some(steps)) => {
             let mut rng = ChaCha8Rng::seed_from_u64(args.seed as u64);
-            (0..steps).map(|_| rng.gen_range(0..ACTION_MEANINGS.len() as i64)).collect()
+            (0..steps)
+                .map(|_| rng.gen_range(0..ACTION_MEANINGS.len() as i64))
+                .collect()
         }
         (None, None) => bail!("give --actions FILE or --random --steps N"),
     };
@@ -210,7 +236,8 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut env = ProcgenVecEnv::new(&args.env, 1, options)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let side = if args.hires { 512 } else { 64 };
     let mut gif = GifWriter::create(&args.out.join("episode.gif"), side, side, 15)?;
 
@@ -223,9 +250,18 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         frames.push(view.obs.get(0).copy());
         rewards.push(reward);
         firsts.push(first);
-        let shown = if args.hires { env.render_frames().expect("render_human is on").get(0) } else { view.obs.get(0) };
+        let shown = if args.hires {
+            env.render_frames().expect("render_human is on").get(0)
+        } else {
+            view.obs.get(0)
+        };
         let rgb = Vec::<u8>::try_from(shown.flatten(0, -1))?;
-        write_png(&args.out.join(format!("frame_{t:05}.png")), &rgb, side, side)?;
+        write_png(
+            &args.out.join(format!("frame_{t:05}.png")),
+            &rgb,
+            side,
+            side,
+        )?;
         gif.add_frame(&rgb)?;
         Ok(())
     };

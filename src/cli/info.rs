@@ -4,17 +4,27 @@ use rl_darts::envs::procgen::sys;
 
 pub fn run() -> anyhow::Result<()> {
     println!("rl-darts {}", env!("CARGO_PKG_VERSION"));
-    println!("tch 0.26, libtorch {}", rl_darts::device::libtorch_version().unwrap_or_else(|| "(version unknown)".into()));
+    println!(
+        "tch 0.26, libtorch {}",
+        rl_darts::device::libtorch_version().unwrap_or_else(|| "(version unknown)".into())
+    );
     match rl_darts::device::libtorch_lib_dir() {
         Some(dir) => println!("libtorch: {}", dir.display()),
         None => println!("libtorch: (path not recorded at build time)"),
     }
     match sys::library_present() {
         Some(path) => match sys::library() {
-            Ok(_) => println!("procgen: {} (libenv {})", path.display(), sys::LIBENV_VERSION),
+            Ok(_) => println!(
+                "procgen: {} (libenv {})",
+                path.display(),
+                sys::LIBENV_VERSION
+            ),
             Err(e) => println!("procgen: {} fails to load: {e}", path.display()),
         },
-        None => println!("procgen: missing at {} (run `make setup`)", sys::library_path().display()),
+        None => println!(
+            "procgen: missing at {} (run `make setup`)",
+            sys::library_path().display()
+        ),
     }
     println!("devices:");
     for line in rl_darts::device::describe_devices() {

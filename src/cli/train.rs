@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rl_darts::config::{load_config, save_resolved_config};
-use rl_darts::logging::{MetricsSink, MultiSink, StdoutSink, TensorBoardSink, Verbosity};
 use rl_darts::envs::gym::GYM_ENVS;
+use rl_darts::logging::{MetricsSink, MultiSink, StdoutSink, TensorBoardSink, Verbosity};
 use rl_darts::train::pipeline::{self, Phase, PipelineOutcome, PipelineReporter, PipelineRun};
 use rl_darts::train::rl::{evaluate, train, EvalOptions, Progress, TrainConfig, TrainRun};
 use rl_darts::train::run_dir::{RunDir, CONFIG_FILE, TENSORBOARD_DIR};
@@ -99,12 +99,26 @@ fn wants_pipeline(args: &TrainArgs) -> anyhow::Result<bool> {
     let (file_env, file_kind) = match config_file(args)? {
         Some(path) => {
             let table = read_table(&path)?;
-            let kind = table.get("encoder").and_then(|e| e.get("kind")).and_then(|k| k.as_str()).map(str::to_string);
-            (table.get("env").and_then(|v| v.as_str()).map(str::to_string), kind)
+            let kind = table
+                .get("encoder")
+                .and_then(|e| e.get("kind"))
+                .and_then(|k| k.as_str())
+                .map(str::to_string);
+            (
+                table
+                    .get("env")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                kind,
+            )
         }
         None => (None, None),
     };
-    let env = args.env.clone().or(file_env).unwrap_or_else(|| "coinrun".to_string());
+    let env = args
+        .env
+        .clone()
+        .or(file_env)
+        .unwrap_or_else(|| "coinrun".to_string());
     Ok(!GYM_ENVS.contains(&env.as_str()) && file_kind.is_none_or(|k| k == "rl_darts"))
 }
 
@@ -119,28 +133,44 @@ fn pipeline_flag_sets(args: &TrainArgs) -> anyhow::Result<Vec<String>> {
         sets.push("pipeline.skip_baseline=true".into());
     }
     if let Some(dir) = &args.baseline_from {
-        let dir = std::path::absolute(dir).with_context(|| format!("--baseline-from {}", dir.display()))?;
-        sets.push(format!("pipeline.baseline_from={:?}", dir.display().to_string()));
+        let dir = std::path::absolute(dir)
+            .with_context(|| format!("--baseline-from {}", dir.display()))?;
+        sets.push(format!(
+            "pipeline.baseline_from={:?}",
+            dir.display().to_string()
+        ));
     }
     Ok(sets)
 }
 
 fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Peeks at the `env` key of a config file, to pick the matching defaults before merging.
 fn env_in_file(path: &Path) -> anyhow::Result<Option<String>> {
-    Ok(read_table(path)?.get("env").and_then(|v| v.as_str()).map(str::to_string))
+    Ok(read_table(path)?
+        .get("env")
+        .and_then(|v| v.as_str())
+        .map(str::to_string))
 }
 
 /// The config of a new run: defaults for the env (the pipeline's when `pipeline`), the file,
 /// the flags, then --set.
 fn resolve_config(args: &TrainArgs, pipeline: bool) -> anyhow::Result<TrainConfig> {
     let config_path = config_file(args)?;
-    let file_env = config_path.as_deref().map(env_in_file).transpose()?.flatten();
-    let env = args.env.clone().or(file_env).unwrap_or_else(|| "coinrun".to_string());
+    let file_env = config_path
+        .as_deref()
+        .map(env_in_file)
+        .transpose()?
+        .flatten();
+    let env = args
+        .env
+        .clone()
+        .or(file_env)
+        .unwrap_or_else(|| "coinrun".to_string());
     let mut sets = vec![format!("env={env:?}")];
     if let Some(e) = &args.encoder {
         // The whole table: a new kind starts from its own default params.
@@ -181,7 +211,9 @@ fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
             eprintln!("\nsecond interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: saving a checkpoint after this iteration (press again to quit now)");
+        eprintln!(
+            "\ninterrupt: saving a checkpoint after this iteration (press again to quit now)"
+        );
     })
     .context("installing the Ctrl-C handler")?;
     Ok(stop)
@@ -224,7 +256,13 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let (config, run_dir, resume) = match &args.resume {
         Some(dir) => {
-            if args.config.is_some() || args.env.is_some() || args.encoder.is_some() || args.strategy.is_some() || args.seed.is_some() || !args.sets.is_empty() {
+            if args.config.is_some()
+                || args.env.is_some()
+                || args.encoder.is_some()
+                || args.strategy.is_some()
+                || args.seed.is_some()
+                || !args.sets.is_empty()
+            {
                 bail!("--resume continues a run with its saved config; only --total-steps and --device may change");
             }
             let run = RunDir::open(dir)?;
@@ -236,14 +274,23 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             if let Some(d) = &args.device {
                 sets.push(format!("device={d:?}"));
             }
-            let config = load_config(Some(&run.config_path()), TrainConfig::defaults_for(&env), &sets)?;
+            let config = load_config(
+                Some(&run.config_path()),
+                TrainConfig::defaults_for(&env),
+                &sets,
+            )?;
             (config, run, true)
         }
         None => {
             let config = resolve_config(&args, false)?;
             let run = match &args.run_dir {
                 Some(dir) => RunDir::create_at(dir)?,
-                None => RunDir::create_new(Path::new("runs"), &config.env, config.encoder.name(), config.seed)?,
+                None => RunDir::create_new(
+                    Path::new("runs"),
+                    &config.env,
+                    config.encoder.name(),
+                    config.seed,
+                )?,
             };
             (config, run, false)
         }
@@ -286,9 +333,15 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(c) = &summary.last_checkpoint {
         println!("checkpoint: {}", c.display());
     }
-    println!("TensorBoard: tensorboard --logdir {}", run_dir.tensorboard_dir().display());
+    println!(
+        "TensorBoard: tensorboard --logdir {}",
+        run_dir.tensorboard_dir().display()
+    );
     if summary.interrupted {
-        println!("resume with: rl-darts train --resume {}", run_dir.root.display());
+        println!(
+            "resume with: rl-darts train --resume {}",
+            run_dir.root.display()
+        );
     }
     Ok(())
 }
@@ -313,8 +366,10 @@ fn make_progress(quiet: bool, total_steps: u64) -> Box<dyn Progress> {
     }
     let bar = ProgressBar::new(total_steps);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}",
+        )
+        .expect("valid template"),
     );
     Box::new(Bar(bar))
 }
@@ -366,7 +421,11 @@ fn run_pipeline(args: TrainArgs) -> anyhow::Result<()> {
             pipeline::validate(&config)?;
             let root = match &args.run_dir {
                 Some(dir) if dir.join(CONFIG_FILE).is_file() => {
-                    bail!("{} already holds a run; continue it with --resume {}", dir.display(), dir.display())
+                    bail!(
+                        "{} already holds a run; continue it with --resume {}",
+                        dir.display(),
+                        dir.display()
+                    )
                 }
                 Some(dir) => dir.clone(),
                 None => pipeline::new_pipeline_dir(Path::new("runs"), &config.env, config.seed)?,
@@ -411,10 +470,16 @@ fn run_pipeline(args: TrainArgs) -> anyhow::Result<()> {
             println!("TensorBoard: tensorboard --logdir {}", root.display());
         }
         PipelineOutcome::PhaseDone(phase) => {
-            println!("phase {phase} complete; continue with: rl-darts train --resume {}", root.display());
+            println!(
+                "phase {phase} complete; continue with: rl-darts train --resume {}",
+                root.display()
+            );
         }
         PipelineOutcome::Interrupted(phase) => {
-            println!("stopped in phase {phase}; resume with: rl-darts train --resume {}", root.display());
+            println!(
+                "stopped in phase {phase}; resume with: rl-darts train --resume {}",
+                root.display()
+            );
         }
     }
     Ok(())
@@ -468,12 +533,20 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let levels = if result.num_levels == 0 {
         "all levels".to_string()
     } else {
-        format!("levels {}..{}", result.start_level, result.start_level + result.num_levels)
+        format!(
+            "levels {}..{}",
+            result.start_level,
+            result.start_level + result.num_levels
+        )
     };
     println!(
         "{} ({levels}, {} policy): {} episodes, return {:.2} +- {:.2}{}",
         result.env,
-        if result.greedy { "greedy" } else { "stochastic" },
+        if result.greedy {
+            "greedy"
+        } else {
+            "stochastic"
+        },
         result.episodes,
         result.mean_return,
         result.std_return,

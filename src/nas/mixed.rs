@@ -86,9 +86,11 @@ impl MixedOp {
             .map(|&o| self.ops[o].forward_shared(input, train))
             .collect();
         let w = weights.index_select(0, &self.evaluated_index); // [O']
-        if is_channels_last(&outputs[0]) {
-            // Stack the NHWC views, which are contiguous, so the layout survives the sum; a
-            // plain stack would transpose every output to NCHW first.
+                                                                // The input's layout decides: an op's output can be a channel slice of a fused conv
+                                                                // (SharedInput::fuse_convs), which is neither NCHW- nor NHWC-contiguous.
+        if is_channels_last(input.tensor()) {
+            // Stack the NHWC views (contiguous, or channel slices of an NHWC tensor) so the
+            // layout survives the sum; a plain stack would transpose every output to NCHW first.
             let nhwc: Vec<Tensor> = outputs.iter().map(|y| y.permute([0, 2, 3, 1])).collect();
             let stacked = Tensor::stack(&nhwc, 0); // [O', N, H', W', C]
             w.tensordot(&stacked, [0], [0]).permute([0, 3, 1, 2])

@@ -20,20 +20,25 @@ use super::arch::{ArchSearch, RlDartsSearchConfig, RlSearchConfig, SearchBatch};
 use super::run_dir::{run_of_checkpoint, RunDir};
 use super::TrainError;
 use crate::agents::{
-    collect_rollout, ActorCritic, Batch, Encoder, ImpalaCnn, ImpalaConfig, IterationStats, Mlp, MlpConfig, PpoConfig,
-    PpoTrainer, RewardNormalizer, RolloutStorage,
+    collect_rollout, ActorCritic, Batch, Encoder, ImpalaCnn, ImpalaConfig, IterationStats, Mlp,
+    MlpConfig, PpoConfig, PpoTrainer, RewardNormalizer, RolloutStorage,
 };
 use crate::envs::procgen::{find_game, normalized_return, ProcgenOptions, ProcgenVecEnv};
 use crate::envs::{gym::GYM_ENVS, make_vec_env, EnvSpec, EpisodeStats, VecEnv};
 use crate::logging::{tags, MetricsSink};
 use crate::nas::{
-    Genotype, MlpDartsConfig, MlpFixedEncoder, MlpSupernet, RlDartsConfig, RlDartsFixedEncoder, RlDartsSupernet,
-    Supernet,
+    Genotype, MlpDartsConfig, MlpFixedEncoder, MlpSupernet, RlDartsConfig, RlDartsFixedEncoder,
+    RlDartsSupernet, Supernet,
 };
 
 /// Which network turns observations into features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    content = "params",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum EncoderConfig {
     /// IMPALA-CNN (Espeholt et al. 2018), the Procgen baseline.
     Impala(ImpalaConfig),
@@ -86,7 +91,10 @@ pub struct RlDartsFixedConfig {
 
 impl Default for RlDartsFixedConfig {
     fn default() -> Self {
-        Self { genotype: PathBuf::new(), supernet: RlDartsConfig::default() }
+        Self {
+            genotype: PathBuf::new(),
+            supernet: RlDartsConfig::default(),
+        }
     }
 }
 
@@ -164,7 +172,11 @@ impl TrainConfig {
             torch_threads: 0,
             encoder: EncoderConfig::Impala(ImpalaConfig::default()),
             ppo: PpoConfig::default(),
-            procgen: ProcgenOptions { num_levels: 200, start_level: 0, ..ProcgenOptions::default() },
+            procgen: ProcgenOptions {
+                num_levels: 200,
+                start_level: 0,
+                ..ProcgenOptions::default()
+            },
             checkpoint: CheckpointConfig::default(),
             search: RlSearchConfig::default(),
             pipeline: super::pipeline::PipelineConfig::default(),
@@ -213,12 +225,14 @@ pub fn build_encoder(
             ))
         })
     };
-    let supernet_err = |e: crate::nas::NasError| TrainError::Invalid(format!("encoder.params.supernet: {e}"));
+    let supernet_err =
+        |e: crate::nas::NasError| TrainError::Invalid(format!("encoder.params.supernet: {e}"));
     Ok(match config {
         EncoderConfig::RlDarts(c) => {
             let arch = need_arch()?;
             let device = p.device();
-            let net = RlDartsSupernet::new(p, &c.supernet, &shape, arch.slot.clone()).map_err(supernet_err)?;
+            let net = RlDartsSupernet::new(p, &c.supernet, &shape, arch.slot.clone())
+                .map_err(supernet_err)?;
             if let &[ch, h, w] = shape.as_slice() {
                 arch.set_op_costs(net.op_costs([ch, h, w]))?;
                 arch.set_latency_from(&net, [ch, h, w], device)?;
@@ -228,7 +242,8 @@ pub fn build_encoder(
         EncoderConfig::MlpDarts(c) => {
             let arch = need_arch()?;
             let device = p.device();
-            let net = MlpSupernet::new(p, &c.supernet, &shape, arch.slot.clone()).map_err(supernet_err)?;
+            let net = MlpSupernet::new(p, &c.supernet, &shape, arch.slot.clone())
+                .map_err(supernet_err)?;
             arch.set_op_costs(net.op_costs([shape[0], 1, 1]))?;
             // Fails with a clear message if a latency penalty is asked for: MLP cells are not
             // timed alone.
@@ -279,7 +294,12 @@ fn load_genotype(path: &Path, search_kind: &str) -> Result<Genotype, TrainError>
 }
 
 fn make_env(config: &TrainConfig, procgen: &ProcgenOptions) -> Result<Box<dyn VecEnv>, TrainError> {
-    Ok(make_vec_env(&config.env, config.ppo.num_envs, config.seed, procgen)?)
+    Ok(make_vec_env(
+        &config.env,
+        config.ppo.num_envs,
+        config.seed,
+        procgen,
+    )?)
 }
 
 /// The weights store, the policy, and (for a searched encoder) the architecture parameters,
@@ -292,11 +312,23 @@ pub fn build_policy(
     let arch = match &config.encoder {
         EncoderConfig::RlDarts(c) => {
             let (space, reduce) = (c.supernet.space(), c.supernet.has_reduction_cells());
-            Some(ArchSearch::new(&config.search, space, reduce, device, config.seed)?)
+            Some(ArchSearch::new(
+                &config.search,
+                space,
+                reduce,
+                device,
+                config.seed,
+            )?)
         }
         EncoderConfig::MlpDarts(c) => {
             let (space, reduce) = (c.supernet.space(), c.supernet.has_reduction_cells());
-            Some(ArchSearch::new(&config.search, space, reduce, device, config.seed)?)
+            Some(ArchSearch::new(
+                &config.search,
+                space,
+                reduce,
+                device,
+                config.seed,
+            )?)
         }
         _ => None,
     };
@@ -404,14 +436,18 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     };
     let spec = env.spec().clone();
     let (mut trainer, mut arch) = build_trainer(config, &spec, device)?;
-    // Fixed encoders only: the kept heap made the IMPALA PPO update 1.5x faster, but a
-    // supernet's many differently sized op activations fragment it (see the function's docs).
-    if arch.is_none() && device == tch::Device::Cpu {
+    // Every PPO run on the CPU, fixed encoder or supernet: the kept heap made the IMPALA update
+    // 1.5x faster and the paper-size RL-DARTS search 2x faster (BENCHMARKS.md). Supervised
+    // DARTS searches keep glibc's defaults (see the function's docs for why).
+    if device == tch::Device::Cpu {
         if let Some(note) = crate::device::keep_freed_memory_for_reuse() {
             eprintln!("note: {note}");
         }
     }
-    let game = config.is_procgen().then(|| find_game(&config.env)).transpose()?;
+    let game = config
+        .is_procgen()
+        .then(|| find_game(&config.env))
+        .transpose()?;
     if arch.is_some() {
         search_env_options(config)?;
     }
@@ -434,8 +470,10 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         let env_state = read(&ckpt.join(ENV_STATE_FILE))?;
         env.load_state(&env_state)?;
         let loop_path = ckpt.join(LOOP_STATE_FILE);
-        state = serde_json::from_slice(&read(&loop_path)?)
-            .map_err(|e| TrainError::Checkpoint { path: loop_path, reason: e.to_string() })?;
+        state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
+            path: loop_path,
+            reason: e.to_string(),
+        })?;
         last_checkpoint = Some(ckpt);
     } else {
         let markdown = crate::config::to_markdown(config)?;
@@ -448,21 +486,23 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
                 env: &dyn VecEnv,
                 state: &LoopState|
      -> Result<PathBuf, TrainError> {
-        run.run_dir.save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
-            trainer.save(dir)?;
-            if let Some(a) = arch {
-                a.save(dir)?;
-                search.save(dir)?;
-            }
-            write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
-            let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
-            write(&dir.join(LOOP_STATE_FILE), &json)
-        })
+        run.run_dir
+            .save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
+                trainer.save(dir)?;
+                if let Some(a) = arch {
+                    a.save(dir)?;
+                    search.save(dir)?;
+                }
+                write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
+                let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
+                write(&dir.join(LOOP_STATE_FILE), &json)
+            })
     };
 
     let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
     let batch = config.ppo.batch_size();
-    let (mut rollout_secs, mut update_secs, mut search_secs, mut iterations_here) = (0.0, 0.0, 0.0, 0u64);
+    let (mut rollout_secs, mut update_secs, mut search_secs, mut iterations_here) =
+        (0.0, 0.0, 0.0, 0u64);
     // Weight steps per PPO update (fewer after a target_kl stop).
     let planned_steps = (config.ppo.update_epochs * config.ppo.num_minibatches) as u64;
     let started = Instant::now();
@@ -483,7 +523,11 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
             if a.wants_arch_steps(first_step, planned_steps) {
                 let (batch, episodes) = search.collect(config, device, &trainer.policy)?;
                 a.take_error()?;
-                log_search_episodes(run.sink, &episodes, trainer.global_step() as i64 + batch_steps(config));
+                log_search_episodes(
+                    run.sink,
+                    &episodes,
+                    trainer.global_step() as i64 + batch_steps(config),
+                );
                 search_batch = Some(batch);
             }
         }
@@ -502,10 +546,15 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         if let (Some(a), Some(search_batch)) = (&arch, &search_batch) {
             let arch_start = Instant::now();
             let steps = (first_step, stats.ppo.minibatches as u64);
-            let (_, next_value) = tch::no_grad(|| trainer.policy.forward(&trainer.storage.next_obs, false));
+            let (_, next_value) =
+                tch::no_grad(|| trainer.policy.forward(&trainer.storage.next_obs, false));
             // The trainer's own batch bootstrapped from the pre-update value, which it does not
             // keep; this one bootstraps the last step of each env from the updated critic.
-            let train_batch = trainer.storage.compute_batch(&next_value, config.ppo.gamma, config.ppo.gae_lambda)?;
+            let train_batch = trainer.storage.compute_batch(
+                &next_value,
+                config.ppo.gamma,
+                config.ppo.gae_lambda,
+            )?;
             let minibatch = (search_batch.len() as usize / config.ppo.num_minibatches).max(1);
             let arch_stats = a.arch_phase(
                 &trainer.policy,
@@ -526,9 +575,16 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         }
         if let Some(a) = &arch {
             if let Some((s, count)) = a.take_hook_stats() {
-                log_arch_steps(run.sink, "single_level", &s, count, stats.global_step as i64);
+                log_arch_steps(
+                    run.sink,
+                    "single_level",
+                    &s,
+                    count,
+                    stats.global_step as i64,
+                );
             }
-            run.sink.scalar("perf/search_secs", search_here, stats.global_step as i64);
+            run.sink
+                .scalar("perf/search_secs", search_here, stats.global_step as i64);
         }
         search_secs += search_here;
         for ep in &stats.episodes {
@@ -538,7 +594,12 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
             }
             state.episodes_done += 1;
         }
-        log_iteration(run.sink, &stats, batch, game.map(|g| (g, config.procgen.distribution_mode)));
+        log_iteration(
+            run.sink,
+            &stats,
+            batch,
+            game.map(|g| (g, config.procgen.distribution_mode)),
+        );
         if let Some(a) = &arch {
             if trainer.iterations_done() % a.config.log_every.max(1) == 0 {
                 a.log(run.sink, stats.global_step as i64);
@@ -546,7 +607,8 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         }
         let mean_return = mean(state.recent_returns.iter().copied());
         if let Some(m) = mean_return {
-            run.sink.scalar("charts/mean_return_last100", m, stats.global_step as i64);
+            run.sink
+                .scalar("charts/mean_return_last100", m, stats.global_step as i64);
         }
         run.sink.flush();
 
@@ -560,27 +622,52 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
             &format!(
                 "{sps:.0} steps/s | ETA {} | return {} | vloss {:.3} | kl {:.4}",
                 format_secs(eta),
-                mean_return.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+                mean_return
+                    .map(|m| format!("{m:.2}"))
+                    .unwrap_or_else(|| "-".into()),
                 stats.ppo.value_loss,
                 stats.ppo.approx_kl
             ),
         );
 
         let stop = run.stop.load(Ordering::SeqCst);
-        if stop || trainer.iterations_done() % config.checkpoint.every.max(1) == 0 || trainer.is_done() {
-            last_checkpoint = Some(save(&trainer, arch.as_ref(), &search, env.as_ref(), &state)?);
+        if stop
+            || trainer.iterations_done() % config.checkpoint.every.max(1) == 0
+            || trainer.is_done()
+        {
+            last_checkpoint = Some(save(
+                &trainer,
+                arch.as_ref(),
+                &search,
+                env.as_ref(),
+                &state,
+            )?);
         }
         if stop {
             interrupted = true;
             break;
         }
     }
-    if !interrupted && last_checkpoint.as_ref().is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done()))) {
-        last_checkpoint = Some(save(&trainer, arch.as_ref(), &search, env.as_ref(), &state)?);
+    if !interrupted
+        && last_checkpoint
+            .as_ref()
+            .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
+    {
+        last_checkpoint = Some(save(
+            &trainer,
+            arch.as_ref(),
+            &search,
+            env.as_ref(),
+            &state,
+        )?);
     }
     if let Some(a) = &arch {
         let g = a.write_genotype(&run.run_dir.root)?;
-        run.sink.text("arch/final_genotype", &format!("`{}`", g.to_darts_string()), trainer.global_step() as i64);
+        run.sink.text(
+            "arch/final_genotype",
+            &format!("`{}`", g.to_darts_string()),
+            trainer.global_step() as i64,
+        );
     }
     let mean_return = mean(state.recent_returns.iter().copied());
     let summary = TrainSummary {
@@ -594,7 +681,8 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         episodes: state.episodes_done,
         interrupted,
         last_checkpoint,
-        steps_per_sec: (iterations_here * batch as u64) as f64 / (rollout_secs + update_secs + search_secs).max(1e-9),
+        steps_per_sec: (iterations_here * batch as u64) as f64
+            / (rollout_secs + update_secs + search_secs).max(1e-9),
         rollout_secs,
         update_secs,
         search_secs,
@@ -603,10 +691,15 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         "{} after {} steps: mean return (last 100) {}",
         if interrupted { "stopped" } else { "done" },
         summary.global_step,
-        mean_return.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into())
+        mean_return
+            .map(|m| format!("{m:.2}"))
+            .unwrap_or_else(|| "-".into())
     ));
     let path = run.run_dir.root.join("summary.json");
-    write(&path, &serde_json::to_vec_pretty(&summary).expect("summary serialises"))?;
+    write(
+        &path,
+        &serde_json::to_vec_pretty(&summary).expect("summary serialises"),
+    )?;
     Ok(summary)
 }
 
@@ -618,18 +711,35 @@ fn batch_steps(config: &TrainConfig) -> i64 {
 /// BatchNorm running statistics of the weight store (every non-trainable variable), in name
 /// order: what a virtual weight step must restore.
 fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad())
+        .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named.into_iter().map(|(_, t)| t).collect()
 }
 
-fn log_arch_steps(sink: &mut dyn MetricsSink, kind: &str, s: &crate::search::ArchStepStats, count: u32, step: i64) {
+fn log_arch_steps(
+    sink: &mut dyn MetricsSink,
+    kind: &str,
+    s: &crate::search::ArchStepStats,
+    count: u32,
+    step: i64,
+) {
     let tags = [
         format!("search/{kind}_arch_loss"),
         format!("search/{kind}_arch_grad_norm"),
         format!("search/{kind}_arch_steps"),
     ];
-    sink.scalars(&[(tags[0].as_str(), s.loss), (tags[1].as_str(), s.grad_norm), (tags[2].as_str(), f64::from(count))], step);
+    sink.scalars(
+        &[
+            (tags[0].as_str(), s.loss),
+            (tags[1].as_str(), s.grad_norm),
+            (tags[2].as_str(), f64::from(count)),
+        ],
+        step,
+    );
 }
 
 fn log_search_episodes(sink: &mut dyn MetricsSink, episodes: &[EpisodeStats], step: i64) {
@@ -648,12 +758,16 @@ const SEARCH_SEED_OFFSET: u64 = 1_000_003;
 fn search_env_options(config: &TrainConfig) -> Result<(u64, ProcgenOptions), TrainError> {
     let s = &config.search;
     if s.search_envs == Some(0) {
-        return Err(TrainError::Invalid("search.search_envs must be at least 1".into()));
+        return Err(TrainError::Invalid(
+            "search.search_envs must be at least 1".into(),
+        ));
     }
     let base = config.procgen.rand_seed.map_or(config.seed, |r| r as u64);
     let seed = base.wrapping_add(SEARCH_SEED_OFFSET);
-    let mut options =
-        ProcgenOptions { rand_seed: Some((seed % i32::MAX as u64) as i32), ..config.procgen.clone() };
+    let mut options = ProcgenOptions {
+        rand_seed: Some((seed % i32::MAX as u64) as i32),
+        ..config.procgen.clone()
+    };
     if s.search_batch == SearchBatch::HeldoutLevels {
         if !config.is_procgen() {
             return Err(TrainError::Invalid(format!(
@@ -668,8 +782,11 @@ fn search_env_options(config: &TrainConfig) -> Result<(u64, ProcgenOptions), Tra
             )));
         }
         let start = i64::from(config.procgen.start_level) + i64::from(config.procgen.num_levels);
-        options.start_level = i32::try_from(start)
-            .map_err(|_| TrainError::Invalid(format!("held-out levels would start at {start}, beyond int32")))?;
+        options.start_level = i32::try_from(start).map_err(|_| {
+            TrainError::Invalid(format!(
+                "held-out levels would start at {start}, beyond int32"
+            ))
+        })?;
         options.num_levels = s.heldout_num_levels;
     }
     Ok((seed, options))
@@ -699,7 +816,10 @@ struct SearchLoopState {
 
 impl SearchLoop {
     fn new(seed: u64) -> Self {
-        Self { env: None, rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(SEARCH_SEED_OFFSET)) }
+        Self {
+            env: None,
+            rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(SEARCH_SEED_OFFSET)),
+        }
     }
 
     fn build_env(config: &TrainConfig, device: Device) -> Result<SearchEnv, TrainError> {
@@ -711,7 +831,11 @@ impl SearchLoop {
             .ppo
             .norm_reward
             .then(|| RewardNormalizer::new(search_envs, config.ppo.gamma, config.ppo.reward_clip));
-        Ok(SearchEnv { env, storage, normalizer })
+        Ok(SearchEnv {
+            env,
+            storage,
+            normalizer,
+        })
     }
 
     /// One rollout of the search envs with `policy` (rewards normalised like the training
@@ -727,9 +851,17 @@ impl SearchLoop {
             self.env = Some(Self::build_env(config, device)?);
         }
         let s = self.env.as_mut().expect("built above");
-        let episodes = collect_rollout(s.env.as_mut(), policy, &mut s.storage, s.normalizer.as_mut(), &mut self.rng)?;
+        let episodes = collect_rollout(
+            s.env.as_mut(),
+            policy,
+            &mut s.storage,
+            s.normalizer.as_mut(),
+            &mut self.rng,
+        )?;
         let (_, next_value) = tch::no_grad(|| policy.forward(&s.storage.next_obs, false));
-        let batch = s.storage.compute_batch(&next_value, config.ppo.gamma, config.ppo.gae_lambda)?;
+        let batch =
+            s.storage
+                .compute_batch(&next_value, config.ppo.gamma, config.ppo.gae_lambda)?;
         Ok((batch, episodes))
     }
 
@@ -742,20 +874,31 @@ impl SearchLoop {
         if let Some(s) = &self.env {
             write(&dir.join(SEARCH_ENV_STATE_FILE), &s.env.save_state()?)?;
         }
-        write(&dir.join(SEARCH_LOOP_FILE), &serde_json::to_vec_pretty(&state).expect("search loop state serialises"))
+        write(
+            &dir.join(SEARCH_LOOP_FILE),
+            &serde_json::to_vec_pretty(&state).expect("search loop state serialises"),
+        )
     }
 
     fn load(&mut self, dir: &Path, config: &TrainConfig, device: Device) -> Result<(), TrainError> {
         let path = dir.join(SEARCH_LOOP_FILE);
-        let state: SearchLoopState = serde_json::from_slice(&read(&path)?)
-            .map_err(|e| TrainError::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        let state: SearchLoopState =
+            serde_json::from_slice(&read(&path)?).map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         self.rng = state.rng;
         self.env = None;
         if state.has_env {
             let mut s = Self::build_env(config, device)?;
             s.env.load_state(&read(&dir.join(SEARCH_ENV_STATE_FILE))?)?;
-            if state.normalizer.as_ref().map(|n| n.returns.len()) != s.normalizer.as_ref().map(|n| n.returns.len()) {
-                return Err(TrainError::Checkpoint { path, reason: "search reward normaliser state does not fit".into() });
+            if state.normalizer.as_ref().map(|n| n.returns.len())
+                != s.normalizer.as_ref().map(|n| n.returns.len())
+            {
+                return Err(TrainError::Checkpoint {
+                    path,
+                    reason: "search reward normaliser state does not fit".into(),
+                });
             }
             s.normalizer = state.normalizer;
             self.env = Some(s);
@@ -766,7 +909,11 @@ impl SearchLoop {
 
 fn check_finite(stats: &IterationStats, last_checkpoint: Option<&Path>) -> Result<(), TrainError> {
     let p = &stats.ppo;
-    for (name, v) in [("policy_loss", p.policy_loss), ("value_loss", p.value_loss), ("entropy", p.entropy)] {
+    for (name, v) in [
+        ("policy_loss", p.policy_loss),
+        ("value_loss", p.value_loss),
+        ("entropy", p.entropy),
+    ] {
         if !v.is_finite() {
             return Err(TrainError::NonFinite {
                 iteration: stats.iteration,
@@ -783,14 +930,21 @@ fn log_iteration(
     sink: &mut dyn MetricsSink,
     stats: &IterationStats,
     batch: usize,
-    procgen: Option<(&'static crate::envs::procgen::Game, crate::envs::procgen::DistributionMode)>,
+    procgen: Option<(
+        &'static crate::envs::procgen::Game,
+        crate::envs::procgen::DistributionMode,
+    )>,
 ) {
     let step = stats.global_step as i64;
     for ep in &stats.episodes {
         sink.scalar(tags::EPISODIC_RETURN, ep.episode_return, step);
         sink.scalar(tags::EPISODIC_LENGTH, ep.length as f64, step);
         if let Some((game, mode)) = procgen {
-            sink.scalar(tags::NORMALIZED_RETURN, normalized_return(game, mode, ep.episode_return), step);
+            sink.scalar(
+                tags::NORMALIZED_RETURN,
+                normalized_return(game, mode, ep.episode_return),
+                step,
+            );
         }
     }
     let p = &stats.ppo;
@@ -825,11 +979,17 @@ pub fn format_secs(secs: f64) -> String {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TrainError> {
-    std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    std::fs::write(path, bytes).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, bytes).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Where and how to evaluate a checkpoint.
@@ -871,10 +1031,12 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
         Some(run) => (run, checkpoint.to_path_buf()),
         None => {
             let run = RunDir::open(checkpoint)?;
-            let ckpt = run.latest_checkpoint()?.ok_or_else(|| TrainError::Checkpoint {
-                path: checkpoint.to_path_buf(),
-                reason: "the run has no complete checkpoint".into(),
-            })?;
+            let ckpt = run
+                .latest_checkpoint()?
+                .ok_or_else(|| TrainError::Checkpoint {
+                    path: checkpoint.to_path_buf(),
+                    reason: "the run has no complete checkpoint".into(),
+                })?;
             (run.root, ckpt)
         }
     };
@@ -885,7 +1047,9 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
     )?;
     let env_name = opts.env.clone().unwrap_or_else(|| config.env.clone());
     if opts.episodes == 0 || opts.num_envs == 0 {
-        return Err(TrainError::Invalid("--episodes and --num-envs must be at least 1".into()));
+        return Err(TrainError::Invalid(
+            "--episodes and --num-envs must be at least 1".into(),
+        ));
     }
     let device = crate::device::parse_device(&opts.device)?;
     tch::manual_seed(opts.seed as i64);
@@ -899,7 +1063,11 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
     let mut env: Box<dyn VecEnv> = if GYM_ENVS.contains(&env_name.as_str()) {
         make_vec_env(&env_name, opts.num_envs, opts.seed, &procgen)?
     } else {
-        Box::new(ProcgenVecEnv::new(&env_name, opts.num_envs, procgen.clone())?)
+        Box::new(ProcgenVecEnv::new(
+            &env_name,
+            opts.num_envs,
+            procgen.clone(),
+        )?)
     };
     let spec = env.spec().clone();
     let (mut vs, policy, mut arch) = build_policy(&config, &spec, device)?;
@@ -909,7 +1077,10 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
     let weights = ckpt.join("weights.safetensors");
     vs.load(&weights).map_err(|e| TrainError::Checkpoint {
         path: weights.clone(),
-        reason: format!("{e} (was the checkpoint written for env '{}' with this encoder?)", config.env),
+        reason: format!(
+            "{e} (was the checkpoint written for env '{}' with this encoder?)",
+            config.env
+        ),
     })?;
 
     let per_env = opts.episodes.div_ceil(opts.num_envs);
@@ -958,7 +1129,10 @@ pub fn evaluate(checkpoint: &Path, opts: &EvalOptions) -> Result<EvalResult, Tra
         None
     } else {
         let game = find_game(&env_name)?;
-        let n: Vec<f64> = returns.iter().map(|&r| normalized_return(game, procgen.distribution_mode, r)).collect();
+        let n: Vec<f64> = returns
+            .iter()
+            .map(|&r| normalized_return(game, procgen.distribution_mode, r))
+            .collect();
         Some(stats(&n))
     };
     Ok(EvalResult {
@@ -985,9 +1159,17 @@ struct VideoRecorder {
 impl VideoRecorder {
     fn new(dir: Option<&Path>, max_episodes: usize) -> Result<Self, TrainError> {
         if let Some(d) = dir {
-            std::fs::create_dir_all(d).map_err(|source| TrainError::Io { path: d.to_path_buf(), source })?;
+            std::fs::create_dir_all(d).map_err(|source| TrainError::Io {
+                path: d.to_path_buf(),
+                source,
+            })?;
         }
-        Ok(Self { dir: dir.map(Path::to_path_buf), max_episodes, episode: 0, writer: None })
+        Ok(Self {
+            dir: dir.map(Path::to_path_buf),
+            max_episodes,
+            episode: 0,
+            writer: None,
+        })
     }
 
     fn frame(&mut self, env: &dyn VecEnv, episode_ended: bool) -> Result<(), TrainError> {
@@ -1003,7 +1185,9 @@ impl VideoRecorder {
             }
         }
         // Only envs that render (Procgen with render_human) have a picture to record.
-        let Some(frames) = env.render_frames() else { return Ok(()) };
+        let Some(frames) = env.render_frames() else {
+            return Ok(());
+        };
         let frame: Tensor = frames.get(0);
         let (h, w) = (frame.size()[0] as usize, frame.size()[1] as usize);
         if self.writer.is_none() {
