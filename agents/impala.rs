@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::init::HiddenInit;
 use super::{AgentError, Encoder};
 
 /// Architecture of the IMPALA-CNN. Defaults are the Procgen paper's.
@@ -16,6 +17,9 @@ pub struct ImpalaConfig {
     pub channels: Vec<i64>,
     /// Width of the final linear layer, i.e. the feature dimension. Procgen paper: 256.
     pub embedding: i64,
+    /// Convs and final linear layer: "orthogonal" (default, REFERENCE.md) or "torch_default"
+    /// (CleanRL's, see [`HiddenInit`]).
+    pub init: HiddenInit,
 }
 
 impl Default for ImpalaConfig {
@@ -23,12 +27,13 @@ impl Default for ImpalaConfig {
         Self {
             channels: vec![16, 32, 32],
             embedding: 256,
+            init: HiddenInit::Orthogonal,
         }
     }
 }
 
-/// Orthogonal with gain sqrt(2) (the ReLU gain), bias 0: CleanRL's `layer_init`.
-fn conv3x3(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
+/// Orthogonal with gain sqrt(2) (the ReLU gain), bias 0, unless `init` says otherwise.
+fn conv3x3(p: nn::Path, c_in: i64, c_out: i64, init: HiddenInit) -> nn::Conv2D {
     let config = nn::ConvConfig {
         padding: 1,
         bs_init: nn::Init::Const(0.0),
@@ -37,6 +42,7 @@ fn conv3x3(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
     let conv = nn::conv2d(p, c_in, c_out, 3, config);
     // Not `ws_init: Init::Orthogonal`: tch returns that weight flattened to 2-D (see init.rs).
     super::init::orthogonal_(&conv.ws, 2f64.sqrt());
+    init.apply(&conv.ws, conv.bs.as_ref());
     conv
 }
 
@@ -48,10 +54,10 @@ struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    fn new(p: nn::Path, channels: i64) -> Self {
+    fn new(p: nn::Path, channels: i64, init: HiddenInit) -> Self {
         Self {
-            conv0: conv3x3(&p / "conv0", channels, channels),
-            conv1: conv3x3(&p / "conv1", channels, channels),
+            conv0: conv3x3(&p / "conv0", channels, channels, init),
+            conv1: conv3x3(&p / "conv1", channels, channels, init),
         }
     }
 
@@ -72,11 +78,11 @@ struct ConvSequence {
 }
 
 impl ConvSequence {
-    fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
+    fn new(p: nn::Path, c_in: i64, c_out: i64, init: HiddenInit) -> Self {
         Self {
-            conv: conv3x3(&p / "conv", c_in, c_out),
-            res0: ResidualBlock::new(&p / "res0", c_out),
-            res1: ResidualBlock::new(&p / "res1", c_out),
+            conv: conv3x3(&p / "conv", c_in, c_out, init),
+            res0: ResidualBlock::new(&p / "res0", c_out, init),
+            res1: ResidualBlock::new(&p / "res1", c_out, init),
         }
     }
 
@@ -125,7 +131,12 @@ impl ImpalaCnn {
         let mut sequences = Vec::with_capacity(config.channels.len());
         let mut c_in = c;
         for (i, &c_out) in config.channels.iter().enumerate() {
-            sequences.push(ConvSequence::new(&p / format!("seq{i}"), c_in, c_out));
+            sequences.push(ConvSequence::new(
+                &p / format!("seq{i}"),
+                c_in,
+                c_out,
+                config.init,
+            ));
             c_in = c_out;
             h = pooled(h);
             w = pooled(w);
@@ -136,6 +147,7 @@ impl ImpalaCnn {
             bias: true,
         };
         let fc = nn::linear(&p / "fc", c_in * h * w, config.embedding, fc_config);
+        config.init.apply(&fc.ws, fc.bs.as_ref());
         Ok(Self {
             sequences,
             fc,

@@ -5,7 +5,44 @@
 //! `[C_out, C_in, k, k]` comes out 2-D and conv2d rejects it. This helper draws the same
 //! matrix and writes it into the existing variable in its own shape.
 
+use serde::{Deserialize, Serialize};
 use tch::{nn::Init, Tensor};
+
+/// How an encoder's hidden layers start (its convs and final linear layer; the policy and value
+/// heads are always orthogonal with gains 0.01 and 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenInit {
+    /// Orthogonal with the ReLU gain sqrt(2), bias 0 (../shared/REFERENCE.md section 2).
+    #[default]
+    Orthogonal,
+    /// PyTorch's layer defaults: weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    /// CleanRL's `ppo_procgen.py` gets these, as it applies `layer_init` to the heads only.
+    /// They start the network with far smaller features, so the first value estimates are
+    /// near 0 instead of about +-20 (IMPALA-CNN, Procgen frames). On CoinRun with a narrow
+    /// IMPALA-CNN this decided whether PPO learned at all in 164k steps (BENCHMARKS.md).
+    TorchDefault,
+}
+
+impl HiddenInit {
+    /// Re-draws a layer that was built with the orthogonal scheme when `self` asks for another
+    /// one. Built first and then re-drawn so that the default scheme's random draws, and
+    /// with them every seeded run, stay as they were.
+    pub fn apply(self, weight: &Tensor, bias: Option<&Tensor>) {
+        match self {
+            HiddenInit::Orthogonal => {}
+            HiddenInit::TorchDefault => {
+                let fan_in: i64 = weight.size()[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                tch::no_grad(|| {
+                    for t in std::iter::once(weight).chain(bias) {
+                        let _ = t.shallow_clone().uniform_(-bound, bound);
+                    }
+                });
+            }
+        }
+    }
+}
 
 /// Overwrites `weight` (any shape with >= 2 dims) with an orthogonal matrix times `gain`,
 /// as `torch.nn.init.orthogonal_` does (rows of the flattened weight orthonormal).
@@ -27,6 +64,28 @@ pub fn orthogonal_(weight: &Tensor, gain: f64) {
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    #[test]
+    fn torch_default_draws_weights_and_biases_within_the_fan_in_bound() {
+        tch::manual_seed(0);
+        let w = Tensor::zeros([16, 8, 3, 3], (Kind::Float, Device::Cpu));
+        let b = Tensor::zeros([16], (Kind::Float, Device::Cpu));
+        HiddenInit::Orthogonal.apply(&w, Some(&b));
+        assert_eq!(
+            w.abs().max().double_value(&[]),
+            0.0,
+            "orthogonal leaves the layer as built"
+        );
+        HiddenInit::TorchDefault.apply(&w, Some(&b));
+        let bound = 1.0 / 72f64.sqrt();
+        for t in [&w, &b] {
+            let max = t.abs().max().double_value(&[]);
+            assert!(max <= bound && max > 0.5 * bound, "{max} vs bound {bound}");
+        }
+        // U(-a, a) has standard deviation a / sqrt(3).
+        let std = w.std(true).double_value(&[]);
+        assert!((std - bound / 3f64.sqrt()).abs() < 0.1 * bound, "{std}");
+    }
 
     #[test]
     fn conv_weight_keeps_its_shape_and_has_orthogonal_rows() {

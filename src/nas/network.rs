@@ -15,6 +15,7 @@ use super::{
     CellInputs, CellOutput, CellSpace, CellWeights, NasError, OpCost, OpSet, OpWeightsSlot,
     SearchCell, SearchCellConfig,
 };
+use crate::agents::init::HiddenInit;
 use crate::agents::Encoder;
 
 /// Per-sample op costs summed over all cells of each type, `[num_edges][num_ops]`: the cost of
@@ -318,6 +319,9 @@ pub struct RlDartsConfig {
     pub node_bn: bool,
     /// Width of the final linear layer = feature dimension. RL-DARTS / IMPALA: 256.
     pub embedding: i64,
+    /// The final linear layer: "orthogonal" (default, as the IMPALA-CNN's) or "torch_default"
+    /// ([`HiddenInit`]). The cells' convs always start from PyTorch's defaults.
+    pub init: HiddenInit,
 }
 
 impl Default for RlDartsConfig {
@@ -332,6 +336,7 @@ impl Default for RlDartsConfig {
             cell_output: CellOutput::ConcatConv1x1,
             node_bn: true,
             embedding: 256,
+            init: HiddenInit::Orthogonal,
         }
     }
 }
@@ -461,6 +466,7 @@ impl<C> RlSkeleton<C> {
             bias: true,
         };
         let fc = nn::linear(p / "fc", c_prev * h * w, config.embedding, fc_config);
+        config.init.apply(&fc.ws, fc.bs.as_ref());
         Ok(Self {
             stem,
             stages,
