@@ -309,29 +309,15 @@ pub fn build_policy(
     spec: &EnvSpec,
     device: Device,
 ) -> Result<(nn::VarStore, ActorCritic, Option<ArchSearch>), TrainError> {
-    let arch = match &config.encoder {
-        EncoderConfig::RlDarts(c) => {
-            let (space, reduce) = (c.supernet.space(), c.supernet.has_reduction_cells());
-            Some(ArchSearch::new(
-                &config.search,
-                space,
-                reduce,
-                device,
-                config.seed,
-            )?)
-        }
-        EncoderConfig::MlpDarts(c) => {
-            let (space, reduce) = (c.supernet.space(), c.supernet.has_reduction_cells());
-            Some(ArchSearch::new(
-                &config.search,
-                space,
-                reduce,
-                device,
-                config.seed,
-            )?)
-        }
+    // (cell space, has reduction cells) of a searched encoder.
+    let searched = match &config.encoder {
+        EncoderConfig::RlDarts(c) => Some((c.supernet.space(), c.supernet.has_reduction_cells())),
+        EncoderConfig::MlpDarts(c) => Some((c.supernet.space(), c.supernet.has_reduction_cells())),
         _ => None,
     };
+    let arch = searched
+        .map(|(space, reduce)| ArchSearch::new(&config.search, space, reduce, device, config.seed))
+        .transpose()?;
     let vs = nn::VarStore::new(device);
     let encoder = build_encoder(vs.root() / "encoder", spec, &config.encoder, arch.as_ref())?;
     let policy = ActorCritic::new(vs.root() / "policy", encoder, spec.num_actions);
