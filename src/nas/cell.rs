@@ -3,12 +3,12 @@
 //! node `j` sums a mixed op over every earlier state. The op weights come in as an argument.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::ops::{
-    factorized_reduce_plan, relu_conv_bn_plan, torch_batch_norm2d, torch_conv2d, ConvGeom,
-    Sequence, SharedInput,
+    batch_stats_norm, factorized_reduce_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom, Sequence,
+    SharedInput,
 };
 use super::{MixedOp, NasError, OpCost, OpSet, OpSpec, OpWeights};
 
@@ -170,7 +170,8 @@ pub struct SearchCellConfig {
     pub inputs: CellInputs,
     pub output: CellOutput,
     /// BatchNorm(affine = false) after each node's sum (RL-DARTS), which keeps node scales
-    /// comparable however the op weights are distributed.
+    /// comparable however the op weights are distributed; batch statistics always
+    /// ([`batch_stats_norm`]).
     pub node_bn: bool,
     /// BN affine inside ops and preprocessing (false in DARTS search).
     pub affine: bool,
@@ -191,7 +192,6 @@ pub struct SearchCell {
     config: SearchCellConfig,
     preprocess: Vec<Sequence>,
     edges: Vec<MixedOp>,
-    node_bns: Vec<nn::BatchNorm>,
     output_proj: Option<nn::Conv2D>,
 }
 
@@ -245,13 +245,6 @@ impl SearchCell {
                 MixedOp::new(&p / format!("edge{}", edge.index), space.op_set, spec)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let node_bns = if config.node_bn {
-            (0..space.num_nodes)
-                .map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false))
-                .collect()
-        } else {
-            Vec::new()
-        };
         let output_proj = (config.output == CellOutput::ConcatConv1x1).then(|| {
             let geom = ConvGeom {
                 c_in: space.num_nodes as i64 * c,
@@ -269,7 +262,6 @@ impl SearchCell {
             config,
             preprocess,
             edges,
-            node_bns,
             output_proj,
         })
     }
@@ -387,8 +379,8 @@ impl SearchCell {
             }
             // num_inputs >= 1, so every node has at least one incoming edge.
             let mut s = sum.expect("every node has an incoming edge");
-            if let Some(bn) = self.node_bns.get(node) {
-                s = bn.forward_t(&s, train);
+            if self.config.node_bn {
+                s = batch_stats_norm(&s);
             }
             let state = SharedInput::new(s);
             fuse_outgoing(states.len(), &state);

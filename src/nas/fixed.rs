@@ -9,8 +9,8 @@ use tch::Tensor;
 use super::cell::combine_nodes;
 use super::network::{is_reduction, RlSkeleton};
 use super::ops::{
-    factorized_reduce_plan, relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d,
-    torch_linear, ConvGeom, LayerDesc, Sequence,
+    batch_stats_norm, factorized_reduce_plan, relu_conv_bn_plan, to_channels_last,
+    torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc, Sequence,
 };
 use super::{
     CellInputs, CellOutput, CellType, Gene, Genotype, NasError, Op, OpKind, OpSpec, RlDartsConfig,
@@ -27,7 +27,8 @@ pub struct FixedCellConfig {
     pub reduction: bool,
     pub inputs: CellInputs,
     pub output: CellOutput,
-    /// BatchNorm(affine = false) after each node (RL-DARTS).
+    /// BatchNorm(affine = false) after each node (RL-DARTS), batch statistics always
+    /// ([`batch_stats_norm`]).
     pub node_bn: bool,
     /// BN affine inside ops and preprocessing (DARTS evaluation: true).
     pub affine: bool,
@@ -43,7 +44,6 @@ pub struct FixedCell {
     /// Per node: (input state, op).
     nodes: Vec<Vec<(usize, Op)>>,
     concat: Vec<usize>,
-    node_bns: Vec<nn::BatchNorm>,
     output_proj: Option<nn::Conv2D>,
 }
 
@@ -116,13 +116,6 @@ impl FixedCell {
                 .collect::<Result<Vec<_>, NasError>>()?;
             nodes.push(ops);
         }
-        let node_bns = if config.node_bn {
-            (0..genes.len())
-                .map(|j| torch_batch_norm2d(&p / format!("node_bn{j}"), c, false))
-                .collect()
-        } else {
-            Vec::new()
-        };
         let output_proj = (config.output == CellOutput::ConcatConv1x1).then(|| {
             let geom = ConvGeom {
                 c_in: concat.len() as i64 * c,
@@ -142,7 +135,6 @@ impl FixedCell {
             preprocess,
             nodes,
             concat: concat.to_vec(),
-            node_bns,
             output_proj,
         })
     }
@@ -179,7 +171,7 @@ impl FixedCell {
                 .map(|(pre, x)| pre.forward_t(x, train))
                 .collect()
         };
-        for (j, ops) in self.nodes.iter().enumerate() {
+        for ops in &self.nodes {
             let mut sum: Option<Tensor> = None;
             for (input, op) in ops {
                 let mut h = op.forward_t(&states[*input], train);
@@ -192,8 +184,8 @@ impl FixedCell {
                 });
             }
             let mut s = sum.expect("validated: every node has a gene");
-            if let Some(bn) = self.node_bns.get(j) {
-                s = bn.forward_t(&s, train);
+            if self.config.node_bn {
+                s = batch_stats_norm(&s);
             }
             states.push(s);
         }
@@ -529,7 +521,8 @@ impl Encoder for RlDartsFixedEncoder {
 mod tests {
     use super::*;
     use crate::nas::{
-        count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, OpSet, DARTS_V2,
+        count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, OpSet, OpWeightsSlot,
+        RlDartsSupernet, DARTS_V2,
     };
     use tch::{Device, Kind};
 
@@ -651,6 +644,71 @@ mod tests {
             assert_eq!(enc.feature_dim(), 256);
             let names: Vec<String> = vs.variables().into_keys().collect();
             assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+        }
+    }
+
+    /// Rollouts run the encoder with `train = false`, PPO updates with `train = true`: with
+    /// node BatchNorm on batch statistics both are the same function of the batch, for the
+    /// supernet and for the derived network, and no running averages exist to drift apart.
+    #[test]
+    fn rl_darts_encoders_are_the_same_function_in_rollouts_and_updates() {
+        tch::manual_seed(5);
+        let cfg = RlDartsConfig {
+            channels: vec![4, 8, 8],
+            normal_cells_per_stage: 1,
+            embedding: 32,
+            ..Default::default()
+        };
+        assert!(cfg.node_bn);
+        let arch = ArchParams::new(
+            Device::Cpu,
+            cfg.space(),
+            true,
+            AlphaInit {
+                mean: 0.0,
+                std: 1.0,
+            },
+        )
+        .unwrap();
+        let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
+        let supernet_store = nn::VarStore::new(Device::Cpu);
+        let supernet = RlDartsSupernet::new(
+            supernet_store.root() / "encoder",
+            &cfg,
+            &[3, 64, 64],
+            OpWeightsSlot::softmax(&arch, 1.0),
+        )
+        .unwrap();
+        let fixed_store = nn::VarStore::new(Device::Cpu);
+        let fixed = RlDartsFixedEncoder::new(
+            fixed_store.root() / "encoder",
+            &cfg,
+            &genotype,
+            &[3, 64, 64],
+        )
+        .unwrap();
+        let encoders: [(&str, &dyn Encoder, &nn::VarStore); 2] = [
+            ("supernet", &supernet, &supernet_store),
+            ("derived", &fixed, &fixed_store),
+        ];
+        let obs = Tensor::rand([6, 3, 64, 64], (Kind::Float, Device::Cpu));
+        for (name, encoder, store) in encoders {
+            let learner = encoder.features(&obs, true);
+            let behaviour = tch::no_grad(|| encoder.features(&obs, false));
+            assert!(
+                learner.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{name}"
+            );
+            assert!(
+                learner.equal(&behaviour),
+                "{name}: rollout and update features differ"
+            );
+            let buffers: Vec<String> = store
+                .variables()
+                .into_keys()
+                .filter(|n| n.contains("node_bn") || n.contains("running"))
+                .collect();
+            assert!(buffers.is_empty(), "{name}: {buffers:?}");
         }
     }
 

@@ -37,10 +37,9 @@ pub struct MlpDartsConfig {
     /// RL-DARTS: concat -> 1x1 conv (a linear layer back to `hidden`); `sum`, `mean`,
     /// `last_node` also work.
     pub cell_output: CellOutput,
-    /// BatchNorm without affine after each node, as the image cells. Off by default: rollouts
-    /// run the encoder in inference mode (running statistics) and the PPO update in training
-    /// mode (batch statistics), a behaviour/learner mismatch that CartPole's tiny minibatches
-    /// (128 samples) make large; the op weights alone already keep a node's scale bounded.
+    /// BatchNorm without affine after each node, on batch statistics in every forward, as the
+    /// image cells. Off by default: on CartPole's 4 features the op weights alone keep a node's
+    /// scale bounded, and with it on every action would depend on the other envs' states.
     pub node_bn: bool,
     /// Width of the final linear -> tanh = feature dimension. CleanRL: 64.
     pub embedding: i64,

@@ -315,7 +315,9 @@ pub struct RlDartsConfig {
     pub op_set: OpSet,
     /// RL-DARTS: concat -> conv1x1 (`concat_conv1x1`); `sum`, `mean`, `last_node` also work.
     pub cell_output: CellOutput,
-    /// BatchNorm without affine after each node (RL-DARTS).
+    /// BatchNorm without affine after each node (RL-DARTS), normalising with the batch's own
+    /// statistics in rollouts, updates and evaluation alike (no running averages), as the
+    /// official code does.
     pub node_bn: bool,
     /// Width of the final linear layer = feature dimension. RL-DARTS / IMPALA: 256.
     pub embedding: i64,

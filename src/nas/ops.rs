@@ -886,6 +886,27 @@ pub(crate) fn torch_conv2d(p: nn::Path, g: &ConvGeom) -> nn::Conv2D {
     nn::conv2d(p, g.c_in, g.c_out, g.kernel, config)
 }
 
+/// RL-DARTS's node normalisation: BatchNorm without affine and without running averages, so
+/// every forward (rollout, PPO update, evaluation) normalises each channel with the statistics
+/// of its own batch. The official RL-DARTS code calls its node BatchNorm with `training=True`
+/// always, for this reason: with running averages at rollout time the behaviour policy (running
+/// statistics) and the policy that PPO updates (batch statistics) are different functions, the
+/// old log-probabilities and values stop matching the learner's, and at small PPO batches the
+/// value loss diverged and the policy collapsed to stalling (BENCHMARKS.md). Works on `[N, C]`
+/// and `[N, C, H, W]` (either memory format).
+pub(crate) fn batch_stats_norm(x: &Tensor) -> Tensor {
+    x.batch_norm(
+        None::<Tensor>,
+        None::<Tensor>,
+        None::<Tensor>,
+        None::<Tensor>,
+        true,
+        0.0,
+        1e-5,
+        true,
+    )
+}
+
 /// PyTorch's BatchNorm2d defaults (weight 1, bias 0, momentum 0.1, eps 1e-5); tch's own
 /// default draws the weight from U(0, 1).
 pub(crate) fn torch_batch_norm2d(p: nn::Path, channels: i64, affine: bool) -> nn::BatchNorm {
@@ -1448,7 +1469,11 @@ mod tests {
         for (i, op) in ops.iter().enumerate() {
             let fused = op.forward_shared(&shared, true);
             let plain = op.forward_t(&x, true);
-            assert!(fused.allclose(&plain, 1e-12, 1e-12, false), "{:?}", op.kind());
+            assert!(
+                fused.allclose(&plain, 1e-12, 1e-12, false),
+                "{:?}",
+                op.kind()
+            );
             // The op's own weights (asking autograd for unused inputs is not supported).
             let own: Vec<&Tensor> = variables
                 .iter()
@@ -1459,9 +1484,8 @@ mod tests {
                 continue;
             }
             let w = Tensor::randn_like(&plain);
-            let grads = |y: &Tensor| {
-                Tensor::run_backward(&[(y * &w).sum(Kind::Double)], &own, true, false)
-            };
+            let grads =
+                |y: &Tensor| Tensor::run_backward(&[(y * &w).sum(Kind::Double)], &own, true, false);
             for (a, b) in grads(&fused).iter().zip(grads(&plain)) {
                 assert!(a.allclose(&b, 1e-12, 1e-12, false), "{:?}", op.kind());
             }
