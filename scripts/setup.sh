@@ -40,6 +40,16 @@ PY=${PYTHON:-python3}
 REQS="torch==$TORCH_VERSION numpy<2 gym3==$GYM3_VERSION gym==0.23.1 tensorboard scikit-learn"
 stamp=.venv/.rl-darts-setup
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$REQS" ]; then
+  # A full disk otherwise surfaces as pip's "[Errno 28]" half way through torch. The venv takes
+  # about 5.5 GB and cargo's build of the tests about 6 GB more.
+  need_gb=12
+  free_gb=$(( $(df -Pk . | awk 'NR == 2 { print $4 }') / 1024 / 1024 ))
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "error: $free_gb GB free on the disk of $ROOT; setup and the first build need about $need_gb GB" >&2
+    echo "       (.venv with torch ~5.5 GB, cargo's target/ ~6 GB)." >&2
+    echo "free some space (old runs/, other checkouts' target/ folders) and run 'make setup' again." >&2
+    exit 1
+  fi
   [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
   log "installing into .venv: $REQS (torch is ~4.7 GB the first time)"
   # shellcheck disable=SC2086
