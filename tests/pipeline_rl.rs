@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use rl_darts::logging::{tags, MemorySink, MetricsSink};
 use rl_darts::nas::Genotype;
+use rl_darts::search::{RandomParams, StrategyConfig};
 use rl_darts::train::pipeline::{
-    self, Comparison, Phase, PipelineOutcome, PipelineReporter, PipelineRun,
+    self, Comparison, Phase, PipelineOutcome, PipelineReporter, PipelineRun, RandomCandidate,
 };
 use rl_darts::train::rl::{NoProgress, Progress, TrainConfig};
 
@@ -267,14 +268,14 @@ fn run(
     (outcome, reporter.sinks)
 }
 
-/// Global steps at which a run logged its value loss (one point per PPO iteration).
+/// Global steps at which the runs of a phase logged their value loss (one point per PPO
+/// iteration), in the order the runs started.
 fn iteration_steps(sinks: &[(String, MemorySink)], label: &str) -> Vec<i64> {
-    let (_, sink) = sinks
+    assert!(sinks.iter().any(|(l, _)| l == label), "no {label} run");
+    sinks
         .iter()
-        .find(|(l, _)| l == label)
-        .unwrap_or_else(|| panic!("no {label} run"));
-    sink.scalars(tags::VALUE_LOSS)
-        .into_iter()
+        .filter(|(l, _)| l == label)
+        .flat_map(|(_, sink)| sink.scalars(tags::VALUE_LOSS))
         .map(|(step, _)| step)
         .collect()
 }
@@ -491,4 +492,111 @@ fn the_full_preset_is_the_defaults_written_out_and_the_cli_picks_the_pipeline() 
         text(&out)
     );
     assert!(!base.path().join("y").exists());
+}
+
+/// The search phase alone (`--phase search`).
+fn run_search(
+    config: &TrainConfig,
+    root: &Path,
+    stop_in: Option<&'static str>,
+) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut reporter = Reporter {
+        stop_in,
+        stop: stop.clone(),
+        sinks: Vec::new(),
+    };
+    let outcome = pipeline::run_pipeline(PipelineRun {
+        config,
+        root,
+        only: Some(Phase::Search),
+        reporter: &mut reporter,
+        stop: &stop,
+    })
+    .unwrap();
+    (outcome, reporter.sinks)
+}
+
+fn candidates(root: &Path) -> Vec<RandomCandidate> {
+    serde_json::from_slice(&std::fs::read(root.join("search/candidates.json")).unwrap()).unwrap()
+}
+
+/// `--strategy random` in the pipeline: the search budget split over candidates trained from
+/// scratch, each its own resumable PPO run; the best becomes the search's genotype; a run
+/// stopped in the first candidate resumes to the same candidates and scores.
+#[test]
+fn random_search_trains_candidates_from_scratch_within_the_search_budget() {
+    tch::set_num_threads(1);
+    let mut config = tiny_config();
+    config.search.strategy = StrategyConfig::Random(RandomParams {
+        num_candidates: 3,
+        ..Default::default()
+    });
+    config.pipeline.search_timesteps = 200; // 66 per candidate -> 2 iterations of 32
+    let base = tempfile::tempdir().unwrap();
+
+    let straight = base.path().join("straight");
+    let (outcome, _) = run_search(&config, &straight, None);
+    assert!(
+        matches!(outcome, PipelineOutcome::PhaseDone(Phase::Search)),
+        "{outcome:?}"
+    );
+    let expected = candidates(&straight);
+    assert_eq!(expected.len(), 3);
+    let mut drawn = Vec::new();
+    for (k, c) in expected.iter().enumerate() {
+        assert_eq!(c.index, k);
+        assert_eq!(c.global_step, 64, "candidate {k}");
+        let dir = straight.join(format!("search/candidate_{k:02}"));
+        assert!(dir.join("phase.json").is_file(), "{}", dir.display());
+        let g = Genotype::load(dir.join("genotype.json")).unwrap();
+        assert_eq!(g.to_darts_string(), c.genotype);
+        // A discrete cell: two inputs per node where two predecessors exist (one input).
+        for (j, node) in g.normal.iter().chain(&g.reduce).enumerate() {
+            assert_eq!(node.len(), (j % 2 + 1).min(2), "{g}");
+        }
+        drawn.push(g);
+    }
+    assert!(
+        drawn[0] != drawn[1] || drawn[1] != drawn[2],
+        "the candidates are distinct draws"
+    );
+    let chosen = Genotype::load(straight.join("search/genotype.json")).unwrap();
+    assert!(drawn.contains(&chosen), "{chosen}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(straight.join("search/phase.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["global_step"], 192, "3 x 64 <= search_timesteps");
+    assert_eq!(record["encoder"], "random");
+
+    // Stopped after the first iteration of the first candidate, then resumed.
+    let root = base.path().join("stopped");
+    let (outcome, sinks) = run_search(&config, &root, Some("search"));
+    assert!(
+        matches!(outcome, PipelineOutcome::Interrupted(Phase::Search)),
+        "{outcome:?}"
+    );
+    assert_eq!(iteration_steps(&sinks, "search"), [32]);
+    assert!(!root.join("search/candidate_00/phase.json").exists());
+    let (outcome, _) = run_search(&config, &root, None);
+    assert!(
+        matches!(outcome, PipelineOutcome::PhaseDone(Phase::Search)),
+        "{outcome:?}"
+    );
+    let resumed = candidates(&root);
+    for (a, b) in resumed.iter().zip(&expected) {
+        assert_eq!(
+            (&a.genotype, a.global_step, a.mean_return_last100),
+            (&b.genotype, b.global_step, b.mean_return_last100)
+        );
+    }
+    assert_eq!(
+        Genotype::load(root.join("search/genotype.json")).unwrap(),
+        chosen
+    );
+
+    // A budget below one PPO iteration per candidate is refused before anything trains.
+    config.pipeline.search_timesteps = 64;
+    let err = pipeline::validate(&config).unwrap_err().to_string();
+    assert!(err.contains("num_candidates"), "{err}");
 }

@@ -29,7 +29,9 @@ pub struct TrainArgs {
     encoder: Option<String>,
     /// Search strategy of a supernet encoder (rl_darts, mlp_darts; the pipeline's search):
     /// joint (default, RL-DARTS's joint first order), darts, idarts, gdas, snas, random,
-    /// darts_prime. Its parameters keep their defaults; change them with
+    /// darts_prime. In the pipeline, random trains num_candidates sampled cells from scratch
+    /// within the search budget and keeps the best (in a single run: weight-sharing random
+    /// search). Its parameters keep their defaults; change them with
     /// --set search.strategy.params.KEY=VALUE (presets: configs/coinrun-<strategy>.toml).
     #[arg(long)]
     strategy: Option<String>,

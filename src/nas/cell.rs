@@ -524,7 +524,8 @@ mod tests {
         vs.double();
         let x = Tensor::randn([2, 2, 5, 5], (Kind::Double, Device::Cpu));
         let loss = |w: &Tensor| {
-            // Eval mode: BatchNorm uses its running statistics, so L is a fixed function of w.
+            // Node BatchNorm normalises with this batch's statistics and keeps no running state,
+            // so L is a fixed function of w, and the check covers BN's backward too.
             let y = cell.forward_t(&[&x], &OpWeights::dense(w.shallow_clone()), false);
             y.square().sum(Kind::Double)
         };

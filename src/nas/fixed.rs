@@ -584,20 +584,25 @@ mod tests {
         assert!((kept - 0.75).abs() < 0.05, "kept {kept}");
     }
 
-    /// Random alphas -> derived genotype -> a fixed network that runs.
-    #[test]
-    fn a_genotype_derived_from_random_alphas_builds_and_runs() {
-        tch::manual_seed(2);
-        let arch = ArchParams::new(
+    /// Alphas drawn from N(0, 1), so derived genotypes are arbitrary, with reduce cells.
+    fn random_alphas(space: CellSpace) -> ArchParams {
+        ArchParams::new(
             Device::Cpu,
-            CellSpace::darts(),
+            space,
             true,
             AlphaInit {
                 mean: 0.0,
                 std: 1.0,
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Random alphas -> derived genotype -> a fixed network that runs.
+    #[test]
+    fn a_genotype_derived_from_random_alphas_builds_and_runs() {
+        tch::manual_seed(2);
+        let arch = random_alphas(CellSpace::darts());
         for rule in [DeriveRule::Darts, DeriveRule::ArgmaxAll] {
             let genotype = arch.derive_genotype(rule).unwrap();
             let vs = nn::VarStore::new(Device::Cpu);
@@ -624,16 +629,7 @@ mod tests {
                 op_set,
                 ..Default::default()
             };
-            let arch = ArchParams::new(
-                Device::Cpu,
-                cfg.space(),
-                true,
-                AlphaInit {
-                    mean: 0.0,
-                    std: 1.0,
-                },
-            )
-            .unwrap();
+            let arch = random_alphas(cfg.space());
             let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
             let vs = nn::VarStore::new(Device::Cpu);
             let enc =
@@ -660,16 +656,7 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.node_bn);
-        let arch = ArchParams::new(
-            Device::Cpu,
-            cfg.space(),
-            true,
-            AlphaInit {
-                mean: 0.0,
-                std: 1.0,
-            },
-        )
-        .unwrap();
+        let arch = random_alphas(cfg.space());
         let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
         let supernet_store = nn::VarStore::new(Device::Cpu);
         let supernet = RlDartsSupernet::new(

@@ -34,6 +34,14 @@ pub struct RandomParams {
     pub epochs_per_candidate: usize,
     /// Incoming edges kept per node. DARTS: 2.
     pub edges_per_node: usize,
+    /// How the searches that can do either run random search. false (default): from scratch,
+    /// the honest baseline: `rl-darts search` trains `num_candidates` genotypes for
+    /// `epochs_per_candidate` epochs each, and the RL pipeline's search phase trains them with
+    /// PPO for `pipeline.search_timesteps / num_candidates` env steps each (the search's budget,
+    /// so DARTS and random compare at equal compute); the best is kept. true: random search
+    /// with weight sharing (Li & Talwalkar's RSWS) through the strategy loop, one supernet.
+    /// A single `train --encoder rl_darts` run is always RSWS.
+    pub weight_sharing: bool,
 }
 
 impl Default for RandomParams {
@@ -42,6 +50,7 @@ impl Default for RandomParams {
             num_candidates: 8,
             epochs_per_candidate: 5,
             edges_per_node: 2,
+            weight_sharing: false,
         }
     }
 }

@@ -10,6 +10,8 @@
 //! RUN_DIR/pipeline.json         marks a pipeline run; the status of each phase (informative)
 //! RUN_DIR/search/               a `train` run of the supernet (checkpoints/, tb/, summary.json),
 //!                               then genotype.json, genotype.txt, genotype_{normal,reduce}.{dot,png,svg}
+//!                               (random search from scratch: candidate_NN/, one `train` run of
+//!                               each sampled cell, candidates.json, tb/ with their scores)
 //! RUN_DIR/retrain/              a `train` run of the discrete cell (encoder rl_darts_fixed)
 //! RUN_DIR/baseline/             a `train` run of the IMPALA-CNN
 //! RUN_DIR/eval/                 one JSON per (model, level set); tb/ holds the table as text
@@ -44,7 +46,8 @@ use crate::agents::ImpalaConfig;
 use crate::envs::make_vec_env;
 use crate::envs::procgen::{find_game, DistributionMode, ProcgenOptions};
 use crate::logging::MetricsSink;
-use crate::nas::{CellType, Genotype, NasError};
+use crate::nas::{AlphaInit, ArchParams, CellType, Genotype, NasError};
+use crate::search::{RandomParams, RandomSearch, StrategyConfig};
 
 pub const SEARCH_DIR: &str = "search";
 pub const RETRAIN_DIR: &str = "retrain";
@@ -52,6 +55,8 @@ pub const BASELINE_DIR: &str = "baseline";
 pub const EVAL_DIR: &str = "eval";
 /// The derived genotype, in the search directory (written by the search loop).
 pub const GENOTYPE_FILE: &str = "genotype.json";
+/// Random search from scratch: one entry per trained candidate, in the search directory.
+pub const CANDIDATES_FILE: &str = "candidates.json";
 pub const COMPARISON_JSON: &str = "comparison.json";
 pub const COMPARISON_MD: &str = "comparison.md";
 /// Marks a directory as a pipeline run (so `--resume` knows which kind it continues).
@@ -474,6 +479,20 @@ pub fn validate(config: &TrainConfig) -> Result<(), TrainError> {
             )));
         }
     }
+    if let Some(random) = random_from_scratch(config) {
+        if random.num_candidates == 0 {
+            return Err(TrainError::Invalid(
+                "search.strategy.params.num_candidates must be at least 1".into(),
+            ));
+        }
+        let each = candidate_timesteps(config, random);
+        if each < batch {
+            return Err(TrainError::Invalid(format!(
+                "random search gives each of its {} candidates pipeline.search_timesteps / num_candidates = {each} env steps, less than one PPO iteration ({batch}); raise pipeline.search_timesteps or lower search.strategy.params.num_candidates",
+                random.num_candidates
+            )));
+        }
+    }
     if p.skip_baseline && p.baseline_from.is_some() {
         return Err(TrainError::Invalid(
             "pipeline.skip_baseline and pipeline.baseline_from exclude each other (--skip-baseline, --baseline-from)".into(),
@@ -490,6 +509,37 @@ pub fn validate(config: &TrainConfig) -> Result<(), TrainError> {
         ));
     }
     Ok(())
+}
+
+/// The random-search parameters when the search phase trains candidates from scratch
+/// (`[search.strategy] kind = "random"` without weight sharing).
+fn random_from_scratch(config: &TrainConfig) -> Option<&RandomParams> {
+    match &config.search.strategy {
+        StrategyConfig::Random(p) if !p.weight_sharing => Some(p),
+        _ => None,
+    }
+}
+
+/// Env steps of each random-search candidate: the search budget split evenly, rounded down to
+/// whole PPO iterations, so the whole random search costs no more env steps than a supernet
+/// search.
+fn candidate_timesteps(config: &TrainConfig, random: &RandomParams) -> u64 {
+    let batch = config.ppo.batch_size() as u64;
+    let each = config.pipeline.search_timesteps / random.num_candidates.max(1) as u64;
+    each / batch * batch
+}
+
+/// One trained candidate of the random search (an entry of candidates.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RandomCandidate {
+    pub index: usize,
+    /// DARTS text form.
+    pub genotype: String,
+    pub global_step: u64,
+    pub train_secs: f64,
+    /// Mean return of the candidate's last 100 training episodes: its score. None when no
+    /// episode ended (scored below every other candidate).
+    pub mean_return_last100: Option<f64>,
 }
 
 /// Runs the remaining phases of the pipeline in `run.root` (or only `run.only`).
@@ -697,6 +747,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn search(&mut self) -> Result<bool, TrainError> {
+        if let Some(random) = random_from_scratch(self.config) {
+            return self.random_search(random.clone());
+        }
         let dir = self.dir(SEARCH_DIR);
         let mut config = self.config.clone();
         config.ppo.total_timesteps = self.config.pipeline.search_timesteps;
@@ -713,6 +766,137 @@ impl<'a> Ctx<'a> {
         self.write_genotype_files(&genotype, &dir)?;
         self.reporter.message(&format!(
             "[search] derived cell: {}",
+            genotype.to_darts_string()
+        ));
+        write_json(&dir.join(PHASE_FILE), &record)?;
+        Ok(true)
+    }
+
+    /// Random search from scratch, the baseline that DARTS has to beat (DARTS's Table 1; Li &
+    /// Talwalkar 2019): `num_candidates` cells drawn uniformly from the search space (the same
+    /// draw for a given seed, so a resumed search trains the same candidates), each retrained
+    /// from scratch with PPO for an equal share of `pipeline.search_timesteps` in its own
+    /// `train` run (search/candidate_NN/, resumable like every phase), scored by the mean
+    /// return of its last 100 training episodes. No env step beyond the search's budget is
+    /// spent on scoring, so the comparison with a supernet search is at equal env steps. The
+    /// best candidate becomes the search's genotype.
+    fn random_search(&mut self, params: RandomParams) -> Result<bool, TrainError> {
+        let dir = self.dir(SEARCH_DIR);
+        fs::create_dir_all(&dir).map_err(|source| TrainError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let supernet = match &self.config.encoder {
+            EncoderConfig::RlDarts(c) => c.supernet.clone(),
+            _ => unreachable!("validate() checked the encoder"),
+        };
+        let probe = ArchParams::new(
+            Device::Cpu,
+            supernet.space(),
+            supernet.has_reduction_cells(),
+            AlphaInit::default(),
+        )
+        .map_err(|e| TrainError::Invalid(format!("random search: {e}")))?;
+        let mut sampler = RandomSearch::new(&probe, params.clone(), self.config.seed)
+            .map_err(|e| TrainError::Invalid(format!("random search: {e}")))?;
+        let genotypes: Vec<Genotype> = (0..params.num_candidates)
+            .map(|_| sampler.sample_genotype())
+            .collect();
+        let steps = candidate_timesteps(self.config, &params);
+        self.reporter.message(&format!(
+            "[search] random search from scratch: {} candidates x {steps} env steps",
+            genotypes.len()
+        ));
+        let mut sink = self.reporter.sink("search", &dir);
+        let mut candidates: Vec<RandomCandidate> = Vec::new();
+        let mut records: Vec<PhaseRecord> = Vec::new();
+        for (index, genotype) in genotypes.iter().enumerate() {
+            if self.stopped() {
+                return Ok(false);
+            }
+            let cdir = dir.join(format!("candidate_{index:02}"));
+            let record = if cdir.join(PHASE_FILE).is_file() {
+                read_json::<PhaseRecord>(&cdir.join(PHASE_FILE))?
+            } else {
+                fs::create_dir_all(&cdir).map_err(|source| TrainError::Io {
+                    path: cdir.clone(),
+                    source,
+                })?;
+                let path = cdir.join(GENOTYPE_FILE);
+                genotype
+                    .save_json(&path)
+                    .map_err(|e| TrainError::Checkpoint {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let path = fs::canonicalize(&path).map_err(|source| TrainError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                self.reporter.message(&format!(
+                    "[search] candidate {}/{}: {}",
+                    index + 1,
+                    genotypes.len(),
+                    genotype.to_darts_string()
+                ));
+                let mut config = self.config.clone();
+                config.encoder = EncoderConfig::RlDartsFixed(RlDartsFixedConfig {
+                    genotype: path,
+                    supernet: supernet.clone(),
+                });
+                config.ppo.total_timesteps = steps;
+                let Some(record) = self.train_phase("search", &cdir, &config)? else {
+                    return Ok(false);
+                };
+                write_json(&cdir.join(PHASE_FILE), &record)?;
+                record
+            };
+            let candidate = RandomCandidate {
+                index,
+                genotype: genotype.to_darts_string(),
+                global_step: record.global_step,
+                train_secs: record.train_secs,
+                mean_return_last100: record.mean_return_last100,
+            };
+            let step = index as i64 + 1;
+            let score = candidate.mean_return_last100.unwrap_or(f64::NAN);
+            sink.scalar("random/candidate_return", score, step);
+            sink.text(
+                "random/candidate",
+                &format!("{score:.2}: `{}`", candidate.genotype),
+                step,
+            );
+            candidates.push(candidate);
+            records.push(record);
+            let best = best_candidate(&candidates);
+            if let Some(r) = candidates[best].mean_return_last100 {
+                sink.scalar("random/best_return", r, step);
+            }
+            write_json(&dir.join(CANDIDATES_FILE), &candidates)?;
+            sink.flush();
+        }
+        let best = best_candidate(&candidates);
+        let genotype = &genotypes[best];
+        self.write_genotype_files(genotype, &dir)?;
+        let steps_total: u64 = records.iter().map(|r| r.global_step).sum();
+        let secs_total: f64 = records.iter().map(|r| r.train_secs).sum();
+        let record = PhaseRecord {
+            label: "search".to_string(),
+            encoder: "random".to_string(),
+            global_step: steps_total,
+            iterations: records.iter().map(|r| r.iterations).sum(),
+            steps_per_sec: steps_total as f64 / secs_total.max(1e-9),
+            train_secs: secs_total,
+            mean_return_last100: candidates[best].mean_return_last100,
+            params: records[best].params,
+        };
+        self.reporter.message(&format!(
+            "[search] best of {} candidates: #{} (mean return {}): {}",
+            candidates.len(),
+            best,
+            candidates[best]
+                .mean_return_last100
+                .map_or("-".to_string(), |r| format!("{r:.2}")),
             genotype.to_darts_string()
         ));
         write_json(&dir.join(PHASE_FILE), &record)?;
@@ -1054,6 +1238,19 @@ pub fn count_params(config: &TrainConfig) -> Result<i64, TrainError> {
         .sum())
 }
 
+/// Index of the highest-scoring candidate; the earliest on ties, and a candidate without a
+/// score only when none has one.
+fn best_candidate(candidates: &[RandomCandidate]) -> usize {
+    let score = |c: &RandomCandidate| c.mean_return_last100.unwrap_or(f64::NEG_INFINITY);
+    let mut best = 0;
+    for (i, c) in candidates.iter().enumerate() {
+        if score(c) > score(&candidates[best]) {
+            best = i;
+        }
+    }
+    best
+}
+
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
     let bytes = fs::read(path).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
@@ -1087,6 +1284,20 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_best_random_candidate_is_the_highest_score_and_the_earliest_on_ties() {
+        let c = |index, r: Option<f64>| RandomCandidate {
+            index,
+            genotype: String::new(),
+            global_step: 0,
+            train_secs: 0.0,
+            mean_return_last100: r,
+        };
+        assert_eq!(best_candidate(&[c(0, None), c(1, Some(-1.0))]), 1);
+        assert_eq!(best_candidate(&[c(0, Some(2.0)), c(1, Some(5.0)), c(2, Some(5.0))]), 1);
+        assert_eq!(best_candidate(&[c(0, None), c(1, None)]), 0);
+    }
 
     #[test]
     fn phases_parse_and_order() {

@@ -500,7 +500,9 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
             .text("config", &crate::config::to_markdown(config)?, 0);
     }
     let summary = match &config.search.strategy {
-        StrategyConfig::Random(_) => random_from_scratch(&mut run, device, &w_train, &w_search)?,
+        StrategyConfig::Random(p) if !p.weight_sharing => {
+            random_from_scratch(&mut run, device, &w_train, &w_search)?
+        }
         _ => bilevel_search(&mut run, device, &w_train, &w_search)?,
     };
     let (genotype, epochs_done, val_accuracy, interrupted) = summary;
