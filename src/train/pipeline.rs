@@ -815,7 +815,9 @@ impl<'a> Ctx<'a> {
                 return Ok(false);
             }
             let cdir = dir.join(format!("candidate_{index:02}"));
-            let record = if cdir.join(PHASE_FILE).is_file() {
+            // A candidate finished by an earlier process was logged by it.
+            let trained_before = cdir.join(PHASE_FILE).is_file();
+            let record = if trained_before {
                 read_json::<PhaseRecord>(&cdir.join(PHASE_FILE))?
             } else {
                 fs::create_dir_all(&cdir).map_err(|source| TrainError::Io {
@@ -858,22 +860,25 @@ impl<'a> Ctx<'a> {
                 train_secs: record.train_secs,
                 mean_return_last100: record.mean_return_last100,
             };
-            let step = index as i64 + 1;
-            let score = candidate.mean_return_last100.unwrap_or(f64::NAN);
-            sink.scalar("random/candidate_return", score, step);
-            sink.text(
-                "random/candidate",
-                &format!("{score:.2}: `{}`", candidate.genotype),
-                step,
-            );
             candidates.push(candidate);
             records.push(record);
-            let best = best_candidate(&candidates);
-            if let Some(r) = candidates[best].mean_return_last100 {
-                sink.scalar("random/best_return", r, step);
+            if !trained_before {
+                let step = index as i64 + 1;
+                let candidate = &candidates[index];
+                let score = candidate.mean_return_last100.unwrap_or(f64::NAN);
+                sink.scalar("random/candidate_return", score, step);
+                sink.text(
+                    "random/candidate",
+                    &format!("{score:.2}: `{}`", candidate.genotype),
+                    step,
+                );
+                let best = best_candidate(&candidates);
+                if let Some(r) = candidates[best].mean_return_last100 {
+                    sink.scalar("random/best_return", r, step);
+                }
+                write_json(&dir.join(CANDIDATES_FILE), &candidates)?;
+                sink.flush();
             }
-            write_json(&dir.join(CANDIDATES_FILE), &candidates)?;
-            sink.flush();
         }
         let best = best_candidate(&candidates);
         let genotype = &genotypes[best];
