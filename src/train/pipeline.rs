@@ -313,6 +313,10 @@ pub struct SearchInfo {
     pub steps_per_sec: f64,
     /// The derived genotype in the DARTS text form.
     pub genotype: String,
+    /// Random search from scratch: how many cells it trained (`params` is then the best
+    /// one's). None: a supernet search.
+    #[serde(default)]
+    pub random_candidates: Option<usize>,
 }
 
 /// RUN_DIR/comparison.json.
@@ -374,8 +378,10 @@ impl Comparison {
             "| model | params | env steps | train steps/s | train levels: return | normalised | held-out: return | normalised |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let random = self.search.as_ref().and_then(|s| s.random_candidates);
         for r in &self.rows {
             let title = match r.name.as_str() {
+                "rl_darts" if random.is_some() => "random-search cell, retrained",
                 "rl_darts" => "RL-DARTS cell, retrained",
                 "impala" => "IMPALA-CNN baseline",
                 other => other,
@@ -409,13 +415,22 @@ impl Comparison {
             );
         }
         if let Some(s) = &self.search {
-            let _ = write!(
-                out,
-                "\nSearch: supernet with {} params, {} env steps at {:.0} steps/s",
-                thousands(s.params.max(0) as u64),
-                thousands(s.global_step),
-                s.steps_per_sec
-            );
+            let _ = match s.random_candidates {
+                Some(k) => write!(
+                    out,
+                    "\nSearch: random search, {k} cells trained from scratch (the best has {} params), {} env steps at {:.0} steps/s",
+                    thousands(s.params.max(0) as u64),
+                    thousands(s.global_step),
+                    s.steps_per_sec
+                ),
+                None => write!(
+                    out,
+                    "\nSearch: supernet with {} params, {} env steps at {:.0} steps/s",
+                    thousands(s.params.max(0) as u64),
+                    thousands(s.global_step),
+                    s.steps_per_sec
+                ),
+            };
             match self.search_overhead {
                 Some(x) => {
                     let _ = writeln!(out, " ({x:.2}x the baseline's time per step).");
@@ -1168,6 +1183,7 @@ impl<'a> Ctx<'a> {
                 global_step: search.global_step,
                 steps_per_sec: search.steps_per_sec,
                 genotype,
+                random_candidates: random_from_scratch(self.config).map(|p| p.num_candidates),
             }),
             search_overhead,
         };
@@ -1390,6 +1406,7 @@ mod tests {
                 global_step: 25_000_000,
                 steps_per_sec: 160.0,
                 genotype: "G".into(),
+                random_candidates: None,
             }),
             search_overhead: Some(3.0),
         };
@@ -1401,6 +1418,16 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("3.00x the baseline's time per step"), "{md}");
+        assert!(md.contains("Search: supernet with 42 params"), "{md}");
+        // The random-search baseline names itself.
+        let mut random = c.clone();
+        random.search.as_mut().unwrap().random_candidates = Some(8);
+        let md = random.to_markdown();
+        assert!(md.contains("| random-search cell, retrained | 1,234,567 |"), "{md}");
+        assert!(
+            md.contains("Search: random search, 8 cells trained from scratch (the best has 42 params)"),
+            "{md}"
+        );
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
     }
