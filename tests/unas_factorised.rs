@@ -4,7 +4,7 @@
 //! parameterisation is unbiased against an enumerated expectation; a 1-epoch digits search
 //! (with the latency penalty on) derives a genotype that builds and runs; two PPO iterations
 //! on CoinRun move the selectors and derive a fixed encoder that runs; the selectors and
-//! sampler survive a checkpoint.
+//! sampler survive a checkpoint; the logged architecture is the selectors' expected weights.
 
 use std::sync::atomic::AtomicBool;
 
@@ -295,6 +295,30 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
         .chain(&hard)
         .all(|(_, v)| v.is_finite() && *v > 0.0));
     println!("factorised digits genotype: {g}");
+    // The logged architecture is the selectors' expected op weights (the supernet's alphas are
+    // unused): `none` never carries weight, and each node's two slots spread a total weight
+    // of 2 over its edges (node 1 reads 3 states; softmax rows would sum to 3).
+    for cell in ["normal", "reduce"] {
+        let mut node_total = [0.0f64; 2];
+        let mut edges = 0;
+        for tag in sink.scalar_tags() {
+            let Some(rest) = tag.strip_prefix(&format!("alpha/{cell}/")) else {
+                continue;
+            };
+            let value = sink.last_scalar(&tag).unwrap();
+            let (edge, op) = rest.split_once('/').unwrap();
+            if op == "none" {
+                assert_eq!(value, 0.0, "{tag}");
+            }
+            let node: usize = edge.rsplit_once("to").unwrap().1.parse().unwrap();
+            node_total[node - 2] += value; // states 0, 1 are the cell inputs
+            edges += 1;
+        }
+        assert!(edges > 0, "no alpha/{cell} scalars");
+        for total in node_total {
+            assert!((total - 2.0).abs() < 1e-4, "{cell}: {node_total:?}");
+        }
+    }
 
     let vs = nn::VarStore::new(Device::Cpu);
     let net = DartsEvalNet::new(

@@ -267,6 +267,14 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// The discrete architecture the alphas currently describe.
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError>;
 
+    /// What the loops log as the architecture (per-edge scalars, heatmaps, entropies): per cell
+    /// type (normal, then reduce), per edge, the expected weight of each op in the supernet's
+    /// forward. Default: `softmax(alpha)`. Strategies whose distribution lives elsewhere (UNAS's
+    /// factorised selectors) override it.
+    fn expected_op_weights(&self, arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+        softmax_op_weights(arch)
+    }
+
     /// Strategy scalars worth logging (temperature, schedule threshold ...), tag suffix first.
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
@@ -440,6 +448,15 @@ pub fn alphas(arch: &ArchParams) -> Vec<Tensor> {
     let mut out = vec![arch.alpha_normal().shallow_clone()];
     out.extend(arch.alpha_reduce().map(Tensor::shallow_clone));
     out
+}
+
+/// `softmax(alpha)` rows of each cell type (normal, then reduce), `[num_edges][num_ops]`.
+pub fn softmax_op_weights(arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+    let mut out = vec![alpha_probabilities(arch.alpha_normal())?];
+    if let Some(reduce) = arch.alpha_reduce() {
+        out.push(alpha_probabilities(reduce)?);
+    }
+    Ok(out)
 }
 
 /// Per-edge softmax rows as f64 (for logging and derivation), `[num_edges][num_ops]`.

@@ -744,6 +744,25 @@ impl SearchStrategy for Unas {
         Ok(())
     }
 
+    /// The factorised cell: `E[W]` under the selectors, per edge `(j -> i)` and op the expected
+    /// number of node `i`'s two slots that pick input `j` with that op (the alphas are unused).
+    fn expected_op_weights(&self, arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+        let Some(f) = &self.factorised else {
+            return super::softmax_op_weights(arch);
+        };
+        let w = tch::no_grad(|| f.expected_weights());
+        let rows = |w: &OpWeights| -> Result<Vec<Vec<f64>>, SearchError> {
+            Ok(Vec::<Vec<f64>>::try_from(
+                &w.weights().to_kind(Kind::Double).to_device(Device::Cpu),
+            )?)
+        };
+        let mut out = vec![rows(&w.normal)?];
+        if let Some(reduce) = &w.reduce {
+            out.push(rows(reduce)?);
+        }
+        Ok(out)
+    }
+
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {
         if let Some(f) = &self.factorised {
             return tch::no_grad(|| f.derive());

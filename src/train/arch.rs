@@ -45,8 +45,8 @@ use crate::nas::{
     RlDartsConfig,
 };
 use crate::search::{
-    alpha_probabilities, ArchStepStats, JointParams, Objective, Phase, SearchError, SearchStrategy,
-    StrategyConfig, VirtualStep, WeightStepReport,
+    ArchStepStats, JointParams, Objective, Phase, SearchError, SearchStrategy, StrategyConfig,
+    VirtualStep, WeightStepReport,
 };
 
 /// `[encoder] kind = "rl_darts"`: the searched image encoder. How its alphas learn is
@@ -498,17 +498,19 @@ impl ArchSearch {
         self.with(|arch, s| s.derive(arch)).map_err(search_err)
     }
 
-    /// `softmax(alpha)` rows per cell type, `[num_edges][num_ops]`.
+    /// The strategy's expected op weights per cell type (`softmax(alpha)` for most),
+    /// `[num_edges][num_ops]`.
     fn probabilities(&self) -> Vec<(CellType, &'static str, Vec<Vec<f64>>)> {
-        self.with(|arch, _| {
-            let mut out = Vec::new();
-            if let Ok(p) = alpha_probabilities(arch.alpha_normal()) {
-                out.push((CellType::Normal, "normal", p));
+        self.with(|arch, s| {
+            let cells = [(CellType::Normal, "normal"), (CellType::Reduce, "reduce")];
+            match s.expected_op_weights(arch) {
+                Ok(rows) => cells
+                    .into_iter()
+                    .zip(rows)
+                    .map(|((cell, name), rows)| (cell, name, rows))
+                    .collect(),
+                Err(_) => Vec::new(),
             }
-            if let Some(Ok(p)) = arch.alpha_reduce().map(alpha_probabilities) {
-                out.push((CellType::Reduce, "reduce", p));
-            }
-            out
         })
     }
 
@@ -528,21 +530,15 @@ impl ArchSearch {
                         op.name()
                     );
                     sink.scalar(&tag, p, step);
-                    if p > 0.0 {
-                        entropy -= p * p.ln();
-                    }
                 }
+                entropy += op_entropy(row);
             }
             sink.scalar(
                 &format!("arch/{name}_entropy"),
                 entropy / rows.len().max(1) as f64,
                 step,
             );
-            let rows32: Vec<Vec<f32>> = rows
-                .iter()
-                .map(|r| r.iter().map(|&p| p as f32).collect())
-                .collect();
-            let (rgb, h, w) = heatmap(&rows32, 12);
+            let (rgb, h, w) = crate::media::probability_heatmap(&rows, 12);
             sink.image(&format!("arch/{name}_heatmap"), &rgb, h, w, step);
         }
         for (name, value) in self.with(|_, s| s.scalars()) {
@@ -580,6 +576,20 @@ impl ArchSearch {
         }
         Ok(g)
     }
+}
+
+/// Entropy of one edge's op choice: the row normalised to sum 1 (softmax rows already do;
+/// UNAS's factorised expected weights sum to the chance that the edge is used).
+pub(crate) fn op_entropy(row: &[f64]) -> f64 {
+    let total: f64 = row.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    row.iter()
+        .map(|&w| w / total)
+        .filter(|&p| p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum()
 }
 
 fn search_err(e: SearchError) -> TrainError {
@@ -710,23 +720,6 @@ impl Objective for PpoObjective<'_> {
     }
 }
 
-/// Rows of probabilities as a heatmap: `cell` pixels per entry, white (0) to dark blue (1).
-fn heatmap(rows: &[Vec<f32>], cell: usize) -> (Vec<u8>, usize, usize) {
-    let h = rows.len() * cell;
-    let w = rows.first().map_or(0, Vec::len) * cell;
-    let mut rgb = vec![0u8; h * w * 3];
-    for y in 0..h {
-        for x in 0..w {
-            let p = rows[y / cell][x / cell].clamp(0.0, 1.0);
-            let i = (y * w + x) * 3;
-            rgb[i] = (255.0 * (1.0 - p)) as u8;
-            rgb[i + 1] = (255.0 * (1.0 - 0.8 * p)) as u8;
-            rgb[i + 2] = 255 - (55.0 * p) as u8;
-        }
-    }
-    (rgb, h, w)
-}
-
 /// Whether no trainable variable of `weights` shares storage with an alpha (the two stores
 /// stay apart).
 pub fn stores_are_disjoint(weights: &tch::nn::VarStore, alphas: &[Tensor]) -> bool {
@@ -734,4 +727,19 @@ pub fn stores_are_disjoint(weights: &tch::nn::VarStore, alphas: &[Tensor]) -> bo
         .trainable_variables()
         .iter()
         .all(|w| alphas.iter().all(|a| w.data_ptr() != a.data_ptr()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::op_entropy;
+
+    #[test]
+    fn op_entropy_normalises_the_row_first() {
+        let ln2 = std::f64::consts::LN_2;
+        assert!((op_entropy(&[0.5, 0.5, 0.0]) - ln2).abs() < 1e-12);
+        // Factorised expected weights: an edge used with weight 0.4, split evenly.
+        assert!((op_entropy(&[0.2, 0.2]) - ln2).abs() < 1e-12);
+        assert_eq!(op_entropy(&[1.0, 0.0]), 0.0);
+        assert_eq!(op_entropy(&[0.0, 0.0]), 0.0);
+    }
 }

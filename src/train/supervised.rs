@@ -26,8 +26,8 @@ use crate::nas::{
     DartsSearchNet, Genotype, NasError, Supernet,
 };
 use crate::search::{
-    alpha_probabilities, ArchStepStats, Objective, Phase, RandomSearch, SearchError,
-    SearchStrategy, Sgd, SgdConfig, StrategyConfig, VirtualStep, WeightStepReport,
+    ArchStepStats, Objective, Phase, RandomSearch, SearchError, SearchStrategy, Sgd, SgdConfig,
+    StrategyConfig, VirtualStep, WeightStepReport,
 };
 
 /// Errors of a supervised search or retraining run.
@@ -732,7 +732,7 @@ fn bilevel_search(
         for (name, value) in strategy.scalars() {
             sink.scalar(&format!("strategy/{name}"), value, step);
         }
-        log_alphas(sink, &arch, step)?;
+        log_alphas(sink, &arch, strategy.as_ref(), step)?;
         let genotype = strategy.derive(&arch)?;
         sink.text(
             "genotype",
@@ -828,19 +828,19 @@ fn evaluate_supernet(
     })
 }
 
-/// Per edge and op `softmax(alpha)` as scalars (`alpha/{cell}/e{edge}_{from}to{node}/{op}`),
-/// and one heatmap image per cell type (rows: edges, columns: ops; white 0 -> dark blue 1).
+/// Per edge and op the strategy's expected op weight (`softmax(alpha)` for most strategies) as
+/// scalars (`alpha/{cell}/e{edge}_{from}to{node}/{op}`), and one heatmap image per cell type
+/// (rows: edges, columns: ops; white 0 -> dark blue 1).
 fn log_alphas(
     sink: &mut dyn MetricsSink,
     arch: &ArchParams,
+    strategy: &dyn SearchStrategy,
     step: i64,
 ) -> Result<(), SupervisedError> {
     let space = arch.space();
     let ops = space.op_set.ops();
-    let mut cells = vec![("normal", arch.alpha_normal())];
-    cells.extend(arch.alpha_reduce().map(|a| ("reduce", a)));
-    for (cell, alpha) in cells {
-        let probs = alpha_probabilities(alpha)?;
+    let cells = ["normal", "reduce"];
+    for (cell, probs) in cells.into_iter().zip(strategy.expected_op_weights(arch)?) {
         for edge in space.edges() {
             for (o, op) in ops.iter().enumerate() {
                 let tag = format!(
@@ -853,20 +853,7 @@ fn log_alphas(
                 sink.scalar(&tag, probs[edge.index][o], step);
             }
         }
-        const CELL: usize = 12;
-        let (h, w) = (probs.len() * CELL, ops.len() * CELL);
-        let mut rgb = vec![0u8; h * w * 3];
-        for y in 0..h {
-            for x in 0..w {
-                let v = probs[y / CELL][x / CELL].clamp(0.0, 1.0);
-                let px = &mut rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];
-                px.copy_from_slice(&[
-                    (255.0 * (1.0 - v)) as u8,
-                    (255.0 * (1.0 - 0.8 * v)) as u8,
-                    (255.0 - 100.0 * v) as u8,
-                ]);
-            }
-        }
+        let (rgb, h, w) = crate::media::probability_heatmap(&probs, 12);
         sink.image(&format!("alpha_heatmap/{cell}"), &rgb, h, w, step);
     }
     Ok(())
