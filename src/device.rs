@@ -99,28 +99,6 @@ pub fn describe_devices() -> Vec<String> {
     lines
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_names() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert!(matches!(parse_device("gpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(
-            parse_device("cuda:x"),
-            Err(DeviceError::Unknown(_))
-        ));
-        if !tch::Cuda::is_available() {
-            assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
-            assert!(matches!(
-                parse_device("cuda:0"),
-                Err(DeviceError::Unavailable { .. })
-            ));
-        }
-    }
-}
-
 /// Environment variable that turns [`keep_freed_memory_for_reuse`] off (any value).
 pub const SYSTEM_MALLOC_ENV: &str = "RL_DARTS_SYSTEM_MALLOC";
 
@@ -176,4 +154,26 @@ fn keep_heap_impl() -> Option<String> {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_heap_impl() -> Option<String> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert!(matches!(parse_device("gpu"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            parse_device("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
+        if !tch::Cuda::is_available() {
+            assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
+            assert!(matches!(
+                parse_device("cuda:0"),
+                Err(DeviceError::Unavailable { .. })
+            ));
+        }
+    }
 }

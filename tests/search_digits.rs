@@ -13,8 +13,10 @@ use rl_darts::train::run_dir::RunDir;
 use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig};
 
 fn tiny_config() -> SupervisedConfig {
-    let mut c = SupervisedConfig::default();
-    c.device = "cpu".into();
+    let mut c = SupervisedConfig {
+        device: "cpu".into(),
+        ..Default::default()
+    };
     c.data.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
     c.network.c = 4;
     c.network.layers = 3;

@@ -274,7 +274,6 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         episodes += step.finished.len();
         save(&env, t + 1, reward, first)?;
     }
-    drop(save);
     drop(gif);
     Tensor::stack(&frames, 0).write_npy(args.out.join("frames.npy"))?;
     Tensor::from_slice(&rewards).write_npy(args.out.join("rewards.npy"))?;

@@ -406,7 +406,7 @@ mod tests {
         std::fs::create_dir(&sub).unwrap();
         let record = |label: u8, fill: u8| {
             let mut r = vec![label];
-            r.extend(std::iter::repeat(fill).take(3072));
+            r.extend(std::iter::repeat_n(fill, 3072));
             r
         };
         for (i, name) in CIFAR10_FILES.iter().enumerate() {

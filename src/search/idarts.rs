@@ -203,7 +203,7 @@ pub struct IDarts {
 
 impl IDarts {
     pub fn new(arch: &ArchParams, params: IDartsParams) -> Result<Self, SearchError> {
-        let gamma_ok = params.gamma.map_or(true, |g| g.is_finite() && g > 0.0);
+        let gamma_ok = params.gamma.is_none_or(|g| g.is_finite() && g > 0.0);
         if params.inner_steps == 0
             || !gamma_ok
             || !(params.temperature > 0.0 && params.fd_radius > 0.0)
@@ -309,7 +309,7 @@ impl SearchStrategy for IDarts {
     /// The loop asks before the weight step of `iteration`, so iteration `kT` comes after
     /// `kT` weight steps: `T` since the previous alpha step.
     fn wants_arch_step(&self, iteration: u64) -> bool {
-        iteration > 0 && iteration % self.params.inner_steps == 0
+        iteration > 0 && iteration.is_multiple_of(self.params.inner_steps)
     }
 
     fn arch_step(

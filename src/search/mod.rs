@@ -470,18 +470,10 @@ mod tests {
     use super::*;
     use crate::config::{check_rejects_unknown_keys, load_config, ConfigError};
 
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
     #[serde(deny_unknown_fields, default)]
     struct Wrapper {
         strategy: StrategyConfig,
-    }
-
-    impl Default for Wrapper {
-        fn default() -> Self {
-            Self {
-                strategy: StrategyConfig::default(),
-            }
-        }
     }
 
     #[test]

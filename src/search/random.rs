@@ -264,7 +264,7 @@ impl SearchStrategy for RandomSearch {
                 .state
                 .best
                 .as_ref()
-                .map_or(true, |(best, _)| loss < *best)
+                .is_none_or(|(best, _)| loss < *best)
         {
             self.write_alphas(arch, &c);
             self.state.best = Some((loss, c));

@@ -743,7 +743,7 @@ fn bilevel_search(
 
         let stop = run.stop.load(Ordering::SeqCst);
         if stop
-            || state.epochs_done % config.checkpoint.every.max(1) == 0
+            || state.epochs_done.is_multiple_of(config.checkpoint.every.max(1))
             || state.epochs_done == epochs
         {
             let iteration = state.epochs_done as u64;
@@ -927,7 +927,7 @@ fn random_from_scratch(
         );
         if best
             .as_ref()
-            .map_or(true, |(acc, _)| result.test_accuracy > *acc)
+            .is_none_or(|(acc, _)| result.test_accuracy > *acc)
         {
             best = Some((result.test_accuracy, genotype));
         }
