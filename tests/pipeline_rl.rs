@@ -251,6 +251,26 @@ fn run(
     root: &Path,
     stop_in: Option<&'static str>,
 ) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
+    run_phases(config, root, None, stop_in)
+}
+
+/// The search phase alone (`--phase search`).
+fn run_search(
+    config: &TrainConfig,
+    root: &Path,
+    stop_in: Option<&'static str>,
+) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
+    run_phases(config, root, Some(Phase::Search), stop_in)
+}
+
+/// Runs the pipeline (every remaining phase, or `only`); `stop_in` stops it at the first flush
+/// of that phase's metrics, as Ctrl-C would.
+fn run_phases(
+    config: &TrainConfig,
+    root: &Path,
+    only: Option<Phase>,
+    stop_in: Option<&'static str>,
+) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut reporter = Reporter {
         stop_in,
@@ -260,7 +280,7 @@ fn run(
     let outcome = pipeline::run_pipeline(PipelineRun {
         config,
         root,
-        only: None,
+        only,
         reporter: &mut reporter,
         stop: &stop,
     })
@@ -492,29 +512,6 @@ fn the_full_preset_is_the_defaults_written_out_and_the_cli_picks_the_pipeline() 
         text(&out)
     );
     assert!(!base.path().join("y").exists());
-}
-
-/// The search phase alone (`--phase search`).
-fn run_search(
-    config: &TrainConfig,
-    root: &Path,
-    stop_in: Option<&'static str>,
-) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut reporter = Reporter {
-        stop_in,
-        stop: stop.clone(),
-        sinks: Vec::new(),
-    };
-    let outcome = pipeline::run_pipeline(PipelineRun {
-        config,
-        root,
-        only: Some(Phase::Search),
-        reporter: &mut reporter,
-        stop: &stop,
-    })
-    .unwrap();
-    (outcome, reporter.sinks)
 }
 
 fn candidates(root: &Path) -> Vec<RandomCandidate> {
