@@ -210,10 +210,7 @@ fn neumann_estimate_converges_to_the_exact_hypergradient_as_k_grows() {
             "residual did not decrease: {residuals:?}"
         );
     }
-    assert!(
-        errs[ks.len() - 1] < 1e-4,
-        "K=20 not converged: {errs:?}"
-    );
+    assert!(errs[ks.len() - 1] < 1e-4, "K=20 not converged: {errs:?}");
     // The relative error of K terms is bounded by the spectral tail: with gamma = 1/lambda_max
     // and condition number kappa of H, (1 - 1/kappa)^(K+1) times kappa(mixed) - checked loosely
     // through the residual instead: residual_K / residual_0 <= (1 - gamma lambda_min)^K.

@@ -30,7 +30,9 @@ use tch::{nn, Device, Kind, Tensor};
 /// cores with each other while timing (cargo runs a binary's tests on parallel threads).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn tiny_net(c: i64, in_channels: i64) -> (nn::VarStore, DartsSearchNet) {
@@ -437,8 +439,9 @@ fn coinrun_unas_search_with_latency_measures_the_encoder_and_logs_latency() {
     let _serial = serial();
     use rl_darts::logging::MemorySink;
     use rl_darts::nas::RlDartsConfig;
-    use rl_darts::train::arch::RlDartsSearchConfig;
-    use rl_darts::train::rl::{train, EncoderConfig, NoProgress, TrainConfig, TrainRun};
+    use rl_darts::train::rl::{
+        train, EncoderConfig, NoProgress, RlDartsSearchConfig, TrainConfig, TrainRun,
+    };
     use rl_darts::train::run_dir::RunDir;
     use std::sync::atomic::AtomicBool;
 

@@ -1,7 +1,6 @@
 //! Training loops (RL with PPO; supervised and RL architecture search build on these), the
 //! RL-DARTS pipeline (search, derive, retrain, eval), run directories and checkpoints.
 
-pub mod arch;
 pub mod pipeline;
 pub mod rl;
 pub mod run_dir;
@@ -27,7 +26,10 @@ pub enum TrainError {
     #[error("tensor error: {0}")]
     Tch(#[from] tch::TchError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error(
@@ -35,5 +37,10 @@ pub enum TrainError {
          diverged weights. {}Try a lower ppo.learning_rate or ppo.max_grad_norm.",
         match last_checkpoint { Some(p) => format!("The last good checkpoint is {} (resume with --resume). ", p.display()), None => String::new() }
     )]
-    NonFinite { iteration: u64, what: String, value: f64, last_checkpoint: Option<PathBuf> },
+    NonFinite {
+        iteration: u64,
+        what: String,
+        value: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
 }

@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::arch::RlDartsSearchConfig;
+use super::rl::RlDartsSearchConfig;
 use super::rl::{
     build_policy, evaluate, train, EncoderConfig, EvalOptions, EvalResult, Progress,
     RlDartsFixedConfig, TrainConfig, TrainRun, TrainSummary,
@@ -481,7 +481,7 @@ pub fn validate(config: &TrainConfig) -> Result<(), TrainError> {
             config.encoder.name()
         )));
     }
-    config.ppo.validate()?;
+    super::rl::validate(config)?;
     let batch = config.ppo.batch_size() as u64;
     let p = &config.pipeline;
     for (key, steps) in [
@@ -1251,7 +1251,7 @@ pub fn count_params(config: &TrainConfig) -> Result<i64, TrainError> {
         ..config.procgen.clone()
     };
     let env = make_vec_env(&config.env, 1, config.seed, &procgen)?;
-    let (vs, _policy, _arch) = build_policy(config, env.spec(), Device::Cpu)?;
+    let (vs, _policy) = build_policy(config, env.spec(), Device::Cpu)?;
     Ok(vs
         .trainable_variables()
         .iter()
@@ -1316,7 +1316,10 @@ mod tests {
             mean_return_last100: r,
         };
         assert_eq!(best_candidate(&[c(0, None), c(1, Some(-1.0))]), 1);
-        assert_eq!(best_candidate(&[c(0, Some(2.0)), c(1, Some(5.0)), c(2, Some(5.0))]), 1);
+        assert_eq!(
+            best_candidate(&[c(0, Some(2.0)), c(1, Some(5.0)), c(2, Some(5.0))]),
+            1
+        );
         assert_eq!(best_candidate(&[c(0, None), c(1, None)]), 0);
     }
 
@@ -1423,9 +1426,14 @@ mod tests {
         let mut random = c.clone();
         random.search.as_mut().unwrap().random_candidates = Some(8);
         let md = random.to_markdown();
-        assert!(md.contains("| random-search cell, retrained | 1,234,567 |"), "{md}");
         assert!(
-            md.contains("Search: random search, 8 cells trained from scratch (the best has 42 params)"),
+            md.contains("| random-search cell, retrained | 1,234,567 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "Search: random search, 8 cells trained from scratch (the best has 42 params)"
+            ),
             "{md}"
         );
         assert_eq!(thousands(999), "999");
