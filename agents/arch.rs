@@ -46,6 +46,37 @@ pub trait IterationArch<A> {
     fn after_weight_step(&mut self, step: &WeightStep) -> Result<(), AgentError>;
 }
 
+/// Which part of an iteration a [`Heartbeat`] hears from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IterationPhase {
+    /// Env steps of the rollout (`done` of `num_steps`).
+    Rollout,
+    /// Env steps of a search's extra rollout (a bilevel strategy's validation data).
+    SearchRollout,
+    /// Minibatches of the PPO update (`done` of `update_epochs * num_minibatches`).
+    Update,
+}
+
+/// Hears of an iteration's progress while it runs (after every env step of the rollout and
+/// every minibatch of the update), and may stop it: a paper-size iteration takes minutes, and
+/// Ctrl-C or a scheduler's SIGTERM must not wait for its end.
+pub trait Heartbeat {
+    /// `done` of `total` units of `phase` are finished. Returning `false` abandons the
+    /// iteration ([`AgentError::Interrupted`]); the trainer is then between two consistent
+    /// states only at its last checkpoint.
+    fn beat(&mut self, phase: IterationPhase, done: usize, total: usize) -> bool;
+}
+
+/// Reports nothing, never stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHeartbeat;
+
+impl Heartbeat for NoHeartbeat {
+    fn beat(&mut self, _phase: IterationPhase, _done: usize, _total: usize) -> bool {
+        true
+    }
+}
+
 /// The one architecture of a fixed network.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FixedArch;

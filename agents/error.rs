@@ -29,6 +29,9 @@ pub enum AgentError {
     /// through with its own message.
     #[error("architecture: {0}")]
     Arch(String),
+    /// The iteration was abandoned on request (its heartbeat said stop).
+    #[error("the iteration was stopped before its end")]
+    Interrupted,
     /// A non-finite loss or gradient norm in the update (the run stops before stepping on it).
     #[error("PPO update: {what} is {value} at minibatch {minibatch}")]
     NonFinite {

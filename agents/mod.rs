@@ -20,7 +20,7 @@ pub mod rollout;
 pub mod storage;
 
 pub use adam::{Adam, AdamConfig};
-pub use arch::{FixedArch, IterationArch, WeightStep};
+pub use arch::{FixedArch, Heartbeat, IterationArch, IterationPhase, NoHeartbeat, WeightStep};
 pub use error::AgentError;
 pub use gae::gae;
 pub use impala::{ImpalaCnn, ImpalaConfig};
@@ -29,7 +29,10 @@ pub use normalize::{RewardNormalizer, RunningMeanStd};
 pub use policy::{
     encoder_input_shape, preprocess_obs, sample_categorical, Act, ActorCritic, Evaluation,
 };
-pub use ppo::{clip_grad_norm, ppo_loss, ppo_update, PpoConfig, PpoLoss, PpoStats};
+pub use ppo::{
+    clip_grad_norm, normalize_advantages, ppo_loss, ppo_update, PpoConfig, PpoLoss, PpoStats,
+    UpdateDriver,
+};
 pub use rollout::{collect_rollout, IterationStats, PpoTrainer};
 pub use storage::{Batch, RolloutStorage};
 

@@ -9,8 +9,8 @@ use crate::envs::EnvSpec;
 
 /// Observations as the environment gives them -> what an [`Encoder`] takes.
 ///
-/// Images (`Uint8`, `[N, H, W, C]`) become `[N, C, H, W]` f32 in [0, 1]; anything else is
-/// cast to f32 unchanged. Call it on the device that runs the encoder: moving u8 pixels is
+/// Images (`Uint8`, `[N, H, W, C]`) become `[N, C, H, W]` f32 in [0, 1]; f32 and f64 vectors
+/// pass unchanged, anything else is cast to f32. Call it on the device that runs the encoder: moving u8 pixels is
 /// four times less traffic than moving floats.
 ///
 /// # Shapes
@@ -18,6 +18,9 @@ use crate::envs::EnvSpec;
 pub fn preprocess_obs(obs: &Tensor) -> Tensor {
     if obs.kind() == Kind::Uint8 && obs.dim() == 4 {
         obs.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0
+    } else if matches!(obs.kind(), Kind::Double | Kind::Float) {
+        // Kept: an f64 network (the gradient tests) takes f64 observations.
+        obs.shallow_clone()
     } else {
         obs.to_kind(Kind::Float)
     }
@@ -155,7 +158,7 @@ impl<A> ActorCritic<A> {
     pub fn act_with_uniform(&self, obs: &Tensor, uniform: &Tensor, arch: &A) -> Act {
         tch::no_grad(|| {
             let (logits, value) = self.forward(obs, arch);
-            let log_probs = logits.log_softmax(-1, Kind::Float); // [N, A]
+            let log_probs = logits.log_softmax(-1, logits.kind()); // [N, A]
             let action = sample_categorical(&log_probs, uniform); // [N]
             let logprob = log_probs
                 .gather(-1, &action.unsqueeze(-1), false)
@@ -175,11 +178,11 @@ impl<A> ActorCritic<A> {
     /// obs `[B, ..obs_shape]`, actions `[B]` i64 -> logprob, entropy, value `[B]`
     pub fn evaluate(&self, obs: &Tensor, actions: &Tensor, arch: &A) -> Evaluation {
         let (logits, value) = self.forward(obs, arch);
-        let log_probs = logits.log_softmax(-1, Kind::Float); // [B, A]
+        let log_probs = logits.log_softmax(-1, logits.kind()); // [B, A]
         let logprob = log_probs
             .gather(-1, &actions.to_device(self.device).unsqueeze(-1), false)
             .squeeze_dim(-1);
-        let entropy = -(log_probs.exp() * &log_probs).sum_dim_intlist(-1, false, Kind::Float);
+        let entropy = -(log_probs.exp() * &log_probs).sum_dim_intlist(-1, false, log_probs.kind());
         Evaluation {
             logprob,
             entropy,

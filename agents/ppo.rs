@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
-use super::arch::{IterationArch, WeightStep};
+use super::arch::{Heartbeat, IterationArch, IterationPhase, WeightStep};
 use super::policy::{ActorCritic, Evaluation};
 use super::storage::Batch;
 use super::AgentError;
@@ -208,6 +208,12 @@ pub struct PpoLoss {
     pub clipfrac: Tensor,
 }
 
+/// Zero mean, unit standard deviation over one minibatch (CleanRL's `norm_adv`).
+pub fn normalize_advantages(advantages: &Tensor) -> Tensor {
+    // torch's std is the unbiased one; 1e-8 keeps a constant minibatch finite.
+    (advantages - advantages.mean(advantages.kind())) / (advantages.std(true) + 1e-8)
+}
+
 /// The PPO loss terms for a minibatch, as a pure function of the new evaluation and the
 /// stored rollout values (CleanRL `ppo_procgen.py`, lines "policy loss" to "loss =").
 ///
@@ -216,22 +222,19 @@ pub struct PpoLoss {
 pub fn ppo_loss(new: &Evaluation, mb: &Batch, config: &PpoConfig) -> PpoLoss {
     let clip = config.clip_coef;
     let logratio = &new.logprob - &mb.logprobs; // [M]
+                                                // Means in the network's precision (f32 in training, f64 in the equivalence tests).
+    let kind = logratio.kind();
     let ratio = logratio.exp();
     let (old_approx_kl, approx_kl, clipfrac) = tch::no_grad(|| {
         (
-            (-&logratio).mean(Kind::Float),
-            ((&ratio - 1.0) - &logratio).mean(Kind::Float),
-            (&ratio - 1.0)
-                .abs()
-                .gt(clip)
-                .to_kind(Kind::Float)
-                .mean(Kind::Float),
+            (-&logratio).mean(kind),
+            ((&ratio - 1.0) - &logratio).mean(kind),
+            (&ratio - 1.0).abs().gt(clip).to_kind(kind).mean(kind),
         )
     });
 
     let advantages = if config.norm_adv {
-        // torch's std is the unbiased one; 1e-8 keeps a constant minibatch finite.
-        (&mb.advantages - mb.advantages.mean(Kind::Float)) / (mb.advantages.std(true) + 1e-8)
+        normalize_advantages(&mb.advantages)
     } else {
         mb.advantages.shallow_clone()
     };
@@ -239,7 +242,7 @@ pub fn ppo_loss(new: &Evaluation, mb: &Batch, config: &PpoConfig) -> PpoLoss {
     // Maximising min(r A, clip(r) A) == minimising max(-r A, -clip(r) A).
     let pg_loss1 = -&advantages * &ratio;
     let pg_loss2 = -&advantages * ratio.clamp(1.0 - clip, 1.0 + clip);
-    let policy = pg_loss1.max_other(&pg_loss2).mean(Kind::Float);
+    let policy = pg_loss1.max_other(&pg_loss2).mean(kind);
 
     let value = if config.clip_vloss {
         // The value may move at most `clip` away from the rollout's value unless that
@@ -247,15 +250,12 @@ pub fn ppo_loss(new: &Evaluation, mb: &Batch, config: &PpoConfig) -> PpoLoss {
         let v_loss_unclipped = (&new.value - &mb.returns).square();
         let v_clipped = &mb.values + (&new.value - &mb.values).clamp(-clip, clip);
         let v_loss_clipped = (v_clipped - &mb.returns).square();
-        v_loss_unclipped
-            .max_other(&v_loss_clipped)
-            .mean(Kind::Float)
-            * 0.5
+        v_loss_unclipped.max_other(&v_loss_clipped).mean(kind) * 0.5
     } else {
-        (&new.value - &mb.returns).square().mean(Kind::Float) * 0.5
+        (&new.value - &mb.returns).square().mean(kind) * 0.5
     };
 
-    let entropy = new.entropy.mean(Kind::Float);
+    let entropy = new.entropy.mean(kind);
     let loss = &policy - &entropy * config.ent_coef + &value * config.vf_coef;
     PpoLoss {
         loss,
@@ -283,7 +283,7 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Tensor {
         };
         let norms: Vec<Tensor> = grads
             .iter()
-            .map(|g| g.norm().to_kind(Kind::Float))
+            .map(|g| g.norm().to_kind(first.kind()))
             .collect();
         let total = Tensor::stack(&norms, 0).norm().to_device(first.device()); // []
         let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
@@ -315,22 +315,42 @@ pub struct PpoStats {
     pub minibatches: usize,
 }
 
+/// What drives one [`ppo_update`] besides the data: where the architecture comes from, how a
+/// minibatch is split to fit in memory, and who hears of its progress.
+pub struct UpdateDriver<'a, A> {
+    /// The architecture that learns (see [`IterationArch`]); [`super::FixedArch`] for a fixed
+    /// network.
+    pub arch: &'a mut dyn IterationArch<A>,
+    /// Samples per forward/backward pass: a divisor of the minibatch size. A smaller value
+    /// accumulates the minibatch's gradient over several passes (the same update, in less
+    /// memory); `None` runs the whole minibatch at once.
+    pub micro_batch: Option<usize>,
+    pub progress: &'a mut dyn Heartbeat,
+}
+
 /// One PPO update: `update_epochs` passes over `batch` in shuffled minibatches; each
 /// minibatch's loss is backpropagated once, the weights' gradient clipped to a global norm of
 /// `max_grad_norm`, and `optimizer` stepped.
 ///
-/// The encoder runs the architecture `arch` gives for learning (the one that acted in the
-/// rollout, recomputed from the current architecture parameters), and `arch` hears of every
-/// weight step with its loss and gradient norm (single-level search strategies step the
-/// architecture parameters there, on the same backward pass). Pass [`super::FixedArch`] for
-/// a fixed network. A non-finite loss or gradient norm stops the update before the step.
+/// The encoder runs the architecture `driver.arch` gives for learning (the one that acted in
+/// the rollout, recomputed from the current architecture parameters), and the architecture
+/// hears of every weight step with its loss and gradient norm (single-level search strategies
+/// step the architecture parameters there, on the same backward pass). A non-finite loss or
+/// gradient norm stops the update before the step.
+///
+/// With micro-batches, each minibatch's gradient is accumulated over `minibatch /
+/// micro_batch` passes, each pass's loss weighted by its share, after the advantages were
+/// normalised over the whole minibatch: the same gradient as one pass (up to float summation
+/// order) for every encoder without batch statistics. (With `node_norm = "batch"` the node
+/// statistics become per micro-batch.) The architecture's op weights are recomputed for each
+/// pass from the same stored sample, and its hook runs once per minibatch.
 ///
 /// Minibatches are drawn by shuffling with `rng` (on the host: a run's randomness stays in
 /// its own seeded, checkpointable generator).
 pub fn ppo_update<A, R: Rng + ?Sized>(
     policy: &ActorCritic<A>,
     optimizer: &mut Adam,
-    arch: &mut dyn IterationArch<A>,
+    driver: UpdateDriver<'_, A>,
     batch: &Batch,
     config: &PpoConfig,
     rng: &mut R,
@@ -344,8 +364,24 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
             config.num_minibatches
         )));
     }
+    let micro = driver
+        .micro_batch
+        .map_or(minibatch_size, |m| m as i64)
+        .min(minibatch_size);
+    if micro == 0 || minibatch_size % micro != 0 {
+        return Err(AgentError::Config(format!(
+            "a micro-batch of {micro} does not divide the minibatch of {minibatch_size}"
+        )));
+    }
+    let UpdateDriver { arch, progress, .. } = driver;
+    // The passes see advantages already normalised over their whole minibatch.
+    let pass_config = PpoConfig {
+        norm_adv: false,
+        ..config.clone()
+    };
     let device = batch.actions.device();
     let params = optimizer.parameters();
+    let total_minibatches = config.update_epochs * config.num_minibatches;
     // Per-minibatch diagnostics, kept on the device and read once at the end.
     let mut records: Vec<Tensor> = Vec::new();
     let mut epochs = 0;
@@ -355,19 +391,43 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
         let perm = Tensor::from_slice(&perm).to_device(device); // [B]
         let mut last_approx_kl = None;
         for start in (0..batch_size).step_by(minibatch_size as usize) {
-            let mb = batch.select(&perm.narrow(0, start, minibatch_size));
+            let mut mb = batch.select(&perm.narrow(0, start, minibatch_size));
+            if config.norm_adv {
+                mb.advantages = normalize_advantages(&mb.advantages);
+            }
             arch.begin_minibatch()?;
-            let weights = arch.learning()?;
-            let new = policy.evaluate(&mb.obs, &mb.actions, &weights);
-            let terms = ppo_loss(&new, &mb, config);
-
             optimizer.zero_grad();
-            terms.loss.f_backward()?;
+            // [policy, value, entropy, old_approx_kl, approx_kl, clipfrac, loss], share-weighted.
+            let mut terms = Tensor::zeros([7], (Kind::Double, device));
+            let share = micro as f64 / minibatch_size as f64;
+            for offset in (0..minibatch_size).step_by(micro as usize) {
+                let part = mb.narrow(offset, micro);
+                let weights = arch.learning()?;
+                let new = policy.evaluate(&part.obs, &part.actions, &weights);
+                let loss = ppo_loss(&new, &part, &pass_config);
+                (&loss.loss * share).f_backward()?;
+                terms += tch::no_grad(|| {
+                    Tensor::stack(
+                        &[
+                            loss.policy.detach(),
+                            loss.value.detach(),
+                            loss.entropy.detach(),
+                            loss.old_approx_kl,
+                            loss.approx_kl,
+                            loss.clipfrac,
+                            loss.loss.detach(),
+                        ],
+                        0,
+                    )
+                    .to_kind(Kind::Double)
+                        * share
+                });
+            }
             let grad_norm = clip_grad_norm(&params, config.max_grad_norm);
             // Read on the host (one sync per minibatch): the architecture's hook needs the
             // values, and a diverged minibatch must stop the run before its step.
             let step = WeightStep {
-                loss: terms.loss.f_double_value(&[])?,
+                loss: terms.f_double_value(&[6])?,
                 grad_norm: grad_norm.f_double_value(&[])?,
                 lr: optimizer.lr(),
             };
@@ -387,21 +447,20 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
             optimizer.step();
             arch.after_weight_step(&step)?;
 
-            records.push(tch::no_grad(|| {
-                Tensor::stack(
-                    &[
-                        terms.policy.detach(),
-                        terms.value.detach(),
-                        terms.entropy.detach(),
-                        terms.old_approx_kl,
-                        terms.approx_kl.shallow_clone(),
-                        terms.clipfrac,
-                        grad_norm.to_device(device),
-                    ],
-                    0,
-                )
-            }));
-            last_approx_kl = Some(terms.approx_kl);
+            last_approx_kl = Some(terms.get(4));
+            records.push(Tensor::cat(
+                &[
+                    terms.narrow(0, 0, 6),
+                    grad_norm
+                        .to_device(device)
+                        .to_kind(Kind::Double)
+                        .reshape([1]),
+                ],
+                0,
+            ));
+            if !progress.beat(IterationPhase::Update, records.len(), total_minibatches) {
+                return Err(AgentError::Interrupted);
+            }
         }
         epochs += 1;
         if let (Some(target), Some(kl)) = (config.target_kl, last_approx_kl) {
@@ -434,11 +493,21 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{AdamConfig, FixedArch, Mlp, MlpConfig};
+    use crate::agents::{AdamConfig, FixedArch, Mlp, MlpConfig, NoHeartbeat};
     use tch::nn;
 
     fn rng() -> rand_chacha::ChaCha8Rng {
         rand::SeedableRng::seed_from_u64(0)
+    }
+
+    /// A fixed network's update driver, unsplit, without progress reports (the arch and the
+    /// heartbeat are zero-sized, so leaking them costs nothing).
+    fn fixed() -> UpdateDriver<'static, ()> {
+        UpdateDriver {
+            arch: Box::leak(Box::new(FixedArch)),
+            micro_batch: None,
+            progress: Box::leak(Box::new(NoHeartbeat)),
+        }
     }
 
     fn t(v: &[f32]) -> Tensor {
@@ -661,7 +730,12 @@ mod tests {
             update_epochs: 2,
             ..PpoConfig::default()
         };
-        let stats = ppo_update(&policy, &mut opt, &mut arch, &batch, &cfg, &mut rng()).unwrap();
+        let driver = UpdateDriver {
+            arch: &mut arch,
+            micro_batch: None,
+            progress: &mut NoHeartbeat,
+        };
+        let stats = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
         assert_eq!(stats.epochs, 2);
         assert_eq!(stats.minibatches, 8);
         assert!(stats.entropy > 0.6 && stats.entropy <= 2f64.ln() + 1e-6);
@@ -692,6 +766,112 @@ mod tests {
         );
     }
 
+    /// One update of a small f64 network, its minibatches of 16 split into micro-batches of
+    /// `micro` (None: whole); the weights after it.
+    fn update_in_f64(micro: Option<usize>) -> Vec<Tensor> {
+        tch::manual_seed(9);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let enc = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
+        let policy = ActorCritic::new(vs.root() / "policy", Box::new(enc), 3);
+        vs.double();
+        let mut opt = Adam::new(
+            &vs,
+            AdamConfig {
+                lr: 1e-2,
+                eps: 1e-5,
+                ..Default::default()
+            },
+        );
+        let f64s = (Kind::Double, Device::Cpu);
+        let obs = Tensor::randn([64, 4], f64s);
+        let act = policy.act(&obs, &());
+        let batch = Batch {
+            obs,
+            actions: act.action,
+            logprobs: act.logprob + Tensor::randn([64], f64s) * 0.1,
+            values: act.value.shallow_clone(),
+            advantages: Tensor::randn([64], f64s) * 3.0 + 1.0,
+            returns: act.value + Tensor::randn([64], f64s),
+        };
+        let cfg = PpoConfig {
+            num_envs: 8,
+            num_steps: 8,
+            num_minibatches: 4,
+            update_epochs: 2,
+            ..PpoConfig::default()
+        };
+        let driver = UpdateDriver {
+            arch: &mut FixedArch,
+            micro_batch: micro,
+            progress: &mut NoHeartbeat,
+        };
+        ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Micro-batches are the same update: advantages normalised over the whole minibatch, each
+    /// pass weighted by its share. In f64 the weights after 8 Adam steps agree to 1e-12; a
+    /// split that normalised per micro-batch, or averaged unweighted sums, would differ by
+    /// orders of magnitude more (the loss terms are means).
+    #[test]
+    fn micro_batches_give_the_unsplit_update() {
+        let whole = update_in_f64(None);
+        assert!(whole.iter().all(|w| w.kind() == Kind::Double));
+        for micro in [Some(8), Some(4), Some(1)] {
+            let split = update_in_f64(micro);
+            for (a, b) in whole.iter().zip(&split) {
+                let gap = (a - b).abs().max().double_value(&[]);
+                assert!(
+                    gap < 1e-12,
+                    "micro-batch {micro:?}: weights differ by {gap}"
+                );
+            }
+        }
+        // The update itself moved the weights (so the equality says something).
+        tch::manual_seed(9);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
+        let _ = ActorCritic::new(vs.root() / "policy", Box::new(enc), 3);
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let moved = named
+            .iter()
+            .zip(&whole)
+            .map(|((_, a), b)| (a.to_kind(Kind::Double) - b).abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        assert!(moved > 1e-3, "{moved}");
+        // A micro-batch that does not divide the minibatch is refused.
+        let mut opt = Adam::new(&vs, AdamConfig::default());
+        let enc = Mlp::new(vs.root() / "other", &[4], &MlpConfig::default()).unwrap();
+        let policy = ActorCritic::new(vs.root() / "p2", Box::new(enc), 3);
+        let obs = Tensor::randn([64, 4], (Kind::Float, Device::Cpu));
+        let act = policy.act(&obs, &());
+        let batch = Batch {
+            obs,
+            actions: act.action,
+            logprobs: act.logprob,
+            values: act.value.shallow_clone(),
+            advantages: act.value.zeros_like(),
+            returns: act.value,
+        };
+        let cfg = PpoConfig {
+            num_envs: 8,
+            num_steps: 8,
+            num_minibatches: 4,
+            update_epochs: 1,
+            ..PpoConfig::default()
+        };
+        let driver = UpdateDriver {
+            arch: &mut FixedArch,
+            micro_batch: Some(5),
+            progress: &mut NoHeartbeat,
+        };
+        let err = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap_err();
+        assert!(err.to_string().contains("does not divide"), "{err}");
+    }
+
     #[test]
     fn a_non_finite_loss_stops_the_update_before_its_step() {
         tch::manual_seed(7);
@@ -717,8 +897,7 @@ mod tests {
             update_epochs: 1,
             ..PpoConfig::default()
         };
-        let err =
-            ppo_update(&policy, &mut opt, &mut FixedArch, &batch, &cfg, &mut rng()).unwrap_err();
+        let err = ppo_update(&policy, &mut opt, fixed(), &batch, &cfg, &mut rng()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -769,8 +948,7 @@ mod tests {
             target_kl: Some(1e-9),
             ..PpoConfig::default()
         };
-        let stats =
-            ppo_update(&policy, &mut opt, &mut FixedArch, &batch, &cfg, &mut rng()).unwrap();
+        let stats = ppo_update(&policy, &mut opt, fixed(), &batch, &cfg, &mut rng()).unwrap();
         assert_eq!(stats.epochs, 1);
         assert_eq!(stats.minibatches, 2);
     }

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use super::adam::{Adam, AdamConfig};
-use super::arch::IterationArch;
+use super::arch::{Heartbeat, IterationArch, IterationPhase};
 use super::normalize::RewardNormalizer;
 use super::policy::ActorCritic;
-use super::ppo::{ppo_update, PpoConfig, PpoStats};
+use super::ppo::{ppo_update, PpoConfig, PpoStats, UpdateDriver};
 use super::storage::Batch;
 use super::storage::RolloutStorage;
 use super::AgentError;
@@ -25,7 +25,7 @@ use crate::envs::{EnvSpec, EpisodeStats, VecEnv};
 /// environment's current state, so consecutive rollouts join up. Returns the episodes that
 /// finished during the rollout, with their raw returns. Actions are sampled with uniforms
 /// drawn from `rng` (see [`ActorCritic::act_with_uniform`]); the encoder runs architecture
-/// `arch` throughout.
+/// `arch` throughout. `progress` hears of every step and may stop the rollout.
 pub fn collect_rollout<A, R: Rng + ?Sized>(
     env: &mut dyn VecEnv,
     policy: &ActorCritic<A>,
@@ -33,6 +33,7 @@ pub fn collect_rollout<A, R: Rng + ?Sized>(
     mut normalizer: Option<&mut RewardNormalizer>,
     rng: &mut R,
     arch: &A,
+    progress: &mut dyn Heartbeat,
 ) -> Result<Vec<EpisodeStats>, AgentError> {
     let n = storage.num_envs;
     let spec = env.spec();
@@ -68,6 +69,9 @@ pub fn collect_rollout<A, R: Rng + ?Sized>(
         }
         finished.extend_from_slice(view.finished);
         storage.set_obs(t + 1, view.obs, view.first)?;
+        if !progress.beat(IterationPhase::Rollout, t + 1, storage.num_steps) {
+            return Err(AgentError::Interrupted);
+        }
     }
     Ok(finished)
 }
@@ -135,6 +139,8 @@ pub struct PpoTrainer<A = ()> {
     /// The last iteration's training batch (GAE done), for what runs after the update (a
     /// bilevel search's alpha steps).
     last_batch: Option<Batch>,
+    /// Samples per forward/backward pass of the update (None: whole minibatches).
+    micro_batch: Option<usize>,
     seed: u64,
     rng: ChaCha8Rng,
     iterations_done: u64,
@@ -188,6 +194,7 @@ impl<A> PpoTrainer<A> {
             storage,
             normalizer,
             last_batch: None,
+            micro_batch: None,
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
             iterations_done: 0,
@@ -218,13 +225,33 @@ impl<A> PpoTrainer<A> {
         self.config.learning_rate * frac.max(0.0)
     }
 
+    /// Splits each minibatch of the update into passes of `micro_batch` samples whose
+    /// gradients accumulate (see [`ppo_update`]); `None` runs whole minibatches. Not part of
+    /// the checkpoint: it depends on the machine, not on the run.
+    pub fn set_micro_batch(&mut self, micro_batch: Option<usize>) -> Result<(), AgentError> {
+        let minibatch = self.config.minibatch_size();
+        if let Some(m) = micro_batch {
+            if m == 0 || !minibatch.is_multiple_of(m) {
+                return Err(AgentError::Config(format!(
+                    "a micro-batch of {m} does not divide the minibatch of {minibatch}"
+                )));
+            }
+        }
+        self.micro_batch = micro_batch.filter(|&m| m < minibatch);
+        Ok(())
+    }
+
     /// One rollout of `num_steps` x `num_envs` and one PPO update, the encoder running the
     /// architecture `arch` gives: [`IterationArch::acting`] in the rollout (and for the value
-    /// that bootstraps GAE), [`IterationArch::learning`] in the update.
+    /// that bootstraps GAE), [`IterationArch::learning`] in the update. `progress` hears of
+    /// every env step and minibatch, and may stop the iteration
+    /// ([`AgentError::Interrupted`]); the trainer is then left mid-iteration, to be restored
+    /// from a checkpoint.
     pub fn iteration(
         &mut self,
         env: &mut dyn VecEnv,
         arch: &mut dyn IterationArch<A>,
+        progress: &mut dyn Heartbeat,
     ) -> Result<IterationStats, AgentError> {
         let learning_rate = self.learning_rate();
         self.optimizer.set_lr(learning_rate);
@@ -238,6 +265,7 @@ impl<A> PpoTrainer<A> {
             self.normalizer.as_mut(),
             &mut self.rng,
             &acting,
+            progress,
         )?;
         let rollout_secs = start.elapsed().as_secs_f64();
 
@@ -247,10 +275,15 @@ impl<A> PpoTrainer<A> {
         let batch =
             self.storage
                 .compute_batch(&next_value, self.config.gamma, self.config.gae_lambda)?;
+        let driver = UpdateDriver {
+            arch,
+            micro_batch: self.micro_batch,
+            progress,
+        };
         let ppo = ppo_update(
             &self.policy,
             &mut self.optimizer,
-            arch,
+            driver,
             &batch,
             &self.config,
             &mut self.rng,
@@ -352,7 +385,7 @@ impl<A> PpoTrainer<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{FixedArch, Mlp, MlpConfig};
+    use crate::agents::{FixedArch, Mlp, MlpConfig, NoHeartbeat};
     use crate::envs::{EnvError, LevelInfo, StepView};
     use tch::{Kind, Tensor};
 
@@ -466,8 +499,16 @@ mod tests {
         let mut t = trainer(small_config(), 0);
         let mut env = CountingEnv::new(4, 5);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let episodes =
-            collect_rollout(&mut env, &t.policy, &mut t.storage, None, &mut rng, &()).unwrap();
+        let episodes = collect_rollout(
+            &mut env,
+            &t.policy,
+            &mut t.storage,
+            None,
+            &mut rng,
+            &(),
+            &mut NoHeartbeat,
+        )
+        .unwrap();
         // 16 steps of 5-step episodes: 3 endings per env.
         assert_eq!(episodes.len(), 12);
         assert!(episodes.iter().all(|e| e.length == 5));
@@ -500,7 +541,10 @@ mod tests {
         let mut env = CountingEnv::new(4, 5);
         let mut last = None;
         while !t.is_done() {
-            last = Some(t.iteration(&mut env, &mut FixedArch).unwrap());
+            last = Some(
+                t.iteration(&mut env, &mut FixedArch, &mut NoHeartbeat)
+                    .unwrap(),
+            );
         }
         let last = last.unwrap();
         assert_eq!(last.iteration, 20);
@@ -522,7 +566,8 @@ mod tests {
         let mut a = trainer(config.clone(), 2);
         let mut env_a = CountingEnv::new(4, 5);
         for _ in 0..3 {
-            a.iteration(&mut env_a, &mut FixedArch).unwrap();
+            a.iteration(&mut env_a, &mut FixedArch, &mut NoHeartbeat)
+                .unwrap();
         }
         a.save(dir.path()).unwrap();
         let env_state = env_a.save_state().unwrap();
@@ -534,8 +579,12 @@ mod tests {
         assert_eq!(b.iterations_done(), 3);
         assert_eq!(b.global_step(), 3 * 64);
         assert_eq!(b.normalizer, a.normalizer);
-        let sa = a.iteration(&mut env_a, &mut FixedArch).unwrap();
-        let sb = b.iteration(&mut env_b, &mut FixedArch).unwrap();
+        let sa = a
+            .iteration(&mut env_a, &mut FixedArch, &mut NoHeartbeat)
+            .unwrap();
+        let sb = b
+            .iteration(&mut env_b, &mut FixedArch, &mut NoHeartbeat)
+            .unwrap();
         assert_eq!(sa.ppo, sb.ppo);
         for (name, w) in a.vs.variables() {
             assert!(w.equal(&b.vs.variables()[&name]), "{name} differs");
@@ -573,7 +622,7 @@ mod tests {
         let mut t = trainer(config, 4);
         let mut env = CountingEnv::new(3, 5);
         assert!(matches!(
-            t.iteration(&mut env, &mut FixedArch),
+            t.iteration(&mut env, &mut FixedArch, &mut NoHeartbeat),
             Err(AgentError::Config(_))
         ));
     }

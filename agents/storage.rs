@@ -157,6 +157,18 @@ impl Batch {
         self.len() == 0
     }
 
+    /// `len` transitions from `start` (views, no copy).
+    pub fn narrow(&self, start: i64, len: i64) -> Batch {
+        Batch {
+            obs: self.obs.narrow(0, start, len),
+            actions: self.actions.narrow(0, start, len),
+            logprobs: self.logprobs.narrow(0, start, len),
+            values: self.values.narrow(0, start, len),
+            advantages: self.advantages.narrow(0, start, len),
+            returns: self.returns.narrow(0, start, len),
+        }
+    }
+
     /// The transitions at `indices` (`[M]` i64 on the batch's device).
     pub fn select(&self, indices: &Tensor) -> Batch {
         Batch {

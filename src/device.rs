@@ -156,9 +156,101 @@ fn keep_heap_impl() -> Option<String> {
     None
 }
 
+/// Host memory as this process sees it (Linux `/proc` and cgroup v1/v2 files), in bytes.
+pub mod host_memory {
+    use std::fs;
+
+    fn status_kib(field: &str) -> Option<u64> {
+        let text = fs::read_to_string("/proc/self/status").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Resident set size now.
+    pub fn rss() -> Option<u64> {
+        status_kib("VmRSS:").map(|k| k * 1024)
+    }
+
+    /// Highest resident set size since the process started or since [`reset_peak`].
+    pub fn peak_rss() -> Option<u64> {
+        status_kib("VmHWM:").map(|k| k * 1024)
+    }
+
+    /// Resets the peak ([`peak_rss`]) to the current resident size (`/proc/self/clear_refs`,
+    /// Linux 4.0+). False where that is not possible.
+    pub fn reset_peak() -> bool {
+        fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    /// Memory the kernel could still give (`MemAvailable`).
+    pub fn available() -> Option<u64> {
+        let text = fs::read_to_string("/proc/meminfo").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|k| k * 1024)
+    }
+
+    /// The memory limit of this process's cgroup minus what the cgroup already uses (v2
+    /// `memory.max` / `memory.current`, else v1 `memory.limit_in_bytes` / `usage_in_bytes`);
+    /// None without a limit.
+    pub fn cgroup_headroom() -> Option<u64> {
+        let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+        let (limit, usage) = match (
+            read("/sys/fs/cgroup/memory.max"),
+            read("/sys/fs/cgroup/memory.current"),
+        ) {
+            (Some(l), Some(u)) => (l, u),
+            _ => (
+                read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?,
+                read("/sys/fs/cgroup/memory/memory.usage_in_bytes")?,
+            ),
+        };
+        let limit: u64 = limit.parse().ok()?; // "max" (v2) -> no limit
+                                              // v1 reports "no limit" as a huge number.
+        if limit >= 1 << 60 {
+            return None;
+        }
+        Some(limit.saturating_sub(usage.parse().ok()?))
+    }
+
+    /// What this process may grow to: its resident size plus the smaller of the kernel's
+    /// available memory and the cgroup's headroom.
+    pub fn process_limit() -> Option<u64> {
+        let rss = rss()?;
+        let free = match (available(), cgroup_headroom()) {
+            (Some(a), Some(c)) => a.min(c),
+            (Some(a), None) => a,
+            (None, c) => c?,
+        };
+        Some(rss + free)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_memory_reads_this_process() {
+        let rss = host_memory::rss().unwrap();
+        assert!(rss > 1 << 20, "{rss}");
+        assert!(host_memory::reset_peak());
+        // 256 MiB touched: the peak rises by about that much, the current size too.
+        let before = host_memory::peak_rss().unwrap();
+        let block = std::hint::black_box(vec![1u8; 256 << 20]);
+        let peak = host_memory::peak_rss().unwrap();
+        assert!(peak >= before + (200 << 20), "{before} -> {peak}");
+        drop(block);
+        assert!(host_memory::process_limit().unwrap() > rss);
+    }
 
     #[test]
     fn device_names() {

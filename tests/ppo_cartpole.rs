@@ -31,7 +31,11 @@ fn steps_to_solve(
     let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
     while trainer.global_step() < budget && !trainer.is_done() {
         let stats = trainer
-            .iteration(&mut env, &mut rl_darts::agents::FixedArch)
+            .iteration(
+                &mut env,
+                &mut rl_darts::agents::FixedArch,
+                &mut rl_darts::agents::NoHeartbeat,
+            )
             .expect("iteration");
         for ep in &stats.episodes {
             recent.push_back(ep.episode_return);

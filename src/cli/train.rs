@@ -203,8 +203,9 @@ fn resolve_config(args: &TrainArgs, pipeline: bool) -> anyhow::Result<TrainConfi
     Ok(load_config(config_path.as_deref(), defaults, &sets)?)
 }
 
-/// Ctrl-C: the first press asks the loop to checkpoint and stop after the current
-/// iteration; a second one exits at once.
+/// Ctrl-C or SIGTERM: the first asks the loop to stop at its next env step or minibatch (the
+/// partial iteration is abandoned; the run keeps its last checkpoint, at most
+/// `checkpoint.every_minutes` old plus one iteration); a second one exits at once.
 fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -214,7 +215,7 @@ fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
             std::process::exit(130);
         }
         eprintln!(
-            "\ninterrupt: saving a checkpoint after this iteration (press again to quit now)"
+            "\ninterrupt: stopping at the next env step or minibatch; the run keeps its last checkpoint (press again to quit now)"
         );
     })
     .context("installing the Ctrl-C handler")?;

@@ -11,6 +11,8 @@ use crate::envs::procgen::ProcgenOptions;
 use crate::nas::{AlphaInit, MlpDartsConfig, RlDartsConfig};
 use crate::search::{JointParams, StrategyConfig};
 
+pub use super::memory::MemoryConfig;
+
 /// Which network turns observations into features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -100,15 +102,22 @@ impl EncoderConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// Save every this many PPO iterations (and always at the end and on Ctrl-C).
+    /// Save every this many PPO iterations (and always at the end).
     pub every: u64,
+    /// Also save after the first iteration that ends this many minutes after the last save,
+    /// so that a kill loses at most about this much work plus one iteration. 0 turns it off.
+    pub every_minutes: f64,
     /// Keep the newest this many checkpoints.
     pub keep: usize,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { every: 10, keep: 3 }
+        Self {
+            every: 10,
+            every_minutes: 10.0,
+            keep: 3,
+        }
     }
 }
 
@@ -129,6 +138,8 @@ pub struct TrainConfig {
     /// Training levels (Procgen only). Paper protocol: easy, 200 levels from 0.
     pub procgen: ProcgenOptions,
     pub checkpoint: CheckpointConfig,
+    /// How the PPO update fits the machine's memory ([`MemoryConfig`]).
+    pub memory: MemoryConfig,
     /// Architecture search: read only with a supernet encoder (`rl_darts`, `mlp_darts`).
     pub search: RlSearchConfig,
     /// Budgets and evaluation of the RL-DARTS pipeline (`rl-darts train` without --encoder);
@@ -158,6 +169,7 @@ impl TrainConfig {
                 ..ProcgenOptions::default()
             },
             checkpoint: CheckpointConfig::default(),
+            memory: MemoryConfig::default(),
             search: RlSearchConfig::default(),
             pipeline: crate::train::pipeline::PipelineConfig::default(),
         }
@@ -169,7 +181,10 @@ impl TrainConfig {
             env: env.to_string(),
             encoder: EncoderConfig::Mlp(MlpConfig::default()),
             ppo: PpoConfig::cartpole(),
-            checkpoint: CheckpointConfig { every: 20, keep: 3 },
+            checkpoint: CheckpointConfig {
+                every: 20,
+                ..CheckpointConfig::default()
+            },
             ..Self::procgen(env)
         }
     }

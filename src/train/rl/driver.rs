@@ -11,7 +11,7 @@ use super::config::TrainConfig;
 use super::objective::ArchPhase;
 use super::search::ArchSearch;
 use super::search_envs::SearchLoop;
-use crate::agents::{FixedArch, IterationStats, PpoTrainer};
+use crate::agents::{FixedArch, Heartbeat, IterationStats, PpoTrainer};
 use crate::envs::{EpisodeStats, VecEnv};
 use crate::logging::MetricsSink;
 use crate::nas::CellWeights;
@@ -24,13 +24,24 @@ pub(super) trait Driver {
 
     /// One rollout and PPO update, with whatever the architecture needs around them; also
     /// returns the seconds spent outside the rollout and update (search rollouts, alpha steps).
+    /// `progress` hears of every env step and minibatch and may stop the iteration.
     fn iteration(
         &mut self,
         trainer: &mut PpoTrainer<Self::Arch>,
         env: &mut dyn VecEnv,
         config: &TrainConfig,
         sink: &mut dyn MetricsSink,
+        progress: &mut dyn Heartbeat,
     ) -> Result<(IterationStats, f64), TrainError>;
+
+    /// An architecture that costs at least as much memory in the update as any the run will
+    /// learn with, for the memory probe ([`super::memory::plan_update`]); drawing it must not
+    /// touch the run's random streams.
+    fn probe_arch(&mut self) -> Result<Self::Arch, TrainError>;
+
+    /// Samples per minibatch of any extra gradient work (a bilevel strategy's alpha steps),
+    /// capped to what the memory plan allows.
+    fn set_micro_batch(&mut self, _micro_batch: Option<usize>) {}
 
     /// Architecture logs after an iteration (a search logs every `search.log_every`).
     fn log(&mut self, _sink: &mut dyn MetricsSink, _iterations_done: u64, _step: i64) {}
@@ -68,8 +79,13 @@ impl Driver for FixedDriver {
         env: &mut dyn VecEnv,
         _config: &TrainConfig,
         _sink: &mut dyn MetricsSink,
+        progress: &mut dyn Heartbeat,
     ) -> Result<(IterationStats, f64), TrainError> {
-        Ok((trainer.iteration(env, &mut FixedArch)?, 0.0))
+        Ok((trainer.iteration(env, &mut FixedArch, progress)?, 0.0))
+    }
+
+    fn probe_arch(&mut self) -> Result<(), TrainError> {
+        Ok(())
     }
 }
 
@@ -78,6 +94,8 @@ pub(super) struct SearchDriver {
     pub(super) search: ArchSearch,
     envs: SearchLoop,
     device: Device,
+    /// Cap on the alpha steps' minibatch from the memory plan.
+    micro_batch: Option<usize>,
 }
 
 impl SearchDriver {
@@ -86,6 +104,7 @@ impl SearchDriver {
             search,
             envs: SearchLoop::new(config.seed),
             device,
+            micro_batch: None,
         }
     }
 }
@@ -99,6 +118,7 @@ impl Driver for SearchDriver {
         env: &mut dyn VecEnv,
         config: &TrainConfig,
         sink: &mut dyn MetricsSink,
+        progress: &mut dyn Heartbeat,
     ) -> Result<(IterationStats, f64), TrainError> {
         let search_start = Instant::now();
         let search = &mut self.search;
@@ -116,7 +136,7 @@ impl Driver for SearchDriver {
             let acting = search.acting_weights(&sample)?;
             let (batch, episodes) =
                 self.envs
-                    .collect(config, self.device, &trainer.policy, &acting)?;
+                    .collect(config, self.device, &trainer.policy, &acting, progress)?;
             log_search_episodes(
                 sink,
                 &episodes,
@@ -128,7 +148,7 @@ impl Driver for SearchDriver {
         };
         let mut search_secs = search_start.elapsed().as_secs_f64();
 
-        let stats = trainer.iteration(env, &mut search.iteration_arch(&sample))?;
+        let stats = trainer.iteration(env, &mut search.iteration_arch(&sample), progress)?;
         let step = stats.global_step as i64;
         for (index, ws) in search.take_weight_steps() {
             // One point per weight step (DARTS-PRIME's schedule reads this norm).
@@ -149,7 +169,11 @@ impl Driver for SearchDriver {
                 buffers: buffers(&trainer.vs),
                 train: &train_batch,
                 search: search_batch,
-                minibatch: (search_batch.len() as usize / config.ppo.num_minibatches).max(1),
+                // Capped by the memory plan: an alpha step's forwards and backwards would
+                // otherwise need as much memory as an unsplit PPO minibatch, or more.
+                minibatch: (search_batch.len() as usize / config.ppo.num_minibatches)
+                    .min(self.micro_batch.unwrap_or(usize::MAX))
+                    .max(1),
                 weight_steps: (first_step, stats.ppo.minibatches as u64),
             };
             if let Some((s, count)) = search.arch_phase(phase, &mut self.envs.rng)? {
@@ -162,6 +186,16 @@ impl Driver for SearchDriver {
         }
         sink.scalar("perf/search_secs", search_secs, step);
         Ok((stats, search_secs))
+    }
+
+    /// The dense softmax relaxation with its graph: every op of every edge runs and the
+    /// backward reaches the alphas, the most any strategy's update computes.
+    fn probe_arch(&mut self) -> Result<CellWeights, TrainError> {
+        Ok(self.search.arch().softmax_weights(1.0))
+    }
+
+    fn set_micro_batch(&mut self, micro_batch: Option<usize>) {
+        self.micro_batch = micro_batch;
     }
 
     fn log(&mut self, sink: &mut dyn MetricsSink, iterations_done: u64, step: i64) {

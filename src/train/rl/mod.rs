@@ -13,6 +13,7 @@ pub mod config;
 mod driver;
 pub mod eval;
 mod io;
+pub mod memory;
 pub mod objective;
 pub mod run;
 pub mod search;
@@ -24,6 +25,7 @@ pub use config::{
     RlDartsSearchConfig, RlSearchConfig, SearchBatch, TrainConfig,
 };
 pub use eval::{evaluate, EvalOptions, EvalResult};
+pub use memory::{plan_update, MemoryConfig, MemoryPlan};
 pub use objective::PpoObjective;
-pub use run::{format_secs, train, NoProgress, Progress, TrainRun, TrainSummary};
+pub use run::{format_secs, train, NoProgress, Progress, TrainRun, TrainSummary, MEMORY_PLAN_FILE};
 pub use search::{stores_are_disjoint, ArchSearch};

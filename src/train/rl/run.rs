@@ -14,8 +14,9 @@ use super::build::{build_policy, make_env, Policy};
 use super::config::TrainConfig;
 use super::driver::{Driver, FixedDriver, SearchDriver};
 use super::io::{read, write};
+use super::memory::{plan_update, MemoryPlan};
 use super::search_envs::search_env_options;
-use crate::agents::{AgentError, IterationStats, PpoTrainer};
+use crate::agents::{AgentError, Heartbeat, IterationPhase, IterationStats, PpoTrainer};
 use crate::envs::procgen::{find_game, normalized_return, DistributionMode, Game};
 use crate::envs::VecEnv;
 use crate::logging::{tags, MetricsSink};
@@ -77,7 +78,9 @@ pub struct TrainRun<'a> {
     pub resume: bool,
     pub sink: &'a mut dyn MetricsSink,
     pub progress: &'a mut dyn Progress,
-    /// Set (by Ctrl-C) to stop after the current iteration with a checkpoint.
+    /// Set (by Ctrl-C or SIGTERM) to stop at the next env step or minibatch: the partial
+    /// iteration is abandoned and the run keeps its last checkpoint (time-based checkpoints,
+    /// `checkpoint.every_minutes`, bound what that loses).
     pub stop: &'a AtomicBool,
     /// Stop after this many iterations in this call (tests; None = until done).
     pub max_iterations: Option<u64>,
@@ -160,6 +163,10 @@ fn run_loop<D: Driver>(
         let markdown = crate::config::to_markdown(config)?;
         run.sink.text("config", &markdown, 0);
     }
+    if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, config)? {
+        let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
+        write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
+    }
 
     let save = |trainer: &PpoTrainer<D::Arch>,
                 driver: &D,
@@ -181,15 +188,31 @@ fn run_loop<D: Driver>(
     let (mut rollout_secs, mut update_secs, mut search_secs, mut iterations_here) =
         (0.0, 0.0, 0.0, 0u64);
     let started = Instant::now();
+    let mut last_save = Instant::now();
+    let mut estimate_printed = false;
     let mut interrupted = false;
     while !trainer.is_done() {
         if run.max_iterations.is_some_and(|m| iterations_here >= m) {
             break;
         }
         let next_iteration = trainer.iterations_done() + 1;
-        let (stats, search_here) = driver
-            .iteration(&mut trainer, env, config, run.sink)
-            .map_err(|e| diverged(e, next_iteration, last_checkpoint.as_deref()))?;
+        let mut beat = LoopHeartbeat {
+            progress: &mut *run.progress,
+            stop: run.stop,
+            iteration: next_iteration,
+            base_step: trainer.global_step(),
+            total,
+            num_envs: config.ppo.num_envs as u64,
+            last_report: Instant::now(),
+        };
+        let outcome = driver.iteration(&mut trainer, env, config, run.sink, &mut beat);
+        let (stats, search_here) = match outcome {
+            Err(TrainError::Agent(AgentError::Interrupted)) => {
+                interrupted = true;
+                break;
+            }
+            other => other.map_err(|e| diverged(e, next_iteration, last_checkpoint.as_deref()))?,
+        };
         check_finite(&stats, last_checkpoint.as_deref())?;
         iterations_here += 1;
         rollout_secs += stats.rollout_secs;
@@ -238,17 +261,37 @@ fn run_loop<D: Driver>(
             ),
         );
 
+        if !estimate_printed && started.elapsed().as_secs() >= 60 {
+            estimate_printed = true;
+            eprintln!("{}", job_estimate(eta, total, config));
+        }
+
         let stop = run.stop.load(Ordering::SeqCst);
+        let minutes = config.checkpoint.every_minutes;
         if stop
             || trainer.iterations_done() % config.checkpoint.every.max(1) == 0
+            || (minutes > 0.0 && last_save.elapsed().as_secs_f64() >= minutes * 60.0)
             || trainer.is_done()
         {
             last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+            last_save = Instant::now();
         }
         if stop {
             interrupted = true;
             break;
         }
+    }
+    if interrupted {
+        eprintln!(
+            "stopped: {}",
+            match &last_checkpoint {
+                Some(c) => format!(
+                    "the run continues from {} with --resume (work after it was not saved)",
+                    c.display()
+                ),
+                None => "no checkpoint was written yet".into(),
+            }
+        );
     }
     if !interrupted
         && last_checkpoint
@@ -290,6 +333,90 @@ fn run_loop<D: Driver>(
         &serde_json::to_vec_pretty(&summary).expect("summary serialises"),
     )?;
     Ok(summary)
+}
+
+/// What the memory planner decided, in the run directory (rewritten by every process).
+pub const MEMORY_PLAN_FILE: &str = "memory_plan.json";
+
+/// Plans the PPO update's passes for the machine (see [`super::memory`]) and prints the
+/// decision; a fixed `memory.micro_batch_size` is used as given.
+fn fit_update_in_memory<D: Driver>(
+    trainer: &mut PpoTrainer<D::Arch>,
+    driver: &mut D,
+    config: &TrainConfig,
+) -> Result<Option<MemoryPlan>, TrainError> {
+    let probe_obs = trainer.storage.obs.flatten(0, 1);
+    let plan = plan_update(
+        &trainer.policy,
+        &mut || driver.probe_arch(),
+        &probe_obs,
+        &config.ppo,
+        &config.memory,
+    )?;
+    // The probe's gradients are not the first minibatch's.
+    trainer.optimizer.zero_grad();
+    let micro = match &plan {
+        Some(plan) => {
+            eprintln!("{}", plan.describe());
+            Some(plan.micro_batch)
+        }
+        None => config.memory.micro_batch_size,
+    };
+    trainer.set_micro_batch(micro)?;
+    driver.set_micro_batch(micro.filter(|&m| m < config.ppo.minibatch_size()));
+    Ok(plan)
+}
+
+/// The line printed after the first minute: the whole run's estimated time, and how to get a
+/// result sooner when that is more than a day.
+fn job_estimate(eta_secs: f64, total: u64, config: &TrainConfig) -> String {
+    let mut line = format!(
+        "estimated time for all {total} env steps: {} more",
+        format_secs(eta_secs)
+    );
+    if eta_secs > 86_400.0 && !config.device.starts_with("cuda") {
+        line.push_str(
+            "; on this CPU that is more than a day. Sooner: `--quick` (the toy preset), a GPU \
+             (--device cuda), or a smaller budget (--total-steps, or pipeline.*_timesteps)",
+        );
+    }
+    line
+}
+
+/// Progress during an iteration (a paper-size one takes minutes): a line at most once a
+/// second, and the stop flag checked at every env step and minibatch.
+struct LoopHeartbeat<'a> {
+    progress: &'a mut dyn Progress,
+    stop: &'a AtomicBool,
+    iteration: u64,
+    base_step: u64,
+    total: u64,
+    num_envs: u64,
+    last_report: Instant,
+}
+
+impl Heartbeat for LoopHeartbeat<'_> {
+    fn beat(&mut self, phase: IterationPhase, done: usize, total: usize) -> bool {
+        if self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.last_report.elapsed().as_secs_f64() >= 1.0 {
+            self.last_report = Instant::now();
+            let (what, step) = match phase {
+                IterationPhase::Rollout => {
+                    ("rollout", self.base_step + done as u64 * self.num_envs)
+                }
+                IterationPhase::SearchRollout => ("search rollout", self.base_step),
+                IterationPhase::Update => ("update, minibatch", self.base_step),
+            };
+            self.progress.update(
+                step,
+                self.total,
+                &format!("iteration {}: {what} {done}/{total}", self.iteration),
+            );
+        }
+        true
+    }
 }
 
 /// A minibatch whose loss or gradient norm was not finite stopped the update before its step:

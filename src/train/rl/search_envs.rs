@@ -11,7 +11,10 @@ use tch::Device;
 
 use super::config::{SearchBatch, TrainConfig};
 use super::io::{read, write};
-use crate::agents::{collect_rollout, ActorCritic, Batch, RewardNormalizer, RolloutStorage};
+use crate::agents::{
+    collect_rollout, ActorCritic, Batch, Heartbeat, IterationPhase, RewardNormalizer,
+    RolloutStorage,
+};
 use crate::envs::procgen::ProcgenOptions;
 use crate::envs::{make_vec_env, EpisodeStats, VecEnv};
 use crate::nas::CellWeights;
@@ -119,6 +122,7 @@ impl SearchLoop {
         device: Device,
         policy: &ActorCritic<CellWeights>,
         weights: &CellWeights,
+        progress: &mut dyn Heartbeat,
     ) -> Result<(Batch, Vec<EpisodeStats>), TrainError> {
         if self.env.is_none() {
             self.env = Some(Self::build_env(config, device)?);
@@ -131,6 +135,7 @@ impl SearchLoop {
             s.normalizer.as_mut(),
             &mut self.rng,
             weights,
+            &mut SearchRollout(progress),
         )?;
         let (_, next_value) = tch::no_grad(|| policy.forward(&s.storage.next_obs, weights));
         let batch =
@@ -183,5 +188,18 @@ impl SearchLoop {
             self.env = Some(s);
         }
         Ok(())
+    }
+}
+
+/// Reports the search rollout's steps as such.
+struct SearchRollout<'a>(&'a mut dyn Heartbeat);
+
+impl Heartbeat for SearchRollout<'_> {
+    fn beat(&mut self, phase: IterationPhase, done: usize, total: usize) -> bool {
+        let phase = match phase {
+            IterationPhase::Rollout => IterationPhase::SearchRollout,
+            other => other,
+        };
+        self.0.beat(phase, done, total)
     }
 }
