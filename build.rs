@@ -28,7 +28,10 @@ fn main() {
     // Where `make setup` unpacked the procgen wheel; the run-time default for libenv.so and
     // the assets (overridable with RL_DARTS_PROCGEN_DIR at run time).
     let procgen_data = deps.join("procgen").join("procgen").join("data");
-    println!("cargo:rustc-env=RL_DARTS_BUILD_PROCGEN_DIR={}", procgen_data.display());
+    println!(
+        "cargo:rustc-env=RL_DARTS_BUILD_PROCGEN_DIR={}",
+        procgen_data.display()
+    );
     println!("cargo:rerun-if-changed=build.rs");
 }
 
@@ -73,7 +76,10 @@ fn link_libtorch() {
     };
     let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| PathBuf::from(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    println!("cargo:rustc-env=RL_DARTS_BUILD_LIBTORCH_LIB={}", lib.display());
+    println!(
+        "cargo:rustc-env=RL_DARTS_BUILD_LIBTORCH_LIB={}",
+        lib.display()
+    );
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

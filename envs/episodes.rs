@@ -27,7 +27,11 @@ pub struct EpisodeTracker {
 
 impl EpisodeTracker {
     pub fn new(num_envs: usize) -> Self {
-        Self { returns: vec![0.0; num_envs], lengths: vec![0; num_envs], finished: Vec::new() }
+        Self {
+            returns: vec![0.0; num_envs],
+            lengths: vec![0; num_envs],
+            finished: Vec::new(),
+        }
     }
 
     /// Records one step. `prev_level` gives, per env, the seed and completion flag of the

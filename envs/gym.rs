@@ -82,7 +82,9 @@ enum Instance {
 impl Instance {
     fn new(kind: GymEnvKind) -> Self {
         match kind {
-            GymEnvKind::CartPole => Instance::CartPole(Box::new(CartPoleEnv::new(RenderMode::None))),
+            GymEnvKind::CartPole => {
+                Instance::CartPole(Box::new(CartPoleEnv::new(RenderMode::None)))
+            }
             GymEnvKind::MountainCar => {
                 Instance::MountainCar(Box::new(MountainCarEnv::new(RenderMode::None)))
             }
@@ -264,7 +266,12 @@ impl VecEnv for GymVecEnv {
     fn step(&mut self, actions: &[i64]) -> Result<StepView<'_>, EnvError> {
         check_actions(&self.spec, actions)?;
         let dim = self.kind.obs_dim();
-        for (i, (env, obs)) in self.envs.iter_mut().zip(self.obs_buf.chunks_mut(dim)).enumerate() {
+        for (i, (env, obs)) in self
+            .envs
+            .iter_mut()
+            .zip(self.obs_buf.chunks_mut(dim))
+            .enumerate()
+        {
             let (reward, terminated) = env.step(actions[i] as usize, obs);
             self.steps[i] += 1;
             let truncated = self.steps[i] >= self.time_limit;
@@ -294,18 +301,28 @@ impl VecEnv for GymVecEnv {
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), EnvError> {
-        let snap: GymSnapshot =
-            bincode::deserialize(state).map_err(|e| EnvError::State(format!("corrupt {} state: {e}", self.kind.name())))?;
+        let snap: GymSnapshot = bincode::deserialize(state)
+            .map_err(|e| EnvError::State(format!("corrupt {} state: {e}", self.kind.name())))?;
         let n = self.spec.num_envs;
         let dim = self.kind.obs_dim();
         if snap.kind != self.kind
             || snap.states.len() != n
             || snap.states.iter().any(|s| s.len() != dim)
-            || [snap.steps.len(), snap.reward.len(), snap.first.len()].iter().any(|&l| l != n)
+            || [snap.steps.len(), snap.reward.len(), snap.first.len()]
+                .iter()
+                .any(|&l| l != n)
         {
-            return Err(EnvError::State(format!("saved for another env than {} x {n}", self.kind.name())));
+            return Err(EnvError::State(format!(
+                "saved for another env than {} x {n}",
+                self.kind.name()
+            )));
         }
-        for ((env, s), obs) in self.envs.iter_mut().zip(&snap.states).zip(self.obs_buf.chunks_mut(dim)) {
+        for ((env, s), obs) in self
+            .envs
+            .iter_mut()
+            .zip(&snap.states)
+            .zip(self.obs_buf.chunks_mut(dim))
+        {
             env.set_state(s);
             env.write_obs(obs);
         }
@@ -344,7 +361,10 @@ mod tests {
             lengths.extend(step.finished.iter().map(|e| e.length as f64));
         }
         let mean = lengths.iter().sum::<f64>() / lengths.len() as f64;
-        assert!((19.0..25.0).contains(&mean), "mean random episode length {mean}");
+        assert!(
+            (19.0..25.0).contains(&mean),
+            "mean random episode length {mean}"
+        );
         // Return equals length: +1 per step including the terminal one.
     }
 
@@ -360,7 +380,9 @@ mod tests {
             finished.extend_from_slice(step.finished);
         }
         assert_eq!(finished.len(), 2);
-        assert!(finished.iter().all(|e| e.length == 200 && e.episode_return == -200.0));
+        assert!(finished
+            .iter()
+            .all(|e| e.length == 200 && e.episode_return == -200.0));
         let obs = Vec::<f32>::try_from(env.observe().obs.flatten(0, -1)).unwrap();
         assert!((-0.6..=-0.4).contains(&obs[0]) && obs[1] == 0.0, "{obs:?}");
     }
@@ -389,7 +411,13 @@ mod tests {
     fn bad_actions_are_errors() {
         let mut env = GymVecEnv::new(GymEnvKind::CartPole, 2, 0).unwrap();
         assert!(matches!(env.step(&[0]), Err(EnvError::ActionCount { .. })));
-        assert!(matches!(env.step(&[0, 2]), Err(EnvError::ActionOutOfRange { .. })));
-        assert!(GymEnvKind::from_name("cartpol").unwrap_err().to_string().contains("did you mean 'cartpole'"));
+        assert!(matches!(
+            env.step(&[0, 2]),
+            Err(EnvError::ActionOutOfRange { .. })
+        ));
+        assert!(GymEnvKind::from_name("cartpol")
+            .unwrap_err()
+            .to_string()
+            .contains("did you mean 'cartpole'"));
     }
 }

@@ -91,12 +91,21 @@ pub fn all_env_names() -> Vec<&'static str> {
 /// Checks an action batch against the spec before it reaches an environment.
 pub(crate) fn check_actions(spec: &EnvSpec, actions: &[i64]) -> Result<(), EnvError> {
     if actions.len() != spec.num_envs {
-        return Err(EnvError::ActionCount { expected: spec.num_envs, got: actions.len() });
+        return Err(EnvError::ActionCount {
+            expected: spec.num_envs,
+            got: actions.len(),
+        });
     }
-    if let Some((env, &action)) =
-        actions.iter().enumerate().find(|(_, &a)| a < 0 || a >= spec.num_actions)
+    if let Some((env, &action)) = actions
+        .iter()
+        .enumerate()
+        .find(|(_, &a)| a < 0 || a >= spec.num_actions)
     {
-        return Err(EnvError::ActionOutOfRange { env, action, num_actions: spec.num_actions });
+        return Err(EnvError::ActionOutOfRange {
+            env,
+            action,
+            num_actions: spec.num_actions,
+        });
     }
     Ok(())
 }
@@ -118,5 +127,7 @@ pub fn make_vec_env(
         // Procgen seeds are non-negative int32.
         options.rand_seed = Some((seed % (i32::MAX as u64)) as i32);
     }
-    Ok(Box::new(procgen::ProcgenVecEnv::new(name, num_envs, options)?))
+    Ok(Box::new(procgen::ProcgenVecEnv::new(
+        name, num_envs, options,
+    )?))
 }

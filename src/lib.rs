@@ -10,10 +10,10 @@ pub mod envs;
 pub mod agents;
 
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod logging;
 pub mod media;
 pub mod nas;
-pub mod train;
 pub mod search;
-pub mod data;
+pub mod train;

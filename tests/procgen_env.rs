@@ -8,7 +8,10 @@ use rl_darts::envs::{EnvError, VecEnv};
 use tch::Tensor;
 
 fn opts(seed: i32) -> ProcgenOptions {
-    ProcgenOptions { rand_seed: Some(seed), ..Default::default() }
+    ProcgenOptions {
+        rand_seed: Some(seed),
+        ..Default::default()
+    }
 }
 
 fn play(env: &mut ProcgenVecEnv, steps: usize) -> (Vec<Tensor>, Vec<f32>) {
@@ -60,13 +63,18 @@ fn creating_and_dropping_envs_in_a_loop_neither_leaks_nor_crashes() {
         env.step(&[1, 2, 3, 4]).unwrap();
     }
     let grown_mib = (resident_kib().saturating_sub(before)) / 1024;
-    assert!(grown_mib < 150, "resident memory grew by {grown_mib} MiB over 60 create/drop rounds");
+    assert!(
+        grown_mib < 150,
+        "resident memory grew by {grown_mib} MiB over 60 create/drop rounds"
+    );
 }
 
 #[test]
 fn several_envs_alive_at_once_and_stepped_on_other_threads() {
-    let envs: Vec<ProcgenVecEnv> =
-        ["coinrun", "heist", "jumper", "fruitbot"].iter().map(|g| ProcgenVecEnv::new(g, 2, opts(1)).unwrap()).collect();
+    let envs: Vec<ProcgenVecEnv> = ["coinrun", "heist", "jumper", "fruitbot"]
+        .iter()
+        .map(|g| ProcgenVecEnv::new(g, 2, opts(1)).unwrap())
+        .collect();
     // ProcgenVecEnv is Send: move each into its own thread and step it there.
     let handles: Vec<_> = envs
         .into_iter()
@@ -86,7 +94,15 @@ fn several_envs_alive_at_once_and_stepped_on_other_threads() {
 
 #[test]
 fn render_human_gives_512_frames() {
-    let mut env = ProcgenVecEnv::new("coinrun", 2, ProcgenOptions { render_human: true, ..opts(3) }).unwrap();
+    let mut env = ProcgenVecEnv::new(
+        "coinrun",
+        2,
+        ProcgenOptions {
+            render_human: true,
+            ..opts(3)
+        },
+    )
+    .unwrap();
     env.step(&[7, 7]).unwrap();
     let frames = env.render_frames().unwrap();
     assert_eq!(frames.size(), [2, 512, 512, 3]);
@@ -98,7 +114,11 @@ fn level_info_respects_num_levels_and_start_level() {
     let mut env = ProcgenVecEnv::new(
         "coinrun",
         8,
-        ProcgenOptions { num_levels: 5, start_level: 100, ..opts(4) },
+        ProcgenOptions {
+            num_levels: 5,
+            start_level: 100,
+            ..opts(4)
+        },
     )
     .unwrap();
     let mut seen_episodes = 0;
@@ -106,7 +126,11 @@ fn level_info_respects_num_levels_and_start_level() {
     for t in 0..1050 {
         let actions: Vec<i64> = (0..8).map(|i| ((t + i) % 15) as i64).collect();
         let view = env.step(&actions).unwrap();
-        assert!(view.level.level_seed.iter().all(|s| (100..105).contains(s)), "{:?}", view.level.level_seed);
+        assert!(
+            view.level.level_seed.iter().all(|s| (100..105).contains(s)),
+            "{:?}",
+            view.level.level_seed
+        );
         for ep in view.finished {
             seen_episodes += 1;
             assert!((100..105).contains(&ep.level_seed.unwrap()));
@@ -122,15 +146,24 @@ fn bad_options_and_actions_are_errors_not_aborts() {
     let err = ProcgenVecEnv::new(
         "bigfish",
         1,
-        ProcgenOptions { distribution_mode: DistributionMode::Memory, ..opts(0) },
+        ProcgenOptions {
+            distribution_mode: DistributionMode::Memory,
+            ..opts(0)
+        },
     )
     .unwrap_err();
     assert!(err.to_string().contains("caveflyer"), "{err}");
     assert!(ProcgenVecEnv::new("coinrun", 0, opts(0)).is_err());
     let mut env = ProcgenVecEnv::new("coinrun", 2, opts(0)).unwrap();
     assert!(matches!(env.step(&[1]), Err(EnvError::ActionCount { .. })));
-    assert!(matches!(env.step(&[1, 15]), Err(EnvError::ActionOutOfRange { .. })));
-    assert!(matches!(env.step(&[-1, 0]), Err(EnvError::ActionOutOfRange { .. })));
+    assert!(matches!(
+        env.step(&[1, 15]),
+        Err(EnvError::ActionOutOfRange { .. })
+    ));
+    assert!(matches!(
+        env.step(&[-1, 0]),
+        Err(EnvError::ActionOutOfRange { .. })
+    ));
     // The env still works after rejected input.
     env.step(&[1, 2]).unwrap();
 }
@@ -140,15 +173,37 @@ fn envs_cli_lists_benches_and_records() {
     let out = common::rl_darts().args(["envs", "list"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("starpilot") && text.contains("RIGHT+UP") && text.contains("exploration"));
+    assert!(
+        text.contains("starpilot") && text.contains("RIGHT+UP") && text.contains("exploration")
+    );
 
     let out = common::rl_darts()
-        .args(["envs", "bench", "--env", "coinrun", "--num-envs", "8", "--steps", "50", "--machine"])
+        .args([
+            "envs",
+            "bench",
+            "--env",
+            "coinrun",
+            "--num-envs",
+            "8",
+            "--steps",
+            "50",
+            "--machine",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8_lossy(&out.stdout).to_string();
-    let sps: f64 = line.split_whitespace().next().unwrap().trim_start_matches("steps_per_sec=").parse().unwrap();
+    let sps: f64 = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("steps_per_sec=")
+        .parse()
+        .unwrap();
     assert!(sps > 0.0);
 
     let dir = tempfile::tempdir().unwrap();
@@ -156,32 +211,70 @@ fn envs_cli_lists_benches_and_records() {
     std::fs::write(&actions, "7\n7\n5\n\n1\n").unwrap();
     let out_dir = dir.path().join("rec");
     let out = common::rl_darts()
-        .args(["envs", "record", "--env", "coinrun", "--seed", "3", "--num-levels", "1"])
+        .args([
+            "envs",
+            "record",
+            "--env",
+            "coinrun",
+            "--seed",
+            "3",
+            "--num-levels",
+            "1",
+        ])
         .arg("--actions")
         .arg(&actions)
         .arg("--out")
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let frames = Tensor::read_npy(out_dir.join("frames.npy")).unwrap();
     assert_eq!(frames.size(), [5, 64, 64, 3]);
     assert_eq!(frames.kind(), tch::Kind::Uint8);
-    assert_eq!(Tensor::read_npy(out_dir.join("rewards.npy")).unwrap().size(), [5]);
-    let firsts = Vec::<u8>::try_from(Tensor::read_npy(out_dir.join("firsts.npy")).unwrap()).unwrap();
+    assert_eq!(
+        Tensor::read_npy(out_dir.join("rewards.npy"))
+            .unwrap()
+            .size(),
+        [5]
+    );
+    let firsts =
+        Vec::<u8>::try_from(Tensor::read_npy(out_dir.join("firsts.npy")).unwrap()).unwrap();
     assert_eq!(firsts[0], 1);
     assert!(out_dir.join("frame_00004.png").exists());
     let gif = std::fs::read(out_dir.join("episode.gif")).unwrap();
     assert_eq!(&gif[..6], b"GIF89a");
     // The recording equals a direct replay of the same actions.
-    let mut env = ProcgenVecEnv::new("coinrun", 1, ProcgenOptions { num_levels: 1, num_threads: 1, ..opts(3) }).unwrap();
+    let mut env = ProcgenVecEnv::new(
+        "coinrun",
+        1,
+        ProcgenOptions {
+            num_levels: 1,
+            num_threads: 1,
+            ..opts(3)
+        },
+    )
+    .unwrap();
     for (t, a) in [7, 7, 5, 1].into_iter().enumerate() {
         let view = env.step(&[a]).unwrap();
         assert!(view.obs.get(0).equal(&frames.get(t as i64 + 1)));
     }
 
     let bad = common::rl_darts()
-        .args(["envs", "record", "--env", "coinrun", "--random", "--steps", "3", "--distribution-mode", "memory"])
+        .args([
+            "envs",
+            "record",
+            "--env",
+            "coinrun",
+            "--random",
+            "--steps",
+            "3",
+            "--distribution-mode",
+            "memory",
+        ])
         .arg("--out")
         .arg(dir.path().join("bad"))
         .output()
@@ -211,7 +304,11 @@ fn saved_state_resumes_the_exact_trajectory() {
         let vb = b.step(&acts(t)).unwrap();
         episodes.1 += vb.finished.len();
         assert!(oa.equal(vb.obs), "frames diverged at step {t}");
-        assert_eq!((ra.as_slice(), fa.as_slice()), (vb.reward, vb.first), "step {t}");
+        assert_eq!(
+            (ra.as_slice(), fa.as_slice()),
+            (vb.reward, vb.first),
+            "step {t}"
+        );
     }
     assert_eq!(episodes.0, episodes.1);
     assert!(episodes.0 > 0, "no episode ended after the restore");

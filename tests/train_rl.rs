@@ -9,7 +9,9 @@ use std::sync::atomic::AtomicBool;
 use rl_darts::envs::gym::{GymEnvKind, GymVecEnv};
 use rl_darts::envs::{EnvError, EnvSpec, StepView, VecEnv};
 use rl_darts::logging::{MemorySink, MetricsSink};
-use rl_darts::train::rl::{evaluate, train, EvalOptions, NoProgress, TrainConfig, TrainRun, TrainSummary};
+use rl_darts::train::rl::{
+    evaluate, train, EvalOptions, NoProgress, TrainConfig, TrainRun, TrainSummary,
+};
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::train::TrainError;
 
@@ -30,7 +32,16 @@ fn run(
     env: Option<Box<dyn VecEnv>>,
 ) -> Result<TrainSummary, TrainError> {
     let stop = AtomicBool::new(false);
-    train(TrainRun { config, run_dir: dir, resume, sink, progress: &mut NoProgress, stop: &stop, max_iterations, env })
+    train(TrainRun {
+        config,
+        run_dir: dir,
+        resume,
+        sink,
+        progress: &mut NoProgress,
+        stop: &stop,
+        max_iterations,
+        env,
+    })
 }
 
 /// Everything logged except wall-clock measurements.
@@ -70,7 +81,10 @@ fn resumed_run_reproduces_the_uninterrupted_run_exactly() {
     joined.sort();
     let straight_log = deterministic_log(&full);
     assert!(straight_log.len() > 50);
-    assert_eq!(joined, straight_log, "resumed logs differ from the uninterrupted run");
+    assert_eq!(
+        joined, straight_log,
+        "resumed logs differ from the uninterrupted run"
+    );
 }
 
 /// CartPole whose rewards turn NaN after a while, to check the NaN stop.
@@ -93,7 +107,10 @@ impl VecEnv for NanAfter {
         let poisoned = self.steps > self.after;
         let view = self.inner.step(actions)?;
         if poisoned {
-            return Ok(StepView { reward: &self.nan_rewards, ..view });
+            return Ok(StepView {
+                reward: &self.nan_rewards,
+                ..view
+            });
         }
         Ok(view)
     }
@@ -116,10 +133,24 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
         after: 128 * 5, // poisoned during iteration 6
         nan_rewards: vec![f32::NAN; 4],
     };
-    let err = run(&config, &dir, false, &mut MemorySink::new(), None, Some(Box::new(env))).unwrap_err();
+    let err = run(
+        &config,
+        &dir,
+        false,
+        &mut MemorySink::new(),
+        None,
+        Some(Box::new(env)),
+    )
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, TrainError::NonFinite { iteration: 6, .. }), "{msg}");
-    assert!(msg.contains("iter_00000004") && msg.contains("--resume"), "{msg}");
+    assert!(
+        matches!(err, TrainError::NonFinite { iteration: 6, .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("iter_00000004") && msg.contains("--resume"),
+        "{msg}"
+    );
     let kept: Vec<u64> = dir.checkpoints().unwrap().iter().map(|(i, _)| *i).collect();
     assert_eq!(kept, [2, 4]);
 }
@@ -135,8 +166,11 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     // A mismatched config (other network) is refused, not silently loaded.
     let mut other = config.clone();
     other.ppo.total_timesteps = 4 * 512;
-    other.encoder = rl_darts::train::rl::EncoderConfig::Mlp(rl_darts::agents::MlpConfig { hidden: vec![32] });
-    let err = run(&other, &dir, true, &mut MemorySink::new(), None, None).unwrap_err().to_string();
+    other.encoder =
+        rl_darts::train::rl::EncoderConfig::Mlp(rl_darts::agents::MlpConfig { hidden: vec![32] });
+    let err = run(&other, &dir, true, &mut MemorySink::new(), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("checkpoint") || err.contains("shape"), "{err}");
 
     // A truncated weights file.
@@ -145,18 +179,24 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let mut longer = config.clone();
     longer.ppo.total_timesteps = 4 * 512;
-    let err = run(&longer, &dir, true, &mut MemorySink::new(), None, None).unwrap_err().to_string();
+    let err = run(&longer, &dir, true, &mut MemorySink::new(), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("weights.safetensors"), "{err}");
 
     // Garbage env state.
     std::fs::write(&weights, &bytes).unwrap();
     std::fs::write(ckpt.join("env_state.bin"), b"not a state").unwrap();
-    let err = run(&longer, &dir, true, &mut MemorySink::new(), None, None).unwrap_err().to_string();
+    let err = run(&longer, &dir, true, &mut MemorySink::new(), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("state"), "{err}");
 
     // Nothing to resume from.
     let empty = RunDir::create_at(&base.path().join("empty")).unwrap();
-    let err = run(&config, &empty, true, &mut MemorySink::new(), None, None).unwrap_err().to_string();
+    let err = run(&config, &empty, true, &mut MemorySink::new(), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no complete checkpoint"), "{err}");
 }
 
@@ -176,7 +216,11 @@ print(json.dumps(out))
         .env("PYTHONWARNINGS", "ignore")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -185,14 +229,37 @@ fn tiny_procgen_run_has_finite_losses_readable_tensorboard_files_and_evaluates()
     let base = tempfile::tempdir().unwrap();
     let run_dir = base.path().join("run");
     let out = common::rl_darts()
-        .args(["train", "--env", "coinrun", "--encoder", "impala", "--quiet", "--device", "cpu", "--total-steps", "512"])
-        .args(["--set", "ppo.num_envs=4", "--set", "ppo.num_steps=64", "--set", "ppo.num_minibatches=2"])
+        .args([
+            "train",
+            "--env",
+            "coinrun",
+            "--encoder",
+            "impala",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--total-steps",
+            "512",
+        ])
+        .args([
+            "--set",
+            "ppo.num_envs=4",
+            "--set",
+            "ppo.num_steps=64",
+            "--set",
+            "ppo.num_minibatches=2",
+        ])
         .args(["--set", "procgen.num_threads=1"])
         .arg("--run-dir")
         .arg(&run_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let scalars = read_tensorboard_scalars(&run_dir.join("tb"));
     for tag in [
         "losses/value_loss",
@@ -204,14 +271,31 @@ fn tiny_procgen_run_has_finite_losses_readable_tensorboard_files_and_evaluates()
         "charts/SPS",
         "charts/learning_rate",
     ] {
-        let values = scalars[tag].as_array().unwrap_or_else(|| panic!("no {tag} in {scalars}"));
+        let values = scalars[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {tag} in {scalars}"));
         assert_eq!(values.len(), 2, "{tag}");
-        assert!(values.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)), "{tag}: {values:?}");
+        assert!(
+            values
+                .iter()
+                .all(|v| v.as_f64().is_some_and(f64::is_finite)),
+            "{tag}: {values:?}"
+        );
     }
-    assert_eq!(scalars["charts/learning_rate"][0].as_f64().unwrap(), 5e-4_f32 as f64);
-    assert!(scalars["__texts__"].as_array().unwrap().iter().any(|t| t == "config"));
+    assert_eq!(
+        scalars["charts/learning_rate"][0].as_f64().unwrap(),
+        5e-4_f32 as f64
+    );
+    assert!(scalars["__texts__"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "config"));
     let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
-    assert!(config.contains("num_levels = 200") && config.contains("num_envs = 4"), "{config}");
+    assert!(
+        config.contains("num_levels = 200") && config.contains("num_envs = 4"),
+        "{config}"
+    );
 
     let result = evaluate(
         &run_dir,
@@ -237,17 +321,32 @@ fn tiny_procgen_run_has_finite_losses_readable_tensorboard_files_and_evaluates()
 fn cli_rejects_unknown_keys_envs_and_bad_resume() {
     let base = tempfile::tempdir().unwrap();
     let bad = |args: &[&str]| {
-        let out = common::rl_darts().args(args).arg("--run-dir").arg(base.path().join("x")).output().unwrap();
+        let out = common::rl_darts()
+            .args(args)
+            .arg("--run-dir")
+            .arg(base.path().join("x"))
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).to_string()
     };
-    let err = bad(&["train", "--env", "cartpole", "--set", "ppo.learning_rat=1e-3"]);
+    let err = bad(&[
+        "train",
+        "--env",
+        "cartpole",
+        "--set",
+        "ppo.learning_rat=1e-3",
+    ]);
     assert!(err.contains("learning_rate"), "{err}");
     let err = bad(&["train", "--env", "coinrum", "--total-steps", "512"]);
     assert!(err.contains("did you mean 'coinrun'"), "{err}");
     let err = bad(&["train", "--env", "cartpole", "--encoder", "resnet"]);
     assert!(err.contains("impala") && err.contains("mlp"), "{err}");
-    let out = common::rl_darts().args(["train", "--resume"]).arg(base.path().join("nothing")).output().unwrap();
+    let out = common::rl_darts()
+        .args(["train", "--resume"])
+        .arg(base.path().join("nothing"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a run directory"));
 }

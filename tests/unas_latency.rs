@@ -30,7 +30,9 @@ use tch::{nn, Device, Kind, Tensor};
 /// cores with each other while timing (cargo runs a binary's tests on parallel threads).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn tiny_net(c: i64, in_channels: i64) -> (nn::VarStore, DartsSearchNet) {

@@ -80,7 +80,12 @@ fn c_name(name: &str) -> [c_char; sys::LIBENV_MAX_NAME_LEN as usize] {
 }
 
 fn tensortype_name(t: &libenv_tensortype) -> String {
-    let bytes: Vec<u8> = t.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = t
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -102,7 +107,11 @@ impl ProcgenVecEnv {
         let mut option_items: Vec<libenv_option> = Vec::with_capacity(c_options.len());
         for (name, value) in &c_options {
             let (dtype, count, bytes) = match value {
-                CValue::Int32(v) => (libenv_dtype::LIBENV_DTYPE_INT32, 1, v.to_ne_bytes().to_vec()),
+                CValue::Int32(v) => (
+                    libenv_dtype::LIBENV_DTYPE_INT32,
+                    1,
+                    v.to_ne_bytes().to_vec(),
+                ),
                 CValue::Bool(b) => (libenv_dtype::LIBENV_DTYPE_UINT8, 1, vec![u8::from(*b)]),
                 CValue::Str(s) => {
                     let mut bytes = s.as_bytes().to_vec();
@@ -122,8 +131,10 @@ impl ProcgenVecEnv {
         for (item, data) in option_items.iter_mut().zip(option_data.iter_mut()) {
             item.data = data.as_mut_ptr().cast();
         }
-        let c_opts =
-            libenv_options { items: option_items.as_mut_ptr(), count: option_items.len() as c_int };
+        let c_opts = libenv_options {
+            items: option_items.as_mut_ptr(),
+            count: option_items.len() as c_int,
+        };
 
         // SAFETY: every option was validated above (name known to procgen, dtype and count as
         // it expects, values in range), so libenv_make cannot reach procgen's fatal(). The
@@ -131,15 +142,20 @@ impl ProcgenVecEnv {
         // which are moved into the returned struct and outlive the env.
         let handle = unsafe { lib.libenv_make(num_envs as c_int, c_opts) };
         if handle.is_null() {
-            return Err(EnvError::MakeFailed { env: env_name.to_string() });
+            return Err(EnvError::MakeFailed {
+                env: env_name.to_string(),
+            });
         }
 
         // From here on a failure must close the env: build a guard-owning value early.
         let n = num_envs as i64;
         let obs = Tensor::zeros([n, OBS_SIZE, OBS_SIZE, 3], (Kind::Uint8, tch::Device::Cpu));
-        let render = options
-            .render_human
-            .then(|| Tensor::zeros([n, RENDER_SIZE, RENDER_SIZE, 3], (Kind::Uint8, tch::Device::Cpu)));
+        let render = options.render_human.then(|| {
+            Tensor::zeros(
+                [n, RENDER_SIZE, RENDER_SIZE, 3],
+                (Kind::Uint8, tch::Device::Cpu),
+            )
+        });
         let mut env = ProcgenVecEnv {
             lib,
             handle,
@@ -185,10 +201,13 @@ impl ProcgenVecEnv {
         // SAFETY: called with a null pointer libenv returns the number of entries; the second
         // call writes exactly that many structs into a buffer of that length.
         unsafe {
-            let count = self.lib.libenv_get_tensortypes(self.handle, space, std::ptr::null_mut());
+            let count = self
+                .lib
+                .libenv_get_tensortypes(self.handle, space, std::ptr::null_mut());
             let mut types = vec![libenv_tensortype::default(); count.max(0) as usize];
             if !types.is_empty() {
-                self.lib.libenv_get_tensortypes(self.handle, space, types.as_mut_ptr());
+                self.lib
+                    .libenv_get_tensortypes(self.handle, space, types.as_mut_ptr());
             }
             types
         }
@@ -206,17 +225,24 @@ impl ProcgenVecEnv {
             other => {
                 return Err(EnvError::UnexpectedSpace {
                     space: "observation",
-                    detail: format!("{:?}", other.iter().map(tensortype_name).collect::<Vec<_>>()),
+                    detail: format!(
+                        "{:?}",
+                        other.iter().map(tensortype_name).collect::<Vec<_>>()
+                    ),
                 })
             }
         }
         let ac_types = self.tensortypes(libenv_space_name::LIBENV_SPACE_ACTION);
         match ac_types.as_slice() {
-            [t] if t.dtype == libenv_dtype::LIBENV_DTYPE_INT32 && tensortype_shape(t).is_empty() => {}
+            [t] if t.dtype == libenv_dtype::LIBENV_DTYPE_INT32
+                && tensortype_shape(t).is_empty() => {}
             other => {
                 return Err(EnvError::UnexpectedSpace {
                     space: "action",
-                    detail: format!("{:?}", other.iter().map(tensortype_name).collect::<Vec<_>>()),
+                    detail: format!(
+                        "{:?}",
+                        other.iter().map(tensortype_name).collect::<Vec<_>>()
+                    ),
                 })
             }
         }
@@ -225,8 +251,12 @@ impl ProcgenVecEnv {
         let obs_base = self.obs.data_ptr() as *mut u8;
         // SAFETY (pointer arithmetic): obs is a contiguous [N, 64, 64, 3] u8 tensor, so env
         // i's frame starts i * frame_bytes into it.
-        self._ob_ptrs = (0..n).map(|i| unsafe { obs_base.add(i * frame_bytes) }.cast()).collect();
-        self._ac_ptrs = (0..n).map(|i| (&mut self.actions[i] as *mut i32).cast()).collect();
+        self._ob_ptrs = (0..n)
+            .map(|i| unsafe { obs_base.add(i * frame_bytes) }.cast())
+            .collect();
+        self._ac_ptrs = (0..n)
+            .map(|i| (&mut self.actions[i] as *mut i32).cast())
+            .collect();
 
         let info_types = self.tensortypes(libenv_space_name::LIBENV_SPACE_INFO);
         let mut info_ptrs: Vec<*mut c_void> = vec![std::ptr::null_mut(); info_types.len() * n];
@@ -241,7 +271,9 @@ impl ProcgenVecEnv {
                     ("prev_level_seed", libenv_dtype::LIBENV_DTYPE_INT32) if shape.is_empty() => {
                         (&mut self.prev_level_seed[i] as *mut i32).cast()
                     }
-                    ("prev_level_complete", libenv_dtype::LIBENV_DTYPE_UINT8) if shape.is_empty() => {
+                    ("prev_level_complete", libenv_dtype::LIBENV_DTYPE_UINT8)
+                        if shape.is_empty() =>
+                    {
                         (&mut self.prev_level_complete[i] as *mut u8).cast()
                     }
                     ("rgb", libenv_dtype::LIBENV_DTYPE_UINT8)
@@ -255,7 +287,10 @@ impl ProcgenVecEnv {
                     _ => {
                         return Err(EnvError::UnexpectedSpace {
                             space: "info",
-                            detail: format!("key '{name}' of shape {shape:?} and dtype {:?}", t.dtype),
+                            detail: format!(
+                                "key '{name}' of shape {shape:?} and dtype {:?}",
+                                t.dtype
+                            ),
                         })
                     }
                 };
@@ -274,7 +309,10 @@ impl ProcgenVecEnv {
         // SAFETY: every pointer in the struct refers to a buffer of the size the library's
         // tensortypes announced (checked above), owned by `self` and never reallocated, and
         // `Drop` closes the env before any of them is freed.
-        unsafe { self.lib.libenv_set_buffers(self.handle, &mut *self._buffers) };
+        unsafe {
+            self.lib
+                .libenv_set_buffers(self.handle, &mut *self._buffers)
+        };
         Ok(())
     }
 
@@ -347,8 +385,8 @@ impl VecEnv for ProcgenVecEnv {
     }
 
     fn load_state(&mut self, state: &[u8]) -> Result<(), EnvError> {
-        let snap: ProcgenSnapshot =
-            bincode::deserialize(state).map_err(|e| EnvError::State(format!("corrupt procgen state: {e}")))?;
+        let snap: ProcgenSnapshot = bincode::deserialize(state)
+            .map_err(|e| EnvError::State(format!("corrupt procgen state: {e}")))?;
         let n = self.spec.num_envs;
         let lengths_ok = [
             snap.games.len(),
@@ -373,15 +411,24 @@ impl VecEnv for ProcgenVecEnv {
             let mut bytes = game.clone();
             // SAFETY: the handle is live, i < num_envs, and the buffer holds exactly the
             // bytes procgen's get_state produced for a game of the same name.
-            unsafe { (fns.set_state)(self.handle, i as c_int, bytes.as_mut_ptr().cast(), bytes.len() as c_int) };
+            unsafe {
+                (fns.set_state)(
+                    self.handle,
+                    i as c_int,
+                    bytes.as_mut_ptr().cast(),
+                    bytes.len() as c_int,
+                )
+            };
         }
         // Buffers are refilled in place: their addresses are registered with the C env.
-        self.obs.copy_(&Tensor::from_slice(&snap.obs).view_as(&self.obs));
+        self.obs
+            .copy_(&Tensor::from_slice(&snap.obs).view_as(&self.obs));
         self.reward.copy_from_slice(&snap.reward);
         self.first.copy_from_slice(&snap.first);
         self.level_seed.copy_from_slice(&snap.level_seed);
         self.prev_level_seed.copy_from_slice(&snap.prev_level_seed);
-        self.prev_level_complete.copy_from_slice(&snap.prev_level_complete);
+        self.prev_level_complete
+            .copy_from_slice(&snap.prev_level_complete);
         self.tracker = snap.tracker;
         Ok(())
     }
@@ -410,9 +457,18 @@ impl ProcgenVecEnv {
         for i in 0..self.spec.num_envs {
             // SAFETY: the handle is live, i < num_envs, and buf holds MAX_STATE_SIZE bytes,
             // the length passed; get_state returns the number of bytes it wrote.
-            let n = unsafe { (fns.get_state)(self.handle, i as c_int, buf.as_mut_ptr().cast(), buf.len() as c_int) };
+            let n = unsafe {
+                (fns.get_state)(
+                    self.handle,
+                    i as c_int,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as c_int,
+                )
+            };
             if n < 0 || n as usize > buf.len() {
-                return Err(EnvError::State(format!("procgen get_state returned {n} for env {i}")));
+                return Err(EnvError::State(format!(
+                    "procgen get_state returned {n} for env {i}"
+                )));
             }
             games.push(buf[..n as usize].to_vec());
         }
@@ -440,6 +496,9 @@ impl Drop for ProcgenVecEnv {
 
 impl std::fmt::Debug for ProcgenVecEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcgenVecEnv").field("spec", &self.spec).field("options", &self.options).finish()
+        f.debug_struct("ProcgenVecEnv")
+            .field("spec", &self.spec)
+            .field("options", &self.options)
+            .finish()
     }
 }

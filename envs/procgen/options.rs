@@ -32,41 +32,177 @@ const fn game(
     exploration_seed: Option<i32>,
     timeout: u32,
 ) -> Game {
-    Game { name, easy_range, hard_range, allows_extreme, allows_memory, exploration_seed, timeout }
+    Game {
+        name,
+        easy_range,
+        hard_range,
+        allows_extreme,
+        allows_memory,
+        exploration_seed,
+        timeout,
+    }
 }
 
 /// All games, alphabetically (the order of procgen's ENV_NAMES).
 pub const GAMES: [Game; 16] = [
-    game("bigfish", (1.0, 40.0), (0.0, 40.0), false, false, None, 6000),
-    game("bossfight", (0.5, 13.0), (0.5, 13.0), false, false, None, 4000),
-    game("caveflyer", (3.5, 12.0), (2.0, 13.4), false, true, Some(1259048185), 1000),
+    game(
+        "bigfish",
+        (1.0, 40.0),
+        (0.0, 40.0),
+        false,
+        false,
+        None,
+        6000,
+    ),
+    game(
+        "bossfight",
+        (0.5, 13.0),
+        (0.5, 13.0),
+        false,
+        false,
+        None,
+        4000,
+    ),
+    game(
+        "caveflyer",
+        (3.5, 12.0),
+        (2.0, 13.4),
+        false,
+        true,
+        Some(1259048185),
+        1000,
+    ),
     game("chaser", (0.5, 13.0), (0.5, 14.2), true, false, None, 1000),
-    game("climber", (2.0, 12.6), (1.0, 12.6), false, false, Some(1561126160), 1000),
-    game("coinrun", (5.0, 10.0), (5.0, 10.0), false, false, Some(1949448038), 1000),
-    game("dodgeball", (1.5, 19.0), (1.5, 19.0), true, true, None, 1000),
-    game("fruitbot", (-1.5, 32.4), (-0.5, 27.2), false, false, None, 1000),
-    game("heist", (3.5, 10.0), (2.0, 10.0), false, true, Some(876640971), 1000),
-    game("jumper", (1.0, 10.0), (1.0, 10.0), false, true, Some(1434825276), 1000),
-    game("leaper", (1.5, 10.0), (1.5, 10.0), true, false, Some(1318677581), 1000),
-    game("maze", (5.0, 10.0), (4.0, 10.0), false, true, Some(158988835), 1000),
+    game(
+        "climber",
+        (2.0, 12.6),
+        (1.0, 12.6),
+        false,
+        false,
+        Some(1561126160),
+        1000,
+    ),
+    game(
+        "coinrun",
+        (5.0, 10.0),
+        (5.0, 10.0),
+        false,
+        false,
+        Some(1949448038),
+        1000,
+    ),
+    game(
+        "dodgeball",
+        (1.5, 19.0),
+        (1.5, 19.0),
+        true,
+        true,
+        None,
+        1000,
+    ),
+    game(
+        "fruitbot",
+        (-1.5, 32.4),
+        (-0.5, 27.2),
+        false,
+        false,
+        None,
+        1000,
+    ),
+    game(
+        "heist",
+        (3.5, 10.0),
+        (2.0, 10.0),
+        false,
+        true,
+        Some(876640971),
+        1000,
+    ),
+    game(
+        "jumper",
+        (1.0, 10.0),
+        (1.0, 10.0),
+        false,
+        true,
+        Some(1434825276),
+        1000,
+    ),
+    game(
+        "leaper",
+        (1.5, 10.0),
+        (1.5, 10.0),
+        true,
+        false,
+        Some(1318677581),
+        1000,
+    ),
+    game(
+        "maze",
+        (5.0, 10.0),
+        (4.0, 10.0),
+        false,
+        true,
+        Some(158988835),
+        1000,
+    ),
     game("miner", (1.5, 13.0), (1.5, 20.0), false, true, None, 1000),
-    game("ninja", (3.5, 10.0), (2.0, 10.0), false, false, Some(1123500215), 1000),
-    game("plunder", (4.5, 30.0), (3.0, 30.0), false, false, None, 1000),
-    game("starpilot", (2.5, 64.0), (1.5, 35.0), true, false, None, 1000),
+    game(
+        "ninja",
+        (3.5, 10.0),
+        (2.0, 10.0),
+        false,
+        false,
+        Some(1123500215),
+        1000,
+    ),
+    game(
+        "plunder",
+        (4.5, 30.0),
+        (3.0, 30.0),
+        false,
+        false,
+        None,
+        1000,
+    ),
+    game(
+        "starpilot",
+        (2.5, 64.0),
+        (1.5, 35.0),
+        true,
+        false,
+        None,
+        1000,
+    ),
 ];
 
 /// The 15 discrete actions shared by every game (procgen's `get_combos`).
 pub const ACTION_MEANINGS: [&str; 15] = [
-    "LEFT+DOWN", "LEFT", "LEFT+UP", "DOWN", "NOOP", "UP", "RIGHT+DOWN", "RIGHT", "RIGHT+UP", "D",
-    "A", "W", "S", "Q", "E",
+    "LEFT+DOWN",
+    "LEFT",
+    "LEFT+UP",
+    "DOWN",
+    "NOOP",
+    "UP",
+    "RIGHT+DOWN",
+    "RIGHT",
+    "RIGHT+UP",
+    "D",
+    "A",
+    "W",
+    "S",
+    "Q",
+    "E",
 ];
 
 pub fn find_game(name: &str) -> Result<&'static Game, EnvError> {
-    GAMES.iter().find(|g| g.name == name).ok_or_else(|| EnvError::UnknownEnv {
-        name: name.to_string(),
-        hint: did_you_mean(name, super::super::all_env_names()),
-        valid: super::super::all_env_names().join(", "),
-    })
+    GAMES
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| EnvError::UnknownEnv {
+            name: name.to_string(),
+            hint: did_you_mean(name, super::super::all_env_names()),
+            valid: super::super::all_env_names().join(", "),
+        })
 }
 
 /// Level distribution. `exploration` is procgen's Python-side alias: hard mode on one fixed
@@ -122,7 +258,11 @@ impl DistributionMode {
 
     /// The games that accept this mode, for error messages and `envs list`.
     pub fn games(self) -> Vec<&'static str> {
-        GAMES.iter().filter(|g| self.allowed_for(g)).map(|g| g.name).collect()
+        GAMES
+            .iter()
+            .filter(|g| self.allowed_for(g))
+            .map(|g| g.name)
+            .collect()
     }
 }
 
@@ -212,38 +352,70 @@ pub(crate) fn validated_c_options(
         reason,
     };
     if num_envs == 0 || num_envs > MAX_NUM_ENVS {
-        return Err(invalid("num_envs", num_envs.to_string(), format!("must be in 1..={MAX_NUM_ENVS}")));
+        return Err(invalid(
+            "num_envs",
+            num_envs.to_string(),
+            format!("must be in 1..={MAX_NUM_ENVS}"),
+        ));
     }
     let mode = options.distribution_mode;
     if !mode.allowed_for(game) {
         return Err(invalid(
             "distribution_mode",
             mode.name().into(),
-            format!("{} does not have it; games with {}: {}", game.name, mode, mode.games().join(", ")),
+            format!(
+                "{} does not have it; games with {}: {}",
+                game.name,
+                mode,
+                mode.games().join(", ")
+            ),
         ));
     }
     if options.num_levels < 0 {
-        return Err(invalid("num_levels", options.num_levels.to_string(), "must be >= 0 (0 = unbounded)".into()));
+        return Err(invalid(
+            "num_levels",
+            options.num_levels.to_string(),
+            "must be >= 0 (0 = unbounded)".into(),
+        ));
     }
     if options.start_level < 0 {
-        return Err(invalid("start_level", options.start_level.to_string(), "must be >= 0".into()));
+        return Err(invalid(
+            "start_level",
+            options.start_level.to_string(),
+            "must be >= 0".into(),
+        ));
     }
     if i64::from(options.start_level) + i64::from(options.num_levels) > i64::from(i32::MAX) {
         return Err(invalid(
             "start_level",
             options.start_level.to_string(),
-            format!("start_level + num_levels must fit in a 32-bit int (max {})", i32::MAX),
+            format!(
+                "start_level + num_levels must fit in a 32-bit int (max {})",
+                i32::MAX
+            ),
         ));
     }
     if !(1..=MAX_THREADS).contains(&options.num_threads) {
-        return Err(invalid("num_threads", options.num_threads.to_string(), format!("must be in 1..={MAX_THREADS}")));
+        return Err(invalid(
+            "num_threads",
+            options.num_threads.to_string(),
+            format!("must be in 1..={MAX_THREADS}"),
+        ));
     }
     if options.debug_mode < 0 {
-        return Err(invalid("debug_mode", options.debug_mode.to_string(), "must be >= 0".into()));
+        return Err(invalid(
+            "debug_mode",
+            options.debug_mode.to_string(),
+            "must be >= 0".into(),
+        ));
     }
     let rand_seed = match options.rand_seed {
         Some(seed) if seed < 0 => {
-            return Err(invalid("rand_seed", seed.to_string(), "must be >= 0".into()));
+            return Err(invalid(
+                "rand_seed",
+                seed.to_string(),
+                "must be >= 0".into(),
+            ));
         }
         Some(seed) => seed,
         None => (rand::random::<u32>() >> 1) as i32,
@@ -254,10 +426,15 @@ pub(crate) fn validated_c_options(
             return Err(invalid(
                 "distribution_mode",
                 "exploration".into(),
-                "exploration mode chooses the level itself; leave num_levels and start_level at 0".into(),
+                "exploration mode chooses the level itself; leave num_levels and start_level at 0"
+                    .into(),
             ));
         }
-        (1, game.exploration_seed.expect("allowed_for checked the seed exists"))
+        (
+            1,
+            game.exploration_seed
+                .expect("allowed_for checked the seed exists"),
+        )
     } else {
         (options.num_levels, options.start_level)
     };
@@ -273,8 +450,14 @@ pub(crate) fn validated_c_options(
     }
     Ok(vec![
         ("center_agent", CValue::Bool(options.center_agent)),
-        ("use_generated_assets", CValue::Bool(options.use_generated_assets)),
-        ("use_monochrome_assets", CValue::Bool(options.use_monochrome_assets)),
+        (
+            "use_generated_assets",
+            CValue::Bool(options.use_generated_assets),
+        ),
+        (
+            "use_monochrome_assets",
+            CValue::Bool(options.use_monochrome_assets),
+        ),
         ("restrict_themes", CValue::Bool(options.restrict_themes)),
         ("use_backgrounds", CValue::Bool(options.use_backgrounds)),
         ("paint_vel_info", CValue::Bool(options.paint_vel_info)),
@@ -283,7 +466,10 @@ pub(crate) fn validated_c_options(
         ("num_levels", CValue::Int32(num_levels)),
         ("start_level", CValue::Int32(start_level)),
         ("num_actions", CValue::Int32(ACTION_MEANINGS.len() as i32)),
-        ("use_sequential_levels", CValue::Bool(options.use_sequential_levels)),
+        (
+            "use_sequential_levels",
+            CValue::Bool(options.use_sequential_levels),
+        ),
         ("debug_mode", CValue::Int32(options.debug_mode)),
         ("rand_seed", CValue::Int32(rand_seed)),
         ("num_threads", CValue::Int32(options.num_threads)),
@@ -306,13 +492,25 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn check(env: &str, n: usize, o: &ProcgenOptions) -> Result<Vec<(&'static str, CValue)>, EnvError> {
+    fn check(
+        env: &str,
+        n: usize,
+        o: &ProcgenOptions,
+    ) -> Result<Vec<(&'static str, CValue)>, EnvError> {
         validated_c_options(env, n, o, Path::new("/"))
     }
 
     #[test]
     fn defaults_pass_every_option_explicitly() {
-        let c = check("coinrun", 4, &ProcgenOptions { rand_seed: Some(3), ..Default::default() }).unwrap();
+        let c = check(
+            "coinrun",
+            4,
+            &ProcgenOptions {
+                rand_seed: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(c.len(), 17);
         assert!(c.contains(&("rand_seed", CValue::Int32(3))));
         assert!(c.contains(&("num_actions", CValue::Int32(15))));
@@ -325,34 +523,93 @@ mod tests {
         let e = check("coinrum", 1, &d).unwrap_err().to_string();
         assert!(e.contains("did you mean 'coinrun'"), "{e}");
         assert!(e.contains("starpilot"), "{e}");
-        let e = check("coinrun", 1, &ProcgenOptions { distribution_mode: DistributionMode::Extreme, ..d.clone() })
-            .unwrap_err()
-            .to_string();
+        let e = check(
+            "coinrun",
+            1,
+            &ProcgenOptions {
+                distribution_mode: DistributionMode::Extreme,
+                ..d.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("chaser, dodgeball, leaper, starpilot"), "{e}");
-        let e = check("coinrun", 1, &ProcgenOptions { distribution_mode: DistributionMode::Memory, ..d.clone() })
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("caveflyer, dodgeball, heist, jumper, maze, miner"), "{e}");
+        let e = check(
+            "coinrun",
+            1,
+            &ProcgenOptions {
+                distribution_mode: DistributionMode::Memory,
+                ..d.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("caveflyer, dodgeball, heist, jumper, maze, miner"),
+            "{e}"
+        );
         for bad in [
-            ProcgenOptions { num_levels: -1, ..d.clone() },
-            ProcgenOptions { start_level: -5, ..d.clone() },
-            ProcgenOptions { start_level: i32::MAX, num_levels: 10, ..d.clone() },
-            ProcgenOptions { num_threads: 0, ..d.clone() },
-            ProcgenOptions { num_threads: 10_000, ..d.clone() },
-            ProcgenOptions { rand_seed: Some(-1), ..d.clone() },
-            ProcgenOptions { debug_mode: -1, ..d.clone() },
-            ProcgenOptions { distribution_mode: DistributionMode::Exploration, num_levels: 5, ..d.clone() },
+            ProcgenOptions {
+                num_levels: -1,
+                ..d.clone()
+            },
+            ProcgenOptions {
+                start_level: -5,
+                ..d.clone()
+            },
+            ProcgenOptions {
+                start_level: i32::MAX,
+                num_levels: 10,
+                ..d.clone()
+            },
+            ProcgenOptions {
+                num_threads: 0,
+                ..d.clone()
+            },
+            ProcgenOptions {
+                num_threads: 10_000,
+                ..d.clone()
+            },
+            ProcgenOptions {
+                rand_seed: Some(-1),
+                ..d.clone()
+            },
+            ProcgenOptions {
+                debug_mode: -1,
+                ..d.clone()
+            },
+            ProcgenOptions {
+                distribution_mode: DistributionMode::Exploration,
+                num_levels: 5,
+                ..d.clone()
+            },
         ] {
-            assert!(matches!(check("coinrun", 1, &bad), Err(EnvError::InvalidOption { .. })), "{bad:?}");
+            assert!(
+                matches!(
+                    check("coinrun", 1, &bad),
+                    Err(EnvError::InvalidOption { .. })
+                ),
+                "{bad:?}"
+            );
         }
         assert!(check("coinrun", 0, &d).is_err());
-        assert!(check("bigfish", 1, &ProcgenOptions { distribution_mode: DistributionMode::Exploration, ..d })
-            .is_err());
+        assert!(check(
+            "bigfish",
+            1,
+            &ProcgenOptions {
+                distribution_mode: DistributionMode::Exploration,
+                ..d
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn exploration_fixes_one_level() {
-        let o = ProcgenOptions { distribution_mode: DistributionMode::Exploration, ..Default::default() };
+        let o = ProcgenOptions {
+            distribution_mode: DistributionMode::Exploration,
+            ..Default::default()
+        };
         let c = check("maze", 1, &o).unwrap();
         assert!(c.contains(&("num_levels", CValue::Int32(1))));
         assert!(c.contains(&("start_level", CValue::Int32(158988835))));
@@ -361,10 +618,16 @@ mod tests {
 
     #[test]
     fn mode_tables_match_the_paper() {
-        assert_eq!(DistributionMode::Extreme.games(), ["chaser", "dodgeball", "leaper", "starpilot"]);
+        assert_eq!(
+            DistributionMode::Extreme.games(),
+            ["chaser", "dodgeball", "leaper", "starpilot"]
+        );
         assert_eq!(DistributionMode::Exploration.games().len(), 8);
         let coinrun = find_game("coinrun").unwrap();
-        assert_eq!(normalized_return(coinrun, DistributionMode::Easy, 10.0), 1.0);
+        assert_eq!(
+            normalized_return(coinrun, DistributionMode::Easy, 10.0),
+            1.0
+        );
         assert_eq!(normalized_return(coinrun, DistributionMode::Easy, 5.0), 0.0);
     }
 }

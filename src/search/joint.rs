@@ -22,10 +22,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy, WeightStepReport,
+    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, ReportField,
+    SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -79,7 +80,7 @@ impl Joint {
                 params.temperature, params.optimizer.lr
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         Ok(Self {
             params,
             adam,
@@ -103,7 +104,7 @@ impl Joint {
                 "joint: alpha gradient norm is {grad_norm}"
             )));
         }
-        self.adam.step_with(g);
+        self.adam.step_with(g)?;
         Ok(ArchStepStats { loss, grad_norm })
     }
 }
@@ -156,6 +157,7 @@ impl SearchStrategy for Joint {
         arch: &ArchParams,
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
+        report.check_finite("joint", &[ReportField::Loss])?;
         if !std::mem::take(&mut self.pending) {
             return Err(SearchError::Invalid(
                 "joint: after_weight_step without a preceding op_weights(Phase::Weights): the \

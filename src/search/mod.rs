@@ -69,6 +69,7 @@
 //! `match` ([`StrategyConfig::build`]). Adding a strategy = a file, a variant, a match arm,
 //! a name in [`STRATEGY_NAMES`] and a preset in `configs/`.
 
+pub mod checkpoint;
 pub mod darts;
 pub mod darts_prime;
 pub mod gdas;
@@ -77,6 +78,7 @@ pub mod joint;
 pub mod optim;
 pub mod perturb;
 pub mod random;
+pub mod sampling;
 pub mod snas;
 pub mod unas;
 pub mod unas_factorised;
@@ -96,10 +98,12 @@ pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer};
 pub use gdas::{Gdas, GdasParams};
 pub use idarts::{IDarts, IDartsParams};
 pub use joint::{Joint, JointParams};
-pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
+pub use optim::{ordered_variables, Adam, AdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
 pub use snas::{CostMetric, Snas, SnasParams};
-pub use unas::{LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams};
+pub use unas::{
+    LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams, UnasWeightsSample,
+};
 pub use unas_factorised::{FactorisedAlphas, FactorisedSample};
 
 /// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
@@ -201,6 +205,42 @@ pub struct WeightStepReport {
     /// `sum_p ||grad_w L_train||^2`, before clipping.
     pub grad_norm_sq: f64,
     pub lr: f64,
+}
+
+impl WeightStepReport {
+    /// Checks that the fields a strategy reads are finite. A loop that cannot compute one must
+    /// not report a placeholder: a non-finite value is an error that names the field, its value
+    /// and where it came from, never a silent fallback (issue 22: DARTS-PRIME's schedule once
+    /// fell back to a fixed period when the RL loop reported NaN).
+    pub fn check_finite(&self, strategy: &str, fields: &[ReportField]) -> Result<(), SearchError> {
+        for field in fields {
+            let (name, value, meaning) = match field {
+                ReportField::Loss => ("loss", self.loss, "the training loss of the weight step"),
+                ReportField::GradNormSq => (
+                    "grad_norm_sq",
+                    self.grad_norm_sq,
+                    "sum_p ||grad_w L_train||^2 of the weight step, before clipping",
+                ),
+            };
+            if !value.is_finite() {
+                return Err(SearchError::Invalid(format!(
+                    "{strategy}: the search loop's weight step of iteration {} reported \
+                     WeightStepReport.{name} = {value} ({meaning}); the strategy needs a finite \
+                     value: the loop must pass the real {name} of its weight step (a diverged \
+                     weight step also shows up here: lower the weight learning rate)",
+                    self.iteration
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A field of [`WeightStepReport`] a strategy reads (for [`WeightStepReport::check_finite`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportField {
+    Loss,
+    GradNormSq,
 }
 
 /// What an alpha step did.

@@ -27,7 +27,10 @@ pub enum TrainError {
     #[error("tensor error: {0}")]
     Tch(#[from] tch::TchError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error(
@@ -35,5 +38,10 @@ pub enum TrainError {
          diverged weights. {}Try a lower ppo.learning_rate or ppo.max_grad_norm.",
         match last_checkpoint { Some(p) => format!("The last good checkpoint is {} (resume with --resume). ", p.display()), None => String::new() }
     )]
-    NonFinite { iteration: u64, what: String, value: f64, last_checkpoint: Option<PathBuf> },
+    NonFinite {
+        iteration: u64,
+        what: String,
+        value: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
 }

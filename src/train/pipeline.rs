@@ -1316,7 +1316,10 @@ mod tests {
             mean_return_last100: r,
         };
         assert_eq!(best_candidate(&[c(0, None), c(1, Some(-1.0))]), 1);
-        assert_eq!(best_candidate(&[c(0, Some(2.0)), c(1, Some(5.0)), c(2, Some(5.0))]), 1);
+        assert_eq!(
+            best_candidate(&[c(0, Some(2.0)), c(1, Some(5.0)), c(2, Some(5.0))]),
+            1
+        );
         assert_eq!(best_candidate(&[c(0, None), c(1, None)]), 0);
     }
 
@@ -1423,9 +1426,14 @@ mod tests {
         let mut random = c.clone();
         random.search.as_mut().unwrap().random_candidates = Some(8);
         let md = random.to_markdown();
-        assert!(md.contains("| random-search cell, retrained | 1,234,567 |"), "{md}");
         assert!(
-            md.contains("Search: random search, 8 cells trained from scratch (the best has 42 params)"),
+            md.contains("| random-search cell, retrained | 1,234,567 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "Search: random search, 8 cells trained from scratch (the best has 42 params)"
+            ),
             "{md}"
         );
         assert_eq!(thousands(999), "999");

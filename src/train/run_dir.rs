@@ -21,7 +21,10 @@ pub struct RunDir {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl RunDir {
@@ -41,7 +44,9 @@ impl RunDir {
     /// Uses `root` as the run directory (created if missing).
     pub fn create_at(root: &Path) -> Result<Self, TrainError> {
         fs::create_dir_all(root.join(CHECKPOINTS_DIR)).map_err(io_err(root))?;
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     /// An existing run directory, for `--resume`.
@@ -49,10 +54,14 @@ impl RunDir {
         if !root.join(CONFIG_FILE).is_file() {
             return Err(TrainError::Checkpoint {
                 path: root.to_path_buf(),
-                reason: format!("not a run directory (no {CONFIG_FILE}); give the folder a `train` run created"),
+                reason: format!(
+                    "not a run directory (no {CONFIG_FILE}); give the folder a `train` run created"
+                ),
             });
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -78,7 +87,10 @@ impl RunDir {
         let dir = self.checkpoints_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let final_path = dir.join(format!("{PREFIX}{iteration:08}"));
-        let tmp = dir.join(format!(".{PREFIX}{iteration:08}.tmp-{}", std::process::id()));
+        let tmp = dir.join(format!(
+            ".{PREFIX}{iteration:08}.tmp-{}",
+            std::process::id()
+        ));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
@@ -107,8 +119,13 @@ impl RunDir {
         let mut found = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let path = entry.map_err(io_err(&dir))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            let Some(iteration) = name.strip_prefix(PREFIX).and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(iteration) = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             if path.join(COMPLETE_MARKER).is_file() {
@@ -156,9 +173,17 @@ mod tests {
         let kept: Vec<u64> = run.checkpoints().unwrap().iter().map(|(i, _)| *i).collect();
         assert_eq!(kept, [4, 5]);
         // A failed write leaves no checkpoint behind and the previous ones intact.
-        let failed = run.save_checkpoint(6, 2, |dir| Err(TrainError::Checkpoint { path: dir.into(), reason: "boom".into() }));
+        let failed = run.save_checkpoint(6, 2, |dir| {
+            Err(TrainError::Checkpoint {
+                path: dir.into(),
+                reason: "boom".into(),
+            })
+        });
         assert!(failed.is_err());
-        assert_eq!(run.latest_checkpoint().unwrap().unwrap(), run.checkpoints_dir().join("iter_00000005"));
+        assert_eq!(
+            run.latest_checkpoint().unwrap().unwrap(),
+            run.checkpoints_dir().join("iter_00000005")
+        );
         // An incomplete folder (no marker), as a crash would leave, is ignored.
         fs::create_dir_all(run.checkpoints_dir().join("iter_00000009")).unwrap();
         assert_eq!(run.checkpoints().unwrap().len(), 2);

@@ -743,7 +743,9 @@ fn bilevel_search(
 
         let stop = run.stop.load(Ordering::SeqCst);
         if stop
-            || state.epochs_done.is_multiple_of(config.checkpoint.every.max(1))
+            || state
+                .epochs_done
+                .is_multiple_of(config.checkpoint.every.max(1))
             || state.epochs_done == epochs
         {
             let iteration = state.epochs_done as u64;

@@ -12,7 +12,11 @@ pub fn repo_root() -> PathBuf {
 /// the tests compare against. Missing is a failure, not a skip: the oracle tests are the point.
 pub fn venv_python() -> PathBuf {
     let python = repo_root().join(".venv/bin/python");
-    assert!(python.exists(), "{} is missing: run `make setup` first", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup` first",
+        python.display()
+    );
     python
 }
 
@@ -31,7 +35,12 @@ pub fn run_python_oracle(script: &str, input: &serde_json::Value) -> serde_json:
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the Python oracle");
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
