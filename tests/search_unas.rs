@@ -182,13 +182,17 @@ fn the_harness_detects_the_known_biased_estimators() {
     let z_relaxed = max_z(&m, &v, &exact, n);
     let (m, v) = estimates_with(n, 5, false, straight_through);
     let z_st = max_z(&m, &v, &exact, n);
-    let (m, v) = estimates(UnasEstimator::RelaxedBaseline, n, 3);
-    let z_rb = max_z(&m, &v, &exact, n);
-    let (m, v) = estimates(UnasEstimator::Rebar, n, 1);
-    let z_rebar = max_z(&m, &v, &exact, n);
+    // The relaxed baseline's bias is smaller (about 0.19 in norm against an exact gradient of
+    // norm 0.67): three times the samples, for REBAR too, so that the verdict does not hang on
+    // one seed (measured max |z|: about 5 at n = 4000).
+    let n3 = 3 * n;
+    let (m, v) = estimates(UnasEstimator::RelaxedBaseline, n3, 3);
+    let z_rb = max_z(&m, &v, &exact, n3);
+    let (m, v) = estimates(UnasEstimator::Rebar, n3, 1);
+    let z_rebar = max_z(&m, &v, &exact, n3);
     println!(
-        "max |z| over coordinates (n = {n}): relaxed only {z_relaxed:.1}, straight-through \
-         {z_st:.1}, relaxed baseline {z_rb:.1}; rebar {z_rebar:.1}"
+        "max |z| over coordinates: relaxed only {z_relaxed:.1}, straight-through {z_st:.1} \
+         (n = {n}); relaxed baseline {z_rb:.1}, rebar {z_rebar:.1} (n = {n3})"
     );
     assert!(
         z_relaxed >= Z_LIMIT,

@@ -174,7 +174,7 @@ fn the_factorised_objective_carries_the_duplicate_edge_penalty() {
         UnasParams {
             cell: UnasCell::Factorised,
             optimizer: AdamConfig {
-                lr: 0.05,
+                lr: 0.1,
                 ..UnasParams::default().optimizer
             },
             ..Default::default()
@@ -208,12 +208,13 @@ fn the_factorised_objective_carries_the_duplicate_edge_penalty() {
     });
     let before = expected_duplicates(&s);
     let mut obj = Linear::new(&sp, 0.0);
-    for _ in 0..30 {
+    for _ in 0..150 {
         s.arch_step(&arch, &mut obj).unwrap();
     }
     let after = expected_duplicates(&s);
     println!("expected duplicates: {before:.4} -> {after:.4}");
-    assert!(after < 0.8 * before, "{before} -> {after}");
+    // Measured: 0.273 -> 0.162 over 150 steps; a flipped sign would raise it.
+    assert!(after < 0.75 * before, "{before} -> {after}");
 }
 
 /// A factorised cell of 11 nodes (selector tensors `input_0` .. `input_10`): alpha steps run
