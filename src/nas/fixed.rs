@@ -631,16 +631,19 @@ mod tests {
                 ..Default::default()
             };
             let arch = random_alphas(cfg.space());
-            let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
-            let vs = nn::VarStore::new(Device::Cpu);
-            let enc =
-                RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64])
-                    .unwrap();
-            let obs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
-            assert_eq!(enc.features(&obs, true).size(), [2, 256], "{genotype}");
-            assert_eq!(enc.feature_dim(), 256);
-            let names: Vec<String> = vs.variables().into_keys().collect();
-            assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+            // GDAS's pair rule gives node 0 of the one-input cell two ops on the same input.
+            for rule in [DeriveRule::RlDarts, DeriveRule::Gdas] {
+                let genotype = arch.derive_genotype(rule).unwrap();
+                let vs = nn::VarStore::new(Device::Cpu);
+                let enc =
+                    RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64])
+                        .unwrap();
+                let obs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+                assert_eq!(enc.features(&obs, true).size(), [2, 256], "{genotype}");
+                assert_eq!(enc.feature_dim(), 256);
+                let names: Vec<String> = vs.variables().into_keys().collect();
+                assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+            }
         }
     }
 

@@ -16,6 +16,12 @@
 //! updates are the same, except that PPO's global gradient-norm clip covers the weights only
 //! (clipping alphas and weights together would let the much larger weight gradient shrink the
 //! alpha steps to nothing).
+//!
+//! How the alphas' gradient is clipped: it is not. [`SearchStrategy::after_weight_step`] hands
+//! the gradient the loop's backward left in the alphas to Adam as it is (a non-finite gradient
+//! norm is an error); Adam's per-parameter normalisation bounds each step by about `lr`
+//! anyway. In the official code the alphas are variables of the one PPO optimizer, so whatever
+//! clip that optimizer applies acts on weights and alphas together.
 
 use std::path::Path;
 
@@ -261,5 +267,21 @@ mod tests {
         // A second report without a forward is a wiring error, not a silent no-op.
         assert!(s.after_weight_step(&arch, &report).is_err());
         assert!(!s.wants_arch_step(0));
+
+        // A non-finite loss in the report is an error naming it, and no step is taken.
+        let w = s.op_weights(&arch, Phase::Weights).unwrap();
+        w.normal.weights().sum(Kind::Float).backward();
+        let before = arch.alpha_normal().copy();
+        let nan = WeightStepReport {
+            iteration: 3,
+            loss: f64::NAN,
+            ..report
+        };
+        let err = s.after_weight_step(&arch, &nan).unwrap_err().to_string();
+        assert!(
+            err.contains("joint") && err.contains("loss = NaN") && err.contains("iteration 3"),
+            "{err}"
+        );
+        assert!(arch.alpha_normal().equal(&before));
     }
 }

@@ -816,6 +816,15 @@ mod tests {
             lr: 0.0,
         };
         assert!(free.after_weight_step(&arch, &report).unwrap().is_some());
+
+        // A non-finite loss in the report is an error that names it (never a silent step).
+        free.op_weights(&arch, Phase::Weights).unwrap();
+        let inf = WeightStepReport {
+            loss: f64::INFINITY,
+            ..report
+        };
+        let err = free.after_weight_step(&arch, &inf).unwrap_err().to_string();
+        assert!(err.contains("snas") && err.contains("loss = inf"), "{err}");
     }
 
     /// The applied gradient is the backward's `grad_alpha L(Z)` plus `eta` times the score
