@@ -49,7 +49,9 @@
 //! - **UNAS** ([`unas`]): `arch_step` samples a hard `z` and the relaxed `zeta` with the same noise,
 //!   evaluates `f = L_train + 0.5 |L_val - L_train|` on both through the objective, and forms
 //!   `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`, or REBAR's unbiased form with a
-//!   conditional sample `zeta~ | z` (the default); `op_weights(Weights)` is a hard sample.
+//!   conditional sample `zeta~ | z` (the default); `op_weights(Weights)` is a fresh relaxed
+//!   sample, detached (the official default; `weights_sample = "hard"` gives a hard one).
+//!   The factorised cell adds UNAS's duplicate-edge penalty to `f`.
 //!   Optionally `f += c_t relu(latency - target)` with latencies from a table the loop
 //!   measures on request ([`SearchStrategy::latency_request`]).
 //! - **DARTS-PRIME** ([`darts_prime`]): `after_weight_step` updates the EWMA of
@@ -59,7 +61,13 @@
 //!   `derive` (or the ADMM term).
 //! - **GDAS**: `op_weights` returns straight-through hard one-hot weights `h - sg(p) + p` as
 //!   [`crate::nas::OpWeights::one_hot`], so the supernet evaluates only the sampled op per
-//!   edge; `begin_epoch` anneals tau linearly 10 -> 0.1.
+//!   edge; `begin_epoch` anneals tau linearly 10 -> 0.1; `derive` keeps the top-2 (op, input)
+//!   pairs per node ([`DeriveRule::Gdas`]).
+//!
+//! Every random draw of the stochastic strategies goes through [`sampling`] (`rand_distr`,
+//! from the strategy's own seeded ChaCha8 generator, checkpointed), and every non-finite value
+//! a strategy reads from a [`WeightStepReport`] is an error
+//! ([`WeightStepReport::check_finite`]).
 //! - **Random search** ([`random`]): see the module; the honest baseline.
 //!
 //! # Configuration
