@@ -1,9 +1,6 @@
 //! Adam (Kingma & Ba 2015) with the update of `torch.optim.Adam`, written over tensors we own
 //! so that its moments can be checkpointed: tch's `nn::Optimizer` keeps them inside the C++
 //! optimizer and exports nothing, so a resumed run would restart Adam from zero.
-//!
-//! Also [`JointOptimizer`], the hook through which the PPO update steps a second optimizer
-//! (RL-DARTS joint first-order mode: architecture parameters trained by the PPO loss).
 
 use std::path::Path;
 
@@ -82,6 +79,11 @@ impl Adam {
 
     pub fn config(&self) -> &AdamConfig {
         &self.config
+    }
+
+    /// The current step size.
+    pub fn lr(&self) -> f64 {
+        self.config.lr
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -201,42 +203,6 @@ impl Adam {
         }
         self.step = step;
         Ok(())
-    }
-}
-
-/// Something stepped on the same backward pass as the weights: in RL-DARTS's joint
-/// first-order mode, the architecture parameters' optimizer, which sees the gradient of the
-/// PPO loss with respect to alpha. [`ppo_update`](super::ppo_update) calls `zero_grad` on it
-/// together with the weights' optimizer before each minibatch's backward, and `step` after
-/// the weights' step. Its gradients are not part of the weights' global-norm clip: clip
-/// inside `step` if the strategy wants it. `Send` so that a trainer holding one can move
-/// between threads.
-pub trait JointOptimizer: Send {
-    fn zero_grad(&mut self);
-    fn step(&mut self);
-}
-
-impl std::fmt::Debug for dyn JointOptimizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JointOptimizer")
-    }
-}
-
-impl JointOptimizer for Adam {
-    fn zero_grad(&mut self) {
-        Adam::zero_grad(self)
-    }
-    fn step(&mut self) {
-        Adam::step(self)
-    }
-}
-
-impl JointOptimizer for nn::Optimizer {
-    fn zero_grad(&mut self) {
-        nn::Optimizer::zero_grad(self)
-    }
-    fn step(&mut self) {
-        nn::Optimizer::step(self)
     }
 }
 

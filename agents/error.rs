@@ -25,4 +25,15 @@ pub enum AgentError {
     Env(#[from] crate::envs::EnvError),
     #[error("tensor error: {0}")]
     Tch(#[from] tch::TchError),
+    /// Raised by the encoder's architecture (a search strategy's sample or step), passed
+    /// through with its own message.
+    #[error("architecture: {0}")]
+    Arch(String),
+    /// A non-finite loss or gradient norm in the update (the run stops before stepping on it).
+    #[error("PPO update: {what} is {value} at minibatch {minibatch}")]
+    NonFinite {
+        what: &'static str,
+        value: f64,
+        minibatch: usize,
+    },
 }

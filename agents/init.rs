@@ -1,4 +1,5 @@
-//! Orthogonal initialisation (Saxe et al. 2014) with the right shape for conv weights.
+//! How an encoder's hidden layers start ([`HiddenInit`]), and orthogonal initialisation
+//! (Saxe et al. 2014) with the right shape for conv weights.
 //!
 //! tch 0.26's `nn::Init::Orthogonal` builds the orthogonal matrix on the flattened
 //! `[rows, prod(rest)]` shape and returns it without reshaping, so a conv weight
@@ -9,38 +10,56 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::Init, Tensor};
 
 /// How an encoder's hidden layers start (its convs and final linear layer; the policy and value
-/// heads are always orthogonal with gains 0.01 and 1).
+/// heads are always orthogonal with gains 0.01 and 1, as in every Procgen PPO baseline).
+///
+/// The Procgen recipe keeps the framework's defaults on the hidden layers
+/// (../shared/REFERENCE.md section 2): PyTorch's in CleanRL's `ppo_procgen.py` (its
+/// `layer_init` wraps the two heads only), Glorot uniform in openai baselines' `impala_cnn`
+/// (tf.layers defaults). Orthogonal sqrt(2) on hidden layers is the Atari (nature_cnn) recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HiddenInit {
-    /// Orthogonal with the ReLU gain sqrt(2), bias 0 (../shared/REFERENCE.md section 2).
+    /// PyTorch's layer defaults, CleanRL's: weights and biases from
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)). They start the network with small features, so the
+    /// first value estimates are near 0 instead of about +-20 (IMPALA-CNN, Procgen frames). On
+    /// CoinRun with a narrow IMPALA-CNN this decided whether PPO learned at all in 164k steps
+    /// (BENCHMARKS.md).
     #[default]
-    Orthogonal,
-    /// PyTorch's layer defaults: weights and biases from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    /// CleanRL's `ppo_procgen.py` gets these, as it applies `layer_init` to the heads only.
-    /// They start the network with far smaller features, so the first value estimates are
-    /// near 0 instead of about +-20 (IMPALA-CNN, Procgen frames). On CoinRun with a narrow
-    /// IMPALA-CNN this decided whether PPO learned at all in 164k steps (BENCHMARKS.md).
     TorchDefault,
+    /// openai baselines' (tf.layers defaults): weights from
+    /// U(-sqrt(6 / (fan_in + fan_out)), +sqrt(6 / (fan_in + fan_out))), biases 0, where a conv's
+    /// fans count its receptive field (`fan_out = C_out * k * k`).
+    GlorotUniform,
+    /// Orthogonal with the ReLU gain sqrt(2), bias 0: the Atari recipe, kept as an option.
+    Orthogonal,
 }
 
 impl HiddenInit {
-    /// Re-draws a layer that was built with the orthogonal scheme when `self` asks for another
-    /// one. Built first and then re-drawn so that the default scheme's random draws, and
-    /// with them every seeded run, stay as they were.
+    /// Re-draws a layer that was built with the orthogonal scheme (weight `[out, in, ..]`)
+    /// when `self` asks for another one. Layers are built orthogonal first and then re-drawn so
+    /// that the orthogonal scheme's random draws, and with them seeded runs that ask for it,
+    /// stay as they were.
     pub fn apply(self, weight: &Tensor, bias: Option<&Tensor>) {
-        match self {
+        let size = weight.size();
+        let receptive: i64 = size[2..].iter().product();
+        let fan_in = size[1] * receptive;
+        let fan_out = size[0] * receptive;
+        tch::no_grad(|| match self {
             HiddenInit::Orthogonal => {}
             HiddenInit::TorchDefault => {
-                let fan_in: i64 = weight.size()[1..].iter().product();
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                tch::no_grad(|| {
-                    for t in std::iter::once(weight).chain(bias) {
-                        let _ = t.shallow_clone().uniform_(-bound, bound);
-                    }
-                });
+                for t in std::iter::once(weight).chain(bias) {
+                    let _ = t.shallow_clone().uniform_(-bound, bound);
+                }
             }
-        }
+            HiddenInit::GlorotUniform => {
+                let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                let _ = weight.shallow_clone().uniform_(-bound, bound);
+                if let Some(b) = bias {
+                    let _ = b.shallow_clone().zero_();
+                }
+            }
+        });
     }
 }
 
@@ -85,6 +104,22 @@ mod tests {
         // U(-a, a) has standard deviation a / sqrt(3).
         let std = w.std(true).double_value(&[]);
         assert!((std - bound / 3f64.sqrt()).abs() < 0.1 * bound, "{std}");
+    }
+
+    #[test]
+    fn glorot_uniform_counts_the_receptive_field_in_both_fans() {
+        tch::manual_seed(1);
+        let w = Tensor::zeros([16, 8, 3, 3], (Kind::Float, Device::Cpu));
+        let b = Tensor::ones([16], (Kind::Float, Device::Cpu));
+        HiddenInit::GlorotUniform.apply(&w, Some(&b));
+        // fan_in 8 * 9 = 72, fan_out 16 * 9 = 144: bound sqrt(6 / 216).
+        let bound = (6.0f64 / 216.0).sqrt();
+        let max = w.abs().max().double_value(&[]);
+        assert!(max <= bound && max > 0.9 * bound, "{max} vs {bound}");
+        let std = w.std(true).double_value(&[]);
+        assert!((std - bound / 3f64.sqrt()).abs() < 0.1 * bound, "{std}");
+        assert_eq!(b.abs().max().double_value(&[]), 0.0, "biases start at 0");
+        assert_eq!(HiddenInit::default(), HiddenInit::TorchDefault);
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Mlp {
 impl Encoder for Mlp {
     /// # Shapes
     /// `[N, D]` f32 -> `[N, hidden.last()]`
-    fn features(&self, obs: &Tensor, _train: bool) -> Tensor {
+    fn features(&self, obs: &Tensor, _arch: &()) -> Tensor {
         let mut xs = obs.shallow_clone();
         for layer in &self.layers {
             xs = layer.forward(&xs).tanh();
@@ -92,7 +92,7 @@ mod tests {
     fn shape_and_parameter_count() {
         let vs = nn::VarStore::new(Device::Cpu);
         let mlp = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
-        let out = mlp.features(&Tensor::randn([7, 4], (Kind::Float, Device::Cpu)), true);
+        let out = mlp.features(&Tensor::randn([7, 4], (Kind::Float, Device::Cpu)), &());
         assert_eq!(out.size(), [7, 64]);
         assert_eq!(mlp.feature_dim(), 64);
         // (4 * 64 + 64) + (64 * 64 + 64) = 320 + 4160

@@ -2,11 +2,12 @@
 //! reward normalisation and one readable PPO update (PPO as in the Procgen paper, Cobbe et
 //! al. 2020; CleanRL's `ppo_procgen.py` is the line-by-line peer).
 //!
-//! Weights live in a `VarStore` the caller owns; NAS encoders keep their architecture
-//! parameters in a second store with their own optimizer, which the PPO update can step on
-//! the same backward pass (see [`JointOptimizer`]).
+//! Weights live in a `VarStore` the caller owns. A searched encoder's architecture is an
+//! argument of every forward ([`Encoder`]'s `A`), supplied per iteration by an
+//! [`IterationArch`]: the trainer never reaches into the search.
 
 pub mod adam;
+pub mod arch;
 pub mod error;
 pub mod gae;
 pub mod impala;
@@ -18,7 +19,8 @@ pub mod ppo;
 pub mod rollout;
 pub mod storage;
 
-pub use adam::{Adam, AdamConfig, JointOptimizer};
+pub use adam::{Adam, AdamConfig};
+pub use arch::{FixedArch, IterationArch, WeightStep};
 pub use error::AgentError;
 pub use gae::gae;
 pub use impala::{ImpalaCnn, ImpalaConfig};
@@ -33,8 +35,15 @@ pub use storage::{Batch, RolloutStorage};
 
 /// Maps preprocessed observations to a feature vector; the part of the agent that
 /// architecture search replaces (IMPALA-CNN, MLP, DARTS supernets, derived cell networks).
-pub trait Encoder: std::fmt::Debug + Send {
-    /// obs already preprocessed: [N, C, H, W] f32 in [0,1] (images) or [N, D] (vectors) -> [N, feature_dim]
-    fn features(&self, obs: &tch::Tensor, train: bool) -> tch::Tensor;
+///
+/// `A` is the architecture a forward runs with, passed in by the caller: `()` for fixed
+/// networks, op weights for supernets. Every RL encoder is one function of each frame,
+/// whoever calls it: no train/eval switch (a BatchNorm inside an op runs on its fixed initial
+/// statistics), so rollouts and updates evaluate the same policy.
+pub trait Encoder<A = ()>: std::fmt::Debug + Send {
+    /// # Shapes
+    /// obs already preprocessed: `[N, C, H, W]` f32 in [0, 1] (images) or `[N, D]` (vectors)
+    /// -> `[N, feature_dim]`
+    fn features(&self, obs: &tch::Tensor, arch: &A) -> tch::Tensor;
     fn feature_dim(&self) -> i64;
 }

@@ -74,10 +74,11 @@ pub struct Evaluation {
     pub value: Tensor,
 }
 
-/// Encoder + linear policy and value heads.
+/// Encoder + linear policy and value heads. `A` is the encoder's architecture argument
+/// (`()` for fixed networks, op weights for supernets; see [`Encoder`]).
 #[derive(Debug)]
-pub struct ActorCritic {
-    pub encoder: Box<dyn Encoder>,
+pub struct ActorCritic<A = ()> {
+    pub encoder: Box<dyn Encoder<A>>,
     actor: nn::Linear,
     critic: nn::Linear,
     num_actions: i64,
@@ -93,10 +94,10 @@ fn head(p: nn::Path, d_in: i64, d_out: i64, gain: f64) -> nn::Linear {
     nn::linear(p, d_in, d_out, config)
 }
 
-impl ActorCritic {
+impl<A> ActorCritic<A> {
     /// The heads go under `p / "actor"` and `p / "critic"`; the encoder was built by the
     /// caller (into the same weight store, or any other).
-    pub fn new(p: nn::Path, encoder: Box<dyn Encoder>, num_actions: i64) -> Self {
+    pub fn new(p: nn::Path, encoder: Box<dyn Encoder<A>>, num_actions: i64) -> Self {
         let d = encoder.feature_dim();
         // Small policy init (std 0.01) starts near uniform; value std 1 (Andrychowicz et al.
         // 2021, "What matters in on-policy RL", and CleanRL).
@@ -119,13 +120,14 @@ impl ActorCritic {
         self.device
     }
 
-    /// Logits and values for raw observations (moved to the policy's device here).
+    /// Logits and values for raw observations (moved to the policy's device here), with the
+    /// encoder running architecture `arch`.
     ///
     /// # Shapes
     /// obs `[N, ..obs_shape]` (u8 HWC or f32) -> logits `[N, A]`, value `[N]`
-    pub fn forward(&self, obs: &Tensor, train: bool) -> (Tensor, Tensor) {
+    pub fn forward(&self, obs: &Tensor, arch: &A) -> (Tensor, Tensor) {
         let xs = preprocess_obs(&obs.to_device(self.device));
-        let features = self.encoder.features(&xs, train);
+        let features = self.encoder.features(&xs, arch);
         (
             self.actor.forward(&features),
             self.critic.forward(&features).squeeze_dim(-1),
@@ -133,14 +135,14 @@ impl ActorCritic {
     }
 
     /// Samples actions from pi(. | obs), without gradients, with uniforms from libtorch's
-    /// global generator (`tch::manual_seed`). The encoder runs with `train = false`: rollouts
-    /// are inference. Training uses [`ActorCritic::act_with_uniform`] with its own generator.
+    /// global generator (`tch::manual_seed`). Training uses [`ActorCritic::act_with_uniform`]
+    /// with its own generator.
     ///
     /// # Shapes
     /// obs `[N, ..obs_shape]` -> action, logprob, value `[N]`
-    pub fn act(&self, obs: &Tensor) -> Act {
+    pub fn act(&self, obs: &Tensor, arch: &A) -> Act {
         let uniform = Tensor::rand([obs.size()[0]], (Kind::Double, self.device));
-        self.act_with_uniform(obs, &uniform)
+        self.act_with_uniform(obs, &uniform, arch)
     }
 
     /// Samples actions from pi(. | obs) by inverting the CDF at the given uniforms in [0, 1):
@@ -150,9 +152,9 @@ impl ActorCritic {
     ///
     /// # Shapes
     /// obs `[N, ..obs_shape]`, uniform `[N]` -> action, logprob, value `[N]`
-    pub fn act_with_uniform(&self, obs: &Tensor, uniform: &Tensor) -> Act {
+    pub fn act_with_uniform(&self, obs: &Tensor, uniform: &Tensor, arch: &A) -> Act {
         tch::no_grad(|| {
-            let (logits, value) = self.forward(obs, false);
+            let (logits, value) = self.forward(obs, arch);
             let log_probs = logits.log_softmax(-1, Kind::Float); // [N, A]
             let action = sample_categorical(&log_probs, uniform); // [N]
             let logprob = log_probs
@@ -167,12 +169,12 @@ impl ActorCritic {
     }
 
     /// Log-probabilities of given actions, entropies and values, with gradients, as the
-    /// PPO loss needs them. The encoder runs with `train = true`.
+    /// PPO loss needs them, with the encoder running architecture `arch`.
     ///
     /// # Shapes
     /// obs `[B, ..obs_shape]`, actions `[B]` i64 -> logprob, entropy, value `[B]`
-    pub fn evaluate(&self, obs: &Tensor, actions: &Tensor) -> Evaluation {
-        let (logits, value) = self.forward(obs, true);
+    pub fn evaluate(&self, obs: &Tensor, actions: &Tensor, arch: &A) -> Evaluation {
+        let (logits, value) = self.forward(obs, arch);
         let log_probs = logits.log_softmax(-1, Kind::Float); // [B, A]
         let logprob = log_probs
             .gather(-1, &actions.to_device(self.device).unsqueeze(-1), false)
@@ -233,7 +235,7 @@ mod tests {
             .sum();
         assert_eq!(count, 626_256);
         let obs = Tensor::randint(256, [6, 64, 64, 3], (Kind::Uint8, Device::Cpu));
-        let act = agent.act(&obs);
+        let act = agent.act(&obs, &());
         assert_eq!(act.action.size(), [6]);
         assert_eq!(act.action.kind(), Kind::Int64);
         assert_eq!(act.value.size(), [6]);
@@ -243,7 +245,7 @@ mod tests {
         // of std-0.01 heads still spread by a few tenths; real frames give far less.
         let max_dev = f64::try_from((act.logprob - lp_uniform).abs().max()).unwrap();
         assert!(max_dev < 0.5, "{max_dev}");
-        let ev = agent.evaluate(&obs, &act.action);
+        let ev = agent.evaluate(&obs, &act.action, &());
         assert_eq!(ev.logprob.size(), [6]);
         assert!(ev.logprob.requires_grad());
         let ent = f64::try_from(ev.entropy.mean(Kind::Float)).unwrap();
@@ -258,8 +260,8 @@ mod tests {
         let enc = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
         let agent = ActorCritic::new(vs.root() / "policy", Box::new(enc), 2);
         let obs = Tensor::randn([32, 4], (Kind::Float, Device::Cpu));
-        let act = agent.act(&obs);
-        let ev = agent.evaluate(&obs, &act.action);
+        let act = agent.act(&obs, &());
+        let ev = agent.evaluate(&obs, &act.action, &());
         assert!(ev.logprob.allclose(&act.logprob, 1e-6, 1e-6, false));
         assert!(ev.value.allclose(&act.value, 1e-6, 1e-6, false));
     }
@@ -281,7 +283,7 @@ mod tests {
                 .unwrap()
                 .copy_(&Tensor::from_slice(&[0.0f32, 3f32.ln()]));
         });
-        let act = agent.act(&Tensor::randn([20_000, 4], (Kind::Float, Device::Cpu)));
+        let act = agent.act(&Tensor::randn([20_000, 4], (Kind::Float, Device::Cpu)), &());
         let frac = f64::try_from(act.action.to_kind(Kind::Float).mean(Kind::Float)).unwrap();
         assert!((frac - 0.75).abs() < 0.015, "{frac}");
     }

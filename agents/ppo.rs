@@ -8,7 +8,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::adam::{Adam, JointOptimizer};
+use super::adam::Adam;
+use super::arch::{IterationArch, WeightStep};
 use super::policy::{ActorCritic, Evaluation};
 use super::storage::Batch;
 use super::AgentError;
@@ -316,16 +317,20 @@ pub struct PpoStats {
 
 /// One PPO update: `update_epochs` passes over `batch` in shuffled minibatches; each
 /// minibatch's loss is backpropagated once, the weights' gradient clipped to a global norm of
-/// `max_grad_norm`, and `optimizer` stepped. Every optimizer in `joint` is zeroed and stepped
-/// on the same backward pass (RL-DARTS joint first-order search: the architecture parameters
-/// follow the PPO loss with their own optimizer); pass `&mut []` for plain PPO.
+/// `max_grad_norm`, and `optimizer` stepped.
+///
+/// The encoder runs the architecture `arch` gives for learning (the one that acted in the
+/// rollout, recomputed from the current architecture parameters), and `arch` hears of every
+/// weight step with its loss and gradient norm (single-level search strategies step the
+/// architecture parameters there, on the same backward pass). Pass [`super::FixedArch`] for
+/// a fixed network. A non-finite loss or gradient norm stops the update before the step.
 ///
 /// Minibatches are drawn by shuffling with `rng` (on the host: a run's randomness stays in
 /// its own seeded, checkpointable generator).
-pub fn ppo_update<R: Rng + ?Sized>(
-    policy: &ActorCritic,
+pub fn ppo_update<A, R: Rng + ?Sized>(
+    policy: &ActorCritic<A>,
     optimizer: &mut Adam,
-    joint: &mut [&mut dyn JointOptimizer],
+    arch: &mut dyn IterationArch<A>,
     batch: &Batch,
     config: &PpoConfig,
     rng: &mut R,
@@ -351,19 +356,36 @@ pub fn ppo_update<R: Rng + ?Sized>(
         let mut last_approx_kl = None;
         for start in (0..batch_size).step_by(minibatch_size as usize) {
             let mb = batch.select(&perm.narrow(0, start, minibatch_size));
-            let new = policy.evaluate(&mb.obs, &mb.actions);
+            arch.begin_minibatch()?;
+            let weights = arch.learning()?;
+            let new = policy.evaluate(&mb.obs, &mb.actions, &weights);
             let terms = ppo_loss(&new, &mb, config);
 
             optimizer.zero_grad();
-            for opt in joint.iter_mut() {
-                opt.zero_grad();
-            }
             terms.loss.f_backward()?;
             let grad_norm = clip_grad_norm(&params, config.max_grad_norm);
-            optimizer.step();
-            for opt in joint.iter_mut() {
-                opt.step();
+            // Read on the host (one sync per minibatch): the architecture's hook needs the
+            // values, and a diverged minibatch must stop the run before its step.
+            let step = WeightStep {
+                loss: terms.loss.f_double_value(&[])?,
+                grad_norm: grad_norm.f_double_value(&[])?,
+                lr: optimizer.lr(),
+            };
+            let minibatch = records.len();
+            for (what, value) in [
+                ("the loss", step.loss),
+                ("the gradient norm", step.grad_norm),
+            ] {
+                if !value.is_finite() {
+                    return Err(AgentError::NonFinite {
+                        what,
+                        value,
+                        minibatch,
+                    });
+                }
             }
+            optimizer.step();
+            arch.after_weight_step(&step)?;
 
             records.push(tch::no_grad(|| {
                 Tensor::stack(
@@ -412,7 +434,7 @@ pub fn ppo_update<R: Rng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{AdamConfig, Mlp, MlpConfig};
+    use crate::agents::{AdamConfig, FixedArch, Mlp, MlpConfig};
     use tch::nn;
 
     fn rng() -> rand_chacha::ChaCha8Rng {
@@ -546,35 +568,58 @@ mod tests {
         assert!(c.grad().equal(&Tensor::from_slice(&[1.0f32, 1.0])));
     }
 
-    /// An encoder with one architecture-like parameter living in another store: the input is
-    /// scaled by `exp(alpha)` before the MLP.
+    /// An encoder whose architecture argument is one parameter living in another store: the
+    /// input is scaled by `exp(alpha)` before the MLP.
     #[derive(Debug)]
     struct ScaledMlp {
         inner: Mlp,
-        alpha: Tensor,
     }
 
-    impl crate::agents::Encoder for ScaledMlp {
-        fn features(&self, obs: &Tensor, train: bool) -> Tensor {
-            self.inner.features(&(obs * self.alpha.exp()), train)
+    impl crate::agents::Encoder<Tensor> for ScaledMlp {
+        fn features(&self, obs: &Tensor, alpha: &Tensor) -> Tensor {
+            self.inner.features(&(obs * alpha.exp()), &())
         }
         fn feature_dim(&self) -> i64 {
             self.inner.feature_dim()
         }
     }
 
+    /// The architecture side of a single-level search in miniature: `alpha` acts detached,
+    /// learns with its graph, and steps its own Adam after every weight step; it records what
+    /// the update reported.
+    struct AlphaArch {
+        alpha: Tensor,
+        optimizer: Adam,
+        reported: Vec<WeightStep>,
+    }
+
+    impl IterationArch<Tensor> for AlphaArch {
+        fn acting(&mut self) -> Result<Tensor, AgentError> {
+            Ok(self.alpha.detach())
+        }
+        fn begin_minibatch(&mut self) -> Result<(), AgentError> {
+            self.optimizer.zero_grad();
+            Ok(())
+        }
+        fn learning(&mut self) -> Result<Tensor, AgentError> {
+            Ok(self.alpha.shallow_clone())
+        }
+        fn after_weight_step(&mut self, step: &WeightStep) -> Result<(), AgentError> {
+            self.reported.push(*step);
+            self.optimizer.step();
+            Ok(())
+        }
+    }
+
     #[test]
-    fn update_steps_weights_and_joint_optimizers() {
+    fn update_steps_weights_and_tells_the_architecture_each_step() {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let arch = nn::VarStore::new(Device::Cpu);
-        let alpha = arch.root().zeros("alpha", &[1]);
+        let arch_store = nn::VarStore::new(Device::Cpu);
+        let alpha = arch_store.root().zeros("alpha", &[1]);
         let inner = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
-        let enc = ScaledMlp {
-            inner,
-            alpha: alpha.shallow_clone(),
-        };
-        let policy = ActorCritic::new(vs.root() / "policy", Box::new(enc), 2);
+        let policy: ActorCritic<Tensor> =
+            ActorCritic::new(vs.root() / "policy", Box::new(ScaledMlp { inner }), 2);
         let mut opt = Adam::new(
             &vs,
             AdamConfig {
@@ -583,19 +628,23 @@ mod tests {
                 ..Default::default()
             },
         );
-        let mut arch_opt = Adam::new(
-            &arch,
-            AdamConfig {
-                lr: 0.01,
-                ..Default::default()
-            },
-        );
+        let mut arch = AlphaArch {
+            alpha: alpha.shallow_clone(),
+            optimizer: Adam::new(
+                &arch_store,
+                AdamConfig {
+                    lr: 0.01,
+                    ..Default::default()
+                },
+            ),
+            reported: Vec::new(),
+        };
         // The weights' optimizer never sees alpha.
         assert_eq!(opt.parameters().len(), 2 * 2 + 2 * 2);
 
         let b = 64i64;
         let obs = Tensor::randn([b, 4], (Kind::Float, Device::Cpu));
-        let act = policy.act(&obs);
+        let act = policy.act(&obs, &arch.acting().unwrap());
         let batch = Batch {
             obs,
             actions: act.action,
@@ -612,15 +661,7 @@ mod tests {
             update_epochs: 2,
             ..PpoConfig::default()
         };
-        let stats = ppo_update(
-            &policy,
-            &mut opt,
-            &mut [&mut arch_opt],
-            &batch,
-            &cfg,
-            &mut rng(),
-        )
-        .unwrap();
+        let stats = ppo_update(&policy, &mut opt, &mut arch, &batch, &cfg, &mut rng()).unwrap();
         assert_eq!(stats.epochs, 2);
         assert_eq!(stats.minibatches, 8);
         assert!(stats.entropy > 0.6 && stats.entropy <= 2f64.ln() + 1e-6);
@@ -634,8 +675,67 @@ mod tests {
             .any(|(a, b)| !a.equal(b));
         assert!(moved, "weights did not change");
         // alpha followed the PPO loss through its own optimizer, once per minibatch.
-        assert_eq!(arch_opt.steps_taken(), 8);
+        assert_eq!(arch.optimizer.steps_taken(), 8);
         assert_ne!(alpha.double_value(&[0]), 0.0);
+        // Every weight step was reported with its real loss and pre-clip gradient norm (their
+        // mean is what the update logs), never a placeholder.
+        assert_eq!(arch.reported.len(), 8);
+        assert!(arch
+            .reported
+            .iter()
+            .all(|s| s.loss.is_finite() && s.grad_norm > 0.0));
+        assert!(arch.reported.iter().all(|s| s.lr == 1e-3));
+        let mean_norm = arch.reported.iter().map(|s| s.grad_norm).sum::<f64>() / 8.0;
+        assert!(
+            (mean_norm - stats.grad_norm).abs() < 1e-6 * mean_norm,
+            "{mean_norm}"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_loss_stops_the_update_before_its_step() {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = Mlp::new(vs.root() / "encoder", &[4], &MlpConfig::default()).unwrap();
+        let policy = ActorCritic::new(vs.root() / "policy", Box::new(enc), 2);
+        let mut opt = Adam::new(&vs, AdamConfig::default());
+        let obs = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
+        let act = policy.act(&obs, &());
+        let batch = Batch {
+            obs,
+            actions: act.action,
+            logprobs: act.logprob,
+            values: act.value.shallow_clone(),
+            advantages: Tensor::randn([8], (Kind::Float, Device::Cpu)),
+            returns: act.value.full_like(f64::NAN),
+        };
+        let before: Vec<Tensor> = opt.parameters().iter().map(|t| t.copy()).collect();
+        let cfg = PpoConfig {
+            num_envs: 2,
+            num_steps: 4,
+            num_minibatches: 1,
+            update_epochs: 1,
+            ..PpoConfig::default()
+        };
+        let err =
+            ppo_update(&policy, &mut opt, &mut FixedArch, &batch, &cfg, &mut rng()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AgentError::NonFinite {
+                    what: "the loss",
+                    minibatch: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let unchanged = opt
+            .parameters()
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| a.equal(b));
+        assert!(unchanged, "the diverged step was taken");
     }
 
     #[test]
@@ -652,7 +752,7 @@ mod tests {
             },
         );
         let obs = Tensor::randn([32, 4], (Kind::Float, Device::Cpu));
-        let act = policy.act(&obs);
+        let act = policy.act(&obs, &());
         let batch = Batch {
             obs,
             actions: act.action,
@@ -669,7 +769,8 @@ mod tests {
             target_kl: Some(1e-9),
             ..PpoConfig::default()
         };
-        let stats = ppo_update(&policy, &mut opt, &mut [], &batch, &cfg, &mut rng()).unwrap();
+        let stats =
+            ppo_update(&policy, &mut opt, &mut FixedArch, &batch, &cfg, &mut rng()).unwrap();
         assert_eq!(stats.epochs, 1);
         assert_eq!(stats.minibatches, 2);
     }

@@ -9,10 +9,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use super::adam::{Adam, AdamConfig, JointOptimizer};
+use super::adam::{Adam, AdamConfig};
+use super::arch::IterationArch;
 use super::normalize::RewardNormalizer;
 use super::policy::ActorCritic;
 use super::ppo::{ppo_update, PpoConfig, PpoStats};
+use super::storage::Batch;
 use super::storage::RolloutStorage;
 use super::AgentError;
 use crate::envs::{EnvSpec, EpisodeStats, VecEnv};
@@ -22,13 +24,15 @@ use crate::envs::{EnvSpec, EpisodeStats, VecEnv};
 /// `normalizer` when given, and the observation after the last step). Continues from the
 /// environment's current state, so consecutive rollouts join up. Returns the episodes that
 /// finished during the rollout, with their raw returns. Actions are sampled with uniforms
-/// drawn from `rng` (see [`ActorCritic::act_with_uniform`]).
-pub fn collect_rollout<R: Rng + ?Sized>(
+/// drawn from `rng` (see [`ActorCritic::act_with_uniform`]); the encoder runs architecture
+/// `arch` throughout.
+pub fn collect_rollout<A, R: Rng + ?Sized>(
     env: &mut dyn VecEnv,
-    policy: &ActorCritic,
+    policy: &ActorCritic<A>,
     storage: &mut RolloutStorage,
     mut normalizer: Option<&mut RewardNormalizer>,
     rng: &mut R,
+    arch: &A,
 ) -> Result<Vec<EpisodeStats>, AgentError> {
     let n = storage.num_envs;
     let spec = env.spec();
@@ -49,7 +53,8 @@ pub fn collect_rollout<R: Rng + ?Sized>(
     for t in 0..storage.num_steps {
         let step = t as i64;
         let uniform: Vec<f64> = (0..n).map(|_| rng.gen()).collect();
-        let act = policy.act_with_uniform(&storage.obs.f_get(step)?, &Tensor::from_slice(&uniform));
+        let obs = storage.obs.f_get(step)?;
+        let act = policy.act_with_uniform(&obs, &Tensor::from_slice(&uniform), arch);
         storage.actions.f_get(step)?.f_copy_(&act.action)?;
         storage.logprobs.f_get(step)?.f_copy_(&act.logprob)?;
         storage.values.f_get(step)?.f_copy_(&act.value)?;
@@ -118,29 +123,32 @@ const STATE_FILE: &str = "trainer.json";
 /// caller) continues exactly as one that never stopped. Only the weight initialisation, done
 /// by the caller before `new`, uses libtorch's generator.
 #[derive(Debug)]
-pub struct PpoTrainer {
+pub struct PpoTrainer<A = ()> {
     pub config: PpoConfig,
-    pub policy: ActorCritic,
+    pub policy: ActorCritic<A>,
     /// The weights (encoder + heads); what `optimizer` trains.
     pub vs: nn::VarStore,
     pub optimizer: Adam,
     pub storage: RolloutStorage,
     /// None when `config.norm_reward` is off.
     pub normalizer: Option<RewardNormalizer>,
-    joint: Vec<Box<dyn JointOptimizer>>,
+    /// The last iteration's training batch (GAE done), for what runs after the update (a
+    /// bilevel search's alpha steps).
+    last_batch: Option<Batch>,
     seed: u64,
     rng: ChaCha8Rng,
     iterations_done: u64,
     global_step: u64,
 }
 
-impl PpoTrainer {
+impl<A> PpoTrainer<A> {
     /// `policy`'s weights must live in `vs`; Adam is built over every trainable variable of
-    /// `vs` now (architecture parameters belong in another store, see
-    /// [`PpoTrainer::add_joint_optimizer`]). `spec` is the environment the trainer will step.
+    /// `vs` now (architecture parameters belong in another store: the [`IterationArch`] given
+    /// to [`PpoTrainer::iteration`] trains them). `spec` is the environment the trainer will
+    /// step.
     pub fn new(
         vs: nn::VarStore,
-        policy: ActorCritic,
+        policy: ActorCritic<A>,
         spec: &EnvSpec,
         config: PpoConfig,
         seed: u64,
@@ -179,19 +187,12 @@ impl PpoTrainer {
             optimizer,
             storage,
             normalizer,
-            joint: Vec::new(),
+            last_batch: None,
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
             iterations_done: 0,
             global_step: 0,
         })
-    }
-
-    /// Adds an optimizer stepped on every minibatch's backward pass after the weights' Adam
-    /// (RL-DARTS joint first-order search). Its state is not part of [`PpoTrainer::save`]:
-    /// the caller that built it checkpoints it.
-    pub fn add_joint_optimizer(&mut self, optimizer: Box<dyn JointOptimizer>) {
-        self.joint.push(optimizer);
     }
 
     pub fn iterations_done(&self) -> u64 {
@@ -217,38 +218,44 @@ impl PpoTrainer {
         self.config.learning_rate * frac.max(0.0)
     }
 
-    /// One rollout of `num_steps` x `num_envs` and one PPO update.
-    pub fn iteration(&mut self, env: &mut dyn VecEnv) -> Result<IterationStats, AgentError> {
+    /// One rollout of `num_steps` x `num_envs` and one PPO update, the encoder running the
+    /// architecture `arch` gives: [`IterationArch::acting`] in the rollout (and for the value
+    /// that bootstraps GAE), [`IterationArch::learning`] in the update.
+    pub fn iteration(
+        &mut self,
+        env: &mut dyn VecEnv,
+        arch: &mut dyn IterationArch<A>,
+    ) -> Result<IterationStats, AgentError> {
         let learning_rate = self.learning_rate();
         self.optimizer.set_lr(learning_rate);
 
         let start = Instant::now();
+        let acting = arch.acting()?;
         let episodes = collect_rollout(
             env,
             &self.policy,
             &mut self.storage,
             self.normalizer.as_mut(),
             &mut self.rng,
+            &acting,
         )?;
         let rollout_secs = start.elapsed().as_secs_f64();
 
         let start = Instant::now();
-        let (_, next_value) = tch::no_grad(|| self.policy.forward(&self.storage.next_obs, false));
+        let (_, next_value) = tch::no_grad(|| self.policy.forward(&self.storage.next_obs, &acting));
+        drop(acting);
         let batch =
             self.storage
                 .compute_batch(&next_value, self.config.gamma, self.config.gae_lambda)?;
-        let mut joint: Vec<&mut dyn JointOptimizer> = Vec::with_capacity(self.joint.len());
-        for opt in &mut self.joint {
-            joint.push(opt.as_mut());
-        }
         let ppo = ppo_update(
             &self.policy,
             &mut self.optimizer,
-            &mut joint,
+            arch,
             &batch,
             &self.config,
             &mut self.rng,
         )?;
+        self.last_batch = Some(batch);
         let update_secs = start.elapsed().as_secs_f64();
 
         self.iterations_done += 1;
@@ -262,6 +269,12 @@ impl PpoTrainer {
             rollout_secs,
             update_secs,
         })
+    }
+
+    /// The training batch of the last iteration (its GAE advantages and the rollout's
+    /// log-probabilities), taken out of the trainer.
+    pub fn take_last_batch(&mut self) -> Option<Batch> {
+        self.last_batch.take()
     }
 
     /// Writes `weights.safetensors` (the weight store), `adam.safetensors` (Adam's moments and
@@ -339,7 +352,7 @@ impl PpoTrainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{Mlp, MlpConfig};
+    use crate::agents::{FixedArch, Mlp, MlpConfig};
     use crate::envs::{EnvError, LevelInfo, StepView};
     use tch::{Kind, Tensor};
 
@@ -454,7 +467,7 @@ mod tests {
         let mut env = CountingEnv::new(4, 5);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let episodes =
-            collect_rollout(&mut env, &t.policy, &mut t.storage, None, &mut rng).unwrap();
+            collect_rollout(&mut env, &t.policy, &mut t.storage, None, &mut rng, &()).unwrap();
         // 16 steps of 5-step episodes: 3 endings per env.
         assert_eq!(episodes.len(), 12);
         assert!(episodes.iter().all(|e| e.length == 5));
@@ -474,6 +487,7 @@ mod tests {
         let ev = t.policy.evaluate(
             &t.storage.obs.flatten(0, 1),
             &t.storage.actions.flatten(0, 1),
+            &(),
         );
         assert!(ev
             .logprob
@@ -486,7 +500,7 @@ mod tests {
         let mut env = CountingEnv::new(4, 5);
         let mut last = None;
         while !t.is_done() {
-            last = Some(t.iteration(&mut env).unwrap());
+            last = Some(t.iteration(&mut env, &mut FixedArch).unwrap());
         }
         let last = last.unwrap();
         assert_eq!(last.iteration, 20);
@@ -508,7 +522,7 @@ mod tests {
         let mut a = trainer(config.clone(), 2);
         let mut env_a = CountingEnv::new(4, 5);
         for _ in 0..3 {
-            a.iteration(&mut env_a).unwrap();
+            a.iteration(&mut env_a, &mut FixedArch).unwrap();
         }
         a.save(dir.path()).unwrap();
         let env_state = env_a.save_state().unwrap();
@@ -520,8 +534,8 @@ mod tests {
         assert_eq!(b.iterations_done(), 3);
         assert_eq!(b.global_step(), 3 * 64);
         assert_eq!(b.normalizer, a.normalizer);
-        let sa = a.iteration(&mut env_a).unwrap();
-        let sb = b.iteration(&mut env_b).unwrap();
+        let sa = a.iteration(&mut env_a, &mut FixedArch).unwrap();
+        let sb = b.iteration(&mut env_b, &mut FixedArch).unwrap();
         assert_eq!(sa.ppo, sb.ppo);
         for (name, w) in a.vs.variables() {
             assert!(w.equal(&b.vs.variables()[&name]), "{name} differs");
@@ -558,6 +572,9 @@ mod tests {
         let config = small_config();
         let mut t = trainer(config, 4);
         let mut env = CountingEnv::new(3, 5);
-        assert!(matches!(t.iteration(&mut env), Err(AgentError::Config(_))));
+        assert!(matches!(
+            t.iteration(&mut env, &mut FixedArch),
+            Err(AgentError::Config(_))
+        ));
     }
 }

@@ -30,7 +30,9 @@ fn steps_to_solve(
     let mut trainer = PpoTrainer::new(vs, policy, &spec, config.clone(), seed).expect("trainer");
     let mut recent: std::collections::VecDeque<f64> = std::collections::VecDeque::new();
     while trainer.global_step() < budget && !trainer.is_done() {
-        let stats = trainer.iteration(&mut env).expect("iteration");
+        let stats = trainer
+            .iteration(&mut env, &mut rl_darts::agents::FixedArch)
+            .expect("iteration");
         for ep in &stats.episodes {
             recent.push_back(ep.episode_return);
             if recent.len() > window {

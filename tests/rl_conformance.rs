@@ -10,16 +10,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use rl_darts::agents::preprocess_obs;
+use rl_darts::agents::{preprocess_obs, Adam, AdamConfig, IterationArch, WeightStep};
 use rl_darts::envs::gym::{GymEnvKind, GymVecEnv};
 use rl_darts::envs::{make_vec_env, VecEnv};
 use rl_darts::logging::{MemorySink, MetricsSink};
 use rl_darts::nas::{MlpDartsConfig, RlDartsConfig};
 use rl_darts::search::{StrategyConfig, STRATEGY_NAMES};
-use rl_darts::train::arch::{stores_are_disjoint, RlDartsSearchConfig};
 use rl_darts::train::rl::{
-    build_encoder, build_trainer, train, EncoderConfig, MlpDartsFixedConfig, MlpDartsSearchConfig,
-    NoProgress, RlDartsFixedConfig, TrainConfig, TrainRun, TrainSummary,
+    build_fixed_encoder, build_policy, stores_are_disjoint, train, EncoderConfig,
+    MlpDartsFixedConfig, MlpDartsSearchConfig, NoProgress, Policy, RlDartsFixedConfig,
+    RlDartsSearchConfig, SearchBatch, TrainConfig, TrainRun, TrainSummary,
 };
 use rl_darts::train::run_dir::RunDir;
 use tch::{nn, Device, Kind, Tensor};
@@ -43,7 +43,7 @@ fn small_coinrun(strategy: &str) -> TrainConfig {
     c.ppo.num_envs = 4;
     c.ppo.num_steps = 16;
     // 12 weight steps per update: enough for every schedule to take an alpha step in two
-    // iterations (DARTS-PRIME without gradient norms: one per 11 weight steps).
+    // iterations.
     c.ppo.num_minibatches = 4;
     c.ppo.update_epochs = 3;
     c.ppo.total_timesteps = 2 * 64;
@@ -65,7 +65,7 @@ fn small_cartpole(strategy: &str) -> TrainConfig {
     c.ppo.num_envs = 4;
     c.ppo.num_steps = 16;
     // 12 weight steps per update: enough for every schedule to take an alpha step in two
-    // iterations (DARTS-PRIME without gradient norms: one per 11 weight steps).
+    // iterations.
     c.ppo.num_minibatches = 4;
     c.ppo.update_epochs = 3;
     c.ppo.total_timesteps = 2 * 64;
@@ -111,12 +111,16 @@ fn read_safetensors(path: &Path) -> Vec<(String, Tensor)> {
     Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The alphas a run starts from: the loop seeds libtorch with `seed` and creates the alphas
-/// first, so a fresh `build_trainer` after the same seed reproduces them.
+/// The alphas a run starts from: the loop seeds libtorch with `seed` and builds the policy
+/// (the supernet, then the alphas), so a fresh `build_policy` after the same seed reproduces
+/// them.
 fn initial_alphas(config: &TrainConfig, env: &dyn VecEnv) -> Vec<Tensor> {
     tch::manual_seed(config.seed as i64);
-    let (_, arch) = build_trainer(config, env.spec(), Device::Cpu).unwrap();
-    arch.unwrap().alphas()
+    let (_, policy) = build_policy(config, env.spec(), Device::Cpu).unwrap();
+    let Policy::Searched(_, search) = policy else {
+        panic!("not a supernet encoder")
+    };
+    search.alphas()
 }
 
 fn last_scalar(sink: &MemorySink, tag: &str) -> Option<f64> {
@@ -223,10 +227,10 @@ fn conformance(config: &TrainConfig, fixed: impl Fn(PathBuf) -> EncoderConfig) {
     let genotype = dir.root.join("genotype.json");
     assert!(genotype.exists(), "{name}: no genotype.json");
     let vs = nn::VarStore::new(Device::Cpu);
-    let encoder = build_encoder(vs.root() / "encoder", env.spec(), &fixed(genotype), None)
+    let encoder = build_fixed_encoder(vs.root() / "encoder", env.spec(), &fixed(genotype))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let obs = preprocess_obs(env.observe().obs);
-    let features = encoder.features(&obs, false);
+    let features = encoder.features(&obs, &());
     assert_eq!(features.size()[0], config.ppo.num_envs as i64);
     assert_eq!(features.size()[1], encoder.feature_dim());
     assert_eq!(features.isfinite().all().int64_value(&[]), 1, "{name}");
@@ -264,30 +268,35 @@ fn every_strategy_searches_a_cartpole_mlp_supernet() {
 }
 
 /// RL-DARTS's default: the PPO backward reaches both stores; the weights' Adam moves the
-/// weights only, the strategy's Adam (through the PPO hook) the alphas only.
+/// weights only, the strategy's Adam (through the weight-step hook) the alphas only.
 #[test]
 fn joint_first_order_keeps_the_two_optimizers_to_their_own_stores() {
     tch::set_num_threads(1);
     tch::manual_seed(0);
     let config = small_cartpole("joint");
     let env = GymVecEnv::new(GymEnvKind::CartPole, 4, 0).unwrap();
-    let (mut trainer, arch) = build_trainer(&config, env.spec(), Device::Cpu).unwrap();
-    let arch = arch.unwrap();
-    let alphas = arch.alpha_handles();
-    assert!(stores_are_disjoint(&trainer.vs, &alphas));
-    let weights = trainer.optimizer.parameters();
+    let (vs, policy) = build_policy(&config, env.spec(), Device::Cpu).unwrap();
+    let Policy::Searched(policy, mut search) = policy else {
+        panic!("mlp_darts is a supernet")
+    };
+    let mut optimizer = Adam::new(&vs, AdamConfig::default());
+    let alphas = rl_darts::search::alphas(search.arch());
+    assert!(stores_are_disjoint(&vs, &alphas));
+    let weights = optimizer.parameters();
     assert!(weights
         .iter()
         .all(|w| alphas.iter().all(|a| w.data_ptr() != a.data_ptr())));
 
-    // A training-mode forward (the PPO update's), its backward fills both stores' gradients.
+    // The update's forward, its backward fills both stores' gradients.
     let obs = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
     let actions = Tensor::from_slice(&[0i64, 1, 0, 1, 1, 0, 0, 1]);
-    let mut hook = arch.joint_optimizer();
-    let ev = trainer.policy.evaluate(&obs, &actions);
-    trainer.optimizer.zero_grad();
-    hook.zero_grad();
-    (ev.logprob.sum(Kind::Float) + ev.value.square().sum(Kind::Float)).backward();
+    let sample = search.draw().unwrap();
+    let mut arch = search.iteration_arch(&sample);
+    arch.begin_minibatch().unwrap();
+    let ev = policy.evaluate(&obs, &actions, &arch.learning().unwrap());
+    optimizer.zero_grad();
+    let loss = ev.logprob.sum(Kind::Float) + ev.value.square().sum(Kind::Float);
+    loss.backward();
     assert!(alphas
         .iter()
         .all(|a| a.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0));
@@ -295,7 +304,7 @@ fn joint_first_order_keeps_the_two_optimizers_to_their_own_stores() {
     let same = |a: &[Tensor], b: &[Tensor]| a.iter().zip(b).all(|(x, y)| x.equal(y));
 
     let (alphas0, weights0) = (copy(&alphas), copy(&weights));
-    trainer.optimizer.step();
+    optimizer.step();
     assert!(same(&alphas, &alphas0), "the PPO optimizer moved an alpha");
     assert!(
         !same(&weights, &weights0),
@@ -303,8 +312,12 @@ fn joint_first_order_keeps_the_two_optimizers_to_their_own_stores() {
     );
 
     let weights1 = copy(&weights);
-    hook.step();
-    arch.take_error().unwrap();
+    arch.after_weight_step(&WeightStep {
+        loss: loss.double_value(&[]),
+        grad_norm: 1.0,
+        lr: 1e-3,
+    })
+    .unwrap();
     assert!(
         same(&weights, &weights1),
         "the alpha optimizer moved a weight"
@@ -384,7 +397,7 @@ fn resume_matches(name: &str) {
 #[test]
 fn impossible_search_batches_are_clear_errors() {
     let mut config = small_cartpole("darts");
-    config.search.search_batch = rl_darts::train::arch::SearchBatch::HeldoutLevels;
+    config.search.search_batch = SearchBatch::HeldoutLevels;
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(base.path()).unwrap();
     let stop = AtomicBool::new(false);
@@ -424,7 +437,7 @@ fn impossible_search_batches_are_clear_errors() {
 fn heldout_levels_feed_the_alpha_steps() {
     tch::set_num_threads(1);
     let mut config = small_coinrun("darts");
-    config.search.search_batch = rl_darts::train::arch::SearchBatch::HeldoutLevels;
+    config.search.search_batch = SearchBatch::HeldoutLevels;
     config.search.heldout_num_levels = 10;
     config.ppo.total_timesteps = 64;
     let base = tempfile::tempdir().unwrap();
@@ -544,9 +557,11 @@ fn coinrun_strategy_presets_load_and_build() {
 }
 
 /// The issue's end-to-end check on CartPole: a joint search with the MLP supernet moves the
-/// alphas and derives a genotype, and PPO then trains the derived network from scratch.
+/// alphas and derives a genotype, and PPO then trains the derived network from scratch, which
+/// learns; the same cell with every op replaced by `none` (features that ignore the state) does
+/// not, so the test measures the searched cell and not only the trainer.
 #[test]
-fn cartpole_search_then_the_derived_network_learns() {
+fn cartpole_search_then_the_derived_network_learns_and_a_cell_of_nones_does_not() {
     tch::set_num_threads(1);
     let mut search = TrainConfig::classic_control("cartpole");
     search.device = "cpu".into();
@@ -557,23 +572,41 @@ fn cartpole_search_then_the_derived_network_learns() {
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(&base.path().join("search")).unwrap();
     run(&search, &dir, false, &mut MemorySink::new(), None);
+    let searched = dir.root.join("genotype.json");
+    let mut nones = rl_darts::nas::Genotype::load(&searched).unwrap();
+    for gene in nones.normal.iter_mut().flatten() {
+        gene.0 = rl_darts::nas::OpKind::None;
+    }
+    let nones_path = base.path().join("nones.json");
+    nones.save_json(&nones_path).unwrap();
 
-    let mut retrain = search.clone();
-    retrain.encoder = EncoderConfig::MlpDartsFixed(MlpDartsFixedConfig {
-        genotype: dir.root.join("genotype.json"),
-        supernet: small_mlp(),
-    });
-    retrain.ppo.total_timesteps = RETRAIN_STEPS;
-    let dir = RunDir::create_at(&base.path().join("retrain")).unwrap();
-    let sink = MemorySink::new();
-    let summary = run(&retrain, &dir, false, &mut sink.clone(), None);
-    let returns = sink.scalars("charts/episodic_return");
-    let first: f64 = returns.iter().take(20).map(|(_, r)| r).sum::<f64>() / 20.0;
-    let last = summary.mean_return.unwrap();
-    println!("derived cell on CartPole: first 20 episodes {first:.1}, last 100 {last:.1}");
+    let retrain = |genotype: PathBuf, name: &str| -> (f64, f64) {
+        let mut config = search.clone();
+        config.encoder = EncoderConfig::MlpDartsFixed(MlpDartsFixedConfig {
+            genotype,
+            supernet: small_mlp(),
+        });
+        config.ppo.total_timesteps = RETRAIN_STEPS;
+        let dir = RunDir::create_at(&base.path().join(name)).unwrap();
+        let sink = MemorySink::new();
+        let summary = run(&config, &dir, false, &mut sink.clone(), None);
+        let returns = sink.scalars("charts/episodic_return");
+        let first: f64 = returns.iter().take(20).map(|(_, r)| r).sum::<f64>() / 20.0;
+        (first, summary.mean_return.unwrap())
+    };
+    let (first, last) = retrain(searched, "retrain");
+    let (nones_first, nones_last) = retrain(nones_path, "nones");
+    println!(
+        "CartPole, last 100 episodes: derived cell {last:.1} (first 20: {first:.1}), \
+         cell of nones {nones_last:.1} (first 20: {nones_first:.1})"
+    );
     assert!(
         last > 3.0 * first && last > 100.0,
         "first {first}, last {last}"
+    );
+    assert!(
+        last > 2.0 * nones_last,
+        "the derived cell ({last}) is not clearly ahead of a cell of nones ({nones_last})"
     );
 }
 

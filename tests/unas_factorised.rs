@@ -373,9 +373,9 @@ fn coinrun_search_with_the_factorised_cell_derives_a_fixed_encoder() {
     use rl_darts::agents::preprocess_obs;
     use rl_darts::envs::make_vec_env;
     use rl_darts::nas::RlDartsConfig;
-    use rl_darts::train::arch::RlDartsSearchConfig;
     use rl_darts::train::rl::{
-        build_encoder, train, EncoderConfig, RlDartsFixedConfig, TrainConfig, TrainRun,
+        build_fixed_encoder, train, EncoderConfig, RlDartsFixedConfig, RlDartsSearchConfig,
+        TrainConfig, TrainRun,
     };
 
     tch::set_num_threads(1);
@@ -454,8 +454,8 @@ fn coinrun_search_with_the_factorised_cell_derives_a_fixed_encoder() {
         genotype: path,
         supernet,
     });
-    let encoder = build_encoder(vs.root() / "encoder", env.spec(), &fixed, None).unwrap();
-    let features = encoder.features(&preprocess_obs(env.observe().obs), false);
+    let encoder = build_fixed_encoder(vs.root() / "encoder", env.spec(), &fixed).unwrap();
+    let features = encoder.features(&preprocess_obs(env.observe().obs), &());
     assert_eq!(features.size(), [4, encoder.feature_dim()]);
     assert!(bool::try_from(features.isfinite().all()).unwrap());
 }

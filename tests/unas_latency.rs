@@ -439,8 +439,9 @@ fn coinrun_unas_search_with_latency_measures_the_encoder_and_logs_latency() {
     let _serial = serial();
     use rl_darts::logging::MemorySink;
     use rl_darts::nas::RlDartsConfig;
-    use rl_darts::train::arch::RlDartsSearchConfig;
-    use rl_darts::train::rl::{train, EncoderConfig, NoProgress, TrainConfig, TrainRun};
+    use rl_darts::train::rl::{
+        train, EncoderConfig, NoProgress, RlDartsSearchConfig, TrainConfig, TrainRun,
+    };
     use rl_darts::train::run_dir::RunDir;
     use std::sync::atomic::AtomicBool;
 

@@ -285,6 +285,8 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
         None => {
             let config = resolve_config(&args, false)?;
+            // Before the run directory exists: a bad value leaves nothing behind.
+            rl_darts::train::rl::validate(&config)?;
             let run = match &args.run_dir {
                 Some(dir) => RunDir::create_at(dir)?,
                 None => RunDir::create_new(

@@ -7,10 +7,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::ops::{
-    batch_stats_norm, factorized_reduce_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom, Sequence,
-    SharedInput,
+    factorized_reduce_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom, Sequence, SharedInput,
 };
-use super::{MixedOp, NasError, OpCost, OpSet, OpSpec, OpWeights};
+use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights};
 
 /// The topology every cell of a search space shares; it fixes the shape of the architecture
 /// parameters, `[num_edges, num_ops]`.
@@ -169,10 +168,9 @@ pub struct SearchCellConfig {
     pub reduction: bool,
     pub inputs: CellInputs,
     pub output: CellOutput,
-    /// BatchNorm(affine = false) after each node's sum (RL-DARTS), which keeps node scales
-    /// comparable however the op weights are distributed; batch statistics always
-    /// ([`batch_stats_norm`]).
-    pub node_bn: bool,
+    /// Normalisation after each node's sum (RL-DARTS puts one there; [`NodeNorm`] says what
+    /// the official code computes).
+    pub node_norm: NodeNorm,
     /// BN affine inside ops and preprocessing (false in DARTS search).
     pub affine: bool,
     /// BN after pooling ops (DARTS search).
@@ -196,7 +194,7 @@ pub struct SearchCell {
 }
 
 impl SearchCell {
-    /// Variables under `p`: `preprocess0`, `preprocess1`, `edge{e}/{op}`, `node_bn{j}`, `output`.
+    /// Variables under `p`: `preprocess0`, `preprocess1`, `edge{e}/{op}`, `output`.
     pub fn new(p: nn::Path, config: SearchCellConfig) -> Result<Self, NasError> {
         let space = config.space;
         space.validate()?;
@@ -379,9 +377,7 @@ impl SearchCell {
             }
             // num_inputs >= 1, so every node has at least one incoming edge.
             let mut s = sum.expect("every node has an incoming edge");
-            if self.config.node_bn {
-                s = batch_stats_norm(&s);
-            }
+            s = self.config.node_norm.apply(&s);
             let state = SharedInput::new(s);
             fuse_outgoing(states.len(), &state);
             states.push(state);
@@ -446,7 +442,7 @@ mod tests {
             reduction,
             inputs,
             output,
-            node_bn: false,
+            node_norm: NodeNorm::None,
             affine: false,
             pool_bn: true,
         }
@@ -492,7 +488,7 @@ mod tests {
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = SearchCellConfig {
-                node_bn: true,
+                node_norm: NodeNorm::Batch,
                 ..config(space, CellInputs::One { c_prev: 3 }, true, output)
             };
             let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
@@ -512,7 +508,7 @@ mod tests {
             ..CellSpace::rl_darts(OpSet::RlDarts)
         };
         let cfg = SearchCellConfig {
-            node_bn: true,
+            node_norm: NodeNorm::Batch,
             ..config(
                 space,
                 CellInputs::One { c_prev: 2 },

@@ -9,12 +9,12 @@ use tch::Tensor;
 use super::cell::combine_nodes;
 use super::network::{is_reduction, RlSkeleton};
 use super::ops::{
-    batch_stats_norm, factorized_reduce_plan, relu_conv_bn_plan, to_channels_last,
-    torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom, LayerDesc, Sequence,
+    factorized_reduce_plan, relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d,
+    torch_linear, ConvGeom, LayerDesc, Sequence,
 };
 use super::{
-    CellInputs, CellOutput, CellType, Gene, Genotype, NasError, Op, OpKind, OpSpec, RlDartsConfig,
-    StrideStyle,
+    CellInputs, CellOutput, CellType, Gene, Genotype, NasError, NodeNorm, Op, OpKind, OpSpec,
+    RlDartsConfig, StrideStyle,
 };
 use crate::agents::Encoder;
 
@@ -27,9 +27,8 @@ pub struct FixedCellConfig {
     pub reduction: bool,
     pub inputs: CellInputs,
     pub output: CellOutput,
-    /// BatchNorm(affine = false) after each node (RL-DARTS), batch statistics always
-    /// ([`batch_stats_norm`]).
-    pub node_bn: bool,
+    /// Normalisation after each node (RL-DARTS; see [`NodeNorm`]).
+    pub node_norm: NodeNorm,
     /// BN affine inside ops and preprocessing (DARTS evaluation: true).
     pub affine: bool,
     pub stride_style: StrideStyle,
@@ -48,7 +47,7 @@ pub struct FixedCell {
 }
 
 impl FixedCell {
-    /// Variables under `p`: `preprocess{0,1}`, `node{j}.{g}_{op}`, `node_bn{j}`, `output`.
+    /// Variables under `p`: `preprocess{0,1}`, `node{j}.{g}_{op}`, `output`.
     pub fn new(
         p: nn::Path,
         genes: &[Vec<Gene>],
@@ -184,9 +183,7 @@ impl FixedCell {
                 });
             }
             let mut s = sum.expect("validated: every node has a gene");
-            if self.config.node_bn {
-                s = batch_stats_norm(&s);
-            }
+            s = self.config.node_norm.apply(&s);
             states.push(s);
         }
         let picked: Vec<Tensor> = self
@@ -385,7 +382,7 @@ impl DartsEvalNet {
                     reduction_prev,
                 },
                 output: CellOutput::Concat,
-                node_bn: false,
+                node_norm: NodeNorm::None,
                 affine: true,
                 stride_style: StrideStyle::Darts,
             };
@@ -490,7 +487,7 @@ impl RlDartsFixedEncoder {
                 reduction,
                 inputs: CellInputs::One { c_prev },
                 output: config.cell_output,
-                node_bn: config.node_bn,
+                node_norm: config.node_norm,
                 affine: true,
                 stride_style: config.op_set.stride_style(),
             };
@@ -505,11 +502,13 @@ impl RlDartsFixedEncoder {
 }
 
 impl Encoder for RlDartsFixedEncoder {
+    /// Ops in inference mode, as the supernet's ([`crate::nas::RlDartsSupernet`] says why).
+    ///
     /// # Shapes
     /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
-    fn features(&self, obs: &Tensor, train: bool) -> Tensor {
+    fn features(&self, obs: &Tensor, _arch: &()) -> Tensor {
         self.skeleton
-            .forward(obs, |cell, x, _reduction| cell.forward_t(&[x], 0.0, train))
+            .forward(obs, |cell, x, _reduction| cell.forward_t(&[x], 0.0, false))
     }
 
     fn feature_dim(&self) -> i64 {
@@ -521,7 +520,7 @@ impl Encoder for RlDartsFixedEncoder {
 mod tests {
     use super::*;
     use crate::nas::{
-        count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, OpSet, OpWeightsSlot,
+        count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, NodeNorm, OpSet,
         RlDartsSupernet, DARTS_V2,
     };
     use tch::{Device, Kind};
@@ -639,7 +638,7 @@ mod tests {
                     RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64])
                         .unwrap();
                 let obs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
-                assert_eq!(enc.features(&obs, true).size(), [2, 256], "{genotype}");
+                assert_eq!(enc.features(&obs, &()).size(), [2, 256], "{genotype}");
                 assert_eq!(enc.feature_dim(), 256);
                 let names: Vec<String> = vs.variables().into_keys().collect();
                 assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
@@ -647,59 +646,71 @@ mod tests {
         }
     }
 
-    /// Rollouts run the encoder with `train = false`, PPO updates with `train = true`: with
-    /// node BatchNorm on batch statistics both are the same function of the batch, for the
-    /// supernet and for the derived network, and no running averages exist to drift apart.
+    /// A frame's features do not depend on the other frames of its batch under a per-sample
+    /// node normalisation (the default), for the supernet and for the derived network: a
+    /// rollout (one step of all envs) and a PPO update (a shuffled minibatch) then evaluate
+    /// the same policy. Batch statistics break that, which this test also checks (so that it
+    /// can fail). Neither network keeps running averages.
     #[test]
-    fn rl_darts_encoders_are_the_same_function_in_rollouts_and_updates() {
+    fn rl_darts_features_of_a_frame_do_not_depend_on_its_batch() {
         tch::manual_seed(5);
-        let cfg = RlDartsConfig {
-            channels: vec![4, 8, 8],
-            normal_cells_per_stage: 1,
-            embedding: 32,
-            ..Default::default()
-        };
-        assert!(cfg.node_bn);
-        let arch = random_alphas(cfg.space());
-        let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
-        let supernet_store = nn::VarStore::new(Device::Cpu);
-        let supernet = RlDartsSupernet::new(
-            supernet_store.root() / "encoder",
-            &cfg,
-            &[3, 64, 64],
-            OpWeightsSlot::softmax(&arch, 1.0),
-        )
-        .unwrap();
-        let fixed_store = nn::VarStore::new(Device::Cpu);
-        let fixed = RlDartsFixedEncoder::new(
-            fixed_store.root() / "encoder",
-            &cfg,
-            &genotype,
-            &[3, 64, 64],
-        )
-        .unwrap();
-        let encoders: [(&str, &dyn Encoder, &nn::VarStore); 2] = [
-            ("supernet", &supernet, &supernet_store),
-            ("derived", &fixed, &fixed_store),
-        ];
+        assert!(!RlDartsConfig::default().node_norm.mixes_the_batch());
         let obs = Tensor::rand([6, 3, 64, 64], (Kind::Float, Device::Cpu));
-        for (name, encoder, store) in encoders {
-            let learner = encoder.features(&obs, true);
-            let behaviour = tch::no_grad(|| encoder.features(&obs, false));
-            assert!(
-                learner.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name}"
-            );
-            assert!(
-                learner.equal(&behaviour),
-                "{name}: rollout and update features differ"
-            );
-            let buffers: Vec<String> = store
-                .variables()
-                .into_keys()
-                .filter(|n| n.contains("node_bn") || n.contains("running"))
-                .collect();
-            assert!(buffers.is_empty(), "{name}: {buffers:?}");
+        for node_norm in NodeNorm::ALL {
+            let cfg = RlDartsConfig {
+                channels: vec![4, 8, 8],
+                normal_cells_per_stage: 1,
+                embedding: 32,
+                node_norm,
+                ..Default::default()
+            };
+            let arch = random_alphas(cfg.space());
+            let weights = tch::no_grad(|| arch.softmax_weights(1.0));
+            let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
+            let supernet_store = nn::VarStore::new(Device::Cpu);
+            let supernet =
+                RlDartsSupernet::new(supernet_store.root() / "encoder", &cfg, &[3, 64, 64])
+                    .unwrap();
+            let fixed_store = nn::VarStore::new(Device::Cpu);
+            let fixed = RlDartsFixedEncoder::new(
+                fixed_store.root() / "encoder",
+                &cfg,
+                &genotype,
+                &[3, 64, 64],
+            )
+            .unwrap();
+            let runs: [(&str, Box<dyn Fn(&Tensor) -> Tensor>, &nn::VarStore); 2] = [
+                (
+                    "supernet",
+                    Box::new(|x: &Tensor| supernet.features(x, &weights)),
+                    &supernet_store,
+                ),
+                (
+                    "derived",
+                    Box::new(|x: &Tensor| fixed.features(x, &())),
+                    &fixed_store,
+                ),
+            ];
+            for (name, features, store) in runs {
+                let batch = tch::no_grad(|| features(&obs));
+                let alone = tch::no_grad(|| features(&obs.narrow(0, 0, 2)));
+                assert!(
+                    batch.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                    "{name}"
+                );
+                let same = alone.allclose(&batch.narrow(0, 0, 2), 1e-5, 1e-6, false);
+                assert_eq!(
+                    same,
+                    !node_norm.mixes_the_batch(),
+                    "{name}, node_norm {node_norm}: features of frames 0-1 alone vs in a batch of 6"
+                );
+                let buffers: Vec<String> = store
+                    .variables()
+                    .into_keys()
+                    .filter(|n| n.contains("running"))
+                    .collect();
+                assert!(buffers.is_empty(), "{name}: {buffers:?}");
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use tch::Tensor;
 use super::network::OpCostTable;
 use super::{
     CellInputs, CellOutput, CellSpace, CellType, CellWeights, FixedCell, FixedCellConfig, Genotype,
-    NasError, OpKind, OpSet, OpWeightsSlot, SearchCell, SearchCellConfig, Supernet,
+    NasError, NodeNorm, OpKind, OpSet, SearchCell, SearchCellConfig, Supernet,
 };
 use crate::agents::Encoder;
 
@@ -37,10 +37,9 @@ pub struct MlpDartsConfig {
     /// RL-DARTS: concat -> 1x1 conv (a linear layer back to `hidden`); `sum`, `mean`,
     /// `last_node` also work.
     pub cell_output: CellOutput,
-    /// BatchNorm without affine after each node, on batch statistics in every forward, as the
-    /// image cells. Off by default: on CartPole's 4 features the op weights alone keep a node's
-    /// scale bounded, and with it on every action would depend on the other envs' states.
-    pub node_bn: bool,
+    /// Normalisation after each node ([`NodeNorm`]). `none` by default: on CartPole's 4
+    /// features the op weights alone keep a node's scale bounded.
+    pub node_norm: NodeNorm,
     /// Width of the final linear -> tanh = feature dimension. CleanRL: 64.
     pub embedding: i64,
 }
@@ -53,7 +52,7 @@ impl Default for MlpDartsConfig {
             num_nodes: 4,
             op_set: OpSet::Mlp,
             cell_output: CellOutput::ConcatConv1x1,
-            node_bn: false,
+            node_norm: NodeNorm::None,
             embedding: 64,
         }
     }
@@ -160,24 +159,17 @@ impl<C> MlpSkeleton<C> {
     }
 }
 
-/// The searched MLP encoder: reads its op weights from an [`OpWeightsSlot`] on every forward,
-/// as [`crate::nas::RlDartsSupernet`] does.
+/// The searched MLP encoder: its architecture argument is the forward's op weights, as for
+/// [`crate::nas::RlDartsSupernet`].
 #[derive(Debug)]
 pub struct MlpSupernet {
     config: MlpDartsConfig,
     skeleton: MlpSkeleton<SearchCell>,
-    slot: OpWeightsSlot,
 }
 
 impl MlpSupernet {
-    /// `obs_shape`: one observation's `[D]`. The slot's current function is called once here
-    /// to check shapes.
-    pub fn new(
-        p: nn::Path,
-        config: &MlpDartsConfig,
-        obs_shape: &[i64],
-        slot: OpWeightsSlot,
-    ) -> Result<Self, NasError> {
+    /// `obs_shape`: one observation's `[D]`.
+    pub fn new(p: nn::Path, config: &MlpDartsConfig, obs_shape: &[i64]) -> Result<Self, NasError> {
         let space = config.space();
         let mut make = |cp: nn::Path, c_prev: i64, c: i64| {
             let cell_config = SearchCellConfig {
@@ -186,7 +178,7 @@ impl MlpSupernet {
                 reduction: false,
                 inputs: CellInputs::One { c_prev },
                 output: config.cell_output,
-                node_bn: config.node_bn,
+                node_norm: config.node_norm,
                 affine: false,
                 pool_bn: false,
             };
@@ -196,11 +188,9 @@ impl MlpSupernet {
             ))
         };
         let skeleton = MlpSkeleton::new(&p, config, obs_shape, &mut make)?;
-        tch::no_grad(|| slot.weights(false)).check(&space, false)?;
         Ok(Self {
             config: config.clone(),
             skeleton,
-            slot,
         })
     }
 
@@ -246,11 +236,11 @@ impl Supernet for MlpSupernet {
     }
 }
 
-impl Encoder for MlpSupernet {
+impl Encoder<CellWeights> for MlpSupernet {
     /// # Shapes
     /// `[N, D]` f32 -> `[N, embedding]`
-    fn features(&self, obs: &Tensor, train: bool) -> Tensor {
-        self.forward_with(obs, &self.slot.weights(train), train)
+    fn features(&self, obs: &Tensor, weights: &CellWeights) -> Tensor {
+        self.forward_with(obs, weights, false)
     }
 
     fn feature_dim(&self) -> i64 {
@@ -286,7 +276,7 @@ impl MlpFixedEncoder {
                 reduction: false,
                 inputs: CellInputs::One { c_prev },
                 output: config.cell_output,
-                node_bn: config.node_bn,
+                node_norm: config.node_norm,
                 affine: true,
                 stride_style: config.op_set.stride_style(),
             };
@@ -303,9 +293,9 @@ impl MlpFixedEncoder {
 impl Encoder for MlpFixedEncoder {
     /// # Shapes
     /// `[N, D]` f32 -> `[N, embedding]`
-    fn features(&self, obs: &Tensor, train: bool) -> Tensor {
+    fn features(&self, obs: &Tensor, _arch: &()) -> Tensor {
         self.skeleton
-            .forward(obs, |cell, x| cell.forward_t(&[x], 0.0, train))
+            .forward(obs, |cell, x| cell.forward_t(&[x], 0.0, false))
     }
 
     fn feature_dim(&self) -> i64 {
@@ -342,18 +332,12 @@ mod tests {
         };
         let arch = arch(&config);
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = MlpSupernet::new(
-            vs.root() / "enc",
-            &config,
-            &[4],
-            OpWeightsSlot::softmax(&arch, 1.0),
-        )
-        .unwrap();
+        let net = MlpSupernet::new(vs.root() / "enc", &config, &[4]).unwrap();
         let obs = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
-        let f = net.features(&obs, true);
+        let f = net.features(&obs, &arch.softmax_weights(1.0));
         assert_eq!(f.size(), [5, 6]);
         assert!(f.abs().max().double_value(&[]) <= 1.0);
-        // The gradient reaches the alphas through the slot's softmax.
+        // The gradient reaches the alphas through the softmax it was given.
         f.sum(Kind::Float).backward();
         assert!(
             arch.alpha_normal()
@@ -378,7 +362,7 @@ mod tests {
         let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let fixed = MlpFixedEncoder::new(vs.root() / "enc", &config, &genotype, &[4]).unwrap();
-        assert_eq!(fixed.features(&obs, false).size(), [5, 6]);
+        assert_eq!(fixed.features(&obs, &()).size(), [5, 6]);
         let names: Vec<String> = vs.variables().into_keys().collect();
         assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
     }
@@ -386,16 +370,14 @@ mod tests {
     #[test]
     fn image_observations_and_spatial_op_sets_are_clear_errors() {
         let config = MlpDartsConfig::default();
-        let slot = OpWeightsSlot::softmax(&arch(&config), 1.0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let err = MlpSupernet::new(vs.root(), &config, &[3, 64, 64], slot.clone()).unwrap_err();
+        let err = MlpSupernet::new(vs.root(), &config, &[3, 64, 64]).unwrap_err();
         assert!(err.to_string().contains("vector observations"), "{err}");
         let conv = MlpDartsConfig {
             op_set: OpSet::RlDarts,
             ..config
         };
-        let slot = OpWeightsSlot::softmax(&arch(&conv), 1.0);
-        let err = MlpSupernet::new(vs.root() / "b", &conv, &[4], slot).unwrap_err();
+        let err = MlpSupernet::new(vs.root() / "b", &conv, &[4]).unwrap_err();
         assert!(err.to_string().contains("conv_3x3"), "{err}");
     }
 }

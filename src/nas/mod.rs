@@ -21,6 +21,7 @@ pub mod latency;
 pub mod mixed;
 pub mod mlp;
 pub mod network;
+pub mod norm;
 pub mod ops;
 pub mod weights;
 
@@ -38,5 +39,6 @@ pub use network::{
     count_parameters, DartsSearchConfig, DartsSearchNet, NasBench201Config, NasBench201SearchNet,
     OpCostTable, RlDartsConfig, RlDartsSupernet, RlDartsVariant, Supernet,
 };
+pub use norm::NodeNorm;
 pub use ops::{Op, OpCost, OpKind, OpSet, OpSpec, StrideStyle};
-pub use weights::{CellWeights, OpWeights, OpWeightsSlot};
+pub use weights::{CellWeights, OpWeights};

@@ -12,8 +12,8 @@ use super::ops::{
     LayerDesc, Sequence,
 };
 use super::{
-    CellInputs, CellOutput, CellSpace, CellWeights, NasError, OpCost, OpSet, OpWeightsSlot,
-    SearchCell, SearchCellConfig,
+    CellInputs, CellOutput, CellSpace, CellWeights, NasError, NodeNorm, OpCost, OpSet, SearchCell,
+    SearchCellConfig,
 };
 use crate::agents::init::HiddenInit;
 use crate::agents::Encoder;
@@ -196,7 +196,7 @@ impl DartsSearchNet {
                     reduction_prev,
                 },
                 output: CellOutput::Concat,
-                node_bn: false,
+                node_norm: NodeNorm::None,
                 affine: false,
                 pool_bn: true,
             };
@@ -315,14 +315,14 @@ pub struct RlDartsConfig {
     pub op_set: OpSet,
     /// RL-DARTS: concat -> conv1x1 (`concat_conv1x1`); `sum`, `mean`, `last_node` also work.
     pub cell_output: CellOutput,
-    /// BatchNorm without affine after each node (RL-DARTS), normalising with the batch's own
-    /// statistics in rollouts, updates and evaluation alike (no running averages), as the
-    /// official code does.
-    pub node_bn: bool,
+    /// Normalisation after each node: `none` (what the official RL-DARTS code computes, see
+    /// [`NodeNorm`]), `layer` (per sample, no affine) or `batch` (batch statistics in every
+    /// forward; makes one env's action depend on the other envs' frames).
+    pub node_norm: NodeNorm,
     /// Width of the final linear layer = feature dimension. RL-DARTS / IMPALA: 256.
     pub embedding: i64,
-    /// The final linear layer: "orthogonal" (default, as the IMPALA-CNN's) or "torch_default"
-    /// ([`HiddenInit`]). The cells' convs always start from PyTorch's defaults.
+    /// The final linear layer: "torch_default" (default, as the IMPALA-CNN's), "glorot_uniform"
+    /// or "orthogonal" ([`HiddenInit`]). The cells' convs always start from PyTorch's defaults.
     pub init: HiddenInit,
 }
 
@@ -336,9 +336,9 @@ impl Default for RlDartsConfig {
             num_nodes: 4,
             op_set: OpSet::RlDarts,
             cell_output: CellOutput::ConcatConv1x1,
-            node_bn: true,
+            node_norm: NodeNorm::default(),
             embedding: 256,
-            init: HiddenInit::Orthogonal,
+            init: HiddenInit::default(),
         }
     }
 }
@@ -539,25 +539,18 @@ impl<C> RlSkeleton<C> {
     }
 }
 
-/// The RL-DARTS supernet encoder. It implements [`Encoder`] by asking its [`OpWeightsSlot`]
-/// for fresh op weights on every forward (see the slot's docs for why), and [`Supernet`] for
-/// callers that pass weights explicitly.
+/// The RL-DARTS supernet encoder: an [`Encoder`] whose architecture argument is the op
+/// weights of the forward ([`CellWeights`], computed by the caller from its search strategy),
+/// and a [`Supernet`].
 #[derive(Debug)]
 pub struct RlDartsSupernet {
     config: RlDartsConfig,
     skeleton: RlSkeleton<SearchCell>,
-    slot: OpWeightsSlot,
 }
 
 impl RlDartsSupernet {
-    /// `obs_chw`: one preprocessed observation's `[C, H, W]` (Procgen: `[3, 64, 64]`). `slot`
-    /// provides the op weights; its current function is called once here to check shapes.
-    pub fn new(
-        p: nn::Path,
-        config: &RlDartsConfig,
-        obs_chw: &[i64],
-        slot: OpWeightsSlot,
-    ) -> Result<Self, NasError> {
+    /// `obs_chw`: one preprocessed observation's `[C, H, W]` (Procgen: `[3, 64, 64]`).
+    pub fn new(p: nn::Path, config: &RlDartsConfig, obs_chw: &[i64]) -> Result<Self, NasError> {
         let space = config.space();
         let mut make = |cp: nn::Path, c_prev: i64, c: i64, reduction: bool| {
             let cell_config = SearchCellConfig {
@@ -566,7 +559,7 @@ impl RlDartsSupernet {
                 reduction,
                 inputs: CellInputs::One { c_prev },
                 output: config.cell_output,
-                node_bn: config.node_bn,
+                node_norm: config.node_norm,
                 affine: false,
                 pool_bn: false,
             };
@@ -576,21 +569,14 @@ impl RlDartsSupernet {
             ))
         };
         let skeleton = RlSkeleton::new(&p, config, obs_chw, &mut make)?;
-        tch::no_grad(|| slot.weights(false)).check(&space, config.has_reduction_cells())?;
         Ok(Self {
             config: config.clone(),
             skeleton,
-            slot,
         })
     }
 
     pub fn config(&self) -> &RlDartsConfig {
         &self.config
-    }
-
-    /// The slot this encoder reads its op weights from (a shared handle).
-    pub fn slot(&self) -> &OpWeightsSlot {
-        &self.slot
     }
 }
 
@@ -636,11 +622,15 @@ impl Supernet for RlDartsSupernet {
     }
 }
 
-impl Encoder for RlDartsSupernet {
+impl Encoder<CellWeights> for RlDartsSupernet {
+    /// Ops run in inference mode (`train = false`): RL-DARTS's op sets have no BatchNorm, and a
+    /// DARTS op set's BatchNorm then uses its fixed initial statistics, the same for every
+    /// forward, so that rollouts and updates evaluate one function of each frame.
+    ///
     /// # Shapes
     /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
-    fn features(&self, obs: &Tensor, train: bool) -> Tensor {
-        self.forward_with(obs, &self.slot.weights(train), train)
+    fn features(&self, obs: &Tensor, weights: &CellWeights) -> Tensor {
+        self.forward_with(obs, weights, false)
     }
 
     fn feature_dim(&self) -> i64 {
@@ -771,7 +761,7 @@ impl NasBench201SearchNet {
                     reduction: false,
                     inputs: CellInputs::One { c_prev },
                     output: CellOutput::LastNode,
-                    node_bn: false,
+                    node_norm: NodeNorm::None,
                     affine: false,
                     pool_bn: false,
                 };
@@ -929,10 +919,9 @@ mod tests {
             AlphaInit::default(),
         )
         .unwrap();
-        let slot = OpWeightsSlot::softmax(&arch, 1.0);
-        let enc = RlDartsSupernet::new(vs.root() / "encoder", &cfg, &[3, 64, 64], slot).unwrap();
+        let enc = RlDartsSupernet::new(vs.root() / "encoder", &cfg, &[3, 64, 64]).unwrap();
         let obs = Tensor::rand([4, 3, 64, 64], (Kind::Float, Device::Cpu));
-        let features = enc.features(&obs, true);
+        let features = enc.features(&obs, &arch.softmax_weights(1.0));
         assert_eq!(features.size(), [4, 256]);
         assert_eq!(enc.feature_dim(), 256);
         no_renamed_variables(&vs);
@@ -942,10 +931,10 @@ mod tests {
             .cells_with_inputs([3, 64, 64], |c, chw| c.op_costs(&[chw]).1);
         assert_eq!(cells.len(), 9);
         assert_eq!(cells.iter().filter(|(_, r, _)| *r).count(), 3);
-        // The PPO-style loss reaches the alphas through the slot's weights, twice in a row
-        // (fresh weights per forward, so the second backward has its own graph).
+        // The PPO-style loss reaches the alphas through the op weights it was given, twice in a
+        // row (fresh weights per forward, so the second backward has its own graph).
         for _ in 0..2 {
-            let features = enc.features(&obs, true);
+            let features = enc.features(&obs, &arch.softmax_weights(1.0));
             features.mean(Kind::Float).backward();
         }
         assert!(arch.alpha_normal().grad().defined());
@@ -983,36 +972,16 @@ mod tests {
                 AlphaInit::default(),
             )
             .unwrap();
-            let enc = RlDartsSupernet::new(
-                vs.root(),
-                &cfg,
-                &[3, 20, 20],
-                OpWeightsSlot::softmax(&arch, 1.0),
-            )
-            .unwrap();
+            let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 20, 20]).unwrap();
             let obs = Tensor::rand([2, 3, 20, 20], (Kind::Float, Device::Cpu));
+            let weights = tch::no_grad(|| arch.softmax_weights(1.0));
             assert_eq!(
-                enc.features(&obs, false).size(),
+                enc.features(&obs, &weights).size(),
                 [2, 256],
                 "{variant:?} {op_set} {output:?}"
             );
             no_renamed_variables(&vs);
         }
-    }
-
-    #[test]
-    fn a_slot_without_reduce_weights_is_rejected_for_the_standard_variant() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = RlDartsConfig::default();
-        let arch = ArchParams::new(Device::Cpu, cfg.space(), false, AlphaInit::default()).unwrap();
-        let err = RlDartsSupernet::new(
-            vs.root(),
-            &cfg,
-            &[3, 64, 64],
-            OpWeightsSlot::softmax(&arch, 1.0),
-        )
-        .unwrap_err();
-        assert!(matches!(err, NasError::Shape(_)), "{err}");
     }
 
     #[test]
@@ -1025,26 +994,22 @@ mod tests {
         };
         let space = cfg.space();
         let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
-        let normal = arch.alpha_normal().shallow_clone();
-        let reduce = arch.alpha_reduce().unwrap().shallow_clone();
         // Straight-through one-hot of op 0 (conv_3x3) on every edge.
-        let slot = OpWeightsSlot::new(move |_| {
-            let hard = |alpha: &Tensor| {
-                let p = alpha.softmax(-1, Kind::Float);
-                let h = p
-                    .zeros_like()
-                    .index_fill(1, &Tensor::from_slice(&[0i64]), 1.0);
-                let index = vec![0usize; space.num_edges()];
-                OpWeights::one_hot(&h - p.detach() + &p, &index).expect("valid indices")
-            };
-            CellWeights {
-                normal: hard(&normal),
-                reduce: Some(hard(&reduce)),
-            }
-        });
-        let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 16, 16], slot).unwrap();
+        let hard = |alpha: &Tensor| {
+            let p = alpha.softmax(-1, Kind::Float);
+            let h = p
+                .zeros_like()
+                .index_fill(1, &Tensor::from_slice(&[0i64]), 1.0);
+            let index = vec![0usize; space.num_edges()];
+            OpWeights::one_hot(&h - p.detach() + &p, &index).expect("valid indices")
+        };
+        let weights = CellWeights {
+            normal: hard(arch.alpha_normal()),
+            reduce: Some(hard(arch.alpha_reduce().unwrap())),
+        };
+        let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 16, 16]).unwrap();
         let obs = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
-        enc.features(&obs, true).sum(Kind::Float).backward();
+        enc.features(&obs, &weights).sum(Kind::Float).backward();
         let g = arch.alpha_normal().grad();
         assert!(g.defined() && f64::try_from(g.abs().sum(Kind::Float)).unwrap() > 0.0);
         // Only conv_3x3 ran: the relu op's channel projection (3 -> 4 on the first reduction
@@ -1122,14 +1087,8 @@ mod tests {
             ..Default::default()
         };
         let arch = ArchParams::new(device, cfg.space(), true, AlphaInit::default()).unwrap();
-        let enc = RlDartsSupernet::new(
-            vs.root(),
-            &cfg,
-            &[3, 32, 32],
-            OpWeightsSlot::softmax(&arch, 1.0),
-        )
-        .unwrap();
-        let features = enc.features(&x32.sigmoid(), true);
+        let enc = RlDartsSupernet::new(vs.root(), &cfg, &[3, 32, 32]).unwrap();
+        let features = enc.features(&x32.sigmoid(), &arch.softmax_weights(1.0));
         assert_eq!((features.size(), features.device()), (vec![2, 256], device));
         features.mean(Kind::Float).backward();
         assert!(arch.alpha_normal().grad().defined());

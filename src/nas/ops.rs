@@ -886,27 +886,6 @@ pub(crate) fn torch_conv2d(p: nn::Path, g: &ConvGeom) -> nn::Conv2D {
     nn::conv2d(p, g.c_in, g.c_out, g.kernel, config)
 }
 
-/// RL-DARTS's node normalisation: BatchNorm without affine and without running averages, so
-/// every forward (rollout, PPO update, evaluation) normalises each channel with the statistics
-/// of its own batch. The official RL-DARTS code calls its node BatchNorm with `training=True`
-/// always, for this reason: with running averages at rollout time the behaviour policy (running
-/// statistics) and the policy that PPO updates (batch statistics) are different functions, the
-/// old log-probabilities and values stop matching the learner's, and at small PPO batches the
-/// value loss diverged and the policy collapsed to stalling (BENCHMARKS.md). Works on `[N, C]`
-/// and `[N, C, H, W]` (either memory format).
-pub(crate) fn batch_stats_norm(x: &Tensor) -> Tensor {
-    x.batch_norm(
-        None::<Tensor>,
-        None::<Tensor>,
-        None::<Tensor>,
-        None::<Tensor>,
-        true,
-        0.0,
-        1e-5,
-        true,
-    )
-}
-
 /// PyTorch's BatchNorm2d defaults (weight 1, bias 0, momentum 0.1, eps 1e-5); tch's own
 /// default draws the weight from U(0, 1).
 pub(crate) fn torch_batch_norm2d(p: nn::Path, channels: i64, affine: bool) -> nn::BatchNorm {

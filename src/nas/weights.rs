@@ -3,12 +3,9 @@
 //! weights (softmax for DARTS / RL-DARTS, Gumbel-softmax for SNAS, straight-through one-hot for
 //! GDAS, Dirichlet samples for DrNAS ...) and the supernet only ever sees the result.
 
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use tch::Tensor;
 
-use tch::{Kind, Tensor};
-
-use super::{ArchParams, CellSpace, NasError};
+use super::{CellSpace, NasError};
 
 /// Op weights of one cell type.
 ///
@@ -155,85 +152,5 @@ impl CellWeights {
             normal: self.normal.shallow_clone(),
             reduce: self.reduce.as_ref().map(OpWeights::shallow_clone),
         }
-    }
-}
-
-type WeightsFn = dyn Fn(bool) -> CellWeights + Send;
-
-/// Where an RL supernet encoder gets its op weights: a function of the `train` flag, called
-/// once per forward, that a strategy may replace at any time.
-///
-/// # Why a function and not a tensor
-///
-/// [`crate::agents::Encoder::features`] takes only the observations, so the weights must reach
-/// the encoder another way, and they must be *recomputed from alpha on every forward*: PPO runs
-/// several minibatch backwards per rollout, and a weight tensor computed once would have its
-/// softmax graph freed by the first backward (the second would fail, or with `keep_graph`
-/// silently accumulate into one stale graph). A function re-derives the weights each time, so
-/// the PPO loss backpropagates into alpha on every minibatch (RL-DARTS's joint first-order
-/// mode), and a strategy changes the relaxation (temperature, sampling, hard one-hot) by
-/// installing a new function via [`OpWeightsSlot::set`], without touching the encoder.
-///
-/// The slot is a cheap `Arc` handle: clone it, give one copy to the encoder and keep one in the
-/// trainer/strategy. The function runs under a mutex (the encoder must be `Send`).
-#[derive(Clone)]
-pub struct OpWeightsSlot(Arc<Mutex<Box<WeightsFn>>>);
-
-impl OpWeightsSlot {
-    /// A slot holding `f`.
-    pub fn new(f: impl Fn(bool) -> CellWeights + Send + 'static) -> Self {
-        Self(Arc::new(Mutex::new(Box::new(f))))
-    }
-
-    /// RL-DARTS / DARTS relaxation: `softmax(alpha / temperature)` over each edge's ops, both
-    /// cell types, recomputed from `arch`'s alphas (which stay in the arch store) each forward.
-    pub fn softmax(arch: &ArchParams, temperature: f64) -> Self {
-        Self::new(softmax_fn(arch, temperature))
-    }
-
-    /// Installs the softmax relaxation at `temperature` (see [`OpWeightsSlot::softmax`]).
-    pub fn set_softmax(&self, arch: &ArchParams, temperature: f64) {
-        self.set(softmax_fn(arch, temperature));
-    }
-
-    /// Replaces the function; the next forward uses it.
-    pub fn set(&self, f: impl Fn(bool) -> CellWeights + Send + 'static) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Box::new(f);
-    }
-
-    /// Calls the current function.
-    pub fn weights(&self, train: bool) -> CellWeights {
-        let f = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(train)
-    }
-}
-
-/// `softmax(alpha / temperature)` per edge, from shallow clones of `arch`'s alphas (so the
-/// result backpropagates into the arch store's variables).
-fn softmax_fn(
-    arch: &ArchParams,
-    temperature: f64,
-) -> impl Fn(bool) -> CellWeights + Send + 'static {
-    let normal = arch.alpha_normal().shallow_clone();
-    let reduce = arch.alpha_reduce().map(Tensor::shallow_clone);
-    move |_train| {
-        CellWeights::dense(
-            (&normal / temperature).softmax(-1, Kind::Float),
-            reduce
-                .as_ref()
-                .map(|r| (r / temperature).softmax(-1, Kind::Float)),
-        )
-    }
-}
-
-impl fmt::Debug for OpWeightsSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OpWeightsSlot(..)")
     }
 }

@@ -31,7 +31,8 @@ use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::sampling;
 use super::{
-    alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpWeights};
 
@@ -206,6 +207,17 @@ impl SearchStrategy for Gdas {
             Phase::Weights => Ok(tch::no_grad(|| super::softmax_weights(arch, 1.0))),
             Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
         }
+    }
+
+    /// A hard Gumbel sample per cell type at the current tau, detached: GDAS's alphas learn
+    /// only in `arch_step` (on a sample of their own), so the update replays these exact
+    /// one-hot weights, and only the sampled op of each edge runs, in the rollout and the update.
+    fn sample_architecture(&mut self, arch: &ArchParams) -> Result<ArchSample, SearchError> {
+        let w = self.sampled_weights(arch)?;
+        Ok(ArchSample::Fixed(CellWeights {
+            normal: detach(&w.normal)?,
+            reduce: w.reduce.as_ref().map(detach).transpose()?,
+        }))
     }
 
     /// Linear anneal `tau_max -> tau_min` over the epochs (official `search_model.set_tau(

@@ -31,8 +31,8 @@ use tch::Tensor;
 use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, ReportField,
-    SearchError, SearchStrategy, WeightStepReport,
+    alphas, softmax_weights, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase,
+    ReportField, SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -135,6 +135,28 @@ impl SearchStrategy for Joint {
             }
             Phase::Arch => softmax_weights(arch, t),
             Phase::Eval => tch::no_grad(|| softmax_weights(arch, t)),
+        })
+    }
+
+    /// Deterministic: `softmax(alpha / T)` of the current alphas, with its graph when learning
+    /// (so the PPO loss's backward reaches the alphas, which step in `after_weight_step`).
+    fn sampled_op_weights(
+        &mut self,
+        arch: &ArchParams,
+        sample: &ArchSample,
+        learn: bool,
+    ) -> Result<CellWeights, SearchError> {
+        if !matches!(sample, ArchSample::Deterministic) {
+            return Err(SearchError::Invalid(format!(
+                "joint draws no architecture; got {sample:?}"
+            )));
+        }
+        let t = self.params.temperature;
+        Ok(if learn {
+            self.pending = true;
+            softmax_weights(arch, t)
+        } else {
+            tch::no_grad(|| softmax_weights(arch, t))
         })
     }
 

@@ -102,7 +102,7 @@ use crate::nas::{
 };
 
 pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
-pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer};
+pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer, PrimeSchedule};
 pub use gdas::{Gdas, GdasParams};
 pub use idarts::{IDarts, IDartsParams};
 pub use joint::{Joint, JointParams};
@@ -113,6 +113,25 @@ pub use unas::{
     LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams, UnasWeightsSample,
 };
 pub use unas_factorised::{FactorisedAlphas, FactorisedSample};
+
+/// Detached copies of `weights` (same active lists): fixed op weights for an [`ArchSample`].
+pub fn detached(weights: &CellWeights) -> CellWeights {
+    let one = |w: &crate::nas::OpWeights| {
+        let t = w.weights().detach();
+        match (0..w.weights().size()[0] as usize)
+            .map(|e| w.active(e).map(<[usize]>::to_vec))
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(active) => crate::nas::OpWeights::sparse(t, active)
+                .expect("the active lists came from weights of the same shape"),
+            None => crate::nas::OpWeights::dense(t),
+        }
+    };
+    CellWeights {
+        normal: one(&weights.normal),
+        reduce: weights.reduce.as_ref().map(one),
+    }
+}
 
 /// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
 pub const STRATEGY_NAMES: &[&str] = &[
@@ -166,6 +185,36 @@ pub enum Phase {
     Arch,
     /// Evaluation: deterministic weights (no sampling noise).
     Eval,
+}
+
+/// The architecture one RL rollout acts with, drawn by [`SearchStrategy::sample_architecture`]
+/// from the strategy's own seeded generator when the rollout starts, and kept with the rollout:
+/// the PPO update recomputes op weights from the *current* alphas and this sample
+/// ([`SearchStrategy::sampled_op_weights`]), so the network whose probability ratio PPO clips
+/// is the network that acted, and gradients still reach the alphas through the relaxation.
+///
+/// One sample per rollout (all envs act with it), for every strategy: SNAS and GDAS draw one
+/// architecture per forward of a minibatch in their papers, whose RL analogue is one per
+/// rollout batch; per-env samples would need per-sample op weights, and GDAS would have to run
+/// every op that any env drew instead of one op per edge. UNAS's official per-example draw is
+/// the departure this makes (see [`unas`]).
+#[derive(Debug, Default)]
+pub enum ArchSample {
+    /// Nothing was drawn: the op weights are a function of the alphas (DARTS, joint, iDARTS,
+    /// DARTS-PRIME).
+    #[default]
+    Deterministic,
+    /// Gumbel noise per alpha tensor (normal, then reduce; `[num_edges, num_ops]` each,
+    /// detached) and the temperature in force when it was drawn; the relaxed sample
+    /// `softmax((alpha + noise) / temperature)` is recomputed from the current alphas (SNAS).
+    Gumbel {
+        noise: Vec<Tensor>,
+        temperature: f64,
+    },
+    /// Op weights fixed for the whole iteration, detached: the alphas do not learn from the
+    /// weight loss, so there is nothing to recompute (GDAS's hard sample, which keeps its
+    /// one-op-per-edge sparsity; UNAS's hard sample; random search's candidate).
+    Fixed(CellWeights),
 }
 
 /// What the DARTS second-order virtual step needs to know about the weight optimizer
@@ -269,6 +318,37 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// Op weights for one forward in `phase`. Call once per forward that will be
     /// backpropagated (the graph to alpha is consumed by the backward).
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError>;
+
+    /// Draws the architecture one RL rollout acts with (see [`ArchSample`]), from the
+    /// strategy's own seeded generator. Default: nothing to draw.
+    fn sample_architecture(&mut self, _arch: &ArchParams) -> Result<ArchSample, SearchError> {
+        Ok(ArchSample::Deterministic)
+    }
+
+    /// Op weights of the architecture `sample` under the current alphas. `learn = false`: for
+    /// the rollout's forwards (no graph needed). `learn = true`: for a forward of the PPO
+    /// update, with the graph through which a single-level strategy trains the alphas on the
+    /// weight loss (detached for bilevel strategies). Unlike `op_weights(Phase::Weights)`, it
+    /// never clears the alphas' gradients (the loop does, once per minibatch) and never draws:
+    /// repeated calls for one minibatch give the same architecture.
+    ///
+    /// Default, for deterministic strategies: `op_weights(Phase::Eval)`, which for every
+    /// bilevel relaxation equals the detached weight-phase weights.
+    fn sampled_op_weights(
+        &mut self,
+        arch: &ArchParams,
+        sample: &ArchSample,
+        _learn: bool,
+    ) -> Result<CellWeights, SearchError> {
+        match sample {
+            ArchSample::Deterministic => self.op_weights(arch, Phase::Eval),
+            ArchSample::Fixed(weights) => Ok(weights.shallow_clone()),
+            ArchSample::Gumbel { .. } => Err(SearchError::Invalid(format!(
+                "{}: cannot replay a Gumbel sample (it draws none)",
+                self.name()
+            ))),
+        }
+    }
 
     /// Start of epoch `epoch` of `num_epochs` (temperature schedules).
     fn begin_epoch(&mut self, _epoch: usize, _num_epochs: usize) {}

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::checkpoint::{load_json, save_json};
-use super::{ArchStepStats, Objective, Phase, SearchError, SearchStrategy};
+use super::{ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy};
 use crate::nas::{ArchParams, CellSpace, CellWeights, Gene, Genotype, OpWeights};
 
 /// `[search.strategy.params]` of `kind = "random"`.
@@ -242,6 +242,12 @@ impl SearchStrategy for RandomSearch {
             },
         };
         self.weights(arch, &c)
+    }
+
+    /// RSWS: a uniformly drawn candidate trains the shared weights for one rollout and update.
+    fn sample_architecture(&mut self, arch: &ArchParams) -> Result<ArchSample, SearchError> {
+        let c = self.sample();
+        Ok(ArchSample::Fixed(self.weights(arch, &c)?))
     }
 
     fn wants_arch_step(&self, _iteration: u64) -> bool {

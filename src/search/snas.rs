@@ -57,8 +57,8 @@ use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::sampling;
 use super::{
-    alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, ReportField, SearchError,
-    SearchStrategy, WeightStepReport,
+    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, ReportField,
+    SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpCost, OpCostTable, OpWeights};
 
@@ -563,6 +563,74 @@ impl SearchStrategy for Snas {
             Phase::Arch => Ok(self.sampled_weights(arch)?.0),
             Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
         }
+    }
+
+    /// Gumbel noise for each cell type's alphas, at the current temperature.
+    fn sample_architecture(&mut self, arch: &ArchParams) -> Result<ArchSample, SearchError> {
+        let noise = alphas(arch)
+            .iter()
+            .map(|a| self.gumbel_like(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ArchSample::Gumbel {
+            noise,
+            temperature: self.state.temperature,
+        })
+    }
+
+    /// `Z = softmax((alpha + G) / lambda)` from the current alphas and the rollout's noise `G`,
+    /// with its graph when learning; the child (argmax of `alpha + G`) is remembered for the
+    /// resource penalty's score function in `after_weight_step`.
+    fn sampled_op_weights(
+        &mut self,
+        arch: &ArchParams,
+        sample: &ArchSample,
+        learn: bool,
+    ) -> Result<CellWeights, SearchError> {
+        let ArchSample::Gumbel { noise, temperature } = sample else {
+            return Err(SearchError::Invalid(format!(
+                "snas replays its own Gumbel samples; got {sample:?}"
+            )));
+        };
+        let alphas = alphas(arch);
+        if noise.len() != alphas.len() {
+            return Err(SearchError::Invalid(format!(
+                "snas: {} noise tensors for {} alpha tensors",
+                noise.len(),
+                alphas.len()
+            )));
+        }
+        let relax = |a: &Tensor, g: &Tensor| -> Result<(Tensor, Vec<usize>), SearchError> {
+            let logits = a + g; // [E, O]
+            let relaxed = (&logits / *temperature).softmax(-1, a.kind());
+            let index =
+                Vec::<i64>::try_from(&logits.detach().argmax(-1, false).to_device(Device::Cpu))?;
+            Ok((relaxed, index.into_iter().map(|i| i as usize).collect()))
+        };
+        let mut cells = if learn {
+            alphas
+                .iter()
+                .zip(noise)
+                .map(|(a, g)| relax(a, g))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            tch::no_grad(|| {
+                alphas
+                    .iter()
+                    .zip(noise)
+                    .map(|(a, g)| relax(a, g))
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+        }
+        .into_iter();
+        let (normal, normal_index) = cells.next().ok_or_else(no_sample)?;
+        let reduce = cells.next();
+        if learn {
+            self.pending = Some(Pending {
+                normal: normal_index,
+                reduce: reduce.as_ref().map(|r| r.1.clone()),
+            });
+        }
+        Ok(CellWeights::dense(normal, reduce.map(|r| r.0)))
     }
 
     /// Linear anneal `temperature_start -> temperature_end`, reached at the last epoch.

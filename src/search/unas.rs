@@ -86,7 +86,8 @@ use super::perturb::{grad, norm};
 use super::sampling;
 use super::unas_factorised::{FactorisedAlphas, FactorisedSample};
 use super::{
-    alphas, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy,
 };
 use crate::nas::{
     ArchParams, CellWeights, DeriveRule, Genotype, LatencyOptions, LatencyTable, OpWeights,
@@ -692,6 +693,17 @@ impl SearchStrategy for Unas {
     }
 
     /// Every iteration once the warm-up epochs are over.
+    /// A hard sample `z` per cell type (of the factorised selectors when `cell = "factorised"`),
+    /// fixed for the rollout and the update: UNAS's alphas learn only in `arch_step`, from
+    /// samples of their own. Departure: the official code draws one architecture per training
+    /// example and trains the weights on the relaxed sample; a rollout acts with one discrete
+    /// architecture for all its envs (see [`super::ArchSample`] for why one per rollout).
+    fn sample_architecture(&mut self, arch: &ArchParams) -> Result<ArchSample, SearchError> {
+        Ok(ArchSample::Fixed(super::detached(
+            &self.hard_weights(arch)?,
+        )))
+    }
+
     fn wants_arch_step(&self, _iteration: u64) -> bool {
         self.state.epoch >= self.params.warmup_epochs
     }

@@ -1,7 +1,6 @@
 //! Training loops (RL with PPO; supervised and RL architecture search build on these), the
 //! RL-DARTS pipeline (search, derive, retrain, eval), run directories and checkpoints.
 
-pub mod arch;
 pub mod pipeline;
 pub mod rl;
 pub mod run_dir;

@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::arch::RlDartsSearchConfig;
+use super::rl::RlDartsSearchConfig;
 use super::rl::{
     build_policy, evaluate, train, EncoderConfig, EvalOptions, EvalResult, Progress,
     RlDartsFixedConfig, TrainConfig, TrainRun, TrainSummary,
@@ -481,7 +481,7 @@ pub fn validate(config: &TrainConfig) -> Result<(), TrainError> {
             config.encoder.name()
         )));
     }
-    config.ppo.validate()?;
+    super::rl::validate(config)?;
     let batch = config.ppo.batch_size() as u64;
     let p = &config.pipeline;
     for (key, steps) in [
@@ -1251,7 +1251,7 @@ pub fn count_params(config: &TrainConfig) -> Result<i64, TrainError> {
         ..config.procgen.clone()
     };
     let env = make_vec_env(&config.env, 1, config.seed, &procgen)?;
-    let (vs, _policy, _arch) = build_policy(config, env.spec(), Device::Cpu)?;
+    let (vs, _policy) = build_policy(config, env.spec(), Device::Cpu)?;
     Ok(vs
         .trainable_variables()
         .iter()

@@ -1,0 +1,237 @@
+//! What one PPO iteration is, for a fixed network and for a searched supernet: the part of a
+//! run that depends on the encoder's architecture. The loop around it ([`super::run`]) logs,
+//! reports progress and checkpoints the same way for both.
+
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{nn, Device, Tensor};
+
+use super::config::TrainConfig;
+use super::objective::ArchPhase;
+use super::search::ArchSearch;
+use super::search_envs::SearchLoop;
+use crate::agents::{FixedArch, IterationStats, PpoTrainer};
+use crate::envs::{EpisodeStats, VecEnv};
+use crate::logging::MetricsSink;
+use crate::nas::CellWeights;
+use crate::train::TrainError;
+
+/// The part of a PPO run that depends on whether the encoder is searched.
+pub(super) trait Driver {
+    /// The encoder's architecture argument (`()` or op weights).
+    type Arch;
+
+    /// One rollout and PPO update, with whatever the architecture needs around them; also
+    /// returns the seconds spent outside the rollout and update (search rollouts, alpha steps).
+    fn iteration(
+        &mut self,
+        trainer: &mut PpoTrainer<Self::Arch>,
+        env: &mut dyn VecEnv,
+        config: &TrainConfig,
+        sink: &mut dyn MetricsSink,
+    ) -> Result<(IterationStats, f64), TrainError>;
+
+    /// Architecture logs after an iteration (a search logs every `search.log_every`).
+    fn log(&mut self, _sink: &mut dyn MetricsSink, _iterations_done: u64, _step: i64) {}
+
+    /// Writes the architecture's state into a checkpoint folder.
+    fn save(&self, _dir: &Path) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// Restores what [`Driver::save`] wrote.
+    fn load(&mut self, _dir: &Path, _config: &TrainConfig) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// At the end of a run: a search writes its derived genotype into `run_root`.
+    fn finish(
+        &self,
+        _run_root: &Path,
+        _sink: &mut dyn MetricsSink,
+        _step: i64,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// A fixed network: the trainer's iteration, nothing around it.
+pub(super) struct FixedDriver;
+
+impl Driver for FixedDriver {
+    type Arch = ();
+
+    fn iteration(
+        &mut self,
+        trainer: &mut PpoTrainer,
+        env: &mut dyn VecEnv,
+        _config: &TrainConfig,
+        _sink: &mut dyn MetricsSink,
+    ) -> Result<(IterationStats, f64), TrainError> {
+        Ok((trainer.iteration(env, &mut FixedArch)?, 0.0))
+    }
+}
+
+/// A supernet whose architecture the run searches (module docs of [`super::search`]).
+pub(super) struct SearchDriver {
+    pub(super) search: ArchSearch,
+    envs: SearchLoop,
+    device: Device,
+}
+
+impl SearchDriver {
+    pub(super) fn new(search: ArchSearch, config: &TrainConfig, device: Device) -> Self {
+        Self {
+            search,
+            envs: SearchLoop::new(config.seed),
+            device,
+        }
+    }
+}
+
+impl Driver for SearchDriver {
+    type Arch = CellWeights;
+
+    fn iteration(
+        &mut self,
+        trainer: &mut PpoTrainer<CellWeights>,
+        env: &mut dyn VecEnv,
+        config: &TrainConfig,
+        sink: &mut dyn MetricsSink,
+    ) -> Result<(IterationStats, f64), TrainError> {
+        let search_start = Instant::now();
+        let search = &mut self.search;
+        search.begin_iteration(
+            trainer.iterations_done(),
+            config.ppo.num_iterations(),
+            trainer.learning_rate(),
+        );
+        // The architecture of this iteration: drawn once, acting in both rollouts, replayed by
+        // every minibatch of the update.
+        let sample = search.draw()?;
+        let first_step = search.weight_steps();
+        let planned_steps = (config.ppo.update_epochs * config.ppo.num_minibatches) as u64;
+        let search_batch = if search.wants_arch_steps(first_step, planned_steps) {
+            let acting = search.acting_weights(&sample)?;
+            let (batch, episodes) =
+                self.envs
+                    .collect(config, self.device, &trainer.policy, &acting)?;
+            log_search_episodes(
+                sink,
+                &episodes,
+                (trainer.global_step() + config.ppo.batch_size() as u64) as i64,
+            );
+            Some(batch)
+        } else {
+            None
+        };
+        let mut search_secs = search_start.elapsed().as_secs_f64();
+
+        let stats = trainer.iteration(env, &mut search.iteration_arch(&sample))?;
+        let step = stats.global_step as i64;
+        for (index, ws) in search.take_weight_steps() {
+            // One point per weight step (DARTS-PRIME's schedule reads this norm).
+            sink.scalar("search/weight_grad_norm", ws.grad_norm, index as i64);
+        }
+
+        // Alpha steps of bilevel strategies, after the update, on the update's own training
+        // batch and the search rollout.
+        if let Some(search_batch) = &search_batch {
+            let arch_start = Instant::now();
+            let train_batch = trainer
+                .take_last_batch()
+                .expect("an iteration leaves its training batch");
+            let phase = ArchPhase {
+                policy: &trainer.policy,
+                ppo: &config.ppo,
+                parameters: trainer.optimizer.parameters(),
+                buffers: buffers(&trainer.vs),
+                train: &train_batch,
+                search: search_batch,
+                minibatch: (search_batch.len() as usize / config.ppo.num_minibatches).max(1),
+                weight_steps: (first_step, stats.ppo.minibatches as u64),
+            };
+            if let Some((s, count)) = search.arch_phase(phase, &mut self.envs.rng)? {
+                log_arch_steps(sink, "bilevel", &s, count, step);
+            }
+            search_secs += arch_start.elapsed().as_secs_f64();
+        }
+        if let Some((s, count)) = search.take_hook_stats() {
+            log_arch_steps(sink, "single_level", &s, count, step);
+        }
+        sink.scalar("perf/search_secs", search_secs, step);
+        Ok((stats, search_secs))
+    }
+
+    fn log(&mut self, sink: &mut dyn MetricsSink, iterations_done: u64, step: i64) {
+        if iterations_done % self.search.config.log_every.max(1) == 0 {
+            self.search.log(sink, step);
+        }
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        self.search.save(dir)?;
+        self.envs.save(dir)
+    }
+
+    fn load(&mut self, dir: &Path, config: &TrainConfig) -> Result<(), TrainError> {
+        self.search.load(dir)?;
+        self.envs.load(dir, config, self.device)
+    }
+
+    fn finish(
+        &self,
+        run_root: &Path,
+        sink: &mut dyn MetricsSink,
+        step: i64,
+    ) -> Result<(), TrainError> {
+        let g = self.search.write_genotype(run_root)?;
+        sink.text(
+            "arch/final_genotype",
+            &format!("`{}`", g.to_darts_string()),
+            step,
+        );
+        Ok(())
+    }
+}
+
+/// Non-trainable variables of the weight store, in name order: what a virtual weight step
+/// must restore with the weights.
+fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, t)| t).collect()
+}
+
+fn log_arch_steps(
+    sink: &mut dyn MetricsSink,
+    kind: &str,
+    s: &crate::search::ArchStepStats,
+    count: u32,
+    step: i64,
+) {
+    let tags = [
+        format!("search/{kind}_arch_loss"),
+        format!("search/{kind}_arch_grad_norm"),
+        format!("search/{kind}_arch_steps"),
+    ];
+    sink.scalars(
+        &[
+            (tags[0].as_str(), s.loss),
+            (tags[1].as_str(), s.grad_norm),
+            (tags[2].as_str(), f64::from(count)),
+        ],
+        step,
+    );
+}
+
+fn log_search_episodes(sink: &mut dyn MetricsSink, episodes: &[EpisodeStats], step: i64) {
+    for ep in episodes {
+        sink.scalar("search/episodic_return", ep.episode_return, step);
+    }
+}

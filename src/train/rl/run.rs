@@ -1,0 +1,379 @@
+//! The PPO training loop (Cobbe et al. 2020's Procgen recipe, CleanRL's tags): logging,
+//! progress, checkpoints and exact resume around one iteration at a time. With a supernet
+//! encoder the same loop searches its architecture ([`super::search`]); what differs per
+//! encoder lives in [`super::driver`].
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::build::{build_policy, make_env, Policy};
+use super::config::TrainConfig;
+use super::driver::{Driver, FixedDriver, SearchDriver};
+use super::io::{read, write};
+use super::search_envs::search_env_options;
+use crate::agents::{AgentError, IterationStats, PpoTrainer};
+use crate::envs::procgen::{find_game, normalized_return, DistributionMode, Game};
+use crate::envs::VecEnv;
+use crate::logging::{tags, MetricsSink};
+use crate::train::run_dir::RunDir;
+use crate::train::TrainError;
+
+const ENV_STATE_FILE: &str = "env_state.bin";
+const LOOP_STATE_FILE: &str = "loop.json";
+/// Episodes averaged for the reported "latest mean return" (the Procgen paper's window).
+const RETURN_WINDOW: usize = 100;
+
+/// Loop state beyond the trainer's, saved with each checkpoint so that logs of a resumed
+/// run equal those of an uninterrupted one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LoopState {
+    recent_returns: VecDeque<f64>,
+    episodes_done: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub iterations: u64,
+    pub global_step: u64,
+    /// Mean raw return of the last (up to) 100 training episodes.
+    pub mean_return: Option<f64>,
+    pub mean_normalized_return: Option<f64>,
+    pub episodes: u64,
+    pub interrupted: bool,
+    pub last_checkpoint: Option<PathBuf>,
+    /// Env steps per second over this process's iterations.
+    pub steps_per_sec: f64,
+    pub rollout_secs: f64,
+    pub update_secs: f64,
+    /// Seconds in the architecture search outside the PPO update (search rollouts and alpha
+    /// steps of bilevel strategies); counted in `steps_per_sec`.
+    pub search_secs: f64,
+}
+
+/// Progress reporting for the loop (a bar in the CLI, nothing in tests).
+pub trait Progress {
+    fn update(&mut self, global_step: u64, total_steps: u64, message: &str);
+    fn finish(&mut self, message: &str);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn update(&mut self, _: u64, _: u64, _: &str) {}
+    fn finish(&mut self, _: &str) {}
+}
+
+/// Options of one call to [`train`].
+pub struct TrainRun<'a> {
+    pub config: &'a TrainConfig,
+    pub run_dir: &'a RunDir,
+    /// Continue from the newest checkpoint of `run_dir`.
+    pub resume: bool,
+    pub sink: &'a mut dyn MetricsSink,
+    pub progress: &'a mut dyn Progress,
+    /// Set (by Ctrl-C) to stop after the current iteration with a checkpoint.
+    pub stop: &'a AtomicBool,
+    /// Stop after this many iterations in this call (tests; None = until done).
+    pub max_iterations: Option<u64>,
+    /// Train on this env instead of building `config.env` (test doubles, wrappers).
+    pub env: Option<Box<dyn VecEnv>>,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// Trains until `ppo.total_timesteps`, Ctrl-C, or `max_iterations`.
+pub fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
+    let config = run.config;
+    let device = crate::device::parse_device(&config.device)?;
+    if config.torch_threads > 0 {
+        tch::set_num_threads(config.torch_threads);
+    }
+    tch::manual_seed(config.seed as i64);
+    let mut env = match run.env.take() {
+        Some(env) => env,
+        None => make_env(config, &config.procgen)?,
+    };
+    let spec = env.spec().clone();
+    let (vs, policy) = build_policy(config, &spec, device)?;
+    // Every PPO run on the CPU, fixed encoder or supernet: the kept heap made the IMPALA update
+    // 1.5x faster and the paper-size RL-DARTS search 2x faster (BENCHMARKS.md). Supervised
+    // DARTS searches keep glibc's defaults (see the function's docs for why).
+    if device == tch::Device::Cpu {
+        if let Some(note) = crate::device::keep_freed_memory_for_reuse() {
+            eprintln!("note: {note}");
+        }
+    }
+    match policy {
+        Policy::Fixed(policy) => {
+            let trainer = PpoTrainer::new(vs, policy, &spec, config.ppo.clone(), config.seed)?;
+            run_loop(run, env.as_mut(), trainer, FixedDriver)
+        }
+        Policy::Searched(policy, search) => {
+            search_env_options(config)?;
+            let trainer = PpoTrainer::new(vs, policy, &spec, config.ppo.clone(), config.seed)?;
+            let driver = SearchDriver::new(search, config, device);
+            run_loop(run, env.as_mut(), trainer, driver)
+        }
+    }
+}
+
+/// The loop of [`train`] for either kind of encoder.
+fn run_loop<D: Driver>(
+    run: TrainRun<'_>,
+    env: &mut dyn VecEnv,
+    mut trainer: PpoTrainer<D::Arch>,
+    mut driver: D,
+) -> Result<TrainSummary, TrainError> {
+    let config = run.config;
+    let game = config
+        .is_procgen()
+        .then(|| find_game(&config.env))
+        .transpose()?;
+    let mut state = LoopState::default();
+    let mut last_checkpoint = None;
+    if run.resume {
+        let Some(ckpt) = run.run_dir.latest_checkpoint()? else {
+            return Err(TrainError::Checkpoint {
+                path: run.run_dir.checkpoints_dir(),
+                reason: "no complete checkpoint to resume from".into(),
+            });
+        };
+        trainer.load(&ckpt)?;
+        driver.load(&ckpt, config)?;
+        env.load_state(&read(&ckpt.join(ENV_STATE_FILE))?)?;
+        let loop_path = ckpt.join(LOOP_STATE_FILE);
+        state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
+            path: loop_path,
+            reason: e.to_string(),
+        })?;
+        last_checkpoint = Some(ckpt);
+    } else {
+        let markdown = crate::config::to_markdown(config)?;
+        run.sink.text("config", &markdown, 0);
+    }
+
+    let save = |trainer: &PpoTrainer<D::Arch>,
+                driver: &D,
+                env: &dyn VecEnv,
+                state: &LoopState|
+     -> Result<PathBuf, TrainError> {
+        run.run_dir
+            .save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
+                trainer.save(dir)?;
+                driver.save(dir)?;
+                write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
+                let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
+                write(&dir.join(LOOP_STATE_FILE), &json)
+            })
+    };
+
+    let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
+    let batch = config.ppo.batch_size();
+    let (mut rollout_secs, mut update_secs, mut search_secs, mut iterations_here) =
+        (0.0, 0.0, 0.0, 0u64);
+    let started = Instant::now();
+    let mut interrupted = false;
+    while !trainer.is_done() {
+        if run.max_iterations.is_some_and(|m| iterations_here >= m) {
+            break;
+        }
+        let next_iteration = trainer.iterations_done() + 1;
+        let (stats, search_here) = driver
+            .iteration(&mut trainer, env, config, run.sink)
+            .map_err(|e| diverged(e, next_iteration, last_checkpoint.as_deref()))?;
+        check_finite(&stats, last_checkpoint.as_deref())?;
+        iterations_here += 1;
+        rollout_secs += stats.rollout_secs;
+        update_secs += stats.update_secs;
+        search_secs += search_here;
+        for ep in &stats.episodes {
+            state.recent_returns.push_back(ep.episode_return);
+            if state.recent_returns.len() > RETURN_WINDOW {
+                state.recent_returns.pop_front();
+            }
+            state.episodes_done += 1;
+        }
+        log_iteration(
+            run.sink,
+            &stats,
+            batch,
+            game.map(|g| (g, config.procgen.distribution_mode)),
+        );
+        driver.log(
+            run.sink,
+            trainer.iterations_done(),
+            stats.global_step as i64,
+        );
+        let mean_return = mean(state.recent_returns.iter().copied());
+        if let Some(m) = mean_return {
+            run.sink
+                .scalar("charts/mean_return_last100", m, stats.global_step as i64);
+        }
+        run.sink.flush();
+
+        let elapsed = started.elapsed().as_secs_f64();
+        let done_here = iterations_here * batch as u64;
+        let sps = done_here as f64 / elapsed.max(1e-9);
+        let eta = (total.saturating_sub(stats.global_step)) as f64 / sps.max(1e-9);
+        run.progress.update(
+            stats.global_step,
+            total,
+            &format!(
+                "{sps:.0} steps/s | ETA {} | return {} | vloss {:.3} | kl {:.4}",
+                format_secs(eta),
+                mean_return
+                    .map(|m| format!("{m:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                stats.ppo.value_loss,
+                stats.ppo.approx_kl
+            ),
+        );
+
+        let stop = run.stop.load(Ordering::SeqCst);
+        if stop
+            || trainer.iterations_done() % config.checkpoint.every.max(1) == 0
+            || trainer.is_done()
+        {
+            last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    if !interrupted
+        && last_checkpoint
+            .as_ref()
+            .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
+    {
+        last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+    }
+    driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
+    let mean_return = mean(state.recent_returns.iter().copied());
+    let summary = TrainSummary {
+        run_dir: run.run_dir.root.clone(),
+        iterations: trainer.iterations_done(),
+        global_step: trainer.global_step(),
+        mean_return,
+        mean_normalized_return: game
+            .zip(mean_return)
+            .map(|(g, m)| normalized_return(g, config.procgen.distribution_mode, m)),
+        episodes: state.episodes_done,
+        interrupted,
+        last_checkpoint,
+        steps_per_sec: (iterations_here * batch as u64) as f64
+            / (rollout_secs + update_secs + search_secs).max(1e-9),
+        rollout_secs,
+        update_secs,
+        search_secs,
+    };
+    run.progress.finish(&format!(
+        "{} after {} steps: mean return (last 100) {}",
+        if interrupted { "stopped" } else { "done" },
+        summary.global_step,
+        mean_return
+            .map(|m| format!("{m:.2}"))
+            .unwrap_or_else(|| "-".into())
+    ));
+    let path = run.run_dir.root.join("summary.json");
+    write(
+        &path,
+        &serde_json::to_vec_pretty(&summary).expect("summary serialises"),
+    )?;
+    Ok(summary)
+}
+
+/// A minibatch whose loss or gradient norm was not finite stopped the update before its step:
+/// the run stops without saving, and says where the last good checkpoint is.
+fn diverged(e: TrainError, iteration: u64, last_checkpoint: Option<&Path>) -> TrainError {
+    match e {
+        TrainError::Agent(AgentError::NonFinite {
+            what,
+            value,
+            minibatch,
+        }) => TrainError::NonFinite {
+            iteration,
+            what: format!("{what} of the update's minibatch {minibatch}"),
+            value,
+            last_checkpoint: last_checkpoint.map(Path::to_path_buf),
+        },
+        other => other,
+    }
+}
+
+fn check_finite(stats: &IterationStats, last_checkpoint: Option<&Path>) -> Result<(), TrainError> {
+    let p = &stats.ppo;
+    for (name, v) in [
+        ("policy_loss", p.policy_loss),
+        ("value_loss", p.value_loss),
+        ("entropy", p.entropy),
+    ] {
+        if !v.is_finite() {
+            return Err(TrainError::NonFinite {
+                iteration: stats.iteration,
+                what: name.to_string(),
+                value: v,
+                last_checkpoint: last_checkpoint.map(Path::to_path_buf),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn log_iteration(
+    sink: &mut dyn MetricsSink,
+    stats: &IterationStats,
+    batch: usize,
+    procgen: Option<(&'static Game, DistributionMode)>,
+) {
+    let step = stats.global_step as i64;
+    for ep in &stats.episodes {
+        sink.scalar(tags::EPISODIC_RETURN, ep.episode_return, step);
+        sink.scalar(tags::EPISODIC_LENGTH, ep.length as f64, step);
+        if let Some((game, mode)) = procgen {
+            sink.scalar(
+                tags::NORMALIZED_RETURN,
+                normalized_return(game, mode, ep.episode_return),
+                step,
+            );
+        }
+    }
+    let p = &stats.ppo;
+    sink.scalars(
+        &[
+            (tags::LEARNING_RATE, stats.learning_rate),
+            (tags::SPS, stats.steps_per_sec(batch)),
+            (tags::VALUE_LOSS, p.value_loss),
+            (tags::POLICY_LOSS, p.policy_loss),
+            (tags::ENTROPY, p.entropy),
+            (tags::OLD_APPROX_KL, p.old_approx_kl),
+            (tags::APPROX_KL, p.approx_kl),
+            (tags::CLIPFRAC, p.clipfrac),
+            (tags::EXPLAINED_VARIANCE, p.explained_variance),
+            ("perf/rollout_secs", stats.rollout_secs),
+            ("perf/update_secs", stats.update_secs),
+        ],
+        step,
+    );
+}
+
+pub fn format_secs(secs: f64) -> String {
+    if !secs.is_finite() {
+        return "-".into();
+    }
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
