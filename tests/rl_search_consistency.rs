@@ -205,7 +205,7 @@ fn darts_prime_schedules_its_alpha_steps_from_the_real_gradient_norms() {
     let mut schedule = PrimeSchedule::new(&params);
     let expected = norms
         .iter()
-        .filter(|(t, n)| schedule.observe(&params, *t as u64, n * n))
+        .filter(|(t, n)| schedule.observe(&params, *t as u64, n * n).unwrap())
         .count();
     let taken: f64 = sink
         .scalars("search/bilevel_arch_steps")

@@ -271,3 +271,195 @@ fn power_iteration_finds_the_top_eigenvalue_and_flags_divergent_steps() {
     )
     .is_err());
 }
+
+/// The strategy's own `IDarts::hypergradient`, through the [`Objective`] interface, against
+/// the closed form, in both mixed-term modes (exact double backward and DARTS's central
+/// difference).
+///
+/// The ridge penalty now comes from the op weights the strategy hands the objective: one edge
+/// per cell input (two inputs, one node) of the 5-op RL-DARTS set, `W = softmax(alpha)` per
+/// edge flattened to D2 = 10 features, `L_train = ||X w - y||^2 / (2n) + 1/2 sum_i C W_i w_i^2`.
+/// With `H = X^T X / n + diag(C W)`, `w* = H^{-1} X^T y / n` and `q = H^{-1} grad_w L_val(w*)`,
+/// the exact hypergradient is `dL_val/dW_i = -C w*_i q_i` (the same formula the closed-form
+/// test above checks against central differences), carried to alpha through the softmax's
+/// Jacobian. At `w = w*` with `gamma = 1 / lambda_max`, the strategy's estimate must converge
+/// to it as K grows, in both modes (`L_train` is quadratic in `w`, so the central difference
+/// of `grad_alpha L_train` is exact up to rounding and both modes reach the same floor).
+///
+/// Catches: a sign slip in the mixed term, a Neumann sum that skips or repeats a term, the
+/// HVP taken on the search loss instead of the training loss, a missing `gamma` factor, and a
+/// finite-difference radius or perturbation that is off; also that the weights come back
+/// bit-identical.
+mod strategy {
+    use super::*;
+    use rl_darts::nas::{AlphaInit, ArchParams, CellSpace, CellWeights, OpSet};
+    use rl_darts::search::{alphas, HessianMode, IDarts, IDartsParams, Objective, VirtualStep};
+
+    const D2: i64 = 10;
+    const C: f64 = 5.0;
+
+    struct Data {
+        x: Tensor,
+        y: Tensor,
+        xv: Tensor,
+        yv: Tensor,
+    }
+
+    fn design10(rows: i64, phase: f64) -> (Tensor, Tensor) {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for i in 0..rows {
+            let mut row = Vec::new();
+            for j in 0..D2 {
+                let (i, j) = (i as f64, j as f64);
+                row.push((0.29 * i * (j + 1.0) + phase + 0.3 * j * j).sin() + 0.1 * (i + j).cos());
+            }
+            let target: f64 = row
+                .iter()
+                .enumerate()
+                .map(|(j, a)| a * (1.0 - 0.3 * j as f64))
+                .sum();
+            ys.push(target + 0.2 * (1.3 * i as f64 + phase).sin());
+            xs.extend(row);
+        }
+        (
+            Tensor::from_slice(&xs).reshape([rows, D2]),
+            Tensor::from_slice(&ys),
+        )
+    }
+
+    impl Data {
+        fn new() -> Self {
+            let (x, y) = design10(N, 0.0);
+            let (xv, yv) = design10(M, 0.7);
+            Self { x, y, xv, yv }
+        }
+        fn hessian(&self, w_ops: &Tensor) -> Tensor {
+            self.x.tr().mm(&self.x) / N as f64 + (w_ops * C).diag(0)
+        }
+        fn w_star(&self, w_ops: &Tensor) -> Tensor {
+            self.hessian(w_ops)
+                .inverse()
+                .mv(&(self.x.tr().mv(&self.y) / N as f64))
+        }
+        /// `dL_val(w*(softmax(alpha)))/dalpha`, closed form through the softmax Jacobian.
+        fn exact(&self, alpha: &Tensor) -> Tensor {
+            let a = alpha.detach().set_requires_grad(true);
+            let w_ops = a.softmax(-1, Kind::Double).flatten(0, -1);
+            let wd = w_ops.detach();
+            let w = self.w_star(&wd);
+            let gv = self.xv.tr().mv(&(self.xv.mv(&w) - &self.yv)) / M as f64;
+            let q = self.hessian(&wd).inverse().mv(&gv);
+            let d_w_ops = -(&w * q) * C; // dL_val/dW
+            let g =
+                Tensor::run_backward(&[(w_ops * d_w_ops).sum(Kind::Double)], &[a], false, false);
+            g[0].shallow_clone()
+        }
+    }
+
+    struct RidgeObjective<'a> {
+        data: &'a Data,
+        w: Tensor,
+    }
+
+    impl Objective for RidgeObjective<'_> {
+        fn train_loss(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError> {
+            let w_ops = weights.normal.weights().flatten(0, -1);
+            let r = self.data.x.mv(&self.w) - &self.data.y;
+            Ok(r.dot(&r) / (2.0 * N as f64)
+                + (w_ops * &self.w * &self.w).sum(Kind::Double) * (0.5 * C))
+        }
+        fn search_loss(&mut self, _weights: &CellWeights) -> Result<Tensor, SearchError> {
+            let r = self.data.xv.mv(&self.w) - &self.data.yv;
+            Ok(r.dot(&r) / (2.0 * M as f64))
+        }
+        fn parameters(&self) -> Vec<Tensor> {
+            vec![self.w.shallow_clone()]
+        }
+        fn buffers(&self) -> Vec<Tensor> {
+            Vec::new()
+        }
+        fn virtual_step(&self) -> VirtualStep {
+            VirtualStep {
+                lr: 0.01,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                momentum_buffers: vec![None],
+            }
+        }
+    }
+
+    fn arch() -> ArchParams {
+        tch::manual_seed(4);
+        let space = CellSpace {
+            num_inputs: 2,
+            num_nodes: 1,
+            op_set: OpSet::RlDarts,
+        };
+        let mut arch = ArchParams::new(
+            Device::Cpu,
+            space,
+            false,
+            AlphaInit {
+                mean: 0.0,
+                std: 0.7,
+            },
+        )
+        .unwrap();
+        arch.var_store_mut().set_kind(Kind::Double);
+        assert_eq!(arch.alpha_normal().numel() as i64, D2);
+        arch
+    }
+
+    #[test]
+    fn the_strategys_hypergradient_converges_to_the_closed_form_in_both_modes() {
+        let data = Data::new();
+        let arch = arch();
+        let alpha = arch.alpha_normal().detach().copy();
+        let exact = data.exact(&alpha);
+        let w_ops = alpha.softmax(-1, Kind::Double).flatten(0, -1);
+        let h = data.hessian(&w_ops);
+        let gamma = 1.0 / top_eigenvalue(&h);
+        let w_star = data.w_star(&w_ops);
+        let ks = [0usize, 1, 2, 5, 10, 20, 50, 200];
+        for mode in [HessianMode::Exact, HessianMode::FiniteDifference] {
+            let mut objective = RidgeObjective {
+                data: &data,
+                w: w_star.copy().set_requires_grad(true),
+            };
+            let before = objective.w.copy();
+            let mut errs = Vec::new();
+            for &k in &ks {
+                let mut s = IDarts::new(
+                    &arch,
+                    IDartsParams {
+                        neumann_terms: k,
+                        gamma: Some(gamma),
+                        mixed: mode,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let (_, g) = s.hypergradient(&arch, &mut objective).unwrap();
+                assert_eq!(g.len(), alphas(&arch).len());
+                errs.push(rel_err(&g[0], &exact));
+                assert!(objective.w.equal(&before), "{mode:?}: weights not restored");
+            }
+            let shown: Vec<String> = errs.iter().map(|e| format!("{e:.3e}")).collect();
+            println!("{mode:?}: gamma {gamma:.4}, rel. error by K {ks:?}: {shown:?}");
+            for i in 1..ks.len() {
+                assert!(
+                    errs[i] < errs[i - 1],
+                    "{mode:?}: error did not fall from K={} to K={}: {errs:?}",
+                    ks[i - 1],
+                    ks[i]
+                );
+            }
+            assert!(errs[0] > 1e-2, "{mode:?}: K=0 already exact? {errs:?}");
+            assert!(
+                *errs.last().unwrap() < 1e-6,
+                "{mode:?}: not converged: {errs:?}"
+            );
+        }
+    }
+}

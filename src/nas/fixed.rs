@@ -602,7 +602,8 @@ mod tests {
     fn a_genotype_derived_from_random_alphas_builds_and_runs() {
         tch::manual_seed(2);
         let arch = random_alphas(CellSpace::darts());
-        for rule in [DeriveRule::Darts, DeriveRule::ArgmaxAll] {
+        // Gdas may put both genes of a node on one input: the fixed cell must build and sum them.
+        for rule in [DeriveRule::Darts, DeriveRule::ArgmaxAll, DeriveRule::Gdas] {
             let genotype = arch.derive_genotype(rule).unwrap();
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = DartsEvalConfig {
@@ -629,16 +630,19 @@ mod tests {
                 ..Default::default()
             };
             let arch = random_alphas(cfg.space());
-            let genotype = arch.derive_genotype(DeriveRule::RlDarts).unwrap();
-            let vs = nn::VarStore::new(Device::Cpu);
-            let enc =
-                RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64])
-                    .unwrap();
-            let obs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
-            assert_eq!(enc.features(&obs, &()).size(), [2, 256], "{genotype}");
-            assert_eq!(enc.feature_dim(), 256);
-            let names: Vec<String> = vs.variables().into_keys().collect();
-            assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+            // GDAS's pair rule gives node 0 of the one-input cell two ops on the same input.
+            for rule in [DeriveRule::RlDarts, DeriveRule::Gdas] {
+                let genotype = arch.derive_genotype(rule).unwrap();
+                let vs = nn::VarStore::new(Device::Cpu);
+                let enc =
+                    RlDartsFixedEncoder::new(vs.root() / "encoder", &cfg, &genotype, &[3, 64, 64])
+                        .unwrap();
+                let obs = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+                assert_eq!(enc.features(&obs, &()).size(), [2, 256], "{genotype}");
+                assert_eq!(enc.feature_dim(), 256);
+                let names: Vec<String> = vs.variables().into_keys().collect();
+                assert!(names.iter().all(|n| !n.contains("__")), "{names:?}");
+            }
         }
     }
 

@@ -61,6 +61,11 @@ pub enum DeriveRule {
     /// SNAS child network / NAS-Bench-201: argmax on every edge, `none` included; `none` genes
     /// are kept (a fixed network builds them as zeros) so the cell stays a complete DAG.
     ArgmaxAll,
+    /// GDAS (the official `genotype()` of `search_model_gdas_nasnet.py`): per node every
+    /// (op, input) pair except `none` is ranked by its weight and the top 2 pairs are kept, so
+    /// both genes may read the same input (a fixed cell then sums two ops of that input). Ties
+    /// keep the lower input, then the lower op index, as the official stable `sorted` does.
+    Gdas,
 }
 
 /// The published DARTS cells as data (`genotypes.py`, pairs flat, two per node).
@@ -478,6 +483,26 @@ fn derive_cell(
                 .enumerate()
                 .map(|(from, e)| (ops[argmax(&rows[e], 0..ops.len()).unwrap_or(0)], from))
                 .collect(),
+            DeriveRule::Gdas => {
+                let mut pairs: Vec<(usize, usize, f64)> = edges
+                    .enumerate()
+                    .flat_map(|(from, e)| non_none().map(move |k| (from, k, e)))
+                    .map(|(from, k, e)| (from, k, rows[e][k]))
+                    .collect();
+                if pairs.is_empty() {
+                    return Err(NasError::Config(format!(
+                        "op set {} has no op besides none",
+                        space.op_set
+                    )));
+                }
+                // Stable sort, descending, as the official `sorted(edges, key=lambda x: -x[-1])`.
+                pairs.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+                pairs
+                    .iter()
+                    .take(2)
+                    .map(|&(from, k, _)| (ops[k], from))
+                    .collect()
+            }
             DeriveRule::Darts | DeriveRule::RlDarts => {
                 let best: Vec<(usize, usize, f64)> = edges
                     .enumerate()
@@ -1022,6 +1047,29 @@ mod tests {
         );
         assert_eq!(g.normal_concat, [2, 3, 4, 5]);
         g.validate(2, true).unwrap();
+
+        // GDAS ranks (op, input) pairs: node 0's top pairs are none-free dil_conv_5x5 from 1
+        // (0.5) and skip from 0 (0.3), as DARTS; in node 1 the top two pairs (max_pool from 2,
+        // 0.7, and sep_conv_3x3 from 0, 0.6) also match. Make node 2's two best pairs read the
+        // same input: DARTS keeps one gene per input, GDAS keeps both.
+        let mut w2 = w.clone();
+        w2[5][4] = 0.8; // node 2, state 0: sep_conv_3x3
+        w2[5][6] = 0.7; // node 2, state 0: dil_conv_3x3
+        w2[6][3] = 0.6; // node 2, state 1: skip
+        let t2 = Tensor::from_slice(&w2.concat()).reshape([14, 8]);
+        let gdas = Genotype::derive(&space, &t2, None, DeriveRule::Gdas).unwrap();
+        assert_eq!(gdas.normal[0], g.normal[0]);
+        assert_eq!(gdas.normal[1], g.normal[1]);
+        assert_eq!(
+            gdas.normal[2],
+            vec![(OpKind::SepConv3x3, 0), (OpKind::DilConv3x3, 0)]
+        );
+        let darts = Genotype::derive(&space, &t2, None, DeriveRule::Darts).unwrap();
+        assert_eq!(
+            darts.normal[2],
+            vec![(OpKind::SepConv3x3, 0), (OpKind::SkipConnect, 1)]
+        );
+        gdas.validate(2, false).unwrap();
 
         let all = Genotype::derive(&space, &t, None, DeriveRule::ArgmaxAll).unwrap();
         assert_eq!(

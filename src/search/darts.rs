@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::optim::ordered_variables;
 use super::perturb::{exact_mixed_hvp, fd_mixed_hvp, grad, norm, WeightGuard};
 use super::{
     alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
@@ -83,7 +84,7 @@ impl Darts {
                 params.temperature, params.fd_radius
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         Ok(Self { params, adam })
     }
 
@@ -219,7 +220,7 @@ impl SearchStrategy for Darts {
             DartsOrder::First => self.first_order_gradient(arch, objective)?,
             DartsOrder::Second => self.unrolled_gradient(arch, objective)?,
         };
-        self.adam.step_with(&g);
+        self.adam.step_with(&g)?;
         Ok(ArchStepStats {
             loss,
             grad_norm: norm(&g),
@@ -234,6 +235,7 @@ impl SearchStrategy for Darts {
         vec![
             ("temperature", self.params.temperature),
             ("arch_lr", self.adam.config.lr),
+            ("arch_steps", self.adam.steps_taken() as f64),
         ]
     }
 

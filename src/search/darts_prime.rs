@@ -32,9 +32,12 @@
 //! steps degrades to an alpha step every iteration (DARTS).
 //!
 //! # Departures, each for a reason
-//! - `rho` defaults to 0.1 and the EWMA weight to 0.2 as REFERENCE.md section 8 (the paper's
-//!   recommended settings); the official command line defaults are `--rho 1e-3` and
-//!   `--ewma 1.0` (no smoothing), and its README command sets neither.
+//! - Defaults: `rho` 0.1 and the EWMA weight 0.2 are the official DARTS-PRIME script's own
+//!   defaults (`train_scheduled_hard_statebn.py`: `--rho 1e-1`, `--ewma 0.2`); `sched_freq` 10
+//!   is what its README command passes (`--schedfreq 10`; the script's default is 1), and the
+//!   schedule is on by default here (the official `--dyno_schedule` flag, also in that
+//!   command). The older `train_scheduled.py` in the same repository has `--rho 1e-3` and
+//!   `--ewma 1.0`; it is not the DARTS-PRIME entry point.
 //! - `t/T`: the official clock advances `1/batches` per iteration and is divided by a
 //!   hard-coded 50 (= its epochs). Here `T` is the loop's epoch count and the fraction within
 //!   an epoch is measured against the previous epoch's number of weight steps; in the first
@@ -45,10 +48,9 @@
 //!   Here `Z` starts at `softmax(alpha)` and `U` at 0 (no pull until the first projection).
 //!   The official loop updates every `admm_freq - 1` alpha steps (its counter check runs
 //!   before the reset); here exactly every `admm_every`.
-//! - Loops that cannot report the gradient norm (a NaN in [`WeightStepReport::grad_norm_sq`])
-//!   get a fixed schedule with the stationary frequency, one alpha step per
-//!   `round(sched_freq) + 1` weight steps, a warning on stderr, and the `schedule_fallback`
-//!   scalar counting those steps; EWMA and threshold stay where they were.
+//! - A loop that cannot report the gradient norm is an error, not a fallback: a non-finite
+//!   `loss` or `grad_norm_sq` in the [`WeightStepReport`] stops the search with a message that
+//!   names the value (the RL loop reports the real ones).
 //! - The official `--dyno_split` sets `train_portion = 1 / (1 + schedfreq)`; the split is the
 //!   loop's business here (`[search] train_portion`, the presets use 10/11 as REFERENCE.md).
 
@@ -58,10 +60,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::checkpoint::{load_json, save_json};
+use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy, WeightStepReport,
+    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, ReportField,
+    SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellSpace, CellWeights, DeriveRule, Gene, Genotype};
 
@@ -152,8 +156,6 @@ pub struct PrimeSchedule {
     /// Decisions and alpha steps since the epoch began.
     pub epoch_decisions: u64,
     pub epoch_fires: u64,
-    /// Weight steps reported without a finite `FI` (fixed-period fallback).
-    pub fallback_steps: u64,
 }
 
 impl PrimeSchedule {
@@ -169,7 +171,6 @@ impl PrimeSchedule {
             last_fired: false,
             epoch_decisions: 0,
             epoch_fires: 0,
-            fallback_steps: 0,
         }
     }
 
@@ -179,31 +180,36 @@ impl PrimeSchedule {
     }
 
     /// Folds in the weight step of iteration `iteration` and decides iteration `iteration + 1`.
-    /// Returns that decision.
-    pub fn observe(&mut self, params: &DartsPrimeParams, iteration: u64, fi: f64) -> bool {
+    /// Returns that decision; a non-finite `fi` is an error (see
+    /// [`WeightStepReport::check_finite`]).
+    pub fn observe(
+        &mut self,
+        params: &DartsPrimeParams,
+        iteration: u64,
+        fi: f64,
+    ) -> Result<bool, SearchError> {
+        if !fi.is_finite() {
+            return Err(SearchError::Invalid(format!(
+                "darts_prime: the weight-gradient signal FI of iteration {iteration} is {fi}; the \
+                 schedule needs the finite sum_p ||grad_w L_train||^2 of each weight step"
+            )));
+        }
         let next = iteration + 1;
-        let fire = if fi.is_finite() {
-            self.last_fi = Some(fi);
-            let ewma = match self.ewma {
-                None => fi,
-                Some(e) => params.ewma * fi + (1.0 - params.ewma) * e,
-            };
-            self.ewma = Some(ewma);
-            let fire = ewma > 0.0 && ewma < self.threshold;
-            if fire {
-                self.threshold *= params.threshold_multiplier.powf(-params.sched_freq);
-            } else {
-                self.threshold *= params.threshold_multiplier;
-            }
-            // A signal stuck at 0 (never `> 0`) would grow the threshold to infinity, which
-            // JSON cannot hold; any finite signal is met long before these bounds.
-            self.threshold = self.threshold.clamp(THRESHOLD_BOUNDS.0, THRESHOLD_BOUNDS.1);
-            fire
-        } else {
-            self.fallback_steps += 1;
-            let period = params.sched_freq.round().max(0.0) as u64 + 1;
-            next.is_multiple_of(period)
+        self.last_fi = Some(fi);
+        let ewma = match self.ewma {
+            None => fi,
+            Some(e) => params.ewma * fi + (1.0 - params.ewma) * e,
         };
+        self.ewma = Some(ewma);
+        let fire = ewma > 0.0 && ewma < self.threshold;
+        if fire {
+            self.threshold *= params.threshold_multiplier.powf(-params.sched_freq);
+        } else {
+            self.threshold *= params.threshold_multiplier;
+        }
+        // A signal stuck at 0 (never `> 0`) would grow the threshold to infinity, which JSON
+        // cannot hold; any finite signal is met long before these bounds.
+        self.threshold = self.threshold.clamp(THRESHOLD_BOUNDS.0, THRESHOLD_BOUNDS.1);
         if fire {
             self.fire_at.insert(next);
         } else {
@@ -215,7 +221,7 @@ impl PrimeSchedule {
         self.last_fired = fire;
         self.epoch_decisions += 1;
         self.epoch_fires += u64::from(fire);
-        fire
+        Ok(fire)
     }
 }
 
@@ -253,7 +259,6 @@ pub struct DartsPrime {
     params: DartsPrimeParams,
     adam: Adam,
     state: State,
-    warned_fallback: bool,
 }
 
 impl DartsPrime {
@@ -284,7 +289,7 @@ impl DartsPrime {
         if p.admm_every == 0 {
             return bad("admm_every must be at least 1".into());
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         let admm = match params.regularizer {
             PrimeRegularizer::Admm => {
                 let z = probabilities(arch)?;
@@ -315,7 +320,6 @@ impl DartsPrime {
             params,
             adam,
             state,
-            warned_fallback: false,
         })
     }
 
@@ -549,7 +553,7 @@ impl SearchStrategy for DartsPrime {
         };
         let loss = total.f_double_value(&[])?;
         let g = grad(&total, &alphas(arch), false)?;
-        self.adam.step_with(&g);
+        self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         self.state.last_penalty = penalty.map(|p| p.double_value(&[]));
         self.state.last_penalty_weight = Some(self.penalty_weight());
@@ -565,27 +569,22 @@ impl SearchStrategy for DartsPrime {
         })
     }
 
-    /// Feeds the schedule and decides the next iteration.
+    /// Feeds the schedule and decides the next iteration. A non-finite `grad_norm_sq` (or
+    /// loss) in the report is an error naming the value (the schedule has no sensible answer
+    /// to it, and a fixed fallback would hide a loop that does not report).
     fn after_weight_step(
         &mut self,
         _arch: &ArchParams,
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
+        if self.params.dynamic_schedule {
+            report.check_finite("darts_prime", &[ReportField::Loss, ReportField::GradNormSq])?;
+        }
         self.state.steps_in_epoch += 1;
         if self.params.dynamic_schedule {
-            if !report.grad_norm_sq.is_finite() && !self.warned_fallback {
-                self.warned_fallback = true;
-                eprintln!(
-                    "warning: darts_prime: this loop reports no weight-gradient norm \
-                     (grad_norm_sq = {}); the dynamic schedule falls back to one alpha step per \
-                     {} weight steps",
-                    report.grad_norm_sq,
-                    self.params.sched_freq.round() as u64 + 1
-                );
-            }
             self.state
                 .schedule
-                .observe(&self.params, report.iteration, report.grad_norm_sq);
+                .observe(&self.params, report.iteration, report.grad_norm_sq)?;
         }
         Ok(None)
     }
@@ -614,9 +613,6 @@ impl SearchStrategy for DartsPrime {
                     sched.epoch_fires as f64 / sched.epoch_decisions as f64,
                 ));
             }
-            if sched.fallback_steps > 0 {
-                out.push(("schedule_fallback", sched.fallback_steps as f64));
-            }
         }
         let (term, weight) = match self.params.regularizer {
             PrimeRegularizer::Prox => ("proximity_term", "proximity_weight"),
@@ -635,24 +631,15 @@ impl SearchStrategy for DartsPrime {
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
         self.adam.save(&dir.join(ADAM_FILE))?;
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
-        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+        save_json(dir, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))?;
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let state: State = serde_json::from_slice(&bytes)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        let state: State = load_json(dir, STATE_FILE)?;
         if state.admm.is_some() != (self.params.regularizer == PrimeRegularizer::Admm) {
             return Err(SearchError::checkpoint(
-                &path,
+                &dir.join(STATE_FILE),
                 format!(
                     "written with a different regularizer than the configured {:?}",
                     self.params.regularizer
@@ -731,23 +718,33 @@ mod tests {
         }
     }
 
+    /// A NaN or infinite signal from the loop is an error that names the field, its value and
+    /// the iteration, and leaves the schedule untouched (catches a silent fallback).
     #[test]
-    fn a_missing_gradient_norm_falls_back_to_the_stationary_period() {
+    fn a_non_finite_report_is_an_error_that_names_the_value() {
         let arch = arch();
         let mut s = DartsPrime::new(&arch, DartsPrimeParams::default()).unwrap();
-        let mut fired = Vec::new();
-        for i in 0..44 {
-            s.after_weight_step(&arch, &report(i, f64::NAN)).unwrap();
-            if s.wants_arch_step(i + 1) {
-                fired.push(i + 1);
-            }
-        }
-        assert_eq!(fired, vec![11, 22, 33, 44]);
-        assert_eq!(s.schedule().ewma, None);
-        assert!(s
-            .scalars()
-            .iter()
-            .any(|(k, v)| *k == "schedule_fallback" && *v == 44.0));
+        s.after_weight_step(&arch, &report(0, 0.5)).unwrap();
+        let before = s.schedule().clone();
+        let err = s
+            .after_weight_step(&arch, &report(1, f64::NAN))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("grad_norm_sq = NaN") && err.contains("iteration 1"),
+            "{err}"
+        );
+        let mut bad_loss = report(1, 0.5);
+        bad_loss.loss = f64::INFINITY;
+        let err = s
+            .after_weight_step(&arch, &bad_loss)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loss = inf"), "{err}");
+        assert_eq!(s.schedule(), &before);
+        assert!(PrimeSchedule::new(&DartsPrimeParams::default())
+            .observe(&DartsPrimeParams::default(), 0, f64::NEG_INFINITY)
+            .is_err());
     }
 
     #[test]
@@ -794,13 +791,16 @@ mod tests {
         let params = DartsPrimeParams::default();
         let mut s = PrimeSchedule::new(&params);
         for i in 0..20_000 {
-            assert!(!s.observe(&params, i, 0.0), "0 < ewma fails, as official");
+            assert!(
+                !s.observe(&params, i, 0.0).unwrap(),
+                "0 < ewma fails, as official"
+            );
         }
         assert_eq!(s.threshold, THRESHOLD_BOUNDS.1);
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<PrimeSchedule>(&json).unwrap(), s);
         // A real signal brings it back down: / 1.05^10 per alpha step.
-        assert!(s.observe(&params, 20_000, 1.0));
+        assert!(s.observe(&params, 20_000, 1.0).unwrap());
     }
 
     #[test]

@@ -6,19 +6,30 @@
 //! order: the alphas step on the search batch with a fresh sample; tau anneals linearly from
 //! `tau_max` to `tau_min` over the search (official: 10 -> 0.1).
 //!
-//! Departure from the official code: the Gumbel noise comes from the strategy's own seeded
-//! ChaCha RNG (checkpointed) instead of libtorch's global generator, so a resumed search draws
-//! the same samples; the official retry loop on `inf`/`nan` noise is unnecessary because the
-//! uniforms are drawn from the open interval (0, 1).
+//! The genotype is the official `genotype()` (`search_model_gdas_nasnet.py`): per node every
+//! (op, input) pair except `none` ranked by `softmax(alpha)`, the top 2 pairs kept, so both may
+//! read the same input ([`DeriveRule::Gdas`], the default `derive`).
+//!
+//! Departures from the official code (D-X-Y/AutoDL-Projects, `search_model_gdas_nasnet.py`,
+//! `exps/NAS-Bench-201-algos/GDAS.py`):
+//! - The Gumbel noise is drawn through `rand_distr` ([`super::sampling`]) from the strategy's
+//!   own seeded ChaCha RNG (checkpointed) instead of libtorch's global generator
+//!   (`-log(Exp(1))` there, the same law), so a resumed search draws the same samples; a
+//!   non-finite draw is redrawn, as the official retry loop does.
+//! - The order within an iteration (the official code steps the weights, then the alphas) is
+//!   the search loop's; this strategy takes either.
 
 use std::path::Path;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::checkpoint::{load_json, save_json};
+use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
+use super::sampling;
 use super::{
     alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError,
     SearchStrategy,
@@ -37,8 +48,9 @@ pub struct GdasParams {
     /// on sampled sub-networks, which is where the speed comes from). With `false` the weight
     /// step uses the dense `softmax(alpha)` (DARTS-like, every op computed).
     pub sample_weights_phase: bool,
-    /// How the genotype is read off `softmax(alpha)`. GDAS: `darts` (top-2 edges per node,
-    /// `none` excluded).
+    /// How the genotype is read off `softmax(alpha)`. GDAS: `gdas` (per node the top-2
+    /// (op, input) pairs, `none` excluded, both may read the same input; the official
+    /// `genotype()`). `darts` keeps the top-2 *edges* instead.
     pub derive: DeriveRule,
     /// Adam over the alphas. GDAS: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3 (as DARTS).
     pub optimizer: AdamConfig,
@@ -50,7 +62,7 @@ impl Default for GdasParams {
             tau_max: 10.0,
             tau_min: 0.1,
             sample_weights_phase: true,
-            derive: DeriveRule::Darts,
+            derive: DeriveRule::Gdas,
             optimizer: AdamConfig::default(),
         }
     }
@@ -94,7 +106,7 @@ impl Gdas {
                 params.tau_min, params.tau_max
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         let state = State {
             rng: ChaCha8Rng::seed_from_u64(seed),
             tau: params.tau_max,
@@ -116,22 +128,10 @@ impl Gdas {
         self.state.tau
     }
 
-    /// Gumbel noise `-log(-log u)`, `u ~ U(0, 1)` open, shaped like `alpha`, from the
-    /// strategy's RNG.
+    /// Standard Gumbel noise shaped like `alpha`, from the strategy's RNG
+    /// ([`sampling::gumbel_tensor_like`]; the official code draws `-log(Exp(1))`, the same law).
     fn gumbel_like(&mut self, alpha: &Tensor) -> Result<Tensor, SearchError> {
-        let n = alpha.numel();
-        let g: Vec<f64> = (0..n)
-            .map(|_| {
-                // gen::<f64>() is in [0, 1); reflecting keeps it in (0, 1].
-                let u: f64 = 1.0 - self.state.rng.gen::<f64>();
-                let u = u.min(1.0 - f64::EPSILON);
-                -(-u.ln()).ln()
-            })
-            .collect();
-        Ok(Tensor::from_slice(&g)
-            .f_view(alpha.size().as_slice())?
-            .to_kind(alpha.kind())
-            .to_device(alpha.device()))
+        sampling::gumbel_tensor_like(&mut self.state.rng, alpha)
     }
 
     /// Draws one straight-through hard sample of `alpha` at the current temperature (the
@@ -242,7 +242,7 @@ impl SearchStrategy for Gdas {
         let loss = objective.search_loss(&weights)?;
         let value = loss.f_double_value(&[])?;
         let g = grad(&loss, &alphas(arch), false)?;
-        self.adam.step_with(&g);
+        self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         Ok(ArchStepStats {
             loss: value,
@@ -264,21 +264,12 @@ impl SearchStrategy for Gdas {
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
         self.adam.save(&dir.join(ADAM_FILE))?;
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
-        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+        save_json(dir, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))?;
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.state = serde_json::from_slice(&bytes)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        self.state = load_json(dir, STATE_FILE)?;
         Ok(())
     }
 }

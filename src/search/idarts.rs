@@ -26,7 +26,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::checkpoint::{load_json, save_json};
 use super::darts::HessianMode;
+use super::optim::ordered_variables;
 use super::perturb::{self, exact_hvp, exact_mixed_hvp, fd_mixed_hvp, grad, WeightGuard};
 use super::{
     alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
@@ -190,15 +192,23 @@ impl Default for IDartsParams {
 }
 
 const ADAM_FILE: &str = "arch_adam.safetensors";
+const STATE_FILE: &str = "idarts.json";
+
+/// The last alpha step's diagnostics, checkpointed (as JSON, so `None` until a step set them),
+/// so that a resumed search logs the same scalars.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct State {
+    residual_norm: Option<f64>,
+    eigenvalue: Option<f64>,
+    gamma_used: Option<f64>,
+}
 
 /// iDARTS as a search strategy.
 #[derive(Debug)]
 pub struct IDarts {
     params: IDartsParams,
     adam: Adam,
-    residual_norm: f64,
-    eigenvalue: f64,
-    gamma_used: f64,
+    state: State,
 }
 
 impl IDarts {
@@ -214,13 +224,11 @@ impl IDarts {
                 params.inner_steps, params.gamma, params.temperature, params.fd_radius
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         Ok(Self {
             params,
             adam,
-            residual_norm: f64::NAN,
-            eigenvalue: f64::NAN,
-            gamma_used: f64::NAN,
+            state: State::default(),
         })
     }
 
@@ -254,18 +262,18 @@ impl IDarts {
             exact_hvp(&loss, &w, u)
         };
         if self.params.power_iterations > 0 && perturb::norm(&v) > 0.0 {
-            self.eigenvalue = power_iteration(&v, self.params.power_iterations, &mut hvp)?;
-            if !neumann_converges(gamma, self.eigenvalue) {
+            let eigenvalue = power_iteration(&v, self.params.power_iterations, &mut hvp)?;
+            self.state.eigenvalue = Some(eigenvalue).filter(|e| e.is_finite());
+            if !neumann_converges(gamma, eigenvalue) {
                 eprintln!(
                     "idarts: Neumann series cannot converge: gamma {gamma} x top Hessian \
-                     eigenvalue {:.4} is outside (0, 2); lower gamma",
-                    self.eigenvalue
+                     eigenvalue {eigenvalue:.4} is outside (0, 2); lower gamma"
                 );
             }
         }
         let solve = neumann_inverse_hvp(&v, gamma, self.params.neumann_terms, &mut hvp)?;
-        self.residual_norm = solve.residual_norm;
-        self.gamma_used = gamma;
+        self.state.residual_norm = Some(solve.residual_norm).filter(|r| r.is_finite());
+        self.state.gamma_used = Some(gamma);
         let p = solve.solution;
         let mixed = match self.params.mixed {
             HessianMode::Exact => {
@@ -318,7 +326,7 @@ impl SearchStrategy for IDarts {
         objective: &mut dyn Objective,
     ) -> Result<ArchStepStats, SearchError> {
         let (loss, g) = self.hypergradient(arch, objective)?;
-        self.adam.step_with(&g);
+        self.adam.step_with(&g)?;
         Ok(ArchStepStats {
             loss,
             grad_norm: perturb::norm(&g),
@@ -331,12 +339,13 @@ impl SearchStrategy for IDarts {
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         let mut s = vec![("arch_lr", self.adam.config.lr)];
+        s.push(("arch_steps", self.adam.steps_taken() as f64));
         for (k, v) in [
-            ("neumann_residual", self.residual_norm),
-            ("hessian_eigenvalue", self.eigenvalue),
-            ("neumann_gamma", self.gamma_used),
+            ("neumann_residual", self.state.residual_norm),
+            ("hessian_eigenvalue", self.state.eigenvalue),
+            ("neumann_gamma", self.state.gamma_used),
         ] {
-            if v.is_finite() {
+            if let Some(v) = v {
                 s.push((k, v));
             }
         }
@@ -344,10 +353,13 @@ impl SearchStrategy for IDarts {
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))
+        self.adam.save(&dir.join(ADAM_FILE))?;
+        save_json(dir, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))
+        self.adam.load(&dir.join(ADAM_FILE))?;
+        self.state = load_json(dir, STATE_FILE)?;
+        Ok(())
     }
 }

@@ -16,16 +16,23 @@
 //! updates are the same, except that PPO's global gradient-norm clip covers the weights only
 //! (clipping alphas and weights together would let the much larger weight gradient shrink the
 //! alpha steps to nothing).
+//!
+//! How the alphas' gradient is clipped: it is not. [`SearchStrategy::after_weight_step`] hands
+//! the gradient the loop's backward left in the alphas to Adam as it is (a non-finite gradient
+//! norm is an error); Adam's per-parameter normalisation bounds each step by about `lr`
+//! anyway. In the official code the alphas are variables of the one PPO optimizer, so whatever
+//! clip that optimizer applies acts on weights and alphas together.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
     alphas, softmax_weights, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase,
-    SearchError, SearchStrategy, WeightStepReport,
+    ReportField, SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -79,7 +86,7 @@ impl Joint {
                 params.temperature, params.optimizer.lr
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         Ok(Self {
             params,
             adam,
@@ -103,7 +110,7 @@ impl Joint {
                 "joint: alpha gradient norm is {grad_norm}"
             )));
         }
-        self.adam.step_with(g);
+        self.adam.step_with(g)?;
         Ok(ArchStepStats { loss, grad_norm })
     }
 }
@@ -178,6 +185,7 @@ impl SearchStrategy for Joint {
         arch: &ArchParams,
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
+        report.check_finite("joint", &[ReportField::Loss])?;
         if !std::mem::take(&mut self.pending) {
             return Err(SearchError::Invalid(
                 "joint: after_weight_step without a preceding op_weights(Phase::Weights): the \
@@ -281,5 +289,21 @@ mod tests {
         // A second report without a forward is a wiring error, not a silent no-op.
         assert!(s.after_weight_step(&arch, &report).is_err());
         assert!(!s.wants_arch_step(0));
+
+        // A non-finite loss in the report is an error naming it, and no step is taken.
+        let w = s.op_weights(&arch, Phase::Weights).unwrap();
+        w.normal.weights().sum(Kind::Float).backward();
+        let before = arch.alpha_normal().copy();
+        let nan = WeightStepReport {
+            iteration: 3,
+            loss: f64::NAN,
+            ..report
+        };
+        let err = s.after_weight_step(&arch, &nan).unwrap_err().to_string();
+        assert!(
+            err.contains("joint") && err.contains("loss = NaN") && err.contains("iteration 3"),
+            "{err}"
+        );
+        assert!(arch.alpha_normal().equal(&before));
     }
 }

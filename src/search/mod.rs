@@ -49,7 +49,9 @@
 //! - **UNAS** ([`unas`]): `arch_step` samples a hard `z` and the relaxed `zeta` with the same noise,
 //!   evaluates `f = L_train + 0.5 |L_val - L_train|` on both through the objective, and forms
 //!   `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)`, or REBAR's unbiased form with a
-//!   conditional sample `zeta~ | z` (the default); `op_weights(Weights)` is a hard sample.
+//!   conditional sample `zeta~ | z` (the default); `op_weights(Weights)` is a fresh relaxed
+//!   sample, detached (the official default; `weights_sample = "hard"` gives a hard one).
+//!   The factorised cell adds UNAS's duplicate-edge penalty to `f`.
 //!   Optionally `f += c_t relu(latency - target)` with latencies from a table the loop
 //!   measures on request ([`SearchStrategy::latency_request`]).
 //! - **DARTS-PRIME** ([`darts_prime`]): `after_weight_step` updates the EWMA of
@@ -59,7 +61,13 @@
 //!   `derive` (or the ADMM term).
 //! - **GDAS**: `op_weights` returns straight-through hard one-hot weights `h - sg(p) + p` as
 //!   [`crate::nas::OpWeights::one_hot`], so the supernet evaluates only the sampled op per
-//!   edge; `begin_epoch` anneals tau linearly 10 -> 0.1.
+//!   edge; `begin_epoch` anneals tau linearly 10 -> 0.1; `derive` keeps the top-2 (op, input)
+//!   pairs per node ([`DeriveRule::Gdas`]).
+//!
+//! Every random draw of the stochastic strategies goes through [`sampling`] (`rand_distr`,
+//! from the strategy's own seeded ChaCha8 generator, checkpointed), and every non-finite value
+//! a strategy reads from a [`WeightStepReport`] is an error
+//! ([`WeightStepReport::check_finite`]).
 //! - **Random search** ([`random`]): see the module; the honest baseline.
 //!
 //! # Configuration
@@ -69,6 +77,7 @@
 //! `match` ([`StrategyConfig::build`]). Adding a strategy = a file, a variant, a match arm,
 //! a name in [`STRATEGY_NAMES`] and a preset in `configs/`.
 
+pub mod checkpoint;
 pub mod darts;
 pub mod darts_prime;
 pub mod gdas;
@@ -77,6 +86,7 @@ pub mod joint;
 pub mod optim;
 pub mod perturb;
 pub mod random;
+pub mod sampling;
 pub mod snas;
 pub mod unas;
 pub mod unas_factorised;
@@ -96,10 +106,12 @@ pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer, PrimeSched
 pub use gdas::{Gdas, GdasParams};
 pub use idarts::{IDarts, IDartsParams};
 pub use joint::{Joint, JointParams};
-pub use optim::{Adam, AdamConfig, Sgd, SgdConfig};
+pub use optim::{ordered_variables, Adam, AdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
 pub use snas::{CostMetric, Snas, SnasParams};
-pub use unas::{LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams};
+pub use unas::{
+    LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams, UnasWeightsSample,
+};
 pub use unas_factorised::{FactorisedAlphas, FactorisedSample};
 
 /// Detached copies of `weights` (same active lists): fixed op weights for an [`ArchSample`].
@@ -250,6 +262,42 @@ pub struct WeightStepReport {
     /// `sum_p ||grad_w L_train||^2`, before clipping.
     pub grad_norm_sq: f64,
     pub lr: f64,
+}
+
+impl WeightStepReport {
+    /// Checks that the fields a strategy reads are finite. A loop that cannot compute one must
+    /// not report a placeholder: a non-finite value is an error that names the field, its value
+    /// and where it came from, never a silent fallback (issue 22: DARTS-PRIME's schedule once
+    /// fell back to a fixed period when the RL loop reported NaN).
+    pub fn check_finite(&self, strategy: &str, fields: &[ReportField]) -> Result<(), SearchError> {
+        for field in fields {
+            let (name, value, meaning) = match field {
+                ReportField::Loss => ("loss", self.loss, "the training loss of the weight step"),
+                ReportField::GradNormSq => (
+                    "grad_norm_sq",
+                    self.grad_norm_sq,
+                    "sum_p ||grad_w L_train||^2 of the weight step, before clipping",
+                ),
+            };
+            if !value.is_finite() {
+                return Err(SearchError::Invalid(format!(
+                    "{strategy}: the search loop's weight step of iteration {} reported \
+                     WeightStepReport.{name} = {value} ({meaning}); the strategy needs a finite \
+                     value: the loop must pass the real {name} of its weight step (a diverged \
+                     weight step also shows up here: lower the weight learning rate)",
+                    self.iteration
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A field of [`WeightStepReport`] a strategy reads (for [`WeightStepReport::check_finite`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportField {
+    Loss,
+    GradNormSq,
 }
 
 /// What an alpha step did.

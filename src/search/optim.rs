@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{nn, Tensor};
 
 use super::SearchError;
 
-/// A named, trainable tensor, in a fixed order (name order), so that checkpoints line up.
+/// The trainable tensors of `named`, in name order (what [`Sgd`] uses; its own parameter list
+/// is the order of its momentum buffers and of [`Sgd::parameters`], so any fixed order works).
 fn named_params(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     let mut named: Vec<(String, Tensor)> = named
         .into_iter()
@@ -20,6 +21,35 @@ fn named_params(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named
+}
+
+/// The trainable variables of `vs` with their names, in creation order (position, not name:
+/// by name `input_10` would sort before `input_2`, while the strategies list their gradients
+/// in the order they created the tensors).
+///
+/// tch keeps the creation order only in its unnamed trainable list and the names only in a
+/// map; each trainable tensor is matched to its name by identity (`is_set_to`: same storage,
+/// offset, sizes and strides).
+pub fn ordered_variables(vs: &nn::VarStore) -> Result<Vec<(String, Tensor)>, SearchError> {
+    let named = vs.variables();
+    vs.trainable_variables()
+        .into_iter()
+        .map(|t| {
+            let mut matches = named
+                .iter()
+                .filter(|(_, n)| n.numel() > 0 && t.is_set_to(n))
+                .map(|(name, _)| name.clone());
+            match (matches.next(), matches.next()) {
+                (Some(name), None) => Ok((name, t)),
+                _ => Err(SearchError::Invalid(format!(
+                    "alpha optimizer: cannot name a trainable tensor of shape {:?} (empty, or \
+                     sharing storage with another variable); give every architecture tensor \
+                     its own non-empty variable",
+                    t.size()
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// `torch.optim.SGD` hyper-parameters (dampening 0, no Nesterov, as DARTS uses it).
@@ -217,9 +247,14 @@ pub struct Adam {
 }
 
 impl Adam {
-    /// Over the trainable tensors of `named`, in name order.
-    pub fn new(named: HashMap<String, Tensor>, config: AdamConfig) -> Self {
-        let named = named_params(named.into_iter().collect());
+    /// Over the trainable tensors of `named`, in the given order, which is the order of
+    /// [`Adam::step_with`]'s gradients and of [`Adam::parameters`]. For a VarStore pass
+    /// [`ordered_variables`] (creation order).
+    pub fn new(named: Vec<(String, Tensor)>, config: AdamConfig) -> Self {
+        let named: Vec<(String, Tensor)> = named
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         let exp_avg = named.iter().map(|(_, p)| p.zeros_like()).collect();
         let exp_avg_sq = named.iter().map(|(_, p)| p.zeros_like()).collect();
         let (names, params) = named.into_iter().unzip();
@@ -248,14 +283,34 @@ impl Adam {
     }
 
     /// One step on the current `.grad()`s; parameters without one are skipped.
-    pub fn step(&mut self) {
+    pub fn step(&mut self) -> Result<(), SearchError> {
         let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
-        self.step_with(&grads);
+        self.step_with(&grads)
     }
 
     /// One step with explicitly given gradients, in [`Adam::parameters`] order (a
     /// hypergradient that was assembled rather than backpropagated); undefined ones are skipped.
-    pub fn step_with(&mut self, grads: &[Tensor]) {
+    /// A gradient whose shape differs from its parameter's (a caller listing its gradients in
+    /// another order than the optimizer's parameters) is an error, found before any update.
+    pub fn step_with(&mut self, grads: &[Tensor]) -> Result<(), SearchError> {
+        if grads.len() != self.params.len() {
+            return Err(SearchError::Invalid(format!(
+                "alpha optimizer: {} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            )));
+        }
+        for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
+            if g.defined() && g.size() != p.size() {
+                return Err(SearchError::Invalid(format!(
+                    "alpha optimizer: gradient {i} is {:?} but parameter `{}` is {:?} (gradients \
+                     must follow the optimizer's parameter order)",
+                    g.size(),
+                    self.names[i],
+                    p.size()
+                )));
+            }
+        }
         let AdamConfig {
             lr,
             beta1,
@@ -288,6 +343,7 @@ impl Adam {
                 let _ = p.g_sub_(&(&*m / denom * (lr / bc1)));
             }
         });
+        Ok(())
     }
 
     /// Writes the moments and the step count.
@@ -381,19 +437,46 @@ mod tests {
         let named = param(&[1.0, -2.0]);
         let w = named["w"].shallow_clone();
         let mut adam = Adam::new(
-            named,
+            named.into_iter().collect(),
             AdamConfig {
                 weight_decay: 0.0,
                 ..AdamConfig::default()
             },
         );
         (&w * &w).sum(Kind::Double).backward();
-        adam.step();
+        adam.step().unwrap();
         let got = Vec::<f64>::try_from(&w).unwrap();
         assert!(
             (got[0] - (1.0 - 3e-4)).abs() < 1e-9 && (got[1] - (-2.0 + 3e-4)).abs() < 1e-9,
             "{got:?}"
         );
+    }
+
+    /// Twelve tensors named `input_0` .. `input_11` with distinct shapes: the optimizer lists
+    /// them in creation order (by name, `input_10` would come before `input_2`), a gradient
+    /// list in creation order steps every tensor, and one in another order is an error, not a
+    /// libtorch panic.
+    #[test]
+    fn the_alpha_optimizer_orders_tensors_by_creation_not_by_name() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let root = vs.root();
+        let tensors: Vec<Tensor> = (0..12)
+            .map(|i| root.zeros(&format!("input_{i}"), &[2, i + 1]))
+            .collect();
+        let named = ordered_variables(&vs).unwrap();
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        let expected: Vec<String> = (0..12).map(|i| format!("input_{i}")).collect();
+        assert_eq!(names, expected);
+        let mut adam = Adam::new(named, AdamConfig::default());
+        let grads: Vec<Tensor> = tensors.iter().map(Tensor::ones_like).collect();
+        adam.step_with(&grads).unwrap();
+        for (i, t) in tensors.iter().enumerate() {
+            assert!(t.max().double_value(&[]) < 0.0, "input_{i} did not step");
+        }
+        let mut shuffled = grads;
+        shuffled.swap(2, 10);
+        let err = adam.step_with(&shuffled).unwrap_err().to_string();
+        assert!(err.contains("input_2"), "{err}");
     }
 
     #[test]
@@ -410,12 +493,12 @@ mod tests {
                 weight_decay: 0.0,
             },
         );
-        let mut adam = Adam::new(named, AdamConfig::default());
+        let mut adam = Adam::new(named.into_iter().collect(), AdamConfig::default());
         let sgd_path = dir.path().join("sgd.safetensors");
         sgd.save(&sgd_path).unwrap(); // before any step: no buffers
         (&w * &w).sum(Kind::Double).backward();
         sgd.step();
-        adam.step();
+        adam.step().unwrap();
         sgd.save(&sgd_path).unwrap();
         adam.save(&dir.path().join("adam.safetensors")).unwrap();
         let mut sgd2 = Sgd::new(
@@ -432,7 +515,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .equal(sgd.momentum_buffers()[0].as_ref().unwrap()));
-        let mut adam2 = Adam::new(again(), AdamConfig::default());
+        let mut adam2 = Adam::new(again().into_iter().collect(), AdamConfig::default());
         adam2.load(&dir.path().join("adam.safetensors")).unwrap();
         assert_eq!(adam2.steps_taken(), 1);
         assert!(adam2.exp_avg[0].equal(&adam.exp_avg[0]));

@@ -21,6 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::checkpoint::{load_json, save_json};
 use super::{ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy};
 use crate::nas::{ArchParams, CellSpace, CellWeights, Gene, Genotype, OpWeights};
 
@@ -298,20 +299,11 @@ impl SearchStrategy for RandomSearch {
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
-        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+        save_json(dir, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.state = serde_json::from_slice(&bytes)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        self.state = load_json(dir, STATE_FILE)?;
         Ok(())
     }
 }

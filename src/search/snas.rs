@@ -17,13 +17,19 @@
 //!
 //! Departures from the official code (SNAS-Series `model_search.py` / `train_search.py`), each
 //! for a reason:
-//! - The score function is taken for the categorical child `H = one_hot(argmax(log_alpha + G))`
+//! - **The resource term's estimator is unbiased but is not the official one.** Here the
+//!   score function is taken for the categorical child `H = one_hot(argmax(log_alpha + G))`
 //!   (same noise as `Z`; by the Gumbel-max trick `H ~ Categorical(softmax(log_alpha))`), with
 //!   `grad log p(H) = onehot(H) - softmax(log_alpha)` and cost `C(H)`, the cost of the network
-//!   the search derives. The official code evaluates the cost on the relaxed `Z` and uses the
-//!   Concrete density of `Z`. Both are unbiased for the gradient of their own expectation; ours
-//!   targets the expected cost of the sampled child exactly, which makes it checkable against
-//!   enumeration (tests/search_snas.rs), and the two coincide as `lambda -> 0`.
+//!   the search derives: an unbiased estimate of `grad E_H[C(H)]`, checked against enumeration
+//!   (tests/search_snas.rs). The official `policy_gradient` method (SNAS-Series
+//!   `model_search.py`) instead scores the relaxed sample: per edge it takes the cost of the
+//!   mixture, `ln(sum_o c_o Z_o)` per metric (clamped to 1 below 1) averaged over params, FLOPs
+//!   and MAC, detaches it, and multiplies it by the Concrete log-density of `Z`
+//!   (`self.logp(log_alpha, weights)`); normal-cell terms are divided by 6 and reduce-cell terms
+//!   by 2 (times `--ratio`). That is a score-function gradient of `E_Z[ln(sum_o c_o Z_o)]`, a
+//!   different objective, which approaches ours only as `lambda -> 0` (then `Z` is one-hot and
+//!   the log of the mixture is the log of the chosen op's cost).
 //! - [`OpCostTable`] sums each op's cost over all cells of a type, so the "log penalty" (mean of
 //!   the logs of params, FLOPs and MAC) is taken of the per-type sum; the official code takes
 //!   the log per cell and averages over cells (a difference only where cells of one type see
@@ -32,23 +38,27 @@
 //! - The temperature reaches `temperature_end` exactly at the last epoch and starts at
 //!   `temperature_start` (the official scheduler is stepped before the first epoch, so its
 //!   first epoch already runs one decrement below the start).
-//! - The Gumbel noise comes from the strategy's own seeded ChaCha RNG (checkpointed) instead of
-//!   libtorch's global generator, so a resumed search draws the same samples.
+//! - The Gumbel noise is drawn through `rand_distr` ([`super::sampling`]) from the strategy's
+//!   own seeded ChaCha RNG (checkpointed) instead of libtorch's global generator, so a resumed
+//!   search draws the same samples.
 //! - Alphas step with Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3) as in
 //!   REFERENCE.md section 6 and the official distributed path; the official single-GPU path
 //!   uses plain SGD. The alpha gradient's norm is clipped at 10 as in the official code.
 
 use std::path::Path;
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::checkpoint::{load_json, save_json};
+use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
+use super::sampling;
 use super::{
-    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy, WeightStepReport,
+    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, ReportField,
+    SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpCost, OpCostTable, OpWeights};
 
@@ -206,7 +216,7 @@ impl Snas {
                 p.alpha_grad_clip
             )));
         }
-        let adam = Adam::new(arch.var_store().variables(), params.optimizer);
+        let adam = Adam::new(ordered_variables(arch.var_store())?, params.optimizer);
         let space = arch.space();
         let state = State {
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -245,21 +255,10 @@ impl Snas {
         self.costs.as_ref().map(|c| (&c.normal, c.reduce.as_ref()))
     }
 
-    /// Gumbel noise `-log(-log u)`, `u ~ U(0, 1)` open, shaped like `alpha`, from the
-    /// strategy's RNG (drawn in f64, then cast to alpha's kind).
+    /// Standard Gumbel noise shaped like `alpha`, from the strategy's RNG (drawn in f64
+    /// through `rand_distr`, then cast to alpha's kind; [`sampling::gumbel_tensor_like`]).
     fn gumbel_like(&mut self, alpha: &Tensor) -> Result<Tensor, SearchError> {
-        let n = alpha.numel();
-        let g: Vec<f64> = (0..n)
-            .map(|_| {
-                // gen::<f64>() is in [0, 1); reflecting gives (0, 1], capped below 1.
-                let u: f64 = (1.0 - self.state.rng.gen::<f64>()).min(1.0 - f64::EPSILON);
-                -(-u.ln()).ln()
-            })
-            .collect();
-        Ok(Tensor::from_slice(&g)
-            .f_view(alpha.size().as_slice())?
-            .to_kind(alpha.kind())
-            .to_device(alpha.device()))
+        sampling::gumbel_tensor_like(&mut self.state.rng, alpha)
     }
 
     /// Draws one sample of `alpha` (`[num_edges, num_ops]` log-alphas) at the current
@@ -383,7 +382,7 @@ impl Snas {
         } else {
             g
         };
-        self.adam.step_with(&g);
+        self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         let penalty = self.params.eta * cost;
         self.state.penalty_sum += penalty;
@@ -672,6 +671,7 @@ impl SearchStrategy for Snas {
         arch: &ArchParams,
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
+        report.check_finite("snas", &[ReportField::Loss])?;
         let pending = self.pending.take().ok_or_else(no_sample)?;
         let g_loss = loss_gradients(arch)?;
         let stats = self.step(arch, &pending, g_loss, report.loss)?;
@@ -733,21 +733,12 @@ impl SearchStrategy for Snas {
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
         self.adam.save(&dir.join(ADAM_FILE))?;
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
-        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+        save_json(dir, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))?;
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.state = serde_json::from_slice(&bytes)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        self.state = load_json(dir, STATE_FILE)?;
         self.pending = None;
         Ok(())
     }
@@ -893,6 +884,15 @@ mod tests {
             lr: 0.0,
         };
         assert!(free.after_weight_step(&arch, &report).unwrap().is_some());
+
+        // A non-finite loss in the report is an error that names it (never a silent step).
+        free.op_weights(&arch, Phase::Weights).unwrap();
+        let inf = WeightStepReport {
+            loss: f64::INFINITY,
+            ..report
+        };
+        let err = free.after_weight_step(&arch, &inf).unwrap_err().to_string();
+        assert!(err.contains("snas") && err.contains("loss = inf"), "{err}");
     }
 
     /// The applied gradient is the backward's `grad_alpha L(Z)` plus `eta` times the score

@@ -22,9 +22,10 @@
 //! Mapping onto the trait: bilevel like DARTS. `arch_step` draws the samples, evaluates `f` on
 //! the objective's current training and search batches for each of `z` (hard, only the sampled
 //! op of each edge computed, no graph), `zeta` (and `zeta~`), and steps Adam (lr 1e-3) on the
-//! alphas with the estimate. The weight step trains the weights on a hard sample of the current
-//! distribution (only the sampled ops computed), the network UNAS's REINFORCE part scores.
-//! The first `warmup_epochs` epochs train the weights only. `f` is built from
+//! alphas with the estimate. The weight step trains the weights on a fresh relaxed sample
+//! `zeta` of the current distribution, detached (`weights_sample = "relaxed"`, the official
+//! default, every op computed), or on a hard one (`"hard"`, only the sampled op of each edge
+//! computed). The first `warmup_epochs` epochs train the weights only. `f` is built from
 //! [`Objective::train_loss`] and [`Objective::search_loss`] only, so any loop that implements
 //! [`Objective`] (supervised or RL) drives it.
 //!
@@ -47,18 +48,42 @@
 //! mapped to DARTS op weights, and `log p(z)` sums the selectors' log-probabilities
 //! ([`estimate_gradient_from`]).
 //!
-//! Departures, each for a reason: the Gumbel noise comes from the strategy's own seeded ChaCha
-//! RNG (checkpointed) so a resumed search draws the same samples; the alpha Adam's betas and
-//! weight decay default to DARTS's values (REFERENCE.md gives only the lr, 1e-3).
+//! The factorised cell's `f` also carries UNAS's duplicate-edge penalty
+//! (`duplicate_penalty`, 0.2 as the official `--alpha_loss_lambda`): per node the product of
+//! the two slots' (input, op) choices, so that both slots picking the same op on the same input
+//! costs 0.2 (hard) and the relaxed samples are pushed apart.
+//!
+//! Departures from the official code (NVlabs/unas, `unas.py`, `darts/alphas.py`,
+//! `darts/train_search.py`), each for a reason:
+//! - **One architecture per minibatch, not per example.** The official default
+//!   (`same_alpha_minibatch=False`) draws a Gumbel sample per example and weights each
+//!   example's loss by its own `log p(z)`; here each [`Objective`] evaluation takes one op-weight
+//!   matrix per cell type for the whole batch (the supernet's mixed op broadcasts `[E, O]`
+//!   weights, not `[B, E, O]`), so a step draws one architecture and the batch-mean loss is its
+//!   `f`. The estimator is unbiased either way; per-example samples lower its variance by
+//!   averaging B architectures per step. Per-example op weights in `nas::mixed` would lift it.
+//! - **`rebar` here is REBAR.** The official `--meta_loss rebar` computes
+//!   `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)` with the relaxed sample from the same
+//!   noise, i.e. this module's `relaxed_baseline` (biased, see above); this module's `rebar`
+//!   (the default) adds the conditional sample `zeta~ | z` of Tucker et al. that makes it
+//!   unbiased, at one more relaxed evaluation per step.
+//! - The Gumbel noise and the conditional sample's exponentials are drawn through `rand_distr`
+//!   from the strategy's own seeded ChaCha RNG (checkpointed), so a resumed search draws the
+//!   same samples; the official code uses torch's global generator.
+//! - The alpha Adam's betas and weight decay default to DARTS's values (REFERENCE.md gives only
+//!   the lr, 1e-3).
 
 use std::path::{Path, PathBuf};
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::checkpoint::{load_json, save_json};
+use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
+use super::sampling;
 use super::unas_factorised::{FactorisedAlphas, FactorisedSample};
 use super::{
     alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError,
@@ -182,6 +207,28 @@ pub struct UnasParams {
     /// other than `none`, whatever the supernet's op set; its genotype is read off the
     /// selectors' argmax (`derive` is not used).
     pub cell: UnasCell,
+    /// Which sample of the current distribution the loop's weight step trains on. UNAS:
+    /// `relaxed` (the official `train` steps the weights on a detached copy of the same
+    /// Gumbel-softmax sample `zeta` the arch step used, every op computed); `hard` trains the
+    /// one-hot `z` (only the sampled op of each edge computed, cheaper, the network the
+    /// REINFORCE term scores).
+    pub weights_sample: UnasWeightsSample,
+    /// Factorised cell only: weight of the duplicate-edge penalty added to `f`, per node
+    /// `sum_{j,o} w0[j,o] w1[j,o]` with `w_s = z_in_s z_op_s^T` the (input, op) choice of
+    /// slot `s` (1 when both slots pick the same input *and* op, for the hard sample). UNAS:
+    /// 0.2 (the official `--alpha_loss`, on by default, `--alpha_loss_lambda 0.2`).
+    pub duplicate_penalty: f64,
+}
+
+/// Which sample the weight step trains on (see [`UnasParams::weights_sample`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnasWeightsSample {
+    /// The relaxed `zeta`, detached (official).
+    #[default]
+    Relaxed,
+    /// The hard one-hot `z`.
+    Hard,
 }
 
 impl Default for UnasParams {
@@ -199,6 +246,8 @@ impl Default for UnasParams {
             },
             latency: UnasLatencyParams::default(),
             cell: UnasCell::Darts,
+            weights_sample: UnasWeightsSample::Relaxed,
+            duplicate_penalty: 0.2,
         }
     }
 }
@@ -224,28 +273,22 @@ pub struct UnasTerms {
     pub f_conditional: Option<f64>,
 }
 
-/// Uniforms in the open interval (0, 1), as f64, shaped `[n]`.
+/// `n` uniforms on the open interval (0, 1), as f64, from `rng` ([`sampling::open_uniforms`]).
+/// The samplers above draw Gumbels and exponentials directly; this stays for callers that
+/// store raw uniforms with a rollout (issue 22's RL loop).
+#[allow(dead_code)]
 fn open_uniforms(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
-    (0..n)
-        // gen::<f64>() is in [0, 1); reflecting gives (0, 1], capped below 1.
-        .map(|_| (1.0 - rng.gen::<f64>()).min(1.0 - f64::EPSILON))
-        .collect()
-}
-
-fn like(values: Vec<f64>, alpha: &Tensor) -> Result<Tensor, SearchError> {
-    Ok(Tensor::from_slice(&values)
-        .f_view(alpha.size().as_slice())?
-        .to_kind(alpha.kind())
-        .to_device(alpha.device()))
+    sampling::open_uniforms(rng, n)
 }
 
 /// Draws `z`, `zeta` (and `zeta~` when `conditional`) for the logits `alpha`
 /// (`[num_edges, num_ops]`) at temperature `tau` from `rng`.
 ///
 /// The conditional sample (Tucker et al. 2017, appendix): with `lp = log_softmax(alpha)` and
-/// fresh uniforms `v`, the maximum of the perturbed log-probabilities is Gumbel(0), so
-/// `b~_k = -log(-log v_k)` for the sampled op `k`, and every other op is a Gumbel truncated
-/// below it, `b~_i = -log(-log v_i / p_i - log v_k)`.
+/// fresh unit exponentials `e` (`e = -log v` for a uniform `v`), the maximum of the perturbed
+/// log-probabilities is Gumbel(0), so `b~_k = -log e_k` for the sampled op `k`, and every other
+/// op is a Gumbel truncated below it, `b~_i = -log(e_i / p_i + e_k)`. The Gumbel noise and the
+/// exponentials are drawn through `rand_distr` from `rng` ([`sampling`]).
 pub fn sample_cell(
     rng: &mut ChaCha8Rng,
     alpha: &Tensor,
@@ -258,28 +301,17 @@ pub fn sample_cell(
             alpha.size()
         )));
     }
-    let n = alpha.numel();
     let log_p = alpha.log_softmax(-1, alpha.kind()); // [E, O]
-    let gumbel = like(
-        open_uniforms(rng, n)
-            .into_iter()
-            .map(|u| -(-u.ln()).ln())
-            .collect(),
-        alpha,
-    )?;
+    let gumbel = sampling::gumbel_tensor_like(rng, alpha)?; // [E, O]
     let b = &log_p + gumbel; // [E, O]
     let argmax = b.detach().argmax(-1, true); // [E, 1]
     let index = Vec::<i64>::try_from(&argmax.flatten(0, -1).to_device(Device::Cpu))?;
     let hard = b.zeros_like().detach().scatter_value(-1, &argmax, 1.0); // [E, O]
     let relaxed = (&b / tau).softmax(-1, alpha.kind());
     let conditional = if conditional {
-        // -log v, positive, [E, O]
-        let neg_log_v = like(
-            open_uniforms(rng, n).into_iter().map(|v| -v.ln()).collect(),
-            alpha,
-        )?;
-        let top = neg_log_v.gather(-1, &argmax, false); // [E, 1]: -log v_k
-        let others = -(&neg_log_v * (-&log_p).exp() + &top).log(); // [E, O]
+        let e = sampling::exp1_tensor_like(rng, alpha)?; // [E, O], positive
+        let top = e.gather(-1, &argmax, false); // [E, 1]: e_k
+        let others = -(&e * (-&log_p).exp() + &top).log(); // [E, O]
         let at_top = -top.log(); // [E, 1]
         let b_tilde = others.where_self(&hard.eq(0.0), &at_top.expand_as(&others));
         Some((b_tilde / tau).softmax(-1, alpha.kind()))
@@ -436,6 +468,12 @@ impl Unas {
                 p.variance_decay
             )));
         }
+        if !(p.duplicate_penalty >= 0.0 && p.duplicate_penalty.is_finite()) {
+            return Err(SearchError::Invalid(format!(
+                "unas: duplicate_penalty must be finite and >= 0 (0 = off), got {}",
+                p.duplicate_penalty
+            )));
+        }
         let l = &p.latency;
         if l.source == LatencySource::Table
             && !(l.target_ms >= 0.0
@@ -458,8 +496,8 @@ impl Unas {
             )?),
         };
         let adam = match &factorised {
-            Some(f) => Adam::new(f.var_store().variables(), params.optimizer),
-            None => Adam::new(arch.var_store().variables(), params.optimizer),
+            Some(f) => Adam::new(ordered_variables(f.var_store())?, params.optimizer),
+            None => Adam::new(ordered_variables(arch.var_store())?, params.optimizer),
         };
         Ok(Self {
             params,
@@ -522,17 +560,33 @@ impl Unas {
         Ok(CellWeights { normal, reduce })
     }
 
+    /// The weight step's op weights: a fresh sample of the current distribution, no graph to
+    /// the logits. With `weights_sample = "relaxed"` (the official default) the relaxed `zeta`
+    /// (dense, every op computed), with `"hard"` the one-hot `z` (only the sampled op of each
+    /// edge computed). (The name predates the relaxed default.)
     fn hard_weights(&mut self, arch: &ArchParams) -> Result<CellWeights, SearchError> {
+        let relaxed = self.params.weights_sample == UnasWeightsSample::Relaxed;
         if self.factorised.is_some() {
             let s = tch::no_grad(|| self.factorised_samples(false))?;
-            return Self::cell_weights(s.into_iter().map(|s| s.hard).collect());
+            return Self::cell_weights(
+                s.into_iter()
+                    .map(|s| match relaxed {
+                        true => OpWeights::dense(s.relaxed.detach()),
+                        false => s.hard,
+                    })
+                    .collect(),
+            );
         }
+        let tau = self.params.tau;
         let mut cells = tch::no_grad(|| -> Result<Vec<OpWeights>, SearchError> {
             alphas(arch)
                 .iter()
                 .map(|a| {
-                    let s = sample_cell(&mut self.state.rng, a, self.params.tau, false)?;
-                    Ok(OpWeights::one_hot(s.hard, &s.index)?)
+                    let s = sample_cell(&mut self.state.rng, a, tau, false)?;
+                    Ok(match relaxed {
+                        true => OpWeights::dense(s.relaxed.detach()),
+                        false => OpWeights::one_hot(s.hard, &s.index)?,
+                    })
                 })
                 .collect()
         })?
@@ -705,12 +759,37 @@ impl SearchStrategy for Unas {
         } else {
             let mut log_p_z = Tensor::zeros([], (Kind::Float, params[0].device()));
             let (mut hard, mut relaxed, mut conditional) = (Vec::new(), Vec::new(), Vec::new());
+            // The duplicate-edge penalty of the hard, relaxed and conditional samples, summed
+            // over cell types; added to `f` at the matching evaluation (estimate_gradient_from
+            // evaluates hard, then relaxed, then conditional).
+            let mut duplicate: [Option<Tensor>; 3] = [None, None, None];
             for s in factorised {
                 log_p_z += s.log_p;
                 hard.push(s.hard);
                 relaxed.push(s.relaxed);
                 conditional.push(s.conditional);
+                for (total, term) in duplicate.iter_mut().zip(s.duplicate) {
+                    *total = match (total.take(), term) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    };
+                }
             }
+            let weight = self.params.duplicate_penalty;
+            let mut call = 0;
+            let mut f = f;
+            let f = |cells: Vec<OpWeights>| -> Result<Tensor, SearchError> {
+                let value = f(cells)?;
+                let term = duplicate.get(call).and_then(Option::as_ref);
+                call += 1;
+                Ok(match term {
+                    Some(t) if weight > 0.0 => {
+                        let t = t.to_kind(value.kind()) * weight;
+                        value + t
+                    }
+                    _ => value,
+                })
+            };
             estimate_gradient_from(&params, log_p_z, hard, relaxed, conditional, estimator, f)?
         };
         if let (Some(hard), Some((table, _, _))) = (hard_latency, penalty) {
@@ -728,7 +807,7 @@ impl SearchStrategy for Unas {
             )));
         }
         self.record_gradient(&g)?;
-        self.adam.step_with(&g);
+        self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         if let Some((lt, lv)) = losses {
             self.state.last_train_loss = Some(lt);
@@ -821,10 +900,7 @@ impl SearchStrategy for Unas {
         if let Some(f) = &self.factorised {
             f.save(dir)?;
         }
-        let path = dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
-        std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
+        save_json(dir, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
@@ -832,13 +908,7 @@ impl SearchStrategy for Unas {
         if let Some(f) = &mut self.factorised {
             f.load(dir)?;
         }
-        let path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.state = serde_json::from_slice(&bytes)
-            .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        self.state = load_json(dir, STATE_FILE)?;
         Ok(())
     }
 }

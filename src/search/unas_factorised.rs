@@ -40,6 +40,28 @@ pub struct FactorisedSample {
     pub relaxed: Tensor,
     /// REBAR's conditional relaxed op weights.
     pub conditional: Option<Tensor>,
+    /// The duplicate-edge term (UNAS's `alpha_loss`) of each sample: per node, summed,
+    /// `<z_in_0, z_in_1> <z_op_0, z_op_1>`, i.e. `sum_{j,o} w0[j,o] w1[j,o]` with
+    /// `w_s = z_in_s z_op_s^T`. Hard: the number of nodes whose two slots pick the same
+    /// (input, op) pair, no graph; relaxed and conditional: with graph to the logits.
+    pub duplicate: [Option<Tensor>; 3],
+}
+
+/// `sum_i <inputs_i[0], inputs_i[1]> <ops[i, 0], ops[i, 1]>` for per-node input weights
+/// `[2, n_in]` and op weights `[num_nodes, 2, K]` (scalar).
+fn duplicate_term(inputs: &[Tensor], ops: &Tensor) -> Tensor {
+    let mut total: Option<Tensor> = None;
+    for (i, zin) in inputs.iter().enumerate() {
+        let op = ops.get(i as i64); // [2, K]
+        let same_input = (zin.get(0) * zin.get(1)).sum(zin.kind());
+        let same_op = (op.get(0) * op.get(1)).sum(op.kind());
+        let term = same_input * same_op;
+        total = Some(match total {
+            None => term,
+            Some(t) => t + term,
+        });
+    }
+    total.unwrap_or_else(|| Tensor::zeros([], (ops.kind(), ops.device())))
 }
 
 /// The selectors' logits of the normal (and reduction) cell.
@@ -208,7 +230,11 @@ impl FactorisedAlphas {
             .iter()
             .map(|s| s.relaxed.shallow_clone())
             .collect();
+        let hard_in: Vec<Tensor> = in_samples.iter().map(|s| s.hard.shallow_clone()).collect();
+        let duplicate_hard = duplicate_term(&hard_in, &op_s.hard.view(shape));
+        let duplicate_relaxed = duplicate_term(&relaxed_in, &op_s.relaxed.view(shape));
         let relaxed = self.combine(&relaxed_in, &op_s.relaxed.view(shape));
+        let mut duplicate_conditional = None;
         let conditional = match &op_s.conditional {
             Some(c) => {
                 let ins = in_samples
@@ -222,6 +248,7 @@ impl FactorisedAlphas {
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                duplicate_conditional = Some(duplicate_term(&ins, &c.view(shape)));
                 Some(self.combine(&ins, &c.view(shape)))
             }
             None => None,
@@ -232,6 +259,11 @@ impl FactorisedAlphas {
             log_p,
             relaxed,
             conditional,
+            duplicate: [
+                Some(duplicate_hard.detach()),
+                Some(duplicate_relaxed),
+                duplicate_conditional,
+            ],
         })
     }
 
