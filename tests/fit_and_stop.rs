@@ -69,6 +69,8 @@ fn plan(run_dir: &Path) -> MemoryPlan {
 /// success, its stderr, and its peak resident size as the kernel accounted it (wait4).
 fn run_measured(args: &[String], dir: &Path) -> (bool, String, f64) {
     let err_path = dir.join("stderr.txt");
+    // Waited for by wait4 below (for its resource usage), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let child = cli()
         .args(args)
         .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
@@ -171,6 +173,8 @@ fn a_signal_stops_the_run_within_seconds_and_the_run_resumes() {
         let run_dir = base.path().join(name);
         let logs = base.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
+        // Waited for by wait4 (for its resource usage), not by `Child::wait`.
+        #[allow(clippy::zombie_processes)]
         let child = cli()
             .args(search_args(&run_dir, 512 * 1000, &[]))
             .stdout(std::fs::File::create(logs.join("stdout.txt")).unwrap())

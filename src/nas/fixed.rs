@@ -679,7 +679,8 @@ mod tests {
                 &[3, 64, 64],
             )
             .unwrap();
-            let runs: [(&str, Box<dyn Fn(&Tensor) -> Tensor>, &nn::VarStore); 2] = [
+            type Features<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+            let runs: [(&str, Features, &nn::VarStore); 2] = [
                 (
                     "supernet",
                     Box::new(|x: &Tensor| supernet.features(x, &weights)),

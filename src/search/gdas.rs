@@ -233,6 +233,12 @@ impl SearchStrategy for Gdas {
         true
     }
 
+    /// GDAS's `search_func` steps the weights on the train batch, then the alphas on the
+    /// validation batch.
+    fn arch_step_follows_weight_step(&self) -> bool {
+        true
+    }
+
     fn arch_step(
         &mut self,
         arch: &ArchParams,

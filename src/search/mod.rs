@@ -213,7 +213,8 @@ pub enum ArchSample {
     },
     /// Op weights fixed for the whole iteration, detached: the alphas do not learn from the
     /// weight loss, so there is nothing to recompute (GDAS's hard sample, which keeps its
-    /// one-op-per-edge sparsity; UNAS's hard sample; random search's candidate).
+    /// one-op-per-edge sparsity; UNAS's weight-phase sample, relaxed by default; random
+    /// search's candidate).
     Fixed(CellWeights),
 }
 
@@ -355,6 +356,13 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
 
     /// Whether iteration `iteration` (0-based, global) takes an alpha step on a search batch.
     fn wants_arch_step(&self, iteration: u64) -> bool;
+
+    /// Whether a loop that interleaves steps takes an iteration's alpha step after its weight
+    /// step instead of before it (DARTS's `train_search.py` steps the alphas first; GDAS's
+    /// `search_func` the weights first). The RL loop always takes them after the update.
+    fn arch_step_follows_weight_step(&self) -> bool {
+        false
+    }
 
     /// One alpha update on the objective's current batches.
     fn arch_step(

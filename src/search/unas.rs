@@ -693,11 +693,13 @@ impl SearchStrategy for Unas {
     }
 
     /// Every iteration once the warm-up epochs are over.
-    /// A hard sample `z` per cell type (of the factorised selectors when `cell = "factorised"`),
-    /// fixed for the rollout and the update: UNAS's alphas learn only in `arch_step`, from
-    /// samples of their own. Departure: the official code draws one architecture per training
-    /// example and trains the weights on the relaxed sample; a rollout acts with one discrete
-    /// architecture for all its envs (see [`super::ArchSample`] for why one per rollout).
+    /// The weight-phase sample per cell type (of the factorised selectors when
+    /// `cell = "factorised"`): relaxed by default, as the official code trains the weights on
+    /// the detached relaxed sample (`weights_sample = "hard"` for a hard one), fixed for the
+    /// rollout and the update: UNAS's alphas learn only in `arch_step`, from samples of their
+    /// own. Departure: the official code draws one architecture per training example; a
+    /// rollout acts with one architecture for all its envs (see [`super::ArchSample`] for why
+    /// one per rollout).
     fn sample_architecture(&mut self, arch: &ArchParams) -> Result<ArchSample, SearchError> {
         Ok(ArchSample::Fixed(super::detached(
             &self.hard_weights(arch)?,

@@ -644,22 +644,17 @@ fn bilevel_search(
         let mut arch_steps = 0u32;
         for index in &batches {
             let (x, y) = batch(w_train, index, &sc.augment, &mut state.rng);
-            if strategy.wants_arch_step(state.iteration) {
-                let search_index = next_search_batch(&mut state, w_search.len(), sc.batch_size);
-                // Augmented like the train batch: `train_search.py` builds both queues from
-                // the one dataset with `train_transform`.
-                let search = batch(w_search, &search_index, &sc.augment, &mut state.rng);
-                let mut objective = VisionObjective {
-                    net: &net,
-                    vs: &vs,
-                    sgd: &sgd,
-                    train: (x.shallow_clone(), y.shallow_clone()),
-                    search,
-                };
-                let s = strategy.arch_step(&arch, &mut objective)?;
-                arch_stats.loss += s.loss;
-                arch_stats.grad_norm += s.grad_norm;
-                arch_steps += 1;
+            let arch_first = !strategy.arch_step_follows_weight_step();
+            if arch_first {
+                arch_step_of_iteration(
+                    strategy.as_mut(),
+                    &arch,
+                    (&net, &vs, &sgd),
+                    (&x, &y),
+                    &mut state,
+                    (w_search, sc),
+                    (&mut arch_stats, &mut arch_steps),
+                )?;
             }
             let weights = strategy.op_weights(&arch, Phase::Weights)?;
             let WeightStep {
@@ -684,6 +679,17 @@ fn bilevel_search(
                 arch_stats.loss += s.loss;
                 arch_stats.grad_norm += s.grad_norm;
                 arch_steps += 1;
+            }
+            if !arch_first {
+                arch_step_of_iteration(
+                    strategy.as_mut(),
+                    &arch,
+                    (&net, &vs, &sgd),
+                    (&x, &y),
+                    &mut state,
+                    (w_search, sc),
+                    (&mut arch_stats, &mut arch_steps),
+                )?;
             }
             loss_sum += loss_value * index.len() as f64;
             hits += correct(&logits, &y);
@@ -792,6 +798,39 @@ fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<(), SupervisedErro
             path.display()
         ))
     })
+}
+
+/// The iteration's alpha step when the strategy wants one: a search batch (augmented like the
+/// train batch: `train_search.py` builds both queues from the one dataset with
+/// `train_transform`) and the strategy's `arch_step` on the two batches; its statistics are
+/// added to `sums`.
+#[allow(clippy::too_many_arguments)]
+fn arch_step_of_iteration(
+    strategy: &mut dyn crate::search::SearchStrategy,
+    arch: &ArchParams,
+    (net, vs, sgd): (&dyn Supernet, &nn::VarStore, &Sgd),
+    (x, y): (&Tensor, &Tensor),
+    state: &mut LoopState,
+    (w_search, sc): (&Dataset, &SearchLoopConfig),
+    (stats, steps): (&mut ArchStepStats, &mut u32),
+) -> Result<(), SupervisedError> {
+    if !strategy.wants_arch_step(state.iteration) {
+        return Ok(());
+    }
+    let search_index = next_search_batch(state, w_search.len(), sc.batch_size);
+    let search = batch(w_search, &search_index, &sc.augment, &mut state.rng);
+    let mut objective = VisionObjective {
+        net,
+        vs,
+        sgd,
+        train: (x.shallow_clone(), y.shallow_clone()),
+        search,
+    };
+    let s = strategy.arch_step(arch, &mut objective)?;
+    stats.loss += s.loss;
+    stats.grad_norm += s.grad_norm;
+    *steps += 1;
+    Ok(())
 }
 
 /// The next search batch, cycling through a reshuffled search split.

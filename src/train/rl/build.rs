@@ -53,7 +53,8 @@ pub fn validate(config: &TrainConfig) -> Result<(), TrainError> {
 #[derive(Debug)]
 pub enum Policy {
     Fixed(ActorCritic),
-    Searched(ActorCritic<CellWeights>, ArchSearch),
+    /// Boxed: the search (alphas, strategy, its optimizer) is far larger than a policy.
+    Searched(ActorCritic<CellWeights>, Box<ArchSearch>),
 }
 
 /// The weight store and the policy `config` describes for observations of `spec`. A searched
@@ -79,7 +80,7 @@ pub fn build_policy(
         // not timed alone (MLP cells).
         search.set_latency_from(net.as_supernet(), cost_shape, device)?;
         let policy = ActorCritic::new(vs.root() / "policy", net.into_encoder(), spec.num_actions);
-        Ok(Policy::Searched(policy, search))
+        Ok(Policy::Searched(policy, Box::new(search)))
     };
     let policy = match &config.encoder {
         EncoderConfig::RlDarts(c) => {

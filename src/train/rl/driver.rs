@@ -91,7 +91,7 @@ impl Driver for FixedDriver {
 
 /// A supernet whose architecture the run searches (module docs of [`super::search`]).
 pub(super) struct SearchDriver {
-    pub(super) search: ArchSearch,
+    pub(super) search: Box<ArchSearch>,
     envs: SearchLoop,
     device: Device,
     /// Cap on the alpha steps' minibatch from the memory plan.
@@ -99,7 +99,7 @@ pub(super) struct SearchDriver {
 }
 
 impl SearchDriver {
-    pub(super) fn new(search: ArchSearch, config: &TrainConfig, device: Device) -> Self {
+    pub(super) fn new(search: Box<ArchSearch>, config: &TrainConfig, device: Device) -> Self {
         Self {
             search,
             envs: SearchLoop::new(config.seed),
@@ -199,7 +199,7 @@ impl Driver for SearchDriver {
     }
 
     fn log(&mut self, sink: &mut dyn MetricsSink, iterations_done: u64, step: i64) {
-        if iterations_done % self.search.config.log_every.max(1) == 0 {
+        if iterations_done.is_multiple_of(self.search.config.log_every.max(1)) {
             self.search.log(sink, step);
         }
     }
