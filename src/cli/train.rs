@@ -235,10 +235,20 @@ impl Progress for Bar {
     }
 }
 
-struct Lines;
+/// Progress as plain lines (quiet mode, and logs that are not a terminal, where a bar draws
+/// nothing): the first update, then at most one line every [`LINE_INTERVAL`].
+struct Lines {
+    last: Option<std::time::Instant>,
+}
+
+const LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Progress for Lines {
     fn update(&mut self, global_step: u64, total: u64, message: &str) {
+        if self.last.is_some_and(|t| t.elapsed() < LINE_INTERVAL) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
         println!("step {global_step}/{total} | {message}");
     }
     fn finish(&mut self, message: &str) {
@@ -366,8 +376,9 @@ fn make_sink(dir: &Path, quiet: bool) -> MultiSink {
 
 /// A progress bar, or plain lines when `quiet`.
 fn make_progress(quiet: bool, total_steps: u64) -> Box<dyn Progress> {
-    if quiet {
-        return Box::new(Lines);
+    // indicatif draws nothing when stderr is not a terminal (a log file, a batch job).
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return Box::new(Lines { last: None });
     }
     let bar = ProgressBar::new(total_steps);
     bar.set_style(
