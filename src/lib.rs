@@ -17,3 +17,4 @@ pub mod nas;
 pub mod train;
 pub mod search;
 pub mod data;
+pub mod sweep;
