@@ -61,8 +61,9 @@ max_parallel = 2
 
 fn plan(dir: &Path, spec: &Path) -> PathBuf {
     let plan = dir.join("plan.json");
+    // --no-check: one test plans a deliberately broken grid value to see trials fail.
     let out = run(bin()
-        .args(["sweep", "plan", "--spec"])
+        .args(["sweep", "plan", "--no-check", "--spec"])
         .arg(spec)
         .arg("-o")
         .arg(&plan));
@@ -156,6 +157,28 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
     let png = fs::read(tmp.path().join("runs/curves_cartpole.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(c["plot_errors"].as_array().unwrap().is_empty(), "{c}");
+}
+
+#[test]
+fn plan_checks_trial_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "1", "1e-3, \"oops\"", 1024);
+    let out = run(bin().args(["sweep", "plan", "--spec"]).arg(&spec).arg("-o").arg(tmp.path().join("p.json")));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cartpole__mlp__1__learning_rate-oops") && err.contains("ppo.learning_rate"), "{err}");
+    assert!(!tmp.path().join("p.json").exists());
+    // The quick pipeline's random search needs a search budget of 8 PPO iterations.
+    let out = run(bin().args(["sweep", "plan", "--quick", "--env", "coinrun", "--seeds", "1", "--strategy", "random"]).arg("-o").arg(tmp.path().join("q.json")));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("num_candidates"));
+    let out = run(bin()
+        .args(["sweep", "plan", "--quick", "--env", "coinrun,starpilot", "--seeds", "1..3", "--strategy", "joint,random"])
+        .args(["--set", "pipeline.search_timesteps=2048", "--set", "device=cpu"])
+        .arg("-o")
+        .arg(tmp.path().join("q.json")));
+    assert!(out.status.success());
+    assert_eq!(trials(&tmp.path().join("q.json")).len(), 8);
 }
 
 #[test]

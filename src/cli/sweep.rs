@@ -83,6 +83,9 @@ pub struct PlanArgs {
     /// The plan file (default OUT_DIR/plan.json).
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// Write the plan without resolving and validating each trial's config first.
+    #[arg(long)]
+    no_check: bool,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +253,9 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
     }
     let workdir = std::env::current_dir().context("the current directory")?;
     let plan = Plan::build(&spec, &workdir)?;
+    if !args.no_check {
+        rl_darts::sweep::validate::check_plan(&plan)?;
+    }
     let path = match &args.out {
         Some(p) => std::path::absolute(p).with_context(|| p.display().to_string())?,
         None => plan.out_dir.join("plan.json"),

@@ -11,7 +11,8 @@
 //!
 //! Files: `plan` (the grid and the plan file), `trial` (a trial's state on disk and running it),
 //! `local`, `ray`, `slurm` (runners), `collect` (the table), `stats` (IQM and bootstrap),
-//! `tfevents` (reading TensorBoard scalars), `plot` (learning curves as PNG).
+//! `tfevents` (reading TensorBoard scalars), `plot` (learning curves as PNG), `validate`
+//! (plan-time config checks).
 
 use std::path::PathBuf;
 
@@ -24,6 +25,7 @@ pub mod slurm;
 pub mod stats;
 pub mod tfevents;
 pub mod trial;
+pub mod validate;
 
 pub use collect::{collect, Collected};
 pub use plan::{Plan, SweepSpec, Trial, TrialMode};
