@@ -18,3 +18,4 @@ pub mod train;
 pub mod search;
 pub mod data;
 pub mod sweep;
+pub mod sweep;

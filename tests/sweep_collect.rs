@@ -30,7 +30,11 @@ fn row(name: &str, dir: &Path, train: f64, test: f64) -> ComparisonRow {
     ComparisonRow {
         name: name.into(),
         encoder: name.into(),
-        run_dir: dir.join(if name == "impala" { "baseline" } else { "retrain" }),
+        run_dir: dir.join(if name == "impala" {
+            "baseline"
+        } else {
+            "retrain"
+        }),
         params: 1000,
         global_step: 1024,
         steps_per_sec: 100.0,
@@ -71,9 +75,19 @@ fn pipeline_trials_collect_into_one_table() {
             continue;
         }
         let s = t.strategy.as_deref().unwrap();
-        let mut rows = vec![row("rl_darts", &t.run_dir, score(&t.env, s, t.seed), score(&t.env, s, t.seed) / 2.0)];
+        let mut rows = vec![row(
+            "rl_darts",
+            &t.run_dir,
+            score(&t.env, s, t.seed),
+            score(&t.env, s, t.seed) / 2.0,
+        )];
         if t.trains_baseline {
-            rows.push(row("impala", &t.run_dir, score(&t.env, "impala", t.seed), score(&t.env, "impala", t.seed) / 2.0));
+            rows.push(row(
+                "impala",
+                &t.run_dir,
+                score(&t.env, "impala", t.seed),
+                score(&t.env, "impala", t.seed) / 2.0,
+            ));
         }
         let c = Comparison {
             env: t.env.clone(),
@@ -83,21 +97,36 @@ fn pipeline_trials_collect_into_one_table() {
             retrain_timesteps: 1024,
             episodes: 8,
             greedy: false,
-            train_levels: Levels { num_levels: 200, start_level: 0 },
-            test_levels: Levels { num_levels: 0, start_level: 0 },
+            train_levels: Levels {
+                num_levels: 200,
+                start_level: 0,
+            },
+            test_levels: Levels {
+                num_levels: 0,
+                start_level: 0,
+            },
             rows,
             search: None,
             search_overhead: None,
         };
         fs::create_dir_all(&t.run_dir).unwrap();
-        fs::write(t.run_dir.join("comparison.json"), serde_json::to_string(&c).unwrap()).unwrap();
+        fs::write(
+            t.run_dir.join("comparison.json"),
+            serde_json::to_string(&c).unwrap(),
+        )
+        .unwrap();
     }
     let plan_path = tmp.path().join("plan.json");
     let out = tmp.path().join("out");
     let c = collect(
         &plan,
         &plan_path,
-        &CollectOptions { out_dir: &out, bootstrap_reps: 500, seed: 0, plots: false },
+        &CollectOptions {
+            out_dir: &out,
+            bootstrap_reps: 500,
+            seed: 0,
+            plots: false,
+        },
     )
     .unwrap();
     assert_eq!((c.complete, c.trials), (11, 12));
@@ -105,14 +134,25 @@ fn pipeline_trials_collect_into_one_table() {
     assert_eq!(c.missing[0].name, "starpilot__random__3");
     assert_eq!(c.missing[0].state, "never run");
 
-    let cell = |env: &str, method: &str| c.rows.iter().find(|r| r.env == env && r.method == method).unwrap();
+    let cell = |env: &str, method: &str| {
+        c.rows
+            .iter()
+            .find(|r| r.env == env && r.method == method)
+            .unwrap()
+    };
     // joint on coinrun: 0.11, 0.12, 0.13 -> mean 0.12, sample std 0.01.
     let j = cell("coinrun", "joint");
     assert_eq!((j.runs, j.expected), (3, 3));
     let (m, s) = j.metrics["train_normalized"];
-    assert!((m - 0.12).abs() < 1e-12 && (s - 0.01).abs() < 1e-12, "{m} {s}");
+    assert!(
+        (m - 0.12).abs() < 1e-12 && (s - 0.01).abs() < 1e-12,
+        "{m} {s}"
+    );
     let (m, _) = j.metrics["test_return"];
-    assert!((m - 0.6).abs() < 1e-12, "held-out raw return: 10 x 0.12 / 2");
+    assert!(
+        (m - 0.6).abs() < 1e-12,
+        "held-out raw return: 10 x 0.12 / 2"
+    );
     // The baseline came from the joint trials only: 3 per game, not 6.
     let b = cell("starpilot", "impala");
     assert_eq!((b.runs, b.expected), (3, 3));
@@ -125,7 +165,10 @@ fn pipeline_trials_collect_into_one_table() {
         .collect();
     let want = stratified_bootstrap(&joint_test, iqm, 500, 0.95, 0).unwrap();
     let agg = |method: &str, metric: &str| {
-        c.aggregates.iter().find(|a| a.method == method && a.metric == metric).unwrap()
+        c.aggregates
+            .iter()
+            .find(|a| a.method == method && a.metric == metric)
+            .unwrap()
     };
     let got = agg("joint", "test_normalized");
     assert_eq!(got.iqm, Some(want));
@@ -136,5 +179,8 @@ fn pipeline_trials_collect_into_one_table() {
     let md = fs::read_to_string(out.join("collected.md")).unwrap();
     assert!(md.contains("not computed: 1 planned runs missing"), "{md}");
     assert!(md.contains("starpilot__random__3: never run"), "{md}");
-    assert!(md.contains("| starpilot | random | 2/3 (incomplete) |"), "{md}");
+    assert!(
+        md.contains("| starpilot | random | 2/3 (incomplete) |"),
+        "{md}"
+    );
 }

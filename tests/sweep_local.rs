@@ -84,7 +84,10 @@ fn run_dir(trial: &Value) -> PathBuf {
 fn local_runner_reports_failures_collects_and_skips_complete_trials() {
     let tmp = tempfile::tempdir().unwrap();
     // "oops" is not a learning rate: those two trials fail in the child's config validation.
-    let plan = plan(tmp.path(), &write_spec(tmp.path(), "1, 2", "1e-3, \"oops\"", 2048));
+    let plan = plan(
+        tmp.path(),
+        &write_spec(tmp.path(), "1, 2", "1e-3, \"oops\"", 2048),
+    );
     let ts = trials(&plan);
     assert_eq!(ts.len(), 4);
     let names: Vec<&str> = ts.iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -98,7 +101,10 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
         ]
     );
 
-    let out = run(bin().args(["sweep", "run"]).arg(&plan).args(["--jobs", "2", "--quiet"]));
+    let out = run(bin()
+        .args(["sweep", "run"])
+        .arg(&plan)
+        .args(["--jobs", "2", "--quiet"]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "failed trials make the sweep fail");
     assert!(stdout.contains("2 of 4 trials complete"), "{stdout}");
@@ -108,7 +114,10 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
             stdout.contains(&format!("{}: FAILED", t["name"].as_str().unwrap())),
             "each failure is reported"
         );
-        assert!(stdout.contains(&log.display().to_string()), "with its log path");
+        assert!(
+            stdout.contains(&log.display().to_string()),
+            "with its log path"
+        );
         assert!(fs::read_to_string(&log).unwrap().contains("learning_rate"));
     }
     let mut returns = Vec::new();
@@ -121,21 +130,44 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
     }
 
     // Complete trials are skipped: nothing is trained again.
-    let before = fs::metadata(run_dir(&ts[0]).join("summary.json")).unwrap().modified().unwrap();
-    let out = run(bin().args(["sweep", "run"]).arg(&plan).args(["--indices", "0,1", "--quiet"]));
+    let before = fs::metadata(run_dir(&ts[0]).join("summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = run(bin()
+        .args(["sweep", "run"])
+        .arg(&plan)
+        .args(["--indices", "0,1", "--quiet"]));
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("already complete").count(), 2);
-    let after = fs::metadata(run_dir(&ts[0]).join("summary.json")).unwrap().modified().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("already complete")
+            .count(),
+        2
+    );
+    let after = fs::metadata(run_dir(&ts[0]).join("summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(before, after);
 
-    let out = run(bin().args(["sweep", "collect"]).arg(&plan).args(["--reps", "200"]));
+    let out = run(bin()
+        .args(["sweep", "collect"])
+        .arg(&plan)
+        .args(["--reps", "200"]));
     assert!(out.status.success());
     let c: Value =
         serde_json::from_slice(&fs::read(tmp.path().join("runs/collected.json")).unwrap()).unwrap();
     assert_eq!(c["complete"], 2);
     let rows = c["rows"].as_array().unwrap();
-    let ok = rows.iter().find(|r| r["method"] == "mlp learning_rate=0.001").unwrap();
-    assert_eq!((ok["runs"].as_u64(), ok["expected"].as_u64()), (Some(2), Some(2)));
+    let ok = rows
+        .iter()
+        .find(|r| r["method"] == "mlp learning_rate=0.001")
+        .unwrap();
+    assert_eq!(
+        (ok["runs"].as_u64(), ok["expected"].as_u64()),
+        (Some(2), Some(2))
+    );
     let (mean, std) = (
         ok["metrics"]["train_return"][0].as_f64().unwrap(),
         ok["metrics"]["train_return"][1].as_f64().unwrap(),
@@ -144,8 +176,14 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
     // Sample std of two values: |a - b| / sqrt(2).
     let want_std = (returns[0] - returns[1]).abs() / 2f64.sqrt();
     assert!((mean - want_mean).abs() < 1e-9 && (std - want_std).abs() < 1e-9);
-    let bad = rows.iter().find(|r| r["method"] == "mlp learning_rate=oops").unwrap();
-    assert_eq!((bad["runs"].as_u64(), bad["expected"].as_u64()), (Some(0), Some(2)));
+    let bad = rows
+        .iter()
+        .find(|r| r["method"] == "mlp learning_rate=oops")
+        .unwrap();
+    assert_eq!(
+        (bad["runs"].as_u64(), bad["expected"].as_u64()),
+        (Some(0), Some(2))
+    );
     let missing = c["missing"].as_array().unwrap();
     assert_eq!(missing.len(), 2);
     for m in missing {
@@ -153,7 +191,10 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
         assert!(Path::new(m["log"].as_str().unwrap()).is_file());
     }
     let md = fs::read_to_string(tmp.path().join("runs/collected.md")).unwrap();
-    assert!(md.contains("0/2 (incomplete)") && md.contains("Missing or failed trials (2)"), "{md}");
+    assert!(
+        md.contains("0/2 (incomplete)") && md.contains("Missing or failed trials (2)"),
+        "{md}"
+    );
     let png = fs::read(tmp.path().join("runs/curves_cartpole.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(c["plot_errors"].as_array().unwrap().is_empty(), "{c}");
@@ -163,18 +204,53 @@ fn local_runner_reports_failures_collects_and_skips_complete_trials() {
 fn plan_checks_trial_configs() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = write_spec(tmp.path(), "1", "1e-3, \"oops\"", 1024);
-    let out = run(bin().args(["sweep", "plan", "--spec"]).arg(&spec).arg("-o").arg(tmp.path().join("p.json")));
+    let out = run(bin()
+        .args(["sweep", "plan", "--spec"])
+        .arg(&spec)
+        .arg("-o")
+        .arg(tmp.path().join("p.json")));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cartpole__mlp__1__learning_rate-oops") && err.contains("ppo.learning_rate"), "{err}");
+    assert!(
+        err.contains("cartpole__mlp__1__learning_rate-oops") && err.contains("ppo.learning_rate"),
+        "{err}"
+    );
     assert!(!tmp.path().join("p.json").exists());
     // The quick pipeline's random search needs a search budget of 8 PPO iterations.
-    let out = run(bin().args(["sweep", "plan", "--quick", "--env", "coinrun", "--seeds", "1", "--strategy", "random"]).arg("-o").arg(tmp.path().join("q.json")));
+    let out = run(bin()
+        .args([
+            "sweep",
+            "plan",
+            "--quick",
+            "--env",
+            "coinrun",
+            "--seeds",
+            "1",
+            "--strategy",
+            "random",
+        ])
+        .arg("-o")
+        .arg(tmp.path().join("q.json")));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("num_candidates"));
     let out = run(bin()
-        .args(["sweep", "plan", "--quick", "--env", "coinrun,starpilot", "--seeds", "1..3", "--strategy", "joint,random"])
-        .args(["--set", "pipeline.search_timesteps=2048", "--set", "device=cpu"])
+        .args([
+            "sweep",
+            "plan",
+            "--quick",
+            "--env",
+            "coinrun,starpilot",
+            "--seeds",
+            "1..3",
+            "--strategy",
+            "joint,random",
+        ])
+        .args([
+            "--set",
+            "pipeline.search_timesteps=2048",
+            "--set",
+            "device=cpu",
+        ])
         .arg("-o")
         .arg(tmp.path().join("q.json")));
     assert!(out.status.success());
@@ -184,10 +260,19 @@ fn plan_checks_trial_configs() {
 #[test]
 fn slurm_script_and_array_task_index() {
     let tmp = tempfile::tempdir().unwrap();
-    let plan = plan(tmp.path(), &write_spec(tmp.path(), "1, 2", "1e-3, 3e-4", 1024));
+    let plan = plan(
+        tmp.path(),
+        &write_spec(tmp.path(), "1, 2", "1e-3, 3e-4", 1024),
+    );
     let ts = trials(&plan);
     let script = tmp.path().join("s.sbatch");
-    assert!(run(bin().args(["sweep", "slurm"]).arg(&plan).arg("-o").arg(&script)).status.success());
+    assert!(run(bin()
+        .args(["sweep", "slurm"])
+        .arg(&plan)
+        .arg("-o")
+        .arg(&script))
+    .status
+    .success());
     let text = fs::read_to_string(&script).unwrap();
     for line in [
         "#SBATCH --array=0-3%2",
@@ -205,15 +290,30 @@ fn slurm_script_and_array_task_index() {
     );
     assert!(text.contains(&exec), "{text}");
     assert!(text.contains(&format!("cd '{}'", repo().display())));
-    assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success());
+    assert!(Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap()
+        .success());
 
     // An array task runs exactly the trial of its index.
-    let out = run(bin().args(["sweep", "run"]).arg(&plan).env("SLURM_ARRAY_TASK_ID", "2"));
+    let out = run(bin()
+        .args(["sweep", "run"])
+        .arg(&plan)
+        .env("SLURM_ARRAY_TASK_ID", "2"));
     assert!(out.status.success());
     for (i, t) in ts.iter().enumerate() {
-        assert_eq!(run_dir(t).join("summary.json").is_file(), i == 2, "trial {i}");
+        assert_eq!(
+            run_dir(t).join("summary.json").is_file(),
+            i == 2,
+            "trial {i}"
+        );
     }
-    let out = run(bin().args(["sweep", "run"]).arg(&plan).env("SLURM_ARRAY_TASK_ID", "9"));
+    let out = run(bin()
+        .args(["sweep", "run"])
+        .arg(&plan)
+        .env("SLURM_ARRAY_TASK_ID", "9"));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
 }
@@ -244,23 +344,40 @@ fn an_interrupted_trial_resumes_from_its_checkpoint() {
     }
     // Ctrl-C to the sweep process only: it forwards one interrupt to the trial's own
     // process group, and the trial checkpoints and stops.
-    assert!(Command::new("kill").args(["-s", "INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(75), "interrupted trials exit with EX_TEMPFAIL");
-    let st: Value = serde_json::from_slice(&fs::read(dir.join("sweep-status.json")).unwrap()).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "interrupted trials exit with EX_TEMPFAIL"
+    );
+    let st: Value =
+        serde_json::from_slice(&fs::read(dir.join("sweep-status.json")).unwrap()).unwrap();
     assert_eq!(st["status"], "interrupted");
-    let summary: Value = serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["interrupted"], true);
     let stopped_at = summary["global_step"].as_u64().unwrap();
     assert!(stopped_at < 51_200, "stopped early at {stopped_at}");
 
-    let out = run(bin().args(["sweep", "run"]).arg(&plan).args(["--index", "0"]));
+    let out = run(bin()
+        .args(["sweep", "run"])
+        .arg(&plan)
+        .args(["--index", "0"]));
     assert!(out.status.success());
-    let summary: Value = serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_slice(&fs::read(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["interrupted"], false);
     assert_eq!(summary["global_step"], 51_200);
     let log = fs::read_to_string(dir.join("sweep.log")).unwrap();
     let attempts: Vec<&str> = log.lines().filter(|l| l.starts_with("=== ")).collect();
     assert_eq!(attempts.len(), 2, "{log}");
-    assert!(!attempts[0].contains("--resume") && attempts[1].contains("--resume"), "{log}");
+    assert!(
+        !attempts[0].contains("--resume") && attempts[1].contains("--resume"),
+        "{log}"
+    );
 }

@@ -41,7 +41,10 @@ struct RayCluster {
 impl Drop for RayCluster {
     fn drop(&mut self) {
         let _ = run_bounded(
-            Command::new(venv_bin("ray")).args(["stop", "--force"]),
+            Command::new(venv_bin("ray"))
+                .args(["stop", "--force"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
             Duration::from_secs(60),
         );
         let _ = fs::remove_dir_all(&self.temp);
@@ -49,7 +52,11 @@ impl Drop for RayCluster {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn ray_installed() -> bool {
@@ -73,13 +80,31 @@ fn sweep_runs_as_tasks_on_a_local_ray_cluster() {
     let cluster = RayCluster { temp: temp.clone() };
     let started = run_bounded(
         Command::new(venv_bin("ray"))
-            .args(["start", "--head", "--port", &port.to_string(), "--num-cpus", "2"])
-            .args(["--num-gpus", "0", "--include-dashboard=false", "--disable-usage-stats"])
+            .args([
+                "start",
+                "--head",
+                "--port",
+                &port.to_string(),
+                "--num-cpus",
+                "2",
+            ])
+            .args([
+                "--num-gpus",
+                "0",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ])
             .arg(format!("--temp-dir={}", temp.display()))
-            .env("RAY_USAGE_STATS_ENABLED", "0"),
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .stdout(fs::File::create(tmp.path().join("ray-start.out")).unwrap())
+            .stderr(fs::File::create(tmp.path().join("ray-start.err")).unwrap()),
         Duration::from_secs(180),
     );
-    assert_eq!(started, Some(true), "ray start --head failed or took over 180 s");
+    assert_eq!(
+        started,
+        Some(true),
+        "ray start --head failed or took over 180 s"
+    );
 
     let spec = tmp.path().join("spec.toml");
     fs::write(
@@ -137,7 +162,8 @@ cpus_per_trial = 1
     for entry in fs::read_dir(&runs).unwrap().flatten() {
         let summary = entry.path().join("summary.json");
         if summary.is_file() {
-            let v: serde_json::Value = serde_json::from_slice(&fs::read(&summary).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&fs::read(&summary).unwrap()).unwrap();
             assert_eq!(v["global_step"], 2048);
             // Each trial ran as a Ray task: its log names the sweep's per-trial command.
             let log = fs::read_to_string(entry.path().join("sweep.log")).unwrap();
@@ -146,6 +172,9 @@ cpus_per_trial = 1
         }
     }
     assert_eq!(complete, 4);
-    assert!(out.contains("[4/4] #"), "one driver line per finished Ray task: {out}");
+    assert!(
+        out.contains("[4/4] #"),
+        "one driver line per finished Ray task: {out}"
+    );
     drop(cluster);
 }

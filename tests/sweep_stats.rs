@@ -39,10 +39,17 @@ fn rliable(scores_runs_by_tasks: &[Vec<f64>]) -> serde_json::Value {
         .stdin
         .take()
         .unwrap()
-        .write_all(serde_json::to_string(scores_runs_by_tasks).unwrap().as_bytes())
+        .write_all(
+            serde_json::to_string(scores_runs_by_tasks)
+                .unwrap()
+                .as_bytes(),
+        )
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "rliable oracle failed (is rliable installed? `make setup`)");
+    assert!(
+        out.status.success(),
+        "rliable oracle failed (is rliable installed? `make setup`)"
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -67,6 +74,9 @@ fn iqm_and_stratified_bootstrap_match_rliable() {
     let width = want["upper"].as_f64().unwrap() - want["lower"].as_f64().unwrap();
     assert!(width > 0.1, "a case whose interval has some width");
     for (a, b) in [(ours.lower, &want["lower"]), (ours.upper, &want["upper"])] {
-        assert!((a - b.as_f64().unwrap()).abs() < 0.01, "bound {a} vs rliable {b}");
+        assert!(
+            (a - b.as_f64().unwrap()).abs() < 0.01,
+            "bound {a} vs rliable {b}"
+        );
     }
 }

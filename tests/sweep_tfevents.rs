@@ -27,17 +27,28 @@ fn reads_back_scalars_and_checks_records() {
     assert!((s["losses/value_loss"][2].1 - 1.0 / 3.0).abs() < 1e-6);
     assert!(!s.contains_key("note"));
 
-    let file = fs::read_dir(tmp.path()).unwrap().next().unwrap().unwrap().path();
+    let file = fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let bytes = fs::read(&file).unwrap();
     // A writer killed mid-record: the complete records before it still read.
     fs::write(&file, &bytes[..bytes.len() - 7]).unwrap();
     let cut = read_scalars(tmp.path()).unwrap();
-    assert_eq!(cut["charts/episodic_return"].len() + cut["losses/value_loss"].len(), 99);
+    assert_eq!(
+        cut["charts/episodic_return"].len() + cut["losses/value_loss"].len(),
+        99
+    );
     // One flipped byte in the middle: a checksum error naming the file.
     let mut bad = bytes.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x40;
     fs::write(&file, &bad).unwrap();
     let err = read_scalars(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("checksum") && err.contains("tfevents"), "{err}");
+    assert!(
+        err.contains("checksum") && err.contains("tfevents"),
+        "{err}"
+    );
 }

@@ -30,9 +30,7 @@ pub enum SweepCommand {
     /// Merge the trials' results into one table (markdown, JSON) and learning-curve PNGs.
     Collect(CollectArgs),
     /// Show each trial's state.
-    Status {
-        plan: PathBuf,
-    },
+    Status { plan: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -152,8 +150,12 @@ pub fn run(cmd: SweepCommand) -> anyhow::Result<()> {
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
     if let Some((a, b)) = text.split_once("..") {
         let (a, b): (u64, u64) = (
-            a.trim().parse().with_context(|| format!("--seeds {text}"))?,
-            b.trim().parse().with_context(|| format!("--seeds {text}"))?,
+            a.trim()
+                .parse()
+                .with_context(|| format!("--seeds {text}"))?,
+            b.trim()
+                .parse()
+                .with_context(|| format!("--seeds {text}"))?,
         );
         if a >= b {
             bail!("--seeds {text}: empty range (the end is excluded)");
@@ -230,7 +232,11 @@ fn plan(args: PlanArgs) -> anyhow::Result<()> {
         let values = if v.trim_start().starts_with('[') {
             toml_value(v)?
         } else {
-            toml::Value::Array(v.split(',').map(toml_value).collect::<anyhow::Result<_>>()?)
+            toml::Value::Array(
+                v.split(',')
+                    .map(toml_value)
+                    .collect::<anyhow::Result<_>>()?,
+            )
         };
         spec.grid.insert(k.to_string(), values);
     }
@@ -313,7 +319,11 @@ fn run_trials(args: RunArgs) -> anyhow::Result<()> {
     if let Some(index) = index {
         let trial = plan.trial(index, &plan_path)?;
         let _stop = install_handler()?;
-        println!("trial #{index} {} -> {}", trial.name, trial.run_dir.display());
+        println!(
+            "trial #{index} {} -> {}",
+            trial.name,
+            trial.run_dir.display()
+        );
         return match run_trial(&plan, trial, &binary)? {
             TrialOutcome::Skipped => {
                 println!("already complete");
@@ -347,7 +357,13 @@ fn run_trials(args: RunArgs) -> anyhow::Result<()> {
             .python
             .clone()
             .unwrap_or_else(|| default_python(&plan.workdir));
-        let all_ok = run_ray(&python, address, &plan_path, &binary, args.indices.as_deref())?;
+        let all_ok = run_ray(
+            &python,
+            address,
+            &plan_path,
+            &binary,
+            args.indices.as_deref(),
+        )?;
         return finish(&plan, &plan_path, all_ok);
     }
     let jobs = args.jobs.unwrap_or_else(|| default_jobs(&plan));
@@ -356,7 +372,14 @@ fn run_trials(args: RunArgs) -> anyhow::Result<()> {
         "{} trials, {jobs} at a time; logs in each run directory's sweep.log",
         args.indices.as_ref().map_or(plan.trials.len(), Vec::len)
     );
-    let reports = run_local(&plan, &binary, jobs, args.indices.as_deref(), args.quiet, &stop)?;
+    let reports = run_local(
+        &plan,
+        &binary,
+        jobs,
+        args.indices.as_deref(),
+        args.quiet,
+        &stop,
+    )?;
     let all_ok = reports
         .iter()
         .all(|r| matches!(r.outcome, TrialOutcome::Skipped | TrialOutcome::Completed));
@@ -374,10 +397,19 @@ fn finish(plan: &Plan, plan_path: &Path, all_ok: bool) -> anyhow::Result<()> {
     let failed: Vec<_> = plan
         .trials
         .iter()
-        .filter_map(|t| read_status(t).filter(|s| s.status == "failed").map(|s| (t, s)))
+        .filter_map(|t| {
+            read_status(t)
+                .filter(|s| s.status == "failed")
+                .map(|s| (t, s))
+        })
         .collect();
     for (t, s) in &failed {
-        println!("  failed: #{} {} (log {})", t.index, t.name, s.log.display());
+        println!(
+            "  failed: #{} {} (log {})",
+            t.index,
+            t.name,
+            s.log.display()
+        );
     }
     println!("collect: rl-darts sweep collect {}", plan_path.display());
     if !all_ok {
@@ -403,7 +435,11 @@ fn slurm(args: SlurmArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
     std::fs::write(&out, script).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}; submit with: sbatch {}", out.display(), out.display());
+    println!(
+        "wrote {}; submit with: sbatch {}",
+        out.display(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -231,7 +231,11 @@ const CURVE_TAGS: [(&str, &str); 3] = [
 ];
 
 /// Collects `plan`'s trials (see the module docs).
-pub fn collect(plan: &Plan, plan_path: &Path, opts: &CollectOptions<'_>) -> Result<Collected, SweepError> {
+pub fn collect(
+    plan: &Plan,
+    plan_path: &Path,
+    opts: &CollectOptions<'_>,
+) -> Result<Collected, SweepError> {
     let mut records = Vec::new();
     let mut missing = Vec::new();
     let mut complete = 0;
@@ -266,7 +270,10 @@ pub fn collect(plan: &Plan, plan_path: &Path, opts: &CollectOptions<'_>) -> Resu
             .collect();
         let mut metrics = BTreeMap::new();
         for (key, _) in METRICS {
-            let values: Vec<f64> = mine.iter().filter_map(|r| r.metrics.get(key).copied()).collect();
+            let values: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| r.metrics.get(key).copied())
+                .collect();
             if let (Some(m), Some(s)) = (mean(&values), std_dev(&values)) {
                 metrics.insert(key.to_string(), (m, s));
             }
@@ -291,7 +298,10 @@ pub fn collect(plan: &Plan, plan_path: &Path, opts: &CollectOptions<'_>) -> Resu
     let mut aggregates = Vec::new();
     for method in &methods {
         let cells: Vec<&Row> = rows.iter().filter(|r| &r.method == method).collect();
-        let missing_runs: usize = cells.iter().map(|r| r.expected.saturating_sub(r.runs)).sum();
+        let missing_runs: usize = cells
+            .iter()
+            .map(|r| r.expected.saturating_sub(r.runs))
+            .sum();
         for metric in AGGREGATED {
             let per_game: Vec<Vec<f64>> = cells
                 .iter()
@@ -337,7 +347,10 @@ pub fn collect(plan: &Plan, plan_path: &Path, opts: &CollectOptions<'_>) -> Resu
             let mut y_label = "";
             for method in &methods {
                 let mut runs = Vec::new();
-                for r in records.iter().filter(|r| &r.env == env && &r.method == method) {
+                for r in records
+                    .iter()
+                    .filter(|r| &r.env == env && &r.method == method)
+                {
                     let scalars = match read_scalars(&r.run_dir.join("tb")) {
                         Ok(s) => s,
                         Err(e) => {
@@ -345,7 +358,9 @@ pub fn collect(plan: &Plan, plan_path: &Path, opts: &CollectOptions<'_>) -> Resu
                             continue;
                         }
                     };
-                    if let Some((tag, label)) = CURVE_TAGS.iter().find(|(t, _)| scalars.contains_key(*t)) {
+                    if let Some((tag, label)) =
+                        CURVE_TAGS.iter().find(|(t, _)| scalars.contains_key(*t))
+                    {
                         y_label = label;
                         runs.push(scalars[*tag].clone());
                     }
@@ -381,8 +396,11 @@ pub fn collect(plan: &Plan, plan_path: &Path, opts: &CollectOptions<'_>) -> Resu
         plot_errors,
     };
     let json = opts.out_dir.join("collected.json");
-    fs::write(&json, serde_json::to_string_pretty(&collected).expect("serialises"))
-        .map_err(io_err(&json))?;
+    fs::write(
+        &json,
+        serde_json::to_string_pretty(&collected).expect("serialises"),
+    )
+    .map_err(io_err(&json))?;
     let md = opts.out_dir.join("collected.md");
     fs::write(&md, collected.to_markdown(&plan.name)).map_err(io_err(&md))?;
     Ok(collected)
@@ -412,8 +430,16 @@ impl Collected {
         }
         out.push('\n');
         for r in &self.rows {
-            let flag = if r.runs < r.expected { " (incomplete)" } else { "" };
-            let _ = write!(out, "| {} | {} | {}/{}{flag} |", r.env, r.method, r.runs, r.expected);
+            let flag = if r.runs < r.expected {
+                " (incomplete)"
+            } else {
+                ""
+            };
+            let _ = write!(
+                out,
+                "| {} | {} | {}/{}{flag} |",
+                r.env, r.method, r.runs, r.expected
+            );
             for (key, _) in &present {
                 let decimals = if key.ends_with("return") { 2 } else { 3 };
                 match r.metrics.get(*key) {
@@ -443,11 +469,19 @@ impl Collected {
                     (None, 0) => "-".into(),
                     (None, k) => format!("not computed: {k} planned runs missing"),
                 };
-                let _ = writeln!(out, "| {} | {} | {} | {} | {value} |", a.method, a.metric, a.games, a.runs);
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {value} |",
+                    a.method, a.metric, a.games, a.runs
+                );
             }
         }
         if !self.missing.is_empty() {
-            let _ = writeln!(out, "\n### Missing or failed trials ({})\n", self.missing.len());
+            let _ = writeln!(
+                out,
+                "\n### Missing or failed trials ({})\n",
+                self.missing.len()
+            );
             for m in &self.missing {
                 let _ = write!(out, "- #{} {}: {}", m.index, m.name, m.state);
                 if let Some(code) = m.exit_code.filter(|_| m.state == "failed") {
@@ -460,7 +494,13 @@ impl Collected {
             }
         }
         for p in &self.plots {
-            let _ = writeln!(out, "\n![learning curves]({})", p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "\n![learning curves]({})",
+                p.file_name()
+                    .map(|f| f.to_string_lossy())
+                    .unwrap_or_default()
+            );
         }
         for e in &self.plot_errors {
             let _ = writeln!(out, "\nplot not drawn: {e}");

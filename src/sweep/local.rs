@@ -85,20 +85,27 @@ pub fn run_local(
                     r.push(trial.name.clone());
                     refresh(&r);
                 }
-                let outcome = run_trial(plan, trial, binary).unwrap_or_else(|e| TrialOutcome::Failed {
-                    exit_code: None,
-                    log: trial.run_dir.join(super::trial::LOG_FILE),
-                    tail: e.to_string(),
-                });
+                let outcome =
+                    run_trial(plan, trial, binary).unwrap_or_else(|e| TrialOutcome::Failed {
+                        exit_code: None,
+                        log: trial.run_dir.join(super::trial::LOG_FILE),
+                        tail: e.to_string(),
+                    });
                 match &outcome {
-                    TrialOutcome::Skipped => say(format!("#{index} {}: already complete", trial.name)),
+                    TrialOutcome::Skipped => {
+                        say(format!("#{index} {}: already complete", trial.name))
+                    }
                     TrialOutcome::Completed => say(format!("#{index} {}: complete", trial.name)),
                     TrialOutcome::Interrupted { log } => say(format!(
                         "#{index} {}: interrupted, resumable (log {})",
                         trial.name,
                         log.display()
                     )),
-                    TrialOutcome::Failed { exit_code, log, tail } => {
+                    TrialOutcome::Failed {
+                        exit_code,
+                        log,
+                        tail,
+                    } => {
                         failed.fetch_add(1, Ordering::SeqCst);
                         say(format!(
                             "#{index} {}: FAILED (exit code {}), log {}\n{}",
@@ -131,5 +138,8 @@ pub fn run_local(
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -302,10 +302,7 @@ impl Plan {
     /// Expands `spec` into trials. `workdir` is where relative paths in the spec resolve and
     /// where trials will run (normally the current directory).
     pub fn build(spec: &SweepSpec, workdir: &Path) -> Result<Plan, SweepError> {
-        let name = spec
-            .name
-            .clone()
-            .unwrap_or_else(|| "sweep".to_string());
+        let name = spec.name.clone().unwrap_or_else(|| "sweep".to_string());
         if sanitize(&name) != name {
             return Err(spec_err(format!(
                 "name {name:?} must use only letters, digits, '.', '-', '_' (it names folders and the Slurm job)"
@@ -356,11 +353,9 @@ impl Plan {
                 toml::Value::Array(values) if !values.is_empty() => {
                     grid.insert(key, values);
                 }
-                _ => {
-                    return Err(spec_err(format!(
-                        "grid key `{key}` needs a non-empty array of values, e.g. \"{key}\" = [1, 2]"
-                    )))
-                }
+                _ => return Err(spec_err(format!(
+                    "grid key `{key}` needs a non-empty array of values, e.g. \"{key}\" = [1, 2]"
+                ))),
             }
         }
         for key in grid.keys() {
@@ -370,8 +365,10 @@ impl Plan {
                 )));
             }
         }
-        let set: BTreeMap<String, String> =
-            set.iter().map(|(k, v)| (k.clone(), toml_literal(v))).collect();
+        let set: BTreeMap<String, String> = set
+            .iter()
+            .map(|(k, v)| (k.clone(), toml_literal(v)))
+            .collect();
         let set_args: Vec<String> = set
             .iter()
             .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
@@ -648,7 +645,11 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_problem() {
-        let err = |text: &str| Plan::build(&spec(text), Path::new("/w")).unwrap_err().to_string();
+        let err = |text: &str| {
+            Plan::build(&spec(text), Path::new("/w"))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(r#"envs = ["coinrun"]"#).contains("no seeds"));
         assert!(err("seeds = [1]").contains("no envs"));
         assert!(err(r#"envs = ["coinrnu"]

@@ -78,7 +78,12 @@ pub fn mean_curve(runs: &[Curve], points: usize) -> Curve {
 }
 
 /// Draws `series` of one game into `path` (PNG, 900x560).
-pub fn plot_curves(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<(), SweepError> {
+pub fn plot_curves(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<(), SweepError> {
     let err = |reason: String| SweepError::Plot {
         path: path.to_path_buf(),
         reason,

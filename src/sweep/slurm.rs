@@ -111,7 +111,11 @@ pub fn array_script(
         let _ = writeln!(s, "#SBATCH {}", extra.trim());
     }
     let _ = writeln!(s, "set -euo pipefail");
-    let _ = writeln!(s, "mkdir -p {}", quote(&plan.out_dir.join("slurm").display().to_string()));
+    let _ = writeln!(
+        s,
+        "mkdir -p {}",
+        quote(&plan.out_dir.join("slurm").display().to_string())
+    );
     let _ = writeln!(s, "cd {}", quote(&plan.workdir.display().to_string()));
     // exec: the trial runner becomes the batch shell, so `--signal=B:TERM` reaches it.
     let _ = writeln!(

@@ -103,7 +103,10 @@ mod tests {
     #[test]
     fn trim_mean_matches_scipy_by_hand() {
         // n = 8: floor(0.25 * 8) = 2 cut from each end -> mean(3, 4, 5, 6) = 4.5.
-        assert_eq!(trim_mean(&[8., 1., 7., 2., 6., 3., 5., 4.], 0.25), Some(4.5));
+        assert_eq!(
+            trim_mean(&[8., 1., 7., 2., 6., 3., 5., 4.], 0.25),
+            Some(4.5)
+        );
         // n = 6: floor(1.5) = 1 cut -> mean(2, 3, 4, 100) = 27.25 (scipy gives the same).
         assert_eq!(trim_mean(&[1., 2., 3., 4., 100., 1000.], 0.25), Some(27.25));
         // n = 3: nothing cut.

@@ -9,8 +9,8 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
@@ -59,7 +59,9 @@ pub enum TrialOutcome {
     Completed,
     /// The child exited cleanly without finishing (Ctrl-C, Slurm preemption's SIGTERM): a
     /// checkpoint holds the state; the next attempt resumes.
-    Interrupted { log: PathBuf },
+    Interrupted {
+        log: PathBuf,
+    },
     /// The child failed; `tail` is the end of its log.
     Failed {
         exit_code: Option<i32>,

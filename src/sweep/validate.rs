@@ -47,14 +47,21 @@ fn sets(args: &[String]) -> Vec<String> {
 fn check_trial(plan: &Plan, trial: &Trial) -> Result<(), String> {
     let args = &trial.args;
     let config_path: Option<PathBuf> = if args.iter().any(|a| a == "--quick") {
-        Some(quick_preset(&plan.workdir).ok_or("--quick: configs/coinrun-darts-quick.toml not found")?)
+        Some(
+            quick_preset(&plan.workdir)
+                .ok_or("--quick: configs/coinrun-darts-quick.toml not found")?,
+        )
     } else {
         flag(args, "--config").map(PathBuf::from)
     };
     match trial.mode {
         TrialMode::Search => {
-            load_config(config_path.as_deref(), SupervisedConfig::default(), &sets(args))
-                .map_err(|e| e.to_string())?;
+            load_config(
+                config_path.as_deref(),
+                SupervisedConfig::default(),
+                &sets(args),
+            )
+            .map_err(|e| e.to_string())?;
         }
         TrialMode::Pipeline | TrialMode::Single => {
             let env = &trial.env;
@@ -75,7 +82,8 @@ fn check_trial(plan: &Plan, trial: &Trial) -> Result<(), String> {
             } else {
                 TrainConfig::defaults_for(env)
             };
-            let config = load_config(config_path.as_deref(), defaults, &all).map_err(|e| e.to_string())?;
+            let config =
+                load_config(config_path.as_deref(), defaults, &all).map_err(|e| e.to_string())?;
             if trial.mode == TrialMode::Pipeline {
                 validate_pipeline(&config).map_err(|e| e.to_string())?;
             } else {
