@@ -18,4 +18,3 @@ pub mod train;
 pub mod search;
 pub mod data;
 pub mod sweep;
-pub mod sweep;

@@ -353,9 +353,11 @@ impl Plan {
                 toml::Value::Array(values) if !values.is_empty() => {
                     grid.insert(key, values);
                 }
-                _ => return Err(spec_err(format!(
+                _ => {
+                    return Err(spec_err(format!(
                     "grid key `{key}` needs a non-empty array of values, e.g. \"{key}\" = [1, 2]"
-                ))),
+                )))
+                }
             }
         }
         for key in grid.keys() {
