@@ -10,8 +10,10 @@ PROCGEN_VERSION=0.10.7
 GYM3_VERSION=0.3.3
 # Debian packages: libclang-dev (bindgen; libclang1 lacks stddef.h), cmake + libsdl2-gfx-dev
 # (gym-rs always builds SDL2), graphviz (genotype diagrams), unzip (wheels).
-# fonts-dejavu-core: the font of the learning-curve PNGs of `sweep collect`.
-APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config fonts-dejavu-core)
+# fonts-dejavu-core: the font of the learning-curve PNGs of `sweep collect`; slurmctld, slurmd,
+# slurm-client, munge: the single-node Slurm that tests/sweep_slurm.rs starts (not started here).
+APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config fonts-dejavu-core
+  slurmctld slurmd slurm-client munge)
 
 log() { printf '[setup] %s\n' "$*"; }
 

@@ -324,7 +324,7 @@ fn run_trials(args: RunArgs) -> anyhow::Result<()> {
             trial.name,
             trial.run_dir.display()
         );
-        return match run_trial(&plan, trial, &binary)? {
+        return match run_trial(&plan, trial, &binary, &[])? {
             TrialOutcome::Skipped => {
                 println!("already complete");
                 Ok(())
@@ -434,6 +434,10 @@ fn slurm(args: SlurmArgs) -> anyhow::Result<()> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
+    // Slurm opens each task's --output file before the script runs: the folder must exist
+    // at submission.
+    let logs = plan.out_dir.join("slurm");
+    std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
     std::fs::write(&out, script).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {}; submit with: sbatch {}",

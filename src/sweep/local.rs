@@ -21,10 +21,43 @@ pub struct TrialReport {
     pub outcome: TrialOutcome,
 }
 
-/// How many trials fit on this machine at once.
+/// How many trials fit on this machine at once: cores / cpus_per_trial, and for trials that
+/// ask for GPUs also visible GPUs / gpus_per_trial.
 pub fn default_jobs(plan: &Plan) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / plan.resources.cpus_per_trial.max(1) as usize).max(1)
+    let mut jobs = cores / plan.resources.cpus_per_trial.max(1) as usize;
+    let per_trial = plan.resources.gpus_per_trial as usize;
+    if per_trial > 0 {
+        jobs = jobs.min(gpu_count() / per_trial);
+    }
+    jobs.max(1)
+}
+
+/// CUDA devices this process may use.
+fn gpu_count() -> usize {
+    usize::try_from(tch::Cuda::device_count()).unwrap_or(0)
+}
+
+/// The child environment of worker slot `slot`: its own `gpus_per_trial` devices, so that
+/// trials running side by side do not share a GPU (none when no GPUs are asked for, or when
+/// the machine has fewer than the slots need, which the user then chose with --jobs).
+fn slot_env(plan: &Plan, slot: usize) -> Vec<(String, String)> {
+    let per_trial = plan.resources.gpus_per_trial as usize;
+    if per_trial == 0 || (slot + 1) * per_trial > gpu_count() {
+        return Vec::new();
+    }
+    // Device numbers are positions in this process's own CUDA_VISIBLE_DEVICES when it has
+    // one (a Slurm or Ray allocation), physical ids otherwise.
+    let inherited: Option<Vec<String>> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| v.split(',').map(|d| d.trim().to_string()).collect());
+    let devices: Vec<String> = (slot * per_trial..(slot + 1) * per_trial)
+        .map(|d| match &inherited {
+            Some(list) => list.get(d).cloned().unwrap_or_else(|| d.to_string()),
+            None => d.to_string(),
+        })
+        .collect();
+    vec![("CUDA_VISIBLE_DEVICES".to_string(), devices.join(","))]
 }
 
 /// Runs the trials `indices` of `plan` (all when None) with `binary`, `jobs` at a time. Stops
@@ -72,8 +105,11 @@ pub fn run_local(
         bar.set_message(msg);
     };
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
+        for slot in 0..jobs.max(1) {
+            let env = slot_env(plan, slot);
+            let (queue, reports, running, failed, say, refresh, bar) =
+                (&queue, &reports, &running, &failed, &say, &refresh, &bar);
+            scope.spawn(move || loop {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
@@ -86,7 +122,7 @@ pub fn run_local(
                     refresh(&r);
                 }
                 let outcome =
-                    run_trial(plan, trial, binary).unwrap_or_else(|e| TrialOutcome::Failed {
+                    run_trial(plan, trial, binary, &env).unwrap_or_else(|e| TrialOutcome::Failed {
                         exit_code: None,
                         log: trial.run_dir.join(super::trial::LOG_FILE),
                         tail: e.to_string(),

@@ -51,30 +51,68 @@ fn ensure_font() -> Result<(), String> {
     .clone()
 }
 
-/// The mean over runs on a grid of `points` steps from 0 to the longest run; each run
-/// contributes its latest value at or before a grid step (a step function, as TensorBoard's
-/// "step" x-axis shows it) and only once it has started.
-pub fn mean_curve(runs: &[Curve], points: usize) -> Curve {
+/// One run on a grid of `points` steps from 0 to `max_step`: each grid step holds the mean of
+/// the run's values logged since the previous grid step (several episodes end per PPO
+/// iteration), or carries the previous value when none were; None before the run's first
+/// value.
+fn binned(run: &Curve, max_step: i64, points: usize) -> Vec<Option<f64>> {
+    let mut out = Vec::with_capacity(points);
+    let mut last = None;
+    let mut i = 0;
+    for k in 0..points {
+        let step = max_step * k as i64 / (points - 1) as i64;
+        let mut sum = 0.0;
+        let mut n = 0usize;
+        while i < run.len() && run[i].0 <= step {
+            sum += run[i].1;
+            n += 1;
+            i += 1;
+        }
+        if n > 0 {
+            last = Some(sum / n as f64);
+        }
+        out.push(last);
+    }
+    out
+}
+
+fn grid(runs: &[Curve], points: usize) -> Option<(i64, usize)> {
     let max_step = runs
         .iter()
         .filter_map(|c| c.last().map(|p| p.0))
         .max()
         .unwrap_or(0);
-    if max_step <= 0 || points < 2 {
+    (max_step > 0 && points >= 2).then_some((max_step, points))
+}
+
+/// Each run binned on the common grid (see `binned`), as drawable points.
+pub fn binned_curves(runs: &[Curve], points: usize) -> Vec<Curve> {
+    let Some((max_step, points)) = grid(runs, points) else {
         return Vec::new();
-    }
-    let mut out = Vec::with_capacity(points);
-    for i in 0..points {
-        let step = max_step * i as i64 / (points - 1) as i64;
-        let values: Vec<f64> = runs
-            .iter()
-            .filter_map(|c| c.iter().take_while(|p| p.0 <= step).last().map(|p| p.1))
-            .collect();
-        if let Some(m) = super::stats::mean(&values) {
-            out.push((step, m));
-        }
-    }
-    out
+    };
+    runs.iter()
+        .map(|r| {
+            binned(r, max_step, points)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(k, v)| v.map(|v| (max_step * k as i64 / (points - 1) as i64, v)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The mean over runs of their binned curves, over the runs that have started at each step.
+pub fn mean_curve(runs: &[Curve], points: usize) -> Curve {
+    let Some((max_step, points)) = grid(runs, points) else {
+        return Vec::new();
+    };
+    let per_run: Vec<Vec<Option<f64>>> = runs.iter().map(|r| binned(r, max_step, points)).collect();
+    (0..points)
+        .filter_map(|k| {
+            let values: Vec<f64> = per_run.iter().filter_map(|r| r[k]).collect();
+            super::stats::mean(&values).map(|m| (max_step * k as i64 / (points - 1) as i64, m))
+        })
+        .collect()
 }
 
 /// Draws `series` of one game into `path` (PNG, 900x560).
@@ -122,13 +160,13 @@ pub fn plot_curves(
         .map_err(|e| err(e.to_string()))?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i);
-        for run in &s.runs {
+        for run in binned_curves(&s.runs, 60) {
             chart
-                .draw_series(LineSeries::new(run.iter().copied(), color.mix(0.25)))
+                .draw_series(LineSeries::new(run, color.mix(0.3)))
                 .map_err(|e| err(e.to_string()))?;
         }
         let mean = mean_curve(&s.runs, 60);
-        let label = format!("{} ({} seeds)", s.method, s.runs.len());
+        let label = format!("{} ({} runs)", s.method, s.runs.len());
         chart
             .draw_series(LineSeries::new(mean, color.stroke_width(3)))
             .map_err(|e| err(e.to_string()))?
@@ -153,11 +191,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mean_curve_is_a_step_function_mean() {
-        // Run a: 0 at step 0, 10 at step 100. Run b: 2 at step 0, 4 at step 50.
-        let a = vec![(0, 0.0), (100, 10.0)];
-        let b = vec![(0, 2.0), (50, 4.0)];
-        let m = mean_curve(&[a, b], 3); // steps 0, 50, 100
-        assert_eq!(m, vec![(0, 1.0), (50, 2.0), (100, 7.0)]);
+    fn mean_curve_bins_then_averages_runs() {
+        // Grid steps 0, 50, 100. Run a: episodes 0 and 2 end at step 0 (bin mean 1), then 10
+        // at step 100 (the empty bin at 50 carries 1). Run b starts at step 50 with 4 and 6.
+        let a = vec![(0, 0.0), (0, 2.0), (100, 10.0)];
+        let b = vec![(50, 4.0), (50, 6.0)];
+        let m = mean_curve(&[a.clone(), b.clone()], 3);
+        // Step 0: only a has started: 1. Step 50: (1 + 5) / 2. Step 100: (10 + 5) / 2.
+        assert_eq!(m, vec![(0, 1.0), (50, 3.0), (100, 7.5)]);
+        assert_eq!(
+            binned_curves(&[a, b], 3),
+            vec![
+                vec![(0, 1.0), (50, 1.0), (100, 10.0)],
+                vec![(50, 5.0), (100, 5.0)]
+            ]
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! trial from SLURM_ARRAY_TASK_ID, skips it when complete and resumes it when partial, so a
 //! resubmitted or requeued array loses nothing. `--signal=B:TERM@120` asks Slurm to warn the
 //! task two minutes before its time limit; `sweep run` forwards the signal to the trial,
-//! which checkpoints.
+//! which checkpoints. `sweep slurm` creates OUT_DIR/slurm/, where the tasks' output goes
+//! (Slurm opens those files before the script starts).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -111,11 +112,6 @@ pub fn array_script(
         let _ = writeln!(s, "#SBATCH {}", extra.trim());
     }
     let _ = writeln!(s, "set -euo pipefail");
-    let _ = writeln!(
-        s,
-        "mkdir -p {}",
-        quote(&plan.out_dir.join("slurm").display().to_string())
-    );
     let _ = writeln!(s, "cd {}", quote(&plan.workdir.display().to_string()));
     // exec: the trial runner becomes the batch shell, so `--signal=B:TERM` reaches it.
     let _ = writeln!(

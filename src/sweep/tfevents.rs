@@ -132,10 +132,11 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>, SweepError> {
     Ok(files)
 }
 
-/// Every scalar series in the events files of `dir`: tag -> (step, value) sorted by step;
-/// a step logged twice (a resumed run repeating an iteration) keeps the later value.
+/// Every scalar series in the events files of `dir`: tag -> (step, value) in step order.
+/// Several values may share a step (the PPO loop logs every episode that ended during an
+/// iteration at that iteration's step), and all are kept, in the order they were written.
 pub fn read_scalars(dir: &Path) -> Result<BTreeMap<String, Vec<(i64, f64)>>, SweepError> {
-    let mut series: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+    let mut series: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
     for file in event_files(dir)? {
         for data in records(&file)? {
             let event = Event::parse_from_bytes(&data).map_err(|e| SweepError::Events {
@@ -150,15 +151,16 @@ pub fn read_scalars(dir: &Path) -> Result<BTreeMap<String, Vec<(i64, f64)>>, Swe
                     series
                         .entry(value.get_tag().to_string())
                         .or_default()
-                        .insert(event.get_step(), v);
+                        .push((event.get_step(), v));
                 }
             }
         }
     }
-    Ok(series
-        .into_iter()
-        .map(|(tag, points)| (tag, points.into_iter().collect()))
-        .collect())
+    for points in series.values_mut() {
+        // Stable: values of one step keep their written order.
+        points.sort_by_key(|p| p.0);
+    }
+    Ok(series)
 }
 
 #[cfg(test)]

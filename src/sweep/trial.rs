@@ -179,8 +179,14 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// Runs `trial` of `plan` to completion (or to its next interruption) with `binary`, the
 /// `rl-darts` executable: skipped when complete, resumed when partial, started otherwise.
+/// `env` adds variables to the child's environment (the local runner's CUDA_VISIBLE_DEVICES).
 /// A failing child is an outcome, not an error; errors are this process's own I/O.
-pub fn run_trial(plan: &Plan, trial: &Trial, binary: &Path) -> Result<TrialOutcome, SweepError> {
+pub fn run_trial(
+    plan: &Plan,
+    trial: &Trial,
+    binary: &Path,
+    env: &[(String, String)],
+) -> Result<TrialOutcome, SweepError> {
     let dir = &trial.run_dir;
     let before = state(trial);
     if before == TrialState::Complete {
@@ -236,7 +242,8 @@ pub fn run_trial(plan: &Plan, trial: &Trial, binary: &Path) -> Result<TrialOutco
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err_log)
-        .env("RL_DARTS_SWEEP_TRIAL", trial.index.to_string());
+        .env("RL_DARTS_SWEEP_TRIAL", trial.index.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)));
     // Trials run where the plan was made, so relative paths inside configs (the digits CSV
     // under .deps/, configs/) resolve as they did for the user; absent on another machine
     // without a shared filesystem, the caller's directory stands in.
