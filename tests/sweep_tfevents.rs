@@ -17,6 +17,10 @@ fn reads_back_scalars_and_checks_records() {
             sink.scalar("charts/episodic_return", step as f64 * 0.5, step * 100);
             sink.scalar("losses/value_loss", 1.0 / (step + 1) as f64, step * 100);
         }
+        // Several episodes end in one PPO iteration and are logged at its step: all kept.
+        for r in [3.0, 1.0, 2.0] {
+            sink.scalar("charts/multi", r, 7);
+        }
         sink.flush();
     }
     let s = read_scalars(tmp.path()).unwrap();
@@ -26,6 +30,7 @@ fn reads_back_scalars_and_checks_records() {
     // Stored as f32 by TensorBoard's simple_value.
     assert!((s["losses/value_loss"][2].1 - 1.0 / 3.0).abs() < 1e-6);
     assert!(!s.contains_key("note"));
+    assert_eq!(s["charts/multi"], [(7, 3.0), (7, 1.0), (7, 2.0)]);
 
     let file = fs::read_dir(tmp.path())
         .unwrap()
@@ -37,9 +42,10 @@ fn reads_back_scalars_and_checks_records() {
     // A writer killed mid-record: the complete records before it still read.
     fs::write(&file, &bytes[..bytes.len() - 7]).unwrap();
     let cut = read_scalars(tmp.path()).unwrap();
+    assert_eq!(cut["charts/multi"], [(7, 3.0), (7, 1.0)]);
     assert_eq!(
         cut["charts/episodic_return"].len() + cut["losses/value_loss"].len(),
-        99
+        100
     );
     // One flipped byte in the middle: a checksum error naming the file.
     let mut bad = bytes.clone();

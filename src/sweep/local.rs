@@ -26,9 +26,8 @@ pub struct TrialReport {
 pub fn default_jobs(plan: &Plan) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut jobs = cores / plan.resources.cpus_per_trial.max(1) as usize;
-    let per_trial = plan.resources.gpus_per_trial as usize;
-    if per_trial > 0 {
-        jobs = jobs.min(gpu_count() / per_trial);
+    if let Some(gpu_jobs) = gpu_count().checked_div(plan.resources.gpus_per_trial as usize) {
+        jobs = jobs.min(gpu_jobs);
     }
     jobs.max(1)
 }
