@@ -223,6 +223,24 @@ fn expected_cells(plan: &Plan) -> BTreeMap<(String, String), usize> {
     cells
 }
 
+/// Whether `method` has normalised Procgen scores of kind `metric`: pipelines evaluate on
+/// training and held-out levels; a single PPO run on a Procgen game reports training episodes
+/// only; classic control and vision have none.
+fn normalised_metric_applies(plan: &Plan, method: &str, metric: &str) -> bool {
+    plan.trials.iter().any(|t| {
+        let hosts = t.method == method
+            || (t.trains_baseline && format!("impala{}", grid_suffix(t)) == method);
+        let procgen = crate::envs::procgen::find_game(&t.env).is_ok();
+        hosts
+            && procgen
+            && match t.mode {
+                TrialMode::Pipeline => true,
+                TrialMode::Single => metric == "train_normalized",
+                TrialMode::Search => false,
+            }
+    })
+}
+
 /// The scalar tag of a run's learning curve: the first of these that it logged.
 const CURVE_TAGS: [(&str, &str); 3] = [
     ("charts/episodic_return", "episodic return (training)"),
@@ -303,6 +321,9 @@ pub fn collect(
             .map(|r| r.expected.saturating_sub(r.runs))
             .sum();
         for metric in AGGREGATED {
+            if !normalised_metric_applies(plan, method, metric) {
+                continue; // classic control or vision: no normalised score to aggregate
+            }
             let per_game: Vec<Vec<f64>> = cells
                 .iter()
                 .map(|row| {
@@ -314,9 +335,6 @@ pub fn collect(
                 })
                 .collect();
             let runs: usize = per_game.iter().map(Vec::len).sum();
-            if runs == 0 && missing_runs == 0 {
-                continue; // not a Procgen metric of this sweep (classic control, vision)
-            }
             let iqm = if missing_runs == 0 {
                 stratified_bootstrap(&per_game, iqm, opts.bootstrap_reps, 0.95, opts.seed)
             } else {
@@ -443,6 +461,10 @@ impl Collected {
             for (key, _) in &present {
                 let decimals = if key.ends_with("return") { 2 } else { 3 };
                 match r.metrics.get(*key) {
+                    // One run has no spread to show; "± 0" would claim one.
+                    Some((m, _)) if r.runs < 2 => {
+                        let _ = write!(out, " {m:.decimals$} |");
+                    }
                     Some((m, s)) => {
                         let _ = write!(out, " {m:.decimals$} ± {s:.decimals$} |");
                     }
@@ -451,10 +473,25 @@ impl Collected {
             }
             out.push('\n');
         }
-        let _ = writeln!(
-            out,
-            "\nMean ± sample standard deviation over seeds. A single PPO run reports the mean return of its last 100 training episodes; a pipeline evaluates each model on the training and on held-out levels."
-        );
+        let mut note = String::from("\nMean ± sample standard deviation over seeds.");
+        if present.iter().any(|(k, _)| k.starts_with("test")) {
+            note.push_str(
+                " A pipeline evaluates each model on the training levels and on held-out levels.",
+            );
+        }
+        if present.iter().any(|(k, _)| k.starts_with("train"))
+            && self.records.iter().any(|r| {
+                !r.metrics.contains_key("test_return") && r.metrics.contains_key("train_return")
+            })
+        {
+            note.push_str(
+                " A single PPO run reports the mean return of its last 100 training episodes.",
+            );
+        }
+        if present.iter().any(|(k, _)| *k == "accuracy") {
+            note.push_str(" A search reports its supernet's accuracy on the search (validation) split at the end.");
+        }
+        let _ = writeln!(out, "{note}");
         if !self.aggregates.is_empty() {
             let _ = writeln!(
                 out,
