@@ -8,7 +8,8 @@ use std::path::Path;
 
 use rl_darts::envs::procgen::DistributionMode;
 use rl_darts::sweep::collect::{collect, CollectOptions};
-use rl_darts::sweep::plan::{Plan, SweepSpec};
+use rl_darts::sweep::plan::Plan;
+use rl_darts::sweep::spec::SweepSpec;
 use rl_darts::sweep::stats::{iqm, stratified_bootstrap};
 use rl_darts::train::pipeline::{Comparison, ComparisonRow, LevelResult, Levels};
 

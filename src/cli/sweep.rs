@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use rl_darts::sweep::collect::CollectOptions;
 use rl_darts::sweep::local::{default_jobs, run_local};
-use rl_darts::sweep::plan::{BaselinePolicy, SweepKind};
 use rl_darts::sweep::ray::{default_python, run_ray};
 use rl_darts::sweep::slurm::{array_script, array_task_id};
+use rl_darts::sweep::spec::{BaselinePolicy, SweepKind};
 use rl_darts::sweep::trial::{forward_signal, read_status, state, TrialOutcome, TrialState};
 use rl_darts::sweep::{collect, run_trial, Plan, SweepSpec};
 

@@ -9,7 +9,7 @@
 //! way (`--resume`). No scheduler lives here: the local runner is a bounded pool of threads,
 //! Ray and Slurm schedule the others.
 //!
-//! Files: `plan` (the grid and the plan file), `trial` (a trial's state on disk and running it),
+//! Files: `spec` (the sweep as the user writes it), `plan` (the grid and the plan file), `trial` (a trial's state on disk and running it),
 //! `local`, `ray`, `slurm` (runners), `collect` (the table), `stats` (IQM and bootstrap),
 //! `tfevents` (reading TensorBoard scalars), `plot` (learning curves as PNG), `validate`
 //! (plan-time config checks).
@@ -22,13 +22,15 @@ pub mod plan;
 pub mod plot;
 pub mod ray;
 pub mod slurm;
+pub mod spec;
 pub mod stats;
 pub mod tfevents;
 pub mod trial;
 pub mod validate;
 
 pub use collect::{collect, Collected};
-pub use plan::{Plan, SweepSpec, Trial, TrialMode};
+pub use plan::{Plan, Trial, TrialMode};
+pub use spec::SweepSpec;
 pub use trial::{run_trial, TrialOutcome, TrialState};
 
 /// Errors of the sweep machinery, one variant per boundary.
