@@ -41,7 +41,7 @@ struct RayCluster {
 impl Drop for RayCluster {
     fn drop(&mut self) {
         let _ = run_bounded(
-            Command::new(venv_bin("ray"))
+            ray_env(&mut Command::new(venv_bin("ray")))
                 .args(["stop", "--force"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
@@ -57,6 +57,14 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Ray >= 2.5x turns on token authentication when `ray.init()` starts a local instance and
+/// saves the token in ~/.ray; a head started without it then rejects the driver. The test
+/// cluster and its driver both run with authentication off, whatever ~/.ray holds.
+fn ray_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("RAY_AUTH_MODE", "disabled")
+        .env("RAY_USAGE_STATS_ENABLED", "0")
 }
 
 fn ray_installed() -> bool {
@@ -79,7 +87,7 @@ fn sweep_runs_as_tasks_on_a_local_ray_cluster() {
     let temp = PathBuf::from(format!("/tmp/rlds-ray-{port}"));
     let cluster = RayCluster { temp: temp.clone() };
     let started = run_bounded(
-        Command::new(venv_bin("ray"))
+        ray_env(&mut Command::new(venv_bin("ray")))
             .args([
                 "start",
                 "--head",
@@ -95,7 +103,6 @@ fn sweep_runs_as_tasks_on_a_local_ray_cluster() {
                 "--disable-usage-stats",
             ])
             .arg(format!("--temp-dir={}", temp.display()))
-            .env("RAY_USAGE_STATS_ENABLED", "0")
             .stdout(fs::File::create(tmp.path().join("ray-start.out")).unwrap())
             .stderr(fs::File::create(tmp.path().join("ray-start.err")).unwrap()),
         Duration::from_secs(180),
@@ -142,7 +149,7 @@ cpus_per_trial = 1
     assert_eq!(ok, Some(true));
     let log = tmp.path().join("ray.out");
     let ok = run_bounded(
-        Command::new(bin)
+        ray_env(&mut Command::new(bin))
             .current_dir(repo())
             .args(["sweep", "run"])
             .arg(&plan)
