@@ -10,7 +10,10 @@ PROCGEN_VERSION=0.10.7
 GYM3_VERSION=0.3.3
 # Debian packages: libclang-dev (bindgen; libclang1 lacks stddef.h), cmake + libsdl2-gfx-dev
 # (gym-rs always builds SDL2), graphviz (genotype diagrams), unzip (wheels).
-APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config)
+# fonts-dejavu-core: the font of the learning-curve PNGs of `sweep collect`; slurmctld, slurmd,
+# slurm-client, munge: the single-node Slurm that tests/sweep_slurm.rs starts (not started here).
+APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config fonts-dejavu-core
+  slurmctld slurmd slurm-client munge)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -37,7 +40,9 @@ fi
 
 # --- Python venv: torch (libtorch for tch) and the test oracles ------------------------------
 PY=${PYTHON:-python3}
-REQS="torch==$TORCH_VERSION numpy<2 gym3==$GYM3_VERSION gym==0.23.1 tensorboard scikit-learn"
+# ray: the sweep runner on Ray clusters (tests start a local one); rliable: the oracle of the
+# IQM / stratified-bootstrap test (its arch dependency breaks on pandas 3).
+REQS="torch==$TORCH_VERSION numpy<2 gym3==$GYM3_VERSION gym==0.23.1 tensorboard scikit-learn ray==2.60.0 rliable==1.2.0 pandas<3"
 stamp=.venv/.rl-darts-setup
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$REQS" ]; then
   # A full disk otherwise surfaces as pip's "[Errno 28]" half way through torch. The venv takes

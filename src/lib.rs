@@ -16,4 +16,5 @@ pub mod logging;
 pub mod media;
 pub mod nas;
 pub mod search;
+pub mod sweep;
 pub mod train;

@@ -33,6 +33,9 @@ enum Command {
     /// Show a genotype or draw its cells with Graphviz.
     #[command(subcommand)]
     Genotype(cli::search::GenotypeCommand),
+    /// Grids of runs: plan, run (locally, on Ray, as a Slurm array), collect into one table.
+    #[command(subcommand)]
+    Sweep(cli::sweep::SweepCommand),
 }
 
 fn main() {
@@ -47,6 +50,7 @@ fn main() {
         Command::Search(args) => cli::search::run_search(args),
         Command::TrainArch(args) => cli::search::run_train_arch(args),
         Command::Genotype(cmd) => cli::search::run_genotype(cmd),
+        Command::Sweep(cmd) => cli::sweep::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

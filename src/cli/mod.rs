@@ -3,4 +3,5 @@
 pub mod envs;
 pub mod info;
 pub mod search;
+pub mod sweep;
 pub mod train;
