@@ -16,4 +16,5 @@ pub mod media;
 pub mod nas;
 pub mod train;
 pub mod search;
+pub mod transformer;
 pub mod data;

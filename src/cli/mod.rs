@@ -4,3 +4,4 @@ pub mod envs;
 pub mod info;
 pub mod search;
 pub mod train;
+pub mod transformer;
