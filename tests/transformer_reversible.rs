@@ -2,7 +2,7 @@
 //! inputs, and the backward by reconstruction gives the gradients of ordinary autograd on the
 //! same network (weights, alphas, embeddings), with equal loss values.
 
-use rl_darts::nas::{AlphaInit, ArchParams, CellSpace, CellWeights, OpSet, OpWeights};
+use rl_darts::nas::{AlphaInit, ArchParams, CellWeights, OpSet, OpWeights};
 use rl_darts::transformer::net::{Mode, SeqBatch, SeqNet, SeqNetConfig};
 use rl_darts::transformer::objective::loss_for_strategy;
 use rl_darts::transformer::ops::OpConfig;
@@ -55,28 +55,38 @@ fn rel_err(a: &[Tensor], b: &[Tensor]) -> f64 {
 }
 
 /// Forward through `depth` layers, then the inverse down again: the input comes back.
-fn reconstruct(depth: usize, decoder: bool, kind: Kind, combine: Combine) -> (f64, f64) {
+fn reconstruct(
+    depth: usize,
+    decoder: bool,
+    kind: Kind,
+    combine: Combine,
+    alpha_std: f64,
+    stream: Kind,
+) -> (f64, f64) {
     tch::manual_seed(3);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let n = if decoder { 3 } else { 2 };
-    let stack = layers(&vs, depth, decoder, 8, combine);
+    let d = 16;
+    let stack = layers(&vs, depth, decoder, d, combine);
     if kind == Kind::Double {
         vs.double();
     }
     let opts = (kind, Device::Cpu);
-    let w = OpWeights::dense(Tensor::randn([2, 10], opts).softmax(-1, kind));
+    let w = OpWeights::dense((Tensor::randn([2, 10], opts) * alpha_std).softmax(-1, kind));
     let memory = Tensor::randn([3, 4, 12], opts);
     let inputs = LayerInputs {
         weights: Some(&w),
         memory: decoder.then_some(&memory),
     };
-    let x0: Vec<Tensor> = (0..n).map(|_| Tensor::randn([3, 5, 8], opts)).collect();
+    let x0: Vec<Tensor> = (0..n)
+        .map(|_| Tensor::randn([3, 5, d], (stream, Device::Cpu)))
+        .collect();
     tch::no_grad(|| {
         let mut x: Vec<Tensor> = x0.iter().map(Tensor::copy).collect();
         for l in &stack {
             x = l.forward(&x, &inputs).unwrap();
         }
-        let top = x.clone();
+        let top: Vec<Tensor> = x.iter().map(Tensor::copy).collect();
         for l in stack.iter().rev() {
             x = l.inverse(&x, &inputs).unwrap();
         }
@@ -95,17 +105,26 @@ fn reconstruct(depth: usize, decoder: bool, kind: Kind, combine: Combine) -> (f6
 fn inverse_reconstructs_inputs_in_f64() {
     for decoder in [false, true] {
         for combine in [Combine::Max, Combine::Mean] {
-            let (max_abs, _) = reconstruct(3, decoder, Kind::Double, combine);
+            let (max_abs, _) = reconstruct(3, decoder, Kind::Double, combine, 1.0, Kind::Double);
             assert!(max_abs < 1e-12, "decoder {decoder} {combine:?}: {max_abs:e}");
         }
     }
 }
 
+/// f32 ops with the network's f64 residual stream (`network.residual_f64`, the default), at
+/// the search's starting point (DARTS alpha init, near-uniform op weights) and after alphas
+/// have moved (std 1). An f32 stream is printed for the record: about 2e-4 at 24 layers.
 #[test]
 fn inverse_reconstructs_24_layers_in_f32() {
+    let (_, rel) = reconstruct(24, false, Kind::Float, Combine::Max, 1e-3, Kind::Float);
+    eprintln!("f32 stream: relative error {rel:e}");
     for decoder in [false, true] {
-        let (_, rel) = reconstruct(24, decoder, Kind::Float, Combine::Max);
-        assert!(rel < 1e-4, "decoder {decoder}: relative error {rel:e}");
+        for alpha_std in [1e-3, 1.0] {
+            let (_, rel) =
+                reconstruct(24, decoder, Kind::Float, Combine::Max, alpha_std, Kind::Double);
+            eprintln!("decoder {decoder} alpha std {alpha_std}: relative error {rel:e}");
+            assert!(rel < 1e-4, "decoder {decoder} alpha std {alpha_std}: relative error {rel:e}");
+        }
     }
 }
 

@@ -36,6 +36,13 @@ impl MixedSeqOp {
             .collect()
     }
 
+    /// Precision of the weights; `None` when no candidate has any (zero, identity).
+    pub fn compute_kind(&self) -> Option<tch::Kind> {
+        self.ops
+            .iter()
+            .find_map(|o| o.parameters().first().map(Tensor::kind))
+    }
+
     /// Trainable tensors of every candidate, in op order.
     pub fn parameters(&self) -> Vec<Tensor> {
         self.ops.iter().flat_map(SeqOp::parameters).collect()

@@ -214,7 +214,12 @@ impl RevLayer {
         let ctx = OpContext {
             memory: inputs.memory,
         };
-        split.op.forward(h, weights, &ctx)
+        // The ops compute in their weights' precision; the stream may be wider (f64).
+        let kind = split.op.compute_kind().unwrap_or(h.kind());
+        Ok(split
+            .op
+            .forward(&h.to_kind(kind), weights, &ctx)?
+            .to_kind(h.kind()))
     }
 
     /// The parts `H_k` reads: `Y_{i<k}` then `X_{i>k}`.
