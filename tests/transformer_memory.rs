@@ -17,9 +17,9 @@ fn case(mode: Mode, layers: usize) -> BenchCase {
         layers,
         d_model: 64,
         heads: 2,
-        batch: 16,
+        batch: 8,
         task: TaskKind::Sort,
-        length: 32,
+        length: 24,
         tie_layers: true,
         iterations: 1,
     }
@@ -37,9 +37,9 @@ fn measure(case: &BenchCase) -> i64 {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let line = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("ACTIVATION_BYTES "))
+        .find_map(|l| l.split_once("ACTIVATION_BYTES ").map(|(_, v)| v))
         .unwrap_or_else(|| panic!("no measurement in {stdout}"));
-    line.trim().parse().unwrap()
+    line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// Run by [`memory_is_flat_in_depth_when_reversible`] in a child process.

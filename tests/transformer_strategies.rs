@@ -145,6 +145,7 @@ fn sgd(vs: &nn::VarStore) -> Sgd {
 fn every_supported_strategy_steps_the_reversible_supernet_and_the_others_say_why() {
     for config in strategies() {
         let name = config.name();
+        eprintln!("strategy {name}: {config:?}");
         let checked = check_strategy(&config, Mode::Reversible);
         if needs_second_derivatives(&config) {
             let err = checked.expect_err(name);

@@ -410,6 +410,15 @@ impl SeqNet {
         batch: &SeqBatch,
         weights: Option<&CellWeights>,
     ) -> Result<ReconstructedGrads, TransformerError> {
+        // The recomputations need autograd even when the caller disabled it.
+        tch::with_grad(|| self.reversible_grads_inner(batch, weights))
+    }
+
+    fn reversible_grads_inner(
+        &self,
+        batch: &SeqBatch,
+        weights: Option<&CellWeights>,
+    ) -> Result<ReconstructedGrads, TransformerError> {
         let mut acc = GradAccum::default();
         let enc_w = weights.map(|w| leaf_weights(&w.normal)).transpose()?;
         let dec_w = match (weights, self.is_seq2seq()) {

@@ -85,6 +85,9 @@ pub fn loss_for_strategy(
 ) -> Result<Tensor, TransformerError> {
     match net.config.mode {
         Mode::Plain => net.plain_loss(batch, weights),
+        // Called under `no_grad` (a strategy only scoring, e.g. random search): the value is
+        // all that is wanted, and a forward without graph is already memory-flat.
+        Mode::Reversible if !grad_enabled() => net.plain_loss(batch, weights),
         Mode::Reversible => {
             let r = net.reversible_grads(batch, weights)?;
             let mut s = Tensor::zeros([], (r.loss.kind(), r.loss.device()));
@@ -102,6 +105,12 @@ pub fn loss_for_strategy(
             Ok(&s - s.detach() + r.loss)
         }
     }
+}
+
+/// Whether autograd records operations here (false inside `tch::no_grad`).
+fn grad_enabled() -> bool {
+    (Tensor::ones([1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true) * 1.0)
+        .requires_grad()
 }
 
 impl Objective for SeqObjective<'_> {

@@ -88,7 +88,9 @@ impl GradAccum {
     /// Backpropagates `root` (a scalar) into `inputs` and adds each gradient.
     pub fn backprop(&mut self, root: &Tensor, inputs: &[Tensor]) {
         let inputs: Vec<&Tensor> = inputs.iter().filter(|t| t.requires_grad()).collect();
-        if inputs.is_empty() {
+        // A root without graph (nothing it depends on requires grad) has no gradient; libtorch
+        // must not be asked to backpropagate it.
+        if inputs.is_empty() || !root.requires_grad() {
             return;
         }
         let grads = Tensor::run_backward(&[root], &inputs, false, false);
@@ -303,6 +305,11 @@ impl RevLayer {
             targets.extend(params.iter().map(Tensor::shallow_clone));
             targets.extend(extra.iter().map(Tensor::shallow_clone));
             let usable: Vec<&Tensor> = targets.iter().filter(|t| t.requires_grad()).collect();
+            if !root.requires_grad() {
+                return Err(TransformerError::Config(
+                    "the reversible backward ran without autograd (inside tch::no_grad?)".into(),
+                ));
+            }
             let grads = Tensor::f_run_backward(&[&root], &usable, false, false)?;
             let mut grads = grads.into_iter();
             // H_k's inputs: the first k are Y_{i<k}, the rest X_{i>k}.
