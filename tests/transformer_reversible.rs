@@ -106,7 +106,10 @@ fn inverse_reconstructs_inputs_in_f64() {
     for decoder in [false, true] {
         for combine in [Combine::Max, Combine::Mean] {
             let (max_abs, _) = reconstruct(3, decoder, Kind::Double, combine, 1.0, Kind::Double);
-            assert!(max_abs < 1e-12, "decoder {decoder} {combine:?}: {max_abs:e}");
+            assert!(
+                max_abs < 1e-12,
+                "decoder {decoder} {combine:?}: {max_abs:e}"
+            );
         }
     }
 }
@@ -120,10 +123,19 @@ fn inverse_reconstructs_24_layers_in_f32() {
     eprintln!("f32 stream: relative error {rel:e}");
     for decoder in [false, true] {
         for alpha_std in [1e-3, 1.0] {
-            let (_, rel) =
-                reconstruct(24, decoder, Kind::Float, Combine::Max, alpha_std, Kind::Double);
+            let (_, rel) = reconstruct(
+                24,
+                decoder,
+                Kind::Float,
+                Combine::Max,
+                alpha_std,
+                Kind::Double,
+            );
             eprintln!("decoder {decoder} alpha std {alpha_std}: relative error {rel:e}");
-            assert!(rel < 1e-4, "decoder {decoder} alpha std {alpha_std}: relative error {rel:e}");
+            assert!(
+                rel < 1e-4,
+                "decoder {decoder} alpha std {alpha_std}: relative error {rel:e}"
+            );
         }
     }
 }
@@ -170,7 +182,9 @@ fn setup(depth: usize, task: TaskKind) -> Setup {
     let (net, mut arch) = build_supernet(&vs, &config, &task).unwrap();
     vs.double();
     arch.var_store_mut().double();
-    let batch = task.train.batch(&Tensor::arange(6, (Kind::Int64, Device::Cpu)), Device::Cpu);
+    let batch = task
+        .train
+        .batch(&Tensor::arange(6, (Kind::Int64, Device::Cpu)), Device::Cpu);
     Setup {
         _vs: vs,
         net,
@@ -254,7 +268,11 @@ fn check(depth: usize, task: TaskKind) {
         for (i, (a, b)) in rev.0.iter().zip(&plain.0).enumerate() {
             let norm = b.norm().double_value(&[]);
             let err = (a - b).norm().double_value(&[]);
-            assert!(err <= 1e-9 * norm.max(1e-30), "{what}: parameter {i} {:?}: {err:e} vs {norm:e}", b.size());
+            assert!(
+                err <= 1e-9 * norm.max(1e-30),
+                "{what}: parameter {i} {:?}: {err:e} vs {norm:e}",
+                b.size()
+            );
         }
         // The embeddings (first parameters) and the alphas got a gradient at all.
         assert!(plain.0[0].norm().double_value(&[]) > 0.0, "{what}");

@@ -3,6 +3,7 @@
 //! second order by finite differences gives the same hypergradient as on the plain network;
 //! the search and retraining commands run end to end on a tiny budget.
 
+use rand::SeedableRng;
 use rl_darts::logging::MemorySink;
 use rl_darts::nas::{AlphaInit, ArchParams};
 use rl_darts::search::{
@@ -17,7 +18,6 @@ use rl_darts::transformer::search::{
 };
 use rl_darts::transformer::tasks::{SeqTask, TaskConfig, TaskKind};
 use rl_darts::transformer::TransformerError;
-use rand::SeedableRng;
 use tch::{nn, Device, Tensor};
 
 fn tiny(mode: Mode, strategy: StrategyConfig) -> SeqConfig {
@@ -75,7 +75,9 @@ fn strategies() -> Vec<StrategyConfig> {
 fn needs_second_derivatives(c: &StrategyConfig) -> bool {
     match c {
         StrategyConfig::Idarts(_) => true,
-        StrategyConfig::Darts(p) => p.order == DartsOrder::Second && p.hessian == HessianMode::Exact,
+        StrategyConfig::Darts(p) => {
+            p.order == DartsOrder::Second && p.hessian == HessianMode::Exact
+        }
         _ => false,
     }
 }
@@ -92,7 +94,12 @@ fn build(config: &SeqConfig) -> Built {
     let task = config.task.generate().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let (net, arch) = build_supernet(&vs, config, &task).unwrap();
-    Built { vs, net, arch, task }
+    Built {
+        vs,
+        net,
+        arch,
+        task,
+    }
 }
 
 /// One search iteration as the loop runs it; returns the alpha-step hypergradient norm.
@@ -113,7 +120,12 @@ fn iteration(
             train: &train,
             search: &valid,
         };
-        norm = Some(strategy.arch_step(&b.arch, &mut objective).unwrap().grad_norm);
+        norm = Some(
+            strategy
+                .arch_step(&b.arch, &mut objective)
+                .unwrap()
+                .grad_norm,
+        );
     }
     let weights = strategy.op_weights(&b.arch, Phase::Weights).unwrap();
     sgd.zero_grad();
@@ -181,8 +193,14 @@ fn every_supported_strategy_steps_the_reversible_supernet_and_the_others_say_why
         let arch = arch_of(&genotype, true).unwrap();
         assert!(matches!(arch, SeqArch::Derived { .. }));
         let vs = nn::VarStore::new(Device::Cpu);
-        SeqNet::new(&vs.root(), &b.net.config, b.task.src_vocab, b.task.tgt_vocab, &arch)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        SeqNet::new(
+            &vs.root(),
+            &b.net.config,
+            b.task.src_vocab,
+            b.task.tgt_vocab,
+            &arch,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -223,11 +241,20 @@ fn search_and_train_arch_run_end_to_end() {
     let summary = search(&config, dir.path(), &mut sink).unwrap();
     assert!(summary.genotype_path.is_file());
     let txt = std::fs::read_to_string(dir.path().join("genotype.txt")).unwrap();
-    assert!(txt.contains("Genotype(normal=") && txt.contains("cross_attention"), "{txt}");
+    assert!(
+        txt.contains("Genotype(normal=") && txt.contains("cross_attention"),
+        "{txt}"
+    );
     assert!(dir.path().join("genotype.dot").is_file());
     let recorded = sink.snapshot();
-    assert!(recorded.scalars.iter().any(|s| s.tag == "search/val_exact_match"));
-    assert!(recorded.scalars.iter().any(|s| s.tag.starts_with("alpha/reduce/")));
+    assert!(recorded
+        .scalars
+        .iter()
+        .any(|s| s.tag == "search/val_exact_match"));
+    assert!(recorded
+        .scalars
+        .iter()
+        .any(|s| s.tag.starts_with("alpha/reduce/")));
     let out = tempfile::tempdir().unwrap();
     let trained = train_arch(&config, &summary.genotype, out.path(), &mut sink).unwrap();
     assert!((0.0..=1.0).contains(&trained.test.exact_match));

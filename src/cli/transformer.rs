@@ -68,17 +68,30 @@ pub fn run_train_arch(
     let (genotype, default_out) = if genotype == Path::new("standard") {
         (
             standard(config.task.is_seq2seq()),
-            PathBuf::from("runs").join(format!("{}__standard__{}", config.task.name(), config.seed)),
+            PathBuf::from("runs").join(format!(
+                "{}__standard__{}",
+                config.task.name(),
+                config.seed
+            )),
         )
     } else {
-        let g = Genotype::load(genotype)
-            .with_context(|| format!("reading {}", genotype.display()))?;
-        (g, genotype.parent().unwrap_or(Path::new(".")).join("train_arch"))
+        let g =
+            Genotype::load(genotype).with_context(|| format!("reading {}", genotype.display()))?;
+        (
+            g,
+            genotype
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("train_arch"),
+        )
     };
     let out = out.map(Path::to_path_buf).unwrap_or(default_out);
     let run = RunDir::create_at(&out)?;
     if run.root.join("summary.json").exists() {
-        bail!("{} already holds a train-arch run; pick another --out", out.display());
+        bail!(
+            "{} already holds a train-arch run; pick another --out",
+            out.display()
+        );
     }
     save_resolved_config(&config, &run.root)?;
     let mut sink = super::search::tensorboard(&run.tensorboard_dir());
@@ -88,7 +101,12 @@ pub fn run_train_arch(
         config.train_arch.epochs,
         run.root.display()
     );
-    let trained = train_arch(&config, &genotype, &run.root, &mut sink as &mut dyn MetricsSink)?;
+    let trained = train_arch(
+        &config,
+        &genotype,
+        &run.root,
+        &mut sink as &mut dyn MetricsSink,
+    )?;
     sink.flush();
     println!(
         "{} parameters, {:.0}s: validation token accuracy {:.4} exact match {:.4}; test token \

@@ -208,10 +208,7 @@ impl FromStr for OpKind {
             .filter(|(d, _)| *d <= 3)
             .min()
             .map(|(_, name)| name);
-        let known = every()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let known = every().map(|k| k.name()).collect::<Vec<_>>().join(", ");
         Err(NasError::UnknownOp {
             name: s.to_string(),
             suggestion,

@@ -95,7 +95,9 @@ pub fn to_dot(genotype: &Genotype, seq2seq: bool) -> Result<String, TransformerE
             dot += &format!("    {name}_x{k} -> {name}_y{k};\n    {name}_g{k} -> {name}_y{k};\n");
             for i in 0..n {
                 match i.cmp(&k) {
-                    std::cmp::Ordering::Less => dot += &format!("    {name}_y{i} -> {name}_g{k};\n"),
+                    std::cmp::Ordering::Less => {
+                        dot += &format!("    {name}_y{i} -> {name}_g{k};\n")
+                    }
                     std::cmp::Ordering::Greater => {
                         dot += &format!("    {name}_x{i} -> {name}_g{k};\n")
                     }

@@ -32,7 +32,12 @@ impl MixedSeqOp {
     pub fn op_sizes(&self) -> Vec<(OpKind, i64)> {
         self.ops
             .iter()
-            .map(|o| (o.kind(), o.parameters().iter().map(|t| t.numel() as i64).sum()))
+            .map(|o| {
+                (
+                    o.kind(),
+                    o.parameters().iter().map(|t| t.numel() as i64).sum(),
+                )
+            })
             .collect()
     }
 

@@ -51,9 +51,9 @@ pub enum TransformerError {
     #[error("{0}")]
     Unsupported(String),
     #[error(transparent)]
-    Nas(#[from] NasError),
+    Nas(Box<NasError>),
     #[error(transparent)]
-    Search(#[from] SearchError),
+    Search(Box<SearchError>),
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
     #[error("{path}: {source}")]
@@ -62,12 +62,31 @@ pub enum TransformerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
+    Train(Box<crate::train::TrainError>),
     #[error(transparent)]
-    ConfigFile(#[from] crate::config::ConfigError),
+    ConfigFile(Box<crate::config::ConfigError>),
     #[error(transparent)]
-    Supervised(#[from] crate::train::supervised::SupervisedError),
+    Supervised(Box<crate::train::supervised::SupervisedError>),
 }
+
+/// The errors of the layers below, boxed (they are large and rare).
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),*) => {$(
+        impl From<$ty> for TransformerError {
+            fn from(e: $ty) -> Self {
+                Self::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Nas: NasError,
+    Search: SearchError,
+    Train: crate::train::TrainError,
+    ConfigFile: crate::config::ConfigError,
+    Supervised: crate::train::supervised::SupervisedError
+);
 
 impl TransformerError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {

@@ -131,7 +131,10 @@ fn positions(t: i64, d: i64, kind: Kind, device: tch::Device) -> Tensor {
     let even = i.divide_scalar_mode(2.0, "floor") * 2.0;
     let angle = pos * (even * (-(10000f64.ln()) / d as f64)).exp().unsqueeze(0); // [T, D]
     let odd = i.remainder(2.0).eq(1.0).unsqueeze(0);
-    angle.sin().where_self(&odd.logical_not(), &angle.cos()).to_kind(kind)
+    angle
+        .sin()
+        .where_self(&odd.logical_not(), &angle.cos())
+        .to_kind(kind)
 }
 
 fn linear_params(l: &nn::Linear) -> Vec<Tensor> {
@@ -141,7 +144,10 @@ fn linear_params(l: &nn::Linear) -> Vec<Tensor> {
 }
 
 fn norm_params(n: &nn::LayerNorm) -> Vec<Tensor> {
-    n.ws.iter().chain(n.bs.iter()).map(Tensor::shallow_clone).collect()
+    n.ws.iter()
+        .chain(n.bs.iter())
+        .map(Tensor::shallow_clone)
+        .collect()
 }
 
 /// A leaf copy of op weights (same active lists) that collects their gradient.
@@ -195,13 +201,18 @@ impl SeqNet {
         };
         let candidates = OpSet::Transformer.ops();
         let layer = |p: nn::Path, decoder: bool| -> Result<RevLayer, TransformerError> {
-            let splits = if decoder { DECODER_SPLITS } else { ENCODER_SPLITS };
+            let splits = if decoder {
+                DECODER_SPLITS
+            } else {
+                ENCODER_SPLITS
+            };
             let oc = op_config(splits, decoder);
             match arch {
-                SeqArch::Supernet => {
-                    RevLayer::search(&p, candidates, 2, decoder, oc, c.combine)
-                }
-                SeqArch::Derived { encoder, decoder: dec } => {
+                SeqArch::Supernet => RevLayer::search(&p, candidates, 2, decoder, oc, c.combine),
+                SeqArch::Derived {
+                    encoder,
+                    decoder: dec,
+                } => {
                     let ops = if decoder { dec } else { encoder };
                     if ops.len() != 2 {
                         return Err(TransformerError::Config(format!(
@@ -289,7 +300,8 @@ impl SeqNet {
     /// `tokens: [B, T]` -> `[B, T, D]`
     fn embed(&self, emb: &Tensor, tokens: &Tensor) -> Tensor {
         let t = tokens.size()[1];
-        let x = Tensor::embedding(emb, tokens, -1, false, false) * (self.config.d_model as f64).sqrt();
+        let x =
+            Tensor::embedding(emb, tokens, -1, false, false) * (self.config.d_model as f64).sqrt();
         x + positions(t, self.config.d_model, emb.kind(), emb.device())
     }
 
@@ -310,7 +322,11 @@ impl SeqNet {
         };
         let mut parts = Self::split(&x.to_kind(self.stream_kind()), n);
         for i in 0..depth {
-            let layer = if decoder { self.dec_layer(i) } else { self.enc_layer(i) };
+            let layer = if decoder {
+                self.dec_layer(i)
+            } else {
+                self.enc_layer(i)
+            };
             parts = layer.forward(&parts, inputs)?;
         }
         Ok(Tensor::cat(&parts, -1))
@@ -358,8 +374,7 @@ impl SeqNet {
         tgt_in: Option<&Tensor>,
         weights: Option<&CellWeights>,
     ) -> Result<Tensor, TransformerError> {
-        let (Some(emb), Some(norm), Some(tgt_in)) = (&self.tgt_emb, &self.dec_norm, tgt_in)
-        else {
+        let (Some(emb), Some(norm), Some(tgt_in)) = (&self.tgt_emb, &self.dec_norm, tgt_in) else {
             if self.is_seq2seq() {
                 return Err(TransformerError::Config(
                     "a sequence-to-sequence network needs decoder inputs".into(),
@@ -378,7 +393,9 @@ impl SeqNet {
             memory: Some(memory),
         };
         let top = self.stack(self.embed(emb, tgt_in), true, &inputs)?;
-        Ok(self.head.forward(&norm.forward(&top.to_kind(self.model_kind()))))
+        Ok(self
+            .head
+            .forward(&norm.forward(&top.to_kind(self.model_kind()))))
     }
 
     /// Plain forward, with graph: `[B, T, V]`.
@@ -432,9 +449,8 @@ impl SeqNet {
             memory: None,
         };
         // Encoder forward, no graph: only its top output survives.
-        let enc_top = tch::no_grad(|| {
-            self.stack(self.embed(&self.src_emb, &batch.src), false, &enc_inputs)
-        })?;
+        let enc_top =
+            tch::no_grad(|| self.stack(self.embed(&self.src_emb, &batch.src), false, &enc_inputs))?;
         let enc_top_leaf = enc_top
             .to_kind(self.model_kind())
             .detach()
@@ -481,15 +497,22 @@ impl SeqNet {
         let g_top = take(&mut acc, &enc_top_leaf, "encoder top")?;
         let g_x0 = self.reverse_stack(enc_top, g_top, false, &enc_inputs, &mut acc)?;
         let embedded = self.embed(&self.src_emb, &batch.src);
-        acc.backprop(&(embedded * &g_x0).sum(g_x0.kind()), &[self.src_emb.shallow_clone()]);
+        acc.backprop(
+            &(embedded * &g_x0).sum(g_x0.kind()),
+            &[self.src_emb.shallow_clone()],
+        );
         let params = self
             .parameters()
             .into_iter()
             .filter_map(|p| acc.get(&p).map(|g| (p.shallow_clone(), g.shallow_clone())))
             .collect();
         let op_weights = [
-            enc_w.as_ref().and_then(|w| acc.get(w.weights()).map(Tensor::shallow_clone)),
-            dec_w.as_ref().and_then(|w| acc.get(w.weights()).map(Tensor::shallow_clone)),
+            enc_w
+                .as_ref()
+                .and_then(|w| acc.get(w.weights()).map(Tensor::shallow_clone)),
+            dec_w
+                .as_ref()
+                .and_then(|w| acc.get(w.weights()).map(Tensor::shallow_clone)),
         ];
         Ok(ReconstructedGrads {
             loss: loss.detach(),
@@ -516,7 +539,11 @@ impl SeqNet {
         let mut y = Self::split(&top, n);
         let mut dy = Self::split(&g_top.to_kind(self.stream_kind()), n);
         for i in (0..depth).rev() {
-            let layer = if decoder { self.dec_layer(i) } else { self.enc_layer(i) };
+            let layer = if decoder {
+                self.dec_layer(i)
+            } else {
+                self.enc_layer(i)
+            };
             (y, dy) = layer.backward(y, dy, inputs, acc)?;
         }
         Ok(Tensor::cat(&dy, -1).to_kind(self.model_kind()))

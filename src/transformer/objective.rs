@@ -25,8 +25,8 @@ use super::net::{Mode, SeqBatch, SeqNet};
 use super::TransformerError;
 use crate::nas::CellWeights;
 use crate::search::{
-    DartsOrder, HessianMode, LatencySource, Objective, SearchError, Sgd, StrategyConfig,
-    UnasCell, VirtualStep,
+    DartsOrder, HessianMode, LatencySource, Objective, SearchError, Sgd, StrategyConfig, UnasCell,
+    VirtualStep,
 };
 
 /// Refuses strategies the network cannot serve in `mode`, saying why and what to use instead.
@@ -90,18 +90,20 @@ pub fn loss_for_strategy(
         Mode::Reversible if !grad_enabled() => net.plain_loss(batch, weights),
         Mode::Reversible => {
             let r = net.reversible_grads(batch, weights)?;
-            let mut s = Tensor::zeros([], (r.loss.kind(), r.loss.device()));
-            for (p, g) in &r.params {
-                s = s + (p * g).sum(r.loss.kind());
-            }
+            let kind = r.loss.kind();
+            let mut terms: Vec<Tensor> = r.params.iter().map(|(p, g)| (p * g).sum(kind)).collect();
             if let Some(weights) = weights {
                 let ws = [Some(&weights.normal), weights.reduce.as_ref()];
                 for (w, g) in ws.iter().zip(&r.op_weights) {
                     if let (Some(w), Some(g)) = (w, g) {
-                        s = s + (w.weights() * g).sum(r.loss.kind());
+                        terms.push((w.weights() * g).sum(kind));
                     }
                 }
             }
+            let s = match terms.is_empty() {
+                true => Tensor::zeros([], (kind, r.loss.device())),
+                false => Tensor::stack(&terms, 0).sum(kind),
+            };
             Ok(&s - s.detach() + r.loss)
         }
     }

@@ -174,10 +174,14 @@ impl SeqOp {
             }
             OpKind::LightConv7 => Body::LightConv {
                 input: lin("input", d, 2 * d),
-                kernel: p.var("kernel", &[heads, 7], nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.1,
-                }),
+                kernel: p.var(
+                    "kernel",
+                    &[heads, 7],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.1,
+                    },
+                ),
                 out: lin("out", d, d),
                 width: 7,
             },
@@ -198,8 +202,11 @@ impl SeqOp {
         };
         let norm = (!matches!(body, Body::Zero | Body::Identity))
             .then(|| nn::layer_norm(p / "norm", vec![d], Default::default()));
-        let input_norm = matches!(body, Body::SelfAttention { .. } | Body::CrossAttention { .. })
-            .then(|| nn::layer_norm(p / "input_norm", vec![d], Default::default()));
+        let input_norm = matches!(
+            body,
+            Body::SelfAttention { .. } | Body::CrossAttention { .. }
+        )
+        .then(|| nn::layer_norm(p / "input_norm", vec![d], Default::default()));
         Ok(Self {
             kind,
             body,
@@ -288,7 +295,7 @@ impl SeqOp {
             } => {
                 let d = self.config.d;
                 let h = input.forward(x).glu(-1).transpose(1, 2); // [B, d, T]
-                // Each head's normalised kernel serves its d / heads consecutive channels.
+                                                                  // Each head's normalised kernel serves its d / heads consecutive channels.
                 let k = kernel
                     .softmax(-1, kernel.kind())
                     .repeat_interleave_self_int(d / heads, 0, None::<i64>)
@@ -349,7 +356,14 @@ mod tests {
                 .double_value(&[]);
             assert!(diff < 1e-12, "{kind} looks ahead: {diff}");
             let n: usize = op.parameters().iter().map(|t| t.numel()).sum();
-            assert_eq!(n as i64, vs.trainable_variables().iter().map(|t| t.numel() as i64).sum::<i64>(), "{kind}");
+            assert_eq!(
+                n as i64,
+                vs.trainable_variables()
+                    .iter()
+                    .map(|t| t.numel() as i64)
+                    .sum::<i64>(),
+                "{kind}"
+            );
         }
         let vs = nn::VarStore::new(Device::Cpu);
         assert!(SeqOp::new(&vs.root(), OpKind::SepConv3x3, config(false)).is_err());

@@ -26,8 +26,7 @@ use super::TransformerError;
 use crate::logging::MetricsSink;
 use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype, OpCost, OpCostTable};
 use crate::search::{
-    Adam, AdamConfig, Phase, RandomSearch, Sgd, SgdConfig, StrategyConfig,
-    WeightStepReport,
+    Adam, AdamConfig, Phase, RandomSearch, Sgd, SgdConfig, StrategyConfig, WeightStepReport,
 };
 use crate::train::supervised::{clip_grad_norm, log_alphas, WeightOptimConfig};
 
@@ -205,8 +204,11 @@ pub fn save_genotype(
     genotype.save_json(&json)?;
     let description = describe(genotype, seq2seq)?;
     let txt = dir.join("genotype.txt");
-    std::fs::write(&txt, format!("{}\n{description}\n", genotype.to_darts_string()))
-        .map_err(TransformerError::io(&txt))?;
+    std::fs::write(
+        &txt,
+        format!("{}\n{description}\n", genotype.to_darts_string()),
+    )
+    .map_err(TransformerError::io(&txt))?;
     let dot = dir.join("genotype.dot");
     std::fs::write(&dot, to_dot(genotype, seq2seq)?).map_err(TransformerError::io(&dot))?;
     Ok((json, description))
@@ -231,7 +233,11 @@ pub fn search(
     };
     let seq2seq = task.config.is_seq2seq();
     let (genotype_path, description) = save_genotype(&genotype, seq2seq, run_dir)?;
-    sink.text("genotype", &format!("```\n{description}\n```"), iterations as i64);
+    sink.text(
+        "genotype",
+        &format!("```\n{description}\n```"),
+        iterations as i64,
+    );
     let summary = SeqSearchSummary {
         genotype,
         genotype_path,
@@ -241,8 +247,11 @@ pub fn search(
         seconds: started.elapsed().as_secs_f64(),
     };
     let path = run_dir.join("summary.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary).unwrap_or_default())
-        .map_err(TransformerError::io(&path))?;
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(TransformerError::io(&path))?;
     Ok(summary)
 }
 
@@ -336,7 +345,13 @@ fn supernet_search(
             iteration += 1;
         }
         let eval_weights = strategy.op_weights(&arch, Phase::Eval)?;
-        val = evaluate(&net, &task.val, Some(&eval_weights), sc.eval_batch_size, device)?;
+        val = evaluate(
+            &net,
+            &task.val,
+            Some(&eval_weights),
+            sc.eval_batch_size,
+            device,
+        )?;
         log_metrics(sink, "search/val", &val, iteration);
         sink.scalar("search/lr", lr, iteration as i64);
         for (tag, value) in strategy.scalars() {
@@ -353,7 +368,11 @@ fn supernet_search(
 
 fn log_metrics(sink: &mut dyn MetricsSink, prefix: &str, m: &SeqMetrics, step: u64) {
     sink.scalar(&format!("{prefix}_loss"), m.loss, step as i64);
-    sink.scalar(&format!("{prefix}_token_accuracy"), m.token_accuracy, step as i64);
+    sink.scalar(
+        &format!("{prefix}_token_accuracy"),
+        m.token_accuracy,
+        step as i64,
+    );
     sink.scalar(&format!("{prefix}_exact_match"), m.exact_match, step as i64);
 }
 
@@ -424,7 +443,13 @@ pub fn train_derived(
         network.decoder_layers = 0;
     }
     let vs = nn::VarStore::new(device);
-    let net = SeqNet::new(&(vs.root() / "net"), &network, task.src_vocab, task.tgt_vocab, &arch)?;
+    let net = SeqNet::new(
+        &(vs.root() / "net"),
+        &network,
+        task.src_vocab,
+        task.tgt_vocab,
+        &arch,
+    )?;
     let parameters: i64 = net.parameters().iter().map(|t| t.numel() as i64).sum();
     let mut adam = Adam::new(vs.variables(), tc.optimizer);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1));
@@ -453,7 +478,7 @@ pub fn train_derived(
         }
     }
     let test = evaluate(&net, &task.test, None, eval_bs, device)?;
-    if let Some(s) = sink.as_deref_mut() {
+    if let Some(s) = sink {
         log_metrics(s, "train_arch/test", &test, step);
         s.flush();
     }
@@ -477,9 +502,19 @@ pub fn train_arch(
     let task = config.task.generate()?;
     sink.text("config", &crate::config::to_markdown(config)?, 0);
     save_genotype(genotype, task.config.is_seq2seq(), out)?;
-    let trained = train_derived(config, &config.train_arch, &task, genotype, device, Some(sink))?;
+    let trained = train_derived(
+        config,
+        &config.train_arch,
+        &task,
+        genotype,
+        device,
+        Some(sink),
+    )?;
     let path = out.join("summary.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&trained).unwrap_or_default())
-        .map_err(TransformerError::io(&path))?;
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&trained).unwrap_or_default(),
+    )
+    .map_err(TransformerError::io(&path))?;
     Ok(trained)
 }

@@ -180,8 +180,9 @@ impl TaskConfig {
         let (s, t) = match self.kind {
             TaskKind::Sort => {
                 for _ in 0..n {
-                    let mut x: Vec<i64> =
-                        (0..self.length).map(|_| rng.gen_range(0..self.vocab)).collect();
+                    let mut x: Vec<i64> = (0..self.length)
+                        .map(|_| rng.gen_range(0..self.vocab))
+                        .collect();
                     src.extend(&x);
                     x.sort_unstable();
                     labels.extend(&x);
@@ -271,8 +272,8 @@ pub fn evaluate(
         let index = Tensor::arange_start(start as i64, end as i64, (Kind::Int64, Device::Cpu));
         let batch = data.batch(&index, device);
         let logits = tch::no_grad(|| net.forward(&batch, weights))?;
-        loss += super::net::token_loss(&logits, &batch.labels).double_value(&[])
-            * (end - start) as f64;
+        loss +=
+            super::net::token_loss(&logits, &batch.labels).double_value(&[]) * (end - start) as f64;
         let pred = match data.bos {
             Some(bos) => greedy_decode(net, &batch.src, batch.labels.size()[1], bos, weights)?,
             None => logits.argmax(-1, false),
@@ -319,7 +320,10 @@ mod tests {
         let batch = a.train.batch(&Tensor::from_slice(&[0i64, 1]), Device::Cpu);
         let tgt_in = batch.tgt_in.unwrap();
         assert_eq!(tgt_in.int64_value(&[0, 0]), BOS);
-        assert_eq!(tgt_in.int64_value(&[1, 2]), batch.labels.int64_value(&[1, 1]));
+        assert_eq!(
+            tgt_in.int64_value(&[1, 2]),
+            batch.labels.int64_value(&[1, 1])
+        );
 
         let sort = TaskConfig::default().generate().unwrap();
         let l: Vec<i64> = Vec::try_from(sort.train.labels.get(3)).unwrap();
