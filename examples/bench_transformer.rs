@@ -1,6 +1,6 @@
 //! One memory / time measurement of the transformer supernet search iteration, plain or
 //! reversible (Zhao et al. 2021); run each case in its own process
-//! (scripts/bench_transformer.sh), with `MALLOC_MMAP_THRESHOLD_=65536`. Prints one JSON line.
+//! (scripts/bench_transformer.sh), with `MALLOC_MMAP_THRESHOLD_=4096`. Prints one JSON line.
 //!
 //!   cargo run --release --example bench_transformer -- --mode reversible --layers 12
 

@@ -16,7 +16,7 @@ BUDGET_MB=${BUDGET_MB:-100}
 WIDTH_LAYERS=${WIDTH_LAYERS:-12}
 OUT=${OUT:-runs/bench_transformer.jsonl}
 mkdir -p "$(dirname "$OUT")"
-export MALLOC_MMAP_THRESHOLD_=65536 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export MALLOC_MMAP_THRESHOLD_=4096 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cargo build --release --example bench_transformer >/dev/null
 BIN=target/release/examples/bench_transformer
 : > "$OUT"

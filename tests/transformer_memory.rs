@@ -30,7 +30,7 @@ fn measure(case: &BenchCase) -> i64 {
     let out = Command::new(exe)
         .args(["memory_child", "--exact", "--ignored", "--nocapture"])
         .env(CASE_ENV, serde_json::to_string(case).unwrap())
-        .env("MALLOC_MMAP_THRESHOLD_", "65536")
+        .env("MALLOC_MMAP_THRESHOLD_", "4096")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

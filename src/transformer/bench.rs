@@ -5,8 +5,11 @@
 //! Activation memory = peak resident memory during the measured iterations minus the resident
 //! memory just before them (after the network, the alphas and the optimizers are built and one
 //! warm-up iteration has run). Linux only: `/proc/self/status` (VmRSS, VmHWM), with the peak
-//! reset through `/proc/self/clear_refs`. Run with `MALLOC_MMAP_THRESHOLD_=65536` so that glibc
-//! returns freed tensors to the system and the resident size follows the live tensors.
+//! reset through `/proc/self/clear_refs`. Run with `MALLOC_MMAP_THRESHOLD_=4096` so that glibc
+//! returns freed tensors to the system and the resident size follows the live tensors (with
+//! the default threshold, tensors below it that the warm-up freed stay in the heap and are
+//! reused unseen). The warm-up is needed: the first iteration pages in ~25 MB of libtorch code
+//! and thread-pool state that no later iteration adds.
 
 use std::time::Instant;
 
