@@ -10,6 +10,7 @@ use rl_darts::logging::MetricsSink;
 use rl_darts::nas::Genotype;
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::transformer::genotype::standard;
+use rl_darts::transformer::objective::check_strategy;
 use rl_darts::transformer::search::{search, train_arch, SeqConfig};
 
 /// Whether `config` names a transformer preset.
@@ -19,6 +20,9 @@ pub fn is_transformer(config: Option<&Path>) -> bool {
 
 pub fn run_search(config: &Path, sets: &[String], run_dir: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(Some(config), SeqConfig::default(), sets)?;
+    // A strategy the network cannot serve is the likeliest first error: say so before
+    // creating a run folder.
+    check_strategy(&config.search.strategy, config.network.mode)?;
     let run = match run_dir {
         Some(dir) => RunDir::create_at(dir)?,
         None => RunDir::create_new(
