@@ -18,3 +18,4 @@ pub mod nas;
 pub mod search;
 pub mod sweep;
 pub mod train;
+pub mod transformer;

@@ -5,3 +5,4 @@ pub mod info;
 pub mod search;
 pub mod sweep;
 pub mod train;
+pub mod transformer;

@@ -20,7 +20,8 @@ use rl_darts::train::supervised::{
 #[derive(Args, Debug)]
 pub struct SearchArgs {
     /// A TOML preset: configs/digits-<strategy>.toml (darts, idarts, gdas, snas, unas,
-    /// darts-prime; runs anywhere), mnist-darts.toml, cifar10-<strategy>.toml.
+    /// darts-prime; runs anywhere), mnist-darts.toml, cifar10-<strategy>.toml, or a
+    /// transformer preset configs/seq-<task>-<strategy>.toml (reversible supernet).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override any key, e.g. --set search.strategy.params.order=second (repeatable).
@@ -46,7 +47,8 @@ fn strategy_help() -> String {
 
 #[derive(Args, Debug)]
 pub struct TrainArchArgs {
-    /// genotype.json or a file holding the DARTS text form `Genotype(normal=[...], ...)`.
+    /// genotype.json or a file holding the DARTS text form `Genotype(normal=[...], ...)`;
+    /// with a transformer preset also `standard` (the standard transformer of that size).
     #[arg(long, required_unless_present = "resume")]
     genotype: Option<PathBuf>,
     /// The preset whose [train_arch] and [data] sections to use.
@@ -121,7 +123,7 @@ fn progress(quiet: bool) -> Box<dyn Progress> {
     Box::new(Bar(bar))
 }
 
-fn tensorboard(dir: &Path) -> MultiSink {
+pub(crate) fn tensorboard(dir: &Path) -> MultiSink {
     let mut sink = MultiSink::new();
     match TensorBoardSink::create(dir) {
         Ok(tb) => sink.push(tb),
@@ -131,6 +133,11 @@ fn tensorboard(dir: &Path) -> MultiSink {
 }
 
 pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
+    if let (Some(config), None) = (&args.config, &args.resume) {
+        if super::transformer::is_transformer(Some(config)) {
+            return super::transformer::run_search(config, &args.sets, args.run_dir.as_deref());
+        }
+    }
     let (config, run_dir, resume) = match &args.resume {
         Some(dir) => {
             if args.config.is_some() || !args.sets.is_empty() {
@@ -203,6 +210,16 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_train_arch(args: TrainArchArgs) -> anyhow::Result<()> {
+    if let (Some(config), Some(genotype), None) = (&args.config, &args.genotype, &args.resume) {
+        if super::transformer::is_transformer(Some(config)) {
+            return super::transformer::run_train_arch(
+                genotype,
+                config,
+                &args.sets,
+                args.out.as_deref(),
+            );
+        }
+    }
     let (config, genotype, run_dir, resume) = match &args.resume {
         Some(dir) => {
             let run = RunDir::open(dir)?;

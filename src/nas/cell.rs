@@ -64,6 +64,18 @@ impl CellSpace {
         }
     }
 
+    /// The transformer search space of `crate::transformer` (Zhao et al. 2021): one layer of
+    /// two searchable splits seen as a cell with 2 inputs and 1 node, so that edge `k` (from
+    /// state `k`) is split `k`, 2 edges x the 10 [`OpSet::Transformer`] ops. `alpha_normal`
+    /// holds the encoder layer, `alpha_reduce` the decoder layer's two searchable splits.
+    pub fn transformer() -> Self {
+        Self {
+            num_inputs: 2,
+            num_nodes: 1,
+            op_set: OpSet::Transformer,
+        }
+    }
+
     /// The same space with `num_nodes` intermediate nodes.
     pub fn with_nodes(self, num_nodes: usize) -> Self {
         Self { num_nodes, ..self }

@@ -67,9 +67,51 @@ pub enum OpKind {
     /// `linear_tanh`: the `mlp` set: a linear layer with bias, then tanh (CleanRL's MLP
     /// activation for classic control).
     LinearTanh,
+    /// `self_attention`: transformer search space (Zhao et al. 2021): multi-head self-attention
+    /// (causal in the decoder). Built and run by `crate::transformer`, not by cell networks.
+    SelfAttention,
+    /// `conv_1d_3`: transformer space: 1-D convolution of width 3 over time, then relu
+    /// (left-padded in the decoder).
+    Conv1d3,
+    /// `conv_1d_5`: transformer space: 1-D convolution of width 5.
+    Conv1d5,
+    /// `conv_1d_7`: transformer space: 1-D convolution of width 7.
+    Conv1d7,
+    /// `conv_1d_11`: transformer space: 1-D convolution of width 11.
+    Conv1d11,
+    /// `light_conv_7`: transformer space: lightweight convolution (Wu et al. 2019) of width 7,
+    /// GLU input projection, softmax-normalised kernels shared per head.
+    LightConv7,
+    /// `glu`: transformer space: gated linear unit `a * sigmoid(b)`, `[a, b] = W x + c`.
+    Glu,
+    /// `ffn`: transformer space: position-wise feed-forward `W2 relu(W1 x)`.
+    Ffn,
+    /// `cross_attention`: transformer space: attention from the decoder to the encoder output
+    /// (the decoder's fixed last split).
+    CrossAttention,
 }
 
 impl OpKind {
+    /// The sequence ops of the transformer search space (`crate::transformer`). They are kept
+    /// out of [`OpKind::ALL`] because they have no convolutional cell plan: [`plan`] refuses
+    /// them, and every test that builds each op of `ALL` as a cell op stays as it is.
+    pub const TRANSFORMER: [OpKind; 9] = [
+        OpKind::SelfAttention,
+        OpKind::Conv1d3,
+        OpKind::Conv1d5,
+        OpKind::Conv1d7,
+        OpKind::Conv1d11,
+        OpKind::LightConv7,
+        OpKind::Glu,
+        OpKind::Ffn,
+        OpKind::CrossAttention,
+    ];
+
+    /// Whether the op is one of [`OpKind::TRANSFORMER`].
+    pub fn is_sequence_op(self) -> bool {
+        OpKind::TRANSFORMER.contains(&self)
+    }
+
     /// Every op of the registry.
     pub const ALL: [OpKind; 19] = [
         OpKind::None,
@@ -116,6 +158,15 @@ impl OpKind {
             OpKind::NorConv3x3 => "nor_conv_3x3",
             OpKind::LinearRelu => "linear_relu",
             OpKind::LinearTanh => "linear_tanh",
+            OpKind::SelfAttention => "self_attention",
+            OpKind::Conv1d3 => "conv_1d_3",
+            OpKind::Conv1d5 => "conv_1d_5",
+            OpKind::Conv1d7 => "conv_1d_7",
+            OpKind::Conv1d11 => "conv_1d_11",
+            OpKind::LightConv7 => "light_conv_7",
+            OpKind::Glu => "glu",
+            OpKind::Ffn => "ffn",
+            OpKind::CrossAttention => "cross_attention",
         }
     }
 
@@ -148,20 +199,16 @@ impl FromStr for OpKind {
     type Err = NasError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(kind) = OpKind::ALL.iter().find(|k| k.name() == s) {
+        let every = || OpKind::ALL.iter().chain(OpKind::TRANSFORMER.iter());
+        if let Some(kind) = every().find(|k| k.name() == s) {
             return Ok(*kind);
         }
-        let suggestion = OpKind::ALL
-            .iter()
+        let suggestion = every()
             .map(|k| (strsim::levenshtein(s, k.name()), k.name()))
             .filter(|(d, _)| *d <= 3)
             .min()
             .map(|(_, name)| name);
-        let known = OpKind::ALL
-            .iter()
-            .map(|k| k.name())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let known = every().map(|k| k.name()).collect::<Vec<_>>().join(", ");
         Err(NasError::UnknownOp {
             name: s.to_string(),
             suggestion,
@@ -217,6 +264,11 @@ pub enum OpSet {
     /// MLP supernets on state-vector envs (CartPole).
     #[serde(rename = "mlp")]
     Mlp,
+    /// The transformer search space (Zhao et al. 2021) as `crate::transformer` builds it
+    /// (10 ops): none, skip_connect, self_attention, conv_1d_{3,5,7,11}, light_conv_7, glu,
+    /// ffn. Not in [`OpSet::ALL`]: its ops are sequence ops without a cell plan.
+    #[serde(rename = "transformer")]
+    Transformer,
 }
 
 const DARTS_OPS: [OpKind; 8] = [
@@ -258,6 +310,19 @@ const NAS_BENCH_201_OPS: [OpKind; 5] = [
     OpKind::AvgPool3x3,
 ];
 
+const TRANSFORMER_OPS: [OpKind; 10] = [
+    OpKind::None,
+    OpKind::SkipConnect,
+    OpKind::SelfAttention,
+    OpKind::Conv1d3,
+    OpKind::Conv1d5,
+    OpKind::Conv1d7,
+    OpKind::Conv1d11,
+    OpKind::LightConv7,
+    OpKind::Glu,
+    OpKind::Ffn,
+];
+
 impl OpSet {
     /// Every named set, for tests and `--help`.
     pub const ALL: [OpSet; 5] = [
@@ -275,6 +340,7 @@ impl OpSet {
             OpSet::RlDartsConv => "rl_darts_conv",
             OpSet::NasBench201 => "nas_bench_201",
             OpSet::Mlp => "mlp",
+            OpSet::Transformer => "transformer",
         }
     }
 
@@ -286,6 +352,7 @@ impl OpSet {
             OpSet::RlDartsConv => &RL_DARTS_CONV_OPS,
             OpSet::NasBench201 => &NAS_BENCH_201_OPS,
             OpSet::Mlp => &MLP_OPS,
+            OpSet::Transformer => &TRANSFORMER_OPS,
         }
     }
 
@@ -312,7 +379,10 @@ impl OpSet {
             OpSet::Darts | OpSet::NasBench201 => StrideStyle::Darts,
             // Mlp: a skip between widths needs the RL-DARTS 1x1 projection (a linear layer);
             // its networks have no reduction cells, so the avg-pool never runs.
-            OpSet::RlDarts | OpSet::RlDartsConv | OpSet::Mlp => StrideStyle::AvgPool,
+            // Transformer: never strided; the value is never read.
+            OpSet::RlDarts | OpSet::RlDartsConv | OpSet::Mlp | OpSet::Transformer => {
+                StrideStyle::AvgPool
+            }
         }
     }
 
@@ -344,6 +414,7 @@ impl FromStr for OpSet {
         OpSet::ALL
             .iter()
             .copied()
+            .chain([OpSet::Transformer])
             .find(|set| set.name() == s)
             .ok_or_else(|| {
                 let names = OpSet::ALL
@@ -857,6 +928,20 @@ pub fn plan(kind: OpKind, spec: &OpSpec) -> Result<Vec<LayerDesc>, NasError> {
                     affine,
                 },
             ]
+        }
+        OpKind::SelfAttention
+        | OpKind::Conv1d3
+        | OpKind::Conv1d5
+        | OpKind::Conv1d7
+        | OpKind::Conv1d11
+        | OpKind::LightConv7
+        | OpKind::Glu
+        | OpKind::Ffn
+        | OpKind::CrossAttention => {
+            return Err(NasError::Config(format!(
+                "op {kind} is a sequence op of the transformer search space \
+                 (rl_darts::transformer); it has no convolutional cell plan"
+            )))
         }
     };
     Ok(plan)

@@ -409,7 +409,7 @@ impl Objective for VisionObjective<'_> {
 }
 
 /// Global-norm gradient clipping (`clip_grad_norm_`); returns the squared norm before clipping.
-fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = params
             .iter()
@@ -872,7 +872,7 @@ fn evaluate_supernet(
 /// Per edge and op the strategy's expected op weight (`softmax(alpha)` for most strategies) as
 /// scalars (`alpha/{cell}/e{edge}_{from}to{node}/{op}`), and one heatmap image per cell type
 /// (rows: edges, columns: ops; white 0 -> dark blue 1).
-fn log_alphas(
+pub fn log_alphas(
     sink: &mut dyn MetricsSink,
     arch: &ArchParams,
     strategy: &dyn SearchStrategy,

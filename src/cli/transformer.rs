@@ -1,0 +1,126 @@
+//! `rl-darts search` and `train-arch` for a transformer preset (`configs/seq-*.toml`, the ones
+//! with a `[task]` table): the memory-efficient transformer search of Zhao et al. 2021
+//! ([`rl_darts::transformer`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use rl_darts::config::{load_config, save_resolved_config};
+use rl_darts::logging::MetricsSink;
+use rl_darts::nas::Genotype;
+use rl_darts::train::run_dir::RunDir;
+use rl_darts::transformer::genotype::standard;
+use rl_darts::transformer::objective::check_strategy;
+use rl_darts::transformer::search::{search, train_arch, SeqConfig};
+
+/// Whether `config` names a transformer preset.
+pub fn is_transformer(config: Option<&Path>) -> bool {
+    config.is_some_and(rl_darts::transformer::search::is_transformer_config)
+}
+
+pub fn run_search(config: &Path, sets: &[String], run_dir: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(Some(config), SeqConfig::default(), sets)?;
+    // A strategy the network cannot serve is the likeliest first error: say so before
+    // creating a run folder.
+    check_strategy(&config.search.strategy, config.network.mode)?;
+    let run = match run_dir {
+        Some(dir) => RunDir::create_at(dir)?,
+        None => RunDir::create_new(
+            Path::new("runs"),
+            config.task.name(),
+            config.search.strategy.name(),
+            config.seed,
+        )?,
+    };
+    save_resolved_config(&config, &run.root)?;
+    let mut sink = super::search::tensorboard(&run.tensorboard_dir());
+    println!(
+        "starting {} search ({:?} supernet) on {} -> {}",
+        config.search.strategy.name(),
+        config.network.mode,
+        config.task.name(),
+        run.root.display()
+    );
+    let summary = search(&config, &run.root, &mut sink as &mut dyn MetricsSink)?;
+    sink.flush();
+    println!("genotype: {}", summary.genotype);
+    println!("{}", summary.description);
+    println!(
+        "{} iterations in {:.0}s; validation token accuracy {:.4}, exact match {:.4}; written to {}",
+        summary.iterations,
+        summary.seconds,
+        summary.val.token_accuracy,
+        summary.val.exact_match,
+        summary.genotype_path.display()
+    );
+    println!(
+        "retrain: rl-darts train-arch --genotype {} --config <preset>",
+        summary.genotype_path.display()
+    );
+    Ok(())
+}
+
+/// `genotype` is a genotype file, or `standard` for the standard transformer of the preset's
+/// size (self-attention and FFN splits).
+pub fn run_train_arch(
+    genotype: &Path,
+    config: &Path,
+    sets: &[String],
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let config = load_config(Some(config), SeqConfig::default(), sets)?;
+    let (genotype, default_out) = if genotype == Path::new("standard") {
+        (
+            standard(config.task.is_seq2seq()),
+            PathBuf::from("runs").join(format!(
+                "{}__standard__{}",
+                config.task.name(),
+                config.seed
+            )),
+        )
+    } else {
+        let g =
+            Genotype::load(genotype).with_context(|| format!("reading {}", genotype.display()))?;
+        (
+            g,
+            genotype
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("train_arch"),
+        )
+    };
+    let out = out.map(Path::to_path_buf).unwrap_or(default_out);
+    let run = RunDir::create_at(&out)?;
+    if run.root.join("summary.json").exists() {
+        bail!(
+            "{} already holds a train-arch run; pick another --out",
+            out.display()
+        );
+    }
+    save_resolved_config(&config, &run.root)?;
+    let mut sink = super::search::tensorboard(&run.tensorboard_dir());
+    println!(
+        "training {genotype} from scratch on {} for {} epochs -> {}",
+        config.task.name(),
+        config.train_arch.epochs,
+        run.root.display()
+    );
+    let trained = train_arch(
+        &config,
+        &genotype,
+        &run.root,
+        &mut sink as &mut dyn MetricsSink,
+    )?;
+    sink.flush();
+    println!(
+        "{} parameters, {:.0}s: validation token accuracy {:.4} exact match {:.4}; test token \
+         accuracy {:.4} exact match {:.4} (greedy autoregressive decoding)",
+        trained.parameters,
+        trained.seconds,
+        trained.val.token_accuracy,
+        trained.val.exact_match,
+        trained.test.token_accuracy,
+        trained.test.exact_match
+    );
+    Ok(())
+}
