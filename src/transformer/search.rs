@@ -451,7 +451,7 @@ pub fn train_derived(
         &arch,
     )?;
     let parameters: i64 = net.parameters().iter().map(|t| t.numel() as i64).sum();
-    let mut adam = Adam::new(vs.variables(), tc.optimizer);
+    let mut adam = Adam::new(crate::search::optim::ordered_variables(&vs)?, tc.optimizer);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1));
     let mut step = 0u64;
     let eval_bs = config.search.eval_batch_size;
@@ -465,7 +465,7 @@ pub fn train_derived(
             if tc.grad_clip > 0.0 {
                 clip_grad_norm(&adam.parameters(), tc.grad_clip);
             }
-            adam.step();
+            adam.step()?;
             if let Some(s) = sink.as_deref_mut() {
                 s.scalar("train_arch/train_loss", loss.double_value(&[]), step as i64);
             }
