@@ -472,6 +472,14 @@ fn derive_cell(
     rule: DeriveRule,
 ) -> Result<Vec<Vec<Gene>>, NasError> {
     let rows = weight_rows(space, weights)?;
+    // The transformer space has one edge per split and needs one op on each: a rule that picks
+    // edges (top-2 inputs, GDAS's top-2 (op, input) pairs, which may share an input) has no
+    // meaning there. DARTS's rule on its 2-input node keeps both splits with their best op.
+    let rule = if space.op_set == super::OpSet::Transformer {
+        DeriveRule::Darts
+    } else {
+        rule
+    };
     let ops = space.op_set.ops();
     let none = space.op_set.none_index();
     let non_none = || (0..ops.len()).filter(move |&k| Some(k) != none);
