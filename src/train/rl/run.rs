@@ -141,33 +141,17 @@ fn run_loop<D: Driver>(
         .is_procgen()
         .then(|| find_game(&config.env))
         .transpose()?;
-    let mut state = LoopState::default();
-    let mut last_checkpoint = None;
-    if run.resume {
-        let Some(ckpt) = run.run_dir.latest_checkpoint()? else {
-            return Err(TrainError::Checkpoint {
-                path: run.run_dir.checkpoints_dir(),
-                reason: "no complete checkpoint to resume from".into(),
-            });
-        };
-        trainer.load(&ckpt)?;
-        driver.load(&ckpt, config)?;
-        env.load_state(&read(&ckpt.join(ENV_STATE_FILE))?)?;
-        let loop_path = ckpt.join(LOOP_STATE_FILE);
-        state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
-            path: loop_path,
-            reason: e.to_string(),
-        })?;
-        last_checkpoint = Some(ckpt);
+    let (mut state, mut last_checkpoint) = if run.resume {
+        resume(run.run_dir, config, &mut trainer, &mut driver, env)?
     } else {
         let markdown = crate::config::to_markdown(config)?;
         run.sink.text("config", &markdown, 0);
-    }
+        (LoopState::default(), None)
+    };
     if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, config)? {
         let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
         write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
     }
-
     let save = |trainer: &PpoTrainer<D::Arch>,
                 driver: &D,
                 env: &dyn VecEnv,
@@ -184,15 +168,12 @@ fn run_loop<D: Driver>(
     };
 
     let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
-    let batch = config.ppo.batch_size();
-    let (mut rollout_secs, mut update_secs, mut search_secs, mut iterations_here) =
-        (0.0, 0.0, 0.0, 0u64);
-    let started = Instant::now();
+    let mut tally = Tally::new();
     let mut last_save = Instant::now();
     let mut estimate_printed = false;
     let mut interrupted = false;
     while !trainer.is_done() {
-        if run.max_iterations.is_some_and(|m| iterations_here >= m) {
+        if run.max_iterations.is_some_and(|m| tally.iterations >= m) {
             break;
         }
         let next_iteration = trainer.iterations_done() + 1;
@@ -206,7 +187,7 @@ fn run_loop<D: Driver>(
             last_report: Instant::now(),
         };
         let outcome = driver.iteration(&mut trainer, env, config, run.sink, &mut beat);
-        let (stats, search_here) = match outcome {
+        let (stats, search_secs) = match outcome {
             Err(TrainError::Agent(AgentError::Interrupted)) => {
                 interrupted = true;
                 break;
@@ -214,21 +195,12 @@ fn run_loop<D: Driver>(
             other => other.map_err(|e| diverged(e, next_iteration, last_checkpoint.as_deref()))?,
         };
         check_finite(&stats, last_checkpoint.as_deref())?;
-        iterations_here += 1;
-        rollout_secs += stats.rollout_secs;
-        update_secs += stats.update_secs;
-        search_secs += search_here;
-        for ep in &stats.episodes {
-            state.recent_returns.push_back(ep.episode_return);
-            if state.recent_returns.len() > RETURN_WINDOW {
-                state.recent_returns.pop_front();
-            }
-            state.episodes_done += 1;
-        }
+        tally.add(&stats, search_secs);
+        state.add_episodes(&stats);
         log_iteration(
             run.sink,
             &stats,
-            batch,
+            config.ppo.batch_size(),
             game.map(|g| (g, config.procgen.distribution_mode)),
         );
         driver.log(
@@ -236,32 +208,15 @@ fn run_loop<D: Driver>(
             trainer.iterations_done(),
             stats.global_step as i64,
         );
-        let mean_return = mean(state.recent_returns.iter().copied());
-        if let Some(m) = mean_return {
-            run.sink
-                .scalar("charts/mean_return_last100", m, stats.global_step as i64);
-        }
-        run.sink.flush();
-
-        let elapsed = started.elapsed().as_secs_f64();
-        let done_here = iterations_here * batch as u64;
-        let sps = done_here as f64 / elapsed.max(1e-9);
-        let eta = (total.saturating_sub(stats.global_step)) as f64 / sps.max(1e-9);
-        run.progress.update(
-            stats.global_step,
-            total,
-            &format!(
-                "{sps:.0} steps/s | ETA {} | return {} | vloss {:.3} | kl {:.4}",
-                format_secs(eta),
-                mean_return
-                    .map(|m| format!("{m:.2}"))
-                    .unwrap_or_else(|| "-".into()),
-                stats.ppo.value_loss,
-                stats.ppo.approx_kl
-            ),
+        let eta = report(
+            &mut *run.sink,
+            &mut *run.progress,
+            &state,
+            &tally,
+            &stats,
+            config,
         );
-
-        if !estimate_printed && started.elapsed().as_secs() >= 60 {
+        if !estimate_printed && tally.started.elapsed().as_secs() >= 60 {
             estimate_printed = true;
             eprintln!("{}", job_estimate(eta, total, config));
         }
@@ -292,11 +247,9 @@ fn run_loop<D: Driver>(
                 None => "no checkpoint was written yet".into(),
             }
         );
-    }
-    if !interrupted
-        && last_checkpoint
-            .as_ref()
-            .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
+    } else if last_checkpoint
+        .as_ref()
+        .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
     {
         last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
     }
@@ -313,26 +266,144 @@ fn run_loop<D: Driver>(
         episodes: state.episodes_done,
         interrupted,
         last_checkpoint,
-        steps_per_sec: (iterations_here * batch as u64) as f64
-            / (rollout_secs + update_secs + search_secs).max(1e-9),
-        rollout_secs,
-        update_secs,
-        search_secs,
+        steps_per_sec: tally.steps_per_sec(config.ppo.batch_size()),
+        rollout_secs: tally.rollout_secs,
+        update_secs: tally.update_secs,
+        search_secs: tally.search_secs,
     };
+    finish(run, &summary)?;
+    Ok(summary)
+}
+
+/// Restores the trainer, the architecture, the env and the loop state from the run's newest
+/// checkpoint; returns the loop state and that checkpoint.
+fn resume<D: Driver>(
+    run_dir: &RunDir,
+    config: &TrainConfig,
+    trainer: &mut PpoTrainer<D::Arch>,
+    driver: &mut D,
+    env: &mut dyn VecEnv,
+) -> Result<(LoopState, Option<PathBuf>), TrainError> {
+    let Some(ckpt) = run_dir.latest_checkpoint()? else {
+        return Err(TrainError::Checkpoint {
+            path: run_dir.checkpoints_dir(),
+            reason: "no complete checkpoint to resume from".into(),
+        });
+    };
+    trainer.load(&ckpt)?;
+    driver.load(&ckpt, config)?;
+    env.load_state(&read(&ckpt.join(ENV_STATE_FILE))?)?;
+    let loop_path = ckpt.join(LOOP_STATE_FILE);
+    let state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
+        path: loop_path,
+        reason: e.to_string(),
+    })?;
+    Ok((state, Some(ckpt)))
+}
+
+/// Wall-clock accounting of this process's iterations.
+struct Tally {
+    started: Instant,
+    iterations: u64,
+    rollout_secs: f64,
+    update_secs: f64,
+    search_secs: f64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            iterations: 0,
+            rollout_secs: 0.0,
+            update_secs: 0.0,
+            search_secs: 0.0,
+        }
+    }
+
+    fn add(&mut self, stats: &IterationStats, search_secs: f64) {
+        self.iterations += 1;
+        self.rollout_secs += stats.rollout_secs;
+        self.update_secs += stats.update_secs;
+        self.search_secs += search_secs;
+    }
+
+    /// Env steps per second of rollout, update and search time.
+    fn steps_per_sec(&self, batch: usize) -> f64 {
+        (self.iterations * batch as u64) as f64
+            / (self.rollout_secs + self.update_secs + self.search_secs).max(1e-9)
+    }
+}
+
+impl LoopState {
+    /// Counts the iteration's finished episodes and keeps the last [`RETURN_WINDOW`] returns.
+    fn add_episodes(&mut self, stats: &IterationStats) {
+        for ep in &stats.episodes {
+            self.recent_returns.push_back(ep.episode_return);
+            if self.recent_returns.len() > RETURN_WINDOW {
+                self.recent_returns.pop_front();
+            }
+            self.episodes_done += 1;
+        }
+    }
+}
+
+/// The mean return of the window to TensorBoard, and the progress line after an iteration
+/// (steps/s over this process's wall time, ETA, return, value loss, KL); returns the ETA in
+/// seconds.
+fn report(
+    sink: &mut dyn MetricsSink,
+    progress: &mut dyn Progress,
+    state: &LoopState,
+    tally: &Tally,
+    stats: &IterationStats,
+    config: &TrainConfig,
+) -> f64 {
+    let mean_return = mean(state.recent_returns.iter().copied());
+    if let Some(m) = mean_return {
+        sink.scalar("charts/mean_return_last100", m, stats.global_step as i64);
+    }
+    sink.flush();
+    let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
+    let done_here = tally.iterations * config.ppo.batch_size() as u64;
+    let sps = done_here as f64 / tally.started.elapsed().as_secs_f64().max(1e-9);
+    let eta = (total.saturating_sub(stats.global_step)) as f64 / sps.max(1e-9);
+    progress.update(
+        stats.global_step,
+        total,
+        &format!(
+            "{sps:.0} steps/s | ETA {} | return {} | vloss {:.3} | kl {:.4}",
+            format_secs(eta),
+            mean_return
+                .map(|m| format!("{m:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            stats.ppo.value_loss,
+            stats.ppo.approx_kl
+        ),
+    );
+    eta
+}
+
+/// The last progress line and summary.json.
+fn finish(run: TrainRun<'_>, summary: &TrainSummary) -> Result<(), TrainError> {
     run.progress.finish(&format!(
         "{} after {} steps: mean return (last 100) {}",
-        if interrupted { "stopped" } else { "done" },
+        if summary.interrupted {
+            "stopped"
+        } else {
+            "done"
+        },
         summary.global_step,
-        mean_return
+        summary
+            .mean_return
             .map(|m| format!("{m:.2}"))
             .unwrap_or_else(|| "-".into())
     ));
     let path = run.run_dir.root.join("summary.json");
     write(
         &path,
-        &serde_json::to_vec_pretty(&summary).expect("summary serialises"),
-    )?;
-    Ok(summary)
+        &serde_json::to_vec_pretty(summary).expect("summary serialises"),
+    )
 }
 
 /// What the memory planner decided, in the run directory (rewritten by every process).
