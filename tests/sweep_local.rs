@@ -219,7 +219,8 @@ fn plan_checks_trial_configs() {
         "{err}"
     );
     assert!(!tmp.path().join("p.json").exists());
-    // The quick pipeline's random search needs a search budget of 8 PPO iterations.
+    // The quick pipeline's random search needs a search budget of 8 PPO iterations (the
+    // preset has exactly that; half of it is refused at plan time).
     let out = run(bin()
         .args([
             "sweep",
@@ -231,6 +232,8 @@ fn plan_checks_trial_configs() {
             "1",
             "--strategy",
             "random",
+            "--set",
+            "pipeline.search_timesteps=1024",
         ])
         .arg("-o")
         .arg(tmp.path().join("q.json")));
