@@ -7,7 +7,8 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::ops::{
-    factorized_reduce_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom, Sequence, SharedInput,
+    factorized_reduce_plan, input_projection_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom,
+    Sequence, SharedInput,
 };
 use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights};
 
@@ -148,8 +149,10 @@ impl CellOutput {
 /// What a cell receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CellInputs {
-    /// RL-DARTS / NAS-Bench-201: the previous output with `c_prev` channels, fed to the ops as
-    /// is (ops on input edges map `c_prev -> C` themselves).
+    /// RL-DARTS / NAS-Bench-201: the previous output with `c_prev` channels. As in the official
+    /// RL-DARTS cell, an input with other than `C` channels goes through one 1x1 conv (with
+    /// bias, `preprocess0`) shared by every edge leaving it; one with `C` channels is fed to
+    /// the ops as is.
     One { c_prev: i64 },
     /// DARTS: outputs of cells k-2 and k-1, each brought to `C` channels by relu-conv1x1-BN,
     /// or by FactorizedReduce when cell k-1 was a reduction (the k-2 output is then at twice
@@ -167,6 +170,19 @@ impl CellInputs {
             CellInputs::One { .. } => 1,
             CellInputs::Two { .. } => 2,
         }
+    }
+}
+
+/// The preprocessing of a one-input cell and the channels its edges see: the shared input
+/// projection when `c_prev != c` ([`CellInputs::One`]), nothing otherwise.
+pub(crate) fn one_input_preprocess(p: &nn::Path, c_prev: i64, c: i64) -> (Vec<Sequence>, i64) {
+    if c_prev == c {
+        (Vec::new(), c_prev)
+    } else {
+        (
+            vec![Sequence::new(p / "preprocess0", input_projection_plan(c_prev, c))],
+            c,
+        )
     }
 }
 
@@ -218,7 +234,7 @@ impl SearchCell {
         }
         let c = config.c;
         let (preprocess, c_input) = match config.inputs {
-            CellInputs::One { c_prev } => (Vec::new(), c_prev),
+            CellInputs::One { c_prev } => one_input_preprocess(&p, c_prev, c),
             CellInputs::Two {
                 c_prev_prev,
                 c_prev,
@@ -569,5 +585,42 @@ mod tests {
             SearchCell::new(vs.root(), cfg),
             Err(NasError::Config(_))
         ));
+    }
+
+    /// The official RL-DARTS cell projects an input with other channels once (one 1x1 conv
+    /// with bias, shared by the edges), and feeds an input with the cell's channels as is.
+    #[test]
+    fn a_one_input_cell_projects_a_mismatched_input_once() {
+        let space = CellSpace::rl_darts(OpSet::RlDarts);
+        let count_inputs_of = |vs: &nn::VarStore, c_in: i64| {
+            vs.variables()
+                .iter()
+                .filter(|(name, t)| {
+                    name.contains("edge") && t.dim() == 4 && t.size()[1] == c_in
+                })
+                .count()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = SearchCellConfig {
+            c: 8,
+            ..config(space, CellInputs::One { c_prev: 3 }, true, CellOutput::ConcatConv1x1)
+        };
+        let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
+        let vars = vs.variables();
+        assert_eq!(vars["cell.preprocess0.conv.weight"].size(), [8, 3, 1, 1]);
+        assert_eq!(vars["cell.preprocess0.conv.bias"].size(), [8]);
+        assert_eq!(count_inputs_of(&vs, 3), 0, "an edge op sees the raw 3 channels");
+        assert_eq!(cell.edge_input_shapes(&[[3, 9, 9]])[0], [8, 9, 9]);
+
+        let same = nn::VarStore::new(Device::Cpu);
+        let cfg = SearchCellConfig {
+            c: 8,
+            ..config(space, CellInputs::One { c_prev: 8 }, true, CellOutput::ConcatConv1x1)
+        };
+        let _cell = SearchCell::new(same.root() / "cell", cfg).unwrap();
+        assert!(same
+            .variables()
+            .keys()
+            .all(|name| !name.contains("preprocess")));
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::cell::combine_nodes;
+use super::cell::{combine_nodes, one_input_preprocess};
 use super::network::{is_reduction, RlSkeleton};
 use super::ops::{
     factorized_reduce_plan, relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d,
@@ -56,7 +56,10 @@ impl FixedCell {
     ) -> Result<Self, NasError> {
         let c = config.c;
         let (num_inputs, preprocess, c_input) = match config.inputs {
-            CellInputs::One { c_prev } => (1, Vec::new(), c_prev),
+            CellInputs::One { c_prev } => {
+                let (preprocess, c_input) = one_input_preprocess(&p, c_prev, c);
+                (1, preprocess, c_input)
+            }
             CellInputs::Two {
                 c_prev_prev,
                 c_prev,

@@ -348,14 +348,15 @@ mod tests {
                 > 0.0
         );
 
-        // Edge 0 of cell 0 maps 4 -> 8 features: linear 4 * 8 + 8 = 40 parameters; skip needs
-        // the 1x1 projection (also 40); none costs nothing. Cell 1's edge 0 maps 8 -> 8 (72).
+        // Cell 0 projects its 4 input features to 8 once (shared by its edges, left out of the
+        // op costs), so edge 0 of both cells maps 8 -> 8: linear 8 * 8 + 8 = 72 parameters;
+        // skip is the identity and none costs nothing.
         let costs = net.op_costs([4, 1, 1]);
         let lin = OpSet::Mlp.index_of(OpKind::LinearRelu).unwrap();
         let skip = OpSet::Mlp.index_of(OpKind::SkipConnect).unwrap();
         let none = OpSet::Mlp.none_index().unwrap();
-        assert_eq!(costs.normal[0][lin].params, 40 + 72);
-        assert_eq!(costs.normal[0][skip].params, 40);
+        assert_eq!(costs.normal[0][lin].params, 72 + 72);
+        assert_eq!(costs.normal[0][skip].params, 0);
         assert_eq!(costs.normal[0][none].params, 0);
         assert!(costs.reduce.is_none());
 

@@ -305,9 +305,10 @@ pub struct RlDartsConfig {
     pub channels: Vec<i64>,
     /// Normal cells after each stage's head (reduction cell or conv + pool). RL-DARTS: 2.
     pub normal_cells_per_stage: usize,
-    /// A conv3x3 stem (to `channels[0]`) before the first stage ("standard" only; the paper
-    /// makes it optional). Off by default, so the first reduction cell sees the pixels, as
-    /// IMPALA's first conv does.
+    /// A conv3x3 stem with bias (to `channels[0]`, no activation) before the first stage
+    /// ("standard" only). On by default, as the official `DartsStandardCNN`'s
+    /// `use_initial_conv=True`: without it the first reduction cell would need an input
+    /// projection from the 3 colour channels and would halve the resolution on raw pixels.
     pub stem: bool,
     /// Intermediate nodes per cell. RL-DARTS: 4.
     pub num_nodes: usize,
@@ -332,7 +333,7 @@ impl Default for RlDartsConfig {
             variant: RlDartsVariant::Standard,
             channels: vec![16, 32, 32],
             normal_cells_per_stage: 2,
-            stem: false,
+            stem: true,
             num_nodes: 4,
             op_set: OpSet::RlDarts,
             cell_output: CellOutput::ConcatConv1x1,
@@ -990,11 +991,12 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = RlDartsConfig {
             channels: vec![4, 8],
+            op_set: OpSet::RlDartsConv,
             ..Default::default()
         };
         let space = cfg.space();
         let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
-        // Straight-through one-hot of op 0 (conv_3x3) on every edge.
+        // Straight-through one-hot of op 0 (conv_3x3_relu) on every edge.
         let hard = |alpha: &Tensor| {
             let p = alpha.softmax(-1, Kind::Float);
             let h = p
@@ -1012,13 +1014,12 @@ mod tests {
         enc.features(&obs, &weights).sum(Kind::Float).backward();
         let g = arch.alpha_normal().grad();
         assert!(g.defined() && f64::try_from(g.abs().sum(Kind::Float)).unwrap() > 0.0);
-        // Only conv_3x3 ran: the relu op's channel projection (3 -> 4 on the first reduction
-        // cell's input edge) got no gradient.
+        // Only conv_3x3_relu ran: the dilated conv beside it on the same edge got no gradient.
         let vars = vs.variables();
-        assert!(vars["stage0.reduce.edge0.conv_3x3.conv.weight"]
+        assert!(vars["stage0.reduce.edge0.conv_3x3_relu.conv.weight"]
             .grad()
             .defined());
-        assert!(!vars["stage0.reduce.edge0.relu.proj.weight"]
+        assert!(!vars["stage0.reduce.edge0.dil_conv_3x3_relu.conv.weight"]
             .grad()
             .defined());
     }

@@ -714,6 +714,17 @@ pub(crate) fn relu_conv_bn_plan(
     ]
 }
 
+/// A bare 1x1 conv with bias: RL-DARTS's input projection (the official `Cell`'s preprocessing
+/// layer, a Sonnet `Conv2D(kernel_shape=1)`), applied once per cell input whose channels
+/// differ from the cell's, and shared by every edge leaving that input.
+pub(crate) fn input_projection_plan(c_in: i64, c_out: i64) -> Vec<LayerDesc> {
+    let geom = ConvGeom {
+        bias: true,
+        ..ConvGeom::new(c_in, c_out, 1, 1, 0)
+    };
+    vec![LayerDesc::Conv { name: "conv", geom }]
+}
+
 /// DARTS's FactorizedReduce: relu, two stride-2 1x1 convs on offset grids, concat, BN. Halves
 /// the resolution without discarding every other pixel as a single strided 1x1 conv would.
 pub(crate) fn factorized_reduce_plan(c_in: i64, c_out: i64, affine: bool) -> Vec<LayerDesc> {
