@@ -140,6 +140,48 @@ fn at_key(key: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// A config file read and parsed once; what [`load_config_from`] and
+/// [`load_config_with_section`] merge, and what callers peek at (`env`, `encoder.kind`) to
+/// pick the defaults before merging.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    path: PathBuf,
+    text: String,
+    table: Table,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let table: Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            text,
+            table,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The string at the dotted `key` (`env`, `encoder.kind`), if the file sets one.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        let mut keys = key.split('.');
+        let mut value = self.table.get(keys.next()?)?;
+        for k in keys {
+            value = value.get(k)?;
+        }
+        value.as_str()
+    }
+}
+
 /// Loads a config: the serialised `defaults`, with the file at `path` (if any) merged onto
 /// them, then each `--set KEY=VALUE` in `overrides` applied, then deserialised into `T`.
 ///
@@ -150,55 +192,110 @@ pub fn load_config<T: DeserializeOwned + Serialize>(
     defaults: T,
     overrides: &[String],
 ) -> Result<T, ConfigError> {
-    let defaults = to_table(&defaults)?;
-    let mut tree = defaults.clone();
-    let mut file = None;
-    if let Some(path) = path {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let table: Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        merge(&mut tree, table.clone());
-        file = Some(SourceFile {
-            path: path.to_path_buf(),
-            text,
-            table,
-        });
-    }
+    let file = path.map(ConfigFile::read).transpose()?;
+    load_config_from(file.as_ref(), defaults, overrides)
+}
 
-    let mut parsed = Vec::with_capacity(overrides.len());
-    for arg in overrides {
-        let (keys, value) = parse_override(arg)?;
-        parsed.push((arg.as_str(), keys, value));
-    }
-    // Variant switches first: they drop the old variant's params, which must not erase
-    // params given by other overrides.
-    let (switches, others): (Vec<_>, Vec<_>) = parsed
-        .into_iter()
-        .partition(|(_, keys, value)| is_override_switch(&tree, keys, value));
-    let mut applied = Vec::new();
-    for (arg, keys, value) in switches.into_iter().chain(others) {
-        apply_override(&mut tree, &keys, value).map_err(|reason| ConfigError::BadOverride {
-            arg: arg.to_owned(),
-            reason,
-        })?;
-        applied.push((keys, arg.to_owned()));
-    }
+/// [`load_config`] on a file already read.
+pub fn load_config_from<T: DeserializeOwned + Serialize>(
+    file: Option<&ConfigFile>,
+    defaults: T,
+    overrides: &[String],
+) -> Result<T, ConfigError> {
+    let merged = Merged::new(to_table(&defaults)?, file, overrides)?;
+    merged.deserialize(Value::Table(merged.tree.clone()))
+}
 
-    // The merged tree is kept for error messages (cheap next to reading the file).
-    T::deserialize(Value::Table(tree.clone())).map_err(|err| {
-        Provenance {
-            defaults: &defaults,
-            merged: &tree,
-            file: file.as_ref(),
-            overrides: &applied,
+/// Loads a config whose top-level table `section` belongs to another type than the rest: `T`
+/// from every key but `section`, `S` from `section` (e.g. a pipeline run: the PPO run's
+/// config, and `[pipeline]`). One tree is merged and overridden as in [`load_config`], so a
+/// `--set section.key=...` and errors that name `section.key` work as for any other key.
+pub fn load_config_with_section<T, S>(
+    file: Option<&ConfigFile>,
+    defaults: T,
+    section: &str,
+    section_defaults: S,
+    overrides: &[String],
+) -> Result<(T, S), ConfigError>
+where
+    T: DeserializeOwned + Serialize,
+    S: DeserializeOwned + Serialize,
+{
+    let mut defaults = to_table(&defaults)?;
+    defaults.insert(
+        section.to_owned(),
+        Value::Table(to_table(&section_defaults)?),
+    );
+    let merged = Merged::new(defaults, file, overrides)?;
+    let mut rest = merged.tree.clone();
+    let section_value = rest.remove(section).unwrap_or(Value::Table(Table::new()));
+    let main: T = merged.deserialize(Value::Table(rest))?;
+    // A one-entry map keyed by the section's name, so that toml's error path starts with it.
+    let mut wrapped = Table::new();
+    wrapped.insert(section.to_owned(), section_value);
+    let mut map: std::collections::BTreeMap<String, S> =
+        merged.deserialize(Value::Table(wrapped))?;
+    let part = map.remove(section).expect("the section was inserted above");
+    Ok((main, part))
+}
+
+/// Defaults, file and overrides merged into one tree, with what error messages need.
+struct Merged<'f> {
+    defaults: Table,
+    tree: Table,
+    file: Option<&'f ConfigFile>,
+    applied: Vec<(Vec<String>, String)>,
+}
+
+impl<'f> Merged<'f> {
+    fn new(
+        defaults: Table,
+        file: Option<&'f ConfigFile>,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut tree = defaults.clone();
+        if let Some(file) = file {
+            merge(&mut tree, file.table.clone());
         }
-        .explain(&err)
-    })
+        let mut parsed = Vec::with_capacity(overrides.len());
+        for arg in overrides {
+            let (keys, value) = parse_override(arg)?;
+            parsed.push((arg.as_str(), keys, value));
+        }
+        // Variant switches first: they drop the old variant's params, which must not erase
+        // params given by other overrides.
+        let (switches, others): (Vec<_>, Vec<_>) = parsed
+            .into_iter()
+            .partition(|(_, keys, value)| is_override_switch(&tree, keys, value));
+        let mut applied = Vec::new();
+        for (arg, keys, value) in switches.into_iter().chain(others) {
+            apply_override(&mut tree, &keys, value).map_err(|reason| ConfigError::BadOverride {
+                arg: arg.to_owned(),
+                reason,
+            })?;
+            applied.push((keys, arg.to_owned()));
+        }
+        Ok(Self {
+            defaults,
+            tree,
+            file,
+            applied,
+        })
+    }
+
+    /// Deserialises `value` (the tree or a part of it whose error paths are paths of the
+    /// tree), explaining an error with the key's origin.
+    fn deserialize<T: DeserializeOwned>(&self, value: Value) -> Result<T, ConfigError> {
+        T::deserialize(value).map_err(|err| {
+            Provenance {
+                defaults: &self.defaults,
+                merged: &self.tree,
+                file: self.file,
+                overrides: &self.applied,
+            }
+            .explain(&err)
+        })
+    }
 }
 
 /// Writes `value` as `run_dir/config.toml` (creating `run_dir`), atomically: a reader sees
@@ -421,18 +518,12 @@ fn apply_override(tree: &mut Table, keys: &[String], value: Value) -> Result<(),
     Ok(())
 }
 
-struct SourceFile {
-    path: PathBuf,
-    text: String,
-    table: Table,
-}
-
 /// What is needed to say where a failing key came from.
 struct Provenance<'a> {
     defaults: &'a Table,
     /// Defaults + file + overrides: what was deserialised.
     merged: &'a Table,
-    file: Option<&'a SourceFile>,
+    file: Option<&'a ConfigFile>,
     /// Applied overrides, in application order: (key path, argument).
     overrides: &'a [(Vec<String>, String)],
 }

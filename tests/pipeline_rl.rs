@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use rl_darts::config::ConfigFile;
 use rl_darts::logging::{tags, MemorySink, MetricsSink};
 use rl_darts::nas::Genotype;
 use rl_darts::search::{RandomParams, StrategyConfig};
+use rl_darts::train::pipeline::PipelineRunConfig;
 use rl_darts::train::pipeline::{
     self, Comparison, Phase, PipelineOutcome, PipelineReporter, PipelineRun, RandomCandidate,
 };
-use rl_darts::train::rl::{NoProgress, Progress, TrainConfig};
+use rl_darts::train::rl::{NoProgress, Progress};
 
 /// The quick preset shrunk so that one pipeline takes seconds: 2 envs x 16 steps per PPO
 /// iteration, 3 search and 2 retrain iterations, a 2-stage supernet of 4 channels and 2 nodes.
@@ -43,14 +45,10 @@ fn quick_preset() -> PathBuf {
     common::repo_root().join("configs/coinrun-darts-quick.toml")
 }
 
-fn tiny_config() -> TrainConfig {
+fn tiny_config() -> PipelineRunConfig {
     let sets: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
-    rl_darts::config::load_config(
-        Some(&quick_preset()),
-        pipeline::pipeline_defaults("coinrun"),
-        &sets,
-    )
-    .unwrap()
+    let file = ConfigFile::read(&quick_preset()).unwrap();
+    PipelineRunConfig::load(Some(&file), pipeline::pipeline_defaults("coinrun"), &sets).unwrap()
 }
 
 fn cli(args: &[&str]) -> std::process::Output {
@@ -247,7 +245,7 @@ impl PipelineReporter for Reporter {
 }
 
 fn run(
-    config: &TrainConfig,
+    config: &PipelineRunConfig,
     root: &Path,
     stop_in: Option<&'static str>,
 ) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
@@ -256,7 +254,7 @@ fn run(
 
 /// The search phase alone (`--phase search`).
 fn run_search(
-    config: &TrainConfig,
+    config: &PipelineRunConfig,
     root: &Path,
     stop_in: Option<&'static str>,
 ) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
@@ -266,7 +264,7 @@ fn run_search(
 /// Runs the pipeline (every remaining phase, or `only`); `stop_in` stops it at the first flush
 /// of that phase's metrics, as Ctrl-C would.
 fn run_phases(
-    config: &TrainConfig,
+    config: &PipelineRunConfig,
     root: &Path,
     only: Option<Phase>,
     stop_in: Option<&'static str>,
@@ -443,9 +441,9 @@ fn a_pipeline_stopped_in_every_phase_resumes_to_the_uninterrupted_result() {
 #[test]
 fn the_full_preset_is_the_defaults_written_out_and_the_cli_picks_the_pipeline() {
     let path = common::repo_root().join("configs/coinrun-darts.toml");
+    let file = ConfigFile::read(&path).unwrap();
     let loaded =
-        rl_darts::config::load_config(Some(&path), pipeline::pipeline_defaults("coinrun"), &[])
-            .unwrap();
+        PipelineRunConfig::load(Some(&file), pipeline::pipeline_defaults("coinrun"), &[]).unwrap();
     assert_eq!(loaded, pipeline::pipeline_defaults("coinrun"));
     assert_eq!(loaded.pipeline.search_timesteps, 25_000_000);
     // Every key of the defaults appears in the file (it documents them all), in each section
@@ -525,7 +523,7 @@ fn candidates(root: &Path) -> Vec<RandomCandidate> {
 fn random_search_trains_candidates_from_scratch_within_the_search_budget() {
     tch::set_num_threads(1);
     let mut config = tiny_config();
-    config.search.strategy = StrategyConfig::Random(RandomParams {
+    config.train.search.strategy = StrategyConfig::Random(RandomParams {
         num_candidates: 3,
         ..Default::default()
     });

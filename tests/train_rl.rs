@@ -342,6 +342,22 @@ fn cli_rejects_unknown_keys_envs_and_bad_resume() {
     assert!(err.contains("did you mean 'coinrun'"), "{err}");
     let err = bad(&["train", "--env", "cartpole", "--encoder", "resnet"]);
     assert!(err.contains("impala") && err.contains("mlp"), "{err}");
+    // Values that only validation rejects, for a single run and for the pipeline: the config
+    // is resolved and checked before the run directory exists, so nothing is left behind.
+    let err = bad(&["train", "--env", "cartpole", "--set", "ppo.num_envs=0"]);
+    assert!(err.contains("num_envs"), "{err}");
+    let err = bad(&["train", "--quick", "--set", "ppo.num_envs=0"]);
+    assert!(err.contains("num_envs"), "{err}");
+    if !tch::Cuda::is_available() {
+        let err = bad(&["train", "--env", "cartpole", "--device", "cuda"]);
+        assert!(err.to_lowercase().contains("cuda"), "{err}");
+        let err = bad(&["train", "--quick", "--device", "cuda"]);
+        assert!(err.to_lowercase().contains("cuda"), "{err}");
+    }
+    assert!(
+        !base.path().join("x").exists(),
+        "a rejected config left its run directory behind"
+    );
     let out = common::rl_darts()
         .args(["train", "--resume"])
         .arg(base.path().join("nothing"))

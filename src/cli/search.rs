@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use rl_darts::config::{load_config, save_resolved_config};
 use rl_darts::logging::{MetricsSink, MultiSink, TensorBoardSink};
 use rl_darts::nas::{render_dot, CellType, Genotype};
@@ -97,30 +96,14 @@ fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-struct Bar(ProgressBar);
-
-impl Progress for Bar {
-    fn update(&mut self, step: u64, total: u64, message: &str) {
-        self.0.set_length(total);
-        self.0.set_position(step);
-        self.0.set_message(message.to_string());
-    }
-    fn finish(&mut self, message: &str) {
-        self.0.finish_with_message(message.to_string());
-        self.0.reset();
-    }
-}
-
+/// The search's and retraining's progress: the shared bar, or nothing when quiet (the quiet
+/// sink prints a line per epoch instead).
 fn progress(quiet: bool) -> Box<dyn Progress> {
     if quiet {
-        return Box::new(NoProgress);
+        Box::new(NoProgress)
+    } else {
+        rl_darts::train::progress::terminal(false)
     }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .expect("valid template"),
-    );
-    Box::new(Bar(bar))
 }
 
 pub(crate) fn tensorboard(dir: &Path) -> MultiSink {

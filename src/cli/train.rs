@@ -6,12 +6,16 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use rl_darts::config::{load_config, save_resolved_config};
-use rl_darts::envs::gym::GYM_ENVS;
+use rl_darts::config::save_resolved_config;
 use rl_darts::logging::{MetricsSink, MultiSink, StdoutSink, TensorBoardSink, Verbosity};
-use rl_darts::train::pipeline::{self, Phase, PipelineOutcome, PipelineReporter, PipelineRun};
-use rl_darts::train::rl::{evaluate, train, EvalOptions, Progress, TrainConfig, TrainRun};
+use rl_darts::train::launch::{
+    quick_preset, resolve_resume, ResolvedTrain, ResumeRequest, TrainRequest, QUICK_PRESET,
+};
+use rl_darts::train::pipeline::{
+    self, Phase, PipelineOutcome, PipelineReporter, PipelineRun, PipelineRunConfig,
+};
+use rl_darts::train::progress::{self, Progress};
+use rl_darts::train::rl::{evaluate, train, EvalOptions, TrainConfig, TrainRun};
 use rl_darts::train::run_dir::{RunDir, CONFIG_FILE, TENSORBOARD_DIR};
 
 #[derive(Args, Debug)]
@@ -73,134 +77,29 @@ pub struct TrainArgs {
     baseline_from: Option<PathBuf>,
 }
 
-/// The preset `--quick` names: in the working directory (a clone), else in the source tree
-/// this binary was built from.
-fn quick_preset() -> anyhow::Result<PathBuf> {
-    let name = Path::new("configs").join("coinrun-darts-quick.toml");
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(&name);
-    [name, built_from]
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("--quick: configs/coinrun-darts-quick.toml not found (run from the repository, or pass --config FILE)")
-}
-
-/// The config file of a new run: --config, or the --quick preset.
-fn config_file(args: &TrainArgs) -> anyhow::Result<Option<PathBuf>> {
-    if args.quick {
-        return Ok(Some(quick_preset()?));
-    }
-    Ok(args.config.clone())
-}
-
-/// A new run without --encoder on a Procgen game is the pipeline, unless its config file asks
-/// for another encoder than the searched one (e.g. configs/coinrun-impala.toml).
-fn wants_pipeline(args: &TrainArgs) -> anyhow::Result<bool> {
-    if args.encoder.is_some() {
-        return Ok(false);
-    }
-    let (file_env, file_kind) = match config_file(args)? {
-        Some(path) => {
-            let table = read_table(&path)?;
-            let kind = table
-                .get("encoder")
-                .and_then(|e| e.get("kind"))
-                .and_then(|k| k.as_str())
-                .map(str::to_string);
-            (
-                table
-                    .get("env")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string),
-                kind,
+/// The request of a new run: --config or the --quick preset, and the flags.
+fn request(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
+    let config = if args.quick {
+        Some(quick_preset(Path::new(".")).with_context(|| {
+            format!(
+                "--quick: {QUICK_PRESET} not found (run from the repository, or pass --config FILE)"
             )
-        }
-        None => (None, None),
-    };
-    let env = args
-        .env
-        .clone()
-        .or(file_env)
-        .unwrap_or_else(|| "coinrun".to_string());
-    Ok(!GYM_ENVS.contains(&env.as_str()) && file_kind.is_none_or(|k| k == "rl_darts"))
-}
-
-/// `--set`s for the pipeline's flags, applied before the user's own --set.
-fn pipeline_flag_sets(args: &TrainArgs) -> anyhow::Result<Vec<String>> {
-    let mut sets = Vec::new();
-    if let Some(n) = args.total_steps {
-        sets.push(format!("pipeline.search_timesteps={n}"));
-        sets.push(format!("pipeline.retrain_timesteps={n}"));
-    }
-    if args.skip_baseline {
-        sets.push("pipeline.skip_baseline=true".into());
-    }
-    if let Some(dir) = &args.baseline_from {
-        let dir = std::path::absolute(dir)
-            .with_context(|| format!("--baseline-from {}", dir.display()))?;
-        sets.push(format!(
-            "pipeline.baseline_from={:?}",
-            dir.display().to_string()
-        ));
-    }
-    Ok(sets)
-}
-
-fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// Peeks at the `env` key of a config file, to pick the matching defaults before merging.
-fn env_in_file(path: &Path) -> anyhow::Result<Option<String>> {
-    Ok(read_table(path)?
-        .get("env")
-        .and_then(|v| v.as_str())
-        .map(str::to_string))
-}
-
-/// The config of a new run: defaults for the env (the pipeline's when `pipeline`), the file,
-/// the flags, then --set.
-fn resolve_config(args: &TrainArgs, pipeline: bool) -> anyhow::Result<TrainConfig> {
-    let config_path = config_file(args)?;
-    let file_env = config_path
-        .as_deref()
-        .map(env_in_file)
-        .transpose()?
-        .flatten();
-    let env = args
-        .env
-        .clone()
-        .or(file_env)
-        .unwrap_or_else(|| "coinrun".to_string());
-    let mut sets = vec![format!("env={env:?}")];
-    if let Some(e) = &args.encoder {
-        // The whole table: a new kind starts from its own default params.
-        sets.push(format!("encoder={{ kind = {e:?}, params = {{}} }}"));
-    }
-    if let Some(name) = &args.strategy {
-        // Checked here for the list of valid names; the whole table, so the strategy starts
-        // from its own default params.
-        rl_darts::search::StrategyConfig::from_name(name)?;
-        sets.push(format!("search.strategy={{ kind = {name:?} }}"));
-    }
-    if let Some(n) = args.total_steps {
-        sets.push(format!("ppo.total_timesteps={n}"));
-    }
-    if let Some(s) = args.seed {
-        sets.push(format!("seed={s}"));
-    }
-    if let Some(d) = &args.device {
-        sets.push(format!("device={d:?}"));
-    }
-    let defaults = if pipeline {
-        sets.extend(pipeline_flag_sets(args)?);
-        pipeline::pipeline_defaults(&env)
+        })?)
     } else {
-        TrainConfig::defaults_for(&env)
+        args.config.clone()
     };
-    sets.extend(args.sets.iter().cloned());
-    Ok(load_config(config_path.as_deref(), defaults, &sets)?)
+    Ok(TrainRequest {
+        config,
+        env: args.env.clone(),
+        encoder: args.encoder.clone(),
+        strategy: args.strategy.clone(),
+        total_steps: args.total_steps,
+        seed: args.seed,
+        device: args.device.clone(),
+        skip_baseline: args.skip_baseline,
+        baseline_from: args.baseline_from.clone(),
+        sets: args.sets.clone(),
+    })
 }
 
 /// Ctrl-C or SIGTERM: the first asks the loop to stop at its next env step or minibatch (the
@@ -222,93 +121,58 @@ fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-struct Bar(ProgressBar);
-
-impl Progress for Bar {
-    fn update(&mut self, global_step: u64, total: u64, message: &str) {
-        self.0.set_length(total);
-        self.0.set_position(global_step);
-        self.0.set_message(message.to_string());
-    }
-    fn finish(&mut self, message: &str) {
-        self.0.finish_with_message(message.to_string());
-    }
-}
-
-/// Progress as plain lines (quiet mode, and logs that are not a terminal, where a bar draws
-/// nothing): the first update, then at most one line every [`LINE_INTERVAL`].
-struct Lines {
-    last: Option<std::time::Instant>,
-}
-
-const LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl Progress for Lines {
-    fn update(&mut self, global_step: u64, total: u64, message: &str) {
-        if self.last.is_some_and(|t| t.elapsed() < LINE_INTERVAL) {
-            return;
-        }
-        self.last = Some(std::time::Instant::now());
-        println!("step {global_step}/{total} | {message}");
-    }
-    fn finish(&mut self, message: &str) {
-        println!("{message}");
-    }
-}
-
 pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    let pipeline_mode = match &args.resume {
-        Some(dir) => pipeline::is_pipeline_run(dir),
-        None => wants_pipeline(&args)?,
-    };
-    if pipeline_mode {
-        return run_pipeline(args);
-    }
-    if args.phase.is_some() || args.skip_baseline || args.baseline_from.is_some() {
-        bail!("--phase, --skip-baseline and --baseline-from belong to the RL-DARTS pipeline, which `train` runs on a Procgen game without --encoder");
-    }
-    let (config, run_dir, resume) = match &args.resume {
+    // The config is resolved and validated before any directory is created: a bad value
+    // leaves nothing behind.
+    let resolved = match &args.resume {
         Some(dir) => {
             if args.config.is_some()
+                || args.quick
                 || args.env.is_some()
                 || args.encoder.is_some()
                 || args.strategy.is_some()
                 || args.seed.is_some()
                 || !args.sets.is_empty()
             {
-                bail!("--resume continues a run with its saved config; only --total-steps and --device may change");
+                bail!("--resume continues a run with its saved config; only --total-steps, --device and the pipeline's --phase, --skip-baseline and --baseline-from may change");
             }
-            let run = RunDir::open(dir)?;
-            let env = env_in_file(&run.config_path())?.unwrap_or_else(|| "coinrun".into());
-            let mut sets = Vec::new();
-            if let Some(n) = args.total_steps {
-                sets.push(format!("ppo.total_timesteps={n}"));
-            }
-            if let Some(d) = &args.device {
-                sets.push(format!("device={d:?}"));
-            }
-            let config = load_config(
-                Some(&run.config_path()),
-                TrainConfig::defaults_for(&env),
-                &sets,
-            )?;
-            (config, run, true)
+            resolve_resume(
+                dir,
+                &ResumeRequest {
+                    total_steps: args.total_steps,
+                    device: args.device.clone(),
+                    skip_baseline: args.skip_baseline,
+                    baseline_from: args.baseline_from.clone(),
+                },
+            )?
         }
-        None => {
-            let config = resolve_config(&args, false)?;
-            // Before the run directory exists: a bad value leaves nothing behind.
-            rl_darts::train::rl::validate(&config)?;
-            let run = match &args.run_dir {
-                Some(dir) => RunDir::create_at(dir)?,
-                None => RunDir::create_new(
-                    Path::new("runs"),
-                    &config.env,
-                    config.encoder.name(),
-                    config.seed,
-                )?,
-            };
-            (config, run, false)
+        None => request(&args)?.resolve()?,
+    };
+    match resolved {
+        ResolvedTrain::Pipeline(config) => run_pipeline(args, config),
+        ResolvedTrain::Single(config) => {
+            if args.phase.is_some() {
+                bail!("--phase belongs to the RL-DARTS pipeline, which `train` runs on a Procgen game without --encoder");
+            }
+            run_single(args, config)
         }
+    }
+}
+
+/// One PPO run (with a supernet encoder: its architecture search).
+fn run_single(args: TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
+    let (run_dir, resume) = match (&args.resume, &args.run_dir) {
+        (Some(dir), _) => (RunDir::open(dir)?, true),
+        (None, Some(dir)) => (RunDir::create_at(dir)?, false),
+        (None, None) => (
+            RunDir::create_new(
+                Path::new("runs"),
+                &config.env,
+                config.encoder.name(),
+                config.seed,
+            )?,
+            false,
+        ),
     };
     save_resolved_config(&config, &run_dir.root)?;
     let stop = install_stop_handler()?;
@@ -323,7 +187,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         config.ppo.total_timesteps,
         run_dir.root.display()
     );
-    let mut progress = make_progress(args.quiet, config.ppo.total_timesteps);
+    let mut progress = progress::terminal(args.quiet);
     let summary = train(TrainRun {
         config: &config,
         run_dir: &run_dir,
@@ -374,22 +238,6 @@ fn make_sink(dir: &Path, quiet: bool) -> MultiSink {
     sink
 }
 
-/// A progress bar, or plain lines when `quiet`.
-fn make_progress(quiet: bool, total_steps: u64) -> Box<dyn Progress> {
-    // indicatif draws nothing when stderr is not a terminal (a log file, a batch job).
-    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return Box::new(Lines { last: None });
-    }
-    let bar = ProgressBar::new(total_steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {human_pos}/{human_len} {msg}",
-        )
-        .expect("valid template"),
-    );
-    Box::new(Bar(bar))
-}
-
 /// The pipeline's phases report to the terminal and to TensorBoard files in each phase's
 /// directory.
 struct TerminalReporter {
@@ -401,7 +249,7 @@ impl PipelineReporter for TerminalReporter {
         Box::new(make_sink(&dir.join(TENSORBOARD_DIR), self.quiet))
     }
     fn progress(&mut self, _label: &str) -> Box<dyn Progress> {
-        make_progress(self.quiet, 0)
+        progress::terminal(self.quiet)
     }
     fn message(&mut self, line: &str) {
         println!("{line}");
@@ -410,53 +258,29 @@ impl PipelineReporter for TerminalReporter {
 
 /// `rl-darts train` without --encoder on a Procgen game: search, derive, retrain + baseline,
 /// eval (train::pipeline), or what remains of them in a --resume'd directory.
-fn run_pipeline(args: TrainArgs) -> anyhow::Result<()> {
-    let (config, root, resuming) = match &args.resume {
-        Some(dir) => {
-            if args.config.is_some()
-                || args.quick
-                || args.env.is_some()
-                || args.encoder.is_some()
-                || args.strategy.is_some()
-                || args.seed.is_some()
-                || !args.sets.is_empty()
-            {
-                bail!("--resume continues a pipeline with its saved config; only --total-steps, --device, --phase, --skip-baseline and --baseline-from may change");
-            }
-            let path = dir.join(CONFIG_FILE);
-            let env = env_in_file(&path)?.unwrap_or_else(|| "coinrun".into());
-            let mut sets = pipeline_flag_sets(&args)?;
-            if let Some(d) = &args.device {
-                sets.push(format!("device={d:?}"));
-            }
-            let config = load_config(Some(&path), pipeline::pipeline_defaults(&env), &sets)?;
-            (config, dir.clone(), true)
+fn run_pipeline(args: TrainArgs, config: PipelineRunConfig) -> anyhow::Result<()> {
+    let resuming = args.resume.is_some();
+    let root = match (&args.resume, &args.run_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) if dir.join(CONFIG_FILE).is_file() => {
+            bail!(
+                "{} already holds a run; continue it with --resume {}",
+                dir.display(),
+                dir.display()
+            )
         }
-        None => {
-            let config = resolve_config(&args, true)?;
-            pipeline::validate(&config)?;
-            let root = match &args.run_dir {
-                Some(dir) if dir.join(CONFIG_FILE).is_file() => {
-                    bail!(
-                        "{} already holds a run; continue it with --resume {}",
-                        dir.display(),
-                        dir.display()
-                    )
-                }
-                Some(dir) => dir.clone(),
-                None => pipeline::new_pipeline_dir(Path::new("runs"), &config.env, config.seed)?,
-            };
-            (config, root, false)
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => {
+            pipeline::new_pipeline_dir(Path::new("runs"), &config.train.env, config.train.seed)?
         }
     };
-    pipeline::validate(&config)?;
     let stop = install_stop_handler()?;
     let p = &config.pipeline;
     println!(
         "{} the RL-DARTS pipeline on {} ({}): search {} steps, retrain {} steps ({}), seed {} -> {}",
         if resuming { "resuming" } else { "starting" },
-        config.env,
-        config.device,
+        config.train.env,
+        config.train.device,
         p.search_timesteps,
         p.retrain_timesteps,
         match (&p.baseline_from, p.skip_baseline) {
@@ -464,7 +288,7 @@ fn run_pipeline(args: TrainArgs) -> anyhow::Result<()> {
             (None, true) => "no baseline".to_string(),
             (None, false) => "and the IMPALA-CNN baseline".to_string(),
         },
-        config.seed,
+        config.train.seed,
         root.display()
     );
     let mut reporter = TerminalReporter { quiet: args.quiet };

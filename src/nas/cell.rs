@@ -180,7 +180,10 @@ pub(crate) fn one_input_preprocess(p: &nn::Path, c_prev: i64, c: i64) -> (Vec<Se
         (Vec::new(), c_prev)
     } else {
         (
-            vec![Sequence::new(p / "preprocess0", input_projection_plan(c_prev, c))],
+            vec![Sequence::new(
+                p / "preprocess0",
+                input_projection_plan(c_prev, c),
+            )],
             c,
         )
     }
@@ -595,27 +598,39 @@ mod tests {
         let count_inputs_of = |vs: &nn::VarStore, c_in: i64| {
             vs.variables()
                 .iter()
-                .filter(|(name, t)| {
-                    name.contains("edge") && t.dim() == 4 && t.size()[1] == c_in
-                })
+                .filter(|(name, t)| name.contains("edge") && t.dim() == 4 && t.size()[1] == c_in)
                 .count()
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = SearchCellConfig {
             c: 8,
-            ..config(space, CellInputs::One { c_prev: 3 }, true, CellOutput::ConcatConv1x1)
+            ..config(
+                space,
+                CellInputs::One { c_prev: 3 },
+                true,
+                CellOutput::ConcatConv1x1,
+            )
         };
         let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
         let vars = vs.variables();
         assert_eq!(vars["cell.preprocess0.conv.weight"].size(), [8, 3, 1, 1]);
         assert_eq!(vars["cell.preprocess0.conv.bias"].size(), [8]);
-        assert_eq!(count_inputs_of(&vs, 3), 0, "an edge op sees the raw 3 channels");
+        assert_eq!(
+            count_inputs_of(&vs, 3),
+            0,
+            "an edge op sees the raw 3 channels"
+        );
         assert_eq!(cell.edge_input_shapes(&[[3, 9, 9]])[0], [8, 9, 9]);
 
         let same = nn::VarStore::new(Device::Cpu);
         let cfg = SearchCellConfig {
             c: 8,
-            ..config(space, CellInputs::One { c_prev: 8 }, true, CellOutput::ConcatConv1x1)
+            ..config(
+                space,
+                CellInputs::One { c_prev: 8 },
+                true,
+                CellOutput::ConcatConv1x1,
+            )
         };
         let _cell = SearchCell::new(same.root() / "cell", cfg).unwrap();
         assert!(same

@@ -15,6 +15,7 @@ use super::spec::{flatten, toml_literal, BaselinePolicy, Resources, SweepKind, S
 use super::{io_err, SweepError};
 use crate::envs::gym::GYM_ENVS;
 use crate::envs::procgen::find_game;
+use crate::train::launch::wants_pipeline;
 
 /// Format version of the plan file; bumped when a field changes meaning.
 pub const PLAN_VERSION: u32 = 1;
@@ -265,13 +266,10 @@ impl Plan {
             let mode = match spec.kind {
                 SweepKind::Search => TrialMode::Search,
                 SweepKind::Train => {
-                    let single = spec.encoder.is_some()
-                        || GYM_ENVS.contains(&env.as_str())
-                        || config_encoder.as_deref().is_some_and(|k| k != "rl_darts");
-                    if single {
-                        TrialMode::Single
-                    } else {
+                    if wants_pipeline(env, spec.encoder.as_deref(), config_encoder.as_deref()) {
                         TrialMode::Pipeline
+                    } else {
+                        TrialMode::Single
                     }
                 }
             };

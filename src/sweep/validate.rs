@@ -3,30 +3,16 @@
 //! so that a typo in a key or a budget the pipeline rejects fails the plan in a second instead
 //! of every array task an hour later.
 //!
-//! This mirrors `resolve_config` of src/cli/train.rs (which lives in the binary); the child
-//! process stays the authority, and a mismatch here only means a trial fails at its start,
-//! with its log, as any other failure.
+//! Train trials resolve through [`crate::train::launch`], as `rl-darts train` does; search
+//! trials load the supervised config as `rl-darts search` does.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::plan::{Plan, Trial, TrialMode};
 use super::SweepError;
 use crate::config::load_config;
-use crate::train::pipeline::{pipeline_defaults, validate as validate_pipeline};
-use crate::train::rl::TrainConfig;
+use crate::train::launch::{quick_preset, TrainRequest};
 use crate::train::supervised::SupervisedConfig;
-
-/// The quick preset as `train --quick` finds it: in the working directory, else in the
-/// source tree this binary was built from.
-fn quick_preset(workdir: &Path) -> Option<PathBuf> {
-    let name = Path::new("configs").join("coinrun-darts-quick.toml");
-    [
-        workdir.join(&name),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(&name),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-}
 
 /// The value after `flag` in `args`.
 fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
@@ -64,31 +50,18 @@ fn check_trial(plan: &Plan, trial: &Trial) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         }
         TrialMode::Pipeline | TrialMode::Single => {
-            let env = &trial.env;
-            let mut all = vec![format!("env={env:?}")];
-            if let Some(e) = flag(args, "--encoder") {
-                all.push(format!("encoder={{ kind = {e:?}, params = {{}} }}"));
+            TrainRequest {
+                config: config_path,
+                env: Some(trial.env.clone()),
+                encoder: flag(args, "--encoder").map(str::to_string),
+                strategy: flag(args, "--strategy").map(str::to_string),
+                seed: Some(trial.seed),
+                skip_baseline: args.iter().any(|a| a == "--skip-baseline"),
+                sets: sets(args),
+                ..TrainRequest::default()
             }
-            if let Some(s) = flag(args, "--strategy") {
-                all.push(format!("search.strategy={{ kind = {s:?} }}"));
-            }
-            all.push(format!("seed={}", trial.seed));
-            if args.iter().any(|a| a == "--skip-baseline") {
-                all.push("pipeline.skip_baseline=true".into());
-            }
-            all.extend(sets(args));
-            let defaults = if trial.mode == TrialMode::Pipeline {
-                pipeline_defaults(env)
-            } else {
-                TrainConfig::defaults_for(env)
-            };
-            let config =
-                load_config(config_path.as_deref(), defaults, &all).map_err(|e| e.to_string())?;
-            if trial.mode == TrialMode::Pipeline {
-                validate_pipeline(&config).map_err(|e| e.to_string())?;
-            } else {
-                config.ppo.validate().map_err(|e| e.to_string())?;
-            }
+            .resolve()
+            .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! Training loops (RL with PPO; supervised and RL architecture search build on these), the
 //! RL-DARTS pipeline (search, derive, retrain, eval), run directories and checkpoints.
 
+pub mod launch;
 pub mod pipeline;
+pub mod progress;
 pub mod rl;
 pub mod run_dir;
 pub mod supervised;

@@ -142,9 +142,6 @@ pub struct TrainConfig {
     pub memory: MemoryConfig,
     /// Architecture search: read only with a supernet encoder (`rl_darts`, `mlp_darts`).
     pub search: RlSearchConfig,
-    /// Budgets and evaluation of the RL-DARTS pipeline (`rl-darts train` without --encoder);
-    /// unused by a single PPO run. See train::pipeline.
-    pub pipeline: crate::train::pipeline::PipelineConfig,
 }
 
 impl Default for TrainConfig {
@@ -171,7 +168,6 @@ impl TrainConfig {
             checkpoint: CheckpointConfig::default(),
             memory: MemoryConfig::default(),
             search: RlSearchConfig::default(),
-            pipeline: crate::train::pipeline::PipelineConfig::default(),
         }
     }
 

@@ -57,18 +57,7 @@ pub struct TrainSummary {
     pub search_secs: f64,
 }
 
-/// Progress reporting for the loop (a bar in the CLI, nothing in tests).
-pub trait Progress {
-    fn update(&mut self, global_step: u64, total_steps: u64, message: &str);
-    fn finish(&mut self, message: &str);
-}
-
-/// Reports nothing.
-pub struct NoProgress;
-impl Progress for NoProgress {
-    fn update(&mut self, _: u64, _: u64, _: &str) {}
-    fn finish(&mut self, _: &str) {}
-}
+pub use crate::train::progress::{NoProgress, Progress};
 
 /// Options of one call to [`train`].
 pub struct TrainRun<'a> {
@@ -222,12 +211,11 @@ fn run_loop<D: Driver>(
         }
 
         let stop = run.stop.load(Ordering::SeqCst);
-        let minutes = config.checkpoint.every_minutes;
-        if stop
-            || trainer.iterations_done() % config.checkpoint.every.max(1) == 0
-            || (minutes > 0.0 && last_save.elapsed().as_secs_f64() >= minutes * 60.0)
-            || trainer.is_done()
-        {
+        let every = &config.checkpoint;
+        let on_schedule = trainer.iterations_done() % every.every.max(1) == 0;
+        let overdue = every.every_minutes > 0.0
+            && last_save.elapsed().as_secs_f64() >= every.every_minutes * 60.0;
+        if stop || on_schedule || overdue || trainer.is_done() {
             last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
             last_save = Instant::now();
         }
@@ -237,16 +225,7 @@ fn run_loop<D: Driver>(
         }
     }
     if interrupted {
-        eprintln!(
-            "stopped: {}",
-            match &last_checkpoint {
-                Some(c) => format!(
-                    "the run continues from {} with --resume (work after it was not saved)",
-                    c.display()
-                ),
-                None => "no checkpoint was written yet".into(),
-            }
-        );
+        eprintln!("stopped: {}", resume_hint(last_checkpoint.as_deref()));
     } else if last_checkpoint
         .as_ref()
         .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
@@ -254,8 +233,43 @@ fn run_loop<D: Driver>(
         last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
     }
     driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
+    let summary = summarize(
+        &run,
+        &trainer,
+        &state,
+        &tally,
+        game,
+        interrupted,
+        last_checkpoint,
+    );
+    finish(run, &summary)?;
+    Ok(summary)
+}
+
+/// What a stopped run tells its user about resuming.
+fn resume_hint(last_checkpoint: Option<&Path>) -> String {
+    match last_checkpoint {
+        Some(c) => format!(
+            "the run continues from {} with --resume (work after it was not saved)",
+            c.display()
+        ),
+        None => "no checkpoint was written yet".into(),
+    }
+}
+
+/// The run's summary once the loop has ended.
+fn summarize<A>(
+    run: &TrainRun<'_>,
+    trainer: &PpoTrainer<A>,
+    state: &LoopState,
+    tally: &Tally,
+    game: Option<&'static crate::envs::procgen::Game>,
+    interrupted: bool,
+    last_checkpoint: Option<PathBuf>,
+) -> TrainSummary {
+    let config = run.config;
     let mean_return = mean(state.recent_returns.iter().copied());
-    let summary = TrainSummary {
+    TrainSummary {
         run_dir: run.run_dir.root.clone(),
         iterations: trainer.iterations_done(),
         global_step: trainer.global_step(),
@@ -270,9 +284,7 @@ fn run_loop<D: Driver>(
         rollout_secs: tally.rollout_secs,
         update_secs: tally.update_secs,
         search_secs: tally.search_secs,
-    };
-    finish(run, &summary)?;
-    Ok(summary)
+    }
 }
 
 /// Restores the trainer, the architecture, the env and the loop state from the run's newest
