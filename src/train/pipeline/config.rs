@@ -1,6 +1,5 @@
 //! `[pipeline]`: budgets, the baseline, evaluation; the pipeline's defaults and checks.
 
-use super::random::{candidate_timesteps, random_from_scratch};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +10,8 @@ use crate::envs::procgen::find_game;
 use crate::train::rl::RlDartsSearchConfig;
 use crate::train::rl::{EncoderConfig, TrainConfig};
 use crate::train::TrainError;
+
+use super::random::{candidate_timesteps, random_from_scratch};
 
 /// `[pipeline]`: the budgets and choices of `rl-darts train` when it runs the whole pipeline
 /// (unused by a single PPO run). The other sections ([ppo], [procgen], [encoder], seed) apply

@@ -1,5 +1,13 @@
 //! The eval phase: both models on training and held-out levels, then the table.
 
+use std::fs;
+use std::path::Path;
+
+use crate::logging::MetricsSink;
+use crate::nas::Genotype;
+use crate::train::rl::{evaluate, EvalOptions};
+use crate::train::TrainError;
+
 use super::comparison::{pm, Comparison, ComparisonRow, LevelResult, Levels, SearchInfo};
 use super::files::{model_record, read_json, write_bytes, write_json};
 use super::phases::{Baseline, Ctx, PhaseRecord};
@@ -7,12 +15,6 @@ use super::random::random_from_scratch;
 use super::{
     COMPARISON_JSON, COMPARISON_MD, EVAL_DIR, GENOTYPE_FILE, PHASE_FILE, RETRAIN_DIR, SEARCH_DIR,
 };
-use std::fs;
-
-use crate::logging::MetricsSink;
-use crate::nas::Genotype;
-use crate::train::rl::{evaluate, EvalOptions};
-use crate::train::TrainError;
 
 impl Ctx<'_> {
     pub(super) fn eval(&mut self) -> Result<bool, TrainError> {
@@ -51,41 +53,19 @@ impl Ctx<'_> {
                     results.push(read_json::<LevelResult>(&path)?);
                     continue;
                 }
-                self.reporter
-                    .message(&format!("[eval] {name} on {} ...", levels.describe()));
-                let result: LevelResult = evaluate(
-                    &model_dir,
-                    &EvalOptions {
-                        env: None,
-                        num_levels: levels.num_levels,
-                        start_level: levels.start_level,
-                        episodes: e.episodes,
-                        num_envs: e.num_envs,
-                        greedy: e.greedy,
-                        seed: e.seed,
-                        video: None,
-                        device: self.config.device.clone(),
-                    },
-                )?
-                .into();
+                let result = self.evaluate_model(name, &model_dir, set, levels)?;
                 write_json(&path, &result)?;
-                self.reporter.message(&format!(
-                    "[eval] {name} on {set} levels: return {}{}",
-                    pm(Some(result.mean_return), Some(result.std_return), 2),
-                    result
-                        .mean_normalized_return
-                        .map(|m| format!(
-                            ", normalised {}",
-                            pm(Some(m), result.std_normalized_return, 3)
-                        ))
-                        .unwrap_or_default()
-                ));
-                let mut points = vec![(format!("eval/{name}/{set}_return"), result.mean_return)];
+                sink.scalar(
+                    &format!("eval/{name}/{set}_return"),
+                    result.mean_return,
+                    info.global_step as i64,
+                );
                 if let Some(n) = result.mean_normalized_return {
-                    points.push((format!("eval/{name}/{set}_normalized_return"), n));
-                }
-                for (tag, v) in &points {
-                    sink.scalar(tag, *v, info.global_step as i64);
+                    sink.scalar(
+                        &format!("eval/{name}/{set}_normalized_return"),
+                        n,
+                        info.global_step as i64,
+                    );
                 }
                 sink.flush();
                 results.push(result);
@@ -142,5 +122,45 @@ impl Ctx<'_> {
         // Last: its presence marks the pipeline complete.
         write_json(&self.root.join(COMPARISON_JSON), &comparison)?;
         Ok(true)
+    }
+
+    /// One model on one level set, with the pipeline's evaluation options; says the result.
+    fn evaluate_model(
+        &mut self,
+        name: &str,
+        model_dir: &Path,
+        set: &str,
+        levels: Levels,
+    ) -> Result<LevelResult, TrainError> {
+        let e = &self.pipeline.eval;
+        self.reporter
+            .message(&format!("[eval] {name} on {} ...", levels.describe()));
+        let result: LevelResult = evaluate(
+            model_dir,
+            &EvalOptions {
+                env: None,
+                num_levels: levels.num_levels,
+                start_level: levels.start_level,
+                episodes: e.episodes,
+                num_envs: e.num_envs,
+                greedy: e.greedy,
+                seed: e.seed,
+                video: None,
+                device: self.config.device.clone(),
+            },
+        )?
+        .into();
+        self.reporter.message(&format!(
+            "[eval] {name} on {set} levels: return {}{}",
+            pm(Some(result.mean_return), Some(result.std_return), 2),
+            result
+                .mean_normalized_return
+                .map(|m| format!(
+                    ", normalised {}",
+                    pm(Some(m), result.std_normalized_return, 3)
+                ))
+                .unwrap_or_default()
+        ));
+        Ok(result)
     }
 }

@@ -1,7 +1,5 @@
 //! The pipeline's files: its run directory, phase records, timing, JSON.
 
-use super::phases::{PhaseRecord, Timing};
-use super::{PHASE_FILE, PIPELINE_FILE, TIMING_FILE};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +12,9 @@ use crate::envs::procgen::ProcgenOptions;
 use crate::train::rl::{build_policy, TrainConfig, TrainSummary};
 use crate::train::run_dir::CONFIG_FILE;
 use crate::train::TrainError;
+
+use super::phases::{PhaseRecord, Timing};
+use super::{PHASE_FILE, PIPELINE_FILE, TIMING_FILE};
 
 /// True when `dir` holds a pipeline run (rather than a single PPO run).
 pub fn is_pipeline_run(dir: &Path) -> bool {

@@ -1,12 +1,5 @@
 //! The phases: search (a supernet `train` run, then its genotype), retrain and baseline.
 
-use super::files::{add_timing, count_params, load_run_config, write_bytes, write_json};
-use super::random::random_from_scratch;
-use super::PipelineConfig;
-use super::{
-    Phase, PipelineReporter, BASELINE_DIR, COMPARISON_JSON, GENOTYPE_FILE, PHASE_FILE,
-    PIPELINE_FILE, RETRAIN_DIR, SEARCH_DIR,
-};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +12,14 @@ use crate::nas::{CellType, Genotype, NasError};
 use crate::train::rl::{train, EncoderConfig, Progress, RlDartsFixedConfig, TrainConfig, TrainRun};
 use crate::train::run_dir::{RunDir, CONFIG_FILE};
 use crate::train::TrainError;
+
+use super::files::{add_timing, count_params, load_run_config, write_bytes, write_json};
+use super::random::random_from_scratch;
+use super::PipelineConfig;
+use super::{
+    Phase, PipelineReporter, BASELINE_DIR, COMPARISON_JSON, GENOTYPE_FILE, PHASE_FILE,
+    PIPELINE_FILE, RETRAIN_DIR, SEARCH_DIR,
+};
 
 /// What a training phase left behind once complete.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,19 +1,21 @@
 //! Random search from scratch, the baseline a supernet search has to beat.
 
-use super::files::{read_json, write_json};
-use super::phases::{Ctx, PhaseRecord};
-use super::PipelineConfig;
-use super::{CANDIDATES_FILE, GENOTYPE_FILE, PHASE_FILE, SEARCH_DIR};
 use std::fs;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::logging::MetricsSink;
-use crate::nas::{AlphaInit, ArchParams, Genotype};
+use crate::nas::{AlphaInit, ArchParams, Genotype, RlDartsConfig};
 use crate::search::{RandomParams, RandomSearch, StrategyConfig};
 use crate::train::rl::{EncoderConfig, RlDartsFixedConfig, TrainConfig};
 use crate::train::TrainError;
+
+use super::files::{read_json, write_json};
+use super::phases::{Ctx, PhaseRecord};
+use super::PipelineConfig;
+use super::{CANDIDATES_FILE, GENOTYPE_FILE, PHASE_FILE, SEARCH_DIR};
 
 /// The random-search parameters when the search phase trains candidates from scratch
 /// (`[search.strategy] kind = "random"` without weight sharing).
@@ -112,34 +114,14 @@ impl Ctx<'_> {
             let record = if trained_before {
                 read_json::<PhaseRecord>(&cdir.join(PHASE_FILE))?
             } else {
-                fs::create_dir_all(&cdir).map_err(|source| TrainError::Io {
-                    path: cdir.clone(),
-                    source,
-                })?;
-                let path = cdir.join(GENOTYPE_FILE);
-                genotype
-                    .save_json(&path)
-                    .map_err(|e| TrainError::Checkpoint {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?;
-                let path = fs::canonicalize(&path).map_err(|source| TrainError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                self.reporter.message(&format!(
-                    "[search] candidate {}/{}: {}",
-                    index + 1,
-                    genotypes.len(),
-                    genotype.to_darts_string()
-                ));
-                let mut config = self.config.clone();
-                config.encoder = EncoderConfig::RlDartsFixed(RlDartsFixedConfig {
-                    genotype: path,
-                    supernet: supernet.clone(),
-                });
-                config.ppo.total_timesteps = steps;
-                let Some(record) = self.train_phase("search", &cdir, &config)? else {
+                let Some(record) = self.train_candidate(
+                    (index, genotypes.len()),
+                    genotype,
+                    &cdir,
+                    &supernet,
+                    steps,
+                )?
+                else {
                     return Ok(false);
                 };
                 write_json(&cdir.join(PHASE_FILE), &record)?;
@@ -198,5 +180,45 @@ impl Ctx<'_> {
         ));
         write_json(&dir.join(PHASE_FILE), &record)?;
         Ok(true)
+    }
+
+    /// Trains candidate `index` of `count` from scratch in `cdir` (its genotype saved there);
+    /// `None` when stopped before the end.
+    fn train_candidate(
+        &mut self,
+        (index, count): (usize, usize),
+        genotype: &Genotype,
+        cdir: &Path,
+        supernet: &RlDartsConfig,
+        steps: u64,
+    ) -> Result<Option<PhaseRecord>, TrainError> {
+        fs::create_dir_all(cdir).map_err(|source| TrainError::Io {
+            path: cdir.to_path_buf(),
+            source,
+        })?;
+        let path = cdir.join(GENOTYPE_FILE);
+        genotype
+            .save_json(&path)
+            .map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let path = fs::canonicalize(&path).map_err(|source| TrainError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.reporter.message(&format!(
+            "[search] candidate {}/{}: {}",
+            index + 1,
+            count,
+            genotype.to_darts_string()
+        ));
+        let mut config = self.config.clone();
+        config.encoder = EncoderConfig::RlDartsFixed(RlDartsFixedConfig {
+            genotype: path,
+            supernet: supernet.clone(),
+        });
+        config.ppo.total_timesteps = steps;
+        self.train_phase("search", cdir, &config)
     }
 }

@@ -120,7 +120,7 @@ pub fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
 
 /// The loop of [`train`] for either kind of encoder.
 fn run_loop<D: Driver>(
-    run: TrainRun<'_>,
+    mut run: TrainRun<'_>,
     env: &mut dyn VecEnv,
     mut trainer: PpoTrainer<D::Arch>,
     mut driver: D,
@@ -130,17 +130,7 @@ fn run_loop<D: Driver>(
         .is_procgen()
         .then(|| find_game(&config.env))
         .transpose()?;
-    let (mut state, mut last_checkpoint) = if run.resume {
-        resume(run.run_dir, config, &mut trainer, &mut driver, env)?
-    } else {
-        let markdown = crate::config::to_markdown(config)?;
-        run.sink.text("config", &markdown, 0);
-        (LoopState::default(), None)
-    };
-    if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, config)? {
-        let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
-        write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
-    }
+    let (mut state, mut last_checkpoint) = start(&mut run, env, &mut trainer, &mut driver)?;
     let save = |trainer: &PpoTrainer<D::Arch>,
                 driver: &D,
                 env: &dyn VecEnv,
@@ -244,6 +234,29 @@ fn run_loop<D: Driver>(
     );
     finish(run, &summary)?;
     Ok(summary)
+}
+
+/// The loop's state at its first iteration: resumed from the newest checkpoint, or fresh (the
+/// config logged); then the update fitted into memory (the plan written beside the run).
+fn start<D: Driver>(
+    run: &mut TrainRun<'_>,
+    env: &mut dyn VecEnv,
+    trainer: &mut PpoTrainer<D::Arch>,
+    driver: &mut D,
+) -> Result<(LoopState, Option<PathBuf>), TrainError> {
+    let config = run.config;
+    let started = if run.resume {
+        resume(run.run_dir, config, trainer, driver, env)?
+    } else {
+        let markdown = crate::config::to_markdown(config)?;
+        run.sink.text("config", &markdown, 0);
+        (LoopState::default(), None)
+    };
+    if let Some(plan) = fit_update_in_memory(trainer, driver, config)? {
+        let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
+        write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
+    }
+    Ok(started)
 }
 
 /// What a stopped run tells its user about resuming.
