@@ -15,6 +15,7 @@ pub mod device;
 pub mod logging;
 pub mod media;
 pub mod nas;
+pub mod plots;
 pub mod search;
 pub mod sweep;
 pub mod train;

@@ -5,6 +5,7 @@
 //! failures by printing one warning and then carrying on (or disabling itself). Only opening a
 //! sink returns a `Result`, so the command line can decide what a missing log directory means.
 
+pub mod arch;
 mod memory;
 mod multi;
 mod stdout;

@@ -37,6 +37,29 @@ pub struct Edge {
     pub node: usize,
 }
 
+impl Edge {
+    /// The edge by its endpoints, `c_{k-1} -> 0` or `0 -> 2`, as heatmaps name their rows.
+    pub fn label(&self, num_inputs: usize) -> String {
+        format!("{} -> {}", state_label(self.from, num_inputs), self.node)
+    }
+
+    /// [`Edge::label`] as a TensorBoard tag segment: `c_k-1_to_0`, `0_to_2`.
+    pub fn tag(&self, num_inputs: usize) -> String {
+        let from = state_label(self.from, num_inputs).replace(['{', '}'], "");
+        format!("{from}_to_{}", self.node)
+    }
+}
+
+/// State `s` of a cell: its inputs are the outputs of the previous cells (`c_{k-2}`,
+/// `c_{k-1}`), then intermediate node `s - num_inputs`.
+pub fn state_label(s: usize, num_inputs: usize) -> String {
+    if s < num_inputs {
+        format!("c_{{k-{}}}", num_inputs - s)
+    } else {
+        (s - num_inputs).to_string()
+    }
+}
+
 impl CellSpace {
     /// DARTS CNN space: 2 inputs, 4 nodes, 14 edges, the 8 DARTS ops.
     pub fn darts() -> Self {
@@ -637,5 +660,26 @@ mod tests {
             .variables()
             .keys()
             .all(|name| !name.contains("preprocess")));
+    }
+
+    #[test]
+    fn edges_are_named_by_their_endpoints() {
+        let darts = CellSpace::darts();
+        let names: Vec<String> = darts.edges().iter().map(|e| e.label(2)).collect();
+        assert_eq!(
+            names[..5],
+            [
+                "c_{k-2} -> 0",
+                "c_{k-1} -> 0",
+                "c_{k-2} -> 1",
+                "c_{k-1} -> 1",
+                "0 -> 1"
+            ]
+        );
+        assert_eq!(darts.edges()[4].tag(2), "0_to_1");
+        let rl = CellSpace::rl_darts(OpSet::RlDarts);
+        let names: Vec<String> = rl.edges().iter().map(|e| e.label(1)).collect();
+        assert_eq!(names[..3], ["c_{k-1} -> 0", "c_{k-1} -> 1", "0 -> 1"]);
+        assert_eq!(rl.edges()[0].tag(1), "c_k-1_to_0");
     }
 }

@@ -6,12 +6,11 @@
 //! names.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
 use super::SweepError;
+use crate::plots::ensure_font;
 
 /// One seed's curve: (env step, value), sorted by step.
 pub type Curve = Vec<(i64, f64)>;
@@ -20,35 +19,6 @@ pub type Curve = Vec<(i64, f64)>;
 pub struct Series {
     pub method: String,
     pub runs: Vec<Curve>,
-}
-
-const FONT_CANDIDATES: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
-/// Registers the font once per process; Err names what to install.
-fn ensure_font() -> Result<(), String> {
-    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
-    FONT.get_or_init(|| {
-        let from_env = std::env::var("RL_DARTS_FONT").ok();
-        let path = from_env
-            .iter()
-            .map(String::as_str)
-            .chain(FONT_CANDIDATES)
-            .find(|p| Path::new(p).is_file())
-            .ok_or_else(|| {
-                "no TrueType font found: install Debian's fonts-dejavu-core (make setup does) or set RL_DARTS_FONT=/path/to/font.ttf".to_string()
-            })?;
-        let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-        // plotters keeps registered fonts for the whole process and wants 'static bytes;
-        // this happens once.
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{path} is not a usable TrueType font"))
-    })
-    .clone()
 }
 
 /// One run on a grid of `points` steps from 0 to `max_step`: each grid step holds the mean of

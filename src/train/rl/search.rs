@@ -329,30 +329,12 @@ impl ArchSearch {
     /// Alpha softmax per edge and op, the entropy of each cell type's mixture, a heatmap per
     /// cell type, the strategy's scalars and the currently derived genotype.
     pub fn log(&self, sink: &mut dyn MetricsSink, step: i64) {
-        let (ops, edges) = (self.arch.space().op_set.ops(), self.arch.space().edges());
-        for (_, name, rows) in self.probabilities() {
-            let mut entropy = 0.0;
-            for (edge, row) in edges.iter().zip(&rows) {
-                for (op, &p) in ops.iter().zip(row) {
-                    let tag = format!(
-                        "arch/{name}/edge{}_{}to{}/{}",
-                        edge.index,
-                        edge.from,
-                        edge.node,
-                        op.name()
-                    );
-                    sink.scalar(&tag, p, step);
-                }
-                entropy += op_entropy(row);
-            }
-            sink.scalar(
-                &format!("arch/{name}_entropy"),
-                entropy / rows.len().max(1) as f64,
-                step,
-            );
-            let (rgb, h, w) = crate::media::probability_heatmap(&rows, 12);
-            sink.image(&format!("arch/{name}_heatmap"), &rgb, h, w, step);
-        }
+        let cells: Vec<(&str, Vec<Vec<f64>>)> = self
+            .probabilities()
+            .into_iter()
+            .map(|(_, name, rows)| (name, rows))
+            .collect();
+        crate::logging::arch::log_architecture(sink, self.arch.space(), &cells, step);
         for (name, value) in self.strategy.scalars() {
             sink.scalar(&format!("strategy/{name}"), value, step);
         }
@@ -448,20 +430,6 @@ impl IterationArch<CellWeights> for SampledArch<'_> {
     }
 }
 
-/// Entropy of one edge's op choice: the row normalised to sum 1 (softmax rows already do;
-/// UNAS's factorised expected weights sum to the chance that the edge is used).
-pub(crate) fn op_entropy(row: &[f64]) -> f64 {
-    let total: f64 = row.iter().sum();
-    if total <= 0.0 {
-        return 0.0;
-    }
-    row.iter()
-        .map(|&w| w / total)
-        .filter(|&p| p > 0.0)
-        .map(|p| -p * p.ln())
-        .sum()
-}
-
 /// Whether no trainable variable of `weights` shares storage with an alpha (the two stores
 /// stay apart).
 pub fn stores_are_disjoint(weights: &tch::nn::VarStore, alphas: &[Tensor]) -> bool {
@@ -469,19 +437,4 @@ pub fn stores_are_disjoint(weights: &tch::nn::VarStore, alphas: &[Tensor]) -> bo
         .trainable_variables()
         .iter()
         .all(|w| alphas.iter().all(|a| w.data_ptr() != a.data_ptr()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::op_entropy;
-
-    #[test]
-    fn op_entropy_normalises_the_row_first() {
-        let ln2 = std::f64::consts::LN_2;
-        assert!((op_entropy(&[0.5, 0.5, 0.0]) - ln2).abs() < 1e-12);
-        // Factorised expected weights: an edge used with weight 0.4, split evenly.
-        assert!((op_entropy(&[0.2, 0.2]) - ln2).abs() < 1e-12);
-        assert_eq!(op_entropy(&[1.0, 0.0]), 0.0);
-        assert_eq!(op_entropy(&[0.0, 0.0]), 0.0);
-    }
 }

@@ -1,0 +1,252 @@
+//! Pictures a researcher reads: labelled architecture heatmaps (rows = edges named by their
+//! endpoints, columns = ops, the value printed in each cell, a colour scale), drawn with
+//! plotters' bitmap backend.
+//!
+//! Text is drawn with a TrueType font read at run time (ab_glyph, no fontconfig): DejaVu Sans
+//! from Debian's fonts-dejavu-core, which `make setup` installs, or the file RL_DARTS_FONT
+//! names.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+const FONT_CANDIDATES: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers the font once per process; Err names what to install.
+pub fn ensure_font() -> Result<(), String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let from_env = std::env::var("RL_DARTS_FONT").ok();
+        let path = from_env
+            .iter()
+            .map(String::as_str)
+            .chain(FONT_CANDIDATES)
+            .find(|p| Path::new(p).is_file())
+            .ok_or_else(|| {
+                "no TrueType font found: install Debian's fonts-dejavu-core (make setup does) or set RL_DARTS_FONT=/path/to/font.ttf".to_string()
+            })?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+        // plotters keeps registered fonts for the whole process and wants 'static bytes;
+        // this happens once.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{path} is not a usable TrueType font"))
+    })
+    .clone()
+}
+
+/// Where a heatmap's parts go, in pixels: a title band, a band of column labels, a column of
+/// row labels, the grid, and a colour scale on the right. Sized so that TensorBoard's
+/// default zoom reads the labels and the printed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeatmapLayout {
+    pub width: u32,
+    pub height: u32,
+    pub title_h: u32,
+    pub header_h: u32,
+    pub label_w: u32,
+    pub cell_w: u32,
+    pub cell_h: u32,
+    /// Left edge of the colour scale.
+    pub scale_x: u32,
+}
+
+impl HeatmapLayout {
+    pub const TITLE_H: u32 = 34;
+    pub const HEADER_H: u32 = 30;
+    pub const CELL_H: u32 = 26;
+    pub const SCALE_W: u32 = 70;
+    const CHAR_W: u32 = 8;
+
+    /// The layout of a grid with these row and column labels: columns as wide as the longest
+    /// op name (at least a printed value), the label column as wide as the longest edge name.
+    pub fn new(row_labels: &[String], col_labels: &[String]) -> Self {
+        let longest =
+            |labels: &[String]| labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+        let cell_w = (longest(col_labels) as u32 * Self::CHAR_W + 12).max(48);
+        let label_w = longest(row_labels) as u32 * Self::CHAR_W + 20;
+        let grid_w = cell_w * col_labels.len() as u32;
+        let grid_h = Self::CELL_H * row_labels.len() as u32;
+        let scale_x = label_w + grid_w + 16;
+        Self {
+            width: scale_x + Self::SCALE_W,
+            height: Self::TITLE_H + Self::HEADER_H + grid_h + 10,
+            title_h: Self::TITLE_H,
+            header_h: Self::HEADER_H,
+            label_w,
+            cell_w,
+            cell_h: Self::CELL_H,
+            scale_x,
+        }
+    }
+
+    /// Top-left pixel of grid cell (`row`, `col`).
+    pub fn cell_origin(&self, row: usize, col: usize) -> (i32, i32) {
+        (
+            (self.label_w + self.cell_w * col as u32) as i32,
+            (self.title_h + self.header_h + self.cell_h * row as u32) as i32,
+        )
+    }
+}
+
+/// White (0) to dark blue (1); values outside [0, 1] are clamped.
+fn shade(p: f64) -> RGBColor {
+    let p = p.clamp(0.0, 1.0);
+    RGBColor(
+        (255.0 * (1.0 - 0.92 * p)) as u8,
+        (255.0 * (1.0 - 0.75 * p)) as u8,
+        (255.0 * (1.0 - 0.45 * p)) as u8,
+    )
+}
+
+/// `values[row][col]` in [0, 1] (op probabilities) as a labelled heatmap: packed HWC RGB
+/// bytes with the height and width. Err when no font is available or the shapes disagree.
+pub fn heatmap_rgb(
+    title: &str,
+    row_labels: &[String],
+    col_labels: &[String],
+    values: &[Vec<f64>],
+) -> Result<(Vec<u8>, usize, usize), String> {
+    if values.len() != row_labels.len() || values.iter().any(|r| r.len() != col_labels.len()) {
+        return Err(format!(
+            "heatmap: {} rows of {:?} values for {} row and {} column labels",
+            values.len(),
+            values.iter().map(Vec::len).collect::<Vec<_>>(),
+            row_labels.len(),
+            col_labels.len()
+        ));
+    }
+    ensure_font()?;
+    let layout = HeatmapLayout::new(row_labels, col_labels);
+    let (w, h) = (layout.width as usize, layout.height as usize);
+    let mut rgb = vec![255u8; w * h * 3];
+    {
+        let root =
+            BitMapBackend::with_buffer(&mut rgb, (layout.width, layout.height)).into_drawing_area();
+        draw_heatmap(&root, &layout, title, row_labels, col_labels, values)
+            .map_err(|e| format!("heatmap: {e}"))?;
+        root.present().map_err(|e| format!("heatmap: {e}"))?;
+    }
+    Ok((rgb, h, w))
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    layout: &HeatmapLayout,
+    title: &str,
+    row_labels: &[String],
+    col_labels: &[String],
+    values: &[Vec<f64>],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let text = |size: u32| ("sans-serif", size).into_font().color(&BLACK);
+    root.draw(&Text::new(title.to_string(), (8, 8), text(18)))?;
+    for (c, label) in col_labels.iter().enumerate() {
+        let (x, _) = layout.cell_origin(0, c);
+        let y = (layout.title_h + 8) as i32;
+        root.draw(&Text::new(label.clone(), (x + 4, y), text(13)))?;
+    }
+    for (r, (label, row)) in row_labels.iter().zip(values).enumerate() {
+        let (_, y) = layout.cell_origin(r, 0);
+        root.draw(&Text::new(label.clone(), (6, y + 6), text(13)))?;
+        for (c, &p) in row.iter().enumerate() {
+            let (x, y) = layout.cell_origin(r, c);
+            let (x1, y1) = (x + layout.cell_w as i32, y + layout.cell_h as i32);
+            root.draw(&Rectangle::new([(x, y), (x1, y1)], shade(p).filled()))?;
+            root.draw(&Rectangle::new([(x, y), (x1, y1)], RGBColor(200, 200, 200)))?;
+            let ink = if p > 0.55 { WHITE } else { BLACK };
+            let style = ("sans-serif", 13).into_font().color(&ink);
+            root.draw(&Text::new(format!("{p:.2}"), (x + 6, y + 6), style))?;
+        }
+    }
+    // The colour scale: 0 at the bottom, 1 at the top, over the grid's height.
+    let (_, top) = layout.cell_origin(0, 0);
+    let (_, bottom) = layout.cell_origin(row_labels.len(), 0);
+    let x = layout.scale_x as i32;
+    let span = (bottom - top).max(1);
+    for y in top..bottom {
+        let p = (bottom - y) as f64 / span as f64;
+        root.draw(&PathElement::new(vec![(x, y), (x + 16, y)], shade(p)))?;
+    }
+    root.draw(&Rectangle::new([(x, top), (x + 16, bottom)], BLACK))?;
+    for (p, y) in [(1.0, top), (0.5, (top + bottom) / 2), (0.0, bottom - 12)] {
+        root.draw(&Text::new(format!("{p:.1}"), (x + 22, y), text(12)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nas::{CellSpace, OpSet};
+
+    fn labels(space: &CellSpace) -> (Vec<String>, Vec<String>) {
+        let rows = space
+            .edges()
+            .iter()
+            .map(|e| e.label(space.num_inputs))
+            .collect();
+        let cols = space
+            .op_set
+            .ops()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        (rows, cols)
+    }
+
+    /// The layout follows the cell and the op set: one row per edge, one column per op, every
+    /// label wide enough for its text, the colour scale right of the grid.
+    #[test]
+    fn the_layout_fits_the_cell_and_the_op_names() {
+        let (rows, cols) = labels(&CellSpace::darts());
+        let l = HeatmapLayout::new(&rows, &cols);
+        assert_eq!((rows.len(), cols.len()), (14, 8));
+        assert_eq!(l.height, l.title_h + l.header_h + 14 * l.cell_h + 10);
+        assert!(l.cell_w >= "dil_conv_3x3".len() as u32 * 8);
+        assert!(l.label_w >= "c_{k-2} -> 0".len() as u32 * 8);
+        assert_eq!(l.cell_origin(13, 7).0 as u32 + l.cell_w + 16, l.scale_x);
+        assert_eq!(l.width, l.scale_x + HeatmapLayout::SCALE_W);
+        let (rows, cols) = labels(&CellSpace::rl_darts(OpSet::RlDarts));
+        let small = HeatmapLayout::new(&rows, &cols);
+        assert!(small.width < l.width && small.height < l.height);
+    }
+
+    /// The image has the layout's size, and each cell is shaded by its value: a cell of 1 is
+    /// dark blue where no text covers it, a cell of 0 white.
+    #[test]
+    fn the_heatmap_has_the_layout_size_and_shades_by_value() {
+        if let Err(e) = ensure_font() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let rows = vec!["c_{k-1} -> 0".to_string(), "0 -> 1".to_string()];
+        let cols = vec!["conv_3x3".to_string(), "skip_connect".to_string()];
+        let values = vec![vec![0.0, 1.0], vec![1.0, 0.0]];
+        let (rgb, h, w) = heatmap_rgb("normal", &rows, &cols, &values).unwrap();
+        let l = HeatmapLayout::new(&rows, &cols);
+        assert_eq!((h, w), (l.height as usize, l.width as usize));
+        assert_eq!(rgb.len(), h * w * 3);
+        let pixel = |row: usize, col: usize| {
+            // Near the cell's bottom-right corner, inside the border, below the text.
+            let (x, y) = l.cell_origin(row, col);
+            let (x, y) = (
+                x as usize + l.cell_w as usize - 3,
+                y as usize + l.cell_h as usize - 3,
+            );
+            let i = (y * w + x) * 3;
+            (rgb[i], rgb[i + 1], rgb[i + 2])
+        };
+        let dark = shade(1.0);
+        assert_eq!(pixel(0, 1), (dark.0, dark.1, dark.2));
+        assert_eq!(pixel(1, 0), (dark.0, dark.1, dark.2));
+        assert_eq!(pixel(0, 0), (255, 255, 255));
+        assert!(heatmap_rgb("bad", &rows, &cols, &values[..1]).is_err());
+    }
+}
