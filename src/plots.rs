@@ -181,6 +181,133 @@ fn draw_heatmap<DB: DrawingBackend>(
     Ok(())
 }
 
+/// One series of (step, value) points.
+pub type Series = Vec<(i64, f64)>;
+
+/// Small multiples of op weights over a search: one panel per edge (titled by its endpoints),
+/// one line per op (the same colour in every panel, named in a legend above the panels).
+pub struct Trajectories<'a> {
+    pub title: &'a str,
+    pub edge_labels: &'a [String],
+    pub op_labels: &'a [String],
+    /// `series[edge][op]`.
+    pub series: &'a [Vec<Series>],
+}
+
+/// Panels per row of [`Trajectories`] and the pixel size of the picture.
+pub fn trajectories_layout(edges: usize) -> (usize, u32, u32) {
+    const PANEL_W: u32 = 300;
+    const PANEL_H: u32 = 190;
+    const LEGEND_H: u32 = 70;
+    let per_row = edges.clamp(1, 4);
+    let rows = edges.div_ceil(per_row).max(1);
+    (
+        per_row,
+        PANEL_W * per_row as u32,
+        LEGEND_H + PANEL_H * rows as u32,
+    )
+}
+
+/// Writes `t` as PNG (`stem.png`) and SVG (`stem.svg`).
+pub fn write_trajectories(stem: &Path, t: &Trajectories<'_>) -> Result<(), String> {
+    ensure_font()?;
+    let (_, w, h) = trajectories_layout(t.edge_labels.len());
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    {
+        let root = BitMapBackend::new(&png, (w, h)).into_drawing_area();
+        draw_trajectories(&root, t).map_err(|e| format!("{}: {e}", png.display()))?;
+        root.present()
+            .map_err(|e| format!("{}: {e}", png.display()))?;
+    }
+    let root = SVGBackend::new(&svg, (w, h)).into_drawing_area();
+    draw_trajectories(&root, t).map_err(|e| format!("{}: {e}", svg.display()))?;
+    root.present()
+        .map_err(|e| format!("{}: {e}", svg.display()))
+}
+
+fn op_colour(op: usize) -> RGBColor {
+    const PALETTE: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    PALETTE[op % PALETTE.len()]
+}
+
+fn draw_trajectories<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    t: &Trajectories<'_>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let (per_row, w, _) = trajectories_layout(t.edge_labels.len());
+    let (legend, panels) = root.split_vertically(70);
+    legend.draw(&Text::new(
+        t.title.to_string(),
+        (8, 6),
+        ("sans-serif", 18).into_font(),
+    ))?;
+    let mut x = 8i32;
+    for (o, op) in t.op_labels.iter().enumerate() {
+        let y = 40;
+        legend.draw(&Rectangle::new(
+            [(x, y + 3), (x + 18, y + 9)],
+            op_colour(o).filled(),
+        ))?;
+        legend.draw(&Text::new(
+            op.clone(),
+            (x + 24, y),
+            ("sans-serif", 13).into_font(),
+        ))?;
+        x += 34 + 8 * op.chars().count() as i32;
+        if x > w as i32 - 120 {
+            break;
+        }
+    }
+    let max_step = t
+        .series
+        .iter()
+        .flatten()
+        .flat_map(|s| s.last().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let rows = t.edge_labels.len().div_ceil(per_row).max(1);
+    for (e, area) in panels
+        .split_evenly((rows, per_row))
+        .iter()
+        .enumerate()
+        .take(t.edge_labels.len())
+    {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&t.edge_labels[e], ("sans-serif", 14))
+            .margin(6)
+            .x_label_area_size(22)
+            .y_label_area_size(32)
+            .build_cartesian_2d(0i64..max_step, 0f64..1f64)?;
+        chart
+            .configure_mesh()
+            .x_labels(3)
+            .y_labels(3)
+            .label_style(("sans-serif", 11))
+            .draw()?;
+        for (o, series) in t.series[e].iter().enumerate() {
+            chart.draw_series(LineSeries::new(
+                series.iter().copied(),
+                op_colour(o).stroke_width(2),
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

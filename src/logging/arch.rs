@@ -3,8 +3,11 @@
 //! endpoints, [`crate::nas::Edge::label`]) and op, the expected op weight as a scalar; each
 //! cell type's mean entropy; and one labelled heatmap image (values printed, colour scale).
 
+use std::path::{Path, PathBuf};
+
 use super::MetricsSink;
 use crate::nas::CellSpace;
+use crate::plots::{write_trajectories as write_trajectories_file, Series, Trajectories};
 
 /// Mean over edges of each edge's op-choice entropy (nats), each row normalised to sum 1
 /// (softmax rows already do; UNAS's factorised expected weights sum to the chance that the
@@ -56,6 +59,70 @@ pub fn log_architecture(
             Err(e) => warn_once(&e),
         }
     }
+}
+
+/// The alpha trajectories of a search, from the scalars [`log_architecture`] wrote to the
+/// TensorBoard files in `tb_dir`: per cell type in `cells`, `alpha_trajectories_{cell}.png` and
+/// `.svg` in `out_dir` (small multiples, one panel per edge). Read back from the event files
+/// rather than kept in memory, so that a resumed run draws its whole search; a step logged
+/// twice (before a stop and again after the resume) keeps its later value, as TensorBoard
+/// shows it. Returns the files written.
+pub fn write_trajectories(
+    tb_dir: &Path,
+    space: &CellSpace,
+    cells: &[&str],
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    let scalars = crate::sweep::tfevents::read_scalars(tb_dir).map_err(|e| e.to_string())?;
+    let ops: Vec<String> = space
+        .op_set
+        .ops()
+        .iter()
+        .map(|op| op.name().to_string())
+        .collect();
+    let edges = space.edges();
+    let labels: Vec<String> = edges.iter().map(|e| e.label(space.num_inputs)).collect();
+    let mut written = Vec::new();
+    for cell in cells {
+        let series: Vec<Vec<Series>> = edges
+            .iter()
+            .map(|edge| {
+                let edge_tag = edge.tag(space.num_inputs);
+                ops.iter()
+                    .map(|op| last_per_step(scalars.get(&format!("arch/{cell}/{edge_tag}/{op}"))))
+                    .collect()
+            })
+            .collect();
+        if series.iter().flatten().all(Vec::is_empty) {
+            continue;
+        }
+        let title = format!("{cell} cell: op weights per edge over the search");
+        let stem = out_dir.join(format!("alpha_trajectories_{cell}"));
+        write_trajectories_file(
+            &stem,
+            &Trajectories {
+                title: &title,
+                edge_labels: &labels,
+                op_labels: &ops,
+                series: &series,
+            },
+        )?;
+        written.push(stem.with_extension("png"));
+        written.push(stem.with_extension("svg"));
+    }
+    Ok(written)
+}
+
+/// One value per step, the last written (points come sorted by step, written order kept).
+fn last_per_step(points: Option<&Vec<(i64, f64)>>) -> Series {
+    let mut out: Series = Vec::new();
+    for &(step, value) in points.into_iter().flatten() {
+        match out.last_mut() {
+            Some(last) if last.0 == step => last.1 = value,
+            _ => out.push((step, value)),
+        }
+    }
+    out
 }
 
 fn warn_once(message: &str) {
@@ -117,6 +184,63 @@ mod tests {
                 (images[0].height, images[0].width),
                 (layout.height as usize, layout.width as usize)
             );
+        }
+    }
+
+    #[test]
+    fn a_step_logged_twice_keeps_its_later_value() {
+        let points = vec![(0, 0.1), (10, 0.2), (10, 0.3), (20, 0.4)];
+        assert_eq!(
+            last_per_step(Some(&points)),
+            vec![(0, 0.1), (10, 0.3), (20, 0.4)]
+        );
+        assert!(last_per_step(None).is_empty());
+    }
+
+    /// Trajectories are drawn from what the TensorBoard files hold: a PNG of the layout's size
+    /// and an SVG whose panel titles are the edges and whose legend is the op set.
+    #[test]
+    fn trajectories_are_drawn_from_the_tensorboard_scalars() {
+        if crate::plots::ensure_font().is_err() {
+            eprintln!("skipped: no font");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tb = dir.path().join("tb");
+        let space = CellSpace::rl_darts(OpSet::RlDarts);
+        let (e, o) = (space.num_edges(), space.num_ops());
+        {
+            let mut sink = crate::logging::TensorBoardSink::create(&tb).unwrap();
+            for step in 0..4 {
+                let p = 1.0 / o as f64 + 0.1 * step as f64;
+                let row: Vec<f64> = (0..o)
+                    .map(|k| {
+                        if k == 0 {
+                            p
+                        } else {
+                            (1.0 - p) / (o - 1) as f64
+                        }
+                    })
+                    .collect();
+                log_architecture(&mut sink, &space, &[("normal", vec![row; e])], step * 100);
+            }
+            sink.flush();
+        }
+        let files = write_trajectories(&tb, &space, &["normal", "reduce"], dir.path()).unwrap();
+        // Nothing was logged for the reduce cell: no picture of it.
+        assert_eq!(files.len(), 2, "{files:?}");
+        let png = std::fs::File::open(dir.path().join("alpha_trajectories_normal.png")).unwrap();
+        let info = png::Decoder::new(png).read_info().unwrap().info().clone();
+        let (_, w, h) = crate::plots::trajectories_layout(e);
+        assert_eq!((info.width, info.height), (w, h));
+        let svg =
+            std::fs::read_to_string(dir.path().join("alpha_trajectories_normal.svg")).unwrap();
+        assert!(
+            svg.contains("c_{k-1} -&gt; 0") || svg.contains("c_{k-1} -> 0"),
+            "edge titles"
+        );
+        for op in space.op_set.ops() {
+            assert!(svg.contains(op.name()), "legend lacks {}", op.name());
         }
     }
 }

@@ -56,6 +56,9 @@ pub(super) trait Driver {
         Ok(())
     }
 
+    /// After each checkpoint: a search redraws its alpha trajectories in `run_root`.
+    fn after_checkpoint(&self, _run_root: &Path) {}
+
     /// At the end of a run: a search writes its derived genotype into `run_root`.
     fn finish(
         &self,
@@ -214,6 +217,10 @@ impl Driver for SearchDriver {
         self.envs.load(dir, config, self.device)
     }
 
+    fn after_checkpoint(&self, run_root: &Path) {
+        self.search.write_trajectories(run_root);
+    }
+
     fn finish(
         &self,
         run_root: &Path,
@@ -221,6 +228,7 @@ impl Driver for SearchDriver {
         step: i64,
     ) -> Result<(), TrainError> {
         let g = self.search.write_genotype(run_root)?;
+        self.search.write_trajectories(run_root);
         sink.text(
             "arch/final_genotype",
             &format!("`{}`", g.to_darts_string()),

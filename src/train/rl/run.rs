@@ -207,6 +207,7 @@ fn run_loop<D: Driver>(
             && last_save.elapsed().as_secs_f64() >= every.every_minutes * 60.0;
         if stop || on_schedule || overdue || trainer.is_done() {
             last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+            driver.after_checkpoint(&run.run_dir.root);
             last_save = Instant::now();
         }
         if stop {

@@ -343,6 +343,22 @@ impl ArchSearch {
         }
     }
 
+    /// Draws the alpha trajectories so far (from the run's TensorBoard scalars) into
+    /// `run_root`; a failure is a warning, never the end of a run.
+    pub fn write_trajectories(&self, run_root: &Path) {
+        let names: Vec<&str> = self
+            .probabilities()
+            .into_iter()
+            .map(|(_, n, _)| n)
+            .collect();
+        let tb = run_root.join(crate::train::run_dir::TENSORBOARD_DIR);
+        if let Err(e) =
+            crate::logging::arch::write_trajectories(&tb, self.arch.space(), &names, run_root)
+        {
+            eprintln!("warning: no alpha trajectories ({e})");
+        }
+    }
+
     /// Writes genotype.json, genotype.txt (DARTS text form) and, when graphviz is installed,
     /// one PNG diagram per cell type into `dir`.
     pub fn write_genotype(&self, dir: &Path) -> Result<Genotype, TrainError> {
