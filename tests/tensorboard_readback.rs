@@ -144,3 +144,85 @@ fn tensorboard_reads_back_every_summary_kind() {
     assert_eq!(text["step"].as_i64(), Some(0));
     assert_eq!(text["text"][0].as_str(), Some(markdown));
 }
+
+const HPARAMS_READER: &str = r#"
+import json, sys
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.plugins.hparams import metadata
+
+acc = ea.EventAccumulator(sys.argv[1], size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+acc.Reload()
+content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+values = {}
+for name, v in start.hparams.items():
+    kind = v.WhichOneof("kind")
+    values[name] = [kind, getattr(v, kind)]
+print(json.dumps({
+    "hparams": [h.name for h in experiment.hparam_infos],
+    "metrics": [m.name.tag for m in experiment.metric_infos],
+    "values": values,
+    "status": end.status,
+    "scalars": sorted(acc.Tags()["scalars"]),
+}))
+"#;
+
+/// TensorBoard's own hparams plugin parses what a run writes for its HParams dashboard: the
+/// experiment (hyperparameter names, metric tags), the session's values, its end; and the
+/// metric tags are scalars of the run.
+#[test]
+fn tensorboard_reads_back_the_hparams_of_a_run() {
+    use rl_darts::train::rl::run::{hparams_of, HPARAM_METRICS};
+    let dir = tempfile::tempdir().unwrap();
+    let logdir = dir.path().join("run");
+    let config = rl_darts::train::pipeline::pipeline_defaults("coinrun").train;
+    let hparams = hparams_of(&config);
+    let metrics: Vec<String> = HPARAM_METRICS.iter().map(|t| t.to_string()).collect();
+    {
+        let mut sink = TensorBoardSink::create(&logdir).unwrap();
+        for (i, tag) in HPARAM_METRICS.iter().enumerate() {
+            sink.scalar(tag, i as f64 + 0.5, 1000);
+        }
+        sink.hparams(&hparams, &metrics);
+    }
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(HPARAMS_READER)
+        .arg(&logdir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "hparams reader failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Value = serde_json::from_slice(output.stdout.trim_ascii()).unwrap();
+    let names: Vec<&str> = hparams.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(read["hparams"], serde_json::json!(names));
+    assert_eq!(read["metrics"], serde_json::json!(metrics));
+    assert_eq!(
+        read["values"]["env"],
+        serde_json::json!(["string_value", "coinrun"])
+    );
+    assert_eq!(
+        read["values"]["strategy"],
+        serde_json::json!(["string_value", "joint"])
+    );
+    assert_eq!(
+        read["values"]["encoder"],
+        serde_json::json!(["string_value", "rl_darts"])
+    );
+    assert_eq!(
+        read["values"]["seed"],
+        serde_json::json!(["number_value", 1.0])
+    );
+    assert_eq!(read["status"], serde_json::json!(1)); // STATUS_SUCCESS
+    for tag in HPARAM_METRICS {
+        assert!(
+            read["scalars"].as_array().unwrap().iter().any(|t| t == tag),
+            "{read}"
+        );
+    }
+}

@@ -85,6 +85,21 @@ fn resumed_run_reproduces_the_uninterrupted_run_exactly() {
         joined, straight_log,
         "resumed logs differ from the uninterrupted run"
     );
+    // The HParams dashboard's record is written once, by the process that completes the run.
+    assert_eq!(
+        (
+            full.snapshot().hparams.len(),
+            first.snapshot().hparams.len(),
+            second.snapshot().hparams.len()
+        ),
+        (1, 0, 1)
+    );
+    let (hparams, metrics) = &full.snapshot().hparams[0];
+    assert!(hparams.iter().any(|(k, _)| k == "ppo.learning_rate"));
+    assert!(metrics
+        .iter()
+        .all(|m| full.snapshot().scalars.iter().any(|p| &p.tag == m)
+            || m == "hparams/normalized_return"));
 }
 
 /// CartPole whose rewards turn NaN after a while, to check the NaN stop.

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{check_image, MetricsSink};
+use super::{check_image, HParam, MetricsSink};
 
 /// One scalar call.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +50,8 @@ pub struct Recorded {
     /// messages, so tests catch them instead of a warning scrolling by.
     pub rejected: Vec<String>,
     pub flushes: usize,
+    /// Each hparams call: the hyperparameters and the metric tags.
+    pub hparams: Vec<(Vec<(String, HParam)>, Vec<String>)>,
 }
 
 /// Records every call. Cloning gives another handle on the same record, so a test keeps one
@@ -164,6 +166,12 @@ impl MetricsSink for MemorySink {
 
     fn flush(&mut self) {
         self.lock().flushes += 1;
+    }
+
+    fn hparams(&mut self, hparams: &[(String, HParam)], metric_tags: &[String]) {
+        self.lock()
+            .hparams
+            .push((hparams.to_vec(), metric_tags.to_vec()));
     }
 }
 

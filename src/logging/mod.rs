@@ -81,6 +81,11 @@ pub trait MetricsSink: Send {
     /// Push buffered data out; trainers call it once per update.
     fn flush(&mut self);
 
+    /// The run's hyperparameters and the scalar tags of its final metrics, for TensorBoard's
+    /// HParams dashboard (which compares the runs of a sweep side by side). The metrics are
+    /// ordinary scalars the run logs under those tags. Default: ignored.
+    fn hparams(&mut self, _hparams: &[(String, HParam)], _metric_tags: &[String]) {}
+
     /// Several scalars at one step, in order.
     fn scalars(&mut self, points: &[(&str, f64)], step: i64) {
         for &(tag, value) in points {
@@ -108,6 +113,17 @@ impl<S: MetricsSink + ?Sized> MetricsSink for Box<S> {
     fn scalars(&mut self, points: &[(&str, f64)], step: i64) {
         (**self).scalars(points, step)
     }
+    fn hparams(&mut self, hparams: &[(String, HParam)], metric_tags: &[String]) {
+        (**self).hparams(hparams, metric_tags)
+    }
+}
+
+/// One hyperparameter's value, as the HParams dashboard types it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HParam {
+    Text(String),
+    Number(f64),
+    Bool(bool),
 }
 
 /// Failures opening a sink. Writing never returns errors (see `MetricsSink`).

@@ -1,6 +1,6 @@
 //! Fan-out sink: forwards every call to each of its sinks, in order.
 
-use super::MetricsSink;
+use super::{HParam, MetricsSink};
 
 /// Sends every call to all of its sinks (e.g. TensorBoard and stdout). An empty `MultiSink`
 /// discards everything, which makes it the "no logging" sink as well.
@@ -62,6 +62,12 @@ impl MetricsSink for MultiSink {
     fn flush(&mut self) {
         for sink in &mut self.sinks {
             sink.flush();
+        }
+    }
+
+    fn hparams(&mut self, hparams: &[(String, HParam)], metric_tags: &[String]) {
+        for sink in &mut self.sinks {
+            sink.hparams(hparams, metric_tags);
         }
     }
 }

@@ -35,7 +35,11 @@ use tensorboard_proto::tensor_shape::{TensorShapeProto, TensorShapeProto_Dim};
 use tensorboard_proto::types::DataType;
 use tensorboard_rs::record_writer::RecordWriter;
 
-use super::{check_image, LoggingError, MetricsSink};
+use super::{check_image, HParam, LoggingError, MetricsSink};
+use tensorboard_proto::api::{
+    DataType as ApiDataType, Experiment, HParamInfo, MetricInfo, MetricName, Status,
+};
+use tensorboard_proto::plugin_hparams::{HParamsPluginData, SessionEndInfo, SessionStartInfo};
 
 /// Writes one TensorBoard events file. Open one per run directory: TensorBoard treats every
 /// events file in a folder as one run and reads them in name order.
@@ -215,6 +219,88 @@ impl MetricsSink for TensorBoardSink {
             self.disable(&message);
         }
     }
+
+    /// What `torch.utils.tensorboard`'s `add_hparams` writes: three summaries of the
+    /// "hparams" plugin (the experiment: which hyperparameters and metric tags exist; the
+    /// session's start with the values; its end), each carrying its HParamsPluginData in the
+    /// summary metadata and no value.
+    fn hparams(&mut self, hparams: &[(String, HParam)], metric_tags: &[String]) {
+        let parts = hparams_plugin_data(hparams, metric_tags);
+        for (tag, data) in parts {
+            self.add_summary(tag, 0, || {
+                let content = data.write_to_bytes().map_err(|e| e.to_string())?;
+                let mut plugin_data = SummaryMetadata_PluginData::new();
+                plugin_data.set_plugin_name("hparams".to_owned());
+                plugin_data.set_content(content);
+                let mut metadata = SummaryMetadata::new();
+                metadata.set_plugin_data(plugin_data);
+                let mut value = Summary_Value::new();
+                value.set_tag(tag.to_owned());
+                value.set_metadata(metadata);
+                Ok(single_value(value))
+            });
+        }
+        self.flush();
+    }
+}
+
+/// The experiment, session-start and session-end records of the hparams plugin, by tag.
+fn hparams_plugin_data(
+    hparams: &[(String, HParam)],
+    metric_tags: &[String],
+) -> Vec<(&'static str, HParamsPluginData)> {
+    let mut experiment = Experiment::new();
+    for (name, value) in hparams {
+        let mut info = HParamInfo::new();
+        info.set_name(name.clone());
+        info.set_field_type(match value {
+            HParam::Text(_) => ApiDataType::DATA_TYPE_STRING,
+            HParam::Number(_) => ApiDataType::DATA_TYPE_FLOAT64,
+            HParam::Bool(_) => ApiDataType::DATA_TYPE_BOOL,
+        });
+        experiment.mut_hparam_infos().push(info);
+    }
+    for tag in metric_tags {
+        let mut name = MetricName::new();
+        name.set_tag(tag.clone());
+        let mut info = MetricInfo::new();
+        info.set_name(name);
+        experiment.mut_metric_infos().push(info);
+    }
+    let mut start = SessionStartInfo::new();
+    for (name, value) in hparams {
+        let mut v = protobuf::well_known_types::Value::new();
+        match value {
+            HParam::Text(s) => v.set_string_value(s.clone()),
+            HParam::Number(x) => v.set_number_value(*x),
+            HParam::Bool(b) => v.set_bool_value(*b),
+        }
+        start.mut_hparams().insert(name.clone(), v);
+    }
+    start.set_start_time_secs(wall_time());
+    let mut end = SessionEndInfo::new();
+    end.set_status(Status::STATUS_SUCCESS);
+    end.set_end_time_secs(wall_time());
+    let wrap = |f: &dyn Fn(&mut HParamsPluginData)| {
+        let mut data = HParamsPluginData::new();
+        data.set_version(0);
+        f(&mut data);
+        data
+    };
+    vec![
+        (
+            "_hparams_/experiment",
+            wrap(&|d| d.set_experiment(experiment.clone())),
+        ),
+        (
+            "_hparams_/session_start_info",
+            wrap(&|d| d.set_session_start_info(start.clone())),
+        ),
+        (
+            "_hparams_/session_end_info",
+            wrap(&|d| d.set_session_end_info(end.clone())),
+        ),
+    ]
 }
 
 impl Drop for TensorBoardSink {

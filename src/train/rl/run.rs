@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::build::{build_policy, make_env, Policy};
-use super::config::TrainConfig;
+use super::config::{EncoderConfig, TrainConfig};
 use super::driver::{Driver, FixedDriver, SearchDriver};
 use super::io::{read, write};
 use super::memory::{plan_update, MemoryPlan};
@@ -19,7 +19,7 @@ use super::search_envs::search_env_options;
 use crate::agents::{AgentError, Heartbeat, IterationPhase, IterationStats, PpoTrainer};
 use crate::envs::procgen::{find_game, normalized_return, DistributionMode, Game};
 use crate::envs::VecEnv;
-use crate::logging::{tags, MetricsSink};
+use crate::logging::{tags, HParam, MetricsSink};
 use crate::train::run_dir::RunDir;
 use crate::train::TrainError;
 
@@ -411,7 +411,78 @@ fn report(
 }
 
 /// The last progress line and summary.json.
+/// Tags of the final metrics the HParams dashboard compares runs by (steps/s under `perf/`
+/// with the other wall-clock measurements).
+pub const HPARAM_METRICS: [&str; 3] = [
+    "hparams/mean_return",
+    "hparams/normalized_return",
+    "perf/steps_per_sec",
+];
+
+/// The run's hyperparameters for TensorBoard's HParams dashboard: what tells the runs of a
+/// sweep apart (env, seed, encoder, strategy) and the PPO settings people vary.
+pub fn hparams_of(config: &TrainConfig) -> Vec<(String, HParam)> {
+    let text = |k: &str, v: &str| (k.to_string(), HParam::Text(v.to_string()));
+    let num = |k: &str, v: f64| (k.to_string(), HParam::Number(v));
+    let searched = matches!(
+        config.encoder,
+        EncoderConfig::RlDarts(_) | EncoderConfig::MlpDarts(_)
+    );
+    let p = &config.ppo;
+    let mut out = vec![
+        text("env", &config.env),
+        num("seed", config.seed as f64),
+        text("encoder", config.encoder.name()),
+        text(
+            "strategy",
+            if searched {
+                config.search.strategy.name()
+            } else {
+                "none"
+            },
+        ),
+        text("device", &config.device),
+        num("ppo.learning_rate", p.learning_rate),
+        num("ppo.num_envs", p.num_envs as f64),
+        num("ppo.num_steps", p.num_steps as f64),
+        num("ppo.num_minibatches", p.num_minibatches as f64),
+        num("ppo.update_epochs", p.update_epochs as f64),
+        num("ppo.ent_coef", p.ent_coef),
+        num("ppo.total_timesteps", p.total_timesteps as f64),
+    ];
+    if config.is_procgen() {
+        out.push(text(
+            "procgen.distribution_mode",
+            config.procgen.distribution_mode.name(),
+        ));
+        out.push(num("procgen.num_levels", config.procgen.num_levels as f64));
+    }
+    out
+}
+
+/// The final metrics and the hyperparameters of a run that reached its end (once: a run
+/// stopped and resumed writes them when it completes).
+fn log_hparams(sink: &mut dyn MetricsSink, config: &TrainConfig, summary: &TrainSummary) {
+    let step = summary.global_step as i64;
+    let metrics = [
+        summary.mean_return,
+        summary.mean_normalized_return,
+        Some(summary.steps_per_sec),
+    ];
+    for (tag, value) in HPARAM_METRICS.iter().zip(metrics) {
+        if let Some(v) = value {
+            sink.scalar(tag, v, step);
+        }
+    }
+    let tags: Vec<String> = HPARAM_METRICS.iter().map(|t| t.to_string()).collect();
+    sink.hparams(&hparams_of(config), &tags);
+}
+
 fn finish(run: TrainRun<'_>, summary: &TrainSummary) -> Result<(), TrainError> {
+    if !summary.interrupted && summary.iterations >= run.config.ppo.num_iterations() {
+        log_hparams(&mut *run.sink, run.config, summary);
+    }
+
     run.progress.finish(&format!(
         "{} after {} steps: mean return (last 100) {}",
         if summary.interrupted {
