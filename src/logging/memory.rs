@@ -31,6 +31,9 @@ pub struct ImageRecord {
     pub rgb: Vec<u8>,
 }
 
+/// One hparams call: the hyperparameters and the metric tags.
+pub type HParamsRecord = (Vec<(String, HParam)>, Vec<String>);
+
 /// One text call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextRecord {
@@ -50,8 +53,8 @@ pub struct Recorded {
     /// messages, so tests catch them instead of a warning scrolling by.
     pub rejected: Vec<String>,
     pub flushes: usize,
-    /// Each hparams call: the hyperparameters and the metric tags.
-    pub hparams: Vec<(Vec<(String, HParam)>, Vec<String>)>,
+    /// Each hparams call.
+    pub hparams: Vec<HParamsRecord>,
 }
 
 /// Records every call. Cloning gives another handle on the same record, so a test keeps one

@@ -11,7 +11,9 @@ mod multi;
 mod stdout;
 mod tensorboard;
 
-pub use memory::{HistogramRecord, ImageRecord, MemorySink, Recorded, ScalarPoint, TextRecord};
+pub use memory::{
+    HParamsRecord, HistogramRecord, ImageRecord, MemorySink, Recorded, ScalarPoint, TextRecord,
+};
 pub use multi::MultiSink;
 pub use stdout::{StdoutSink, Verbosity};
 pub use tensorboard::{default_bucket_limits, HistogramSummary, TensorBoardSink};
