@@ -81,6 +81,7 @@ pub mod checkpoint;
 pub mod darts;
 pub mod darts_prime;
 pub mod gdas;
+pub mod health;
 pub mod idarts;
 pub mod joint;
 pub mod optim;
