@@ -59,6 +59,12 @@ fn strategies() -> Vec<StrategyConfig> {
                 weight_sharing: true,
                 ..p
             }),
+            // The sequence objective has no per-example losses (UNAS's default draws one
+            // architecture per example); one per batch, as the RL search runs it.
+            StrategyConfig::Unas(p) => StrategyConfig::Unas(rl_darts::search::UnasParams {
+                same_alpha_minibatch: true,
+                ..p
+            }),
             c => c,
         })
         .collect();

@@ -255,6 +255,7 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
     // With the latency penalty too: the expected latency is read off the selectors.
     c.search.strategy = StrategyConfig::Unas(UnasParams {
         cell: UnasCell::Factorised,
+        same_alpha_minibatch: true,
         latency: UnasLatencyParams {
             source: LatencySource::Table,
             warmup: 1,
@@ -401,6 +402,7 @@ fn coinrun_search_with_the_factorised_cell_derives_a_fixed_encoder() {
     c.search.search_envs = Some(2);
     c.search.strategy = StrategyConfig::Unas(UnasParams {
         cell: UnasCell::Factorised,
+        same_alpha_minibatch: true,
         ..Default::default()
     });
     let base = tempfile::tempdir().unwrap();
@@ -471,6 +473,7 @@ fn factorised_selectors_survive_a_checkpoint() {
     let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
     let params = UnasParams {
         cell: UnasCell::Factorised,
+        same_alpha_minibatch: true,
         ..Default::default()
     };
     let mut a = Unas::new(&arch, params.clone(), 4).unwrap();

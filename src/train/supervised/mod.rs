@@ -29,7 +29,7 @@ mod search_checkpoint;
 pub use config::{
     DataConfig, DatasetKind, SearchLoopConfig, SupervisedConfig, TrainArchConfig, WeightOptimConfig,
 };
-pub use objective::{clip_grad_norm, cross_entropy, VisionObjective};
+pub use objective::{clip_grad_norm, cross_entropy, cross_entropy_per_example, VisionObjective};
 pub use retrain::{train_arch, train_arch_run, TrainArchRun, TrainArchSummary, TRAIN_ARCH_SUMMARY};
 pub use search::{
     log_alphas, search, weight_step, SearchRun, SearchSummary, WeightStep, GENOTYPE_JSON,

@@ -75,6 +75,42 @@ impl Objective for VisionObjective<'_> {
             momentum_buffers: self.sgd.momentum_buffers(),
         }
     }
+
+    /// The smaller of the two batches: they differ only at the epoch's last, partial train
+    /// batch, whose pairs are the first `B` examples of each (the official loaders give equal
+    /// batches and would fail on unequal ones).
+    fn paired_examples(&self) -> Result<i64, SearchError> {
+        Ok(self.train.0.size()[0].min(self.search.0.size()[0]))
+    }
+
+    fn per_example_losses(
+        &mut self,
+        weights: &CellWeights,
+    ) -> Result<(Tensor, Tensor), SearchError> {
+        let b = self.paired_examples()?;
+        if weights.normal.examples() != Some(b) {
+            return Err(SearchError::Invalid(format!(
+                "per-example losses need op weights for {b} examples, got {:?}",
+                weights.normal.weights().size()
+            )));
+        }
+        let per_example = |batch: &(Tensor, Tensor)| {
+            let (x, y) = (batch.0.narrow(0, 0, b), batch.1.narrow(0, 0, b));
+            cross_entropy_per_example(&self.net.forward_with(&x, weights, true), &y)
+        };
+        Ok((per_example(&self.train), per_example(&self.search)))
+    }
+}
+
+/// Cross-entropy of each example in the logits' own precision.
+///
+/// # Shapes
+/// `logits: [N, K]`, `labels: [N]` -> `[N]`
+pub fn cross_entropy_per_example(logits: &Tensor, labels: &Tensor) -> Tensor {
+    -logits
+        .log_softmax(-1, logits.kind())
+        .gather(1, &labels.unsqueeze(1), false)
+        .squeeze_dim(1)
 }
 
 /// Global-norm gradient clipping (`clip_grad_norm_`); returns the squared norm before clipping.
