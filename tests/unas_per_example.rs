@@ -216,3 +216,40 @@ fn digits_unas_search_runs_per_example() {
         .any(|p| (p - 1.0 / 8.0).abs() > 1e-3);
     assert!(moved, "alphas did not move");
 }
+
+/// The weight step's op weights: per example by default (one fresh relaxed sample per
+/// example, no graph, rows on the simplex, different rows for different examples), one matrix
+/// for the batch with `same_alpha_minibatch = true`.
+#[test]
+fn the_weight_step_trains_one_relaxed_architecture_per_example() {
+    use rl_darts::nas::{AlphaInit, ArchParams};
+    use rl_darts::search::Phase;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = tiny_net(&vs);
+    let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit::default()).unwrap();
+    let (e, o) = (net.space().num_edges() as i64, net.space().num_ops() as i64);
+    let mut s = StrategyConfig::from_name("unas")
+        .unwrap()
+        .build(&arch, 1)
+        .unwrap();
+    let w = s.op_weights_for_batch(&arch, Phase::Weights, 5).unwrap();
+    for cell in [&w.normal, w.reduce.as_ref().unwrap()] {
+        let t = cell.weights();
+        assert_eq!(t.size(), [5, e, o]);
+        assert!(!t.requires_grad());
+        let rows = t.sum_dim_intlist(-1, false, Kind::Double);
+        assert!(rows.allclose(&rows.ones_like(), 1e-5, 1e-5, false));
+        let spread = (t.get(0) - t.get(1)).abs().max().double_value(&[]);
+        assert!(spread > 1e-3, "examples 0 and 1 share a sample");
+    }
+    let mut per_batch = StrategyConfig::Unas(UnasParams {
+        same_alpha_minibatch: true,
+        ..Default::default()
+    })
+    .build(&arch, 1)
+    .unwrap();
+    let w = per_batch
+        .op_weights_for_batch(&arch, Phase::Weights, 5)
+        .unwrap();
+    assert_eq!(w.normal.weights().size(), [e, o]);
+}

@@ -349,6 +349,20 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// backpropagated (the graph to alpha is consumed by the backward).
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError>;
 
+    /// [`SearchStrategy::op_weights`] for a forward over a batch of `examples` examples:
+    /// strategies that draw one architecture per example (UNAS by default) return
+    /// `[examples, num_edges, num_ops]` weights
+    /// ([`OpWeights::per_example`](crate::nas::OpWeights::per_example)); the others ignore
+    /// `examples` (the default).
+    fn op_weights_for_batch(
+        &mut self,
+        arch: &ArchParams,
+        phase: Phase,
+        _examples: i64,
+    ) -> Result<CellWeights, SearchError> {
+        self.op_weights(arch, phase)
+    }
+
     /// Draws the architecture one RL rollout acts with (see [`ArchSample`]), from the
     /// strategy's own seeded generator. Default: nothing to draw.
     fn sample_architecture(&mut self, _arch: &ArchParams) -> Result<ArchSample, SearchError> {

@@ -63,10 +63,12 @@
 //!
 //! Departures from the official code (NVlabs/unas, `unas.py`, `darts/alphas.py`,
 //! `darts/train_search.py`), each for a reason:
-//! - **The weight step trains one architecture per minibatch.** The official `train` steps the
-//!   weights on a detached copy of the arch step's per-example sample; here the loop's weight
-//!   step asks [`SearchStrategy::op_weights`] for `Phase::Weights`, which knows no batch size,
-//!   and gets one fresh relaxed (or hard) sample for the whole batch.
+//! - **The weight step draws its own per-example sample.** The official `train` steps the
+//!   weights on a detached copy of the arch step's per-example sample (same noise); here the
+//!   weight step ([`SearchStrategy::op_weights_for_batch`]) draws fresh per-example samples of
+//!   the current distribution, so that the weight step does not depend on whether the loop
+//!   ran an alpha step first (warm-up epochs, strategies ordered either way). Same
+//!   distribution, independent noise.
 //! - **Where per-example samples are not available, one architecture per minibatch.** The
 //!   factorised cell (its sampler builds sparse hard weights per choice) and loops whose
 //!   objective has no per-example losses (the RL search: see `train::rl::search`, the sequence
@@ -808,6 +810,39 @@ impl SearchStrategy for Unas {
                 None => tch::no_grad(|| Self::argmax_weights(arch)),
             },
         }
+    }
+
+    /// With one architecture per example (`same_alpha_minibatch = false`, DARTS cell), the
+    /// weight step trains each example under its own fresh sample, no graph: the relaxed
+    /// `zeta` rows by default, as the official `train` (its `weights_no_grad`), or one-hot rows
+    /// with `weights_sample = "hard"` (dense: every op runs, unlike the per-batch hard sample).
+    /// Every other case is [`SearchStrategy::op_weights`].
+    fn op_weights_for_batch(
+        &mut self,
+        arch: &ArchParams,
+        phase: Phase,
+        examples: i64,
+    ) -> Result<CellWeights, SearchError> {
+        if phase != Phase::Weights || self.params.same_alpha_minibatch || self.factorised.is_some()
+        {
+            return self.op_weights(arch, phase);
+        }
+        let relaxed = self.params.weights_sample == UnasWeightsSample::Relaxed;
+        let (rng, tau) = (&mut self.state.rng, self.params.tau);
+        let cells = tch::no_grad(|| -> Result<Vec<OpWeights>, SearchError> {
+            alphas(arch)
+                .iter()
+                .map(|a| {
+                    let s = sample_cell_per_example(rng, a, tau, false, examples)?;
+                    let w = match relaxed {
+                        true => s.relaxed.detach(),
+                        false => s.hard,
+                    };
+                    Ok(OpWeights::per_example(w)?)
+                })
+                .collect()
+        })?;
+        Self::cell_weights(cells)
     }
 
     fn begin_epoch(&mut self, epoch: usize, _num_epochs: usize) {

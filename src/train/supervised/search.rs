@@ -248,7 +248,11 @@ fn search_epoch(
         if arch_first {
             arch_step_of_iteration(s, (&x, &y), (w_search, sc), &mut tally)?;
         }
-        let weights = s.strategy.op_weights(&s.arch, Phase::Weights)?;
+        // Per example for strategies that draw one architecture per example (UNAS).
+        let examples = index.len() as i64;
+        let weights = s
+            .strategy
+            .op_weights_for_batch(&s.arch, Phase::Weights, examples)?;
         let step = weight_step(&s.net, &weights, &mut s.sgd, &x, &y, sc.weights.grad_clip);
         if !step.loss.is_finite() {
             return Err(SupervisedError::NonFinite {
