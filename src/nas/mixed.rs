@@ -114,10 +114,11 @@ impl MixedOp {
             "per-example op weights for {} examples, but the batch has {n}",
             weights.size()[0]
         );
+        // [O', N]
         let w = weights
             .index_select(1, &self.evaluated_index)
-            .transpose(0, 1); // [O', N]
-                              // The layout rule of forward_shared: stack NHWC views of channels-last outputs.
+            .transpose(0, 1);
+        // The layout rule of forward_shared: stack NHWC views of channels-last outputs.
         let channels_last = is_channels_last(input.tensor());
         let views: Vec<Tensor> = outputs
             .iter()
