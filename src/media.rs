@@ -43,24 +43,6 @@ fn check_len(rgb: &[u8], height: usize, width: usize) -> Result<(), MediaError> 
     Ok(())
 }
 
-/// Rows of probabilities (or weights, clamped to [0, 1]) as an RGB heatmap, `cell` pixels per
-/// entry, white (0) to dark blue (1): the alpha heatmaps of the search loops.
-pub fn probability_heatmap(rows: &[Vec<f64>], cell: usize) -> (Vec<u8>, usize, usize) {
-    let h = rows.len() * cell;
-    let w = rows.first().map_or(0, Vec::len) * cell;
-    let mut rgb = vec![0u8; h * w * 3];
-    for y in 0..h {
-        for x in 0..w {
-            let p = rows[y / cell][x / cell].clamp(0.0, 1.0);
-            let i = (y * w + x) * 3;
-            rgb[i] = (255.0 * (1.0 - p)) as u8;
-            rgb[i + 1] = (255.0 * (1.0 - 0.8 * p)) as u8;
-            rgb[i + 2] = 255 - (55.0 * p) as u8;
-        }
-    }
-    (rgb, h, w)
-}
-
 /// Encodes packed HWC RGB bytes as PNG (in memory; TensorBoard images use this too).
 pub fn encode_png(rgb: &[u8], height: usize, width: usize) -> Result<Vec<u8>, MediaError> {
     check_len(rgb, height, width)?;

@@ -148,6 +148,33 @@ impl Objective for Toy {
             momentum_buffers: self.w.iter().map(|_| None).collect(),
         }
     }
+    /// Three "examples" (UNAS's per-example samples): the loss above per row of `[3, E, O]`
+    /// op weights.
+    fn paired_examples(&self) -> Result<i64, SearchError> {
+        Ok(3)
+    }
+    fn per_example_losses(
+        &mut self,
+        weights: &CellWeights,
+    ) -> Result<(Tensor, Tensor), SearchError> {
+        let rows = |(a, t): &(Vec<Tensor>, f64)| {
+            let cells = [Some(&weights.normal), weights.reduce.as_ref()];
+            let mut total = Tensor::zeros([3], (Kind::Double, Device::Cpu));
+            for ((ow, w), a) in cells.iter().zip(&self.w).zip(a) {
+                if let Some(ow) = ow {
+                    let inner = (ow.weights().to_kind(Kind::Double) * (w + a)).sum_dim_intlist(
+                        [-2i64, -1].as_slice(),
+                        false,
+                        Kind::Double,
+                    );
+                    total += (inner - *t).square();
+                }
+                total += w.square().sum(Kind::Double) * 0.1;
+            }
+            total
+        };
+        Ok((rows(&self.train), rows(&self.search)))
+    }
 }
 
 /// Synthetic per-op costs (SNAS's resource term), distinct per edge and op.
@@ -441,9 +468,17 @@ fn every_strategy_round_trips_all_of_its_state() {
         ),
         ("unas", StrategyConfig::Unas(UnasParams::default())),
         (
+            "unas one architecture per minibatch",
+            StrategyConfig::Unas(UnasParams {
+                same_alpha_minibatch: true,
+                ..Default::default()
+            }),
+        ),
+        (
             "unas factorised",
             StrategyConfig::Unas(UnasParams {
                 cell: UnasCell::Factorised,
+                same_alpha_minibatch: true,
                 ..Default::default()
             }),
         ),

@@ -80,7 +80,7 @@ fn digits_search_derives_a_genotype_and_resumes_exactly() {
     assert!(sink
         .scalar_tags()
         .iter()
-        .any(|t| t.starts_with("alpha/reduce/e00_0to2/")));
+        .any(|t| t.starts_with("arch/reduce/c_k-2_to_0/")));
     assert_eq!(sink.snapshot().images.len(), 4);
     assert_eq!(sink.texts("genotype").len(), 2);
     assert!(sink.snapshot().rejected.is_empty());
@@ -106,4 +106,32 @@ fn digits_search_derives_a_genotype_and_resumes_exactly() {
     }
     // Alphas moved away from their N(0, 1e-3) initialisation.
     assert!(a[0].1.abs().max().double_value(&[]) > 1e-2);
+}
+
+/// `[checkpoint]` is the train/ wing's one `CheckpointConfig`: in the search `every` counts
+/// epochs and `every_minutes` adds a save at the end of any epoch ending that long after the
+/// last save (a tiny value: after every epoch); the end of the run always saves.
+#[test]
+fn search_checkpoints_follow_every_and_every_minutes() {
+    let base = tempfile::tempdir().unwrap();
+    let saved = |every: u64, every_minutes: f64, name: &str| -> Vec<u64> {
+        let mut config = tiny_config();
+        config.search.epochs = 3;
+        config.search.batch_size = 64;
+        config.checkpoint.every = every;
+        config.checkpoint.every_minutes = every_minutes;
+        config.checkpoint.keep = 10;
+        let dir = base.path().join(name);
+        run(&config, &dir, false, None, &mut MemorySink::new());
+        let run_dir = RunDir::open(&dir).unwrap();
+        run_dir
+            .checkpoints()
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    };
+    assert_eq!(saved(100, 0.0, "end_only"), [3]);
+    assert_eq!(saved(2, 0.0, "every_2"), [2, 3]);
+    assert_eq!(saved(100, 1e-9, "by_minutes"), [1, 2, 3]);
 }

@@ -255,6 +255,7 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
     // With the latency penalty too: the expected latency is read off the selectors.
     c.search.strategy = StrategyConfig::Unas(UnasParams {
         cell: UnasCell::Factorised,
+        same_alpha_minibatch: true,
         latency: UnasLatencyParams {
             source: LatencySource::Table,
             warmup: 1,
@@ -302,19 +303,23 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
         let mut node_total = [0.0f64; 2];
         let mut edges = 0;
         for tag in sink.scalar_tags() {
-            let Some(rest) = tag.strip_prefix(&format!("alpha/{cell}/")) else {
+            let Some(rest) = tag.strip_prefix(&format!("arch/{cell}/")) else {
+                continue;
+            };
+            // Per-edge scalars are `{edge}/{op}`; the cell's entropy has no op part.
+            let Some((edge, op)) = rest.split_once('/') else {
                 continue;
             };
             let value = sink.last_scalar(&tag).unwrap();
-            let (edge, op) = rest.split_once('/').unwrap();
             if op == "none" {
                 assert_eq!(value, 0.0, "{tag}");
             }
-            let node: usize = edge.rsplit_once("to").unwrap().1.parse().unwrap();
-            node_total[node - 2] += value; // states 0, 1 are the cell inputs
+            // Edges are named `{from}_to_{node}`, nodes counted from 0 after the inputs.
+            let node: usize = edge.rsplit_once("_to_").unwrap().1.parse().unwrap();
+            node_total[node] += value;
             edges += 1;
         }
-        assert!(edges > 0, "no alpha/{cell} scalars");
+        assert!(edges > 0, "no arch/{cell} scalars");
         for total in node_total {
             assert!((total - 2.0).abs() < 1e-4, "{cell}: {node_total:?}");
         }
@@ -401,6 +406,7 @@ fn coinrun_search_with_the_factorised_cell_derives_a_fixed_encoder() {
     c.search.search_envs = Some(2);
     c.search.strategy = StrategyConfig::Unas(UnasParams {
         cell: UnasCell::Factorised,
+        same_alpha_minibatch: true,
         ..Default::default()
     });
     let base = tempfile::tempdir().unwrap();
@@ -471,6 +477,7 @@ fn factorised_selectors_survive_a_checkpoint() {
     let arch = ArchParams::new(Device::Cpu, space, true, AlphaInit::default()).unwrap();
     let params = UnasParams {
         cell: UnasCell::Factorised,
+        same_alpha_minibatch: true,
         ..Default::default()
     };
     let mut a = Unas::new(&arch, params.clone(), 4).unwrap();

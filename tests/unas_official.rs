@@ -86,6 +86,7 @@ fn the_weight_step_trains_on_the_relaxed_sample_by_default() {
             &arch,
             UnasParams {
                 cell,
+                same_alpha_minibatch: cell == UnasCell::Factorised,
                 ..Default::default()
             },
             1,
@@ -112,6 +113,7 @@ fn the_weight_step_trains_on_the_relaxed_sample_by_default() {
             &arch,
             UnasParams {
                 cell,
+                same_alpha_minibatch: cell == UnasCell::Factorised,
                 weights_sample: UnasWeightsSample::Hard,
                 ..Default::default()
             },
@@ -141,6 +143,7 @@ fn the_factorised_objective_carries_the_duplicate_edge_penalty() {
             &arch,
             UnasParams {
                 cell: UnasCell::Factorised,
+                same_alpha_minibatch: true,
                 duplicate_penalty: penalty,
                 estimator: UnasEstimator::Rebar,
                 ..Default::default()
@@ -173,6 +176,7 @@ fn the_factorised_objective_carries_the_duplicate_edge_penalty() {
         &arch,
         UnasParams {
             cell: UnasCell::Factorised,
+            same_alpha_minibatch: true,
             optimizer: AdamConfig {
                 lr: 0.1,
                 ..UnasParams::default().optimizer
@@ -229,6 +233,7 @@ fn a_factorised_cell_with_eleven_nodes_trains() {
         &arch,
         UnasParams {
             cell: UnasCell::Factorised,
+            same_alpha_minibatch: true,
             ..Default::default()
         },
         2,

@@ -376,7 +376,7 @@ impl SearchCell {
     /// # Shapes
     /// `inputs`: `num_inputs` tensors; DARTS `[N, C_pp, H_pp, W_pp]` (twice the resolution after
     /// a reduction) and `[N, C_p, H, W]`; RL-DARTS `[N, C_p, H, W]`.
-    /// `weights`: `[num_edges, num_ops]`.
+    /// `weights`: `[num_edges, num_ops]`, or `[N, num_edges, num_ops]` per example.
     /// Returns `[N, out_channels, H', W']`, `H' = ceil(H / 2)` in reduction cells.
     pub fn forward_t(&self, inputs: &[&Tensor], weights: &OpWeights, train: bool) -> Tensor {
         let space = &self.config.space;
@@ -400,7 +400,6 @@ impl SearchCell {
                 .map(|(pre, x)| SharedInput::new(pre.forward_t(x, train)))
                 .collect()
         };
-        let w = weights.weights();
         let edges = space.edges();
         // Each state's outgoing edges run their convs as one (SharedInput::fuse_convs); edges
         // with a hard sample (GDAS, SNAS) run only their sampled ops, so they are left out.
@@ -420,7 +419,7 @@ impl SearchCell {
             for (from, e) in space.node_edges(node).enumerate() {
                 let y = self.edges[e].forward_sampled_shared(
                     &states[from],
-                    &w.get(e as i64),
+                    &weights.edge(e),
                     weights.active(e),
                     train,
                 );

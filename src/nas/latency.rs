@@ -41,15 +41,27 @@ fn table_tensor(rows: &[Vec<f64>], like: &Tensor) -> Result<Tensor, NasError> {
 }
 
 impl LatencyTable {
-    /// `sum_cells sum(w * table)`, a scalar with graph to the weights: the table latency of a
-    /// one-hot architecture, the expected latency under a relaxed sample or `softmax(alpha)`.
+    /// `sum_cells sum(w * table)`, with graph to the weights: the table latency of a one-hot
+    /// architecture, the expected latency under a relaxed sample or `softmax(alpha)`. A scalar
+    /// `[]`, or `[B]` (one latency per example) for per-example weights.
     pub fn expected(&self, weights: &CellWeights) -> Result<Tensor, NasError> {
+        // Sum over edges and ops, keeping the batch dimension of per-example weights.
+        let total_of = |w: &Tensor, table: &[Vec<f64>]| -> Result<Tensor, NasError> {
+            let like = match w.dim() {
+                3 => w.get(0),
+                _ => w.shallow_clone(),
+            };
+            let weighted = w * table_tensor(table, &like)?;
+            Ok(match w.dim() {
+                3 => weighted.sum_dim_intlist([-2i64, -1].as_slice(), false, w.kind()),
+                _ => weighted.sum(w.kind()),
+            })
+        };
         let w = weights.normal.weights();
-        let mut total = (w * table_tensor(&self.normal, w)?).sum(w.kind());
+        let mut total = total_of(w, &self.normal)?;
         match (&self.reduce, &weights.reduce) {
             (Some(t), Some(r)) => {
-                let r = r.weights();
-                total += (r * table_tensor(t, r)?).sum(r.kind());
+                total += total_of(r.weights(), t)?;
             }
             (None, None) => {}
             _ => {

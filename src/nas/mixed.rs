@@ -71,20 +71,24 @@ impl MixedOp {
     /// instead of a multiply and an add per op).
     ///
     /// # Shapes
-    /// `x: [N, c_in, H, W]`, `weights: [num_ops]` -> `[N, c_out, H', W']`
+    /// `x: [N, c_in, H, W]`, `weights: [num_ops]` (or `[N, num_ops]`, one row per example)
+    /// -> `[N, c_out, H', W']`
     pub fn forward_t(&self, x: &Tensor, weights: &Tensor, train: bool) -> Tensor {
         self.forward_shared(&SharedInput::new(x.shallow_clone()), weights, train)
     }
 
     /// [`MixedOp::forward_t`] on a [`SharedInput`]: the parameter-free layers the ops start with
     /// (ReLU, tanh, pools) are shared with each other and with the other edges reading the
-    /// same state.
+    /// same state. Per-example weights `[N, num_ops]` weigh example `n`'s op outputs by row `n`.
     pub fn forward_shared(&self, input: &SharedInput, weights: &Tensor, train: bool) -> Tensor {
         let outputs: Vec<Tensor> = self
             .evaluated
             .iter()
             .map(|&o| self.ops[o].forward_shared(input, train))
             .collect();
+        if weights.dim() == 2 {
+            return self.per_example_sum(input, &outputs, weights);
+        }
         let w = weights.index_select(0, &self.evaluated_index); // [O']
                                                                 // The input's layout decides: an op's output can be a channel slice of a fused conv
                                                                 // (SharedInput::fuse_convs), which is neither NCHW- nor NHWC-contiguous.
@@ -97,6 +101,43 @@ impl MixedOp {
         } else {
             let stacked = Tensor::stack(&outputs, 0); // [O', N, C, H', W']
             w.tensordot(&stacked, [0], [0])
+        }
+    }
+
+    /// `sum_o w[n, o] * y_o[n]` for per-example weights `[N, num_ops]`: one broadcast
+    /// multiply and a sum over the stacked outputs, no loop over examples.
+    fn per_example_sum(&self, input: &SharedInput, outputs: &[Tensor], weights: &Tensor) -> Tensor {
+        let n = input.tensor().size()[0];
+        assert_eq!(
+            weights.size()[0],
+            n,
+            "per-example op weights for {} examples, but the batch has {n}",
+            weights.size()[0]
+        );
+        // [O', N]
+        let w = weights
+            .index_select(1, &self.evaluated_index)
+            .transpose(0, 1);
+        // The layout rule of forward_shared: stack NHWC views of channels-last outputs.
+        let channels_last = is_channels_last(input.tensor());
+        let views: Vec<Tensor> = outputs
+            .iter()
+            .map(|y| match channels_last {
+                true => y.permute([0, 2, 3, 1]),
+                false => y.shallow_clone(),
+            })
+            .collect();
+        let stacked = Tensor::stack(&views, 0); // [O', N, ...]
+        let mut shape = w.size();
+        shape.resize(stacked.dim(), 1); // [O', N, 1, ...]
+        let sum = (w.reshape(shape.as_slice()) * &stacked).sum_dim_intlist(
+            [0i64].as_slice(),
+            false,
+            stacked.kind(),
+        ); // [N, ...]
+        match channels_last {
+            true => sum.permute([0, 3, 1, 2]),
+            false => sum,
         }
     }
 
@@ -237,6 +278,32 @@ mod tests {
                 g.allclose(&g_nhwc, 1e-3, 1e-4, false),
                 "{op_set}: alpha gradients differ"
             );
+        }
+    }
+
+    /// Per-example weights `[N, num_ops]` give row `n` of the output the mixed op of example
+    /// `n` alone under row `n` (eval mode, f64), in NCHW and channels-last layouts.
+    #[test]
+    fn per_example_weights_weigh_each_example_by_its_row() {
+        use crate::nas::ops::to_channels_last;
+        tch::manual_seed(4);
+        for op_set in [OpSet::Darts, OpSet::RlDarts] {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let m = mixed(&vs, op_set);
+            vs.double();
+            let x = Tensor::randn([3, 4, 6, 6], (Kind::Double, Device::Cpu));
+            let w = Tensor::randn([3, op_set.len() as i64], (Kind::Double, Device::Cpu))
+                .softmax(-1, Kind::Double);
+            for input in [x.shallow_clone(), to_channels_last(&x)] {
+                let y = m.forward_t(&input, &w, false);
+                for n in 0..3 {
+                    let alone = m.forward_t(&x.narrow(0, n, 1), &w.get(n), false);
+                    assert!(
+                        y.narrow(0, n, 1).allclose(&alone, 1e-10, 1e-12, false),
+                        "{op_set}: example {n}"
+                    );
+                }
+            }
         }
     }
 

@@ -1,7 +1,9 @@
 //! Op weights, the interface between search strategies and supernets (NASLib's "the relaxation
 //! is the plugin point"): a strategy turns architecture parameters into `[num_edges, num_ops]`
 //! weights (softmax for DARTS / RL-DARTS, Gumbel-softmax for SNAS, straight-through one-hot for
-//! GDAS, Dirichlet samples for DrNAS ...) and the supernet only ever sees the result.
+//! GDAS, Dirichlet samples for DrNAS ...) and the supernet only ever sees the result. A
+//! strategy that draws one architecture per example (UNAS's official default) hands
+//! `[B, num_edges, num_ops]` weights instead, one matrix per example of the batch.
 
 use tch::Tensor;
 
@@ -10,7 +12,8 @@ use super::{CellSpace, NasError};
 /// Op weights of one cell type.
 ///
 /// `weights` is `[num_edges, num_ops]`; row `e` weighs the ops of edge `e` (edge order: see
-/// [`CellSpace::edges`]). Any per-edge factor (PC-DARTS's edge normalisation beta) folds into
+/// [`CellSpace::edges`]). Per-example weights ([`OpWeights::per_example`]) are
+/// `[B, num_edges, num_ops]`: `weights[b]` is the matrix of example `b` of the batch. Any per-edge factor (PC-DARTS's edge normalisation beta) folds into
 /// the rows, because a mixed op is linear in its weights.
 ///
 /// `active`, when present, lists per edge the ops to evaluate; every op outside the list must
@@ -32,12 +35,38 @@ impl OpWeights {
         }
     }
 
+    /// One op-weight matrix per example (UNAS's `same_alpha_minibatch = false`):
+    /// `[B, num_edges, num_ops]`, every op evaluated; the mixed op weighs each example's op
+    /// outputs by that example's row. Dense only: a per-example hard sample would run a
+    /// different op subset per example, which needs a gather per op and example instead of one
+    /// batched op call, so one-hot per-example weights go in here as dense matrices (every op
+    /// runs, as the official UNAS code does).
+    pub fn per_example(weights: Tensor) -> Result<Self, NasError> {
+        if weights.dim() != 3 {
+            return Err(NasError::Shape(format!(
+                "per-example op weights must be [batch, num_edges, num_ops], got {:?}",
+                weights.size()
+            )));
+        }
+        Ok(Self {
+            weights,
+            active: None,
+        })
+    }
+
     /// Only `active[e]` is evaluated on edge `e`; checks that indices exist and that there is
     /// one list per edge.
     pub fn sparse(weights: Tensor, active: Vec<Vec<usize>>) -> Result<Self, NasError> {
         let size = weights.size();
         let (edges, ops) = match size[..] {
             [e, o] => (e as usize, o as usize),
+            [_, _, _] => {
+                return Err(NasError::Shape(format!(
+                    "op weights {size:?} are per example; sparse (hard-sample) op weights must be \
+                     one [num_edges, num_ops] matrix for the batch (per-example samples go in \
+                     dense, see OpWeights::per_example)"
+                )))
+            }
             _ => {
                 return Err(NasError::Shape(format!(
                     "op weights must be [num_edges, num_ops], got {size:?}"
@@ -70,9 +99,22 @@ impl OpWeights {
         Self::sparse(weights, index.iter().map(|&i| vec![i]).collect())
     }
 
-    /// `[num_edges, num_ops]`.
+    /// `[num_edges, num_ops]`, or `[B, num_edges, num_ops]` per example.
     pub fn weights(&self) -> &Tensor {
         &self.weights
+    }
+
+    /// The batch size of per-example weights; `None` for one matrix for the whole batch.
+    pub fn examples(&self) -> Option<i64> {
+        (self.weights.dim() == 3).then(|| self.weights.size()[0])
+    }
+
+    /// Edge `e`'s op weights: `[num_ops]`, or `[B, num_ops]` per example.
+    pub fn edge(&self, e: usize) -> Tensor {
+        match self.examples() {
+            Some(_) => self.weights.select(1, e as i64),
+            None => self.weights.get(e as i64),
+        }
     }
 
     /// The ops to evaluate on `edge`, or `None` for all of them.
@@ -80,10 +122,12 @@ impl OpWeights {
         self.active.as_ref().map(|a| a[edge].as_slice())
     }
 
-    /// `Err(Shape)` unless the weights are `[num_edges, num_ops]` of `space`.
+    /// `Err(Shape)` unless the weights are `[num_edges, num_ops]` of `space` (after the batch
+    /// dimension of per-example weights).
     pub fn check(&self, space: &CellSpace) -> Result<(), NasError> {
         let expected = [space.num_edges() as i64, space.num_ops() as i64];
-        if self.weights.size() != expected {
+        let size = self.weights.size();
+        if size[size.len().saturating_sub(2)..] != expected || !(2..=3).contains(&size.len()) {
             return Err(NasError::Shape(format!(
                 "op weights {:?}, the {} cell space needs {expected:?}",
                 self.weights.size(),

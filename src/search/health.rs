@@ -46,8 +46,11 @@ pub fn alpha_hessian_eigenvalue(
     let g = Tensor::f_run_backward(&[&loss], &params, true, true)?;
     // An alpha tensor the network does not use (no reduction cell at this depth) has no
     // gradient and no curvature: the eigenvalue is taken over the others.
-    let (params, g): (Vec<Tensor>, Vec<Tensor>) =
-        params.into_iter().zip(g).filter(|(_, g)| g.defined()).unzip();
+    let (params, g): (Vec<Tensor>, Vec<Tensor>) = params
+        .into_iter()
+        .zip(g)
+        .filter(|(_, g)| g.defined())
+        .unzip();
     if params.is_empty() {
         return Err(SearchError::Invalid(
             "the search loss does not depend on any architecture parameter".into(),

@@ -253,6 +253,35 @@ pub trait Objective {
 
     /// The weight optimizer's current settings and momentum buffers.
     fn virtual_step(&self) -> VirtualStep;
+
+    /// How many examples [`Objective::per_example_losses`] evaluates (`B`): the op weights
+    /// given to it must be `[B, num_edges, num_ops]`. Loops without per-example losses refuse.
+    fn paired_examples(&self) -> Result<i64, SearchError> {
+        Err(no_per_example_losses())
+    }
+
+    /// Per-example losses for strategies that draw one architecture per example (UNAS's
+    /// official `same_alpha_minibatch = false`): with per-example op weights
+    /// ([`OpWeights::per_example`](crate::nas::OpWeights::per_example)), returns `(train, search)`,
+    /// each `[B]` with graph, where entry `b` is the loss of example `b` of the training batch
+    /// and of example `b` of the search batch, both under the op weights of row `b` (the
+    /// official code evaluates both batches with the one per-example sample).
+    /// Training-mode forward, as [`Objective::train_loss`]. Loops without per-example losses
+    /// (the RL loop: its loss is PPO's, over a minibatch of transitions) refuse.
+    fn per_example_losses(
+        &mut self,
+        _weights: &CellWeights,
+    ) -> Result<(Tensor, Tensor), SearchError> {
+        Err(no_per_example_losses())
+    }
+}
+
+fn no_per_example_losses() -> SearchError {
+    SearchError::Invalid(
+        "this search loop's objective has no per-example losses, so it cannot draw one \
+         architecture per example; set search.strategy.params.same_alpha_minibatch = true"
+            .into(),
+    )
 }
 
 /// What the loop's weight step did, for strategies that react to it (single-level methods,
@@ -320,6 +349,20 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// Op weights for one forward in `phase`. Call once per forward that will be
     /// backpropagated (the graph to alpha is consumed by the backward).
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError>;
+
+    /// [`SearchStrategy::op_weights`] for a forward over a batch of `examples` examples:
+    /// strategies that draw one architecture per example (UNAS by default) return
+    /// `[examples, num_edges, num_ops]` weights
+    /// ([`OpWeights::per_example`](crate::nas::OpWeights::per_example)); the others ignore
+    /// `examples` (the default).
+    fn op_weights_for_batch(
+        &mut self,
+        arch: &ArchParams,
+        phase: Phase,
+        _examples: i64,
+    ) -> Result<CellWeights, SearchError> {
+        self.op_weights(arch, phase)
+    }
 
     /// Draws the architecture one RL rollout acts with (see [`ArchSample`]), from the
     /// strategy's own seeded generator. Default: nothing to draw.

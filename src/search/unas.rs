@@ -20,9 +20,17 @@
 //!   enumerated expectation). Costs one more relaxed evaluation of `f` per step.
 //!
 //! Mapping onto the trait: bilevel like DARTS. `arch_step` draws the samples, evaluates `f` on
-//! the objective's current training and search batches for each of `z` (hard, only the sampled
-//! op of each edge computed, no graph), `zeta` (and `zeta~`), and steps Adam (lr 1e-3) on the
-//! alphas with the estimate. The weight step trains the weights on a fresh relaxed sample
+//! the objective's current training and search batches for each of `z` (hard, no graph),
+//! `zeta` (and `zeta~`), and steps Adam (lr 1e-3) on the alphas with the estimate. By default
+//! (`same_alpha_minibatch = false`, the official default) it draws one architecture per
+//! example: `B` Gumbel samples per cell type, `[B, E, O]` op weights
+//! ([`OpWeights::per_example`]: every op computed, each example weighted by its own row),
+//! per-example losses from [`Objective::per_example_losses`] (example `b` of the training and
+//! of the search batch under architecture `b`, as the official `training_obj` evaluates both
+//! batches with one sample), `f_b` per example weighted by its own `log p(z_b)`, and the batch
+//! mean of the per-example estimates. With `same_alpha_minibatch = true` one architecture
+//! serves the whole batch (the hard `z` then computes only the sampled op of each edge) and
+//! `f` is that of the batch-mean losses. The weight step trains the weights on a fresh relaxed sample
 //! `zeta` of the current distribution, detached (`weights_sample = "relaxed"`, the official
 //! default, every op computed), or on a hard one (`"hard"`, only the sampled op of each edge
 //! computed). The first `warmup_epochs` epochs train the weights only. `f` is built from
@@ -55,13 +63,21 @@
 //!
 //! Departures from the official code (NVlabs/unas, `unas.py`, `darts/alphas.py`,
 //! `darts/train_search.py`), each for a reason:
-//! - **One architecture per minibatch, not per example.** The official default
-//!   (`same_alpha_minibatch=False`) draws a Gumbel sample per example and weights each
-//!   example's loss by its own `log p(z)`; here each [`Objective`] evaluation takes one op-weight
-//!   matrix per cell type for the whole batch (the supernet's mixed op broadcasts `[E, O]`
-//!   weights, not `[B, E, O]`), so a step draws one architecture and the batch-mean loss is its
-//!   `f`. The estimator is unbiased either way; per-example samples lower its variance by
-//!   averaging B architectures per step. Per-example op weights in `nas::mixed` would lift it.
+//! - **The weight step draws its own per-example sample.** The official `train` steps the
+//!   weights on a detached copy of the arch step's per-example sample (same noise); here the
+//!   weight step ([`SearchStrategy::op_weights_for_batch`]) draws fresh per-example samples of
+//!   the current distribution, so that the weight step does not depend on whether the loop
+//!   ran an alpha step first (warm-up epochs, strategies ordered either way). Same
+//!   distribution, independent noise.
+//! - **Where per-example samples are not available, one architecture per minibatch.** The
+//!   factorised cell (its sampler builds sparse hard weights per choice) and loops whose
+//!   objective has no per-example losses (the RL search: see `train::rl::search`, the sequence
+//!   search) need `same_alpha_minibatch = true`; the strategy refuses the factorised cell
+//!   without it and the objective refuses per-example losses by name, never a silent fallback.
+//!   The estimator is unbiased either way; per-example samples lower its variance by averaging
+//!   `B` architectures per step (tests/search_unas.rs).
+//! - **Unequal train and search batches pair their first `B` examples** (the epoch's last,
+//!   partial train batch): the official loaders give equal batches.
 //! - **`rebar` here is REBAR.** The official `--meta_loss rebar` computes
 //!   `(f(z) - f(zeta)) grad log p(z) + grad f(zeta)` with the relaxed sample from the same
 //!   noise, i.e. this module's `relaxed_baseline` (biased, see above); this module's `rebar`
@@ -218,6 +234,15 @@ pub struct UnasParams {
     /// slot `s` (1 when both slots pick the same input *and* op, for the hard sample). UNAS:
     /// 0.2 (the official `--alpha_loss`, on by default, `--alpha_loss_lambda 0.2`).
     pub duplicate_penalty: f64,
+    /// `false` (UNAS's default, `same_alpha_minibatch=False`): each alpha step draws one
+    /// architecture per example of the batch, scores example `b` of the training and of the
+    /// search batch under architecture `b`, and weights that example's `f` by its own
+    /// `log p(z_b)`; the estimate is the mean over the batch (lower variance, same
+    /// expectation). Needs per-example losses from the loop ([`Objective::per_example_losses`]:
+    /// the supervised search has them) and the DARTS cell. `true`: one architecture for the
+    /// whole batch, `f` of the batch means (the RL search always runs this way: see
+    /// `train::rl::search`).
+    pub same_alpha_minibatch: bool,
 }
 
 /// Which sample the weight step trains on (see [`UnasParams::weights_sample`]).
@@ -248,14 +273,17 @@ impl Default for UnasParams {
             cell: UnasCell::Darts,
             weights_sample: UnasWeightsSample::Relaxed,
             duplicate_penalty: 0.2,
+            same_alpha_minibatch: false,
         }
     }
 }
 
-/// One sample of one cell type's architecture.
+/// One sample of one cell type's architecture, or one per example ([`sample_cell_per_example`]:
+/// every tensor then has a leading batch dimension `[B, num_edges, num_ops]`).
 #[derive(Debug)]
 pub struct UnasSample {
-    /// The hard architecture: sampled op per edge, `argmax(log p + G)`.
+    /// The hard architecture: sampled op per edge, `argmax(log p + G)` (per example: row-major
+    /// over `[B, num_edges]`).
     pub index: Vec<usize>,
     /// `onehot(index)`, `[num_edges, num_ops]`, no graph.
     pub hard: Tensor,
@@ -295,6 +323,34 @@ pub fn sample_cell(
     tau: f64,
     conditional: bool,
 ) -> Result<UnasSample, SearchError> {
+    sample_cells(rng, alpha, tau, conditional, None)
+}
+
+/// [`sample_cell`] for each of `examples` examples, independently (UNAS's
+/// `same_alpha_minibatch = false`, the official `alpha.expand(-1, batch_size, -1)` before the
+/// Gumbel-softmax): `hard`, `relaxed` and `conditional` are `[examples, num_edges, num_ops]`.
+pub fn sample_cell_per_example(
+    rng: &mut ChaCha8Rng,
+    alpha: &Tensor,
+    tau: f64,
+    conditional: bool,
+    examples: i64,
+) -> Result<UnasSample, SearchError> {
+    if examples < 1 {
+        return Err(SearchError::Invalid(format!(
+            "unas: per-example samples need at least one example, got {examples}"
+        )));
+    }
+    sample_cells(rng, alpha, tau, conditional, Some(examples))
+}
+
+fn sample_cells(
+    rng: &mut ChaCha8Rng,
+    alpha: &Tensor,
+    tau: f64,
+    conditional: bool,
+    examples: Option<i64>,
+) -> Result<UnasSample, SearchError> {
     if alpha.dim() != 2 {
         return Err(SearchError::Invalid(format!(
             "unas: alphas must be [num_edges, num_ops], got {:?}",
@@ -302,17 +358,22 @@ pub fn sample_cell(
         )));
     }
     let log_p = alpha.log_softmax(-1, alpha.kind()); // [E, O]
-    let gumbel = sampling::gumbel_tensor_like(rng, alpha)?; // [E, O]
-    let b = &log_p + gumbel; // [E, O]
-    let argmax = b.detach().argmax(-1, true); // [E, 1]
+                                                     // The shape of the noise: [E, O], or [B, E, O] per example (log_p broadcasts over B).
+    let like = match examples {
+        Some(b) => alpha.unsqueeze(0).expand([b, -1, -1], false),
+        None => alpha.shallow_clone(),
+    };
+    let gumbel = sampling::gumbel_tensor_like(rng, &like)?; // like
+    let b = &log_p + gumbel; // like
+    let argmax = b.detach().argmax(-1, true); // [E, 1] or [B, E, 1]
     let index = Vec::<i64>::try_from(&argmax.flatten(0, -1).to_device(Device::Cpu))?;
-    let hard = b.zeros_like().detach().scatter_value(-1, &argmax, 1.0); // [E, O]
+    let hard = b.zeros_like().detach().scatter_value(-1, &argmax, 1.0); // like
     let relaxed = (&b / tau).softmax(-1, alpha.kind());
     let conditional = if conditional {
-        let e = sampling::exp1_tensor_like(rng, alpha)?; // [E, O], positive
-        let top = e.gather(-1, &argmax, false); // [E, 1]: e_k
-        let others = -(&e * (-&log_p).exp() + &top).log(); // [E, O]
-        let at_top = -top.log(); // [E, 1]
+        let e = sampling::exp1_tensor_like(rng, &like)?; // like, positive
+        let top = e.gather(-1, &argmax, false); // [.., E, 1]: e_k
+        let others = -(&e * (-&log_p).exp() + &top).log(); // like
+        let at_top = -top.log(); // [.., E, 1]
         let b_tilde = others.where_self(&hard.eq(0.0), &at_top.expand_as(&others));
         Some((b_tilde / tau).softmax(-1, alpha.kind()))
     } else {
@@ -330,6 +391,12 @@ pub fn sample_cell(
 /// one [`UnasSample`] per alpha, and `f` evaluates the objective for one op-weight matrix per
 /// cell type (called with the hard one-hot weights under `no_grad`, then with `zeta`, then with
 /// `zeta~` for REBAR; it must return a scalar with graph to the weights it was given).
+///
+/// Per-example samples ([`sample_cell_per_example`]) give `[B, E, O]` op weights
+/// ([`OpWeights::per_example`], the hard ones dense: every op runs) and `log p(z_b)` per
+/// example; `f` then returns `[B]`, `f_b` under architecture `b`, and the estimate is the mean
+/// over `b` of the per-example estimators (the official `torch.mean(log_q_d * reward) +
+/// torch.mean(loss_cont)`).
 pub fn estimate_gradient(
     alphas: &[Tensor],
     samples: &[UnasSample],
@@ -343,15 +410,26 @@ pub fn estimate_gradient(
             samples.len()
         )));
     }
+    let per_example = samples.iter().any(|s| s.hard.dim() == 3);
     let hard: Vec<OpWeights> = samples
         .iter()
-        .map(|s| OpWeights::one_hot(s.hard.shallow_clone(), &s.index))
+        .map(|s| match per_example {
+            true => OpWeights::per_example(s.hard.shallow_clone()),
+            false => OpWeights::one_hot(s.hard.shallow_clone(), &s.index),
+        })
         .collect::<Result<_, _>>()?;
-    // log p(z) = sum over cells and edges of log_softmax(alpha)[e, z_e].
-    let mut log_p_z = Tensor::zeros([], (alphas[0].kind(), alphas[0].device()));
+    // log p(z) = sum over cells and edges of log_softmax(alpha)[e, z_e]; per example `[B]`.
+    let shape: &[i64] = match (per_example, samples.first()) {
+        (true, Some(s)) => &s.hard.size()[..1],
+        _ => &[],
+    };
+    let mut log_p_z = Tensor::zeros(shape, (alphas[0].kind(), alphas[0].device()));
     for (a, s) in alphas.iter().zip(samples) {
         let lp = a.log_softmax(-1, a.kind()) * &s.hard;
-        log_p_z += lp.sum(a.kind());
+        log_p_z += match per_example {
+            true => lp.sum_dim_intlist([-2i64, -1].as_slice(), false, a.kind()),
+            false => lp.sum(a.kind()),
+        };
     }
     let relaxed = samples.iter().map(|s| s.relaxed.shallow_clone()).collect();
     let conditional = samples
@@ -364,7 +442,8 @@ pub fn estimate_gradient(
 /// [`estimate_gradient`] for any parameterisation: `params` are the tensors differentiated,
 /// `log_p_z` is `log p(z)` of the hard sample with graph to them, `hard` the hard op weights
 /// per cell type, `relaxed` (`zeta`) and `conditional` (`zeta~`, REBAR only) the relaxed op
-/// weights with graph to `params`.
+/// weights with graph to `params`. With per-example weights (`[B, E, O]` tensors), `log_p_z`
+/// and `f`'s values are `[B]` and the estimate is the batch mean of the per-example ones.
 pub fn estimate_gradient_from(
     params: &[Tensor],
     log_p_z: Tensor,
@@ -374,42 +453,68 @@ pub fn estimate_gradient_from(
     estimator: UnasEstimator,
     mut f: impl FnMut(Vec<OpWeights>) -> Result<Tensor, SearchError>,
 ) -> Result<(Vec<Tensor>, UnasTerms), SearchError> {
-    let f_hard = tch::no_grad(|| f(hard))?.f_double_value(&[])?;
+    let per_example = log_p_z.dim() == 1;
+    let dense = |w: Tensor| match per_example {
+        true => OpWeights::per_example(w),
+        false => Ok(OpWeights::dense(w)),
+    };
+    let f_hard_t = tch::no_grad(|| f(hard))?;
+    let f_hard = mean_value(&f_hard_t)?;
     let mut terms = UnasTerms {
         f_hard,
         ..Default::default()
     };
+    // `log p(z) (f(z) - baseline)`, the REINFORCE term, the reward without graph: one number
+    // for one architecture per batch, `[B]` per example.
+    let reinforce = |log_p_z: Tensor, baseline: Option<&Tensor>| -> Result<Tensor, SearchError> {
+        Ok(match (per_example, baseline) {
+            (true, Some(b)) => log_p_z * (&f_hard_t - b.detach()),
+            (true, None) => log_p_z * &f_hard_t,
+            (false, Some(b)) => log_p_z * (f_hard - b.f_double_value(&[])?),
+            (false, None) => log_p_z * f_hard,
+        })
+    };
     let surrogate = match estimator {
         UnasEstimator::Reinforce => {
             terms.f_relaxed = f_hard;
-            log_p_z * f_hard
+            reinforce(log_p_z, None)?
         }
         UnasEstimator::RelaxedBaseline => {
-            let dense = relaxed.into_iter().map(OpWeights::dense).collect();
-            let f_rel = f(dense)?;
-            terms.f_relaxed = f_rel.f_double_value(&[])?;
-            &f_rel + log_p_z * (f_hard - terms.f_relaxed)
+            let f_rel = f(relaxed.into_iter().map(dense).collect::<Result<_, _>>()?)?;
+            terms.f_relaxed = mean_value(&f_rel)?;
+            &f_rel + reinforce(log_p_z, Some(&f_rel))?
         }
         UnasEstimator::Rebar => {
-            let dense = relaxed.into_iter().map(OpWeights::dense).collect();
-            let f_rel = f(dense)?;
+            let f_rel = f(relaxed.into_iter().map(dense).collect::<Result<_, _>>()?)?;
             let cond = conditional
                 .into_iter()
                 .map(|c| {
-                    c.map(OpWeights::dense).ok_or_else(|| {
+                    let c = c.ok_or_else(|| {
                         SearchError::Invalid("unas: rebar needs conditional samples".into())
-                    })
+                    })?;
+                    Ok(dense(c)?)
                 })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, SearchError>>()?;
             let f_cond = f(cond)?;
-            terms.f_relaxed = f_rel.f_double_value(&[])?;
-            let fc = f_cond.f_double_value(&[])?;
-            terms.f_conditional = Some(fc);
-            &f_rel - &f_cond + log_p_z * (f_hard - fc)
+            terms.f_relaxed = mean_value(&f_rel)?;
+            terms.f_conditional = Some(mean_value(&f_cond)?);
+            &f_rel - &f_cond + reinforce(log_p_z, Some(&f_cond))?
         }
+    };
+    let surrogate = match per_example {
+        true => surrogate.mean(surrogate.kind()),
+        false => surrogate,
     };
     let g = grad(&surrogate, params, false)?;
     Ok((g, terms))
+}
+
+/// The value of a scalar, or the mean of a per-example vector.
+fn mean_value(t: &Tensor) -> Result<f64, SearchError> {
+    Ok(match t.dim() {
+        0 => t.f_double_value(&[])?,
+        _ => t.f_mean(Kind::Double)?.f_double_value(&[])?,
+    })
 }
 
 /// Sampler and monitoring state, checkpointed as JSON.
@@ -487,6 +592,16 @@ impl Unas {
                 "unas: latency needs target_ms >= 0, weight >= 0, batch > 0, repeats > 0, got {l:?}"
             )));
         }
+        if p.cell == UnasCell::Factorised && !p.same_alpha_minibatch {
+            // The factorised sampler builds one (input, op) choice per node and its sparse hard
+            // weights; drawing it per example would need that machinery batched too.
+            return Err(SearchError::Invalid(
+                "unas: the factorised cell draws one architecture per minibatch; set \
+                 search.strategy.params.same_alpha_minibatch = true (per-example samples are \
+                 implemented for the DARTS cell)"
+                    .into(),
+            ));
+        }
         let factorised = match p.cell {
             UnasCell::Darts => None,
             UnasCell::Factorised => Some(FactorisedAlphas::new(
@@ -527,11 +642,20 @@ impl Unas {
         self.state.grad_variance
     }
 
-    fn samples(&mut self, arch: &ArchParams) -> Result<Vec<UnasSample>, SearchError> {
+    /// One sample per cell type, or with `examples = Some(B)` `B` of them per cell type.
+    fn samples(
+        &mut self,
+        arch: &ArchParams,
+        examples: Option<i64>,
+    ) -> Result<Vec<UnasSample>, SearchError> {
         let conditional = self.params.estimator == UnasEstimator::Rebar;
+        let (rng, tau) = (&mut self.state.rng, self.params.tau);
         alphas(arch)
             .iter()
-            .map(|a| sample_cell(&mut self.state.rng, a, self.params.tau, conditional))
+            .map(|a| match examples {
+                Some(b) => sample_cell_per_example(rng, a, tau, conditional, b),
+                None => sample_cell(rng, a, tau, conditional),
+            })
             .collect()
     }
 
@@ -669,7 +793,7 @@ impl SearchStrategy for Unas {
                 Ok(CellWeights::dense(normal, s.next()))
             }
             Phase::Arch => {
-                let mut s = self.samples(arch)?.into_iter().map(|s| s.relaxed);
+                let mut s = self.samples(arch, None)?.into_iter().map(|s| s.relaxed);
                 let normal = s
                     .next()
                     .ok_or_else(|| SearchError::Invalid("unas: no alphas".into()))?;
@@ -688,6 +812,39 @@ impl SearchStrategy for Unas {
         }
     }
 
+    /// With one architecture per example (`same_alpha_minibatch = false`, DARTS cell), the
+    /// weight step trains each example under its own fresh sample, no graph: the relaxed
+    /// `zeta` rows by default, as the official `train` (its `weights_no_grad`), or one-hot rows
+    /// with `weights_sample = "hard"` (dense: every op runs, unlike the per-batch hard sample).
+    /// Every other case is [`SearchStrategy::op_weights`].
+    fn op_weights_for_batch(
+        &mut self,
+        arch: &ArchParams,
+        phase: Phase,
+        examples: i64,
+    ) -> Result<CellWeights, SearchError> {
+        if phase != Phase::Weights || self.params.same_alpha_minibatch || self.factorised.is_some()
+        {
+            return self.op_weights(arch, phase);
+        }
+        let relaxed = self.params.weights_sample == UnasWeightsSample::Relaxed;
+        let (rng, tau) = (&mut self.state.rng, self.params.tau);
+        let cells = tch::no_grad(|| -> Result<Vec<OpWeights>, SearchError> {
+            alphas(arch)
+                .iter()
+                .map(|a| {
+                    let s = sample_cell_per_example(rng, a, tau, false, examples)?;
+                    let w = match relaxed {
+                        true => s.relaxed.detach(),
+                        false => s.hard,
+                    };
+                    Ok(OpWeights::per_example(w)?)
+                })
+                .collect()
+        })?;
+        Self::cell_weights(cells)
+    }
+
     fn begin_epoch(&mut self, epoch: usize, _num_epochs: usize) {
         self.state.epoch = epoch;
     }
@@ -699,7 +856,8 @@ impl SearchStrategy for Unas {
     /// rollout and the update: UNAS's alphas learn only in `arch_step`, from samples of their
     /// own. Departure: the official code draws one architecture per training example; a
     /// rollout acts with one architecture for all its envs (see [`super::ArchSample`] for why
-    /// one per rollout).
+    /// one per rollout), and the RL search's alpha steps draw one per batch
+    /// (`train::rl::search` sets `same_alpha_minibatch`).
     fn sample_architecture(&mut self, arch: &ArchParams) -> Result<ArchSample, SearchError> {
         Ok(ArchSample::Fixed(super::detached(
             &self.hard_weights(arch)?,
@@ -716,9 +874,14 @@ impl SearchStrategy for Unas {
         objective: &mut dyn Objective,
     ) -> Result<ArchStepStats, SearchError> {
         let rebar = self.params.estimator == UnasEstimator::Rebar;
+        // One architecture per example (the official default) or one for the batch.
+        let examples = match self.params.same_alpha_minibatch {
+            true => None,
+            false => Some(objective.paired_examples()?),
+        };
         let (params, samples, factorised) = match &self.factorised {
             Some(f) => (f.params(), Vec::new(), self.factorised_samples(rebar)?),
-            None => (alphas(arch), self.samples(arch)?, Vec::new()),
+            None => (alphas(arch), self.samples(arch, examples)?, Vec::new()),
         };
         let lambda = self.params.gap_weight;
         let mut losses = None;
@@ -739,20 +902,25 @@ impl SearchStrategy for Unas {
         let estimator = self.params.estimator;
         let f = |cells: Vec<OpWeights>| {
             let w = Self::cell_weights(cells)?;
-            let lt = objective.train_loss(&w)?;
-            let lv = objective.search_loss(&w)?;
+            // Per example: `[B]` losses, example b of each batch under architecture b, so
+            // that the gap is per example as in the official `training_obj`.
+            let (lt, lv) = match examples {
+                Some(_) => objective.per_example_losses(&w)?,
+                None => (objective.train_loss(&w)?, objective.search_loss(&w)?),
+            };
             if losses.is_none() {
                 // The hard architecture's losses (evaluated first).
-                losses = Some((lt.f_double_value(&[])?, lv.f_double_value(&[])?));
+                losses = Some((mean_value(&lt)?, mean_value(&lv)?));
             }
             let f = &lt + (&lv - &lt).abs() * lambda;
             let Some((table, c_t, target)) = penalty else {
                 return Ok(f);
             };
-            // sum w * T: the table latency for one-hot z, the expected one for zeta.
+            // sum w * T: the table latency for one-hot z, the expected one for zeta (`[B]`
+            // per example).
             let ms = table.expected(&w)?.to_kind(f.kind());
             if hard_latency.is_none() {
-                hard_latency = Some(ms.f_double_value(&[])?);
+                hard_latency = Some(mean_value(&ms)?);
             }
             Ok(f + (ms - target).relu() * c_t)
         };

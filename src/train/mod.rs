@@ -1,6 +1,7 @@
 //! Training loops (RL with PPO; supervised and RL architecture search build on these), the
 //! RL-DARTS pipeline (search, derive, retrain, eval), run directories and checkpoints.
 
+pub mod checkpoint;
 pub mod launch;
 pub mod pipeline;
 pub mod progress;

@@ -12,6 +12,8 @@ use crate::nas::{AlphaInit, MlpDartsConfig, RlDartsConfig};
 use crate::search::{JointParams, StrategyConfig};
 
 pub use super::memory::MemoryConfig;
+/// The train/ wing's one checkpoint cadence; PPO's `every` counts iterations.
+pub use crate::train::checkpoint::CheckpointConfig;
 
 /// Which network turns observations into features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,29 +97,6 @@ impl EncoderConfig {
     /// Whether this encoder is a supernet whose architecture the run searches.
     pub fn is_supernet(&self) -> bool {
         matches!(self, EncoderConfig::RlDarts(_) | EncoderConfig::MlpDarts(_))
-    }
-}
-
-/// Checkpoint cadence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CheckpointConfig {
-    /// Save every this many PPO iterations (and always at the end).
-    pub every: u64,
-    /// Also save after the first iteration that ends this many minutes after the last save,
-    /// so that a kill loses at most about this much work plus one iteration. 0 turns it off.
-    pub every_minutes: f64,
-    /// Keep the newest this many checkpoints.
-    pub keep: usize,
-}
-
-impl Default for CheckpointConfig {
-    fn default() -> Self {
-        Self {
-            every: 10,
-            every_minutes: 10.0,
-            keep: 3,
-        }
     }
 }
 

@@ -40,7 +40,8 @@ use crate::agents::{AgentError, IterationArch, WeightStep};
 use crate::logging::MetricsSink;
 use crate::nas::{ArchParams, CellSpace, CellType, CellWeights, Genotype, OpCostTable};
 use crate::search::{
-    alphas, ArchSample, ArchStepStats, Phase, SearchError, SearchStrategy, WeightStepReport,
+    alphas, ArchSample, ArchStepStats, Phase, SearchError, SearchStrategy, StrategyConfig,
+    UnasParams, WeightStepReport,
 };
 use crate::train::TrainError;
 
@@ -111,6 +112,25 @@ impl std::fmt::Debug for ArchSearch {
     }
 }
 
+/// The strategy config as the RL search runs it. Departure from UNAS's official default
+/// (`same_alpha_minibatch=False`, one architecture per example, which the supervised search
+/// follows): in RL, UNAS draws one architecture per rollout, and its alpha step scores one
+/// architecture per minibatch. Per-env architectures would need per-sample op weights stored
+/// with every transition and replayed, row by row, for each shuffled PPO minibatch, and per-
+/// example losses from PPO's objective, whose terms (the clipped ratio, the value loss, the
+/// normalised advantages) are minibatch statistics, not a sum of independent per-transition
+/// losses of one network; so UNAS runs with `same_alpha_minibatch = true` here, whatever the
+/// config says.
+fn rl_strategy_config(config: &StrategyConfig) -> StrategyConfig {
+    match config {
+        StrategyConfig::Unas(p) => StrategyConfig::Unas(UnasParams {
+            same_alpha_minibatch: true,
+            ..p.clone()
+        }),
+        other => other.clone(),
+    }
+}
+
 pub(super) fn search_err(e: SearchError) -> TrainError {
     TrainError::Invalid(format!("search: {e}"))
 }
@@ -132,8 +152,7 @@ impl ArchSearch {
         }
         let arch = ArchParams::new(device, space, with_reduce, config.alpha_init)
             .map_err(|e| TrainError::Invalid(format!("search.alpha_init: {e}")))?;
-        let strategy = config
-            .strategy
+        let strategy = rl_strategy_config(&config.strategy)
             .build(&arch, seed)
             .map_err(|e| TrainError::Invalid(format!("search.strategy: {e}")))?;
         Ok(Self {
@@ -453,4 +472,22 @@ pub fn stores_are_disjoint(weights: &tch::nn::VarStore, alphas: &[Tensor]) -> bo
         .trainable_variables()
         .iter()
         .all(|w| alphas.iter().all(|a| w.data_ptr() != a.data_ptr()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rl_strategy_config, StrategyConfig};
+
+    /// RL runs UNAS with one architecture per batch whatever the config says (see
+    /// `rl_strategy_config`); other strategies pass through unchanged.
+    #[test]
+    fn rl_runs_unas_with_one_architecture_per_batch() {
+        let unas = StrategyConfig::from_name("unas").unwrap();
+        let StrategyConfig::Unas(p) = rl_strategy_config(&unas) else {
+            panic!("not unas")
+        };
+        assert!(p.same_alpha_minibatch);
+        let snas = StrategyConfig::from_name("snas").unwrap();
+        assert_eq!(rl_strategy_config(&snas), snas);
+    }
 }

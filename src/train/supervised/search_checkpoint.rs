@@ -1,0 +1,129 @@
+//! What the bilevel search holds between iterations (supernet, weight and alpha stores, the
+//! strategy, SGD and the loop's own state), how it is built, and how it is saved into a
+//! checkpoint and resumed from one exactly.
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use super::config::SupervisedConfig;
+use super::{
+    checkpoint_error, load_weights, read_state, write_state, SupervisedError, SGD_FILE,
+    WEIGHTS_FILE,
+};
+use crate::data::Dataset;
+use crate::nas::{ArchParams, DartsSearchNet, Supernet};
+use crate::search::{SearchStrategy, Sgd};
+use crate::train::run_dir::RunDir;
+
+const ALPHAS_FILE: &str = "alphas.safetensors";
+const LOOP_FILE: &str = "loop.json";
+
+/// Loop state beyond weights, alphas and optimizers, saved with each checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LoopState {
+    pub epochs_done: usize,
+    pub iteration: u64,
+    pub rng: ChaCha8Rng,
+    /// Position in the cycled search split (DARTS draws `next(iter(valid_queue))`).
+    pub search_cursor: usize,
+    pub search_order: Vec<i64>,
+}
+
+/// Everything a bilevel search carries from one iteration to the next.
+pub(super) struct SearchSession {
+    /// The supernet's weights (and BatchNorm statistics); the alphas live in `arch`, a store
+    /// of their own, so that SGD never touches them.
+    pub vs: nn::VarStore,
+    pub net: DartsSearchNet,
+    pub arch: ArchParams,
+    pub strategy: Box<dyn SearchStrategy>,
+    pub sgd: Sgd,
+    pub state: LoopState,
+}
+
+impl SearchSession {
+    /// A fresh search: supernet, alphas, the strategy `config.search.strategy` names (seeded
+    /// with `config.seed`, given the op costs and, when it asks, the latency table at this
+    /// dataset's input size) and SGD.
+    pub fn new(
+        config: &SupervisedConfig,
+        device: Device,
+        w_train: &Dataset,
+    ) -> Result<Self, SupervisedError> {
+        let sc = &config.search;
+        let vs = nn::VarStore::new(device);
+        let net = DartsSearchNet::new(vs.root() / "net", &config.network)?;
+        let arch = ArchParams::new(
+            device,
+            net.space(),
+            net.has_reduction_cells(),
+            sc.alpha_init,
+        )?;
+        let mut strategy = sc.strategy.build(&arch, config.seed)?;
+        // Resource-aware strategies (SNAS, UNAS) price ops at this dataset's input size.
+        strategy.set_op_costs(&net.op_costs(w_train.image_shape()))?;
+        // UNAS's latency penalty times the ops here, on the search device.
+        if let Some(options) = strategy.latency_request() {
+            let (table, _) = crate::nas::latency::load_or_measure(
+                &net,
+                w_train.image_shape(),
+                device,
+                &options,
+            )?;
+            strategy.set_latency_table(table)?;
+        }
+        let sgd = Sgd::new(vs.variables(), sc.weights.sgd());
+        let state = LoopState {
+            epochs_done: 0,
+            iteration: 0,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            search_cursor: 0,
+            search_order: Vec::new(),
+        };
+        Ok(Self {
+            vs,
+            net,
+            arch,
+            strategy,
+            sgd,
+            state,
+        })
+    }
+
+    /// Loads the newest complete checkpoint of `run_dir`: weights, alphas, SGD momentum, the
+    /// strategy's own state and the loop state.
+    pub fn resume(&mut self, run_dir: &RunDir) -> Result<(), SupervisedError> {
+        let ckpt = run_dir.latest_checkpoint()?.ok_or_else(|| {
+            SupervisedError::Invalid(format!(
+                "{} has no complete checkpoint to resume from",
+                run_dir.root.display()
+            ))
+        })?;
+        load_weights(&mut self.vs, &ckpt.join(WEIGHTS_FILE))?;
+        self.arch.load(ckpt.join(ALPHAS_FILE))?;
+        self.sgd.load(&ckpt.join(SGD_FILE))?;
+        self.strategy.load(&ckpt)?;
+        self.state = read_state(&ckpt.join(LOOP_FILE))?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint named by the epochs done, keeping the newest `keep`.
+    pub fn save(&self, run_dir: &RunDir, keep: usize) -> Result<(), SupervisedError> {
+        run_dir.save_checkpoint(self.state.epochs_done as u64, keep, |dir| {
+            self.write(dir).map_err(checkpoint_error(dir))
+        })?;
+        Ok(())
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), SupervisedError> {
+        self.vs.save(dir.join(WEIGHTS_FILE))?;
+        self.arch.save(dir.join(ALPHAS_FILE))?;
+        self.sgd.save(&dir.join(SGD_FILE))?;
+        self.strategy.save(dir)?;
+        write_state(&dir.join(LOOP_FILE), &self.state)
+    }
+}
