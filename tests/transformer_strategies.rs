@@ -13,9 +13,8 @@ use rl_darts::search::{
 use rl_darts::transformer::genotype::arch_of;
 use rl_darts::transformer::net::{Mode, SeqArch, SeqNet, SeqNetConfig};
 use rl_darts::transformer::objective::{check_strategy, loss_for_strategy, SeqObjective};
-use rl_darts::transformer::search::{
-    build_supernet, op_costs, search, train_arch, SeqConfig, SeqSearchConfig,
-};
+use rl_darts::transformer::retrain::train_arch;
+use rl_darts::transformer::search::{build_supernet, op_costs, search, SeqConfig, SeqSearchConfig};
 use rl_darts::transformer::tasks::{SeqTask, TaskConfig, TaskKind};
 use rl_darts::transformer::TransformerError;
 use tch::{nn, Device, Tensor};
@@ -163,6 +162,9 @@ fn every_supported_strategy_steps_the_reversible_supernet_and_the_others_say_why
             let err = checked.expect_err(name);
             assert!(matches!(err, TransformerError::Unsupported(_)));
             assert!(err.to_string().contains("double backward"), "{err}");
+            // Checkpointing frees the graph as well.
+            let err = check_strategy(&config, Mode::Checkpointed).expect_err(name);
+            assert!(err.to_string().contains("checkpointed"), "{err}");
             // The plain network serves them.
             check_strategy(&config, Mode::Plain).unwrap();
             continue;

@@ -9,7 +9,8 @@
 //! ([`net::Mode::Reversible`]) keeps only the top layer's output and reconstructs every
 //! layer's input during the backward pass ([`reversible`]); activation memory is flat in depth.
 //! The same supernet in [`net::Mode::Plain`] is ordinary autograd: the gradient oracle and the
-//! memory baseline.
+//! memory baseline; [`net::Mode::Checkpointed`] is the plain network with per-layer
+//! activation checkpointing ([`recompute`]), the third memory baseline.
 //!
 //! How the search strategies of [`crate::search`] see it: the alphas are an
 //! [`crate::nas::ArchParams`] over [`crate::nas::CellSpace::transformer`] (edge `k` = split
@@ -32,6 +33,9 @@ pub mod mixed;
 pub mod net;
 pub mod objective;
 pub mod ops;
+pub mod recompute;
+pub mod resume;
+pub mod retrain;
 pub mod reversible;
 pub mod search;
 pub mod tasks;
