@@ -272,3 +272,27 @@ fn search_and_train_arch_run_end_to_end() {
     let summary = search(&config, dir.path(), &mut sink).unwrap();
     assert!(summary.iterations > 0);
 }
+
+/// Every transformer preset (configs/seq-*.toml) parses with unknown keys refused, and its
+/// strategy suits its network mode.
+#[test]
+fn every_transformer_preset_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut presets: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("seq-") && name.ends_with(".toml")
+        })
+        .collect();
+    presets.sort();
+    assert!(presets.len() >= 2, "{presets:?}");
+    for path in presets {
+        let config: SeqConfig =
+            rl_darts::config::load_config(Some(&path), SeqConfig::default(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(config.search.checkpoint_keep >= 1, "{}", path.display());
+        check_strategy(&config.search.strategy, config.network.mode).unwrap();
+    }
+}
