@@ -15,6 +15,8 @@
 #   SETS="search.epochs=3 train_arch.epochs=4" scripts/search_transformer.sh
 # SETS_SORT / SETS_ADDITION add overrides for one task only. RANDOM_EPOCHS (1) sizes each
 # random candidate's training. Runs at one libtorch thread (torch_threads=1).
+# TABLE_ONLY=1 skips the runs and prints the table of what $OUT holds for TASKS x SEEDS (runs
+# of different seeds are independent, so seeds can be run in several calls and tabled at once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASKS=${TASKS:-"sort addition"}
@@ -22,12 +24,13 @@ SEEDS=${SEEDS:-"0 1"}
 RE=${RANDOM_EPOCHS:-1}
 OUT=${OUT:-runs/search_transformer}
 export OMP_NUM_THREADS=1
-cargo build --release >/dev/null
+[ -n "${TABLE_ONLY:-}" ] || cargo build --release >/dev/null
 BIN=target/release/rl-darts
 mkdir -p "$OUT"
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 echo "# $(lscpu | grep 'Model name' | sed 's/ \+/ /g'); $(date -u '+%F %H:%M') UTC; 1 libtorch thread"
 for task in $TASKS; do
+  [ -n "${TABLE_ONLY:-}" ] && break
   cfg=configs/seq-$task-darts.toml
   per_task=SETS_${task^^}
   EXTRA=(--set torch_threads=1)

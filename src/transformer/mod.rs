@@ -16,10 +16,14 @@
 //! [`crate::nas::ArchParams`] over [`crate::nas::CellSpace::transformer`] (edge `k` = split
 //! `k`; `alpha_normal` = encoder, `alpha_reduce` = decoder), shared by every layer (the paper
 //! searches one block that is repeated), and [`objective::SeqObjective`] implements
-//! [`crate::search::Objective`]: in reversible mode its losses are *surrogates* whose value is
+//! [`crate::search::Objective`]: in reversible and checkpointed mode its losses are *surrogates* whose value is
 //! the true loss and whose first derivatives are exactly the reconstructed gradients (see
 //! [`objective`]). Strategies that need second derivatives through the network are refused
 //! ([`objective::check_strategy`]).
+//!
+//! The loops: [`search`] (the supernet search, checkpointed every epoch and resumed exactly by
+//! [`resume`]) and [`retrain`] (a derived or standard transformer from scratch, and random
+//! search from scratch, the baselines of the search results).
 //!
 //! Departures from the paper, all for a CPU: widths and depths are small; the dynamic
 //! convolutions (widths 3, 7, 11, 15) are one lightweight convolution of width 7; cross-attention

@@ -28,7 +28,7 @@ use super::retrain::random_from_scratch;
 use super::tasks::{evaluate, SeqMetrics, SeqTask, TaskConfig};
 use super::TransformerError;
 use crate::logging::MetricsSink;
-use crate::nas::{ArchParams, CellSpace, Genotype, OpCost, OpCostTable};
+use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype, OpCost, OpCostTable};
 use crate::search::{AdamConfig, Phase, Sgd, SgdConfig, StrategyConfig, WeightStepReport};
 use crate::train::run_dir::RunDir;
 use crate::train::supervised::{clip_grad_norm, log_alphas, WeightOptimConfig};
@@ -76,7 +76,7 @@ pub struct SeqSearchConfig {
     pub weights: WeightOptimConfig,
     pub strategy: StrategyConfig,
     /// Initial alphas, `N(mean, std^2)`.
-    pub alpha_init: crate::nas::AlphaInit,
+    pub alpha_init: AlphaInit,
     /// Batch size of evaluations (no gradients).
     pub eval_batch_size: usize,
     /// Complete checkpoints kept in the run directory (one is written every epoch, or every
@@ -104,7 +104,7 @@ impl Default for SeqSearchConfig {
                 grad_clip: 5.0,
             },
             strategy: StrategyConfig::default(),
-            alpha_init: crate::nas::AlphaInit::default(),
+            alpha_init: AlphaInit::default(),
             eval_batch_size: 256,
             checkpoint_keep: 2,
             random_budget_seconds: 0.0,
