@@ -1,5 +1,5 @@
-//! One memory / time measurement of the transformer supernet search iteration, plain or
-//! reversible (Zhao et al. 2021); run each case in its own process
+//! One memory / time measurement of the transformer supernet search iteration, plain,
+//! reversible or checkpointed (Zhao et al. 2021); run each case in its own process
 //! (scripts/bench_transformer.sh), with `MALLOC_MMAP_THRESHOLD_=4096`. Prints one JSON line.
 //!
 //!   cargo run --release --example bench_transformer -- --mode reversible --layers 12
@@ -11,7 +11,7 @@ use rl_darts::transformer::tasks::TaskKind;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// plain | reversible
+    /// plain | reversible | checkpointed
     #[arg(long, default_value = "reversible")]
     mode: String,
     #[arg(long, default_value_t = 6)]
@@ -39,7 +39,8 @@ fn main() -> anyhow::Result<()> {
     let mode = match args.mode.as_str() {
         "plain" => Mode::Plain,
         "reversible" => Mode::Reversible,
-        other => anyhow::bail!("--mode {other}: use plain or reversible"),
+        "checkpointed" => Mode::Checkpointed,
+        other => anyhow::bail!("--mode {other}: use plain, reversible or checkpointed"),
     };
     let task = match args.task.as_str() {
         "sort" => TaskKind::Sort,

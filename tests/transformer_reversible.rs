@@ -1,6 +1,7 @@
 //! The multi-split reversible supernet (Zhao et al. 2021): the inverse reconstructs the
-//! inputs, and the backward by reconstruction gives the gradients of ordinary autograd on the
-//! same network (weights, alphas, embeddings), with equal loss values.
+//! inputs, and the backward by reconstruction, like the per-layer activation checkpointing
+//! baseline, gives the gradients of ordinary autograd on the same network (weights, alphas,
+//! embeddings), with equal loss values.
 
 use rl_darts::nas::{AlphaInit, ArchParams, CellWeights, OpSet, OpWeights};
 use rl_darts::transformer::net::{Mode, SeqBatch, SeqNet, SeqNetConfig};
@@ -252,7 +253,7 @@ fn check(depth: usize, task: TaskKind) {
     for which in 0..3 {
         let mut losses = Vec::new();
         let mut results = Vec::new();
-        for mode in [Mode::Plain, Mode::Reversible] {
+        for mode in [Mode::Plain, Mode::Reversible, Mode::Checkpointed] {
             s.net.config.mode = mode;
             zero_grads(&mut params);
             zero_grads(&mut alphas);
@@ -262,25 +263,28 @@ fn check(depth: usize, task: TaskKind) {
             losses.push(loss.double_value(&[]));
             results.push((grads(&params), grads(&alphas)));
         }
-        let (plain, rev) = (&results[0], &results[1]);
-        let what = format!("{task:?} depth {depth} weights {which}");
-        assert_eq!(losses[0], losses[1], "{what}: losses");
-        for (i, (a, b)) in rev.0.iter().zip(&plain.0).enumerate() {
-            let norm = b.norm().double_value(&[]);
-            let err = (a - b).norm().double_value(&[]);
-            assert!(
-                err <= 1e-9 * norm.max(1e-30),
-                "{what}: parameter {i} {:?}: {err:e} vs {norm:e}",
-                b.size()
-            );
-        }
+        let plain = &results[0];
         // The embeddings (first parameters) and the alphas got a gradient at all.
-        assert!(plain.0[0].norm().double_value(&[]) > 0.0, "{what}");
-        for (a, b) in rev.1.iter().zip(&plain.1) {
-            let norm = b.norm().double_value(&[]);
-            assert!(norm > 0.0, "{what}: alpha gradient is zero");
-            let err = (a - b).norm().double_value(&[]);
-            assert!(err <= 1e-9 * norm, "{what}: alphas {err:e} vs {norm:e}");
+        assert!(plain.0[0].norm().double_value(&[]) > 0.0, "{task:?}");
+        for (m, mode) in [(1, "reversible"), (2, "checkpointed")] {
+            let what = format!("{mode}: {task:?} depth {depth} weights {which}");
+            let got = &results[m];
+            assert_eq!(losses[0], losses[m], "{what}: losses");
+            for (i, (a, b)) in got.0.iter().zip(&plain.0).enumerate() {
+                let norm = b.norm().double_value(&[]);
+                let err = (a - b).norm().double_value(&[]);
+                assert!(
+                    err <= 1e-9 * norm.max(1e-30),
+                    "{what}: parameter {i} {:?}: {err:e} vs {norm:e}",
+                    b.size()
+                );
+            }
+            for (a, b) in got.1.iter().zip(&plain.1) {
+                let norm = b.norm().double_value(&[]);
+                assert!(norm > 0.0, "{what}: alpha gradient is zero");
+                let err = (a - b).norm().double_value(&[]);
+                assert!(err <= 1e-9 * norm, "{what}: alphas {err:e} vs {norm:e}");
+            }
         }
     }
 }

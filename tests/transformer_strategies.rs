@@ -13,9 +13,8 @@ use rl_darts::search::{
 use rl_darts::transformer::genotype::arch_of;
 use rl_darts::transformer::net::{Mode, SeqArch, SeqNet, SeqNetConfig};
 use rl_darts::transformer::objective::{check_strategy, loss_for_strategy, SeqObjective};
-use rl_darts::transformer::search::{
-    build_supernet, op_costs, search, train_arch, SeqConfig, SeqSearchConfig,
-};
+use rl_darts::transformer::retrain::train_arch;
+use rl_darts::transformer::search::{build_supernet, op_costs, search, SeqConfig, SeqSearchConfig};
 use rl_darts::transformer::tasks::{SeqTask, TaskConfig, TaskKind};
 use rl_darts::transformer::TransformerError;
 use tch::{nn, Device, Tensor};
@@ -169,6 +168,9 @@ fn every_supported_strategy_steps_the_reversible_supernet_and_the_others_say_why
             let err = checked.expect_err(name);
             assert!(matches!(err, TransformerError::Unsupported(_)));
             assert!(err.to_string().contains("double backward"), "{err}");
+            // Checkpointing frees the graph as well.
+            let err = check_strategy(&config, Mode::Checkpointed).expect_err(name);
+            assert!(err.to_string().contains("checkpointed"), "{err}");
             // The plain network serves them.
             check_strategy(&config, Mode::Plain).unwrap();
             continue;
@@ -275,4 +277,28 @@ fn search_and_train_arch_run_end_to_end() {
     });
     let summary = search(&config, dir.path(), &mut sink).unwrap();
     assert!(summary.iterations > 0);
+}
+
+/// Every transformer preset (configs/seq-*.toml) parses with unknown keys refused, and its
+/// strategy suits its network mode.
+#[test]
+fn every_transformer_preset_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut presets: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("seq-") && name.ends_with(".toml")
+        })
+        .collect();
+    presets.sort();
+    assert!(presets.len() >= 2, "{presets:?}");
+    for path in presets {
+        let config: SeqConfig =
+            rl_darts::config::load_config(Some(&path), SeqConfig::default(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(config.search.checkpoint_keep >= 1, "{}", path.display());
+        check_strategy(&config.search.strategy, config.network.mode).unwrap();
+    }
 }

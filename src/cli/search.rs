@@ -82,7 +82,7 @@ pub enum GenotypeCommand {
     },
 }
 
-fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
+pub(crate) fn install_stop_handler() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
@@ -125,6 +125,9 @@ pub fn run_search(args: SearchArgs) -> anyhow::Result<()> {
         Some(dir) => {
             if args.config.is_some() || !args.sets.is_empty() {
                 bail!("--resume continues a search with its saved config; drop --config and --set");
+            }
+            if super::transformer::is_transformer(Some(&RunDir::open(dir)?.config_path())) {
+                return super::transformer::resume_search(dir);
             }
             let run = RunDir::open(dir)?;
             let config = load_config(Some(&run.config_path()), SupervisedConfig::default(), &[])?;

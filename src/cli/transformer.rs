@@ -11,13 +11,15 @@ use rl_darts::nas::Genotype;
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::transformer::genotype::standard;
 use rl_darts::transformer::objective::check_strategy;
-use rl_darts::transformer::search::{search, train_arch, SeqConfig};
+use rl_darts::transformer::retrain::train_arch;
+use rl_darts::transformer::search::{search_run, SeqConfig, SeqSearchRun};
 
 /// Whether `config` names a transformer preset.
 pub fn is_transformer(config: Option<&Path>) -> bool {
     config.is_some_and(rl_darts::transformer::search::is_transformer_config)
 }
 
+/// `rl-darts search --config <transformer preset>`: a fresh search.
 pub fn run_search(config: &Path, sets: &[String], run_dir: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(Some(config), SeqConfig::default(), sets)?;
     // A strategy the network cannot serve is the likeliest first error: say so before
@@ -33,30 +35,60 @@ pub fn run_search(config: &Path, sets: &[String], run_dir: Option<&Path>) -> any
         )?,
     };
     save_resolved_config(&config, &run.root)?;
+    search_in(&config, &run, false)
+}
+
+/// `rl-darts search --resume RUN_DIR` of a transformer search: continues from the newest
+/// checkpoint with the run's saved config.
+pub fn resume_search(dir: &Path) -> anyhow::Result<()> {
+    let run = RunDir::open(dir)?;
+    let config = load_config(Some(&run.config_path()), SeqConfig::default(), &[])?;
+    search_in(&config, &run, true)
+}
+
+fn search_in(config: &SeqConfig, run: &RunDir, resume: bool) -> anyhow::Result<()> {
+    let stop = super::search::install_stop_handler()?;
     let mut sink = super::search::tensorboard(&run.tensorboard_dir());
     println!(
-        "starting {} search ({:?} supernet) on {} -> {}",
+        "{} {} search ({:?} supernet) on {} -> {}",
+        if resume { "resuming" } else { "starting" },
         config.search.strategy.name(),
         config.network.mode,
         config.task.name(),
         run.root.display()
     );
-    let summary = search(&config, &run.root, &mut sink as &mut dyn MetricsSink)?;
+    let summary = search_run(SeqSearchRun {
+        config,
+        run_dir: run,
+        resume,
+        sink: &mut sink as &mut dyn MetricsSink,
+        stop: &stop,
+        max_epochs: None,
+    })?;
     sink.flush();
     println!("genotype: {}", summary.genotype);
     println!("{}", summary.description);
     println!(
-        "{} iterations in {:.0}s; validation token accuracy {:.4}, exact match {:.4}; written to {}",
+        "{} iterations ({} epochs) in {:.0}s; validation token accuracy {:.4}, exact match \
+         {:.4}; written to {}",
         summary.iterations,
+        summary.epochs_done,
         summary.seconds,
         summary.val.token_accuracy,
         summary.val.exact_match,
         summary.genotype_path.display()
     );
-    println!(
-        "retrain: rl-darts train-arch --genotype {} --config <preset>",
-        summary.genotype_path.display()
-    );
+    if summary.interrupted {
+        println!(
+            "resume with: rl-darts search --resume {}",
+            run.root.display()
+        );
+    } else {
+        println!(
+            "retrain: rl-darts train-arch --genotype {} --config <preset>",
+            summary.genotype_path.display()
+        );
+    }
     Ok(())
 }
 
@@ -113,9 +145,12 @@ pub fn run_train_arch(
     )?;
     sink.flush();
     println!(
-        "{} parameters, {:.0}s: validation token accuracy {:.4} exact match {:.4}; test token \
-         accuracy {:.4} exact match {:.4} (greedy autoregressive decoding)",
+        "{} parameters (d_model {}, ffn_mult {}), {:.0}s: validation token accuracy {:.4} exact \
+         match {:.4}; test token accuracy {:.4} exact match {:.4} (greedy autoregressive \
+         decoding)",
         trained.parameters,
+        trained.d_model,
+        trained.ffn_mult,
         trained.seconds,
         trained.val.token_accuracy,
         trained.val.exact_match,

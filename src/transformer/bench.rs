@@ -1,5 +1,5 @@
-//! Memory and time of one search iteration of the transformer supernet, plain vs reversible,
-//! measured inside the calling process (run each case in its own process:
+//! Memory and time of one search iteration of the transformer supernet (plain, reversible or
+//! checkpointed), measured inside the calling process (run each case in its own process:
 //! `examples/bench_transformer.rs`, `tests/transformer_memory.rs`).
 //!
 //! Activation memory = peak resident memory during the measured iterations minus the resident

@@ -9,16 +9,21 @@
 //! ([`net::Mode::Reversible`]) keeps only the top layer's output and reconstructs every
 //! layer's input during the backward pass ([`reversible`]); activation memory is flat in depth.
 //! The same supernet in [`net::Mode::Plain`] is ordinary autograd: the gradient oracle and the
-//! memory baseline.
+//! memory baseline; [`net::Mode::Checkpointed`] is the plain network with per-layer
+//! activation checkpointing ([`recompute`]), the third memory baseline.
 //!
 //! How the search strategies of [`crate::search`] see it: the alphas are an
 //! [`crate::nas::ArchParams`] over [`crate::nas::CellSpace::transformer`] (edge `k` = split
 //! `k`; `alpha_normal` = encoder, `alpha_reduce` = decoder), shared by every layer (the paper
 //! searches one block that is repeated), and [`objective::SeqObjective`] implements
-//! [`crate::search::Objective`]: in reversible mode its losses are *surrogates* whose value is
+//! [`crate::search::Objective`]: in reversible and checkpointed mode its losses are *surrogates* whose value is
 //! the true loss and whose first derivatives are exactly the reconstructed gradients (see
 //! [`objective`]). Strategies that need second derivatives through the network are refused
 //! ([`objective::check_strategy`]).
+//!
+//! The loops: [`search`] (the supernet search, checkpointed every epoch and resumed exactly by
+//! [`resume`]) and [`retrain`] (a derived or standard transformer from scratch, and random
+//! search from scratch, the baselines of the search results).
 //!
 //! Departures from the paper, all for a CPU: widths and depths are small; the dynamic
 //! convolutions (widths 3, 7, 11, 15) are one lightweight convolution of width 7; cross-attention
@@ -32,6 +37,9 @@ pub mod mixed;
 pub mod net;
 pub mod objective;
 pub mod ops;
+pub mod recompute;
+pub mod resume;
+pub mod retrain;
 pub mod reversible;
 pub mod search;
 pub mod tasks;

@@ -1,9 +1,11 @@
 //! The transformer supernet (or a derived transformer) of Zhao et al. 2021: token embeddings
 //! with sinusoidal positions, a stack of reversible encoder layers (2 splits), optionally a
 //! stack of reversible decoder layers (2 searchable splits + cross-attention), a final
-//! LayerNorm and the output projection. Two ways to differentiate the same network:
-//! [`Mode::Plain`] (ordinary autograd, every activation kept) and [`Mode::Reversible`]
-//! ([`SeqNet::reversible_grads`]: only the top outputs kept, inputs reconstructed going down).
+//! LayerNorm and the output projection. Three ways to differentiate the same network:
+//! [`Mode::Plain`] (ordinary autograd, every activation kept), [`Mode::Reversible`]
+//! ([`SeqNet::reversible_grads`]: only the top outputs kept, inputs reconstructed going down)
+//! and [`Mode::Checkpointed`] ([`SeqNet::checkpointed_grads`]: every layer's input kept, each
+//! layer recomputed going down, as `torch.utils.checkpoint` around each layer does).
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
@@ -24,6 +26,13 @@ pub enum Mode {
     /// depth, about one extra forward of compute.
     #[default]
     Reversible,
+    /// Activation checkpointing of the plain network, one checkpoint per layer (Chen et al.
+    /// 2016; `torch.utils.checkpoint` around each layer): the forward keeps only each layer's
+    /// input, the backward recomputes one layer at a time with autograd. Memory grows with
+    /// depth by one hidden state per layer instead of every op's activations; about one extra
+    /// forward of compute. The third memory baseline, and a check that the reversible saving
+    /// is more than what recomputation alone buys.
+    Checkpointed,
 }
 
 /// `[network]`: sizes of the supernet or derived transformer.
@@ -46,7 +55,7 @@ pub struct SeqNetConfig {
     /// All layers of a stack share one set of weights (used by the memory measurements, so
     /// that parameters do not grow with depth). Alphas are shared by all layers either way.
     pub tie_layers: bool,
-    /// Gradient computation: `reversible` (default) or `plain`.
+    /// Gradient computation: `reversible` (default), `plain` or `checkpointed`.
     pub mode: Mode,
     /// Keep the residual stream (the layers' `X`, `Y`) in f64 while the ops compute in the
     /// weights' precision. The inverse then recomputes each `G_k` on bit-identical f32 inputs
@@ -309,11 +318,14 @@ impl SeqNet {
         x.chunk(n as i64, -1)
     }
 
+    /// Runs a stack; with `saved`, pushes each layer's input onto it (checkpointed mode: under
+    /// `no_grad` these are the only activations that survive the forward).
     fn stack(
         &self,
         x: Tensor,
         decoder: bool,
         inputs: &LayerInputs<'_>,
+        mut saved: Option<&mut Vec<Vec<Tensor>>>,
     ) -> Result<Tensor, TransformerError> {
         let (n, depth) = if decoder {
             (DECODER_SPLITS, self.config.decoder_layers)
@@ -327,6 +339,9 @@ impl SeqNet {
             } else {
                 self.enc_layer(i)
             };
+            if let Some(saved) = saved.as_deref_mut() {
+                saved.push(parts.iter().map(Tensor::shallow_clone).collect());
+            }
             parts = layer.forward(&parts, inputs)?;
         }
         Ok(Tensor::cat(&parts, -1))
@@ -359,7 +374,7 @@ impl SeqNet {
             weights: weights.map(|w| &w.normal),
             memory: None,
         };
-        let top = self.stack(self.embed(&self.src_emb, src), false, &inputs)?;
+        let top = self.stack(self.embed(&self.src_emb, src), false, &inputs, None)?;
         Ok(self.enc_norm.forward(&top.to_kind(self.model_kind())))
     }
 
@@ -392,7 +407,7 @@ impl SeqNet {
             weights: dec_w,
             memory: Some(memory),
         };
-        let top = self.stack(self.embed(emb, tgt_in), true, &inputs)?;
+        let top = self.stack(self.embed(emb, tgt_in), true, &inputs, None)?;
         Ok(self
             .head
             .forward(&norm.forward(&top.to_kind(self.model_kind()))))
@@ -428,14 +443,32 @@ impl SeqNet {
         weights: Option<&CellWeights>,
     ) -> Result<ReconstructedGrads, TransformerError> {
         // The recomputations need autograd even when the caller disabled it.
-        tch::with_grad(|| self.reversible_grads_inner(batch, weights))
+        tch::with_grad(|| self.grads_by_recomputation(batch, weights, Backward::Reconstruct))
     }
 
-    fn reversible_grads_inner(
+    /// Loss and every gradient by per-layer activation checkpointing: forward without graph
+    /// keeping each layer's input (and each stack's top output), then layer by layer from the
+    /// top recompute the layer from its stored input with autograd and backpropagate. Same
+    /// result as [`SeqNet::reversible_grads`]; nothing is written into `.grad`.
+    pub fn checkpointed_grads(
         &self,
         batch: &SeqBatch,
         weights: Option<&CellWeights>,
     ) -> Result<ReconstructedGrads, TransformerError> {
+        tch::with_grad(|| self.grads_by_recomputation(batch, weights, Backward::StoredInputs))
+    }
+
+    /// The backward of [`SeqNet::reversible_grads`] or [`SeqNet::checkpointed_grads`]: the two
+    /// differ only in where a layer's input comes from going down.
+    fn grads_by_recomputation(
+        &self,
+        batch: &SeqBatch,
+        weights: Option<&CellWeights>,
+        how: Backward,
+    ) -> Result<ReconstructedGrads, TransformerError> {
+        let keep_inputs = how == Backward::StoredInputs;
+        let mut enc_saved = Vec::new();
+        let mut dec_saved = Vec::new();
         let mut acc = GradAccum::default();
         let enc_w = weights.map(|w| leaf_weights(&w.normal)).transpose()?;
         let dec_w = match (weights, self.is_seq2seq()) {
@@ -449,8 +482,10 @@ impl SeqNet {
             memory: None,
         };
         // Encoder forward, no graph: only its top output survives.
-        let enc_top =
-            tch::no_grad(|| self.stack(self.embed(&self.src_emb, &batch.src), false, &enc_inputs))?;
+        let enc_top = tch::no_grad(|| {
+            let x = self.embed(&self.src_emb, &batch.src);
+            self.stack(x, false, &enc_inputs, keep_inputs.then_some(&mut enc_saved))
+        })?;
         let enc_top_leaf = enc_top
             .to_kind(self.model_kind())
             .detach()
@@ -466,8 +501,10 @@ impl SeqNet {
                     memory: Some(&mem_leaf),
                 };
                 // Decoder forward, no graph.
-                let dec_top =
-                    tch::no_grad(|| self.stack(self.embed(emb, tgt_in), true, &dec_inputs))?;
+                let dec_top = tch::no_grad(|| {
+                    let x = self.embed(emb, tgt_in);
+                    self.stack(x, true, &dec_inputs, keep_inputs.then_some(&mut dec_saved))
+                })?;
                 let dec_top_leaf = dec_top
                     .to_kind(self.model_kind())
                     .detach()
@@ -479,7 +516,9 @@ impl SeqNet {
                 head.extend(linear_params(&self.head));
                 acc.backprop(&loss, &head);
                 let g_top = take(&mut acc, &dec_top_leaf, "decoder output")?;
-                let g_x0 = self.reverse_stack(dec_top, g_top, true, &dec_inputs, &mut acc)?;
+                let saved = keep_inputs.then_some(std::mem::take(&mut dec_saved));
+                let g_x0 =
+                    self.reverse_stack(dec_top, g_top, true, &dec_inputs, &mut acc, saved)?;
                 let embedded = self.embed(emb, tgt_in);
                 acc.backprop(&(embedded * &g_x0).sum(g_x0.kind()), &[emb.shallow_clone()]);
                 // What every cross-attention sent back to the encoder output.
@@ -495,7 +534,8 @@ impl SeqNet {
             }
         };
         let g_top = take(&mut acc, &enc_top_leaf, "encoder top")?;
-        let g_x0 = self.reverse_stack(enc_top, g_top, false, &enc_inputs, &mut acc)?;
+        let saved = keep_inputs.then_some(enc_saved);
+        let g_x0 = self.reverse_stack(enc_top, g_top, false, &enc_inputs, &mut acc, saved)?;
         let embedded = self.embed(&self.src_emb, &batch.src);
         acc.backprop(
             &(embedded * &g_x0).sum(g_x0.kind()),
@@ -521,8 +561,8 @@ impl SeqNet {
         })
     }
 
-    /// Backward through a stack by reconstruction; returns the gradient of its input
-    /// (the embedded tokens), `[B, T, D]`.
+    /// Backward through a stack, by reconstruction, or from `saved` (each layer's input, bottom
+    /// first) when given; returns the gradient of its input (the embedded tokens), `[B, T, D]`.
     fn reverse_stack(
         &self,
         top: Tensor,
@@ -530,6 +570,7 @@ impl SeqNet {
         decoder: bool,
         inputs: &LayerInputs<'_>,
         acc: &mut GradAccum,
+        mut saved: Option<Vec<Vec<Tensor>>>,
     ) -> Result<Tensor, TransformerError> {
         let (n, depth) = if decoder {
             (DECODER_SPLITS, self.config.decoder_layers)
@@ -544,10 +585,29 @@ impl SeqNet {
             } else {
                 self.enc_layer(i)
             };
-            (y, dy) = layer.backward(y, dy, inputs, acc)?;
+            match saved.as_mut() {
+                // Popping frees each stored input once its layer is done, as the backward of
+                // `torch.utils.checkpoint` does.
+                Some(saved) => {
+                    let x = saved.pop().ok_or_else(|| {
+                        TransformerError::Config("fewer stored layer inputs than layers".into())
+                    })?;
+                    dy = layer.backward_from_input(x, dy, inputs, acc)?;
+                }
+                None => (y, dy) = layer.backward(y, dy, inputs, acc)?,
+            }
         }
         Ok(Tensor::cat(&dy, -1).to_kind(self.model_kind()))
     }
+}
+
+/// Where the backward of a layer gets the layer's input from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backward {
+    /// Reconstructed from its output by the inverse (reversible mode).
+    Reconstruct,
+    /// Stored by the forward (checkpointed mode).
+    StoredInputs,
 }
 
 /// `of`'s gradient, which the loss must have reached.

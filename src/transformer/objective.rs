@@ -1,11 +1,11 @@
 //! The transformer supernet as a [`crate::search::Objective`], so that the existing search
 //! strategies run on it unchanged, and the list of strategies each mode can serve.
 //!
-//! # The surrogate loss (reversible mode)
+//! # The surrogate loss (reversible and checkpointed modes)
 //!
 //! The strategies differentiate the tensor an objective returns (`backward`, or
-//! `run_backward` w.r.t. the weights or the alphas). A reversible network has no graph to
-//! hand over, so [`SeqObjective`] returns
+//! `run_backward` w.r.t. the weights or the alphas). A reversible (or checkpointed) network
+//! has no graph to hand over, so [`SeqObjective`] returns
 //!
 //! `S - S.detach() + L`, with `S = sum_p <p, g_p> + <W_enc, g_W_enc> + <W_dec, g_W_dec>`,
 //!
@@ -16,7 +16,7 @@
 //! derivative w.r.t. `p` is `g_p` and w.r.t. the alphas `g_W . dW/dalpha`, i.e. exactly the
 //! true gradients. Its second derivatives are those of a linear function, 0, which is wrong,
 //! so every strategy that differentiates twice through the network (double backward) is
-//! refused in reversible mode by [`check_strategy`]; DARTS second order with a finite
+//! refused in those two modes by [`check_strategy`]; DARTS second order with a finite
 //! difference only needs first derivatives at perturbed weights and works.
 
 use tch::Tensor;
@@ -56,12 +56,16 @@ pub fn check_strategy(strategy: &StrategyConfig, mode: Mode) -> Result<(), Trans
         }
         _ => false,
     };
-    if second_derivatives && mode == Mode::Reversible {
+    let frees_graph = match mode {
+        Mode::Plain => None,
+        Mode::Reversible => Some("reversible supernet frees its graph and reconstructs"),
+        Mode::Checkpointed => Some("checkpointed supernet frees its graph and recomputes"),
+    };
+    if let (true, Some(what)) = (second_derivatives, frees_graph) {
         return Err(TransformerError::Unsupported(format!(
             "{}: this strategy differentiates the loss twice (Hessian-vector products by double \
-             backward), but the reversible supernet frees its graph and reconstructs first \
-             derivatives only. Use network.mode = \"plain\", or DARTS second order with \
-             search.strategy.params.hessian = \"finite_difference\"",
+             backward), but the {what} first derivatives only. Use network.mode = \"plain\", \
+             or DARTS second order with search.strategy.params.hessian = \"finite_difference\"",
             strategy.name()
         )));
     }
@@ -77,7 +81,7 @@ pub struct SeqObjective<'a> {
 }
 
 /// The loss on `batch` for `weights`: with graph in plain mode, the surrogate of the module
-/// docs in reversible mode.
+/// docs in reversible and checkpointed mode.
 pub fn loss_for_strategy(
     net: &SeqNet,
     batch: &SeqBatch,
@@ -87,9 +91,12 @@ pub fn loss_for_strategy(
         Mode::Plain => net.plain_loss(batch, weights),
         // Called under `no_grad` (a strategy only scoring, e.g. random search): the value is
         // all that is wanted, and a forward without graph is already memory-flat.
-        Mode::Reversible if !grad_enabled() => net.plain_loss(batch, weights),
-        Mode::Reversible => {
-            let r = net.reversible_grads(batch, weights)?;
+        Mode::Reversible | Mode::Checkpointed if !grad_enabled() => net.plain_loss(batch, weights),
+        Mode::Reversible | Mode::Checkpointed => {
+            let r = match net.config.mode {
+                Mode::Checkpointed => net.checkpointed_grads(batch, weights)?,
+                _ => net.reversible_grads(batch, weights)?,
+            };
             let kind = r.loss.kind();
             let mut terms: Vec<Tensor> = r.params.iter().map(|(p, g)| (p * g).sum(kind)).collect();
             if let Some(weights) = weights {

@@ -125,6 +125,18 @@ pub struct LayerInputs<'a> {
     pub memory: Option<&'a Tensor>,
 }
 
+impl LayerInputs<'_> {
+    /// The inputs a layer's backward also differentiates: the op weights and the encoder
+    /// output, when present.
+    pub(super) fn grad_targets(&self) -> Vec<Tensor> {
+        self.weights
+            .map(|w| w.weights().shallow_clone())
+            .into_iter()
+            .chain(self.memory.map(Tensor::shallow_clone))
+            .collect()
+    }
+}
+
 impl RevLayer {
     /// A supernet layer: `searchable` mixed splits over `candidates` (edge `k` for split `k`),
     /// then, for the decoder, a fixed cross-attention split.
@@ -286,12 +298,7 @@ impl RevLayer {
         let n = y.len();
         let mut x: Vec<Tensor> = y.iter().map(Tensor::shallow_clone).collect();
         let mut dx: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
-        let extra: Vec<Tensor> = inputs
-            .weights
-            .map(|w| w.weights().shallow_clone())
-            .into_iter()
-            .chain(inputs.memory.map(Tensor::shallow_clone))
-            .collect();
+        let extra = inputs.grad_targets();
         for k in (0..n).rev() {
             // Leaves for what H_k reads: Y_{i<k}, then X_{i>k}.
             let leaves: Vec<Tensor> = Self::h_inputs(k, &y, &x)

@@ -4,30 +4,33 @@
 //! [`super::objective::SeqObjective`]) and an SGD step of the weights on a training batch,
 //! then derive the per-split op choice and retrain it from scratch.
 //!
+//! Every epoch ends with an atomic checkpoint in the run directory, from which
+//! `rl-darts search --resume RUN_DIR` continues exactly ([`super::resume`]).
+//!
 //! Departure: the paper trains the weights with Adam (0.9, 0.98) and warm-up; the search here
 //! uses the project's SGD with momentum (what DARTS's second-order virtual step models), and
-//! the retraining uses Adam. Random search (`kind = "random"`, `weight_sharing = false`)
-//! trains each sampled architecture from scratch for the same number of iterations as the
-//! retraining of one architecture gets per candidate.
+//! the retraining uses Adam. Random search from scratch lives in [`super::retrain`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
-use super::genotype::{arch_of, describe, to_dot};
+use super::genotype::{describe, to_dot};
 use super::net::{SeqArch, SeqNet, SeqNetConfig};
 use super::objective::{check_strategy, loss_for_strategy, SeqObjective};
+use super::resume::{load_supernet, save_supernet, SupernetParts, SupernetState};
+use super::retrain::random_from_scratch;
 use super::tasks::{evaluate, SeqMetrics, SeqTask, TaskConfig};
 use super::TransformerError;
 use crate::logging::MetricsSink;
 use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype, OpCost, OpCostTable};
-use crate::search::{
-    Adam, AdamConfig, Phase, RandomSearch, Sgd, SgdConfig, StrategyConfig, WeightStepReport,
-};
+use crate::search::{AdamConfig, Phase, Sgd, SgdConfig, StrategyConfig, WeightStepReport};
+use crate::train::run_dir::RunDir;
 use crate::train::supervised::{clip_grad_norm, log_alphas, WeightOptimConfig};
 
 /// The whole TOML of a transformer preset (`configs/seq-*.toml`).
@@ -76,6 +79,15 @@ pub struct SeqSearchConfig {
     pub alpha_init: AlphaInit,
     /// Batch size of evaluations (no gradients).
     pub eval_batch_size: usize,
+    /// Complete checkpoints kept in the run directory (one is written every epoch, or every
+    /// candidate of a random search from scratch).
+    pub checkpoint_keep: usize,
+    /// Random search from scratch (`strategy.kind = "random"`, `weight_sharing = false`): with
+    /// a value > 0, draw and train candidates until this many seconds are spent (the last one
+    /// is finished), instead of exactly `num_candidates`. Equal compute with a supernet
+    /// search: give it that search's `seconds` (summary.json). Wall time makes the number of
+    /// candidates depend on the machine's speed and load; 0 keeps the count exact.
+    pub random_budget_seconds: f64,
 }
 
 impl Default for SeqSearchConfig {
@@ -94,6 +106,8 @@ impl Default for SeqSearchConfig {
             strategy: StrategyConfig::default(),
             alpha_init: AlphaInit::default(),
             eval_batch_size: 256,
+            checkpoint_keep: 2,
+            random_budget_seconds: 0.0,
         }
     }
 }
@@ -109,6 +123,10 @@ pub struct SeqTrainArchConfig {
     pub optimizer: AdamConfig,
     /// Max global gradient norm; 0 disables.
     pub grad_clip: f64,
+    /// 0: the `[network]` size as it is. N > 0: the width (`d_model`, in steps that keep every
+    /// split a multiple of `heads`) and `ffn_mult` (1..=8) whose parameter count is nearest
+    /// to N, depth unchanged: the standard transformer of equal parameters to a derived one.
+    pub target_parameters: i64,
 }
 
 impl Default for SeqTrainArchConfig {
@@ -125,6 +143,7 @@ impl Default for SeqTrainArchConfig {
                 weight_decay: 0.0,
             },
             grad_clip: 1.0,
+            target_parameters: 0,
         }
     }
 }
@@ -138,7 +157,7 @@ pub fn is_transformer_config(path: &Path) -> bool {
         .is_some_and(|t| t.contains_key("task"))
 }
 
-fn setup(config: &SeqConfig) -> Result<Device, TransformerError> {
+pub(super) fn setup(config: &SeqConfig) -> Result<Device, TransformerError> {
     let device = crate::device::parse_device(&config.device)
         .map_err(|e| TransformerError::Config(e.to_string()))?;
     if config.torch_threads > 0 {
@@ -190,7 +209,35 @@ pub struct SeqSearchSummary {
     /// Supernet (or best random candidate) on the validation split.
     pub val: SeqMetrics,
     pub iterations: u64,
+    /// Epochs (random search from scratch: candidates) done, over every call.
+    pub epochs_done: usize,
+    /// Stopped before the end (Ctrl-C or `max_epochs`); resume from the run directory.
+    pub interrupted: bool,
+    /// Wall time of this call (a resumed run counts only its own part).
     pub seconds: f64,
+}
+
+/// One call of [`search_run`].
+pub struct SeqSearchRun<'a> {
+    pub config: &'a SeqConfig,
+    pub run_dir: &'a RunDir,
+    /// Continue from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    pub sink: &'a mut dyn MetricsSink,
+    /// Checked after every epoch (candidate): when set, a checkpoint is written and the call
+    /// returns.
+    pub stop: &'a AtomicBool,
+    /// Stop after this many epochs (candidates) in this call (tests).
+    pub max_epochs: Option<usize>,
+}
+
+/// What a search loop hands back to [`search_run`].
+pub(super) struct Outcome {
+    pub genotype: Genotype,
+    pub val: SeqMetrics,
+    pub iterations: u64,
+    pub epochs_done: usize,
+    pub interrupted: bool,
 }
 
 /// Writes `genotype.json`, `genotype.txt` (DARTS text form + readable form) and
@@ -214,39 +261,62 @@ pub fn save_genotype(
     Ok((json, description))
 }
 
-/// The search: DARTS-style alternation through the strategy, or random search from scratch.
+/// A fresh search in `run_dir` (created if missing), run to the end.
 pub fn search(
     config: &SeqConfig,
     run_dir: &Path,
     sink: &mut dyn MetricsSink,
 ) -> Result<SeqSearchSummary, TransformerError> {
+    let run_dir = RunDir::create_at(run_dir)?;
+    search_run(SeqSearchRun {
+        config,
+        run_dir: &run_dir,
+        resume: false,
+        sink,
+        stop: &AtomicBool::new(false),
+        max_epochs: None,
+    })
+}
+
+/// The search: DARTS-style alternation through the strategy, or random search from scratch,
+/// checkpointed every epoch (candidate) and resumable. Writes the genotype files and
+/// `summary.json` into the run directory, also when stopped early (the genotype derived so
+/// far).
+pub fn search_run(mut run: SeqSearchRun<'_>) -> Result<SeqSearchSummary, TransformerError> {
     let started = Instant::now();
+    let config = run.config;
     let device = setup(config)?;
     check_strategy(&config.search.strategy, config.network.mode)?;
     let task = config.task.generate()?;
-    sink.text("config", &crate::config::to_markdown(config)?, 0);
-    let (genotype, val, iterations) = match &config.search.strategy {
+    if !run.resume {
+        run.sink
+            .text("config", &crate::config::to_markdown(config)?, 0);
+    }
+    let outcome = match &config.search.strategy {
         StrategyConfig::Random(p) if !p.weight_sharing => {
-            random_from_scratch(config, &task, device, p.clone(), sink)?
+            random_from_scratch(&mut run, &task, device, p.clone())?
         }
-        _ => supernet_search(config, &task, device, sink)?,
+        _ => supernet_search(&mut run, &task, device)?,
     };
     let seq2seq = task.config.is_seq2seq();
-    let (genotype_path, description) = save_genotype(&genotype, seq2seq, run_dir)?;
-    sink.text(
+    let (genotype_path, description) =
+        save_genotype(&outcome.genotype, seq2seq, &run.run_dir.root)?;
+    run.sink.text(
         "genotype",
         &format!("```\n{description}\n```"),
-        iterations as i64,
+        outcome.iterations as i64,
     );
     let summary = SeqSearchSummary {
-        genotype,
+        genotype: outcome.genotype,
         genotype_path,
         description,
-        val,
-        iterations,
+        val: outcome.val,
+        iterations: outcome.iterations,
+        epochs_done: outcome.epochs_done,
+        interrupted: outcome.interrupted,
         seconds: started.elapsed().as_secs_f64(),
     };
-    let path = run_dir.join("summary.json");
+    let path = run.run_dir.root.join("summary.json");
     std::fs::write(
         &path,
         serde_json::to_vec_pretty(&summary).unwrap_or_default(),
@@ -287,14 +357,14 @@ pub fn build_supernet(
 }
 
 fn supernet_search(
-    config: &SeqConfig,
+    run: &mut SeqSearchRun<'_>,
     task: &SeqTask,
     device: Device,
-    sink: &mut dyn MetricsSink,
-) -> Result<(Genotype, SeqMetrics, u64), TransformerError> {
+) -> Result<Outcome, TransformerError> {
+    let config = run.config;
     let sc = &config.search;
-    let vs = nn::VarStore::new(device);
-    let (net, arch) = build_supernet(&vs, config, task)?;
+    let mut vs = nn::VarStore::new(device);
+    let (net, mut arch) = build_supernet(&vs, config, task)?;
     let mut strategy = sc.strategy.build(&arch, config.seed)?;
     strategy.set_op_costs(&op_costs(&net, task.train.src.size()[1]))?;
     let mut sgd = Sgd::new(
@@ -305,26 +375,50 @@ fn supernet_search(
             weight_decay: sc.weights.weight_decay,
         },
     );
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut iteration = 0u64;
-    let mut val = SeqMetrics::default();
-    for epoch in 0..sc.epochs {
+    let mut state = SupernetState {
+        epochs_done: 0,
+        iteration: 0,
+        rng: ChaCha8Rng::seed_from_u64(config.seed),
+        val: SeqMetrics::default(),
+    };
+    if run.resume {
+        state = load_supernet(
+            run.run_dir,
+            SupernetParts {
+                vs: &mut vs,
+                arch: &mut arch,
+                sgd: &mut sgd,
+                strategy: strategy.as_mut(),
+            },
+        )?;
+    }
+    materialise_grads(&sgd.parameters());
+    let mut epochs_here = 0;
+    let mut interrupted = false;
+    while state.epochs_done < sc.epochs {
+        if run.max_epochs.is_some_and(|m| epochs_here >= m) {
+            interrupted = true;
+            break;
+        }
+        let epoch = state.epochs_done;
         strategy.begin_epoch(epoch, sc.epochs);
         let lr = sc.weights.lr_at(epoch, sc.epochs);
         sgd.set_lr(lr);
+        let sink = &mut *run.sink;
         for _ in 0..sc.iterations_per_epoch {
-            let train = task.train.sample(sc.batch_size, &mut rng, device);
-            let valid = task.val.sample(sc.batch_size, &mut rng, device);
-            if strategy.wants_arch_step(iteration) {
+            let iteration = state.iteration;
+            let train = task.train.sample(sc.batch_size, &mut state.rng, device);
+            let valid = task.val.sample(sc.batch_size, &mut state.rng, device);
+            // DARTS steps the alphas before the weights; GDAS after (as the vision loop does).
+            let arch_first = !strategy.arch_step_follows_weight_step();
+            if arch_first {
                 let mut objective = SeqObjective {
                     net: &net,
                     sgd: &sgd,
                     train: &train,
                     search: &valid,
                 };
-                let stats = strategy.arch_step(&arch, &mut objective)?;
-                sink.scalar("search/arch_loss", stats.loss, iteration as i64);
-                sink.scalar("search/arch_grad_norm", stats.grad_norm, iteration as i64);
+                arch_step(strategy.as_mut(), &arch, &mut objective, sink, iteration)?;
             }
             let weights = strategy.op_weights(&arch, Phase::Weights)?;
             sgd.zero_grad();
@@ -342,31 +436,96 @@ fn supernet_search(
                 sink.scalar("search/arch_loss", stats.loss, iteration as i64);
             }
             sink.scalar("search/train_loss", report.loss, iteration as i64);
-            iteration += 1;
+            if !arch_first {
+                let mut objective = SeqObjective {
+                    net: &net,
+                    sgd: &sgd,
+                    train: &train,
+                    search: &valid,
+                };
+                arch_step(strategy.as_mut(), &arch, &mut objective, sink, iteration)?;
+            }
+            state.iteration += 1;
         }
+        let step = state.iteration;
         let eval_weights = strategy.op_weights(&arch, Phase::Eval)?;
-        val = evaluate(
+        state.val = evaluate(
             &net,
             &task.val,
             Some(&eval_weights),
             sc.eval_batch_size,
             device,
         )?;
-        log_metrics(sink, "search/val", &val, iteration);
-        sink.scalar("search/lr", lr, iteration as i64);
+        log_metrics(sink, "search/val", &state.val, step);
+        sink.scalar("search/lr", lr, step as i64);
         for (tag, value) in strategy.scalars() {
-            sink.scalar(&format!("search/{tag}"), value, iteration as i64);
+            sink.scalar(&format!("search/{tag}"), value, step as i64);
         }
-        log_alphas(sink, &arch, strategy.as_ref(), iteration as i64)?;
+        log_alphas(sink, &arch, strategy.as_ref(), step as i64)?;
         let genotype = strategy.derive(&arch)?;
         let text = describe(&genotype, task.config.is_seq2seq())?;
-        sink.text("genotype", &format!("```\n{text}\n```"), iteration as i64);
+        sink.text("genotype", &format!("```\n{text}\n```"), step as i64);
         sink.flush();
+        state.epochs_done += 1;
+        epochs_here += 1;
+        save_supernet(
+            run.run_dir,
+            sc.checkpoint_keep,
+            (&vs, &arch, &sgd, strategy.as_ref()),
+            &state,
+        )?;
+        if run.stop.load(Ordering::SeqCst) && state.epochs_done < sc.epochs {
+            interrupted = true;
+            break;
+        }
     }
-    Ok((strategy.derive(&arch)?, val, iteration))
+    Ok(Outcome {
+        genotype: strategy.derive(&arch)?,
+        val: state.val,
+        iterations: state.iteration,
+        epochs_done: state.epochs_done,
+        interrupted,
+    })
 }
 
-fn log_metrics(sink: &mut dyn MetricsSink, prefix: &str, m: &SeqMetrics, step: u64) {
+/// Gives every weight a zero gradient before the first step. `Sgd::step` skips a weight whose
+/// gradient is undefined, and `zero_grad` zeroes a gradient but never undefines it; so with
+/// sparse op weights (GDAS, sampled candidates) whether a weight that this step did not reach
+/// still gets weight decay and momentum would depend on whether any earlier step reached it:
+/// history that a resumed run does not have (`tests/transformer_resume.rs` caught it). With
+/// every gradient defined from the start, every weight steps every iteration, as in the
+/// PyTorch code of DARTS and GDAS once each op has been used, and a resumed run steps exactly
+/// as the uninterrupted one.
+fn materialise_grads(params: &[Tensor]) {
+    tch::with_grad(|| {
+        let terms: Vec<Tensor> = params
+            .iter()
+            .filter(|p| p.requires_grad())
+            .map(|p| (p * 0.0).sum(tch::Kind::Double))
+            .collect();
+        if !terms.is_empty() {
+            Tensor::stack(&terms, 0).sum(tch::Kind::Double).backward();
+        }
+    });
+}
+
+/// The iteration's alpha step, when the strategy wants one.
+fn arch_step(
+    strategy: &mut dyn crate::search::SearchStrategy,
+    arch: &ArchParams,
+    objective: &mut SeqObjective<'_>,
+    sink: &mut dyn MetricsSink,
+    iteration: u64,
+) -> Result<(), TransformerError> {
+    if strategy.wants_arch_step(iteration) {
+        let stats = strategy.arch_step(arch, objective)?;
+        sink.scalar("search/arch_loss", stats.loss, iteration as i64);
+        sink.scalar("search/arch_grad_norm", stats.grad_norm, iteration as i64);
+    }
+    Ok(())
+}
+
+pub(super) fn log_metrics(sink: &mut dyn MetricsSink, prefix: &str, m: &SeqMetrics, step: u64) {
     sink.scalar(&format!("{prefix}_loss"), m.loss, step as i64);
     sink.scalar(
         &format!("{prefix}_token_accuracy"),
@@ -374,147 +533,4 @@ fn log_metrics(sink: &mut dyn MetricsSink, prefix: &str, m: &SeqMetrics, step: u
         step as i64,
     );
     sink.scalar(&format!("{prefix}_exact_match"), m.exact_match, step as i64);
-}
-
-/// Random search from scratch: `num_candidates` architectures drawn uniformly (an op other
-/// than zero per split), each trained by [`train_derived`] for `epochs_per_candidate` x
-/// `train_arch.iterations_per_epoch` iterations, the best validation exact match kept (token
-/// accuracy breaks ties).
-fn random_from_scratch(
-    config: &SeqConfig,
-    task: &SeqTask,
-    device: Device,
-    params: crate::search::RandomParams,
-    sink: &mut dyn MetricsSink,
-) -> Result<(Genotype, SeqMetrics, u64), TransformerError> {
-    let arch = ArchParams::new(
-        Device::Cpu,
-        CellSpace::transformer(),
-        task.config.is_seq2seq(),
-        AlphaInit::default(),
-    )?;
-    let mut sampler = RandomSearch::new(&arch, params.clone(), config.seed)?;
-    let mut best: Option<(Genotype, SeqMetrics)> = None;
-    let mut iterations = 0;
-    for c in 0..params.num_candidates {
-        let genotype = sampler.sample_genotype();
-        let mut tc = config.train_arch.clone();
-        tc.epochs = params.epochs_per_candidate;
-        let trained = train_derived(config, &tc, task, &genotype, device, None)?;
-        iterations += (tc.epochs * tc.iterations_per_epoch) as u64;
-        log_metrics(sink, "random/candidate_val", &trained.val, c as u64);
-        let better = best.as_ref().is_none_or(|(_, b)| {
-            (trained.val.exact_match, trained.val.token_accuracy)
-                > (b.exact_match, b.token_accuracy)
-        });
-        if better {
-            best = Some((genotype, trained.val));
-        }
-    }
-    best.map(|(g, m)| (g, m, iterations)).ok_or_else(|| {
-        TransformerError::Config("search.strategy.params.num_candidates must be >= 1".into())
-    })
-}
-
-/// What retraining a derived architecture gave.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainedArch {
-    pub val: SeqMetrics,
-    pub test: SeqMetrics,
-    pub parameters: i64,
-    pub seconds: f64,
-}
-
-/// Trains the network `genotype` describes from scratch with Adam and reports validation and
-/// test metrics. Logs to `sink` when given.
-pub fn train_derived(
-    config: &SeqConfig,
-    tc: &SeqTrainArchConfig,
-    task: &SeqTask,
-    genotype: &Genotype,
-    device: Device,
-    mut sink: Option<&mut dyn MetricsSink>,
-) -> Result<TrainedArch, TransformerError> {
-    let started = Instant::now();
-    let seq2seq = task.config.is_seq2seq();
-    let arch = arch_of(genotype, seq2seq)?;
-    let mut network = config.network.clone();
-    if !seq2seq {
-        network.decoder_layers = 0;
-    }
-    let vs = nn::VarStore::new(device);
-    let net = SeqNet::new(
-        &(vs.root() / "net"),
-        &network,
-        task.src_vocab,
-        task.tgt_vocab,
-        &arch,
-    )?;
-    let parameters: i64 = net.parameters().iter().map(|t| t.numel() as i64).sum();
-    let mut adam = Adam::new(crate::search::optim::ordered_variables(&vs)?, tc.optimizer);
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1));
-    let mut step = 0u64;
-    let eval_bs = config.search.eval_batch_size;
-    let mut val = SeqMetrics::default();
-    for _ in 0..tc.epochs {
-        for _ in 0..tc.iterations_per_epoch {
-            let batch = task.train.sample(tc.batch_size, &mut rng, device);
-            adam.zero_grad();
-            let loss = loss_for_strategy(&net, &batch, None)?;
-            loss.backward();
-            if tc.grad_clip > 0.0 {
-                clip_grad_norm(&adam.parameters(), tc.grad_clip);
-            }
-            adam.step()?;
-            if let Some(s) = sink.as_deref_mut() {
-                s.scalar("train_arch/train_loss", loss.double_value(&[]), step as i64);
-            }
-            step += 1;
-        }
-        val = evaluate(&net, &task.val, None, eval_bs, device)?;
-        if let Some(s) = sink.as_deref_mut() {
-            log_metrics(s, "train_arch/val", &val, step);
-            s.flush();
-        }
-    }
-    let test = evaluate(&net, &task.test, None, eval_bs, device)?;
-    if let Some(s) = sink {
-        log_metrics(s, "train_arch/test", &test, step);
-        s.flush();
-    }
-    Ok(TrainedArch {
-        val,
-        test,
-        parameters,
-        seconds: started.elapsed().as_secs_f64(),
-    })
-}
-
-/// `rl-darts train-arch` for a transformer preset: retrains `genotype` and writes
-/// `summary.json` into `out`.
-pub fn train_arch(
-    config: &SeqConfig,
-    genotype: &Genotype,
-    out: &Path,
-    sink: &mut dyn MetricsSink,
-) -> Result<TrainedArch, TransformerError> {
-    let device = setup(config)?;
-    let task = config.task.generate()?;
-    sink.text("config", &crate::config::to_markdown(config)?, 0);
-    save_genotype(genotype, task.config.is_seq2seq(), out)?;
-    let trained = train_derived(
-        config,
-        &config.train_arch,
-        &task,
-        genotype,
-        device,
-        Some(sink),
-    )?;
-    let path = out.join("summary.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&trained).unwrap_or_default(),
-    )
-    .map_err(TransformerError::io(&path))?;
-    Ok(trained)
 }

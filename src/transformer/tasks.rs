@@ -224,7 +224,7 @@ impl TaskConfig {
 }
 
 /// Token accuracy and exact match of a split.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct SeqMetrics {
     /// Mean teacher-forced token cross-entropy.
     pub loss: f64,
