@@ -542,6 +542,19 @@ impl Default for StrategyConfig {
 }
 
 impl StrategyConfig {
+    /// This config with UNAS scoring one architecture per minibatch
+    /// (`same_alpha_minibatch = true`), for loops whose objective has no per-example losses
+    /// (PPO, the transformer search); other strategies unchanged.
+    pub fn with_unas_per_minibatch(&self) -> StrategyConfig {
+        match self {
+            StrategyConfig::Unas(p) => StrategyConfig::Unas(unas::UnasParams {
+                same_alpha_minibatch: true,
+                ..p.clone()
+            }),
+            other => other.clone(),
+        }
+    }
+
     /// The variant's name, as in TOML.
     pub fn name(&self) -> &'static str {
         match self {

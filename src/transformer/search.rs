@@ -365,7 +365,13 @@ fn supernet_search(
     let sc = &config.search;
     let mut vs = nn::VarStore::new(device);
     let (net, mut arch) = build_supernet(&vs, config, task)?;
-    let mut strategy = sc.strategy.build(&arch, config.seed)?;
+    // Departure from UNAS's official default (one architecture per example): the sequence
+    // objective's loss is a token mean over the batch with no per-example losses, so UNAS
+    // scores one architecture per minibatch here, as in RL.
+    let mut strategy = sc
+        .strategy
+        .with_unas_per_minibatch()
+        .build(&arch, config.seed)?;
     strategy.set_op_costs(&op_costs(&net, task.train.src.size()[1]))?;
     let mut sgd = Sgd::new(
         vs.variables(),

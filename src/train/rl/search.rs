@@ -41,7 +41,7 @@ use crate::logging::MetricsSink;
 use crate::nas::{ArchParams, CellSpace, CellType, CellWeights, Genotype, OpCostTable};
 use crate::search::{
     alphas, ArchSample, ArchStepStats, Phase, SearchError, SearchStrategy, StrategyConfig,
-    UnasParams, WeightStepReport,
+    WeightStepReport,
 };
 use crate::train::TrainError;
 
@@ -122,13 +122,7 @@ impl std::fmt::Debug for ArchSearch {
 /// losses of one network; so UNAS runs with `same_alpha_minibatch = true` here, whatever the
 /// config says.
 fn rl_strategy_config(config: &StrategyConfig) -> StrategyConfig {
-    match config {
-        StrategyConfig::Unas(p) => StrategyConfig::Unas(UnasParams {
-            same_alpha_minibatch: true,
-            ..p.clone()
-        }),
-        other => other.clone(),
-    }
+    config.with_unas_per_minibatch()
 }
 
 pub(super) fn search_err(e: SearchError) -> TrainError {
