@@ -16,6 +16,7 @@ fn fixed() -> UpdateDriver<'static, ()> {
         arch: Box::leak(Box::new(FixedArch)),
         micro_batch: None,
         progress: Box::leak(Box::new(NoHeartbeat)),
+        data_parallel: None,
     }
 }
 
@@ -243,6 +244,7 @@ fn update_steps_weights_and_tells_the_architecture_each_step() {
         arch: &mut arch,
         micro_batch: None,
         progress: &mut NoHeartbeat,
+        data_parallel: None,
     };
     let stats = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
     assert_eq!(stats.epochs, 2);
@@ -313,6 +315,7 @@ fn update_in_f64(micro: Option<usize>) -> Vec<Tensor> {
         arch: &mut FixedArch,
         micro_batch: micro,
         progress: &mut NoHeartbeat,
+        data_parallel: None,
     };
     ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -376,6 +379,7 @@ fn micro_batches_give_the_unsplit_update() {
         arch: &mut FixedArch,
         micro_batch: Some(5),
         progress: &mut NoHeartbeat,
+        data_parallel: None,
     };
     let err = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap_err();
     assert!(err.to_string().contains("does not divide"), "{err}");

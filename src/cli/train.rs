@@ -71,6 +71,11 @@ pub struct TrainArgs {
     /// `train --encoder impala` run (pipeline.baseline_from).
     #[arg(long)]
     baseline_from: Option<PathBuf>,
+    /// One run over the processes a launcher started (distributed.backend): mpi (CPUs;
+    /// `mpirun -np N rl-darts train ...`) or nccl (one GPU per process). ppo.num_envs is split
+    /// over the processes; only rank 0 writes the run directory. Single runs only (--encoder).
+    #[arg(long, value_name = "BACKEND")]
+    distributed: Option<String>,
 }
 
 /// The preset `--quick` names: in the working directory (a clone), else in the source tree
@@ -193,6 +198,11 @@ fn resolve_config(args: &TrainArgs, pipeline: bool) -> anyhow::Result<TrainConfi
     if let Some(d) = &args.device {
         sets.push(format!("device={d:?}"));
     }
+    if let Some(b) = &args.distributed {
+        // Checked here for the list of valid names (the config would say the same, less plainly).
+        rl_darts::distributed::Backend::parse(b)?;
+        sets.push(format!("distributed.backend={b:?}"));
+    }
     let defaults = if pipeline {
         sets.extend(pipeline_flag_sets(args)?);
         pipeline::pipeline_defaults(&env)
@@ -298,7 +308,13 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             let config = resolve_config(&args, false)?;
             // Before the run directory exists: a bad value leaves nothing behind.
             rl_darts::train::rl::validate(&config)?;
+            let rank = process_rank(&config)?;
+            // Whether the envs split over the processes, before the run directory exists.
+            if let Some(comm) = rl_darts::distributed::world(&config.distributed)? {
+                config.process_share(rank, comm.world_size())?;
+            }
             let run = match &args.run_dir {
+                _ if rank != 0 => scratch_dir(rank)?,
                 Some(dir) => RunDir::create_at(dir)?,
                 None => RunDir::create_new(
                     Path::new("runs"),
@@ -310,6 +326,14 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             (config, run, false)
         }
     };
+    let rank = process_rank(&config)?;
+    let run_dir = match (&args.resume, rank) {
+        (Some(_), r) if r != 0 => scratch_dir(r)?,
+        _ => run_dir,
+    };
+    if rank != 0 {
+        return run_other_rank(&config, &run_dir, resume);
+    }
     save_resolved_config(&config, &run_dir.root)?;
     let stop = install_stop_handler()?;
 
@@ -357,8 +381,46 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             "resume with: rl-darts train --resume {}",
             run_dir.root.display()
         );
+        // The other processes may be waiting in a collective this one left: end them too.
+        rl_darts::distributed::abort_if_running(130);
     }
     Ok(())
+}
+
+/// This process's rank in the data-parallel run `config` asks for (0 without one); starts
+/// the engine (`MPI_Init`), which the training loop then uses.
+fn process_rank(config: &TrainConfig) -> anyhow::Result<usize> {
+    Ok(rl_darts::distributed::world(&config.distributed)?.map_or(0, |c| c.rank()))
+}
+
+/// A process other than rank 0 writes nothing into the run directory: its `RunDir` is a
+/// private folder for the checkpoint rank 0 broadcasts on resume, removed at the end.
+fn scratch_dir(rank: usize) -> anyhow::Result<RunDir> {
+    let dir = std::env::temp_dir().join(format!("rl-darts-rank{rank}-{}", std::process::id()));
+    Ok(RunDir::create_at(&dir)?)
+}
+
+/// Ranks other than 0 of a data-parallel `train`: the same loop without logs, progress or
+/// output; their envs, and the all-reduces, are their part.
+fn run_other_rank(config: &TrainConfig, run_dir: &RunDir, resume: bool) -> anyhow::Result<()> {
+    let stop = install_stop_handler()?;
+    let mut sink = rl_darts::logging::MultiSink::new();
+    let mut progress = rl_darts::train::rl::NoProgress;
+    let result = train(TrainRun {
+        config,
+        run_dir,
+        resume,
+        sink: &mut sink as &mut dyn MetricsSink,
+        progress: &mut progress,
+        stop: &stop,
+        max_iterations: None,
+        env: None,
+    });
+    let _ = std::fs::remove_dir_all(&run_dir.root);
+    if result.as_ref().is_ok_and(|s| s.interrupted) {
+        rl_darts::distributed::abort_if_running(130);
+    }
+    result.map(|_| ())
 }
 
 /// TensorBoard files in `dir`, plus one line per iteration on stdout when `quiet`.
@@ -434,6 +496,15 @@ fn run_pipeline(args: TrainArgs) -> anyhow::Result<()> {
         }
         None => {
             let config = resolve_config(&args, true)?;
+            if config.distributed.backend != rl_darts::distributed::Backend::None {
+                bail!(
+                    "distributed.backend = {:?} trains one PPO run over several processes; the \
+                     pipeline runs several phases (and an evaluation) that would each need it. \
+                     Give --encoder (e.g. --encoder rl_darts for the search, rl_darts_fixed for \
+                     the retraining) to run a phase as a single data-parallel run",
+                    config.distributed.backend.name()
+                );
+            }
             pipeline::validate(&config)?;
             let root = match &args.run_dir {
                 Some(dir) if dir.join(CONFIG_FILE).is_file() => {

@@ -10,6 +10,7 @@ use crate::envs::gym::GYM_ENVS;
 use crate::envs::procgen::ProcgenOptions;
 use crate::nas::{AlphaInit, MlpDartsConfig, RlDartsConfig};
 use crate::search::{JointParams, StrategyConfig};
+use crate::train::TrainError;
 
 pub use super::memory::MemoryConfig;
 
@@ -145,6 +146,9 @@ pub struct TrainConfig {
     /// Budgets and evaluation of the RL-DARTS pipeline (`rl-darts train` without --encoder);
     /// unused by a single PPO run. See train::pipeline.
     pub pipeline: crate::train::pipeline::PipelineConfig,
+    /// One run over several processes (`mpirun -np N`): engine and timeout
+    /// ([`crate::distributed`]). The keys above describe the whole run.
+    pub distributed: crate::distributed::DistributedConfig,
 }
 
 impl Default for TrainConfig {
@@ -172,6 +176,7 @@ impl TrainConfig {
             memory: MemoryConfig::default(),
             search: RlSearchConfig::default(),
             pipeline: crate::train::pipeline::PipelineConfig::default(),
+            distributed: crate::distributed::DistributedConfig::default(),
         }
     }
 
@@ -200,6 +205,45 @@ impl TrainConfig {
 
     pub fn is_procgen(&self) -> bool {
         !GYM_ENVS.contains(&self.env.as_str())
+    }
+
+    /// Process `rank`'s share of a data-parallel run of `world` processes: `ppo.num_envs` and
+    /// `ppo.total_timesteps` divided by `world` (so the batch, every minibatch and the budget
+    /// are split and the number of iterations stays), and the seeds of its envs and of its
+    /// action sampling offset by rank ([`crate::distributed::rank_seed`]). The architecture
+    /// search and the weight initialisation keep `seed` (see `train`). `world = 1` is `self`.
+    pub fn process_share(&self, rank: usize, world: usize) -> Result<Self, TrainError> {
+        if world <= 1 {
+            return Ok(self.clone());
+        }
+        let backend = self.distributed.backend.name();
+        let ppo = &self.ppo;
+        if !ppo.num_envs.is_multiple_of(world) {
+            return Err(TrainError::Invalid(format!(
+                "ppo.num_envs = {} does not split over {world} processes (distributed.backend = \
+                 \"{backend}\"): use a multiple of {world}, or another number of processes",
+                ppo.num_envs
+            )));
+        }
+        let local_batch = ppo.num_envs / world * ppo.num_steps;
+        if !local_batch.is_multiple_of(ppo.num_minibatches) {
+            return Err(TrainError::Invalid(format!(
+                "each of the {world} processes holds {local_batch} samples of the batch of {}, \
+                 which ppo.num_minibatches = {} does not divide: every process needs an equal \
+                 share of every minibatch",
+                ppo.batch_size(),
+                ppo.num_minibatches
+            )));
+        }
+        let mut local = self.clone();
+        local.ppo.num_envs /= world;
+        local.ppo.total_timesteps /= world as u64;
+        local.seed = crate::distributed::rank_seed(self.seed, rank);
+        local.procgen.rand_seed = self
+            .procgen
+            .rand_seed
+            .map(|s| (crate::distributed::rank_seed(s as u64, rank) % i32::MAX as u64) as i32);
+        Ok(local)
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -17,9 +18,10 @@ use super::io::{read, write};
 use super::memory::{plan_update, MemoryPlan};
 use super::search_envs::search_env_options;
 use crate::agents::{AgentError, Heartbeat, IterationPhase, IterationStats, PpoTrainer};
+use crate::distributed::{share_checkpoint, Backend, Communicator};
 use crate::envs::procgen::{find_game, normalized_return, DistributionMode, Game};
 use crate::envs::VecEnv;
-use crate::logging::{tags, MetricsSink};
+use crate::logging::{tags, MetricsSink, MultiSink};
 use crate::train::run_dir::RunDir;
 use crate::train::TrainError;
 
@@ -93,20 +95,80 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
+/// This process's place in a data-parallel run.
+struct Process {
+    comm: Rc<dyn Communicator>,
+    rank: usize,
+}
+
+fn dist_err(e: crate::distributed::DistError) -> TrainError {
+    TrainError::Invalid(e.to_string())
+}
+
 /// Trains until `ppo.total_timesteps`, Ctrl-C, or `max_iterations`.
-pub fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
+///
+/// With `distributed.backend` set, this process is one of a data-parallel run
+/// ([`crate::distributed`]): it steps its share of the envs with its own seeds, every update
+/// all-reduces with the others, and only rank 0 logs, reports progress and writes checkpoints
+/// and the summary into `run_dir` (the others' `run_dir` is scratch space for the checkpoint
+/// rank 0 broadcasts on resume).
+pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     let config = run.config;
-    let device = crate::device::parse_device(&config.device)?;
+    let comm = crate::distributed::world(&config.distributed).map_err(dist_err)?;
+    let process = comm.map(|comm| Process {
+        rank: comm.rank(),
+        comm,
+    });
+    let (rank, world) = process
+        .as_ref()
+        .map_or((0, 1), |p| (p.rank, p.comm.world_size()));
+    // This process's envs, budget and seeds; the whole run's config with one process.
+    let local = config.process_share(rank, world)?;
+    let device = match &process {
+        Some(p) if p.comm.backend() == Backend::Nccl => {
+            if config.device == "cpu" {
+                return Err(TrainError::Invalid(
+                    "distributed.backend = \"nccl\" runs on GPUs; use device = \"cuda\" (each \
+                     process takes the GPU of its local rank) or the \"mpi\" backend on CPUs"
+                        .into(),
+                ));
+            }
+            tch::Device::Cuda(p.comm.local_rank())
+        }
+        _ => crate::device::parse_device(&config.device)?,
+    };
     if config.torch_threads > 0 {
         tch::set_num_threads(config.torch_threads);
     }
+    // The weights and the architecture search start from the run's seed on every process
+    // (and are broadcast from rank 0 below all the same).
     tch::manual_seed(config.seed as i64);
+    let mut null_sink = MultiSink::new();
+    let mut no_progress = NoProgress;
+    let mut run = if rank == 0 {
+        TrainRun {
+            sink: run.sink,
+            progress: run.progress,
+            ..run
+        }
+    } else {
+        TrainRun {
+            sink: &mut null_sink,
+            progress: &mut no_progress,
+            ..run
+        }
+    };
     let mut env = match run.env.take() {
         Some(env) => env,
-        None => make_env(config, &config.procgen)?,
+        None => make_env(&local, &local.procgen)?,
     };
     let spec = env.spec().clone();
-    let (vs, policy) = build_policy(config, &spec, device)?;
+    let shared = TrainConfig {
+        seed: config.seed,
+        procgen: config.procgen.clone(),
+        ..local.clone()
+    };
+    let (vs, policy) = build_policy(&shared, &spec, device)?;
     // Every PPO run on the CPU, fixed encoder or supernet: the kept heap made the IMPALA update
     // 1.5x faster and the paper-size RL-DARTS search 2x faster (BENCHMARKS.md). Supervised
     // DARTS searches keep glibc's defaults (see the function's docs for why).
@@ -117,46 +179,82 @@ pub fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     }
     match policy {
         Policy::Fixed(policy) => {
-            let trainer = PpoTrainer::new(vs, policy, &spec, config.ppo.clone(), config.seed)?;
-            run_loop(run, env.as_mut(), trainer, FixedDriver)
+            let trainer = PpoTrainer::new(vs, policy, &spec, local.ppo.clone(), local.seed)?;
+            run_loop(run, &local, process, env.as_mut(), trainer, FixedDriver)
         }
         Policy::Searched(policy, search) => {
-            search_env_options(config)?;
-            let trainer = PpoTrainer::new(vs, policy, &spec, config.ppo.clone(), config.seed)?;
-            let driver = SearchDriver::new(search, config, device);
-            run_loop(run, env.as_mut(), trainer, driver)
+            search_env_options(&local)?;
+            let trainer = PpoTrainer::new(vs, policy, &spec, local.ppo.clone(), local.seed)?;
+            let driver = SearchDriver::new(search, &local, device);
+            run_loop(run, &local, process, env.as_mut(), trainer, driver)
         }
     }
 }
 
-/// The loop of [`train`] for either kind of encoder.
+/// Joins `trainer` and `driver` to the other processes: the update all-reduces, and the
+/// weights and alphas start from rank 0's.
+fn join<D: Driver>(
+    process: &Process,
+    trainer: &mut PpoTrainer<D::Arch>,
+    driver: &mut D,
+) -> Result<(), TrainError> {
+    trainer.set_data_parallel(process.comm.clone());
+    driver.join_data_parallel(None)?;
+    let mut named: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut shared: Vec<tch::Tensor> = named.into_iter().map(|(_, t)| t).collect();
+    shared.extend(driver.shared_parameters());
+    process.comm.broadcast_tensors(&shared).map_err(dist_err)
+}
+
+/// The loop of [`train`] for either kind of encoder. `run.config` is the whole run's (what is
+/// logged and reported), `local` this process's share (what its trainer and driver run).
 fn run_loop<D: Driver>(
     run: TrainRun<'_>,
+    local: &TrainConfig,
+    process: Option<Process>,
     env: &mut dyn VecEnv,
     mut trainer: PpoTrainer<D::Arch>,
     mut driver: D,
 ) -> Result<TrainSummary, TrainError> {
     let config = run.config;
+    // Rank 0 (or the only process) writes the run directory.
+    let writer = process.as_ref().is_none_or(|p| p.rank == 0);
+    if let Some(p) = &process {
+        join(p, &mut trainer, &mut driver)?;
+    }
     let game = config
         .is_procgen()
         .then(|| find_game(&config.env))
         .transpose()?;
     let (mut state, mut last_checkpoint) = if run.resume {
-        resume(run.run_dir, config, &mut trainer, &mut driver, env)?
+        resume(
+            run.run_dir,
+            local,
+            process.as_ref(),
+            &mut trainer,
+            &mut driver,
+            env,
+        )?
     } else {
         let markdown = crate::config::to_markdown(config)?;
         run.sink.text("config", &markdown, 0);
         (LoopState::default(), None)
     };
-    if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, config)? {
-        let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
-        write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
+    if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, local)? {
+        if writer {
+            let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
+            write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
+        }
     }
     let save = |trainer: &PpoTrainer<D::Arch>,
                 driver: &D,
                 env: &dyn VecEnv,
                 state: &LoopState|
-     -> Result<PathBuf, TrainError> {
+     -> Result<Option<PathBuf>, TrainError> {
+        if !writer {
+            return Ok(None);
+        }
         run.run_dir
             .save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
                 trainer.save(dir)?;
@@ -165,6 +263,7 @@ fn run_loop<D: Driver>(
                 let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
                 write(&dir.join(LOOP_STATE_FILE), &json)
             })
+            .map(Some)
     };
 
     let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
@@ -186,7 +285,7 @@ fn run_loop<D: Driver>(
             num_envs: config.ppo.num_envs as u64,
             last_report: Instant::now(),
         };
-        let outcome = driver.iteration(&mut trainer, env, config, run.sink, &mut beat);
+        let outcome = driver.iteration(&mut trainer, env, local, run.sink, &mut beat);
         let (stats, search_secs) = match outcome {
             Err(TrainError::Agent(AgentError::Interrupted)) => {
                 interrupted = true;
@@ -228,7 +327,7 @@ fn run_loop<D: Driver>(
             || (minutes > 0.0 && last_save.elapsed().as_secs_f64() >= minutes * 60.0)
             || trainer.is_done()
         {
-            last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+            last_checkpoint = save(&trainer, &driver, env, &state)?.or(last_checkpoint);
             last_save = Instant::now();
         }
         if stop {
@@ -251,9 +350,11 @@ fn run_loop<D: Driver>(
         .as_ref()
         .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
     {
-        last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+        last_checkpoint = save(&trainer, &driver, env, &state)?.or(last_checkpoint);
     }
-    driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
+    if writer {
+        driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
+    }
     let mean_return = mean(state.recent_returns.iter().copied());
     let summary = TrainSummary {
         run_dir: run.run_dir.root.clone(),
@@ -271,20 +372,41 @@ fn run_loop<D: Driver>(
         update_secs: tally.update_secs,
         search_secs: tally.search_secs,
     };
-    finish(run, &summary)?;
+    if writer {
+        finish(run, &summary)?;
+    }
     Ok(summary)
 }
 
 /// Restores the trainer, the architecture, the env and the loop state from the run's newest
 /// checkpoint; returns the loop state and that checkpoint.
+///
+/// Data-parallel: rank 0 reads its checkpoint and broadcasts it; every process restores the
+/// shared state (weights, alphas, Adam, strategy, counters) and the reward normaliser's
+/// statistics from it. The envs are rank 0's own, so the other processes keep theirs fresh
+/// from their seeds and restart their random streams from a seed of their rank and the
+/// iteration (a resumed data-parallel run continues, but not bit-exactly as an uninterrupted
+/// one would).
 fn resume<D: Driver>(
     run_dir: &RunDir,
     config: &TrainConfig,
+    process: Option<&Process>,
     trainer: &mut PpoTrainer<D::Arch>,
     driver: &mut D,
     env: &mut dyn VecEnv,
 ) -> Result<(LoopState, Option<PathBuf>), TrainError> {
-    let Some(ckpt) = run_dir.latest_checkpoint()? else {
+    let rank = process.map_or(0, |p| p.rank);
+    let ckpt = if rank == 0 {
+        run_dir.latest_checkpoint()?
+    } else {
+        None
+    };
+    let ckpt = match process {
+        Some(p) => share_checkpoint(&*p.comm, ckpt.as_deref(), &run_dir.root.join("from-rank-0"))
+            .map_err(dist_err)?,
+        None => ckpt,
+    };
+    let Some(ckpt) = ckpt else {
         return Err(TrainError::Checkpoint {
             path: run_dir.checkpoints_dir(),
             reason: "no complete checkpoint to resume from".into(),
@@ -292,6 +414,14 @@ fn resume<D: Driver>(
     };
     trainer.load(&ckpt)?;
     driver.load(&ckpt, config)?;
+    if rank != 0 {
+        // `config.seed` is this process's (offset by rank); mixed with the iteration so that
+        // a resumed process does not replay the streams it started the run with.
+        let seed = config.seed ^ trainer.iterations_done().rotate_left(17);
+        trainer.reseed(seed);
+        driver.join_data_parallel(Some(seed))?;
+        return Ok((LoopState::default(), None));
+    }
     env.load_state(&read(&ckpt.join(ENV_STATE_FILE))?)?;
     let loop_path = ckpt.join(LOOP_STATE_FILE);
     let state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
