@@ -420,7 +420,8 @@ fn run_other_rank(config: &TrainConfig, run_dir: &RunDir, resume: bool) -> anyho
     if result.as_ref().is_ok_and(|s| s.interrupted) {
         rl_darts::distributed::abort_if_running(130);
     }
-    result.map(|_| ())
+    result?;
+    Ok(())
 }
 
 /// TensorBoard files in `dir`, plus one line per iteration on stdout when `quiet`.
