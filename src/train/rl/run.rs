@@ -241,7 +241,7 @@ fn run_loop<D: Driver>(
         run.sink.text("config", &markdown, 0);
         (LoopState::default(), None)
     };
-    if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, local)? {
+    if let Some(plan) = fit_update_in_memory(&mut trainer, &mut driver, local, writer)? {
         if writer {
             let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
             write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
@@ -540,11 +540,12 @@ fn finish(run: TrainRun<'_>, summary: &TrainSummary) -> Result<(), TrainError> {
 pub const MEMORY_PLAN_FILE: &str = "memory_plan.json";
 
 /// Plans the PPO update's passes for the machine (see [`super::memory`]) and prints the
-/// decision; a fixed `memory.micro_batch_size` is used as given.
+/// decision when `report`; a fixed `memory.micro_batch_size` is used as given.
 fn fit_update_in_memory<D: Driver>(
     trainer: &mut PpoTrainer<D::Arch>,
     driver: &mut D,
     config: &TrainConfig,
+    report: bool,
 ) -> Result<Option<MemoryPlan>, TrainError> {
     let probe_obs = trainer.storage.obs.flatten(0, 1);
     let plan = plan_update(
@@ -558,7 +559,9 @@ fn fit_update_in_memory<D: Driver>(
     trainer.optimizer.zero_grad();
     let micro = match &plan {
         Some(plan) => {
-            eprintln!("{}", plan.describe());
+            if report {
+                eprintln!("{}", plan.describe());
+            }
             Some(plan.micro_batch)
         }
         None => config.memory.micro_batch_size,
