@@ -268,6 +268,45 @@ fn train_on_two_processes_then_resume() {
     assert_eq!(s["iterations"], 6, "{}", show(&o));
 }
 
+/// A single-level search (joint) on two processes: the alphas' gradients are all-reduced with
+/// the weights', so both processes end with the same weights and alphas (the run checks it
+/// at its end and fails otherwise; leaving the alphas out of the all-reduce made this run
+/// fail with "drifted apart").
+#[test]
+fn a_single_level_search_on_two_processes_keeps_the_alphas_in_sync() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp_darts",
+            "--strategy",
+            "joint",
+            "--total-steps",
+            "2048",
+            "--distributed",
+            "mpi",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--quiet",
+        ],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
+    assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
+    assert_eq!(summary(&run)["global_step"], 2048, "{}", show(&o));
+    assert!(run.join("genotype.json").is_file(), "{}", show(&o));
+}
+
 #[test]
 fn a_process_count_that_does_not_divide_the_envs_is_an_error() {
     let Some(mpirun) = require_mpirun() else {

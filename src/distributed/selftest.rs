@@ -97,8 +97,8 @@ fn checks(comm: &dyn Communicator, opts: &SelftestOptions) -> Result<Equivalence
         }
     };
     say(format!(
-        "{} processes, backend {}, device {:?}",
-        n,
+        "{n} process{}, backend {}, device {:?}",
+        if n == 1 { "" } else { "es" },
         opts.backend.name(),
         device
     ));
@@ -124,7 +124,7 @@ fn checks(comm: &dyn Communicator, opts: &SelftestOptions) -> Result<Equivalence
 
     let eq = equivalence(comm, device)?;
     say(format!(
-        "ppo equivalence: {n} processes x {} samples vs 1 process x {BATCH}, {} Adam steps, f64: \
+        "ppo equivalence: {n} process(es) x {} samples vs 1 process x {BATCH}, {} Adam steps, f64: \
          max |w_N - w_1| = {:.3e} (tolerance {:.0e}); without the all-reduce: {:.3e}",
         BATCH / n as i64,
         eq.steps,

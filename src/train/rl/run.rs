@@ -191,6 +191,50 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     }
 }
 
+/// The weights and alphas (sorted by name, alphas last) every process must hold equal.
+fn shared_tensors<D: Driver>(trainer: &PpoTrainer<D::Arch>, driver: &D) -> Vec<tch::Tensor> {
+    let mut named: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut shared: Vec<tch::Tensor> = named.into_iter().map(|(_, t)| t).collect();
+    shared.extend(driver.shared_parameters());
+    shared
+}
+
+/// At the end of a data-parallel run: every process must hold the same weights and alphas
+/// (they took the same reduced steps). A fingerprint per process, `sum(w) + sum(w^2)` in f64,
+/// is all-reduced with its square; their variance over the processes must vanish. A process
+/// that stepped apart (a gradient left out of the all-reduce) is then an error, not a run
+/// whose checkpoint holds only rank 0's half of the story.
+fn check_in_sync<D: Driver>(
+    process: &Process,
+    trainer: &PpoTrainer<D::Arch>,
+    driver: &D,
+) -> Result<(), TrainError> {
+    let fingerprint: f64 = tch::no_grad(|| {
+        shared_tensors(trainer, driver)
+            .iter()
+            .map(|t| {
+                let t = t.to_kind(tch::Kind::Double);
+                t.sum(tch::Kind::Double).double_value(&[])
+                    + t.square().sum(tch::Kind::Double).double_value(&[])
+            })
+            .sum()
+    });
+    let mut moments = [fingerprint, fingerprint * fingerprint];
+    crate::agents::DataParallel::all_reduce_sum(&*process.comm, &mut moments)?;
+    let n = process.comm.world_size() as f64;
+    let mean = moments[0] / n;
+    let spread = (moments[1] / n - mean * mean).max(0.0).sqrt();
+    if spread > 1e-9 * mean.abs().max(1.0) {
+        return Err(TrainError::Invalid(format!(
+            "the processes' weights drifted apart (fingerprint {fingerprint} on rank {}, spread \
+             {spread:.3e} over {n} processes): a gradient was not all-reduced",
+            process.rank
+        )));
+    }
+    Ok(())
+}
+
 /// Joins `trainer` and `driver` to the other processes: the update all-reduces, and the
 /// weights and alphas start from rank 0's.
 fn join<D: Driver>(
@@ -200,11 +244,10 @@ fn join<D: Driver>(
 ) -> Result<(), TrainError> {
     trainer.set_data_parallel(process.comm.clone());
     driver.join_data_parallel(None)?;
-    let mut named: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut shared: Vec<tch::Tensor> = named.into_iter().map(|(_, t)| t).collect();
-    shared.extend(driver.shared_parameters());
-    process.comm.broadcast_tensors(&shared).map_err(dist_err)
+    process
+        .comm
+        .broadcast_tensors(&shared_tensors(trainer, driver))
+        .map_err(dist_err)
 }
 
 /// The loop of [`train`] for either kind of encoder. `run.config` is the whole run's (what is
@@ -351,6 +394,9 @@ fn run_loop<D: Driver>(
         .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
     {
         last_checkpoint = save(&trainer, &driver, env, &state)?.or(last_checkpoint);
+    }
+    if let Some(p) = &process {
+        check_in_sync(p, &trainer, &driver)?;
     }
     if writer {
         driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
