@@ -321,3 +321,45 @@ impl Default for RlSearchConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TrainConfig;
+
+    /// Each process gets 1/N of the envs and of the budget, so the iterations stay; its seeds
+    /// are its own, rank 0's the run's.
+    #[test]
+    fn process_share_splits_envs_and_budget_and_offsets_seeds() {
+        let mut c = TrainConfig::procgen("coinrun");
+        c.ppo.num_envs = 8;
+        c.ppo.num_steps = 32;
+        c.ppo.num_minibatches = 2;
+        c.ppo.total_timesteps = 2_560;
+        let r0 = c.process_share(0, 2).unwrap();
+        let r1 = c.process_share(1, 2).unwrap();
+        assert_eq!((r0.ppo.num_envs, r0.ppo.total_timesteps), (4, 1_280));
+        assert_eq!(r0.ppo.num_iterations(), c.ppo.num_iterations());
+        assert_eq!(r0.seed, c.seed);
+        assert_ne!(r1.seed, c.seed);
+        assert_eq!(c.process_share(0, 1).unwrap(), c);
+    }
+
+    #[test]
+    fn process_share_refuses_uneven_splits() {
+        let mut c = TrainConfig::procgen("coinrun");
+        c.ppo.num_envs = 6;
+        c.ppo.num_steps = 2;
+        c.ppo.num_minibatches = 4;
+        let e = c.process_share(0, 4).unwrap_err().to_string();
+        assert!(
+            e.contains("ppo.num_envs = 6 does not split over 4 processes"),
+            "{e}"
+        );
+        // 3 envs x 2 steps per process: 6 samples in 4 minibatches.
+        let e = c.process_share(1, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("which ppo.num_minibatches = 4 does not divide"),
+            "{e}"
+        );
+    }
+}
