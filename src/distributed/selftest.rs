@@ -124,8 +124,9 @@ fn checks(comm: &dyn Communicator, opts: &SelftestOptions) -> Result<Equivalence
 
     let eq = equivalence(comm, device)?;
     say(format!(
-        "ppo equivalence: {n} process(es) x {} samples vs 1 process x {BATCH}, {} Adam steps, f64: \
+        "ppo equivalence: {n} process{} x {} samples vs 1 process x {BATCH}, {} Adam steps, f64: \
          max |w_N - w_1| = {:.3e} (tolerance {:.0e}); without the all-reduce: {:.3e}",
+        if n == 1 { "" } else { "es" },
         BATCH / n as i64,
         eq.steps,
         eq.max_gap,
