@@ -485,10 +485,10 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
                 });
             }
             if let Some(dp) = data_parallel {
-                // One flattened all-reduce of every gradient the step will use (the
-                // architecture's too: a single-level strategy steps the alphas in its hook),
-                // then one of the loss terms. Before the clip, so that every process clips the
-                // same mean gradient by the same global norm.
+                // Every gradient the step will use (the architecture's too: a single-level
+                // strategy steps the alphas in its hook) and the loss terms, in one call that
+                // the engines flatten into one buffer per kind. Before the clip, so that every
+                // process clips the same mean gradient by the same global norm.
                 let mut grads: Vec<Tensor> = params
                     .iter()
                     .chain(arch.gradients().iter())

@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -16,9 +15,9 @@ use super::config::TrainConfig;
 use super::driver::{Driver, FixedDriver, SearchDriver};
 use super::io::{read, write};
 use super::memory::{plan_update, MemoryPlan};
+use super::parallel::{check_in_sync, device_of, join, newest_checkpoint, Process};
 use super::search_envs::search_env_options;
 use crate::agents::{AgentError, Heartbeat, IterationPhase, IterationStats, PpoTrainer};
-use crate::distributed::{share_checkpoint, Backend, Communicator};
 use crate::envs::procgen::{find_game, normalized_return, DistributionMode, Game};
 use crate::envs::VecEnv;
 use crate::logging::{tags, MetricsSink, MultiSink};
@@ -95,16 +94,6 @@ fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| sum / n as f64)
 }
 
-/// This process's place in a data-parallel run.
-struct Process {
-    comm: Rc<dyn Communicator>,
-    rank: usize,
-}
-
-fn dist_err(e: crate::distributed::DistError) -> TrainError {
-    TrainError::Invalid(e.to_string())
-}
-
 /// Trains until `ppo.total_timesteps`, Ctrl-C, or `max_iterations`.
 ///
 /// With `distributed.backend` set, this process is one of a data-parallel run
@@ -114,29 +103,13 @@ fn dist_err(e: crate::distributed::DistError) -> TrainError {
 /// rank 0 broadcasts on resume).
 pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     let config = run.config;
-    let comm = crate::distributed::world(&config.distributed).map_err(dist_err)?;
-    let process = comm.map(|comm| Process {
-        rank: comm.rank(),
-        comm,
-    });
+    let process = Process::of(config)?;
     let (rank, world) = process
         .as_ref()
         .map_or((0, 1), |p| (p.rank, p.comm.world_size()));
     // This process's envs, budget and seeds; the whole run's config with one process.
     let local = config.process_share(rank, world)?;
-    let device = match &process {
-        Some(p) if p.comm.backend() == Backend::Nccl => {
-            if config.device == "cpu" {
-                return Err(TrainError::Invalid(
-                    "distributed.backend = \"nccl\" runs on GPUs; use device = \"cuda\" (each \
-                     process takes the GPU of its local rank) or the \"mpi\" backend on CPUs"
-                        .into(),
-                ));
-            }
-            tch::Device::Cuda(p.comm.local_rank())
-        }
-        _ => crate::device::parse_device(&config.device)?,
-    };
+    let device = device_of(process.as_ref(), config)?;
     if config.torch_threads > 0 {
         tch::set_num_threads(config.torch_threads);
     }
@@ -189,65 +162,6 @@ pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
             run_loop(run, &local, process, env.as_mut(), trainer, driver)
         }
     }
-}
-
-/// The weights and alphas (sorted by name, alphas last) every process must hold equal.
-fn shared_tensors<D: Driver>(trainer: &PpoTrainer<D::Arch>, driver: &D) -> Vec<tch::Tensor> {
-    let mut named: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut shared: Vec<tch::Tensor> = named.into_iter().map(|(_, t)| t).collect();
-    shared.extend(driver.shared_parameters());
-    shared
-}
-
-/// At the end of a data-parallel run: every process must hold the same weights and alphas
-/// (they took the same reduced steps). A fingerprint per process, `sum(w) + sum(w^2)` in f64,
-/// is all-reduced with its square; their variance over the processes must vanish. A process
-/// that stepped apart (a gradient left out of the all-reduce) is then an error, not a run
-/// whose checkpoint holds only rank 0's half of the story.
-fn check_in_sync<D: Driver>(
-    process: &Process,
-    trainer: &PpoTrainer<D::Arch>,
-    driver: &D,
-) -> Result<(), TrainError> {
-    let fingerprint: f64 = tch::no_grad(|| {
-        shared_tensors(trainer, driver)
-            .iter()
-            .map(|t| {
-                let t = t.to_kind(tch::Kind::Double);
-                t.sum(tch::Kind::Double).double_value(&[])
-                    + t.square().sum(tch::Kind::Double).double_value(&[])
-            })
-            .sum()
-    });
-    let mut moments = [fingerprint, fingerprint * fingerprint];
-    crate::agents::DataParallel::all_reduce_sum(&*process.comm, &mut moments)?;
-    let n = process.comm.world_size() as f64;
-    let mean = moments[0] / n;
-    let spread = (moments[1] / n - mean * mean).max(0.0).sqrt();
-    if spread > 1e-9 * mean.abs().max(1.0) {
-        return Err(TrainError::Invalid(format!(
-            "the processes' weights drifted apart (fingerprint {fingerprint} on rank {}, spread \
-             {spread:.3e} over {n} processes): a gradient was not all-reduced",
-            process.rank
-        )));
-    }
-    Ok(())
-}
-
-/// Joins `trainer` and `driver` to the other processes: the update all-reduces, and the
-/// weights and alphas start from rank 0's.
-fn join<D: Driver>(
-    process: &Process,
-    trainer: &mut PpoTrainer<D::Arch>,
-    driver: &mut D,
-) -> Result<(), TrainError> {
-    trainer.set_data_parallel(process.comm.clone());
-    driver.join_data_parallel(None)?;
-    process
-        .comm
-        .broadcast_tensors(&shared_tensors(trainer, driver))
-        .map_err(dist_err)
 }
 
 /// The loop of [`train`] for either kind of encoder. `run.config` is the whole run's (what is
@@ -442,16 +356,7 @@ fn resume<D: Driver>(
     env: &mut dyn VecEnv,
 ) -> Result<(LoopState, Option<PathBuf>), TrainError> {
     let rank = process.map_or(0, |p| p.rank);
-    let ckpt = if rank == 0 {
-        run_dir.latest_checkpoint()?
-    } else {
-        None
-    };
-    let ckpt = match process {
-        Some(p) => share_checkpoint(&*p.comm, ckpt.as_deref(), &run_dir.root.join("from-rank-0"))
-            .map_err(dist_err)?,
-        None => ckpt,
-    };
+    let ckpt = newest_checkpoint(run_dir, process)?;
     let Some(ckpt) = ckpt else {
         return Err(TrainError::Checkpoint {
             path: run_dir.checkpoints_dir(),
