@@ -363,7 +363,20 @@ fn resume<D: Driver>(
             reason: "no complete checkpoint to resume from".into(),
         });
     };
-    trainer.load(&ckpt)?;
+    trainer.load(&ckpt).map_err(|e| match (e, process) {
+        // The checkpoint holds one process's share of the envs (`ppo.num_envs / N`).
+        (crate::agents::AgentError::Checkpoint { path, reason }, Some(p)) => {
+            TrainError::Checkpoint {
+                path,
+                reason: format!(
+                    "{reason}\n(a data-parallel run resumes on the number of processes it was \
+                     started with; {} now)",
+                    p.comm.world_size()
+                ),
+            }
+        }
+        (e, _) => e.into(),
+    })?;
     driver.load(&ckpt, config)?;
     if rank != 0 {
         // `config.seed` is this process's (offset by rank); mixed with the iteration so that
