@@ -44,6 +44,13 @@ pub trait IterationArch<A> {
 
     /// After the weights' optimizer stepped on one minibatch.
     fn after_weight_step(&mut self, step: &WeightStep) -> Result<(), AgentError>;
+
+    /// The architecture parameters that learn from the update's backward pass (a single-level
+    /// strategy's alphas, stepped in [`IterationArch::after_weight_step`]): a data-parallel
+    /// update all-reduces their gradients with the weights'. None by default.
+    fn gradients(&self) -> Vec<tch::Tensor> {
+        Vec::new()
+    }
 }
 
 /// Which part of an iteration a [`Heartbeat`] hears from.

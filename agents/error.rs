@@ -29,6 +29,9 @@ pub enum AgentError {
     /// through with its own message.
     #[error("architecture: {0}")]
     Arch(String),
+    /// A collective of a data-parallel update failed (its engine's message).
+    #[error("data-parallel: {0}")]
+    DataParallel(String),
     /// The iteration was abandoned on request (its heartbeat said stop).
     #[error("the iteration was stopped before its end")]
     Interrupted,

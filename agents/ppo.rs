@@ -214,6 +214,48 @@ pub fn normalize_advantages(advantages: &Tensor) -> Tensor {
     (advantages - advantages.mean(advantages.kind())) / (advantages.std(true) + 1e-8)
 }
 
+/// The other processes of a data-parallel run, as the PPO update sees them: each process holds
+/// `1 / world_size` of every minibatch, and the update makes the result that of one process on
+/// the whole minibatch (CleanRL's `ppo_atari_multigpu.py`, the Procgen paper's MPI Adam). The
+/// engines (MPI, NCCL) live in `crate::distributed`; the update only needs these collectives.
+pub trait DataParallel: std::fmt::Debug {
+    /// Processes in the run (1: nothing to reduce).
+    fn world_size(&self) -> usize;
+
+    /// Replaces each tensor by its mean over the processes, in place. Every process passes the
+    /// same shapes and kinds in the same order (the engines flatten them into one buffer).
+    fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<(), AgentError>;
+
+    /// Replaces each value by its sum over the processes, in place.
+    fn all_reduce_sum(&self, values: &mut [f64]) -> Result<(), AgentError>;
+}
+
+/// [`normalize_advantages`] over the minibatch of all processes together: the mean and the
+/// unbiased standard deviation come from the all-reduced sum, sum of squares and count (in
+/// f64), so every process normalises its share by the statistics of the whole minibatch.
+pub fn normalize_advantages_global(
+    advantages: &Tensor,
+    dp: &dyn DataParallel,
+) -> Result<Tensor, AgentError> {
+    let local = tch::no_grad(|| {
+        Tensor::stack(
+            &[
+                advantages.sum(Kind::Double),
+                advantages.to_kind(Kind::Double).square().sum(Kind::Double),
+            ],
+            0,
+        )
+    });
+    let local = Vec::<f64>::try_from(local.to_device(Device::Cpu))?;
+    let mut stats = [local[0], local[1], advantages.numel() as f64];
+    dp.all_reduce_sum(&mut stats)?;
+    let [sum, sum_sq, n] = stats;
+    let mean = sum / n;
+    // Unbiased, as torch's std(true) on one process.
+    let var = ((sum_sq - sum * mean) / (n - 1.0).max(1.0)).max(0.0);
+    Ok((advantages - mean) / (var.sqrt() + 1e-8))
+}
+
 /// The PPO loss terms for a minibatch, as a pure function of the new evaluation and the
 /// stored rollout values (CleanRL `ppo_procgen.py`, lines "policy loss" to "loss =").
 ///
@@ -326,6 +368,11 @@ pub struct UpdateDriver<'a, A> {
     /// memory); `None` runs the whole minibatch at once.
     pub micro_batch: Option<usize>,
     pub progress: &'a mut dyn Heartbeat,
+    /// The other processes of a data-parallel run (None: this process alone). Each minibatch's
+    /// gradients (weights and [`IterationArch::gradients`]) and loss terms are all-reduced to
+    /// their mean before the gradient-norm clip, and the advantages are normalised over the
+    /// whole minibatch ([`normalize_advantages_global`]).
+    pub data_parallel: Option<&'a dyn DataParallel>,
 }
 
 /// One PPO update: `update_epochs` passes over `batch` in shuffled minibatches; each
@@ -347,6 +394,11 @@ pub struct UpdateDriver<'a, A> {
 ///
 /// Minibatches are drawn by shuffling with `rng` (on the host: a run's randomness stays in
 /// its own seeded, checkpointable generator).
+///
+/// Data-parallel (`driver.data_parallel`): `batch` is this process's share; each process
+/// shuffles its own share, so a global minibatch is the union of the processes' minibatches.
+/// The reduced loss terms make the non-finite stop and the `target_kl` stop the same decision
+/// on every process (a process that stopped alone would leave the others waiting).
 pub fn ppo_update<A, R: Rng + ?Sized>(
     policy: &ActorCritic<A>,
     optimizer: &mut Adam,
@@ -373,7 +425,13 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
             "a micro-batch of {micro} does not divide the minibatch of {minibatch_size}"
         )));
     }
-    let UpdateDriver { arch, progress, .. } = driver;
+    let UpdateDriver {
+        arch,
+        progress,
+        data_parallel,
+        ..
+    } = driver;
+    let data_parallel = data_parallel.filter(|dp| dp.world_size() > 1);
     // The passes see advantages already normalised over their whole minibatch.
     let pass_config = PpoConfig {
         norm_adv: false,
@@ -393,7 +451,10 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
         for start in (0..batch_size).step_by(minibatch_size as usize) {
             let mut mb = batch.select(&perm.narrow(0, start, minibatch_size));
             if config.norm_adv {
-                mb.advantages = normalize_advantages(&mb.advantages);
+                mb.advantages = match data_parallel {
+                    Some(dp) => normalize_advantages_global(&mb.advantages, dp)?,
+                    None => normalize_advantages(&mb.advantages),
+                };
             }
             arch.begin_minibatch()?;
             optimizer.zero_grad();
@@ -422,6 +483,20 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
                     .to_kind(Kind::Double)
                         * share
                 });
+            }
+            if let Some(dp) = data_parallel {
+                // Every gradient the step will use (the architecture's too: a single-level
+                // strategy steps the alphas in its hook) and the loss terms, in one call that
+                // the engines flatten into one buffer per kind. Before the clip, so that every
+                // process clips the same mean gradient by the same global norm.
+                let mut grads: Vec<Tensor> = params
+                    .iter()
+                    .chain(arch.gradients().iter())
+                    .map(Tensor::grad)
+                    .filter(Tensor::defined)
+                    .collect();
+                grads.push(terms.shallow_clone());
+                dp.all_reduce_mean(&grads)?;
             }
             let grad_norm = clip_grad_norm(&params, config.max_grad_norm);
             // Read on the host (one sync per minibatch): the architecture's hook needs the

@@ -16,6 +16,7 @@ fn fixed() -> UpdateDriver<'static, ()> {
         arch: Box::leak(Box::new(FixedArch)),
         micro_batch: None,
         progress: Box::leak(Box::new(NoHeartbeat)),
+        data_parallel: None,
     }
 }
 
@@ -243,6 +244,7 @@ fn update_steps_weights_and_tells_the_architecture_each_step() {
         arch: &mut arch,
         micro_batch: None,
         progress: &mut NoHeartbeat,
+        data_parallel: None,
     };
     let stats = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
     assert_eq!(stats.epochs, 2);
@@ -313,6 +315,7 @@ fn update_in_f64(micro: Option<usize>) -> Vec<Tensor> {
         arch: &mut FixedArch,
         micro_batch: micro,
         progress: &mut NoHeartbeat,
+        data_parallel: None,
     };
     ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -376,6 +379,7 @@ fn micro_batches_give_the_unsplit_update() {
         arch: &mut FixedArch,
         micro_batch: Some(5),
         progress: &mut NoHeartbeat,
+        data_parallel: None,
     };
     let err = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap_err();
     assert!(err.to_string().contains("does not divide"), "{err}");
@@ -479,4 +483,50 @@ fn config_round_trips_and_rejects_unknown_keys() {
         ..PpoConfig::default()
     };
     assert!(matches!(bad.validate(), Err(AgentError::Config(m)) if m.contains("num_minibatches")));
+}
+
+/// A stand-in for the other processes of a data-parallel run: it adds the advantage
+/// statistics of a second process's share, given up front.
+#[derive(Debug)]
+struct OtherShare {
+    stats: [f64; 3],
+}
+
+impl DataParallel for OtherShare {
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn all_reduce_mean(&self, _tensors: &[Tensor]) -> Result<(), AgentError> {
+        unreachable!("only the advantage statistics are reduced here")
+    }
+    fn all_reduce_sum(&self, values: &mut [f64]) -> Result<(), AgentError> {
+        for (v, o) in values.iter_mut().zip(self.stats) {
+            *v += o;
+        }
+        Ok(())
+    }
+}
+
+/// Each process normalises its share by the statistics of the whole minibatch: the first
+/// share, normalised with the second share's sum, sum of squares and count added, is the
+/// first part of the whole minibatch normalised at once (torch's mean and unbiased std). A
+/// per-share normalisation would differ by far more: the shares have other means.
+#[test]
+fn global_advantage_normalisation_is_the_whole_minibatch_s() {
+    let f64s = (Kind::Double, Device::Cpu);
+    let whole = Tensor::linspace(-3.0, 9.0, 10, f64s).square() * 0.1; // [10]
+    let (first, second) = (whole.narrow(0, 0, 6), whole.narrow(0, 6, 4));
+    let other = OtherShare {
+        stats: [
+            second.sum(Kind::Double).double_value(&[]),
+            second.square().sum(Kind::Double).double_value(&[]),
+            4.0,
+        ],
+    };
+    let global = normalize_advantages_global(&first, &other).unwrap();
+    let want = normalize_advantages(&whole).narrow(0, 0, 6);
+    let gap = (&global - &want).abs().max().double_value(&[]);
+    assert!(gap < 1e-12, "{gap}");
+    let local = normalize_advantages(&first);
+    assert!((&local - &want).abs().max().double_value(&[]) > 0.1);
 }

@@ -13,7 +13,7 @@ use super::adam::{Adam, AdamConfig};
 use super::arch::{Heartbeat, IterationArch, IterationPhase};
 use super::normalize::RewardNormalizer;
 use super::policy::ActorCritic;
-use super::ppo::{ppo_update, PpoConfig, PpoStats, UpdateDriver};
+use super::ppo::{ppo_update, DataParallel, PpoConfig, PpoStats, UpdateDriver};
 use super::storage::Batch;
 use super::storage::RolloutStorage;
 use super::AgentError;
@@ -145,6 +145,8 @@ pub struct PpoTrainer<A = ()> {
     rng: ChaCha8Rng,
     iterations_done: u64,
     global_step: u64,
+    /// The other processes of a data-parallel run (see [`PpoTrainer::set_data_parallel`]).
+    data_parallel: Option<std::rc::Rc<dyn DataParallel>>,
 }
 
 impl<A> PpoTrainer<A> {
@@ -199,7 +201,22 @@ impl<A> PpoTrainer<A> {
             rng: ChaCha8Rng::seed_from_u64(seed),
             iterations_done: 0,
             global_step: 0,
+            data_parallel: None,
         })
+    }
+
+    /// Makes this trainer one process of a data-parallel run: its `config` describes this
+    /// process's share (its envs), every update all-reduces with the other processes
+    /// ([`UpdateDriver::data_parallel`]), and `global_step` counts the env steps of all of them.
+    pub fn set_data_parallel(&mut self, data_parallel: std::rc::Rc<dyn DataParallel>) {
+        self.data_parallel = Some(data_parallel);
+    }
+
+    /// Restarts the action-sampling and shuffling generator from `seed`: a data-parallel
+    /// process other than the first, resumed from the first one's checkpoint, must not replay
+    /// the first process's random stream.
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = ChaCha8Rng::seed_from_u64(seed);
     }
 
     pub fn iterations_done(&self) -> u64 {
@@ -279,6 +296,7 @@ impl<A> PpoTrainer<A> {
             arch,
             micro_batch: self.micro_batch,
             progress,
+            data_parallel: self.data_parallel.as_deref(),
         };
         let ppo = ppo_update(
             &self.policy,
@@ -292,7 +310,8 @@ impl<A> PpoTrainer<A> {
         let update_secs = start.elapsed().as_secs_f64();
 
         self.iterations_done += 1;
-        self.global_step += self.config.batch_size() as u64;
+        let processes = self.data_parallel.as_ref().map_or(1, |dp| dp.world_size());
+        self.global_step += (self.config.batch_size() * processes) as u64;
         Ok(IterationStats {
             iteration: self.iterations_done,
             global_step: self.global_step,

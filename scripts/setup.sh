@@ -12,8 +12,10 @@ GYM3_VERSION=0.3.3
 # (gym-rs always builds SDL2), graphviz (genotype diagrams), unzip (wheels).
 # fonts-dejavu-core: the font of the learning-curve PNGs of `sweep collect`; slurmctld, slurmd,
 # slurm-client, munge: the single-node Slurm that tests/sweep_slurm.rs starts (not started here).
+# openmpi-bin, libopenmpi-dev: data-parallel training (`distributed.backend = "mpi"`): mpirun,
+# and the headers and mpicc the `mpi` crate builds against.
 APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config fonts-dejavu-core
-  slurmctld slurmd slurm-client munge)
+  slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -66,6 +68,14 @@ fi
 mkdir -p .deps
 purelib=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ "$(readlink .deps/libtorch 2>/dev/null)" = "$purelib/torch" ] || ln -sfn "$purelib/torch" .deps/libtorch
+# The data-parallel `nccl` backend: cudarc loads `libnccl.so` from the library search path, the
+# torch wheel brings `libnccl.so.2`; link it under the loaded name (a run puts .deps/nccl on
+# LD_LIBRARY_PATH; `rl-darts dist selftest --backend nccl` says so when it is missing).
+nccl_lib="$purelib/nvidia/nccl/lib/libnccl.so.2"
+if [ -f "$nccl_lib" ]; then
+  mkdir -p .deps/nccl
+  [ "$(readlink .deps/nccl/libnccl.so 2>/dev/null)" = "$nccl_lib" ] || ln -sfn "$nccl_lib" .deps/nccl/libnccl.so
+fi
 
 # --- procgen + gym3 wheels, unpacked --------------------------------------------------------
 if [ ! -f .deps/procgen/procgen/data/prebuilt/libenv.so ] || [ ! -f .deps/gym3/gym3/libenv.h ]; then

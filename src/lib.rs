@@ -12,6 +12,7 @@ pub mod agents;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod logging;
 pub mod media;
 pub mod nas;

@@ -36,6 +36,9 @@ enum Command {
     /// Grids of runs: plan, run (locally, on Ray, as a Slurm array), collect into one table.
     #[command(subcommand)]
     Sweep(cli::sweep::SweepCommand),
+    /// Data-parallel engines (MPI, NCCL): check one on the processes a launcher started.
+    #[command(subcommand)]
+    Dist(cli::dist::DistCommand),
 }
 
 fn main() {
@@ -51,9 +54,15 @@ fn main() {
         Command::TrainArch(args) => cli::search::run_train_arch(args),
         Command::Genotype(cmd) => cli::search::run_genotype(cmd),
         Command::Sweep(cmd) => cli::sweep::run(cmd),
+        Command::Dist(cmd) => cli::dist::run(cmd),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
+        // In a data-parallel run the other processes may wait for this one in a collective:
+        // end them all (the launcher reports which process failed).
+        rl_darts::distributed::abort_if_running(1);
         std::process::exit(1);
     }
+    // MPI_Finalize, before exit: a launcher counts a process that exits without it as failed.
+    rl_darts::distributed::finish();
 }

@@ -1,5 +1,6 @@
 //! Subcommand implementations.
 
+pub mod dist;
 pub mod envs;
 pub mod info;
 pub mod search;

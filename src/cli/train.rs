@@ -75,6 +75,11 @@ pub struct TrainArgs {
     /// `train --encoder impala` run (pipeline.baseline_from).
     #[arg(long)]
     baseline_from: Option<PathBuf>,
+    /// One run over the processes a launcher started (distributed.backend): mpi (CPUs;
+    /// `mpirun -np N rl-darts train ...`) or nccl (one GPU per process). ppo.num_envs is split
+    /// over the processes; only rank 0 writes the run directory. Single runs only (--encoder).
+    #[arg(long, value_name = "BACKEND")]
+    distributed: Option<String>,
 }
 
 /// The request of a new run: --config or the --quick preset, and the flags.
@@ -98,6 +103,7 @@ fn request(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         device: args.device.clone(),
         skip_baseline: args.skip_baseline,
         baseline_from: args.baseline_from.clone(),
+        distributed: args.distributed.clone(),
         sets: args.sets.clone(),
     })
 }
@@ -161,7 +167,14 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
 
 /// One PPO run (with a supernet encoder: its architecture search).
 fn run_single(args: TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
+    let rank = process_rank(&config)?;
+    // Whether the envs split over the processes, before the run directory exists.
+    if let Some(comm) = rl_darts::distributed::world(&config.distributed)? {
+        config.process_share(rank, comm.world_size())?;
+    }
     let (run_dir, resume) = match (&args.resume, &args.run_dir) {
+        // Only rank 0 writes the run directory; the others work in a private scratch folder.
+        _ if rank != 0 => (scratch_dir(rank)?, args.resume.is_some()),
         (Some(dir), _) => (RunDir::open(dir)?, true),
         (None, Some(dir)) => (RunDir::create_at(dir)?, false),
         (None, None) => (
@@ -174,6 +187,9 @@ fn run_single(args: TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             false,
         ),
     };
+    if rank != 0 {
+        return run_other_rank(&config, &run_dir, resume);
+    }
     save_resolved_config(&config, &run_dir.root)?;
     let stop = install_stop_handler()?;
 
@@ -221,7 +237,46 @@ fn run_single(args: TrainArgs, config: TrainConfig) -> anyhow::Result<()> {
             "resume with: rl-darts train --resume {}",
             run_dir.root.display()
         );
+        // The other processes may be waiting in a collective this one left: end them too.
+        rl_darts::distributed::abort_if_running(130);
     }
+    Ok(())
+}
+
+/// This process's rank in the data-parallel run `config` asks for (0 without one); starts
+/// the engine (`MPI_Init`), which the training loop then uses.
+fn process_rank(config: &TrainConfig) -> anyhow::Result<usize> {
+    Ok(rl_darts::distributed::world(&config.distributed)?.map_or(0, |c| c.rank()))
+}
+
+/// A process other than rank 0 writes nothing into the run directory: its `RunDir` is a
+/// private folder for the checkpoint rank 0 broadcasts on resume, removed at the end.
+fn scratch_dir(rank: usize) -> anyhow::Result<RunDir> {
+    let dir = std::env::temp_dir().join(format!("rl-darts-rank{rank}-{}", std::process::id()));
+    Ok(RunDir::create_at(&dir)?)
+}
+
+/// Ranks other than 0 of a data-parallel `train`: the same loop without logs, progress or
+/// output; their envs, and the all-reduces, are their part.
+fn run_other_rank(config: &TrainConfig, run_dir: &RunDir, resume: bool) -> anyhow::Result<()> {
+    let stop = install_stop_handler()?;
+    let mut sink = rl_darts::logging::MultiSink::new();
+    let mut progress = rl_darts::train::rl::NoProgress;
+    let result = train(TrainRun {
+        config,
+        run_dir,
+        resume,
+        sink: &mut sink as &mut dyn MetricsSink,
+        progress: &mut progress,
+        stop: &stop,
+        max_iterations: None,
+        env: None,
+    });
+    let _ = std::fs::remove_dir_all(&run_dir.root);
+    if result.as_ref().is_ok_and(|s| s.interrupted) {
+        rl_darts::distributed::abort_if_running(130);
+    }
+    result?;
     Ok(())
 }
 

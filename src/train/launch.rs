@@ -52,6 +52,8 @@ pub struct TrainRequest {
     pub skip_baseline: bool,
     /// Pipeline only; made absolute here.
     pub baseline_from: Option<PathBuf>,
+    /// `distributed.backend` (single runs only): mpi, nccl or none.
+    pub distributed: Option<String>,
     /// `--set KEY=VALUE`, applied last.
     pub sets: Vec<String>,
 }
@@ -110,10 +112,18 @@ impl TrainRequest {
         if let Some(d) = &self.device {
             sets.push(format!("device={d:?}"));
         }
+        if let Some(b) = &self.distributed {
+            // Checked here for the list of valid names (the config would say the same, less
+            // plainly).
+            crate::distributed::Backend::parse(b)
+                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            sets.push(format!("distributed.backend={b:?}"));
+        }
         if pipeline {
             sets.extend(self.pipeline_sets()?);
             sets.extend(self.sets.iter().cloned());
             let config = PipelineRunConfig::load(file, pipeline::pipeline_defaults(&env), &sets)?;
+            refuse_distributed_pipeline(&config)?;
             pipeline::validate(&config)?;
             Ok(ResolvedTrain::Pipeline(config))
         } else {
@@ -137,6 +147,21 @@ impl TrainRequest {
             self.baseline_from.as_deref(),
         )
     }
+}
+
+/// The pipeline runs several phases and evaluations; one data-parallel PPO run is one of them.
+fn refuse_distributed_pipeline(config: &PipelineRunConfig) -> Result<(), TrainError> {
+    let backend = config.train.distributed.backend;
+    if backend == crate::distributed::Backend::None {
+        return Ok(());
+    }
+    Err(TrainError::Invalid(format!(
+        "distributed.backend = {:?} trains one PPO run over several processes; the pipeline runs \
+         several phases (and an evaluation) that would each need it. Give --encoder (e.g. \
+         --encoder rl_darts for the search, rl_darts_fixed for the retraining) to run a phase \
+         as a single data-parallel run",
+        backend.name()
+    )))
 }
 
 fn pipeline_flag_sets(

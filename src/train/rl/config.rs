@@ -10,6 +10,7 @@ use crate::envs::gym::GYM_ENVS;
 use crate::envs::procgen::ProcgenOptions;
 use crate::nas::{AlphaInit, MlpDartsConfig, RlDartsConfig};
 use crate::search::{JointParams, StrategyConfig};
+use crate::train::TrainError;
 
 pub use super::memory::MemoryConfig;
 /// The train/ wing's one checkpoint cadence; PPO's `every` counts iterations.
@@ -121,6 +122,9 @@ pub struct TrainConfig {
     pub memory: MemoryConfig,
     /// Architecture search: read only with a supernet encoder (`rl_darts`, `mlp_darts`).
     pub search: RlSearchConfig,
+    /// One run over several processes (`mpirun -np N`): engine and timeout
+    /// ([`crate::distributed`]). The keys above describe the whole run.
+    pub distributed: crate::distributed::DistributedConfig,
 }
 
 impl Default for TrainConfig {
@@ -147,6 +151,7 @@ impl TrainConfig {
             checkpoint: CheckpointConfig::default(),
             memory: MemoryConfig::default(),
             search: RlSearchConfig::default(),
+            distributed: crate::distributed::DistributedConfig::default(),
         }
     }
 
@@ -175,6 +180,45 @@ impl TrainConfig {
 
     pub fn is_procgen(&self) -> bool {
         !GYM_ENVS.contains(&self.env.as_str())
+    }
+
+    /// Process `rank`'s share of a data-parallel run of `world` processes: `ppo.num_envs` and
+    /// `ppo.total_timesteps` divided by `world` (so the batch, every minibatch and the budget
+    /// are split and the number of iterations stays), and the seeds of its envs and of its
+    /// action sampling offset by rank ([`crate::distributed::rank_seed`]). The architecture
+    /// search and the weight initialisation keep `seed` (see `train`). `world = 1` is `self`.
+    pub fn process_share(&self, rank: usize, world: usize) -> Result<Self, TrainError> {
+        if world <= 1 {
+            return Ok(self.clone());
+        }
+        let backend = self.distributed.backend.name();
+        let ppo = &self.ppo;
+        if !ppo.num_envs.is_multiple_of(world) {
+            return Err(TrainError::Invalid(format!(
+                "ppo.num_envs = {} does not split over {world} processes (distributed.backend = \
+                 \"{backend}\"): use a multiple of {world}, or another number of processes",
+                ppo.num_envs
+            )));
+        }
+        let local_batch = ppo.num_envs / world * ppo.num_steps;
+        if !local_batch.is_multiple_of(ppo.num_minibatches) {
+            return Err(TrainError::Invalid(format!(
+                "each of the {world} processes holds {local_batch} samples of the batch of {}, \
+                 which ppo.num_minibatches = {} does not divide: every process needs an equal \
+                 share of every minibatch",
+                ppo.batch_size(),
+                ppo.num_minibatches
+            )));
+        }
+        let mut local = self.clone();
+        local.ppo.num_envs /= world;
+        local.ppo.total_timesteps /= world as u64;
+        local.seed = crate::distributed::rank_seed(self.seed, rank);
+        local.procgen.rand_seed = self
+            .procgen
+            .rand_seed
+            .map(|s| (crate::distributed::rank_seed(s as u64, rank) % i32::MAX as u64) as i32);
+        Ok(local)
     }
 }
 
@@ -250,5 +294,47 @@ impl Default for RlSearchConfig {
             alpha_init: AlphaInit::default(),
             log_every: 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainConfig;
+
+    /// Each process gets 1/N of the envs and of the budget, so the iterations stay; its seeds
+    /// are its own, rank 0's the run's.
+    #[test]
+    fn process_share_splits_envs_and_budget_and_offsets_seeds() {
+        let mut c = TrainConfig::procgen("coinrun");
+        c.ppo.num_envs = 8;
+        c.ppo.num_steps = 32;
+        c.ppo.num_minibatches = 2;
+        c.ppo.total_timesteps = 2_560;
+        let r0 = c.process_share(0, 2).unwrap();
+        let r1 = c.process_share(1, 2).unwrap();
+        assert_eq!((r0.ppo.num_envs, r0.ppo.total_timesteps), (4, 1_280));
+        assert_eq!(r0.ppo.num_iterations(), c.ppo.num_iterations());
+        assert_eq!(r0.seed, c.seed);
+        assert_ne!(r1.seed, c.seed);
+        assert_eq!(c.process_share(0, 1).unwrap(), c);
+    }
+
+    #[test]
+    fn process_share_refuses_uneven_splits() {
+        let mut c = TrainConfig::procgen("coinrun");
+        c.ppo.num_envs = 6;
+        c.ppo.num_steps = 2;
+        c.ppo.num_minibatches = 4;
+        let e = c.process_share(0, 4).unwrap_err().to_string();
+        assert!(
+            e.contains("ppo.num_envs = 6 does not split over 4 processes"),
+            "{e}"
+        );
+        // 3 envs x 2 steps per process: 6 samples in 4 minibatches.
+        let e = c.process_share(1, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("which ppo.num_minibatches = 4 does not divide"),
+            "{e}"
+        );
     }
 }

@@ -59,6 +59,19 @@ pub(super) trait Driver {
     /// After each checkpoint: a search redraws its alpha trajectories in `run_root`.
     fn after_checkpoint(&self, _run_root: &Path) {}
 
+    /// The architecture's parameters that every process of a data-parallel run must hold
+    /// equal (broadcast from rank 0 at the start): a search's alphas.
+    fn shared_parameters(&self) -> Vec<Tensor> {
+        Vec::new()
+    }
+
+    /// Makes this process one of a data-parallel run's: its own random streams restart from
+    /// `seed` after a resume from rank 0's checkpoint (a search's extra rollout), and what
+    /// cannot yet be all-reduced is refused.
+    fn join_data_parallel(&mut self, _seed: Option<u64>) -> Result<(), TrainError> {
+        Ok(())
+    }
+
     /// At the end of a run: a search writes its derived genotype into `run_root`.
     fn finish(
         &self,
@@ -99,6 +112,8 @@ pub(super) struct SearchDriver {
     device: Device,
     /// Cap on the alpha steps' minibatch from the memory plan.
     micro_batch: Option<usize>,
+    /// One process of a data-parallel run (bilevel alpha steps are refused).
+    data_parallel: bool,
 }
 
 impl SearchDriver {
@@ -108,6 +123,7 @@ impl SearchDriver {
             envs: SearchLoop::new(config.seed),
             device,
             micro_batch: None,
+            data_parallel: false,
         }
     }
 }
@@ -135,7 +151,19 @@ impl Driver for SearchDriver {
         let sample = search.draw()?;
         let first_step = search.weight_steps();
         let planned_steps = (config.ppo.update_epochs * config.ppo.num_minibatches) as u64;
-        let search_batch = if search.wants_arch_steps(first_step, planned_steps) {
+        let wants_arch_steps = search.wants_arch_steps(first_step, planned_steps);
+        if wants_arch_steps && self.data_parallel {
+            // The bilevel steps compute their gradients inside the strategy (virtual steps,
+            // Hessian-vector products), where no all-reduce reaches yet: each process would
+            // step the alphas apart.
+            return Err(TrainError::Invalid(format!(
+                "search strategy '{}' takes bilevel alpha steps, which data-parallel runs do \
+                 not all-reduce yet; with distributed.backend use a fixed encoder or a \
+                 single-level strategy (joint, snas)",
+                search.strategy_name()
+            )));
+        }
+        let search_batch = if wants_arch_steps {
             let acting = search.acting_weights(&sample)?;
             let (batch, episodes) =
                 self.envs
@@ -205,6 +233,20 @@ impl Driver for SearchDriver {
         if iterations_done.is_multiple_of(self.search.config.log_every.max(1)) {
             self.search.log(sink, step);
         }
+    }
+
+    fn shared_parameters(&self) -> Vec<Tensor> {
+        self.search.alpha_tensors()
+    }
+
+    fn join_data_parallel(&mut self, seed: Option<u64>) -> Result<(), TrainError> {
+        self.data_parallel = true;
+        if let Some(seed) = seed {
+            // The search envs are rebuilt on the next search rollout, from this process's
+            // seeds (rank 0's saved search envs belong to rank 0).
+            self.envs = SearchLoop::new(seed);
+        }
+        Ok(())
     }
 
     fn save(&self, dir: &Path) -> Result<(), TrainError> {

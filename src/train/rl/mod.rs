@@ -6,7 +6,7 @@
 //! [`search`] (alphas and strategy; how PPO drives a strategy), [`objective`] (PPO as a
 //! bilevel objective), [`search_envs`] (the search rollout), [`driver`] (one iteration, per
 //! kind of encoder), [`run`] (the loop: logs, progress, checkpoints, resume), [`eval`]
-//! (evaluating a checkpoint).
+//! (evaluating a checkpoint), [`parallel`] (one process of a data-parallel run).
 
 pub mod build;
 pub mod config;
@@ -15,6 +15,8 @@ pub mod eval;
 mod io;
 pub mod memory;
 pub mod objective;
+mod parallel;
+mod report;
 pub mod run;
 pub mod search;
 mod search_envs;

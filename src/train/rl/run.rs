@@ -11,15 +11,18 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::build::{build_policy, make_env, Policy};
-use super::config::{EncoderConfig, TrainConfig};
+use super::config::TrainConfig;
 use super::driver::{Driver, FixedDriver, SearchDriver};
 use super::io::{read, write};
 use super::memory::{plan_update, MemoryPlan};
+use super::parallel::{check_in_sync, device_of, join, newest_checkpoint, Process};
+pub use super::report::{format_secs, hparams_of, HPARAM_METRICS};
+use super::report::{log_hparams, IterationNews, LoopHeartbeat, Tally};
 use super::search_envs::search_env_options;
-use crate::agents::{AgentError, Heartbeat, IterationPhase, IterationStats, PpoTrainer};
-use crate::envs::procgen::{find_game, normalized_return, DistributionMode, Game};
+use crate::agents::{AgentError, IterationStats, PpoTrainer};
+use crate::envs::procgen::{find_game, normalized_return};
 use crate::envs::VecEnv;
-use crate::logging::{tags, HParam, MetricsSink};
+use crate::logging::{MetricsSink, MultiSink};
 use crate::train::run_dir::RunDir;
 use crate::train::TrainError;
 
@@ -31,9 +34,9 @@ const RETURN_WINDOW: usize = 100;
 /// Loop state beyond the trainer's, saved with each checkpoint so that logs of a resumed
 /// run equal those of an uninterrupted one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct LoopState {
-    recent_returns: VecDeque<f64>,
-    episodes_done: u64,
+pub(super) struct LoopState {
+    pub(super) recent_returns: VecDeque<f64>,
+    pub(super) episodes_done: u64,
 }
 
 /// How a run ended.
@@ -77,25 +80,59 @@ pub struct TrainRun<'a> {
     pub env: Option<Box<dyn VecEnv>>,
 }
 
-fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+pub(super) fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
 
 /// Trains until `ppo.total_timesteps`, Ctrl-C, or `max_iterations`.
-pub fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
+///
+/// With `distributed.backend` set, this process is one of a data-parallel run
+/// ([`crate::distributed`]): it steps its share of the envs with its own seeds, every update
+/// all-reduces with the others, and only rank 0 logs, reports progress and writes checkpoints
+/// and the summary into `run_dir` (the others' `run_dir` is scratch space for the checkpoint
+/// rank 0 broadcasts on resume).
+pub fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     let config = run.config;
-    let device = crate::device::parse_device(&config.device)?;
+    let process = Process::of(config)?;
+    let (rank, world) = process
+        .as_ref()
+        .map_or((0, 1), |p| (p.rank, p.comm.world_size()));
+    // This process's envs, budget and seeds; the whole run's config with one process.
+    let local = config.process_share(rank, world)?;
+    let device = device_of(process.as_ref(), config)?;
     if config.torch_threads > 0 {
         tch::set_num_threads(config.torch_threads);
     }
+    // The weights and the architecture search start from the run's seed on every process
+    // (and are broadcast from rank 0 below all the same).
     tch::manual_seed(config.seed as i64);
+    let mut null_sink = MultiSink::new();
+    let mut no_progress = NoProgress;
+    let mut run = if rank == 0 {
+        TrainRun {
+            sink: run.sink,
+            progress: run.progress,
+            ..run
+        }
+    } else {
+        TrainRun {
+            sink: &mut null_sink,
+            progress: &mut no_progress,
+            ..run
+        }
+    };
     let mut env = match run.env.take() {
         Some(env) => env,
-        None => make_env(config, &config.procgen)?,
+        None => make_env(&local, &local.procgen)?,
     };
     let spec = env.spec().clone();
-    let (vs, policy) = build_policy(config, &spec, device)?;
+    let shared = TrainConfig {
+        seed: config.seed,
+        procgen: config.procgen.clone(),
+        ..local.clone()
+    };
+    let (vs, policy) = build_policy(&shared, &spec, device)?;
     // Every PPO run on the CPU, fixed encoder or supernet: the kept heap made the IMPALA update
     // 1.5x faster and the paper-size RL-DARTS search 2x faster (BENCHMARKS.md). Supervised
     // DARTS searches keep glibc's defaults (see the function's docs for why).
@@ -106,50 +143,58 @@ pub fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     }
     match policy {
         Policy::Fixed(policy) => {
-            let trainer = PpoTrainer::new(vs, policy, &spec, config.ppo.clone(), config.seed)?;
-            run_loop(run, env.as_mut(), trainer, FixedDriver)
+            let trainer = PpoTrainer::new(vs, policy, &spec, local.ppo.clone(), local.seed)?;
+            run_loop(run, &local, process, env.as_mut(), trainer, FixedDriver)
         }
         Policy::Searched(policy, search) => {
-            search_env_options(config)?;
-            let trainer = PpoTrainer::new(vs, policy, &spec, config.ppo.clone(), config.seed)?;
-            let driver = SearchDriver::new(search, config, device);
-            run_loop(run, env.as_mut(), trainer, driver)
+            search_env_options(&local)?;
+            let trainer = PpoTrainer::new(vs, policy, &spec, local.ppo.clone(), local.seed)?;
+            let driver = SearchDriver::new(search, &local, device);
+            run_loop(run, &local, process, env.as_mut(), trainer, driver)
         }
     }
 }
 
-/// The loop of [`train`] for either kind of encoder.
+/// The loop of [`train`] for either kind of encoder. `run.config` is the whole run's (what is
+/// logged and reported), `local` this process's share (what its trainer and driver run).
 fn run_loop<D: Driver>(
     mut run: TrainRun<'_>,
+    local: &TrainConfig,
+    process: Option<Process>,
     env: &mut dyn VecEnv,
     mut trainer: PpoTrainer<D::Arch>,
     mut driver: D,
 ) -> Result<TrainSummary, TrainError> {
     let config = run.config;
+    // Rank 0 (or the only process) writes the run directory.
+    let writer = process.as_ref().is_none_or(|p| p.rank == 0);
+    if let Some(p) = &process {
+        join(p, &mut trainer, &mut driver)?;
+    }
     let game = config
         .is_procgen()
         .then(|| find_game(&config.env))
         .transpose()?;
-    let (mut state, mut last_checkpoint) = start(&mut run, env, &mut trainer, &mut driver)?;
-    let save = |trainer: &PpoTrainer<D::Arch>,
-                driver: &D,
-                env: &dyn VecEnv,
-                state: &LoopState|
-     -> Result<PathBuf, TrainError> {
-        run.run_dir
-            .save_checkpoint(trainer.iterations_done(), config.checkpoint.keep, |dir| {
-                trainer.save(dir)?;
-                driver.save(dir)?;
-                write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
-                let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
-                write(&dir.join(LOOP_STATE_FILE), &json)
-            })
+    let started = Start {
+        local,
+        process: process.as_ref(),
+        writer,
+    };
+    let (mut state, mut last_checkpoint) = started.run(&mut run, env, &mut trainer, &mut driver)?;
+    let checkpoints = Checkpoints {
+        writer,
+        run_dir: run.run_dir,
+        keep: config.checkpoint.keep,
     };
 
     let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
     let mut tally = Tally::new();
     let mut last_save = Instant::now();
-    let mut estimate_printed = false;
+    let mut news = IterationNews {
+        total,
+        game,
+        estimate_printed: false,
+    };
     let mut interrupted = false;
     while !trainer.is_done() {
         if run.max_iterations.is_some_and(|m| tally.iterations >= m) {
@@ -165,7 +210,7 @@ fn run_loop<D: Driver>(
             num_envs: config.ppo.num_envs as u64,
             last_report: Instant::now(),
         };
-        let outcome = driver.iteration(&mut trainer, env, config, run.sink, &mut beat);
+        let outcome = driver.iteration(&mut trainer, env, local, run.sink, &mut beat);
         let (stats, search_secs) = match outcome {
             Err(TrainError::Agent(AgentError::Interrupted)) => {
                 interrupted = true;
@@ -176,38 +221,24 @@ fn run_loop<D: Driver>(
         check_finite(&stats, last_checkpoint.as_deref())?;
         tally.add(&stats, search_secs);
         state.add_episodes(&stats);
-        log_iteration(
-            run.sink,
-            &stats,
-            config.ppo.batch_size(),
-            game.map(|g| (g, config.procgen.distribution_mode)),
-        );
         driver.log(
             run.sink,
             trainer.iterations_done(),
             stats.global_step as i64,
         );
-        let eta = report(
-            &mut *run.sink,
-            &mut *run.progress,
-            &state,
-            &tally,
-            &stats,
-            config,
-        );
-        if !estimate_printed && tally.started.elapsed().as_secs() >= 60 {
-            estimate_printed = true;
-            eprintln!("{}", job_estimate(eta, total, config));
-        }
+        news.iteration(&mut run, &state, &tally, &stats);
 
         let stop = run.stop.load(Ordering::SeqCst);
-        let every = &config.checkpoint;
-        let on_schedule = trainer.iterations_done() % every.every.max(1) == 0;
-        let overdue = every.every_minutes > 0.0
-            && last_save.elapsed().as_secs_f64() >= every.every_minutes * 60.0;
-        if stop || on_schedule || overdue || trainer.is_done() {
-            last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
-            driver.after_checkpoint(&run.run_dir.root);
+        let due = config
+            .checkpoint
+            .due(trainer.iterations_done(), last_save.elapsed());
+        if stop || due || trainer.is_done() {
+            last_checkpoint = checkpoints
+                .save(&trainer, &driver, env, &state)?
+                .or(last_checkpoint);
+            if writer {
+                driver.after_checkpoint(&run.run_dir.root);
+            }
             last_save = Instant::now();
         }
         if stop {
@@ -221,9 +252,16 @@ fn run_loop<D: Driver>(
         .as_ref()
         .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
     {
-        last_checkpoint = Some(save(&trainer, &driver, env, &state)?);
+        last_checkpoint = checkpoints
+            .save(&trainer, &driver, env, &state)?
+            .or(last_checkpoint);
     }
-    driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
+    if let Some(p) = &process {
+        check_in_sync(p, &trainer, &driver)?;
+    }
+    if writer {
+        driver.finish(&run.run_dir.root, run.sink, trainer.global_step() as i64)?;
+    }
     let summary = summarize(
         &run,
         &trainer,
@@ -233,31 +271,77 @@ fn run_loop<D: Driver>(
         interrupted,
         last_checkpoint,
     );
-    finish(run, &summary)?;
+    if writer {
+        finish(run, &summary)?;
+    }
     Ok(summary)
 }
 
-/// The loop's state at its first iteration: resumed from the newest checkpoint, or fresh (the
-/// config logged); then the update fitted into memory (the plan written beside the run).
-fn start<D: Driver>(
-    run: &mut TrainRun<'_>,
-    env: &mut dyn VecEnv,
-    trainer: &mut PpoTrainer<D::Arch>,
-    driver: &mut D,
-) -> Result<(LoopState, Option<PathBuf>), TrainError> {
-    let config = run.config;
-    let started = if run.resume {
-        resume(run.run_dir, config, trainer, driver, env)?
-    } else {
-        let markdown = crate::config::to_markdown(config)?;
-        run.sink.text("config", &markdown, 0);
-        (LoopState::default(), None)
-    };
-    if let Some(plan) = fit_update_in_memory(trainer, driver, config)? {
-        let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
-        write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
+/// Where the loop's checkpoints go: only the writer (rank 0, or the only process) saves.
+struct Checkpoints<'a> {
+    writer: bool,
+    run_dir: &'a RunDir,
+    keep: usize,
+}
+
+impl Checkpoints<'_> {
+    /// A checkpoint of everything a resume needs; None on a process that does not write.
+    fn save<D: Driver>(
+        &self,
+        trainer: &PpoTrainer<D::Arch>,
+        driver: &D,
+        env: &dyn VecEnv,
+        state: &LoopState,
+    ) -> Result<Option<PathBuf>, TrainError> {
+        if !self.writer {
+            return Ok(None);
+        }
+        self.run_dir
+            .save_checkpoint(trainer.iterations_done(), self.keep, |dir| {
+                trainer.save(dir)?;
+                driver.save(dir)?;
+                write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
+                let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
+                write(&dir.join(LOOP_STATE_FILE), &json)
+            })
+            .map(Some)
     }
-    Ok(started)
+}
+
+/// How a loop starts: this process's share of the config, its place in a data-parallel run,
+/// and whether it writes the run directory.
+struct Start<'a> {
+    local: &'a TrainConfig,
+    process: Option<&'a Process>,
+    writer: bool,
+}
+
+impl Start<'_> {
+    /// The loop's state at its first iteration: resumed from the newest checkpoint, or fresh
+    /// (the config logged); then the update fitted into memory (the plan written beside the
+    /// run by the writer).
+    fn run<D: Driver>(
+        &self,
+        run: &mut TrainRun<'_>,
+        env: &mut dyn VecEnv,
+        trainer: &mut PpoTrainer<D::Arch>,
+        driver: &mut D,
+    ) -> Result<(LoopState, Option<PathBuf>), TrainError> {
+        let started = if run.resume {
+            resume(run.run_dir, self.local, self.process, trainer, driver, env)?
+        } else {
+            let markdown = crate::config::to_markdown(run.config)?;
+            run.sink.text("config", &markdown, 0);
+            (LoopState::default(), None)
+        };
+        if let Some(plan) = fit_update_in_memory(trainer, driver, self.local, self.writer)? {
+            if self.writer {
+                let json = serde_json::to_vec_pretty(&plan).expect("memory plan serialises");
+                write(&run.run_dir.root.join(MEMORY_PLAN_FILE), &json)?;
+            }
+        }
+        Ok(started)
+    }
 }
 
 /// What a stopped run tells its user about resuming.
@@ -303,21 +387,54 @@ fn summarize<A>(
 
 /// Restores the trainer, the architecture, the env and the loop state from the run's newest
 /// checkpoint; returns the loop state and that checkpoint.
+/// Restores the trainer, the architecture, the env and the loop state from the run's newest
+/// checkpoint; returns the loop state and that checkpoint.
+///
+/// Data-parallel: rank 0 reads its checkpoint and broadcasts it; every process restores the
+/// shared state (weights, alphas, Adam, strategy, counters) and the reward normaliser's
+/// statistics from it. The envs are rank 0's own, so the other processes keep theirs fresh
+/// from their seeds and restart their random streams from a seed of their rank and the
+/// iteration (a resumed data-parallel run continues, but not bit-exactly as an uninterrupted
+/// one would).
 fn resume<D: Driver>(
     run_dir: &RunDir,
     config: &TrainConfig,
+    process: Option<&Process>,
     trainer: &mut PpoTrainer<D::Arch>,
     driver: &mut D,
     env: &mut dyn VecEnv,
 ) -> Result<(LoopState, Option<PathBuf>), TrainError> {
-    let Some(ckpt) = run_dir.latest_checkpoint()? else {
+    let rank = process.map_or(0, |p| p.rank);
+    let ckpt = newest_checkpoint(run_dir, process)?;
+    let Some(ckpt) = ckpt else {
         return Err(TrainError::Checkpoint {
             path: run_dir.checkpoints_dir(),
             reason: "no complete checkpoint to resume from".into(),
         });
     };
-    trainer.load(&ckpt)?;
+    trainer.load(&ckpt).map_err(|e| match (e, process) {
+        // The checkpoint holds one process's share of the envs (`ppo.num_envs / N`).
+        (crate::agents::AgentError::Checkpoint { path, reason }, Some(p)) => {
+            TrainError::Checkpoint {
+                path,
+                reason: format!(
+                    "{reason}\n(a data-parallel run resumes on the number of processes it was \
+                     started with; {} now)",
+                    p.comm.world_size()
+                ),
+            }
+        }
+        (e, _) => e.into(),
+    })?;
     driver.load(&ckpt, config)?;
+    if rank != 0 {
+        // `config.seed` is this process's (offset by rank); mixed with the iteration so that
+        // a resumed process does not replay the streams it started the run with.
+        let seed = config.seed ^ trainer.iterations_done().rotate_left(17);
+        trainer.reseed(seed);
+        driver.join_data_parallel(Some(seed))?;
+        return Ok((LoopState::default(), None));
+    }
     env.load_state(&read(&ckpt.join(ENV_STATE_FILE))?)?;
     let loop_path = ckpt.join(LOOP_STATE_FILE);
     let state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
@@ -325,40 +442,6 @@ fn resume<D: Driver>(
         reason: e.to_string(),
     })?;
     Ok((state, Some(ckpt)))
-}
-
-/// Wall-clock accounting of this process's iterations.
-struct Tally {
-    started: Instant,
-    iterations: u64,
-    rollout_secs: f64,
-    update_secs: f64,
-    search_secs: f64,
-}
-
-impl Tally {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            iterations: 0,
-            rollout_secs: 0.0,
-            update_secs: 0.0,
-            search_secs: 0.0,
-        }
-    }
-
-    fn add(&mut self, stats: &IterationStats, search_secs: f64) {
-        self.iterations += 1;
-        self.rollout_secs += stats.rollout_secs;
-        self.update_secs += stats.update_secs;
-        self.search_secs += search_secs;
-    }
-
-    /// Env steps per second of rollout, update and search time.
-    fn steps_per_sec(&self, batch: usize) -> f64 {
-        (self.iterations * batch as u64) as f64
-            / (self.rollout_secs + self.update_secs + self.search_secs).max(1e-9)
-    }
 }
 
 impl LoopState {
@@ -372,110 +455,6 @@ impl LoopState {
             self.episodes_done += 1;
         }
     }
-}
-
-/// The mean return of the window to TensorBoard, and the progress line after an iteration
-/// (steps/s over this process's wall time, ETA, return, value loss, KL); returns the ETA in
-/// seconds.
-fn report(
-    sink: &mut dyn MetricsSink,
-    progress: &mut dyn Progress,
-    state: &LoopState,
-    tally: &Tally,
-    stats: &IterationStats,
-    config: &TrainConfig,
-) -> f64 {
-    let mean_return = mean(state.recent_returns.iter().copied());
-    if let Some(m) = mean_return {
-        sink.scalar("charts/mean_return_last100", m, stats.global_step as i64);
-    }
-    sink.flush();
-    let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
-    let done_here = tally.iterations * config.ppo.batch_size() as u64;
-    let sps = done_here as f64 / tally.started.elapsed().as_secs_f64().max(1e-9);
-    let eta = (total.saturating_sub(stats.global_step)) as f64 / sps.max(1e-9);
-    progress.update(
-        stats.global_step,
-        total,
-        &format!(
-            "{sps:.0} steps/s | ETA {} | return {} | vloss {:.3} | kl {:.4}",
-            format_secs(eta),
-            mean_return
-                .map(|m| format!("{m:.2}"))
-                .unwrap_or_else(|| "-".into()),
-            stats.ppo.value_loss,
-            stats.ppo.approx_kl
-        ),
-    );
-    eta
-}
-
-/// The last progress line and summary.json.
-/// Tags of the final metrics the HParams dashboard compares runs by (steps/s under `perf/`
-/// with the other wall-clock measurements).
-pub const HPARAM_METRICS: [&str; 3] = [
-    "hparams/mean_return",
-    "hparams/normalized_return",
-    "perf/steps_per_sec",
-];
-
-/// The run's hyperparameters for TensorBoard's HParams dashboard: what tells the runs of a
-/// sweep apart (env, seed, encoder, strategy) and the PPO settings people vary.
-pub fn hparams_of(config: &TrainConfig) -> Vec<(String, HParam)> {
-    let text = |k: &str, v: &str| (k.to_string(), HParam::Text(v.to_string()));
-    let num = |k: &str, v: f64| (k.to_string(), HParam::Number(v));
-    let searched = matches!(
-        config.encoder,
-        EncoderConfig::RlDarts(_) | EncoderConfig::MlpDarts(_)
-    );
-    let p = &config.ppo;
-    let mut out = vec![
-        text("env", &config.env),
-        num("seed", config.seed as f64),
-        text("encoder", config.encoder.name()),
-        text(
-            "strategy",
-            if searched {
-                config.search.strategy.name()
-            } else {
-                "none"
-            },
-        ),
-        text("device", &config.device),
-        num("ppo.learning_rate", p.learning_rate),
-        num("ppo.num_envs", p.num_envs as f64),
-        num("ppo.num_steps", p.num_steps as f64),
-        num("ppo.num_minibatches", p.num_minibatches as f64),
-        num("ppo.update_epochs", p.update_epochs as f64),
-        num("ppo.ent_coef", p.ent_coef),
-        num("ppo.total_timesteps", p.total_timesteps as f64),
-    ];
-    if config.is_procgen() {
-        out.push(text(
-            "procgen.distribution_mode",
-            config.procgen.distribution_mode.name(),
-        ));
-        out.push(num("procgen.num_levels", config.procgen.num_levels as f64));
-    }
-    out
-}
-
-/// The final metrics and the hyperparameters of a run that reached its end (once: a run
-/// stopped and resumed writes them when it completes).
-fn log_hparams(sink: &mut dyn MetricsSink, config: &TrainConfig, summary: &TrainSummary) {
-    let step = summary.global_step as i64;
-    let metrics = [
-        summary.mean_return,
-        summary.mean_normalized_return,
-        Some(summary.steps_per_sec),
-    ];
-    for (tag, value) in HPARAM_METRICS.iter().zip(metrics) {
-        if let Some(v) = value {
-            sink.scalar(tag, v, step);
-        }
-    }
-    let tags: Vec<String> = HPARAM_METRICS.iter().map(|t| t.to_string()).collect();
-    sink.hparams(&hparams_of(config), &tags);
 }
 
 fn finish(run: TrainRun<'_>, summary: &TrainSummary) -> Result<(), TrainError> {
@@ -507,11 +486,12 @@ fn finish(run: TrainRun<'_>, summary: &TrainSummary) -> Result<(), TrainError> {
 pub const MEMORY_PLAN_FILE: &str = "memory_plan.json";
 
 /// Plans the PPO update's passes for the machine (see [`super::memory`]) and prints the
-/// decision; a fixed `memory.micro_batch_size` is used as given.
+/// decision when `report`; a fixed `memory.micro_batch_size` is used as given.
 fn fit_update_in_memory<D: Driver>(
     trainer: &mut PpoTrainer<D::Arch>,
     driver: &mut D,
     config: &TrainConfig,
+    report: bool,
 ) -> Result<Option<MemoryPlan>, TrainError> {
     let probe_obs = trainer.storage.obs.flatten(0, 1);
     let plan = plan_update(
@@ -525,7 +505,9 @@ fn fit_update_in_memory<D: Driver>(
     trainer.optimizer.zero_grad();
     let micro = match &plan {
         Some(plan) => {
-            eprintln!("{}", plan.describe());
+            if report {
+                eprintln!("{}", plan.describe());
+            }
             Some(plan.micro_batch)
         }
         None => config.memory.micro_batch_size,
@@ -533,58 +515,6 @@ fn fit_update_in_memory<D: Driver>(
     trainer.set_micro_batch(micro)?;
     driver.set_micro_batch(micro.filter(|&m| m < config.ppo.minibatch_size()));
     Ok(plan)
-}
-
-/// The line printed after the first minute: the whole run's estimated time, and how to get a
-/// result sooner when that is more than a day.
-fn job_estimate(eta_secs: f64, total: u64, config: &TrainConfig) -> String {
-    let mut line = format!(
-        "estimated time for all {total} env steps: {} more",
-        format_secs(eta_secs)
-    );
-    if eta_secs > 86_400.0 && !config.device.starts_with("cuda") {
-        line.push_str(
-            "; on this CPU that is more than a day. Sooner: `--quick` (the toy preset), a GPU \
-             (--device cuda), or a smaller budget (--total-steps, or pipeline.*_timesteps)",
-        );
-    }
-    line
-}
-
-/// Progress during an iteration (a paper-size one takes minutes): a line at most once a
-/// second, and the stop flag checked at every env step and minibatch.
-struct LoopHeartbeat<'a> {
-    progress: &'a mut dyn Progress,
-    stop: &'a AtomicBool,
-    iteration: u64,
-    base_step: u64,
-    total: u64,
-    num_envs: u64,
-    last_report: Instant,
-}
-
-impl Heartbeat for LoopHeartbeat<'_> {
-    fn beat(&mut self, phase: IterationPhase, done: usize, total: usize) -> bool {
-        if self.stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        if self.last_report.elapsed().as_secs_f64() >= 1.0 {
-            self.last_report = Instant::now();
-            let (what, step) = match phase {
-                IterationPhase::Rollout => {
-                    ("rollout", self.base_step + done as u64 * self.num_envs)
-                }
-                IterationPhase::SearchRollout => ("search rollout", self.base_step),
-                IterationPhase::Update => ("update, minibatch", self.base_step),
-            };
-            self.progress.update(
-                step,
-                self.total,
-                &format!("iteration {}: {what} {done}/{total}", self.iteration),
-            );
-        }
-        true
-    }
 }
 
 /// A minibatch whose loss or gradient norm was not finite stopped the update before its step:
@@ -622,53 +552,4 @@ fn check_finite(stats: &IterationStats, last_checkpoint: Option<&Path>) -> Resul
         }
     }
     Ok(())
-}
-
-fn log_iteration(
-    sink: &mut dyn MetricsSink,
-    stats: &IterationStats,
-    batch: usize,
-    procgen: Option<(&'static Game, DistributionMode)>,
-) {
-    let step = stats.global_step as i64;
-    for ep in &stats.episodes {
-        sink.scalar(tags::EPISODIC_RETURN, ep.episode_return, step);
-        sink.scalar(tags::EPISODIC_LENGTH, ep.length as f64, step);
-        if let Some((game, mode)) = procgen {
-            sink.scalar(
-                tags::NORMALIZED_RETURN,
-                normalized_return(game, mode, ep.episode_return),
-                step,
-            );
-        }
-    }
-    let p = &stats.ppo;
-    sink.scalars(
-        &[
-            (tags::LEARNING_RATE, stats.learning_rate),
-            (tags::SPS, stats.steps_per_sec(batch)),
-            (tags::VALUE_LOSS, p.value_loss),
-            (tags::POLICY_LOSS, p.policy_loss),
-            (tags::ENTROPY, p.entropy),
-            (tags::OLD_APPROX_KL, p.old_approx_kl),
-            (tags::APPROX_KL, p.approx_kl),
-            (tags::CLIPFRAC, p.clipfrac),
-            (tags::EXPLAINED_VARIANCE, p.explained_variance),
-            ("perf/rollout_secs", stats.rollout_secs),
-            ("perf/update_secs", stats.update_secs),
-        ],
-        step,
-    );
-}
-
-pub fn format_secs(secs: f64) -> String {
-    if !secs.is_finite() {
-        return "-".into();
-    }
-    let s = secs.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
 }

@@ -176,6 +176,12 @@ impl ArchSearch {
         &self.arch
     }
 
+    /// The alphas themselves (not copies), normal first: what a data-parallel run broadcasts
+    /// from rank 0.
+    pub fn alpha_tensors(&self) -> Vec<Tensor> {
+        alphas(&self.arch)
+    }
+
     /// Copies of the alphas, normal first.
     pub fn alphas(&self) -> Vec<Tensor> {
         alphas(&self.arch).iter().map(Tensor::copy).collect()
@@ -456,6 +462,12 @@ impl IterationArch<CellWeights> for SampledArch<'_> {
             Ok(None) => Ok(()),
             Err(e) => Err(arch_err(s.strategy.name(), e)),
         }
+    }
+
+    /// The alphas: a single-level strategy steps them from this backward pass, so a
+    /// data-parallel update averages their gradients over the processes with the weights'.
+    fn gradients(&self) -> Vec<Tensor> {
+        alphas(&self.search.arch)
     }
 }
 

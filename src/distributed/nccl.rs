@@ -1,0 +1,257 @@
+//! The NCCL engine: gradients all-reduced on the GPU by NCCL (cudarc's binding, loading the
+//! torch wheel's `libnccl.so.2` at run time), one GPU per process (the launcher's local rank).
+//!
+//! Rendezvous: the processes are started by an MPI launcher (`mpirun`, `srun --mpi=pmix`),
+//! MPI is initialised first, rank 0 draws NCCL's unique id (`ncclGetUniqueId`) and the id
+//! reaches every rank by an MPI broadcast; then `ncclCommInitRank`. Host-side values (the
+//! advantage statistics, checkpoints) travel over MPI too.
+//!
+//! cudarc looks for `libnccl.so` (not the wheel's `libnccl.so.2`) on the library search path:
+//! `make setup` links `.deps/nccl/libnccl.so` to the wheel's library, and a run puts that
+//! folder on `LD_LIBRARY_PATH` (the error below says so when it is missing).
+
+use cudarc::nccl::{result as nccl, sys};
+use tch::{Device, Kind, Tensor};
+
+use super::mpi::MpiComm;
+use super::{flatten_by_kind, unflatten_into, Backend, DistError};
+use crate::agents::{AgentError, DataParallel};
+
+pub struct NcclComm {
+    comm: sys::ncclComm_t,
+    device: Device,
+    /// Declared after `comm`: the communicator is destroyed before MPI is finalised.
+    mpi: MpiComm,
+}
+
+impl std::fmt::Debug for NcclComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NcclComm(rank {} on {:?})", self.mpi_rank(), self.device)
+    }
+}
+
+fn nccl_err(what: &str) -> impl FnOnce(nccl::NcclError) -> DistError + '_ {
+    move |e| DistError::Nccl(format!("{what}: {e:?}"))
+}
+
+/// NCCL's element type for a tensor kind.
+fn datatype(kind: Kind) -> Result<sys::ncclDataType_t, DistError> {
+    Ok(match kind {
+        Kind::Float => sys::ncclDataType_t::ncclFloat32,
+        Kind::Double => sys::ncclDataType_t::ncclFloat64,
+        Kind::Half => sys::ncclDataType_t::ncclFloat16,
+        Kind::BFloat16 => sys::ncclDataType_t::ncclBfloat16,
+        other => {
+            return Err(DistError::Nccl(format!(
+                "no NCCL reduction for tensors of kind {other:?}"
+            )))
+        }
+    })
+}
+
+/// Where `make setup` links the wheel's NCCL under the name cudarc loads.
+fn nccl_link_hint() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    format!(
+        "cudarc loads libnccl.so from the library search path; the torch wheel's library is \
+         linked there by `make setup`: run with LD_LIBRARY_PATH={}:$LD_LIBRARY_PATH (or \
+         install NCCL's libnccl-dev)",
+        root.join(".deps/nccl").display()
+    )
+}
+
+impl NcclComm {
+    /// MPI first (ranks, and the unique id's broadcast), then this process's GPU (its local
+    /// rank), then the NCCL communicator.
+    pub fn init(timeout_s: f64) -> Result<Self, DistError> {
+        let mpi = MpiComm::init(timeout_s)?;
+        if !tch::Cuda::is_available() {
+            return Err(DistError::Config(
+                "distributed.backend = \"nccl\" needs CUDA GPUs and none is usable here; \
+                 use \"mpi\" on CPUs"
+                    .into(),
+            ));
+        }
+        let local = super::Communicator::local_rank(&mpi);
+        let count = tch::Cuda::device_count() as usize;
+        if local >= count {
+            return Err(DistError::Launch(format!(
+                "local rank {local} has no GPU of its own ({count} visible): start at most \
+                 {count} processes per node"
+            )));
+        }
+        // SAFETY: only asks whether the dynamic loader finds the library; nothing is called.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(DistError::Nccl(nccl_link_hint()));
+        }
+        // NCCL binds its communicator to the calling thread's current device: make it this
+        // process's GPU (the primary context is the one the CUDA runtime, and so libtorch,
+        // uses for that device).
+        set_current_device(local)?;
+
+        let mut id_bytes = Vec::new();
+        if mpi.rank_index() == 0 {
+            let id = nccl::get_uniqueid().map_err(nccl_err("ncclGetUniqueId"))?;
+            id_bytes = id.internal.iter().map(|&c| c as u8).collect();
+        }
+        mpi.broadcast_bytes(&mut id_bytes);
+        let mut id = sys::ncclUniqueId { internal: [0; 128] };
+        if id_bytes.len() != id.internal.len() {
+            return Err(DistError::Nccl(format!(
+                "the unique id from rank 0 has {} bytes, not {}",
+                id_bytes.len(),
+                id.internal.len()
+            )));
+        }
+        for (dst, &b) in id.internal.iter_mut().zip(&id_bytes) {
+            *dst = b as std::ffi::c_char;
+        }
+        let mut comm: sys::ncclComm_t = std::ptr::null_mut();
+        // SAFETY: `comm` is a valid out-pointer; the id is the one every rank received; rank
+        // and size are MPI's, which `MpiComm::init` checked against the launcher.
+        unsafe { nccl::comm_init_rank(&mut comm, mpi.size() as i32, id, mpi.rank_index() as i32) }
+            .map_err(nccl_err("ncclCommInitRank"))?;
+        Ok(Self {
+            comm,
+            device: Device::Cuda(local),
+            mpi,
+        })
+    }
+
+    fn mpi_rank(&self) -> usize {
+        self.mpi.rank_index()
+    }
+
+    /// The device every reduced tensor must live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    fn check_device(&self, t: &Tensor) -> Result<(), DistError> {
+        if t.device() != self.device {
+            return Err(DistError::Nccl(format!(
+                "a tensor on {:?} given to the NCCL engine of {:?}",
+                t.device(),
+                self.device
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn set_current_device(ordinal: usize) -> Result<(), DistError> {
+    use cudarc::driver::result as cu;
+    let err =
+        |what: &'static str| move |e: cu::DriverError| DistError::Nccl(format!("{what}: {e:?}"));
+    cu::init().map_err(err("cuInit"))?;
+    let dev = cu::device::get(ordinal as i32).map_err(err("cuDeviceGet"))?;
+    // SAFETY: `dev` is a valid device handle from cuDeviceGet; retaining its primary context
+    // and making it current are the documented way to select a device with the driver API.
+    unsafe {
+        let ctx = cu::primary_ctx::retain(dev).map_err(err("cuDevicePrimaryCtxRetain"))?;
+        cu::ctx::set_current(ctx).map_err(err("cuCtxSetCurrent"))?;
+    }
+    Ok(())
+}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        // SAFETY: `comm` came from ncclCommInitRank and is destroyed once, here.
+        let _ = unsafe { nccl::comm_destroy(self.comm) };
+    }
+}
+
+impl NcclComm {
+    /// In-place sum over the ranks of one contiguous CUDA tensor, on the legacy default stream
+    /// (the one libtorch's kernels of this process run on, so the order is kept).
+    fn sum_in_place(&self, flat: &Tensor) -> Result<(), DistError> {
+        self.check_device(flat)?;
+        let dt = datatype(flat.kind())?;
+        let ptr = flat.data_ptr();
+        // SAFETY: `flat` is a contiguous tensor of `numel` elements of type `dt` on this
+        // communicator's device, alive until the call returns; NCCL reduces in place
+        // (send == recv) on the default stream, ordered after the kernels that wrote it.
+        unsafe {
+            nccl::all_reduce(
+                ptr,
+                ptr,
+                flat.numel(),
+                dt,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                std::ptr::null_mut(),
+            )
+        }
+        .map_err(nccl_err("ncclAllReduce"))?;
+        Ok(())
+    }
+}
+
+impl DataParallel for NcclComm {
+    fn world_size(&self) -> usize {
+        self.mpi.size()
+    }
+
+    fn all_reduce_mean(&self, tensors: &[Tensor]) -> Result<(), AgentError> {
+        for (_, flat, members) in flatten_by_kind(tensors) {
+            self.sum_in_place(&flat)?;
+            let mean = flat.f_div_scalar(self.mpi.size() as f64)?;
+            unflatten_into(&mean, &members, tensors)?;
+        }
+        Ok(())
+    }
+
+    fn all_reduce_sum(&self, values: &mut [f64]) -> Result<(), AgentError> {
+        self.mpi.all_reduce_sum(values);
+        Ok(())
+    }
+}
+
+impl super::Communicator for NcclComm {
+    fn rank(&self) -> usize {
+        self.mpi.rank_index()
+    }
+
+    fn local_rank(&self) -> usize {
+        super::Communicator::local_rank(&self.mpi)
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Nccl
+    }
+
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<(), DistError> {
+        self.mpi.broadcast_bytes(bytes);
+        Ok(())
+    }
+
+    fn broadcast_tensors(&self, tensors: &[Tensor]) -> Result<(), DistError> {
+        for (kind, flat, members) in flatten_by_kind(tensors) {
+            self.check_device(&flat)?;
+            let dt = datatype(kind)?;
+            let ptr = flat.data_ptr();
+            // SAFETY: as in `sum_in_place`; rank 0's buffer is the source, the others' are
+            // overwritten in place.
+            unsafe {
+                nccl::broadcast(
+                    ptr,
+                    ptr,
+                    flat.numel(),
+                    dt,
+                    0,
+                    self.comm,
+                    std::ptr::null_mut(),
+                )
+            }
+            .map_err(nccl_err("ncclBroadcast"))?;
+            unflatten_into(&flat, &members, tensors)?;
+        }
+        Ok(())
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        // SAFETY: aborting a live communicator frees it; the process ends right after.
+        let _ = unsafe { nccl::comm_abort(self.comm) };
+        self.mpi.abort(code)
+    }
+}

@@ -1,0 +1,133 @@
+//! One process of a data-parallel PPO run ([`crate::distributed`]): what the loop of
+//! [`super::run`] does differently when it is one of several processes (its device, joining
+//! the others, checking at the end that they stayed together).
+
+use std::rc::Rc;
+
+use super::config::TrainConfig;
+use super::driver::Driver;
+use crate::agents::PpoTrainer;
+use crate::distributed::{share_checkpoint, Backend, Communicator};
+use crate::train::run_dir::RunDir;
+use crate::train::TrainError;
+
+/// This process's place in a data-parallel run.
+pub(super) struct Process {
+    pub(super) comm: Rc<dyn Communicator>,
+    pub(super) rank: usize,
+}
+
+pub(super) fn dist_err(e: crate::distributed::DistError) -> TrainError {
+    TrainError::Invalid(e.to_string())
+}
+
+impl Process {
+    /// This process's place in the run `config` asks for (None: the only process); starts the
+    /// engine on first use ([`crate::distributed::world`]).
+    pub(super) fn of(config: &TrainConfig) -> Result<Option<Process>, TrainError> {
+        let comm = crate::distributed::world(&config.distributed).map_err(dist_err)?;
+        Ok(comm.map(|comm| Process {
+            rank: comm.rank(),
+            comm,
+        }))
+    }
+}
+
+/// The device of this process: with NCCL the GPU of its local rank, else `config.device`.
+pub(super) fn device_of(
+    process: Option<&Process>,
+    config: &TrainConfig,
+) -> Result<tch::Device, TrainError> {
+    match process {
+        Some(p) if p.comm.backend() == Backend::Nccl => {
+            if config.device == "cpu" {
+                return Err(TrainError::Invalid(
+                    "distributed.backend = \"nccl\" runs on GPUs; use device = \"cuda\" (each \
+                     process takes the GPU of its local rank) or the \"mpi\" backend on CPUs"
+                        .into(),
+                ));
+            }
+            Ok(tch::Device::Cuda(p.comm.local_rank()))
+        }
+        _ => Ok(crate::device::parse_device(&config.device)?),
+    }
+}
+
+/// The weights and alphas (sorted by name, alphas last) every process must hold equal.
+fn shared_tensors<D: Driver>(trainer: &PpoTrainer<D::Arch>, driver: &D) -> Vec<tch::Tensor> {
+    let mut named: Vec<(String, tch::Tensor)> = trainer.vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut shared: Vec<tch::Tensor> = named.into_iter().map(|(_, t)| t).collect();
+    shared.extend(driver.shared_parameters());
+    shared
+}
+
+/// At the end of a data-parallel run: every process must hold the same weights and alphas
+/// (they took the same reduced steps). A fingerprint per process, `sum(w) + sum(w^2)` in f64,
+/// is all-reduced with its square; their variance over the processes must vanish. A process
+/// that stepped apart (a gradient left out of the all-reduce) is then an error, not a run
+/// whose checkpoint holds only rank 0's half of the story.
+pub(super) fn check_in_sync<D: Driver>(
+    process: &Process,
+    trainer: &PpoTrainer<D::Arch>,
+    driver: &D,
+) -> Result<(), TrainError> {
+    let fingerprint: f64 = tch::no_grad(|| {
+        shared_tensors(trainer, driver)
+            .iter()
+            .map(|t| {
+                let t = t.to_kind(tch::Kind::Double);
+                t.sum(tch::Kind::Double).double_value(&[])
+                    + t.square().sum(tch::Kind::Double).double_value(&[])
+            })
+            .sum()
+    });
+    let mut moments = [fingerprint, fingerprint * fingerprint];
+    crate::agents::DataParallel::all_reduce_sum(&*process.comm, &mut moments)?;
+    let n = process.comm.world_size() as f64;
+    let mean = moments[0] / n;
+    let spread = (moments[1] / n - mean * mean).max(0.0).sqrt();
+    if spread > 1e-9 * mean.abs().max(1.0) {
+        return Err(TrainError::Invalid(format!(
+            "the processes' weights drifted apart (fingerprint {fingerprint} on rank {}, spread \
+             {spread:.3e} over {n} processes): a gradient was not all-reduced",
+            process.rank
+        )));
+    }
+    Ok(())
+}
+
+/// Joins `trainer` and `driver` to the other processes: the update all-reduces, and the
+/// weights and alphas start from rank 0's.
+pub(super) fn join<D: Driver>(
+    process: &Process,
+    trainer: &mut PpoTrainer<D::Arch>,
+    driver: &mut D,
+) -> Result<(), TrainError> {
+    trainer.set_data_parallel(process.comm.clone());
+    driver.join_data_parallel(None)?;
+    process
+        .comm
+        .broadcast_tensors(&shared_tensors(trainer, driver))
+        .map_err(dist_err)
+}
+
+/// The checkpoint to resume from: the run's newest, read by rank 0 (or the only process) and,
+/// in a data-parallel run, broadcast to the others, which write it into their scratch
+/// `run_dir` (they may not see rank 0's disk).
+pub(super) fn newest_checkpoint(
+    run_dir: &RunDir,
+    process: Option<&Process>,
+) -> Result<Option<std::path::PathBuf>, TrainError> {
+    let rank = process.map_or(0, |p| p.rank);
+    let ckpt = if rank == 0 {
+        run_dir.latest_checkpoint()?
+    } else {
+        None
+    };
+    match process {
+        Some(p) => share_checkpoint(&*p.comm, ckpt.as_deref(), &run_dir.root.join("from-rank-0"))
+            .map_err(dist_err),
+        None => Ok(ckpt),
+    }
+}

@@ -1,0 +1,432 @@
+//! Data-parallel training under a real `mpirun` (Open MPI from Debian, installed by `make
+//! setup`), 2 processes on the CPU: the engine's selftest (all-reduce of known tensors, odd
+//! lengths included; 2 processes on halves of a fixed batch against 1 on all of it, PPO in
+//! f64), a process that dies or hangs ending the run with an error, and `rl-darts train` with
+//! its resume. Skipped, saying so, only when mpirun is absent outside CI; in CI (the `CI`
+//! variable set) its absence fails.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rl-darts");
+
+fn mpirun() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("mpirun"))
+        .find(|p| p.is_file())
+}
+
+/// mpirun, or None after saying why the test does not run (a failure in CI).
+fn require_mpirun() -> Option<PathBuf> {
+    let found = mpirun();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mpirun not found: `make setup` installs Debian's openmpi-bin and libopenmpi-dev"
+        );
+        eprintln!("skipping: mpirun not found (`make setup` installs openmpi-bin)");
+    }
+    found
+}
+
+struct Outcome {
+    /// None: killed at the time limit.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+    secs: f64,
+}
+
+/// `mpirun -np {np} rl-darts {args}` in `dir`, killed after `limit`.
+fn launch(mpirun: &Path, np: usize, args: &[&str], dir: &Path, limit: Duration) -> Outcome {
+    let mut cmd = Command::new(mpirun);
+    cmd.args(["-np", &np.to_string(), "--oversubscribe"]);
+    // SAFETY: geteuid only reads the process's effective user id.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-run-as-root");
+    }
+    cmd.arg(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("OMP_NUM_THREADS", "1")
+        // Containers often forbid the cross-memory attach of Open MPI's shared-memory
+        // transport (ptrace); plain copies work everywhere.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("mpirun starts");
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait on mpirun") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            // SIGTERM first: mpirun passes it on to its processes and ends them.
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    Outcome {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+        secs,
+    }
+}
+
+fn show(o: &Outcome) -> String {
+    format!(
+        "status {:?} after {:.1} s\n--- stdout\n{}\n--- stderr\n{}",
+        o.status, o.secs, o.stdout, o.stderr
+    )
+}
+
+/// The number after `key` in `text` (e.g. "max |w_N - w_1| = 1.2e-16").
+fn number_after(text: &str, key: &str) -> Option<f64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let token: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '-' | '+'))
+        .collect();
+    token.parse().ok()
+}
+
+#[test]
+fn selftest_two_processes_all_reduce_and_match_one_process() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let o = launch(
+        &mpirun,
+        2,
+        &["dist", "selftest", "--backend", "mpi"],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
+    assert!(
+        o.stdout.contains("2 processes, backend mpi"),
+        "{}",
+        show(&o)
+    );
+    assert!(o.stdout.contains("all-reduce: ok"), "{}", show(&o));
+    assert!(o.stdout.contains("broadcast: ok"), "{}", show(&o));
+    // The selftest checks its own tolerance; read the numbers back so that this test states
+    // them too: 2 x 420 samples against 1 x 840 after 8 Adam steps in f64.
+    let gap = number_after(&o.stdout, "max |w_N - w_1| =").expect("the gap is reported");
+    let control = number_after(&o.stdout, "without the all-reduce:").expect("control reported");
+    assert!(
+        gap < 1e-9,
+        "2 processes drift from 1 by {gap}\n{}",
+        show(&o)
+    );
+    assert!(
+        control > 1e-4,
+        "the control moved by only {control}\n{}",
+        show(&o)
+    );
+    assert!(o.stdout.contains("selftest: ok"), "{}", show(&o));
+}
+
+#[test]
+fn a_process_that_dies_ends_the_others_with_an_error() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // No watchdog (timeout 0): the launcher's own abort is what ends rank 0, which waits in a
+    // broadcast that rank 1 never joins.
+    let o = launch(
+        &mpirun,
+        2,
+        &["dist", "selftest", "--exit-rank", "1", "--timeout-s", "0"],
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    let status = o
+        .status
+        .unwrap_or_else(|| panic!("the run hung\n{}", show(&o)));
+    assert!(!status.success(), "{}", show(&o));
+    assert!(
+        o.stderr.contains("rank 1: exiting on purpose"),
+        "{}",
+        show(&o)
+    );
+    assert!(!o.stdout.contains("selftest: ok"), "{}", show(&o));
+}
+
+#[test]
+fn a_process_that_hangs_ends_the_run_after_the_timeout() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let o = launch(
+        &mpirun,
+        2,
+        &["dist", "selftest", "--stall-rank", "1", "--timeout-s", "3"],
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    let status = o
+        .status
+        .unwrap_or_else(|| panic!("the run hung\n{}", show(&o)));
+    assert!(!status.success(), "{}", show(&o));
+    assert!(
+        o.stderr.contains("rank 0 waited") && o.stderr.contains("distributed.timeout_s = 3"),
+        "{}",
+        show(&o)
+    );
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn train_on_two_processes_then_resume() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_arg = run.to_str().unwrap();
+    // CartPole's preset: 4 envs x 128 steps, 4 minibatches; 2 envs per process.
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp",
+            "--total-steps",
+            "2048",
+            "--distributed",
+            "mpi",
+            "--run-dir",
+            run_arg,
+            "--quiet",
+        ],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
+    let s = summary(&run);
+    // The global step counts both processes' env steps: 4 iterations of 2 x 2 x 128.
+    assert_eq!(s["global_step"], 2048, "{}", show(&o));
+    assert_eq!(s["iterations"], 4, "{}", show(&o));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("backend = \"mpi\""), "{config}");
+    // Only rank 0 wrote a run directory (the default ones would land in runs/ here).
+    assert!(!dir.path().join("runs").exists());
+
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--resume",
+            run_arg,
+            "--total-steps",
+            "3072",
+            "--quiet",
+        ],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
+    assert!(o.stdout.contains("resuming"), "{}", show(&o));
+    let s = summary(&run);
+    assert_eq!(s["global_step"], 3072, "{}", show(&o));
+    assert_eq!(s["iterations"], 6, "{}", show(&o));
+}
+
+/// A single-level search (joint) on two processes: the alphas' gradients are all-reduced with
+/// the weights', so both processes end with the same weights and alphas (the run checks it
+/// at its end and fails otherwise; leaving the alphas out of the all-reduce made this run
+/// fail with "drifted apart").
+#[test]
+fn a_single_level_search_on_two_processes_keeps_the_alphas_in_sync() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp_darts",
+            "--strategy",
+            "joint",
+            "--total-steps",
+            "2048",
+            "--distributed",
+            "mpi",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--quiet",
+        ],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
+    assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
+    assert_eq!(summary(&run)["global_step"], 2048, "{}", show(&o));
+    assert!(run.join("genotype.json").is_file(), "{}", show(&o));
+}
+
+#[test]
+fn a_process_count_that_does_not_divide_the_envs_is_an_error() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp",
+            "--set",
+            "ppo.num_envs=3",
+            "--set",
+            "ppo.num_minibatches=3",
+            "--distributed",
+            "mpi",
+            "--run-dir",
+            run.to_str().unwrap(),
+        ],
+        dir.path(),
+        Duration::from_secs(120),
+    );
+    let status = o
+        .status
+        .unwrap_or_else(|| panic!("the run hung\n{}", show(&o)));
+    assert!(!status.success(), "{}", show(&o));
+    assert!(
+        o.stderr
+            .contains("ppo.num_envs = 3 does not split over 2 processes"),
+        "{}",
+        show(&o)
+    );
+    assert!(!run.exists(), "a refused run left its directory behind");
+}
+
+#[test]
+fn a_bilevel_strategy_is_refused_on_several_processes() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp_darts",
+            "--strategy",
+            "darts",
+            "--total-steps",
+            "2048",
+            "--distributed",
+            "mpi",
+            "--run-dir",
+            dir.path().join("run").to_str().unwrap(),
+        ],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    let status = o
+        .status
+        .unwrap_or_else(|| panic!("the run hung\n{}", show(&o)));
+    assert!(!status.success(), "{}", show(&o));
+    assert!(
+        o.stderr.contains("takes bilevel alpha steps"),
+        "{}",
+        show(&o)
+    );
+}
+
+/// No launcher needed: the name is checked before any engine starts.
+#[test]
+fn an_unknown_backend_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp",
+            "--distributed",
+            "gloo",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown distributed backend 'gloo'; use one of none, mpi, nccl"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp",
+            "--set",
+            "distributed.backend=\"gloo\"",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("distributed.backend") && err.contains("gloo"),
+        "{err}"
+    );
+    assert!(!dir.path().join("runs").exists());
+}
