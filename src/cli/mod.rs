@@ -1,6 +1,7 @@
 //! Subcommand implementations.
 
 pub mod envs;
+pub mod gpu_check;
 pub mod info;
 pub mod search;
 pub mod sweep;
