@@ -37,7 +37,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 ensure_torch211() {
   local have
   have=$(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$TORCH_DIR/torch/version.py" 2>/dev/null || true)
-  if [ "${have%%+*}" = "$TORCH_VERSION" ]; then return; fi
+  if [ "${have%%+*}" = "$TORCH_VERSION" ] && [ -e "$TORCH_DIR/nvidia/cu13/lib/libcupti.so.13" ]; then return; fi
   local free_gb
   free_gb=$(( $(df -Pk . | awk 'NR == 2 { print $4 }') / 1024 / 1024 ))
   [ "$free_gb" -ge 8 ] || die "$free_gb GB free; torch==$TORCH_VERSION (~1.2 GB unpacked) and its build (~5 GB) need about 8"
@@ -47,6 +47,11 @@ ensure_torch211() {
   # next to the machine's own CUDA libraries.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-compile \
     --target "$TORCH_DIR" "torch==$TORCH_VERSION"
+  # Except two: libtorch_cpu itself needs libcudart and libcupti to load (its RPATH looks in
+  # ../../nvidia/cu13/lib), so without them nothing built here would start, tests included.
+  # The versions torch 2.11's cuda-toolkit pin names; 51 MB.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile \
+    --target "$TORCH_DIR" "cuda-toolkit[cudart,cupti]==13.0.2"
 }
 
 # --- here: the variant manifest -----------------------------------------------------------
@@ -103,6 +108,25 @@ fetch_wheels() {
   rm -rf "$tmp"
 }
 
+# Copies of the non-core libraries `ldd` resolves for the given objects, as syslibs.tar.xz.
+pack_syslibs() {
+  local dir=$PACK/syslibs.tmp
+  mkdir -p "$dir"
+  ldd "$@" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | sort -u | while read -r soname path; do
+    case "$soname" in
+      # glibc, the compiler runtimes: every Linux has them, and newer ones than ours.
+      libc.so.*|libm.so.*|libdl.so.*|libpthread.so.*|librt.so.*|libresolv.so.*|ld-linux*) continue ;;
+      libstdc++.so.*|libgcc_s.so.*|libgomp.so.*) continue ;;
+      # libtorch and CUDA: the machine's own.
+      libtorch*|libc10*|libcudart*|libcupti*|libnv*|libcu*) continue ;;
+    esac
+    cp -L "$path" "$dir/$soname"
+  done
+  [ -e "$dir/libSDL2-2.0.so.0" ] || die "ldd found no libSDL2 for $1: is it installed (make setup)?"
+  tar -C "$dir" -cf - . | xz -9 -T2 > "$PACK/syslibs.tar.xz"
+  rm -rf "$dir"
+}
+
 prepare() {
   log "setup (Debian packages, .venv, procgen/gym3 wheels, digits): scripts/setup.sh"
   bash scripts/setup.sh >&2
@@ -131,17 +155,10 @@ pack() {
   # and gym3's Python files. Assets are PNGs already (xz -9 gains nothing over -6 there).
   tar -C .deps -cf - procgen gym3 | xz -6 -T2 > "$PACK/procgen-gym3.tar.xz"
   xz -9 -T2 -c .deps/digits/digits.csv > "$PACK/digits.csv.xz"
-  # libenv.so needs GLib; used there only where the machine has none.
-  local glib=()
-  for f in libglib-2.0.so.0 libgthread-2.0.so.0; do
-    glib+=("$(readlink -f "/lib/x86_64-linux-gnu/$f")")
-  done
-  mkdir -p "$PACK/syslibs.tmp"
-  for i in 0 1; do cp "${glib[$i]}" "$PACK/syslibs.tmp/$(basename "${glib[$i]}")"; done
-  (cd "$PACK/syslibs.tmp" && ln -s "$(basename "${glib[0]}")" libglib-2.0.so.0 \
-    && ln -s "$(basename "${glib[1]}")" libgthread-2.0.so.0)
-  tar -C "$PACK/syslibs.tmp" -cf - . | xz -9 -T2 > "$PACK/syslibs.tar.xz"
-  rm -rf "$PACK/syslibs.tmp"
+  # The shared libraries the binary and libenv.so load that are not glibc's, the C++
+  # runtime's or libtorch's: SDL2 and what it pulls in (gym-rs links it), GLib (libenv.so).
+  # A CUDA image has few of them; `run` uses each one only where the machine lacks it.
+  pack_syslibs "$bin" .deps/procgen/procgen/data/prebuilt/libenv.so
   fetch_wheels "$PACK/wheels"
   {
     echo "built: $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (uncommitted changes)')"
@@ -216,14 +233,19 @@ run_checks() {
   torch_version=$($py -c 'import torch; print(torch.__version__)')
   local lib=$torch_dir/lib
   export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  if ! ldconfig -p | grep -q 'libglib-2.0.so.0 '; then
-    tar -C "$work/syslibs" -xJf "$PACK/syslibs.tar.xz"
-    export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$work/syslibs
-  fi
+  # Carried libraries, each only where the machine has none of that name: its own stay first.
+  tar -C "$work/syslibs" -xJf "$PACK/syslibs.tar.xz"
+  mkdir -p "$work/syslibs-used"
+  local so used=()
+  for so in "$work"/syslibs/*; do
+    so=$(basename "$so")
+    if ! ldconfig -p | grep -q "^\s*$so "; then ln -s "../syslibs/$so" "$work/syslibs-used/$so"; used+=("$so"); fi
+  done
+  export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$work/syslibs-used
   export RL_DARTS_PROCGEN_DIR=$work/deps/procgen/procgen/data
   local bin=$work/rl-darts gpu
   gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader -i 0)
-  row "machine" "$gpu" "python3 torch $torch_version at $torch_dir; $(nproc) cores"
+  row "machine" "$gpu" "python3 torch $torch_version at $torch_dir; $(nproc) cores; carried libraries used: ${#used[@]} (${used[*]:-none})"
 
   # 1. info: the binary runs on this libtorch and sees CUDA.
   "$bin" info > "$work/info.txt" 2>&1 || true
