@@ -54,9 +54,9 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn check_pack(pack: &Path) {
     for f in [
         "rl-darts.xz",
-        "procgen-gym3.tar.xz",
+        "procgen-gym3.tar.gz",
         "digits.csv.xz",
-        "syslibs.tar.xz",
+        "syslibs.tar.gz",
         "MANIFEST",
     ] {
         assert!(pack.join(f).is_file(), "{f} missing from {}", pack.display());
