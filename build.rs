@@ -116,7 +116,10 @@ fn record_tch_version(manifest_dir: &Path) {
     while let Some(line) = lines.next() {
         if line == "name = \"tch\"" {
             if let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
-                println!("cargo:rustc-env=RL_DARTS_BUILD_TCH_VERSION={}", v.trim_matches('"'));
+                println!(
+                    "cargo:rustc-env=RL_DARTS_BUILD_TCH_VERSION={}",
+                    v.trim_matches('"')
+                );
             }
             return;
         }

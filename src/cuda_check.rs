@@ -93,15 +93,15 @@ struct Darts(DartsSearchNet);
 impl Subject for Darts {
     fn forward(&self, x: &Tensor, w: Option<&CellWeights>) -> Tensor {
         // Training mode: BatchNorm normalises with the batch's statistics, as in the search.
-        self.0.forward_with(x, w.expect("a supernet gets op weights"), true)
+        self.0
+            .forward_with(x, w.expect("a supernet gets op weights"), true)
     }
 }
 
 struct RlDarts(RlDartsSupernet);
 impl Subject for RlDarts {
     fn forward(&self, x: &Tensor, w: Option<&CellWeights>) -> Tensor {
-        self.0
-            .features(x, w.expect("a supernet gets op weights"))
+        self.0.features(x, w.expect("a supernet gets op weights"))
     }
 }
 
@@ -145,7 +145,9 @@ fn run_once(
             g.size()
         )));
     }
-    (&out * g.to_device(out.device())).f_sum(out.kind())?.f_backward()?;
+    (&out * g.to_device(out.device()))
+        .f_sum(out.kind())?
+        .f_backward()?;
     let mut named = vec![("output".to_string(), out.detach().to_device(Device::Cpu))];
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -158,7 +160,11 @@ fn run_once(
     }
     if let Some((_, leaves)) = op_weights {
         for (i, leaf) in leaves.iter().enumerate() {
-            let name = if i == 0 { "alpha.normal" } else { "alpha.reduce" };
+            let name = if i == 0 {
+                "alpha.normal"
+            } else {
+                "alpha.reduce"
+            };
             named.push((name.to_string(), leaf.grad().to_device(Device::Cpu)));
         }
     }
@@ -199,9 +205,8 @@ fn compare<S: Subject>(
         None => (None, None),
     };
     let x = Tensor::rand(input, (Kind::Double, Device::Cpu)).to_kind(kind); // [N, C, H, W] in [0, 1)
-    // The output gradient: random, of the output's shape (a probe forward tells it).
-    let out_shape =
-        tch::no_grad(|| cpu_net.forward(&x, cpu_w.as_ref().map(|(w, _)| w))).size();
+                                                                            // The output gradient: random, of the output's shape (a probe forward tells it).
+    let out_shape = tch::no_grad(|| cpu_net.forward(&x, cpu_w.as_ref().map(|(w, _)| w))).size();
     let g = Tensor::randn(out_shape.as_slice(), (Kind::Double, Device::Cpu)).to_kind(kind);
     let a = run_once(
         &cpu_net,
@@ -260,7 +265,13 @@ pub fn check_networks(cuda: Device, kind: Kind) -> Result<Vec<Agreement>, CheckE
         cuda,
         kind,
         &[8, 3, 64, 64],
-        |p| Ok(Impala(ImpalaCnn::new(p, &procgen, &ImpalaConfig::default())?)),
+        |p| {
+            Ok(Impala(ImpalaCnn::new(
+                p,
+                &procgen,
+                &ImpalaConfig::default(),
+            )?))
+        },
         |_| None,
     )?;
     let darts = compare(
@@ -268,7 +279,12 @@ pub fn check_networks(cuda: Device, kind: Kind) -> Result<Vec<Agreement>, CheckE
         cuda,
         kind,
         &[4, 3, 32, 32],
-        |p| Ok(Darts(DartsSearchNet::new(p, &DartsSearchConfig::default())?)),
+        |p| {
+            Ok(Darts(DartsSearchNet::new(
+                p,
+                &DartsSearchConfig::default(),
+            )?))
+        },
         |n| Some(&n.0 as &dyn Supernet),
     )?;
     let rl_darts = compare(

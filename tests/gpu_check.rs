@@ -59,15 +59,27 @@ fn check_pack(pack: &Path) {
         "syslibs.tar.gz",
         "MANIFEST",
     ] {
-        assert!(pack.join(f).is_file(), "{f} missing from {}", pack.display());
+        assert!(
+            pack.join(f).is_file(),
+            "{f} missing from {}",
+            pack.display()
+        );
     }
     let wheels: Vec<String> = std::fs::read_dir(pack.join("wheels"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    for prefix in ["cleanrl-1.2.0", "gym-0.23.1", "gym_notices-", "cffi-", "pycparser-"] {
+    for prefix in [
+        "cleanrl-1.2.0",
+        "gym-0.23.1",
+        "gym_notices-",
+        "cffi-",
+        "pycparser-",
+    ] {
         assert!(
-            wheels.iter().any(|w| w.starts_with(prefix) && w.ends_with(".whl")),
+            wheels
+                .iter()
+                .any(|w| w.starts_with(prefix) && w.ends_with(".whl")),
             "no {prefix} wheel in {wheels:?}"
         );
     }
@@ -106,7 +118,11 @@ fn run_without_a_gpu_says_so_and_exits_0() {
     // machines have none at all, which the script treats the same way).
     let fake = tempfile::tempdir().unwrap();
     let smi = fake.path().join("nvidia-smi");
-    std::fs::write(&smi, "#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n").unwrap();
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!(
@@ -184,7 +200,10 @@ fn pack_fits_a_device_call_and_the_binary_survives_it() {
         .current_dir(root())
         .output()
         .unwrap();
-    let tree: u64 = String::from_utf8_lossy(&tree.stdout).trim().parse().unwrap();
+    let tree: u64 = String::from_utf8_lossy(&tree.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert!(tree > 0);
     assert!(
         dir_bytes(&pack_dir) + tree <= CALL_LIMIT,

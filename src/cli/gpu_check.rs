@@ -42,7 +42,10 @@ pub fn run(args: GpuCheckArgs) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
-        bail!("{failed} network(s) disagree between the CPU and {}", args.device);
+        bail!(
+            "{failed} network(s) disagree between the CPU and {}",
+            args.device
+        );
     }
     Ok(())
 }
