@@ -268,18 +268,22 @@ run_checks() {
   # 2. CPU vs CUDA agreement (f64, then f32 as trained).
   local t
   t=$(step_limit 150)
-  if timeout "$t" "$bin" gpu-check > "$work/agree.txt" 2> "$work/agree.err"; then :; else
+  if [ "$t" -lt 20 ]; then
+    row "agreement" "skipped" "out of time ($(left) s left)"
+  elif timeout "$t" "$bin" gpu-check > "$work/agree.txt" 2> "$work/agree.err"; then :; else
     row "agreement" "FAIL or incomplete (rc $?)" "$(last_line "$work/agree.err")"
   fi
   while IFS= read -r line; do ROWS+=("$line"); done < <(grep '^| agreement' "$work/agree.txt")
 
   # 3. PPO with the IMPALA-CNN on cuda: the Procgen recipe (64 envs x 256 steps), 4 iterations.
-  local iters=4 batch=$((64 * 256))
+  local iters=4 batch=$((64 * 256)) sps
   t=$(step_limit 120)
-  if with_gpu_peak "$work/ppo" timeout "$t" "$bin" train --env coinrun --encoder impala --device cuda \
+  sps=""
+  if [ "$t" -lt 20 ]; then
+    row "PPO, IMPALA-CNN, cuda" "skipped" "out of time ($(left) s left)"
+  elif with_gpu_peak "$work/ppo" timeout "$t" "$bin" train --env coinrun --encoder impala --device cuda \
       --total-steps $((iters * batch)) --quiet --set procgen.num_levels=0 --run-dir "$work/ppo" \
       > "$work/ppo.log" 2>&1; then
-    local sps
     sps=$(json_field "$work/ppo/summary.json" "round(steps_per_sec)")
     row "PPO, IMPALA-CNN, cuda" "$sps steps/s" "coinrun, $iters iterations of 64 x 256, rollout $(json_field "$work/ppo/summary.json" "round(rollout_secs,1)") s + update $(json_field "$work/ppo/summary.json" "round(update_secs,1)") s; peak GPU memory $(cat "$work/ppo.peak") MiB"
     if [ -f "$work/ppo/memory_plan.json" ]; then
@@ -289,7 +293,6 @@ run_checks() {
     fi
   else
     local rc=$?
-    sps=""
     row "PPO, IMPALA-CNN, cuda" "FAIL (rc $rc)" "$(last_line "$work/ppo.log")"
   fi
 
