@@ -71,7 +71,7 @@ write_variant() {
   [ -f "$VARIANT/Cargo.lock" ] || cp Cargo.lock "$VARIANT/Cargo.lock"
   # Sources, tests and data through links: CARGO_MANIFEST_DIR-relative paths keep working.
   local p
-  for p in build.rs src envs agents tests configs examples .deps; do
+  for p in build.rs src envs agents tests configs examples scripts .deps .venv; do
     [ -e "$p" ] || continue
     [ "$(readlink "$VARIANT/$p" 2>/dev/null)" = "../../$p" ] || ln -sfn "../../$p" "$VARIANT/$p"
   done
@@ -367,22 +367,28 @@ run_checks() {
   fi
 }
 
-case "${1:-}" in
-  prepare)
-    prepare
-    ;;
-  pack)
-    [ $# -eq 2 ] || die "usage: scripts/gpu_check.sh pack BINARY"
-    pack "$2"
-    ;;
-  run)
-    run_checks
-    ;;
-  cargo)
-    shift
-    variant_cargo "$@"
-    ;;
-  *)
-    die "usage: scripts/gpu_check.sh prepare | run | cargo ARGS..."
-    ;;
-esac
+main() {
+  case "${1:-}" in
+    prepare)
+      prepare
+      ;;
+    pack)
+      [ $# -eq 2 ] || die "usage: scripts/gpu_check.sh pack BINARY"
+      pack "$2"
+      ;;
+    run)
+      run_checks
+      ;;
+    cargo)
+      shift
+      variant_cargo "$@"
+      ;;
+    *)
+      die "usage: scripts/gpu_check.sh prepare | run | pack BINARY | cargo ARGS..."
+      ;;
+  esac
+}
+
+# One line: bash reads a script as it runs it, and exits here before reading anything an edit
+# during a long `prepare` or `cargo test` may have moved.
+main "$@"; exit $?

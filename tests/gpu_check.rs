@@ -13,8 +13,18 @@ const CALL_LIMIT: u64 = 64 * 1024 * 1024;
 /// What the pack may take of it (the script's PACK_LIMIT_MIB): the tree needs the rest.
 const PACK_LIMIT: u64 = 56 * 1024 * 1024;
 
+/// The repository: the git work tree around the manifest. The libtorch 2.11 build's manifest
+/// lies in .gpu-check/build/ (scripts/gpu_check.sh), where the scripts are not linked.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .current_dir(&manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or(manifest)
 }
 
 fn script(args: &[&str], envs: &[(&str, &str)]) -> Output {
