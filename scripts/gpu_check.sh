@@ -165,7 +165,8 @@ pack() {
   fetch_wheels "$PACK/wheels"
   {
     echo "built: $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (uncommitted changes)')"
-    echo "rl-darts: tch $TCH_VERSION, libtorch $TORCH_VERSION (torch==$TORCH_VERSION from PyPI)"
+    # What the packed binary says of itself (it runs here on the libtorch it was linked with).
+    echo "rl-darts: $("$bin" info 2>&1 | grep -m1 '^tch ' || echo 'does not run here')"
     (cd "$PACK" && find . -type f ! -name MANIFEST | sort | xargs sha256sum)
   } > "$PACK/MANIFEST"
 
