@@ -252,12 +252,17 @@ run_checks() {
   row "machine" "$gpu" "python3 torch $torch_version at $torch_dir; $(nproc) cores; carried libraries used: ${#used[@]} (${used[*]:-none})"
 
   # 1. info: the binary runs on this libtorch and sees CUDA.
-  "$bin" info > "$work/info.txt" 2>&1 || true
+  local rld=("$bin")
+  "${rld[@]}" info > "$work/info.txt" 2>&1 || true
   if ! grep -q '^  cuda:0' "$work/info.txt"; then
-    # The backend did not load at start-up: force it in before main and say so.
-    export LD_PRELOAD=$lib/libtorch_cuda.so
-    "$bin" info > "$work/info.txt" 2>&1 || true
-    row "note" "LD_PRELOAD=libtorch_cuda.so was needed" "device::load_cuda_backend did not make CUDA visible"
+    # The backend did not load at start-up: force it in before main (for rl-darts only: a
+    # preload that fails stops every program it is set for), and say so.
+    local preloaded=(env "LD_PRELOAD=$lib/libtorch_cuda.so" "$bin")
+    if "${preloaded[@]}" info > "$work/info-preload.txt" 2>&1 && grep -q '^  cuda:0' "$work/info-preload.txt"; then
+      rld=("${preloaded[@]}")
+      mv "$work/info-preload.txt" "$work/info.txt"
+      row "note" "LD_PRELOAD=libtorch_cuda.so was needed" "device::load_cuda_backend did not make CUDA visible: $(grep -m1 '^libtorch_cuda' "$work/info.txt")"
+    fi
   fi
   if grep -q '^  cuda:0' "$work/info.txt"; then
     row "rl-darts info" "CUDA detected" "$(grep -m1 '^tch ' "$work/info.txt"); $(grep -m1 '^  cuda:0' "$work/info.txt" | sed 's/^ *//'); $(grep -m1 '^libtorch_cuda' "$work/info.txt")"
@@ -271,7 +276,7 @@ run_checks() {
   t=$(step_limit 150)
   if [ "$t" -lt 20 ]; then
     row "agreement" "skipped" "out of time ($(left) s left)"
-  elif timeout "$t" "$bin" gpu-check > "$work/agree.txt" 2> "$work/agree.err"; then :; else
+  elif timeout "$t" "${rld[@]}" gpu-check > "$work/agree.txt" 2> "$work/agree.err"; then :; else
     row "agreement" "FAIL or incomplete (rc $?)" "$(last_line "$work/agree.err")"
   fi
   while IFS= read -r line; do ROWS+=("$line"); done < <(grep '^| agreement' "$work/agree.txt")
@@ -282,7 +287,7 @@ run_checks() {
   sps=""
   if [ "$t" -lt 20 ]; then
     row "PPO, IMPALA-CNN, cuda" "skipped" "out of time ($(left) s left)"
-  elif with_gpu_peak "$work/ppo" timeout "$t" "$bin" train --env coinrun --encoder impala --device cuda \
+  elif with_gpu_peak "$work/ppo" timeout "$t" "${rld[@]}" train --env coinrun --encoder impala --device cuda \
       --total-steps $((iters * batch)) --quiet --set procgen.num_levels=0 --run-dir "$work/ppo" \
       > "$work/ppo.log" 2>&1; then
     sps=$(json_field "$work/ppo/summary.json" "round(steps_per_sec)")
@@ -331,7 +336,7 @@ run_checks() {
   t=$(step_limit 150)
   if [ "$t" -lt 30 ]; then
     row "RL-DARTS search, cuda" "skipped" "out of time ($(left) s left)"
-  elif with_gpu_peak "$work/rldarts" timeout "$t" "$bin" train --env coinrun --encoder rl_darts --device cuda \
+  elif with_gpu_peak "$work/rldarts" timeout "$t" "${rld[@]}" train --env coinrun --encoder rl_darts --device cuda \
       --total-steps $((2 * batch)) --quiet --run-dir "$work/rldarts" > "$work/rldarts.log" 2>&1; then
     row "RL-DARTS search (joint), cuda" "$(json_field "$work/rldarts/summary.json" "round((rollout_secs + update_secs + search_secs) / iterations, 1)") s/iteration" "paper supernet (9 cells, 16/32/32, 5 ops), 2 iterations of 64 x 256 (the first includes cuDNN's warm-up); peak GPU memory $(cat "$work/rldarts.peak") MiB"
   else
@@ -342,7 +347,7 @@ run_checks() {
   t=$(step_limit 120)
   if [ "$t" -lt 20 ]; then
     row "DARTS search, cuda" "skipped" "out of time ($(left) s left)"
-  elif with_gpu_peak "$work/darts" timeout "$t" "$bin" search --config configs/digits-darts.toml \
+  elif with_gpu_peak "$work/darts" timeout "$t" "${rld[@]}" search --config configs/digits-darts.toml \
       --set device=\"cuda\" --set search.epochs=1 --set network.c=16 --set network.layers=8 \
       --set data.path=\"$work/deps/digits/digits.csv\" --run-dir "$work/darts" -q > "$work/darts.log" 2>&1; then
     # digits: 1797 images, 359 held out for the test, half of the other 1438 train the
