@@ -5,6 +5,7 @@
 //! 2. libtorch: embed an rpath so that binaries and tests run without LD_LIBRARY_PATH, and
 //!    force-link `libtorch_cuda` when it exists. Without `--no-as-needed` the linker drops it
 //!    (nothing references it by symbol) and CUDA then reads as unavailable on a GPU machine.
+//!    `RL_DARTS_TORCH_CUDA=runtime` leaves it unlinked; the binary then opens it at start-up.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ fn main() {
 
     generate_libenv_bindings(&deps);
     link_libtorch();
+    record_tch_version(&manifest_dir);
 
     // Where `make setup` unpacked the procgen wheel; the run-time default for libenv.so and
     // the assets (overridable with RL_DARTS_PROCGEN_DIR at run time).
@@ -80,10 +82,46 @@ fn link_libtorch() {
         "cargo:rustc-env=RL_DARTS_BUILD_LIBTORCH_LIB={}",
         lib.display()
     );
-    if lib.join("libtorch_cuda.so").exists() {
+    // `RL_DARTS_TORCH_CUDA=runtime` (scripts/gpu_check.sh's libtorch 2.11 build): do not
+    // link libtorch_cuda; `device::load_cuda_backend` opens it beside the libtorch_cpu the
+    // binary runs against. That build links against a PyPI torch installed without its
+    // nvidia-* packages, so a linked libtorch_cuda would stop the binary (and its tests) from
+    // starting on a machine without CUDA libraries.
+    println!("cargo:rerun-if-env-changed=RL_DARTS_TORCH_CUDA");
+    let at_runtime = match env::var("RL_DARTS_TORCH_CUDA").as_deref() {
+        Err(_) | Ok("link") => false,
+        Ok("runtime") => true,
+        Ok(other) => fail(&format!(
+            "RL_DARTS_TORCH_CUDA={other}: use `link` (the default: link libtorch_cuda when it \
+             exists) or `runtime` (open it at run time)"
+        )),
+    };
+    if !at_runtime && lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}
+
+/// `rl-darts info` names the tch release: the default build's and scripts/gpu_check.sh's
+/// libtorch 2.11 build (another Cargo.lock) differ there.
+fn record_tch_version(manifest_dir: &Path) {
+    let lock = manifest_dir.join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let Ok(text) = std::fs::read_to_string(&lock) else {
+        return;
+    };
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"tch\"" {
+            if let Some(v) = lines.next().and_then(|l| l.strip_prefix("version = ")) {
+                println!(
+                    "cargo:rustc-env=RL_DARTS_BUILD_TCH_VERSION={}",
+                    v.trim_matches('"')
+                );
+            }
+            return;
+        }
     }
 }

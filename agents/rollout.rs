@@ -48,17 +48,27 @@ pub fn collect_rollout<A, R: Rng + ?Sized>(
             storage.obs.kind()
         )));
     }
+    let device = storage.obs.device();
+    // On CUDA the env writes its frames straight into pinned memory, from which set_obs's
+    // copies are DMAs that do not block the host (idempotent; a no-op for envs that cannot).
+    if device.is_cuda() {
+        env.pin_observations(device)?;
+    }
     let view = env.observe();
     storage.set_obs(0, view.obs, view.first)?;
     let mut finished = Vec::new();
     for t in 0..storage.num_steps {
         let step = t as i64;
         let uniform: Vec<f64> = (0..n).map(|_| rng.gen()).collect();
+        let uniform = to_device_async(Tensor::from_slice(&uniform), device)?; // [N]
         let obs = storage.obs.f_get(step)?;
-        let act = policy.act_with_uniform(&obs, &Tensor::from_slice(&uniform), arch);
+        let act = policy.act_with_uniform(&obs, &uniform, arch);
         storage.actions.f_get(step)?.f_copy_(&act.action)?;
         storage.logprobs.f_get(step)?.f_copy_(&act.logprob)?;
         storage.values.f_get(step)?.f_copy_(&act.value)?;
+        // The one wait per step: the env needs the actions. It also orders this step's
+        // observation upload (queued earlier on the same stream) before the env overwrites
+        // the buffer in `step`.
         let actions = Vec::<i64>::try_from(act.action.to_device(Device::Cpu))?;
 
         let view = env.step(&actions)?;
@@ -74,6 +84,18 @@ pub fn collect_rollout<A, R: Rng + ?Sized>(
         }
     }
     Ok(finished)
+}
+
+/// `host` on `device` without blocking the host: a small host tensor goes through pinned memory
+/// (libtorch's caching host allocator keeps the block until the copy has run). On the CPU,
+/// `host` itself.
+fn to_device_async(host: Tensor, device: Device) -> Result<Tensor, AgentError> {
+    if !device.is_cuda() {
+        return Ok(host);
+    }
+    Ok(host
+        .f_pin_memory(device)?
+        .f_to_device_(device, host.kind(), true, false)?)
 }
 
 /// What one [`PpoTrainer::iteration`] did.

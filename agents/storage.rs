@@ -67,6 +67,13 @@ impl RolloutStorage {
     }
 
     /// Copies an observation batch into step `t` (`t == T` means `next_obs`).
+    ///
+    /// On CUDA the host-to-device copy does not block: from pinned memory (see
+    /// [`crate::envs::VecEnv::pin_observations`]) it is a DMA queued on the current stream, and
+    /// everything that reads the step (the policy's forward, the update) is queued after it.
+    /// The caller must not let `obs` be overwritten before the stream has passed the copy;
+    /// [`super::collect_rollout`] reads the sampled actions back, which waits for the stream,
+    /// before it steps the env again.
     pub fn set_obs(&mut self, t: usize, obs: &Tensor, first: &[u8]) -> Result<(), AgentError> {
         let n = self.num_envs;
         if first.len() != n {
@@ -75,11 +82,19 @@ impl RolloutStorage {
                 first.len()
             )));
         }
+        let device = self.obs.device();
+        // tch's copy_ always blocks on a host-to-device copy; `to` with non_blocking does not.
+        // The device-to-device copy into the storage that follows is queued on the stream.
+        let obs = if device.is_cuda() && obs.device() != device {
+            obs.f_to_device_(device, obs.kind(), true, false)?
+        } else {
+            obs.shallow_clone()
+        };
         if t == self.num_steps {
-            self.next_obs.f_copy_(obs)?;
+            self.next_obs.f_copy_(&obs)?;
             self.next_first.copy_from_slice(first);
         } else {
-            self.obs.f_get(t as i64)?.f_copy_(obs)?;
+            self.obs.f_get(t as i64)?.f_copy_(&obs)?;
             self.firsts[t * n..(t + 1) * n].copy_from_slice(first);
         }
         Ok(())

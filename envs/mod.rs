@@ -79,6 +79,14 @@ pub trait VecEnv: Send {
     fn render_frames(&self) -> Option<&Tensor> {
         None
     }
+
+    /// Moves the observation buffer the env writes into page-locked (pinned) host memory, so
+    /// that a non-blocking copy takes it to `device` by DMA, with no staging copy and no wait
+    /// (CUDA only). Idempotent. True where the observations now live in pinned memory; the
+    /// default keeps them where they are (false).
+    fn pin_observations(&mut self, _device: tch::Device) -> Result<bool, EnvError> {
+        Ok(false)
+    }
 }
 
 /// The environments this build knows, for `--env` and error messages.

@@ -1,6 +1,8 @@
-//! Device selection (`auto | cpu | cuda | cuda:N`) and the facts `rl-darts info` prints.
+//! Device selection (`auto | cpu | cuda | cuda:N`), loading libtorch's CUDA backend, and the
+//! facts `rl-darts info` prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tch::Device;
 
@@ -14,6 +16,7 @@ pub enum DeviceError {
 
 /// Parses a device name. `auto` is the first GPU when CUDA is usable, else the CPU.
 pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
+    let backend = load_cuda_backend();
     let cuda_count = if tch::Cuda::is_available() {
         tch::Cuda::device_count()
     } else {
@@ -36,9 +39,19 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
                 None => return Err(DeviceError::Unknown(name.to_string())),
             };
             if cuda_count == 0 {
+                let reason = match backend {
+                    CudaBackend::Unloadable { path, reason } => format!(
+                        "libtorch's CUDA backend {} could not be loaded ({reason}); use --device cpu",
+                        path.display()
+                    ),
+                    CudaBackend::Absent => {
+                        "this libtorch is built without CUDA; use --device cpu".into()
+                    }
+                    _ => "libtorch sees no CUDA device on this machine; use --device cpu".into(),
+                };
                 return Err(DeviceError::Unavailable {
                     requested: name.to_string(),
-                    reason: "libtorch sees no CUDA device on this machine; use --device cpu".into(),
+                    reason,
                 });
             }
             if index as i64 >= cuda_count {
@@ -52,10 +65,97 @@ pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
     }
 }
 
-/// The libtorch this binary runs against and its version (read from the Python package
-/// beside it, where `make setup` put it).
+/// The folder of the libtorch this process runs against: where the loaded `libtorch_cpu.so`
+/// lies, else (not Linux, or not loaded yet) the one the binary was linked with. They differ
+/// where the binary travelled (scripts/gpu_check.sh runs it on another machine's libtorch).
 pub fn libtorch_lib_dir() -> Option<PathBuf> {
-    option_env!("RL_DARTS_BUILD_LIBTORCH_LIB").map(PathBuf::from)
+    loaded_library("libtorch_cpu.so")
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| option_env!("RL_DARTS_BUILD_LIBTORCH_LIB").map(PathBuf::from))
+}
+
+/// The tch release this binary was built with (from the Cargo.lock it was built from).
+pub fn tch_version() -> &'static str {
+    option_env!("RL_DARTS_BUILD_TCH_VERSION").unwrap_or("(unknown)")
+}
+
+/// The path of a shared library mapped into this process, by file name (`/proc/self/maps`).
+fn loaded_library(file_name: &str) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        // address perms offset dev inode path
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .map(Path::new)
+        .find(|p| p.file_name().is_some_and(|n| n == file_name))
+        .map(Path::to_path_buf)
+}
+
+/// libtorch's CUDA backend (`libtorch_cuda.so`) in this process, as [`load_cuda_backend`]
+/// left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CudaBackend {
+    /// Linked into the binary (the default build, see build.rs) and loaded with it.
+    Linked(PathBuf),
+    /// Opened at run time from beside `libtorch_cpu.so`.
+    Loaded(PathBuf),
+    /// This libtorch has no CUDA backend (a CPU-only build).
+    Absent,
+    /// The file exists but could not be opened, typically because the CUDA libraries it needs
+    /// (libcudart, cuDNN, ...) are not installed.
+    Unloadable { path: PathBuf, reason: String },
+}
+
+/// Makes libtorch's CUDA backend available: opens `libtorch_cuda.so` from the folder of the
+/// libtorch this process runs against, unless it is already loaded. Idempotent.
+///
+/// Why: nothing in the binary references libtorch_cuda by symbol; its static initialisers
+/// register CUDA with libtorch. The default build links it on purpose (build.rs); the build
+/// that travels to the GPU machine (scripts/gpu_check.sh) cannot, since it is linked here
+/// against a PyPI torch without its CUDA libraries. libtorch caches the answer to its first
+/// "is CUDA there?" question, so this must run before anything asks: `main` calls it first,
+/// and [`parse_device`] and [`describe_devices`] call it too.
+pub fn load_cuda_backend() -> &'static CudaBackend {
+    static BACKEND: OnceLock<CudaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        if let Some(path) = loaded_library("libtorch_cuda.so") {
+            return CudaBackend::Linked(path);
+        }
+        let Some(path) = libtorch_lib_dir().map(|d| d.join("libtorch_cuda.so")) else {
+            return CudaBackend::Absent;
+        };
+        if !path.exists() {
+            return CudaBackend::Absent;
+        }
+        open_global(&path)
+    })
+}
+
+#[cfg(unix)]
+fn open_global(path: &Path) -> CudaBackend {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: libtorch_cuda.so is the CUDA half of the very libtorch this process runs
+    // (same folder as the loaded libtorch_cpu.so, hence the same build); its initialisers only
+    // register CUDA kernels, hooks and allocators with that libtorch, which is what linking it
+    // would have done before `main`. RTLD_GLOBAL: its symbols serve libraries it pulls in.
+    match unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) } {
+        Ok(lib) => {
+            // Never unloaded: libtorch keeps pointers into it for the life of the process.
+            std::mem::forget(lib);
+            CudaBackend::Loaded(path.to_path_buf())
+        }
+        Err(e) => CudaBackend::Unloadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+#[cfg(not(unix))]
+fn open_global(path: &Path) -> CudaBackend {
+    CudaBackend::Unloadable {
+        path: path.to_path_buf(),
+        reason: "run-time loading is implemented for Unix only".into(),
+    }
 }
 
 pub fn libtorch_version() -> Option<String> {
@@ -69,9 +169,17 @@ pub fn libtorch_version() -> Option<String> {
 /// One line per device: the CPU with its thread count, then each CUDA device with its name
 /// and memory (from nvidia-smi, which ships with the driver; libtorch exposes neither).
 pub fn describe_devices() -> Vec<String> {
+    let backend = load_cuda_backend();
     let mut lines = vec![format!("cpu ({} libtorch threads)", tch::get_num_threads())];
     if !tch::Cuda::is_available() {
-        lines.push("cuda: not available".to_string());
+        lines.push(match backend {
+            CudaBackend::Unloadable { path, reason } => format!(
+                "cuda: not available ({} could not be loaded: {reason})",
+                path.display()
+            ),
+            CudaBackend::Absent => "cuda: not available (libtorch built without CUDA)".into(),
+            _ => "cuda: not available (no CUDA device or driver)".into(),
+        });
         return lines;
     }
     let names: Vec<String> = std::process::Command::new("nvidia-smi")
@@ -250,6 +358,36 @@ mod tests {
         assert!(peak >= before + (200 << 20), "{before} -> {peak}");
         drop(block);
         assert!(host_memory::process_limit().unwrap() > rss);
+    }
+
+    #[test]
+    fn runtime_libtorch_and_cuda_backend() {
+        // The test binary runs on a libtorch: its folder is found at run time and holds the
+        // library the process mapped.
+        let dir = libtorch_lib_dir().expect("libtorch_cpu.so is mapped");
+        assert!(dir.join("libtorch_cpu.so").exists(), "{}", dir.display());
+        assert_eq!(
+            loaded_library("libtorch_cpu.so").unwrap(),
+            dir.join("libtorch_cpu.so")
+        );
+        assert!(loaded_library("libnot_a_library.so").is_none());
+        let backend = load_cuda_backend().clone();
+        assert_eq!(&backend, load_cuda_backend(), "idempotent");
+        match &backend {
+            CudaBackend::Linked(p) | CudaBackend::Loaded(p) => {
+                assert!(loaded_library("libtorch_cuda.so").as_ref() == Some(p))
+            }
+            CudaBackend::Absent => assert!(!dir.join("libtorch_cuda.so").exists()),
+            CudaBackend::Unloadable { reason, .. } => {
+                assert!(!reason.is_empty());
+                assert!(!tch::Cuda::is_available());
+            }
+        }
+        if !matches!(backend, CudaBackend::Linked(_) | CudaBackend::Loaded(_)) {
+            // The reason reaches the user.
+            let err = parse_device("cuda").unwrap_err().to_string();
+            assert!(err.contains("use --device cpu"), "{err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod envs;
 pub mod agents;
 
 pub mod config;
+pub mod cuda_check;
 pub mod data;
 pub mod device;
 pub mod distributed;

@@ -39,9 +39,15 @@ enum Command {
     /// Data-parallel engines (MPI, NCCL): check one on the processes a launcher started.
     #[command(subcommand)]
     Dist(cli::dist::DistCommand),
+    /// CPU vs CUDA agreement of the networks (scripts/gpu_check.sh runs it on a GPU machine).
+    #[command(hide = true)]
+    GpuCheck(cli::gpu_check::GpuCheckArgs),
 }
 
 fn main() {
+    // Before anything asks libtorch about CUDA: it caches the first answer (see
+    // device::load_cuda_backend).
+    rl_darts::device::load_cuda_backend();
     // The glibc heap policy (device::keep_freed_memory_for_reuse) is chosen per workload by
     // the PPO loop, not here: it speeds up PPO and slows supervised supernet searches.
     let cli = Cli::parse();
@@ -55,6 +61,7 @@ fn main() {
         Command::Genotype(cmd) => cli::search::run_genotype(cmd),
         Command::Sweep(cmd) => cli::sweep::run(cmd),
         Command::Dist(cmd) => cli::dist::run(cmd),
+        Command::GpuCheck(args) => cli::gpu_check::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -60,6 +60,16 @@ pub struct ProcgenVecEnv {
     tracker: EpisodeTracker,
     /// Wall time spent inside libenv_act + libenv_observe (the library's own stepping cost).
     library_time: std::time::Duration,
+    /// Buffers and pointer tables replaced by `pin_observations`: libenv's contract keeps
+    /// every buffer handed to it valid until the env is closed.
+    _retired: Vec<RetiredBuffers>,
+}
+
+struct RetiredBuffers {
+    _obs: Tensor,
+    _ob_ptrs: Vec<*mut c_void>,
+    _info_ptrs: Vec<*mut c_void>,
+    _ac_ptrs: Vec<*mut c_void>,
 }
 
 // SAFETY: the struct exclusively owns the C env and every buffer its pointers refer to; no
@@ -190,6 +200,7 @@ impl ProcgenVecEnv {
             _option_data: option_data,
             tracker: EpisodeTracker::new(num_envs),
             library_time: std::time::Duration::ZERO,
+            _retired: Vec::new(),
         };
         env.bind_buffers()?;
         // SAFETY: buffers are bound; observe fills ob/rew/first/info for the initial state.
@@ -373,6 +384,28 @@ impl VecEnv for ProcgenVecEnv {
             Some((&self.prev_level_seed, &self.prev_level_complete)),
         );
         Ok(self.view())
+    }
+
+    /// Allocates the observation buffer in pinned memory (libtorch's caching host allocator),
+    /// copies the current frames over, and hands libenv the new pointers. Safe between steps:
+    /// libenv writes observations only inside `libenv_observe`, which has returned.
+    fn pin_observations(&mut self, device: tch::Device) -> Result<bool, EnvError> {
+        if !device.is_cuda() {
+            return Ok(false);
+        }
+        if self.obs.f_is_pinned(device)? {
+            return Ok(true);
+        }
+        let pinned = self.obs.f_pin_memory(device)?; // [N, 64, 64, 3] u8, a copy
+        let old = std::mem::replace(&mut self.obs, pinned);
+        self._retired.push(RetiredBuffers {
+            _obs: old,
+            _ob_ptrs: std::mem::take(&mut self._ob_ptrs),
+            _info_ptrs: std::mem::take(&mut self._info_ptrs),
+            _ac_ptrs: std::mem::take(&mut self._ac_ptrs),
+        });
+        self.bind_buffers()?;
+        Ok(true)
     }
 
     /// The 512x512 frames of the last step, `[N, 512, 512, 3]` u8 (with `render_human`).

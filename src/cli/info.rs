@@ -5,7 +5,8 @@ use rl_darts::envs::procgen::sys;
 pub fn run() -> anyhow::Result<()> {
     println!("rl-darts {}", env!("CARGO_PKG_VERSION"));
     println!(
-        "tch 0.26, libtorch {}",
+        "tch {}, libtorch {}",
+        rl_darts::device::tch_version(),
         rl_darts::device::libtorch_version().unwrap_or_else(|| "(version unknown)".into())
     );
     match rl_darts::device::libtorch_lib_dir() {
@@ -25,6 +26,15 @@ pub fn run() -> anyhow::Result<()> {
             "procgen: missing at {} (run `make setup`)",
             sys::library_path().display()
         ),
+    }
+    use rl_darts::device::CudaBackend;
+    match rl_darts::device::load_cuda_backend() {
+        CudaBackend::Linked(p) => println!("libtorch_cuda: {} (linked)", p.display()),
+        CudaBackend::Loaded(p) => println!("libtorch_cuda: {} (opened at start-up)", p.display()),
+        CudaBackend::Absent => println!("libtorch_cuda: none (CPU-only libtorch)"),
+        CudaBackend::Unloadable { path, reason } => {
+            println!("libtorch_cuda: {} not loadable: {reason}", path.display())
+        }
     }
     println!("devices:");
     for line in rl_darts::device::describe_devices() {

@@ -2,6 +2,7 @@
 
 pub mod dist;
 pub mod envs;
+pub mod gpu_check;
 pub mod info;
 pub mod search;
 pub mod sweep;
