@@ -27,6 +27,20 @@ pub fn mean_entropy(rows: &[Vec<f64>]) -> f64 {
     rows.iter().map(entropy).sum::<f64>() / rows.len().max(1) as f64
 }
 
+/// The cell's edges, their labels (`c_{k-1} -> 0`) and the op names: the rows and columns of
+/// every architecture picture.
+fn layout(space: &CellSpace) -> (Vec<crate::nas::Edge>, Vec<String>, Vec<String>) {
+    let edges = space.edges();
+    let labels = edges.iter().map(|e| e.label(space.num_inputs)).collect();
+    let ops = space
+        .op_set
+        .ops()
+        .iter()
+        .map(|op| op.name().to_string())
+        .collect();
+    (edges, labels, ops)
+}
+
 /// Logs `cells` (cell-type name, then `[edge][op]` weights) under `arch/`:
 /// `arch/{cell}/{edge}/{op}` scalars, `arch/{cell}/entropy`, and the image
 /// `arch/{cell}/heatmap`. A heatmap that cannot be drawn (no font) is skipped with one
@@ -37,14 +51,7 @@ pub fn log_architecture(
     cells: &[(&str, Vec<Vec<f64>>)],
     step: i64,
 ) {
-    let ops: Vec<String> = space
-        .op_set
-        .ops()
-        .iter()
-        .map(|op| op.name().to_string())
-        .collect();
-    let edges = space.edges();
-    let rows: Vec<String> = edges.iter().map(|e| e.label(space.num_inputs)).collect();
+    let (edges, rows, ops) = layout(space);
     for (cell, weights) in cells {
         for (edge, row) in edges.iter().zip(weights) {
             let edge_tag = edge.tag(space.num_inputs);
@@ -74,14 +81,7 @@ pub fn write_trajectories(
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>, String> {
     let scalars = crate::sweep::tfevents::read_scalars(tb_dir).map_err(|e| e.to_string())?;
-    let ops: Vec<String> = space
-        .op_set
-        .ops()
-        .iter()
-        .map(|op| op.name().to_string())
-        .collect();
-    let edges = space.edges();
-    let labels: Vec<String> = edges.iter().map(|e| e.label(space.num_inputs)).collect();
+    let (edges, labels, ops) = layout(space);
     let mut written = Vec::new();
     for cell in cells {
         let series: Vec<Vec<Series>> = edges

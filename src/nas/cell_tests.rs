@@ -1,0 +1,218 @@
+//! Unit tests of `nas::cell` (kept apart so the module stays one concern).
+use super::*;
+use tch::{Device, Kind};
+
+#[test]
+fn edge_counts_and_order_follow_darts() {
+    assert_eq!(CellSpace::darts().num_edges(), 14);
+    assert_eq!(CellSpace::rl_darts(OpSet::RlDarts).num_edges(), 10);
+    assert_eq!(CellSpace::nas_bench_201().num_edges(), 6);
+    let edges = CellSpace::darts().edges();
+    // Node 1 (third edge onwards): from states 0, 1, 2.
+    assert_eq!((edges[2].from, edges[2].node), (0, 1));
+    assert_eq!((edges[4].from, edges[4].node), (2, 1));
+    assert_eq!(CellSpace::darts().node_edges(3), 9..14);
+    let nb = CellSpace::nas_bench_201().edges();
+    // NAS-Bench-201 edge keys 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2.
+    let keys: Vec<(usize, usize)> = nb.iter().map(|e| (e.node + 1, e.from)).collect();
+    assert_eq!(keys, [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]);
+}
+
+fn config(
+    space: CellSpace,
+    inputs: CellInputs,
+    reduction: bool,
+    output: CellOutput,
+) -> SearchCellConfig {
+    SearchCellConfig {
+        space,
+        c: 8,
+        reduction,
+        inputs,
+        output,
+        node_norm: NodeNorm::None,
+        affine: false,
+        pool_bn: true,
+    }
+}
+
+#[test]
+fn darts_cells_reduce_and_concatenate() {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let space = CellSpace::darts();
+    let weights = OpWeights::dense(Tensor::ones([14, 8], (Kind::Float, Device::Cpu)) / 8.0);
+    // A reduction cell after a reduction: s0 at twice the resolution of s1.
+    let inputs = CellInputs::Two {
+        c_prev_prev: 12,
+        c_prev: 16,
+        reduction_prev: true,
+    };
+    let cell = SearchCell::new(
+        vs.root() / "cell",
+        config(space, inputs, true, CellOutput::Concat),
+    )
+    .unwrap();
+    let s0 = Tensor::randn([2, 12, 16, 16], (Kind::Float, Device::Cpu));
+    let s1 = Tensor::randn([2, 16, 8, 8], (Kind::Float, Device::Cpu));
+    assert_eq!(
+        cell.forward_t(&[&s0, &s1], &weights, true).size(),
+        [2, 32, 4, 4]
+    );
+}
+
+#[test]
+fn every_output_mode_has_its_channel_count() {
+    tch::manual_seed(1);
+    let space = CellSpace::rl_darts(OpSet::RlDarts);
+    let weights = OpWeights::dense(Tensor::ones([10, 5], (Kind::Float, Device::Cpu)) / 5.0);
+    let x = Tensor::randn([2, 3, 9, 9], (Kind::Float, Device::Cpu));
+    for output in [
+        CellOutput::Concat,
+        CellOutput::ConcatConv1x1,
+        CellOutput::Sum,
+        CellOutput::Mean,
+        CellOutput::LastNode,
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = SearchCellConfig {
+            node_norm: NodeNorm::Batch,
+            ..config(space, CellInputs::One { c_prev: 3 }, true, output)
+        };
+        let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
+        let y = cell.forward_t(&[&x], &weights, true);
+        assert_eq!(y.size(), [2, cfg.out_channels(), 5, 5], "{output:?}");
+    }
+}
+
+/// d loss / d weights of a tiny cell in f64: autograd against central differences,
+/// `(L(w + eps e_k) - L(w - eps e_k)) / (2 eps)` for every entry `k` of the op weights.
+#[test]
+fn weight_gradients_match_central_differences() {
+    tch::manual_seed(5);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let space = CellSpace {
+        num_nodes: 2,
+        ..CellSpace::rl_darts(OpSet::RlDarts)
+    };
+    let cfg = SearchCellConfig {
+        node_norm: NodeNorm::Batch,
+        ..config(
+            space,
+            CellInputs::One { c_prev: 2 },
+            true,
+            CellOutput::ConcatConv1x1,
+        )
+    };
+    let cell = SearchCell::new(vs.root() / "cell", SearchCellConfig { c: 2, ..cfg }).unwrap();
+    vs.double();
+    let x = Tensor::randn([2, 2, 5, 5], (Kind::Double, Device::Cpu));
+    let loss = |w: &Tensor| {
+        // Node BatchNorm normalises with this batch's statistics and keeps no running state,
+        // so L is a fixed function of w, and the check covers BN's backward too.
+        let y = cell.forward_t(&[&x], &OpWeights::dense(w.shallow_clone()), false);
+        y.square().sum(Kind::Double)
+    };
+    let w0 = Tensor::rand([3, 5], (Kind::Double, Device::Cpu));
+    let w = w0.copy().set_requires_grad(true);
+    loss(&w).backward();
+    let analytic = Vec::<f64>::try_from(&w.grad().flatten(0, -1)).unwrap();
+    let eps = 1e-6;
+    for (k, &g) in analytic.iter().enumerate() {
+        let bump = |delta: f64| {
+            let wk = w0.copy();
+            let _ = wk.flatten(0, -1).get(k as i64).g_add_scalar_(delta);
+            f64::try_from(loss(&wk)).unwrap()
+        };
+        let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
+        assert!(
+            (numeric - g).abs() <= 1e-6 * (1.0 + g.abs()),
+            "entry {k}: autograd {g}, finite difference {numeric}"
+        );
+    }
+}
+
+#[test]
+fn a_mismatched_input_count_is_a_config_error() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = config(
+        CellSpace::darts(),
+        CellInputs::One { c_prev: 8 },
+        false,
+        CellOutput::Concat,
+    );
+    assert!(matches!(
+        SearchCell::new(vs.root(), cfg),
+        Err(NasError::Config(_))
+    ));
+}
+
+/// The official RL-DARTS cell projects an input with other channels once (one 1x1 conv
+/// with bias, shared by the edges), and feeds an input with the cell's channels as is.
+#[test]
+fn a_one_input_cell_projects_a_mismatched_input_once() {
+    let space = CellSpace::rl_darts(OpSet::RlDarts);
+    let count_inputs_of = |vs: &nn::VarStore, c_in: i64| {
+        vs.variables()
+            .iter()
+            .filter(|(name, t)| name.contains("edge") && t.dim() == 4 && t.size()[1] == c_in)
+            .count()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = SearchCellConfig {
+        c: 8,
+        ..config(
+            space,
+            CellInputs::One { c_prev: 3 },
+            true,
+            CellOutput::ConcatConv1x1,
+        )
+    };
+    let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
+    let vars = vs.variables();
+    assert_eq!(vars["cell.preprocess0.conv.weight"].size(), [8, 3, 1, 1]);
+    assert_eq!(vars["cell.preprocess0.conv.bias"].size(), [8]);
+    assert_eq!(
+        count_inputs_of(&vs, 3),
+        0,
+        "an edge op sees the raw 3 channels"
+    );
+    assert_eq!(cell.edge_input_shapes(&[[3, 9, 9]])[0], [8, 9, 9]);
+
+    let same = nn::VarStore::new(Device::Cpu);
+    let cfg = SearchCellConfig {
+        c: 8,
+        ..config(
+            space,
+            CellInputs::One { c_prev: 8 },
+            true,
+            CellOutput::ConcatConv1x1,
+        )
+    };
+    let _cell = SearchCell::new(same.root() / "cell", cfg).unwrap();
+    assert!(same
+        .variables()
+        .keys()
+        .all(|name| !name.contains("preprocess")));
+}
+
+#[test]
+fn edges_are_named_by_their_endpoints() {
+    let darts = CellSpace::darts();
+    let names: Vec<String> = darts.edges().iter().map(|e| e.label(2)).collect();
+    assert_eq!(
+        names[..5],
+        [
+            "c_{k-2} -> 0",
+            "c_{k-1} -> 0",
+            "c_{k-2} -> 1",
+            "c_{k-1} -> 1",
+            "0 -> 1"
+        ]
+    );
+    assert_eq!(darts.edges()[4].tag(2), "0_to_1");
+    let rl = CellSpace::rl_darts(OpSet::RlDarts);
+    let names: Vec<String> = rl.edges().iter().map(|e| e.label(1)).collect();
+    assert_eq!(names[..3], ["c_{k-1} -> 0", "c_{k-1} -> 1", "0 -> 1"]);
+    assert_eq!(rl.edges()[0].tag(1), "c_k-1_to_0");
+}
