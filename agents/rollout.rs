@@ -234,6 +234,12 @@ impl<A> PpoTrainer<A> {
         self.data_parallel = Some(data_parallel);
     }
 
+    /// The other processes of a data-parallel run, if any (what a bilevel search's alpha
+    /// steps average their gradients over).
+    pub fn data_parallel(&self) -> Option<&dyn DataParallel> {
+        self.data_parallel.as_deref()
+    }
+
     /// Restarts the action-sampling and shuffling generator from `seed`: a data-parallel
     /// process other than the first, resumed from the first one's checkpoint, must not replay
     /// the first process's random stream.

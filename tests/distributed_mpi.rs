@@ -150,6 +150,27 @@ fn selftest_two_processes_all_reduce_and_match_one_process() {
         show(&o)
     );
     assert!(o.stdout.contains("selftest: ok"), "{}", show(&o));
+    // The bilevel strategies: 2 processes on half of each fixed batch against 1 on all of it,
+    // 3 alpha steps each, f64; the same steps without averaging must end elsewhere.
+    for strategy in [
+        "darts first order",
+        "darts second order (finite difference)",
+        "darts second order (exact)",
+        "idarts",
+        "darts_prime",
+        "gdas",
+    ] {
+        let key = format!("bilevel equivalence, {strategy}: max |alpha_N - alpha_1| =");
+        let gap = number_after(&o.stdout, &key).expect("the bilevel gap is reported");
+        assert!(gap < 1e-9, "{strategy}: 2 processes drift from 1 by {gap}");
+        let line = &o.stdout[o.stdout.find(&key).unwrap()..];
+        let control = number_after(line, "without averaging:").expect("control reported");
+        assert!(
+            control > 1e-4,
+            "{strategy}: the control moved by only {control}"
+        );
+    }
+    assert!(o.stdout.contains("bilevel selftest: ok"), "{}", show(&o));
 }
 
 #[test]
@@ -348,8 +369,50 @@ fn a_process_count_that_does_not_divide_the_envs_is_an_error() {
     assert!(!run.exists(), "a refused run left its directory behind");
 }
 
+/// A bilevel search (DARTS second order: the virtual step's gradient, the validation
+/// gradients and both sides of the finite difference averaged over the processes) on two
+/// processes: both end with the same weights and alphas (the run checks it at its end and
+/// fails with "drifted apart" otherwise).
 #[test]
-fn a_bilevel_strategy_is_refused_on_several_processes() {
+fn a_bilevel_search_on_two_processes_keeps_the_alphas_in_sync() {
+    let Some(mpirun) = require_mpirun() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = launch(
+        &mpirun,
+        2,
+        &[
+            "train",
+            "--env",
+            "cartpole",
+            "--encoder",
+            "mlp_darts",
+            "--strategy",
+            "darts",
+            "--set",
+            "search.strategy.params.order=\"second\"",
+            "--total-steps",
+            "1024",
+            "--distributed",
+            "mpi",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--quiet",
+        ],
+        dir.path(),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
+    assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
+    assert_eq!(summary(&run)["global_step"], 1024, "{}", show(&o));
+    assert!(run.join("genotype.json").is_file(), "{}", show(&o));
+}
+
+/// UNAS has no exact data-parallel form: refused with the reason, before the first iteration.
+#[test]
+fn unas_is_refused_on_several_processes() {
     let Some(mpirun) = require_mpirun() else {
         return;
     };
@@ -364,7 +427,7 @@ fn a_bilevel_strategy_is_refused_on_several_processes() {
             "--encoder",
             "mlp_darts",
             "--strategy",
-            "darts",
+            "unas",
             "--total-steps",
             "2048",
             "--distributed",
@@ -380,7 +443,7 @@ fn a_bilevel_strategy_is_refused_on_several_processes() {
         .unwrap_or_else(|| panic!("the run hung\n{}", show(&o)));
     assert!(!status.success(), "{}", show(&o));
     assert!(
-        o.stderr.contains("takes bilevel alpha steps"),
+        o.stderr.contains("unas cannot run data-parallel exactly"),
         "{}",
         show(&o)
     );

@@ -3,7 +3,8 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use rl_darts::distributed::selftest::{self, SelftestOptions};
-use rl_darts::distributed::Backend;
+use rl_darts::distributed::{Backend, DistributedConfig};
+use rl_darts::train::rl::parallel_check;
 
 #[derive(Subcommand, Debug)]
 pub enum DistCommand {
@@ -34,6 +35,53 @@ pub struct SelftestArgs {
     stall_rank: Option<usize>,
 }
 
+/// The bilevel strategies' alpha steps on N processes against one (f64, CPU; see
+/// `train::rl::parallel_check`), on the engine the selftest started.
+fn bilevel(timeout_s: f64) -> anyhow::Result<()> {
+    let config = DistributedConfig {
+        backend: Backend::Mpi,
+        timeout_s,
+    };
+    let Some(comm) = rl_darts::distributed::world(&config)? else {
+        bail!("the MPI engine is not running");
+    };
+    let (rank, n) = (comm.rank(), comm.world_size());
+    let gaps = parallel_check::bilevel_equivalence(&*comm, rank)?;
+    let mut failed = Vec::new();
+    for g in &gaps {
+        if rank == 0 {
+            println!(
+                "bilevel equivalence, {}: max |alpha_N - alpha_1| = {:.3e} (tolerance {:.0e}); \
+                 without averaging: {:.3e}",
+                g.strategy,
+                g.gap,
+                parallel_check::TOLERANCE,
+                g.control_gap
+            );
+        }
+        if g.gap > parallel_check::TOLERANCE {
+            failed.push(format!(
+                "{}: the alphas differ by {:.3e}",
+                g.strategy, g.gap
+            ));
+        }
+        // With one process there is nothing to leave out.
+        if n > 1 && g.control_gap <= 1e3 * parallel_check::TOLERANCE {
+            failed.push(format!(
+                "{}: without averaging the alphas differ by only {:.3e}: the check cannot tell",
+                g.strategy, g.control_gap
+            ));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("selftest failed: {}", failed.join("; "));
+    }
+    if rank == 0 {
+        println!("bilevel selftest: ok");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: DistCommand) -> anyhow::Result<()> {
     match cmd {
         DistCommand::Selftest(args) => {
@@ -52,6 +100,9 @@ pub fn run(cmd: DistCommand) -> anyhow::Result<()> {
                 exit_rank: args.exit_rank,
                 stall_rank: args.stall_rank,
             })?;
+            if backend == Backend::Mpi {
+                bilevel(args.timeout_s)?;
+            }
             Ok(())
         }
     }

@@ -209,6 +209,9 @@ pub fn run_train_arch(args: TrainArchArgs) -> anyhow::Result<()> {
     let (config, genotype, run_dir, resume) = match &args.resume {
         Some(dir) => {
             let run = RunDir::open(dir)?;
+            if super::transformer::is_transformer(Some(&run.config_path())) {
+                return super::transformer::resume_train_arch(&run);
+            }
             let config = load_config(Some(&run.config_path()), SupervisedConfig::default(), &[])?;
             let path = run.root.join(GENOTYPE_JSON);
             let genotype =

@@ -11,7 +11,7 @@ use rl_darts::nas::Genotype;
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::transformer::genotype::standard;
 use rl_darts::transformer::objective::check_strategy;
-use rl_darts::transformer::retrain::train_arch;
+use rl_darts::transformer::retrain::{train_arch_run, SeqTrainArchRun};
 use rl_darts::transformer::search::{search_run, SeqConfig, SeqSearchRun};
 
 /// Whether `config` names a transformer preset.
@@ -123,27 +123,62 @@ pub fn run_train_arch(
     };
     let out = out.map(Path::to_path_buf).unwrap_or(default_out);
     let run = RunDir::create_at(&out)?;
-    if run.root.join("summary.json").exists() {
+    // Checkpoints of an earlier run would mix with this one's (and be pruned or resumed in
+    // its place).
+    if run.root.join("summary.json").exists() || run.latest_checkpoint()?.is_some() {
         bail!(
-            "{} already holds a train-arch run; pick another --out",
+            "{} already holds a train-arch run; continue it with --resume {0} or pick another \
+             --out",
             out.display()
         );
     }
     save_resolved_config(&config, &run.root)?;
+    train_arch_in(&config, &genotype, &run, false)
+}
+
+/// `rl-darts train-arch --resume OUT` of a transformer retraining: continues from the newest
+/// checkpoint with the run's saved config and genotype.
+pub fn resume_train_arch(run: &RunDir) -> anyhow::Result<()> {
+    let config = load_config(Some(&run.config_path()), SeqConfig::default(), &[])?;
+    let path = run.root.join("genotype.json");
+    let genotype = Genotype::load(&path).with_context(|| format!("reading {}", path.display()))?;
+    train_arch_in(&config, &genotype, run, true)
+}
+
+fn train_arch_in(
+    config: &SeqConfig,
+    genotype: &Genotype,
+    run: &RunDir,
+    resume: bool,
+) -> anyhow::Result<()> {
+    let stop = super::search::install_stop_handler()?;
     let mut sink = super::search::tensorboard(&run.tensorboard_dir());
     println!(
-        "training {genotype} from scratch on {} for {} epochs -> {}",
+        "{} {genotype} from scratch on {} for {} epochs -> {}",
+        if resume { "resuming" } else { "training" },
         config.task.name(),
         config.train_arch.epochs,
         run.root.display()
     );
-    let trained = train_arch(
-        &config,
-        &genotype,
-        &run.root,
-        &mut sink as &mut dyn MetricsSink,
-    )?;
+    let trained = train_arch_run(SeqTrainArchRun {
+        config,
+        genotype,
+        run_dir: run,
+        resume,
+        sink: &mut sink as &mut dyn MetricsSink,
+        stop: &stop,
+        max_epochs: None,
+    })?;
     sink.flush();
+    if trained.interrupted {
+        println!(
+            "stopped after epoch {} of {}; resume with: rl-darts train-arch --resume {}",
+            trained.epochs_done,
+            config.train_arch.epochs,
+            run.root.display()
+        );
+        return Ok(());
+    }
     println!(
         "{} parameters (d_model {}, ffn_mult {}), {:.0}s: validation token accuracy {:.4} exact \
          match {:.4}; test token accuracy {:.4} exact match {:.4} (greedy autoregressive \

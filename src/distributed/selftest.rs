@@ -70,7 +70,8 @@ pub fn run(opts: &SelftestOptions) -> Result<Equivalence, DistError> {
         backend: opts.backend,
         timeout_s: opts.timeout_s,
     };
-    let comm: Rc<dyn Communicator> = super::init(&config)?.ok_or_else(|| {
+    // The process's engine (started once): the CLI runs the bilevel check on it afterwards.
+    let comm: Rc<dyn Communicator> = super::world(&config)?.ok_or_else(|| {
         DistError::Config("the selftest needs a backend: --backend mpi or nccl".into())
     })?;
     match checks(&*comm, opts) {

@@ -121,6 +121,7 @@ impl Darts {
         let detached = tch::no_grad(|| softmax_weights(arch, t));
         let l_train = objective.train_loss(&detached)?;
         let g_train = grad(&l_train, &w, false)?;
+        objective.average_over_processes(&g_train)?;
         let xi = vs.lr;
         let w_prime: Vec<Tensor> = tch::no_grad(|| {
             w.iter()
@@ -140,10 +141,11 @@ impl Darts {
         // grad_alpha and v = grad_w' of L_val at w', in one backward.
         let weights = softmax_weights(arch, t);
         let l_val = objective.search_loss(&weights)?;
-        let l_val_value = l_val.f_double_value(&[])?;
+        let l_val_value = objective.average_value_over_processes(l_val.f_double_value(&[])?)?;
         let mut inputs: Vec<Tensor> = w.iter().map(Tensor::shallow_clone).collect();
         inputs.extend(a.iter().map(Tensor::shallow_clone));
         let mut grads = grad(&l_val, &inputs, false)?;
+        objective.average_over_processes(&grads)?;
         let d_alpha = grads.split_off(w.len());
         let v = grads;
         guard.restore();
@@ -155,17 +157,23 @@ impl Darts {
                     a.iter().map(Tensor::zeros_like).collect()
                 } else {
                     let eps = self.params.fd_radius / v_norm;
+                    // Averaging each side averages their difference: the mixed term of the
+                    // whole batch (v, and so eps, are already the whole batch's).
                     fd_mixed_hvp(&mut guard, &v, eps, || {
                         let weights = softmax_weights(arch, t);
                         let loss = objective.train_loss(&weights)?;
-                        grad(&loss, &a, false)
+                        let g = grad(&loss, &a, false)?;
+                        objective.average_over_processes(&g)?;
+                        Ok(g)
                     })?
                 }
             }
             HessianMode::Exact => {
                 let weights = softmax_weights(arch, t);
                 let loss = objective.train_loss(&weights)?;
-                exact_mixed_hvp(&loss, &w, &a, &v)?
+                let m = exact_mixed_hvp(&loss, &w, &a, &v)?;
+                objective.average_over_processes(&m)?;
+                m
             }
         };
         drop(guard); // restores buffers the last forward touched
@@ -185,8 +193,10 @@ impl Darts {
     ) -> Result<(f64, Vec<Tensor>), SearchError> {
         let weights = softmax_weights(arch, self.params.temperature);
         let loss = objective.search_loss(&weights)?;
-        let value = loss.f_double_value(&[])?;
-        Ok((value, grad(&loss, &alphas(arch), false)?))
+        let value = objective.average_value_over_processes(loss.f_double_value(&[])?)?;
+        let g = grad(&loss, &alphas(arch), false)?;
+        objective.average_over_processes(&g)?;
+        Ok((value, g))
     }
 }
 
@@ -245,5 +255,13 @@ impl SearchStrategy for Darts {
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))
+    }
+
+    /// Every gradient either order computes is linear in the batch's mean loss (the virtual
+    /// step's, the validation gradients at `w'`, each side of the finite difference or the
+    /// double-backward mixed term), and each is averaged over the processes where it is
+    /// computed, before anything nonlinear (the norm of `v`, the step) reads it.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
+        Ok(())
     }
 }

@@ -551,8 +551,11 @@ impl SearchStrategy for DartsPrime {
             Some(p) => &l_val + p,
             None => l_val,
         };
-        let loss = total.f_double_value(&[])?;
+        // The regulariser reads only the alphas, the same on every process: averaging the
+        // total averages the validation part and keeps the regulariser's.
+        let loss = objective.average_value_over_processes(total.f_double_value(&[])?)?;
         let g = grad(&total, &alphas(arch), false)?;
+        objective.average_over_processes(&g)?;
         self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         self.state.last_penalty = penalty.map(|p| p.double_value(&[]));
@@ -647,6 +650,13 @@ impl SearchStrategy for DartsPrime {
             ));
         }
         self.state = state;
+        Ok(())
+    }
+
+    /// First order, averaged over the processes; the dynamic schedule reads the weight
+    /// step's gradient norm, which the loop computes after its all-reduce, so every process
+    /// decides the same.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
         Ok(())
     }
 }

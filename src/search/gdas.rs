@@ -246,8 +246,9 @@ impl SearchStrategy for Gdas {
     ) -> Result<ArchStepStats, SearchError> {
         let weights = self.sampled_weights(arch)?;
         let loss = objective.search_loss(&weights)?;
-        let value = loss.f_double_value(&[])?;
+        let value = objective.average_value_over_processes(loss.f_double_value(&[])?)?;
         let g = grad(&loss, &alphas(arch), false)?;
+        objective.average_over_processes(&g)?;
         self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         Ok(ArchStepStats {
@@ -276,6 +277,13 @@ impl SearchStrategy for Gdas {
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))?;
         self.state = load_json(dir, STATE_FILE)?;
+        Ok(())
+    }
+
+    /// First order on the validation loss, averaged over the processes; the hard sample is
+    /// drawn from the strategy's generator, which has the same seed and so draws the same
+    /// sample on every process.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
         Ok(())
     }
 }

@@ -249,17 +249,21 @@ impl IDarts {
 
         let weights = softmax_weights(arch, t);
         let l_val = objective.search_loss(&weights)?;
-        let l_val_value = l_val.f_double_value(&[])?;
+        let l_val_value = objective.average_value_over_processes(l_val.f_double_value(&[])?)?;
         let mut inputs: Vec<Tensor> = w.iter().map(Tensor::shallow_clone).collect();
         inputs.extend(a.iter().map(Tensor::shallow_clone));
         let mut grads = grad(&l_val, &inputs, false)?;
+        objective.average_over_processes(&grads)?;
         let d_alpha = grads.split_off(w.len());
         let v = grads;
 
         let detached = tch::no_grad(|| softmax_weights(arch, t));
         let mut hvp = |u: &[Tensor]| -> Result<Vec<Tensor>, SearchError> {
             let loss = objective.train_loss(&detached)?;
-            exact_hvp(&loss, &w, u)
+            // The whole batch's Hessian is the mean of the processes' (equal shares).
+            let h = exact_hvp(&loss, &w, u)?;
+            objective.average_over_processes(&h)?;
+            Ok(h)
         };
         if self.params.power_iterations > 0 && perturb::norm(&v) > 0.0 {
             let eigenvalue = power_iteration(&v, self.params.power_iterations, &mut hvp)?;
@@ -279,7 +283,9 @@ impl IDarts {
             HessianMode::Exact => {
                 let weights = softmax_weights(arch, t);
                 let loss = objective.train_loss(&weights)?;
-                exact_mixed_hvp(&loss, &w, &a, &p)?
+                let m = exact_mixed_hvp(&loss, &w, &a, &p)?;
+                objective.average_over_processes(&m)?;
+                m
             }
             HessianMode::FiniteDifference => {
                 let p_norm = perturb::norm(&p);
@@ -290,7 +296,9 @@ impl IDarts {
                     fd_mixed_hvp(&mut guard, &p, eps, || {
                         let weights = softmax_weights(arch, t);
                         let loss = objective.train_loss(&weights)?;
-                        grad(&loss, &a, false)
+                        let g = grad(&loss, &a, false)?;
+                        objective.average_over_processes(&g)?;
+                        Ok(g)
                     })?
                 }
             }
@@ -360,6 +368,13 @@ impl SearchStrategy for IDarts {
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.adam.load(&dir.join(ADAM_FILE))?;
         self.state = load_json(dir, STATE_FILE)?;
+        Ok(())
+    }
+
+    /// `grad L_val`, every Hessian-vector product of the Neumann series and of the power
+    /// iteration, and the mixed term are averaged where they are computed; the series then
+    /// runs on the whole batch's products.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
         Ok(())
     }
 }

@@ -234,6 +234,12 @@ impl SearchStrategy for Joint {
         self.pending = false;
         self.adam.load(&dir.join(ADAM_FILE))
     }
+
+    /// Single level: the alphas' gradient comes from the loop's weight-step backward, which
+    /// the loop all-reduces with the weights' (the loss in the report is the reduced one).
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -274,6 +274,23 @@ pub trait Objective {
     ) -> Result<(Tensor, Tensor), SearchError> {
         Err(no_per_example_losses())
     }
+
+    /// In a data-parallel run, replaces each tensor by its mean over the processes, in place.
+    /// Strategies call it on every gradient of this objective's losses they compute (alpha
+    /// gradients, the virtual step's weight gradient, Hessian-vector products): each process's
+    /// loss is the mean over its equal share of the batch, so the mean of the processes'
+    /// gradients is the gradient of the whole batch's loss, and every process then steps the
+    /// alphas as one process on the whole batch would. Every process must call it the same
+    /// number of times with the same shapes. One process (the default): nothing to do.
+    fn average_over_processes(&self, _tensors: &[Tensor]) -> Result<(), SearchError> {
+        Ok(())
+    }
+
+    /// [`Objective::average_over_processes`] for a loss value (what a strategy reports or
+    /// compares).
+    fn average_value_over_processes(&self, value: f64) -> Result<f64, SearchError> {
+        Ok(value)
+    }
 }
 
 fn no_per_example_losses() -> SearchError {
@@ -465,6 +482,19 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
 
     /// Restores what [`SearchStrategy::save`] wrote.
     fn load(&mut self, dir: &Path) -> Result<(), SearchError>;
+
+    /// Whether N processes, each with an equal share of every batch, take exactly the steps
+    /// one process takes on the whole batches, given that the objective averages every
+    /// gradient the strategy asks it to ([`Objective::average_over_processes`]), and that the
+    /// loop all-reduces the gradients of its weight step (a single-level strategy's alphas
+    /// included). `Err` says why not; a data-parallel run refuses the strategy with it.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
+        Err(SearchError::Invalid(format!(
+            "search strategy '{}' has no data-parallel form: its alpha steps are not averaged \
+             over processes",
+            self.name()
+        )))
+    }
 }
 
 /// Which strategy a search uses, with its parameters: TOML `[search.strategy] kind = "darts"`

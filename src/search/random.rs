@@ -265,6 +265,8 @@ impl SearchStrategy for RandomSearch {
         self.state.current = Some(c.clone());
         let weights = self.weights(arch, &c)?;
         let loss = tch::no_grad(|| objective.search_loss(&weights))?.f_double_value(&[])?;
+        // The whole batch's loss, so that every process keeps the same incumbent.
+        let loss = objective.average_value_over_processes(loss)?;
         self.state.scored += 1;
         if loss.is_finite()
             && self
@@ -304,6 +306,12 @@ impl SearchStrategy for RandomSearch {
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.state = load_json(dir, STATE_FILE)?;
+        Ok(())
+    }
+
+    /// Candidates come from the strategy's seeded generator (the same on every process) and
+    /// are scored by the whole batch's loss, averaged over the processes.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
         Ok(())
     }
 }

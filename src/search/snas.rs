@@ -742,6 +742,13 @@ impl SearchStrategy for Snas {
         self.pending = None;
         Ok(())
     }
+
+    /// Single level: the alphas' loss gradient comes from the loop's weight-step backward,
+    /// which the loop all-reduces with the weights'; the resource term reads only the sample
+    /// (drawn from the same seed on every process) and the op costs.
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1081,4 +1081,14 @@ impl SearchStrategy for Unas {
         self.state = load_json(dir, STATE_FILE)?;
         Ok(())
     }
+
+    fn data_parallel_support(&self) -> Result<(), SearchError> {
+        Err(SearchError::Invalid(
+            "unas cannot run data-parallel exactly: its estimator weights the score-function \
+             term by f = L_train + |L_val - L_train| / 2, a nonlinear function of the whole \
+             batch's loss values, so the mean of the processes' estimates is not the estimate \
+             of one process on the whole batch; run it in one process"
+                .into(),
+        ))
+    }
 }

@@ -11,6 +11,11 @@
 //! scratch checkpoints after each candidate ([`RandomState`]); each candidate's initial
 //! weights are seeded from its index, so a resumed search trains the same candidates the same
 //! way.
+//!
+//! A retraining (`rl-darts train-arch --resume OUT`) checkpoints after every epoch: weights,
+//! Adam's moments and step count, and [`RetrainState`] (epochs and steps done, the batch RNG,
+//! the last validation metrics). Its initial weights come from a seed, and nothing else in its
+//! loop is random, so it too resumes bit for bit.
 
 use std::path::Path;
 
@@ -22,7 +27,7 @@ use tch::nn;
 use super::tasks::SeqMetrics;
 use super::TransformerError;
 use crate::nas::{ArchParams, Genotype};
-use crate::search::{SearchStrategy, Sgd};
+use crate::search::{Adam, SearchStrategy, Sgd};
 use crate::train::run_dir::RunDir;
 use crate::train::TrainError;
 
@@ -30,6 +35,7 @@ const WEIGHTS_FILE: &str = "weights.safetensors";
 const ALPHAS_FILE: &str = "alphas.safetensors";
 const SGD_FILE: &str = "sgd.safetensors";
 const LOOP_FILE: &str = "loop.json";
+const ADAM_FILE: &str = "adam.safetensors";
 
 /// The supernet search loop's state beyond weights, alphas and optimizers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +59,55 @@ pub struct RandomState {
     pub seconds: f64,
     /// Best candidate so far and its validation metrics.
     pub best: Option<(Genotype, SeqMetrics)>,
+}
+
+/// The retraining loop's state beyond weights and Adam.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetrainState {
+    pub epochs_done: usize,
+    /// Adam steps taken (TensorBoard's x axis).
+    pub step: u64,
+    /// Draws the training batches.
+    pub rng: ChaCha8Rng,
+    /// Validation metrics after the last epoch done.
+    pub val: SeqMetrics,
+    /// Wall time of the epochs done, over every call.
+    pub seconds: f64,
+}
+
+/// Writes a retraining checkpoint named after `state.epochs_done`, keeping the newest `keep`.
+pub fn save_retrain(
+    run_dir: &RunDir,
+    keep: usize,
+    (vs, adam): (&nn::VarStore, &Adam),
+    state: &RetrainState,
+) -> Result<(), TransformerError> {
+    run_dir.save_checkpoint(state.epochs_done as u64, keep, |dir| {
+        wrap(dir, || {
+            vs.save(dir.join(WEIGHTS_FILE))?;
+            adam.save(&dir.join(ADAM_FILE))?;
+            write_json(dir, state)
+        })
+    })?;
+    Ok(())
+}
+
+/// Restores the newest retraining checkpoint of `run_dir` into `vs` and `adam`.
+pub fn load_retrain(
+    run_dir: &RunDir,
+    vs: &mut nn::VarStore,
+    adam: &mut Adam,
+) -> Result<RetrainState, TransformerError> {
+    let dir = latest(run_dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    vs.load(&weights).map_err(|e| {
+        TransformerError::Config(format!(
+            "{}: {e} (a checkpoint of another network?)",
+            weights.display()
+        ))
+    })?;
+    adam.load(&dir.join(ADAM_FILE))?;
+    read_json(&dir)
 }
 
 /// What a supernet checkpoint restores into.

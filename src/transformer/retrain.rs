@@ -3,6 +3,7 @@
 //! scratch, the baseline that trains every sampled architecture on its own instead of sharing
 //! weights in a supernet.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -13,7 +14,9 @@ use tch::{nn, Device};
 use super::genotype::arch_of;
 use super::net::{SeqArch, SeqNet, SeqNetConfig, ENCODER_SPLITS};
 use super::objective::loss_for_strategy;
-use super::resume::{load_random, save_random, RandomState};
+use super::resume::{
+    load_random, load_retrain, save_random, save_retrain, RandomState, RetrainState,
+};
 use super::search::{
     log_metrics, save_genotype, setup, Outcome, SeqConfig, SeqSearchRun, SeqTrainArchConfig,
 };
@@ -22,6 +25,7 @@ use super::TransformerError;
 use crate::logging::MetricsSink;
 use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype};
 use crate::search::{Adam, RandomParams, RandomSearch};
+use crate::train::run_dir::RunDir;
 use crate::train::supervised::clip_grad_norm;
 
 /// The libtorch seed of candidate `c`'s initial weights: a function of the run's seed and the
@@ -79,7 +83,15 @@ pub(super) fn random_from_scratch(
         let mut tc = config.train_arch.clone();
         tc.epochs = params.epochs_per_candidate;
         let seed = candidate_seed(config.seed, c);
-        let trained = train_derived(config, &tc, task, &genotype, device, seed, None)?;
+        let trained = train_derived(
+            config,
+            &tc,
+            task,
+            &genotype,
+            device,
+            seed,
+            RetrainRun::default(),
+        )?;
         state.iterations += (tc.epochs * tc.iterations_per_epoch) as u64;
         log_metrics(run.sink, "random/candidate_val", &trained.val, c as u64);
         let better = state.best.as_ref().is_none_or(|(_, b)| {
@@ -118,13 +130,40 @@ pub(super) fn random_from_scratch(
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainedArch {
     pub val: SeqMetrics,
+    /// On the test split after the last epoch done (also when stopped early).
     pub test: SeqMetrics,
     pub parameters: i64,
     /// The width and FFN multiple trained (differ from `[network]` with
     /// `train_arch.target_parameters`).
     pub d_model: i64,
     pub ffn_mult: i64,
+    /// Wall time of the epochs done, over every call of a resumed run.
     pub seconds: f64,
+    pub epochs_done: usize,
+    /// Stopped before the last epoch (Ctrl-C, SIGTERM or `max_epochs`); resume from the run
+    /// directory's newest checkpoint.
+    pub interrupted: bool,
+}
+
+/// Checkpoints of a retraining: one after every epoch, and exact resume from the newest.
+pub struct RetrainCheckpoints<'a> {
+    pub run_dir: &'a RunDir,
+    /// Complete checkpoints kept.
+    pub keep: usize,
+    /// Continue from the newest checkpoint in `run_dir`.
+    pub resume: bool,
+    /// Checked after every epoch: when set, the call returns after that epoch's checkpoint.
+    pub stop: &'a AtomicBool,
+    /// Stop after this many epochs in this call (tests).
+    pub max_epochs: Option<usize>,
+}
+
+/// Where a retraining reports: a metrics sink and checkpoints, each optional (random search
+/// from scratch trains its candidates with neither).
+#[derive(Default)]
+pub struct RetrainRun<'a> {
+    pub sink: Option<&'a mut dyn MetricsSink>,
+    pub checkpoints: Option<RetrainCheckpoints<'a>>,
 }
 
 /// The network `arch` is trained with: `config.network` (encoder-only tasks drop the
@@ -174,7 +213,8 @@ fn sized_network(
 }
 
 /// Trains the network `genotype` describes from scratch with Adam, its initial weights seeded
-/// with `init_seed`, and reports validation and test metrics. Logs to `sink` when given.
+/// with `init_seed`, and reports validation and test metrics. Logs to `run.sink` and
+/// checkpoints into `run.checkpoints` when given.
 pub fn train_derived(
     config: &SeqConfig,
     tc: &SeqTrainArchConfig,
@@ -182,14 +222,17 @@ pub fn train_derived(
     genotype: &Genotype,
     device: Device,
     init_seed: u64,
-    mut sink: Option<&mut dyn MetricsSink>,
+    run: RetrainRun<'_>,
 ) -> Result<TrainedArch, TransformerError> {
-    let started = Instant::now();
+    let RetrainRun {
+        mut sink,
+        checkpoints,
+    } = run;
     let arch = arch_of(genotype, task.config.is_seq2seq())?;
     // Sizing builds throwaway networks, which draw from libtorch's generator: seed after it.
     let network = sized_network(config, task, &arch, tc.target_parameters)?;
     tch::manual_seed(init_seed as i64);
-    let vs = nn::VarStore::new(device);
+    let mut vs = nn::VarStore::new(device);
     let net = SeqNet::new(
         &(vs.root() / "net"),
         &network,
@@ -199,13 +242,30 @@ pub fn train_derived(
     )?;
     let parameters: i64 = net.parameters().iter().map(|t| t.numel() as i64).sum();
     let mut adam = Adam::new(crate::search::optim::ordered_variables(&vs)?, tc.optimizer);
-    let mut rng = ChaCha8Rng::seed_from_u64(init_seed.wrapping_add(1));
-    let mut step = 0u64;
+    let mut state = RetrainState {
+        epochs_done: 0,
+        step: 0,
+        rng: ChaCha8Rng::seed_from_u64(init_seed.wrapping_add(1)),
+        val: SeqMetrics::default(),
+        seconds: 0.0,
+    };
+    if let Some(c) = checkpoints.as_ref().filter(|c| c.resume) {
+        state = load_retrain(c.run_dir, &mut vs, &mut adam)?;
+    }
     let eval_bs = config.search.eval_batch_size;
-    let mut val = SeqMetrics::default();
-    for _ in 0..tc.epochs {
+    let mut epochs_here = 0;
+    let mut interrupted = false;
+    while state.epochs_done < tc.epochs {
+        if let Some(m) = checkpoints.as_ref().and_then(|c| c.max_epochs) {
+            if epochs_here >= m {
+                interrupted = true;
+                break;
+            }
+        }
+        let started = Instant::now();
         for _ in 0..tc.iterations_per_epoch {
-            let batch = task.train.sample(tc.batch_size, &mut rng, device);
+            let step = state.step;
+            let batch = task.train.sample(tc.batch_size, &mut state.rng, device);
             adam.zero_grad();
             let loss = loss_for_strategy(&net, &batch, None)?;
             loss.backward();
@@ -216,40 +276,102 @@ pub fn train_derived(
             if let Some(s) = sink.as_deref_mut() {
                 s.scalar("train_arch/train_loss", loss.double_value(&[]), step as i64);
             }
-            step += 1;
+            state.step += 1;
         }
-        val = evaluate(&net, &task.val, None, eval_bs, device)?;
+        state.val = evaluate(&net, &task.val, None, eval_bs, device)?;
         if let Some(s) = sink.as_deref_mut() {
-            log_metrics(s, "train_arch/val", &val, step);
+            log_metrics(s, "train_arch/val", &state.val, state.step);
             s.flush();
+        }
+        state.epochs_done += 1;
+        epochs_here += 1;
+        state.seconds += started.elapsed().as_secs_f64();
+        if let Some(c) = &checkpoints {
+            save_retrain(c.run_dir, c.keep, (&vs, &adam), &state)?;
+            if c.stop.load(Ordering::SeqCst) && state.epochs_done < tc.epochs {
+                interrupted = true;
+                break;
+            }
         }
     }
     let test = evaluate(&net, &task.test, None, eval_bs, device)?;
     if let Some(s) = sink {
-        log_metrics(s, "train_arch/test", &test, step);
+        if !interrupted {
+            log_metrics(s, "train_arch/test", &test, state.step);
+        }
         s.flush();
     }
     Ok(TrainedArch {
-        val,
+        val: state.val,
         test,
         parameters,
         d_model: network.d_model,
         ffn_mult: network.ffn_mult,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: state.seconds,
+        epochs_done: state.epochs_done,
+        interrupted,
     })
 }
 
-/// `rl-darts train-arch` for a transformer preset: retrains `genotype` and writes
-/// `summary.json` into `out`.
+/// `rl-darts train-arch` for a transformer preset without checkpoints: retrains `genotype`
+/// and writes `summary.json` into `out`.
 pub fn train_arch(
     config: &SeqConfig,
     genotype: &Genotype,
     out: &std::path::Path,
     sink: &mut dyn MetricsSink,
 ) -> Result<TrainedArch, TransformerError> {
+    train_arch_in(config, genotype, out, sink, None)
+}
+
+/// One call of `rl-darts train-arch` for a transformer preset (fresh or `--resume`).
+pub struct SeqTrainArchRun<'a> {
+    pub config: &'a SeqConfig,
+    pub genotype: &'a Genotype,
+    /// Receives the genotype files, `checkpoints/` and `summary.json`; the caller writes
+    /// `config.toml` into it.
+    pub run_dir: &'a RunDir,
+    pub resume: bool,
+    pub sink: &'a mut dyn MetricsSink,
+    /// Checked after every epoch: when set, the call returns after that epoch's checkpoint.
+    pub stop: &'a AtomicBool,
+    /// Stop after this many epochs in this call (tests).
+    pub max_epochs: Option<usize>,
+}
+
+/// [`train_arch`] with a checkpoint after every epoch (the newest `search.checkpoint_keep`
+/// kept) and exact resume: weights, Adam's moments and step, the batch RNG and the counters
+/// are restored, so a stopped and resumed retraining ends bit for bit where an uninterrupted
+/// one ends (`tests/transformer_resume.rs`).
+pub fn train_arch_run(run: SeqTrainArchRun<'_>) -> Result<TrainedArch, TransformerError> {
+    let checkpoints = RetrainCheckpoints {
+        run_dir: run.run_dir,
+        keep: run.config.search.checkpoint_keep.max(1),
+        resume: run.resume,
+        stop: run.stop,
+        max_epochs: run.max_epochs,
+    };
+    train_arch_in(
+        run.config,
+        run.genotype,
+        &run.run_dir.root,
+        run.sink,
+        Some(checkpoints),
+    )
+}
+
+fn train_arch_in(
+    config: &SeqConfig,
+    genotype: &Genotype,
+    out: &std::path::Path,
+    sink: &mut dyn MetricsSink,
+    checkpoints: Option<RetrainCheckpoints<'_>>,
+) -> Result<TrainedArch, TransformerError> {
     let device = setup(config)?;
     let task = config.task.generate()?;
-    sink.text("config", &crate::config::to_markdown(config)?, 0);
+    if !checkpoints.as_ref().is_some_and(|c| c.resume) {
+        sink.text("config", &crate::config::to_markdown(config)?, 0);
+    }
     save_genotype(genotype, task.config.is_seq2seq(), out)?;
     let trained = train_derived(
         config,
@@ -258,7 +380,10 @@ pub fn train_arch(
         genotype,
         device,
         config.seed,
-        Some(sink),
+        RetrainRun {
+            sink: Some(sink),
+            checkpoints,
+        },
     )?;
     let path = out.join("summary.json");
     std::fs::write(

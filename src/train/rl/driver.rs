@@ -112,7 +112,7 @@ pub(super) struct SearchDriver {
     device: Device,
     /// Cap on the alpha steps' minibatch from the memory plan.
     micro_batch: Option<usize>,
-    /// One process of a data-parallel run (bilevel alpha steps are refused).
+    /// One process of a data-parallel run.
     data_parallel: bool,
 }
 
@@ -152,17 +152,6 @@ impl Driver for SearchDriver {
         let first_step = search.weight_steps();
         let planned_steps = (config.ppo.update_epochs * config.ppo.num_minibatches) as u64;
         let wants_arch_steps = search.wants_arch_steps(first_step, planned_steps);
-        if wants_arch_steps && self.data_parallel {
-            // The bilevel steps compute their gradients inside the strategy (virtual steps,
-            // Hessian-vector products), where no all-reduce reaches yet: each process would
-            // step the alphas apart.
-            return Err(TrainError::Invalid(format!(
-                "search strategy '{}' takes bilevel alpha steps, which data-parallel runs do \
-                 not all-reduce yet; with distributed.backend use a fixed encoder or a \
-                 single-level strategy (joint, snas)",
-                search.strategy_name()
-            )));
-        }
         let search_batch = if wants_arch_steps {
             let acting = search.acting_weights(&sample)?;
             let (batch, episodes) =
@@ -206,6 +195,9 @@ impl Driver for SearchDriver {
                     .min(self.micro_batch.unwrap_or(usize::MAX))
                     .max(1),
                 weight_steps: (first_step, stats.ppo.minibatches as u64),
+                // Data-parallel: the strategy averages every gradient it computes over the
+                // processes (each holds its share of both rollouts).
+                data_parallel: trainer.data_parallel().filter(|_| self.data_parallel),
             };
             if let Some((s, count)) = search.arch_phase(phase, &mut self.envs.rng)? {
                 log_arch_steps(sink, "bilevel", &s, count, step);
@@ -240,6 +232,12 @@ impl Driver for SearchDriver {
     }
 
     fn join_data_parallel(&mut self, seed: Option<u64>) -> Result<(), TrainError> {
+        // Before the first iteration, so that a strategy without an exact data-parallel form
+        // is an error at the start, not a run whose processes drift apart.
+        self.search
+            .strategy
+            .data_parallel_support()
+            .map_err(|e| TrainError::Invalid(format!("distributed.backend: {e}")))?;
         self.data_parallel = true;
         if let Some(seed) = seed {
             // The search envs are rebuilt on the next search rollout, from this process's

@@ -16,6 +16,7 @@ mod io;
 pub mod memory;
 pub mod objective;
 mod parallel;
+pub mod parallel_check;
 mod report;
 pub mod run;
 pub mod search;

@@ -7,7 +7,10 @@ use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
 use super::search::{search_err, ArchSearch, StatsSum};
-use crate::agents::{ppo_loss, ActorCritic, Batch, PpoConfig};
+use crate::agents::{
+    normalize_advantages, normalize_advantages_global, ppo_loss, ActorCritic, Batch, DataParallel,
+    PpoConfig,
+};
 use crate::nas::CellWeights;
 use crate::search::{ArchStepStats, Objective, SearchError, VirtualStep};
 use crate::train::TrainError;
@@ -17,7 +20,7 @@ use crate::train::TrainError;
 /// (`search_loss`), for the op weights the strategy passes.
 pub struct PpoObjective<'a> {
     pub policy: &'a ActorCritic<CellWeights>,
-    pub config: &'a PpoConfig,
+    pub config: PpoConfig,
     pub train: Batch,
     pub search_batch: Batch,
     /// The weights' optimizer's parameters (every trainable weight, no alpha).
@@ -27,12 +30,15 @@ pub struct PpoObjective<'a> {
     pub buffers: Vec<Tensor>,
     /// The weights' current learning rate.
     pub lr: f64,
+    /// The other processes of a data-parallel run: the strategy's gradients and loss values
+    /// are averaged over them ([`Objective::average_over_processes`]).
+    pub data_parallel: Option<&'a dyn DataParallel>,
 }
 
 impl PpoObjective<'_> {
     fn loss(&self, batch: &Batch, weights: &CellWeights) -> Tensor {
         let new = self.policy.evaluate(&batch.obs, &batch.actions, weights);
-        ppo_loss(&new, batch, self.config).loss
+        ppo_loss(&new, batch, &self.config).loss
     }
 }
 
@@ -65,6 +71,45 @@ impl Objective for PpoObjective<'_> {
             momentum_buffers: self.parameters.iter().map(|_| None).collect(),
         }
     }
+
+    fn average_over_processes(&self, tensors: &[Tensor]) -> Result<(), SearchError> {
+        match self.data_parallel {
+            Some(dp) => dp
+                .all_reduce_mean(tensors)
+                .map_err(|e| SearchError::Objective(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn average_value_over_processes(&self, value: f64) -> Result<f64, SearchError> {
+        let Some(dp) = self.data_parallel else {
+            return Ok(value);
+        };
+        let mut v = [value];
+        dp.all_reduce_sum(&mut v)
+            .map_err(|e| SearchError::Objective(e.to_string()))?;
+        Ok(v[0] / dp.world_size() as f64)
+    }
+}
+
+impl PpoObjective<'_> {
+    /// Normalises the advantages of both minibatches once, here, when `config.norm_adv` asks
+    /// for it (then the loss leaves them as they are): over the whole minibatch of every
+    /// process when data-parallel, as the PPO update normalises its minibatches, so that the
+    /// loss each process differentiates is its share of the whole minibatch's loss.
+    pub fn normalise_advantages(mut self) -> Result<Self, TrainError> {
+        if self.config.norm_adv {
+            let dp = self.data_parallel.filter(|dp| dp.world_size() > 1);
+            for batch in [&mut self.train, &mut self.search_batch] {
+                batch.advantages = match dp {
+                    Some(dp) => normalize_advantages_global(&batch.advantages, dp)?,
+                    None => normalize_advantages(&batch.advantages),
+                };
+            }
+            self.config.norm_adv = false;
+        }
+        Ok(self)
+    }
 }
 
 /// `amount` samples of `batch` drawn without replacement (all of it when smaller).
@@ -91,6 +136,8 @@ pub struct ArchPhase<'a> {
     pub minibatch: usize,
     /// The weight steps of the update: `first..first + n` (global indices).
     pub weight_steps: (u64, u64),
+    /// The other processes of a data-parallel run (None: this process alone).
+    pub data_parallel: Option<&'a dyn DataParallel>,
 }
 
 impl ArchSearch {
@@ -104,19 +151,22 @@ impl ArchSearch {
     ) -> Result<Option<(ArchStepStats, u32)>, TrainError> {
         let mut sum = StatsSum::default();
         let (first, n) = phase.weight_steps;
+        let dp = phase.data_parallel.filter(|dp| dp.world_size() > 1);
         for t in first + 1..=first + n {
             if !self.strategy.wants_arch_step(t) {
                 continue;
             }
             let mut objective = PpoObjective {
                 policy: phase.policy,
-                config: phase.ppo,
+                config: phase.ppo.clone(),
                 train: draw(phase.train, phase.minibatch, rng),
                 search_batch: draw(phase.search, phase.minibatch, rng),
                 parameters: phase.parameters.iter().map(Tensor::shallow_clone).collect(),
                 buffers: phase.buffers.iter().map(Tensor::shallow_clone).collect(),
                 lr: self.lr,
-            };
+                data_parallel: dp,
+            }
+            .normalise_advantages()?;
             let stats = self
                 .strategy
                 .arch_step(&self.arch, &mut objective)
