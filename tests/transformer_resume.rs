@@ -1,7 +1,8 @@
 //! `rl-darts search --resume` for the transformer search: a search stopped after every epoch
 //! and resumed from its checkpoint each time ends bit for bit where the uninterrupted search
 //! ends (weights, alphas, genotype, validation metrics, iteration count); so does a random
-//! search from scratch stopped after every candidate.
+//! search from scratch stopped after every candidate, and a retraining (`train-arch --resume`)
+//! stopped after every epoch.
 
 use std::sync::atomic::AtomicBool;
 
@@ -9,6 +10,7 @@ use rl_darts::logging::MemorySink;
 use rl_darts::search::{GdasParams, RandomParams, StrategyConfig};
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::transformer::net::{Mode, SeqNetConfig};
+use rl_darts::transformer::retrain::{train_arch_run, SeqTrainArchRun};
 use rl_darts::transformer::search::{
     search_run, SeqConfig, SeqSearchConfig, SeqSearchRun, SeqSearchSummary,
 };
@@ -183,4 +185,74 @@ fn resume_without_a_checkpoint_says_so() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("no complete checkpoint"), "{err}");
+}
+
+/// `rl-darts train-arch --resume` for a transformer: a retraining stopped after every epoch
+/// and resumed each time ends with the weights, Adam state, metrics and step count of the
+/// uninterrupted one, bit for bit.
+#[test]
+fn resumed_retraining_reproduces_the_uninterrupted_one() {
+    let mut config = tiny(StrategyConfig::default());
+    config.train_arch.epochs = 3;
+    config.train_arch.iterations_per_epoch = 3;
+    config.train_arch.batch_size = 8;
+    let genotype = rl_darts::transformer::genotype::standard(true);
+    let retrain = |dir: &RunDir, resume: bool, max_epochs: Option<usize>| {
+        let mut sink = MemorySink::new();
+        train_arch_run(SeqTrainArchRun {
+            config: &config,
+            genotype: &genotype,
+            run_dir: dir,
+            resume,
+            sink: &mut sink,
+            stop: &AtomicBool::new(false),
+            max_epochs,
+        })
+        .unwrap()
+    };
+    let base = tempfile::tempdir().unwrap();
+    let whole = RunDir::create_at(&base.path().join("whole")).unwrap();
+    let expected = retrain(&whole, false, None);
+    assert!(!expected.interrupted);
+    assert_eq!(expected.epochs_done, 3);
+    let parts = RunDir::create_at(&base.path().join("parts")).unwrap();
+    let mut got = retrain(&parts, false, Some(1));
+    let mut calls = 1;
+    while got.interrupted {
+        assert!(calls < 10, "no progress");
+        got = retrain(&parts, true, Some(1));
+        calls += 1;
+    }
+    assert_eq!(calls, 3, "one call per epoch");
+    assert_eq!(got.epochs_done, 3);
+    assert_eq!(got.val, expected.val, "validation metrics");
+    assert_eq!(got.test, expected.test, "test metrics");
+    assert_same_files(
+        &whole,
+        &parts,
+        &["weights.safetensors", "adam.safetensors"],
+    );
+    let steps = |d: &RunDir| {
+        let loop_json = d.latest_checkpoint().unwrap().unwrap().join("loop.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(loop_json).unwrap()).unwrap();
+        (v["step"].clone(), v["epochs_done"].clone(), v["rng"].clone())
+    };
+    assert_eq!(steps(&whole), steps(&parts));
+    // A Ctrl-C (the stop flag) ends the call after the epoch it is in, with a checkpoint.
+    let stopped = RunDir::create_at(&base.path().join("stopped")).unwrap();
+    let mut sink = MemorySink::new();
+    let t = train_arch_run(SeqTrainArchRun {
+        config: &config,
+        genotype: &genotype,
+        run_dir: &stopped,
+        resume: false,
+        sink: &mut sink,
+        stop: &AtomicBool::new(true),
+        max_epochs: None,
+    })
+    .unwrap();
+    assert!(t.interrupted);
+    assert_eq!(t.epochs_done, 1);
+    assert_eq!(stopped.checkpoints().unwrap().len(), 1);
 }

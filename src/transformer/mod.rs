@@ -32,6 +32,7 @@
 //! in the recomputation); positions are sinusoidal.
 
 pub mod bench;
+pub mod bench_time;
 pub mod genotype;
 pub mod mixed;
 pub mod net;
