@@ -227,16 +227,16 @@ fn resumed_retraining_reproduces_the_uninterrupted_one() {
     assert_eq!(got.epochs_done, 3);
     assert_eq!(got.val, expected.val, "validation metrics");
     assert_eq!(got.test, expected.test, "test metrics");
-    assert_same_files(
-        &whole,
-        &parts,
-        &["weights.safetensors", "adam.safetensors"],
-    );
+    assert_same_files(&whole, &parts, &["weights.safetensors", "adam.safetensors"]);
     let steps = |d: &RunDir| {
         let loop_json = d.latest_checkpoint().unwrap().unwrap().join("loop.json");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(loop_json).unwrap()).unwrap();
-        (v["step"].clone(), v["epochs_done"].clone(), v["rng"].clone())
+        (
+            v["step"].clone(),
+            v["epochs_done"].clone(),
+            v["rng"].clone(),
+        )
     };
     assert_eq!(steps(&whole), steps(&parts));
     // A Ctrl-C (the stop flag) ends the call after the epoch it is in, with a checkpoint.

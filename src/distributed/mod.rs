@@ -28,7 +28,7 @@ pub mod nccl;
 pub mod selftest;
 pub mod state;
 
-pub use state::share_checkpoint;
+pub use state::{pack_folder, share_checkpoint, unpack_folder};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -146,6 +146,10 @@ pub trait Communicator: DataParallel {
 
     /// Rank 0's `bytes` on every process (any length; the others' input is replaced).
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<(), DistError>;
+
+    /// Every process's `bytes` in rank order on rank 0, `None` on the others (what each
+    /// process adds to rank 0's checkpoint).
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, DistError>;
 
     /// Rank 0's values of `tensors` copied into every process's tensors, in place.
     fn broadcast_tensors(&self, tensors: &[Tensor]) -> Result<(), DistError>;

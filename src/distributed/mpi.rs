@@ -112,6 +112,47 @@ impl MpiComm {
         self.broadcast_slice(bytes.as_mut_slice());
     }
 
+    /// Every process's `bytes`, in rank order, on rank 0 (`None` on the others): MPI's gather
+    /// of the lengths, then `MPI_Gatherv` of the bytes.
+    pub fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, DistError> {
+        let _wait = self.watchdog.enter("a gather");
+        let len = mpi::Count::try_from(bytes.len()).map_err(|_| {
+            DistError::Config(format!(
+                "{} bytes to gather exceed MPI's count limit",
+                bytes.len()
+            ))
+        })?;
+        let root = self.world.process_at_rank(0);
+        if self.rank != 0 {
+            root.gather_into(&len);
+            root.gather_varcount_into(bytes);
+            return Ok(None);
+        }
+        let mut counts: Vec<mpi::Count> = vec![0; self.size];
+        root.gather_into_root(&len, &mut counts[..]);
+        let mut displs = Vec::with_capacity(self.size);
+        let mut total: mpi::Count = 0;
+        for &c in &counts {
+            displs.push(total);
+            total = total.checked_add(c).ok_or_else(|| {
+                DistError::Config("the gathered bytes exceed MPI's count limit".into())
+            })?;
+        }
+        let mut all = vec![0u8; total as usize];
+        {
+            let mut partition =
+                mpi::datatype::PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            root.gather_varcount_into_root(bytes, &mut partition);
+        }
+        Ok(Some(
+            counts
+                .iter()
+                .zip(&displs)
+                .map(|(&c, &d)| all[d as usize..(d + c) as usize].to_vec())
+                .collect(),
+        ))
+    }
+
     pub fn all_reduce_sum(&self, values: &mut [f64]) {
         let send = values.to_vec();
         self.sum_into(&send, values);
@@ -157,6 +198,10 @@ impl super::Communicator for MpiComm {
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) -> Result<(), DistError> {
         MpiComm::broadcast_bytes(self, bytes);
         Ok(())
+    }
+
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, DistError> {
+        MpiComm::gather_bytes(self, bytes)
     }
 
     fn broadcast_tensors(&self, tensors: &[Tensor]) -> Result<(), DistError> {

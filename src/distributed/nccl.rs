@@ -225,6 +225,10 @@ impl super::Communicator for NcclComm {
         Ok(())
     }
 
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Option<Vec<Vec<u8>>>, DistError> {
+        self.mpi.gather_bytes(bytes)
+    }
+
     fn broadcast_tensors(&self, tensors: &[Tensor]) -> Result<(), DistError> {
         for (kind, flat, members) in flatten_by_kind(tensors) {
             self.check_device(&flat)?;

@@ -1,5 +1,6 @@
 //! State that rank 0 holds and every process needs: a checkpoint to resume from (only rank 0
-//! writes checkpoints, and the others may not see its disk), and the initial weights.
+//! writes checkpoints, and the others may not see its disk), and the initial weights; and the
+//! folders of each process's own state that rank 0 gathers into its checkpoints.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,36 @@ fn read_folder(
     Ok(())
 }
 
+/// Every file under `dir` as bytes (relative paths; the folder's name is not kept).
+pub fn pack_folder(dir: &Path) -> Result<Vec<u8>, DistError> {
+    let mut files = Vec::new();
+    read_folder(dir, dir, &mut files)?;
+    let folder = Folder {
+        name: String::new(),
+        files,
+    };
+    Ok(bincode::serialize(&folder).expect("a folder of bytes serialises"))
+}
+
+/// Writes what [`pack_folder`] packed into `into` (created).
+pub fn unpack_folder(bytes: &[u8], into: &Path) -> Result<(), DistError> {
+    let folder: Folder = bincode::deserialize(bytes)
+        .map_err(|e| DistError::Config(format!("a packed folder arrived unreadable: {e}")))?;
+    write_files(&folder.files, into)
+}
+
+fn write_files(files: &[(String, Vec<u8>)], dir: &Path) -> Result<(), DistError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for (rel, data) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&path, data).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
 /// Rank 0's `checkpoint` folder on every process: rank 0 reads it and broadcasts it; each
 /// other process writes it into `into/<its name>` and gets that path (rank 0 gets its own
 /// path back). `None` on rank 0 (nothing to resume) is `None` everywhere.
@@ -81,12 +112,6 @@ pub fn share_checkpoint(
         return Ok(None);
     };
     let dir = into.join(&folder.name);
-    for (rel, data) in &folder.files {
-        let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::write(&path, data).map_err(io(&path))?;
-    }
+    write_files(&folder.files, &dir)?;
     Ok(Some(dir))
 }

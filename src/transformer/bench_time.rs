@@ -217,7 +217,12 @@ pub fn time_case(case: &TimeCase) -> Result<TimeResult, TransformerError> {
         arm.iteration(&task, case.batch)?;
         arm.passes(&task, case.batch)?;
     }
-    let parameters = arms[0].net.parameters().iter().map(|t| t.numel() as i64).sum();
+    let parameters = arms[0]
+        .net
+        .parameters()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
     // [mode][repetition] seconds per iteration, and the parts.
     let mut per_iter: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut parts: [[Vec<f64>; 4]; 2] = Default::default();

@@ -131,3 +131,78 @@ pub(super) fn newest_checkpoint(
         None => Ok(ckpt),
     }
 }
+
+/// Subfolder of a checkpoint holding process `rank`'s own state (rank > 0; rank 0's is the
+/// checkpoint itself).
+fn rank_folder(rank: usize) -> String {
+    format!("rank_{rank}")
+}
+
+/// In a data-parallel run, every process's own part of a checkpoint (its envs and their
+/// state, its action-sampling and shuffling generator, its reward normaliser, its search
+/// rollout), written by `write` into a scratch folder under `scratch` and gathered on rank 0:
+/// `Some(packed folders, rank order)` on rank 0, `None` on the others and in a one-process
+/// run. Every process must call it at the same iteration (a collective).
+pub(super) fn gather_rank_states(
+    process: Option<&Process>,
+    scratch: &std::path::Path,
+    write: impl FnOnce(&std::path::Path) -> Result<(), TrainError>,
+) -> Result<Option<Vec<Vec<u8>>>, TrainError> {
+    let Some(p) = process.filter(|p| p.comm.world_size() > 1) else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    if p.rank != 0 {
+        let dir = scratch.join(format!(".own-state-{}", p.rank));
+        let io = |e: std::io::Error| TrainError::Io {
+            path: dir.clone(),
+            source: e,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        write(&dir)?;
+        bytes = crate::distributed::pack_folder(&dir).map_err(dist_err)?;
+        std::fs::remove_dir_all(&dir).map_err(io)?;
+    }
+    p.comm.gather_bytes(&bytes).map_err(dist_err)
+}
+
+/// Writes the gathered states of ranks 1.. into the checkpoint folder `dir` (inside
+/// [`RunDir::save_checkpoint`], so that they are committed with rank 0's in one rename).
+pub(super) fn write_rank_states(
+    dir: &std::path::Path,
+    states: &[Vec<u8>],
+) -> Result<(), TrainError> {
+    for (rank, bytes) in states.iter().enumerate().skip(1) {
+        crate::distributed::unpack_folder(bytes, &dir.join(rank_folder(rank))).map_err(dist_err)?;
+    }
+    Ok(())
+}
+
+/// Where process `rank` reads its own state in a checkpoint: the checkpoint itself on rank 0,
+/// its rank folder on the others; `None` for a checkpoint written before processes saved
+/// their own state (or by another number of processes).
+pub(super) fn own_state(ckpt: &std::path::Path, rank: usize) -> Option<std::path::PathBuf> {
+    match rank {
+        0 => Some(ckpt.to_path_buf()),
+        r => Some(ckpt.join(rank_folder(r))).filter(|d| d.is_dir()),
+    }
+}
+
+/// One decision for every process: each flag is true everywhere when any process raised it
+/// (a Ctrl-C that reached the processes at different iterations, a checkpoint due by one
+/// process's clock), since saving gathers from every process and stopping ends the
+/// collectives.
+pub(super) fn any_process<const N: usize>(
+    process: Option<&Process>,
+    flags: [bool; N],
+) -> Result<[bool; N], TrainError> {
+    let Some(p) = process.filter(|p| p.comm.world_size() > 1) else {
+        return Ok(flags);
+    };
+    let mut counts = flags.map(|f| f64::from(u8::from(f)));
+    crate::agents::DataParallel::all_reduce_sum(&*p.comm, &mut counts)?;
+    Ok(counts.map(|c| c > 0.0))
+}

@@ -15,7 +15,10 @@ use super::config::TrainConfig;
 use super::driver::{Driver, FixedDriver, SearchDriver};
 use super::io::{read, write};
 use super::memory::{plan_update, MemoryPlan};
-use super::parallel::{check_in_sync, device_of, join, newest_checkpoint, Process};
+use super::parallel::{
+    any_process, check_in_sync, device_of, gather_rank_states, join, newest_checkpoint, own_state,
+    write_rank_states, Process,
+};
 pub use super::report::{format_secs, hparams_of, HPARAM_METRICS};
 use super::report::{log_hparams, IterationNews, LoopHeartbeat, Tally};
 use super::search_envs::search_env_options;
@@ -182,10 +185,13 @@ fn run_loop<D: Driver>(
     };
     let (mut state, mut last_checkpoint) = started.run(&mut run, env, &mut trainer, &mut driver)?;
     let checkpoints = Checkpoints {
-        writer,
+        process: process.as_ref(),
         run_dir: run.run_dir,
         keep: config.checkpoint.keep,
     };
+    // The iteration of the last checkpoint, the same on every process (only rank 0 has its
+    // path): a resumed run starts at its checkpoint.
+    let mut saved_at = run.resume.then(|| trainer.iterations_done());
 
     let total = config.ppo.num_iterations() * config.ppo.batch_size() as u64;
     let mut tally = Tally::new();
@@ -232,10 +238,12 @@ fn run_loop<D: Driver>(
         let due = config
             .checkpoint
             .due(trainer.iterations_done(), last_save.elapsed());
+        let [stop, due] = any_process(process.as_ref(), [stop, due])?;
         if stop || due || trainer.is_done() {
             last_checkpoint = checkpoints
                 .save(&trainer, &driver, env, &state)?
                 .or(last_checkpoint);
+            saved_at = Some(trainer.iterations_done());
             if writer {
                 driver.after_checkpoint(&run.run_dir.root);
             }
@@ -248,10 +256,7 @@ fn run_loop<D: Driver>(
     }
     if interrupted {
         eprintln!("stopped: {}", resume_hint(last_checkpoint.as_deref()));
-    } else if last_checkpoint
-        .as_ref()
-        .is_none_or(|c| !c.ends_with(format!("iter_{:08}", trainer.iterations_done())))
-    {
+    } else if saved_at != Some(trainer.iterations_done()) {
         last_checkpoint = checkpoints
             .save(&trainer, &driver, env, &state)?
             .or(last_checkpoint);
@@ -277,9 +282,11 @@ fn run_loop<D: Driver>(
     Ok(summary)
 }
 
-/// Where the loop's checkpoints go: only the writer (rank 0, or the only process) saves.
+/// Where the loop's checkpoints go: only the writer (rank 0, or the only process) writes; in
+/// a data-parallel run every other process's own state is gathered into it
+/// (`checkpoints/iter_N/rank_R/`), committed with rank 0's by the checkpoint's one rename.
 struct Checkpoints<'a> {
-    writer: bool,
+    process: Option<&'a Process>,
     run_dir: &'a RunDir,
     keep: usize,
 }
@@ -293,16 +300,24 @@ impl Checkpoints<'_> {
         env: &dyn VecEnv,
         state: &LoopState,
     ) -> Result<Option<PathBuf>, TrainError> {
-        if !self.writer {
+        let own = |dir: &Path| -> Result<(), TrainError> {
+            trainer.save(dir)?;
+            driver.save(dir)?;
+            write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
+            let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
+            write(&dir.join(LOOP_STATE_FILE), &json)
+        };
+        let others = gather_rank_states(self.process, &self.run_dir.root, own)?;
+        if self.process.is_some_and(|p| p.rank != 0) {
             return Ok(None);
         }
         self.run_dir
             .save_checkpoint(trainer.iterations_done(), self.keep, |dir| {
-                trainer.save(dir)?;
-                driver.save(dir)?;
-                write(&dir.join(ENV_STATE_FILE), &env.save_state()?)?;
-                let json = serde_json::to_vec_pretty(state).expect("loop state serialises");
-                write(&dir.join(LOOP_STATE_FILE), &json)
+                own(dir)?;
+                match &others {
+                    Some(states) => write_rank_states(dir, states),
+                    None => Ok(()),
+                }
             })
             .map(Some)
     }
@@ -390,12 +405,13 @@ fn summarize<A>(
 /// Restores the trainer, the architecture, the env and the loop state from the run's newest
 /// checkpoint; returns the loop state and that checkpoint.
 ///
-/// Data-parallel: rank 0 reads its checkpoint and broadcasts it; every process restores the
-/// shared state (weights, alphas, Adam, strategy, counters) and the reward normaliser's
-/// statistics from it. The envs are rank 0's own, so the other processes keep theirs fresh
-/// from their seeds and restart their random streams from a seed of their rank and the
-/// iteration (a resumed data-parallel run continues, but not bit-exactly as an uninterrupted
-/// one would).
+/// Data-parallel: rank 0 reads its checkpoint and broadcasts it; every process restores its
+/// own part (`rank_R/` for rank R > 0: its envs, random streams, reward normaliser and search
+/// rollout, beside the shared weights, alphas, Adam, strategy and counters), so a resumed run
+/// continues exactly as the uninterrupted one. A checkpoint without the rank folders (written
+/// before processes saved their own state) restores rank 0's shared state everywhere, and the
+/// other processes restart their envs from their seeds and their random streams from a seed
+/// of their rank and the iteration (not bit-exact).
 fn resume<D: Driver>(
     run_dir: &RunDir,
     config: &TrainConfig,
@@ -412,7 +428,9 @@ fn resume<D: Driver>(
             reason: "no complete checkpoint to resume from".into(),
         });
     };
-    trainer.load(&ckpt).map_err(|e| match (e, process) {
+    let own = own_state(&ckpt, rank);
+    let from = own.as_deref().unwrap_or(&ckpt);
+    trainer.load(from).map_err(|e| match (e, process) {
         // The checkpoint holds one process's share of the envs (`ppo.num_envs / N`).
         (crate::agents::AgentError::Checkpoint { path, reason }, Some(p)) => {
             TrainError::Checkpoint {
@@ -426,8 +444,8 @@ fn resume<D: Driver>(
         }
         (e, _) => e.into(),
     })?;
-    driver.load(&ckpt, config)?;
-    if rank != 0 {
+    driver.load(from, config)?;
+    if own.is_none() {
         // `config.seed` is this process's (offset by rank); mixed with the iteration so that
         // a resumed process does not replay the streams it started the run with.
         let seed = config.seed ^ trainer.iterations_done().rotate_left(17);
@@ -435,8 +453,8 @@ fn resume<D: Driver>(
         driver.join_data_parallel(Some(seed))?;
         return Ok((LoopState::default(), None));
     }
-    env.load_state(&read(&ckpt.join(ENV_STATE_FILE))?)?;
-    let loop_path = ckpt.join(LOOP_STATE_FILE);
+    env.load_state(&read(&from.join(ENV_STATE_FILE))?)?;
+    let loop_path = from.join(LOOP_STATE_FILE);
     let state = serde_json::from_slice(&read(&loop_path)?).map_err(|e| TrainError::Checkpoint {
         path: loop_path,
         reason: e.to_string(),
