@@ -5,7 +5,7 @@
 
 use rl_darts::nas::{AlphaInit, ArchParams, CellWeights, OpSet, OpWeights};
 use rl_darts::transformer::net::{Mode, SeqBatch, SeqNet, SeqNetConfig};
-use rl_darts::transformer::objective::loss_for_strategy;
+use rl_darts::transformer::objective::{loss_for_alphas, loss_for_strategy};
 use rl_darts::transformer::ops::OpConfig;
 use rl_darts::transformer::reversible::{Combine, LayerInputs, RevLayer};
 use rl_darts::transformer::search::{build_supernet, SeqConfig};
@@ -282,6 +282,22 @@ fn check(depth: usize, task: TaskKind) {
             for (a, b) in got.1.iter().zip(&plain.1) {
                 let norm = b.norm().double_value(&[]);
                 assert!(norm > 0.0, "{what}: alpha gradient is zero");
+                let err = (a - b).norm().double_value(&[]);
+                assert!(err <= 1e-9 * norm, "{what}: alphas {err:e} vs {norm:e}");
+            }
+        }
+        // The alphas-only loss (first-order alpha steps; the layers' weight gradients
+        // skipped): the same value and the same alpha gradients.
+        for mode in [Mode::Reversible, Mode::Checkpointed] {
+            s.net.config.mode = mode;
+            zero_grads(&mut alphas);
+            let w = op_weights(&s.arch, which);
+            let loss = loss_for_alphas(&s.net, &s.batch, &w).unwrap();
+            loss.backward();
+            let what = format!("alphas only, {mode:?}: {task:?} depth {depth} weights {which}");
+            assert_eq!(losses[0], loss.double_value(&[]), "{what}: losses");
+            for (a, b) in grads(&alphas).iter().zip(&plain.1) {
+                let norm = b.norm().double_value(&[]);
                 let err = (a - b).norm().double_value(&[]);
                 assert!(err <= 1e-9 * norm, "{what}: alphas {err:e} vs {norm:e}");
             }

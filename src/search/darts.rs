@@ -192,7 +192,7 @@ impl Darts {
         objective: &mut dyn Objective,
     ) -> Result<(f64, Vec<Tensor>), SearchError> {
         let weights = softmax_weights(arch, self.params.temperature);
-        let loss = objective.search_loss(&weights)?;
+        let loss = objective.search_loss_for_alphas(&weights)?;
         let value = objective.average_value_over_processes(loss.f_double_value(&[])?)?;
         let g = grad(&loss, &alphas(arch), false)?;
         objective.average_over_processes(&g)?;

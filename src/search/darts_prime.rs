@@ -545,7 +545,7 @@ impl SearchStrategy for DartsPrime {
         objective: &mut dyn Objective,
     ) -> Result<ArchStepStats, SearchError> {
         let weights = softmax_weights(arch, 1.0);
-        let l_val = objective.search_loss(&weights)?;
+        let l_val = objective.search_loss_for_alphas(&weights)?;
         let penalty = self.penalty(arch)?;
         let total = match &penalty {
             Some(p) => &l_val + p,

@@ -245,7 +245,7 @@ impl SearchStrategy for Gdas {
         objective: &mut dyn Objective,
     ) -> Result<ArchStepStats, SearchError> {
         let weights = self.sampled_weights(arch)?;
-        let loss = objective.search_loss(&weights)?;
+        let loss = objective.search_loss_for_alphas(&weights)?;
         let value = objective.average_value_over_processes(loss.f_double_value(&[])?)?;
         let g = grad(&loss, &alphas(arch), false)?;
         objective.average_over_processes(&g)?;

@@ -275,6 +275,15 @@ pub trait Objective {
         Err(no_per_example_losses())
     }
 
+    /// [`Objective::search_loss`] for a caller that differentiates it with respect to the op
+    /// weights' graph (the alphas) only, never the network weights (first-order alpha steps).
+    /// An objective may then skip the weights' gradients: the reversible transformer's
+    /// reconstruction leaves them out of its backward. The value is the search loss; only
+    /// alpha gradients may be taken from it. Default: [`Objective::search_loss`].
+    fn search_loss_for_alphas(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError> {
+        self.search_loss(weights)
+    }
+
     /// In a data-parallel run, replaces each tensor by its mean over the processes, in place.
     /// Strategies call it on every gradient of this objective's losses they compute (alpha
     /// gradients, the virtual step's weight gradient, Hessian-vector products): each process's

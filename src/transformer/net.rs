@@ -443,7 +443,23 @@ impl SeqNet {
         weights: Option<&CellWeights>,
     ) -> Result<ReconstructedGrads, TransformerError> {
         // The recomputations need autograd even when the caller disabled it.
-        tch::with_grad(|| self.grads_by_recomputation(batch, weights, Backward::Reconstruct))
+        tch::with_grad(|| self.grads_by_recomputation(batch, weights, Backward::Reconstruct, true))
+    }
+
+    /// The loss and the gradient of the op weights only (reversible or checkpointed, as the
+    /// mode says): the layers' weight gradients are not computed, which saves their products
+    /// in the backward. `params` of the result holds at most the embeddings' and the output
+    /// head's gradients; only `op_weights` is meant to be read.
+    pub fn op_weight_grads(
+        &self,
+        batch: &SeqBatch,
+        weights: &CellWeights,
+    ) -> Result<ReconstructedGrads, TransformerError> {
+        let how = match self.config.mode {
+            Mode::Checkpointed => Backward::StoredInputs,
+            _ => Backward::Reconstruct,
+        };
+        tch::with_grad(|| self.grads_by_recomputation(batch, Some(weights), how, false))
     }
 
     /// Loss and every gradient by per-layer activation checkpointing: forward without graph
@@ -455,7 +471,7 @@ impl SeqNet {
         batch: &SeqBatch,
         weights: Option<&CellWeights>,
     ) -> Result<ReconstructedGrads, TransformerError> {
-        tch::with_grad(|| self.grads_by_recomputation(batch, weights, Backward::StoredInputs))
+        tch::with_grad(|| self.grads_by_recomputation(batch, weights, Backward::StoredInputs, true))
     }
 
     /// The backward of [`SeqNet::reversible_grads`] or [`SeqNet::checkpointed_grads`]: the two
@@ -465,11 +481,13 @@ impl SeqNet {
         batch: &SeqBatch,
         weights: Option<&CellWeights>,
         how: Backward,
+        layer_weights: bool,
     ) -> Result<ReconstructedGrads, TransformerError> {
         let keep_inputs = how == Backward::StoredInputs;
         let mut enc_saved = Vec::new();
         let mut dec_saved = Vec::new();
         let mut acc = GradAccum::default();
+        acc.skip_layer_weights = !layer_weights;
         let enc_w = weights.map(|w| leaf_weights(&w.normal)).transpose()?;
         let dec_w = match (weights, self.is_seq2seq()) {
             (Some(w), true) => Some(leaf_weights(w.reduce.as_ref().ok_or_else(|| {

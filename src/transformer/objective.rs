@@ -116,6 +116,34 @@ pub fn loss_for_strategy(
     }
 }
 
+/// The loss on `batch` for a caller that differentiates it with respect to the op weights'
+/// graph (the alphas) only ([`Objective::search_loss_for_alphas`]): in reversible and
+/// checkpointed mode the surrogate `S - S.detach() + L` with `S = <W, g_W>` over the op
+/// weights alone, from a backward that skips the layers' weight gradients. Its derivative
+/// with respect to the network weights is zero, not theirs: only alpha gradients may be taken.
+pub fn loss_for_alphas(
+    net: &SeqNet,
+    batch: &SeqBatch,
+    weights: &CellWeights,
+) -> Result<Tensor, TransformerError> {
+    if net.config.mode == Mode::Plain || !grad_enabled() {
+        return loss_for_strategy(net, batch, Some(weights));
+    }
+    let r = net.op_weight_grads(batch, weights)?;
+    let kind = r.loss.kind();
+    let ws = [Some(&weights.normal), weights.reduce.as_ref()];
+    let terms: Vec<Tensor> = ws
+        .iter()
+        .zip(&r.op_weights)
+        .filter_map(|(w, g)| Some((w.as_ref()?.weights() * g.as_ref()?).sum(kind)))
+        .collect();
+    let s = match terms.is_empty() {
+        true => Tensor::zeros([], (kind, r.loss.device())),
+        false => Tensor::stack(&terms, 0).sum(kind),
+    };
+    Ok(&s - s.detach() + r.loss)
+}
+
 /// Whether autograd records operations here (false inside `tch::no_grad`).
 fn grad_enabled() -> bool {
     (Tensor::ones([1], (tch::Kind::Float, tch::Device::Cpu)).set_requires_grad(true) * 1.0)
@@ -130,6 +158,11 @@ impl Objective for SeqObjective<'_> {
 
     fn search_loss(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError> {
         loss_for_strategy(self.net, self.search, Some(weights))
+            .map_err(|e| SearchError::Objective(e.to_string()))
+    }
+
+    fn search_loss_for_alphas(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError> {
+        loss_for_alphas(self.net, self.search, weights)
             .map_err(|e| SearchError::Objective(e.to_string()))
     }
 

@@ -48,7 +48,9 @@ impl RevLayer {
             ));
         }
         let mut targets: Vec<Tensor> = leaves.iter().map(Tensor::shallow_clone).collect();
-        targets.extend(self.parameters());
+        if !acc.skip_layer_weights {
+            targets.extend(self.parameters());
+        }
         targets.extend(inputs.grad_targets());
         // The leaves always require grad, so they are the first `leaves.len()` of `usable`.
         let usable: Vec<&Tensor> = targets.iter().filter(|t| t.requires_grad()).collect();

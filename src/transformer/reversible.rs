@@ -55,6 +55,10 @@ impl Combine {
 #[derive(Debug, Default)]
 pub struct GradAccum {
     grads: HashMap<usize, Tensor>,
+    /// The caller wants the op weights' (and the encoder output's) gradients only: the layers
+    /// leave their weights out of each backward, so autograd skips the weight-gradient
+    /// products (what a plain `grad(loss, alphas)` skips too).
+    pub skip_layer_weights: bool,
 }
 
 impl GradAccum {
@@ -308,8 +312,9 @@ impl RevLayer {
             let g = self.g(k, &self.combine.apply(&leaves), inputs)?;
             let root = (&g * &dy[k]).sum(g.kind());
             let mut targets: Vec<Tensor> = leaves.iter().map(Tensor::shallow_clone).collect();
-            let params = self.splits[k].op.parameters();
-            targets.extend(params.iter().map(Tensor::shallow_clone));
+            if !acc.skip_layer_weights {
+                targets.extend(self.splits[k].op.parameters());
+            }
             targets.extend(extra.iter().map(Tensor::shallow_clone));
             let usable: Vec<&Tensor> = targets.iter().filter(|t| t.requires_grad()).collect();
             if !root.requires_grad() {
