@@ -3,6 +3,9 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use rl_darts::distributed::selftest::{self, SelftestOptions};
+use std::time::Duration;
+
+use rl_darts::distributed::rendezvous::{exchange_id, TorchrunEnv};
 use rl_darts::distributed::{Backend, DistributedConfig};
 use rl_darts::train::rl::parallel_check;
 
@@ -13,6 +16,14 @@ pub enum DistCommand {
     /// `mpirun -np 2 rl-darts dist selftest` (as root add --allow-run-as-root; on fewer cores
     /// than processes --oversubscribe), or `rl-darts dist selftest --backend nccl` on a GPU.
     Selftest(SelftestArgs),
+    /// torchrun's rendezvous alone (no GPU needed): rank 0 draws a random 128-byte id, as NCCL's
+    /// unique id, and every process prints the id it received over the rendezvous. Run it
+    /// under torchrun: `torchrun --no-python --nproc-per-node 2 rl-darts dist rendezvous`.
+    Rendezvous {
+        /// Seconds to wait for the other processes.
+        #[arg(long, default_value_t = 60.0)]
+        timeout_s: f64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -82,8 +93,27 @@ fn bilevel(timeout_s: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn rendezvous(timeout_s: f64) -> anyhow::Result<()> {
+    let Some(env) = TorchrunEnv::from_env()? else {
+        bail!(
+            "not started by torchrun: RANK and WORLD_SIZE are unset (run it under `torchrun \
+             --no-python --nproc-per-node N`)"
+        );
+    };
+    let drawn: Vec<u8> = (0..128).map(|_| rand::random::<u8>()).collect();
+    let own = (env.rank == 0).then_some(drawn.as_slice());
+    let id = exchange_id(&env, own, Duration::from_secs_f64(timeout_s.max(1.0)))?;
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    println!(
+        "rendezvous: rank {} of {} (local rank {}), id {hex}",
+        env.rank, env.world_size, env.local_rank
+    );
+    Ok(())
+}
+
 pub fn run(cmd: DistCommand) -> anyhow::Result<()> {
     match cmd {
+        DistCommand::Rendezvous { timeout_s } => rendezvous(timeout_s),
         DistCommand::Selftest(args) => {
             let backend = Backend::parse(&args.backend)?;
             if backend == Backend::None {

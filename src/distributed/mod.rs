@@ -25,6 +25,7 @@
 pub mod launch;
 pub mod mpi;
 pub mod nccl;
+pub mod rendezvous;
 pub mod selftest;
 pub mod state;
 

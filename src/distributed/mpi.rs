@@ -39,6 +39,8 @@ impl MpiComm {
     /// `MPI_Init`, checked against the launcher's environment. `timeout_s` (0: none) bounds the
     /// wait inside one collective.
     pub fn init(timeout_s: f64) -> Result<Self, DistError> {
+        // Before MPI_Init: under torchrun it would make a world of one per process.
+        super::rendezvous::refuse_mpi_under_torchrun(|v| std::env::var(v).ok())?;
         let universe = mpi::initialize().ok_or_else(|| {
             DistError::Launch("MPI is already initialised in this process".into())
         })?;
