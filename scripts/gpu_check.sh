@@ -357,6 +357,23 @@ run_checks() {
     row "DARTS search (first order), cuda" "FAIL or timeout (rc $?)" "$(last_line "$work/darts.log")"
   fi
 
+  # 7. NCCL data-parallel engine, world size 1 on GPU 0: all-reduce, broadcasts and the PPO
+  # update on the GPU against the CPU path (`dist selftest --backend nccl`), launched by
+  # torchrun (rendezvous over TCP, host values through NCCL) when the machine's torch has it.
+  local nccl_dir=$torch_dir/../nvidia/nccl/lib
+  t=$(step_limit 90)
+  if [ "$t" -lt 20 ]; then
+    row "NCCL selftest (torchrun)" "skipped" "out of time ($(left) s left)"
+  elif ! command -v torchrun >/dev/null 2>&1; then
+    row "NCCL selftest (torchrun)" "skipped" "no torchrun on PATH"
+  elif mkdir -p "$work/nccl" && ln -sf "$nccl_dir/libnccl.so.2" "$work/nccl/libnccl.so" \
+      && LD_LIBRARY_PATH=$work/nccl:$LD_LIBRARY_PATH timeout "$t" torchrun --no-python \
+      --nproc-per-node 1 "${rld[@]}" dist selftest --backend nccl > "$work/nccl.log" 2>&1; then
+    row "NCCL selftest (torchrun)" "ok" "$(grep -m1 'ppo equivalence' "$work/nccl.log" | cut -c1-200)"
+  else
+    row "NCCL selftest (torchrun)" "FAIL or timeout (rc $?)" "$(last_line "$work/nccl.log")"
+  fi
+
   local table=$work/gpu_check.md
   {
     echo "| check | result | detail |"
