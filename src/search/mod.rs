@@ -80,6 +80,7 @@
 pub mod checkpoint;
 pub mod darts;
 pub mod darts_prime;
+pub mod early_stop;
 pub mod gdas;
 pub mod health;
 pub mod idarts;
@@ -453,6 +454,28 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// factorised selectors) override it.
     fn expected_op_weights(&self, arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
         softmax_op_weights(arch)
+    }
+
+    /// What search health ([`health`]) takes the Hessian of: the loss and batch the strategy
+    /// itself steps its alphas on, at the deterministic relaxation of its current
+    /// distribution. Default (bilevel strategies and every sampling strategy: GDAS, UNAS,
+    /// random search): the search (validation) loss at `softmax(alpha)`, i.e. the curvature of
+    /// the expected architecture rather than of one sample. Single-level strategies (joint,
+    /// SNAS) use the training loss; strategies with their own temperature or parameters
+    /// (DARTS, iDARTS, joint, UNAS's factorised cell) override it.
+    fn health_relaxation(&self, arch: &ArchParams) -> Result<health::HealthRelaxation, SearchError> {
+        Ok(health::HealthRelaxation::softmax(
+            arch,
+            1.0,
+            health::HealthLoss::Search,
+        ))
+    }
+
+    /// Distributions of the strategy's own parameterisation beyond the op weights, per cell
+    /// type (normal first), for labelled heatmaps: UNAS's factorised input and op selectors.
+    /// Default: none.
+    fn selector_tables(&self) -> Result<Vec<unas_factorised::SelectorTables>, SearchError> {
+        Ok(Vec::new())
     }
 
     /// Strategy scalars worth logging (temperature, schedule threshold ...), tag suffix first.

@@ -196,7 +196,8 @@ fn run_loop<D: Driver>(
         estimate_printed: false,
     };
     let mut interrupted = false;
-    while !trainer.is_done() {
+    // A search that RobustDARTS's rule stopped ends the run (also when resumed).
+    while !trainer.is_done() && !driver.stopped_early() {
         if run.max_iterations.is_some_and(|m| tally.iterations >= m) {
             break;
         }
@@ -232,7 +233,7 @@ fn run_loop<D: Driver>(
         let due = config
             .checkpoint
             .due(trainer.iterations_done(), last_save.elapsed());
-        if stop || due || trainer.is_done() {
+        if stop || due || trainer.is_done() || driver.stopped_early() {
             last_checkpoint = checkpoints
                 .save(&trainer, &driver, env, &state)?
                 .or(last_checkpoint);
