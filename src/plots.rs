@@ -161,7 +161,10 @@ fn draw_heatmap<DB: DrawingBackend>(
             let (x1, y1) = (x + layout.cell_w as i32, y + layout.cell_h as i32);
             // NaN marks a cell that does not exist (a state a node cannot read): grey, "-".
             if p.is_nan() {
-                root.draw(&Rectangle::new([(x, y), (x1, y1)], RGBColor(235, 235, 235).filled()))?;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x1, y1)],
+                    RGBColor(235, 235, 235).filled(),
+                ))?;
                 root.draw(&Text::new("-".to_string(), (x + 6, y + 6), text(13)))?;
                 continue;
             }

@@ -94,7 +94,9 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
     let page = std::fs::read_to_string(&report).expect("the search wrote report.html");
     assert!(!page.contains("<script"), "no JavaScript");
     // Self-contained: nothing is fetched (SVG's xmlns URI is a name, not a fetch).
-    assert!(!page.contains("src=\"http") && !page.contains("href=\"http") && !page.contains("<link"));
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http") && !page.contains("<link")
+    );
 
     let Some(browser) = chromium() else {
         eprintln!(
@@ -112,7 +114,11 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
         .arg(format!("file://{}", report.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::File::open(&shot).expect("screenshot written");
     let info = png::Decoder::new(png).read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (width, height));
@@ -122,20 +128,32 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
         .arg(format!("file://{}", report.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dom = String::from_utf8_lossy(&out.stdout);
     for title in SECTIONS {
-        assert!(dom.contains(&format!("<h2>{title}</h2>")), "section {title} not rendered");
+        assert!(
+            dom.contains(&format!("<h2>{title}</h2>")),
+            "section {title} not rendered"
+        );
     }
     // The result table: a header and one row per summary field.
     let result = &dom[dom.find("id=\"results\"").unwrap()..];
-    let rows = result[..result.find("</table>").unwrap()].matches("<tr>").count();
+    let rows = result[..result.find("</table>").unwrap()]
+        .matches("<tr>")
+        .count();
     assert!(rows >= 5, "{rows} result rows");
     // Plots: accuracy, loss, 2 cells, 2 trajectories, 3 health charts (each inline <svg>).
     let svgs = dom.matches("<svg").count();
     assert!(svgs >= 9, "{svgs} svg elements");
     assert!(dom.contains("health/eigenvalue"), "health curve legend");
-    assert!(!dom.contains("class=\"missing\""), "a complete search misses nothing");
+    assert!(
+        !dom.contains("class=\"missing\""),
+        "a complete search misses nothing"
+    );
 }
 
 /// `rl-darts report` on a pipeline stopped during its search (no retrain, no comparison yet):
@@ -149,9 +167,17 @@ fn report_command_on_a_stopped_pipeline_names_the_missing_parts() {
     tiny_search(&root.join("search"), 2, Some(1));
     std::fs::write(root.join("pipeline.json"), "{}").unwrap();
     std::fs::copy(root.join("search/config.toml"), root.join("config.toml")).unwrap();
-    let out = common::rl_darts().arg("report").arg(&root).output().unwrap();
+    let out = common::rl_darts()
+        .arg("report")
+        .arg(&root)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("not in the run yet"), "{stdout}");
     let page = std::fs::read_to_string(root.join("report.html")).unwrap();
     assert!(page.contains("Incomplete"));

@@ -37,7 +37,11 @@ fn tiny_config() -> SupervisedConfig {
     c
 }
 
-fn run(config: &SupervisedConfig, dir: &std::path::Path, sink: &mut MemorySink) -> rl_darts::train::supervised::SearchSummary {
+fn run(
+    config: &SupervisedConfig,
+    dir: &std::path::Path,
+    sink: &mut MemorySink,
+) -> rl_darts::train::supervised::SearchSummary {
     let run_dir = RunDir::create_at(dir).unwrap();
     save_resolved_config(config, &run_dir.root).unwrap();
     search(SearchRun {
@@ -57,7 +61,7 @@ fn health_is_logged_and_the_early_stop_fires_and_returns_the_earlier_architectur
     let mut config = tiny_config();
     config.search.epochs = 6;
     config.search.health = HealthConfig {
-        every: 3,
+        every: Some(3),
         power_iterations: 10,
         // Window 1, lag 1, ratio 0.99: stop at the first measurement whose eigenvalue is more
         // than 1% above the one before (curvature grows as the supernet's weights train).
@@ -75,7 +79,12 @@ fn health_is_logged_and_the_early_stop_fires_and_returns_the_earlier_architectur
 
     let eigen = sink.scalars("health/eigenvalue");
     assert!(eigen.len() >= 2, "{eigen:?}");
-    assert!(eigen.iter().all(|&(step, v)| step % 3 == 0 && v.is_finite()), "{eigen:?}");
+    assert!(
+        eigen
+            .iter()
+            .all(|&(step, v)| step % 3 == 0 && v.is_finite()),
+        "{eigen:?}"
+    );
     for tag in [
         "health/normal/entropy",
         "health/reduce/entropy",
@@ -94,16 +103,24 @@ fn health_is_logged_and_the_early_stop_fires_and_returns_the_earlier_architectur
         &std::fs::read_to_string(dir.path().join(EARLY_STOP_FILE)).expect("early_stop.json"),
     )
     .unwrap();
-    assert!(summary.epochs_done < config.search.epochs, "stopped before the budget");
+    assert!(
+        summary.epochs_done < config.search.epochs,
+        "stopped before the budget"
+    );
     assert!(!summary.interrupted);
     // The rule's decision: the last eigenvalue grew past 1/0.99 of the one before.
     let (last, before) = (eigen[eigen.len() - 1].1, eigen[eigen.len() - 2].1);
     assert!(before < 0.99 * last, "{before} vs {last}");
     assert_eq!(stop.decided_at_iteration as i64, eigen[eigen.len() - 1].0);
     // Window 1: the architecture returned is the one of the measurement before.
-    assert_eq!(stop.architecture_from_iteration as i64, eigen[eigen.len() - 2].0);
+    assert_eq!(
+        stop.architecture_from_iteration as i64,
+        eigen[eigen.len() - 2].0
+    );
     let written = Genotype::load(dir.path().join("genotype.json")).unwrap();
     assert_eq!(written, stop.genotype);
     assert_eq!(summary.genotype, stop.genotype);
-    assert!(sink.texts("health/early_stop")[0].1.contains("RobustDARTS early stop"));
+    assert!(sink.texts("health/early_stop")[0]
+        .1
+        .contains("RobustDARTS early stop"));
 }

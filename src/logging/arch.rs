@@ -78,7 +78,12 @@ pub fn log_selectors(
 ) {
     for (cell, t) in ["normal", "reduce"].into_iter().zip(tables) {
         let pictures = [
-            ("input_selector", "input selectors", &t.layout.input_cols, &t.inputs),
+            (
+                "input_selector",
+                "input selectors",
+                &t.layout.input_cols,
+                &t.inputs,
+            ),
             ("op_selector", "op selectors", &t.layout.op_cols, &t.ops),
         ];
         for (tag, what, cols, values) in pictures {

@@ -26,7 +26,12 @@ const PALETTE: [RGBColor; 8] = [
 
 /// A line chart (640 x 320) as an SVG document string. Err when no font is available or the
 /// lines hold no finite point.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, lines: &[Line]) -> Result<String, String> {
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    lines: &[Line],
+) -> Result<String, String> {
     crate::plots::ensure_font()?;
     let finite = lines
         .iter()
@@ -159,7 +164,8 @@ pub fn alpha_trajectories(
             },
         )
         .and_then(|()| {
-            let svg = std::fs::read_to_string(stem.with_extension("svg")).map_err(|e| e.to_string());
+            let svg =
+                std::fs::read_to_string(stem.with_extension("svg")).map_err(|e| e.to_string());
             let _ = std::fs::remove_file(stem.with_extension("svg"));
             let _ = std::fs::remove_file(stem.with_extension("png"));
             svg
@@ -213,6 +219,9 @@ mod tests {
         assert_eq!(edge_label("0_to_2"), "0 -> 2");
         let mut tags = vec!["1_to_2", "c_k-1_to_2", "c_k-2_to_0", "c_k-1_to_0", "0_to_1"];
         tags.sort_by_key(|t| edge_order(t));
-        assert_eq!(tags, ["c_k-2_to_0", "c_k-1_to_0", "0_to_1", "c_k-1_to_2", "1_to_2"]);
+        assert_eq!(
+            tags,
+            ["c_k-2_to_0", "c_k-1_to_0", "0_to_1", "c_k-1_to_2", "1_to_2"]
+        );
     }
 }

@@ -87,11 +87,22 @@ figcaption { font-size: 0.85em; color: #555; }
 
 /// The whole page: title, the status line, a table of contents and the sections.
 pub fn page(title: &str, status: &str, complete: bool, sections: &[Section]) -> String {
-    let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
-    out.push_str(&format!("<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n", text(title)));
+    let mut out =
+        String::from("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
+    out.push_str(&format!(
+        "<title>{}</title>\n<style>{CSS}</style>\n</head>\n<body>\n",
+        text(title)
+    ));
     out.push_str(&format!("<h1>{}</h1>\n", text(title)));
-    let class = if complete { "status-ok" } else { "status-partial" };
-    out.push_str(&format!("<p id=\"status\" class=\"{class}\">{}</p>\n<nav>", text(status)));
+    let class = if complete {
+        "status-ok"
+    } else {
+        "status-partial"
+    };
+    out.push_str(&format!(
+        "<p id=\"status\" class=\"{class}\">{}</p>\n<nav>",
+        text(status)
+    ));
     for s in sections {
         out.push_str(&format!("<a href=\"#{}\">{}</a>", s.id, text(&s.title)));
     }

@@ -50,7 +50,10 @@ pub fn record_command(dir: &Path) {
         .open(&path)
         .and_then(|mut f| writeln!(f, "{}", line.join(" ")));
     if let Err(e) = written {
-        eprintln!("warning: could not record the command in {}: {e}", path.display());
+        eprintln!(
+            "warning: could not record the command in {}: {e}",
+            path.display()
+        );
     }
 }
 
@@ -182,9 +185,15 @@ mod tests {
         let outcome = write_report(root).unwrap();
         let page = std::fs::read_to_string(&outcome.path).unwrap();
         assert!(page.contains("Incomplete"), "status line");
-        assert!(page.contains("comparison.json is not written yet"), "{page}");
+        assert!(
+            page.contains("comparison.json is not written yet"),
+            "{page}"
+        );
         assert!(page.contains("the retrain phase (not started)"));
-        assert!(page.contains("env = &quot;coinrun&quot;"), "config escaped and shown");
+        assert!(
+            page.contains("env = &quot;coinrun&quot;"),
+            "config escaped and shown"
+        );
         assert!(!page.contains("<script"));
     }
 

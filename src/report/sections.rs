@@ -44,7 +44,10 @@ pub fn command_and_config(root: &Path, missing: &mut Missing) -> Section {
     let mut body = String::from("<h3>Command</h3>\n");
     body += &match read(&root.join(super::COMMAND_FILE)) {
         Some(c) => html::pre(c.trim_end()),
-        None => missing.note(format!("the command ({} was not written)", super::COMMAND_FILE)),
+        None => missing.note(format!(
+            "the command ({} was not written)",
+            super::COMMAND_FILE
+        )),
     };
     body += "<h3>Resolved configuration</h3>\n";
     body += &match read(&root.join(crate::train::run_dir::CONFIG_FILE)) {
@@ -258,7 +261,8 @@ pub fn learning_curves(phases: &[Phase], missing: &mut Missing) -> Section {
         id: "curves",
         title: "Learning curves".into(),
         body: if body.is_empty() {
-            missing.note("learning curves (no training scalars in the TensorBoard files yet)".into())
+            missing
+                .note("learning curves (no training scalars in the TensorBoard files yet)".into())
         } else {
             body
         },
@@ -304,7 +308,11 @@ fn render_from_genotype(dir: &Path, cell: &str) -> Option<String> {
         return None;
     }
     // Two-input cells (DARTS) have a gene reading input 1 in their first node.
-    let num_inputs = if g.normal.first().is_some_and(|n| n.iter().any(|&(_, i)| i == 1)) {
+    let num_inputs = if g
+        .normal
+        .first()
+        .is_some_and(|n| n.iter().any(|&(_, i)| i == 1))
+    {
         2
     } else {
         1
@@ -329,7 +337,10 @@ pub fn cells(search_dir: &Path, missing: &mut Missing) -> Section {
     if let Some(stop) = read(&search_dir.join(crate::train::health::EARLY_STOP_FILE))
         .and_then(|t| serde_json::from_str::<crate::train::health::EarlyStop>(&t).ok())
     {
-        body += &format!("<p><strong>Early stop.</strong> {}</p>\n", html::text(&stop.reason()));
+        body += &format!(
+            "<p><strong>Early stop.</strong> {}</p>\n",
+            html::text(&stop.reason())
+        );
     }
     Section {
         id: "cells",
@@ -378,14 +389,21 @@ pub fn health(search: Option<&Phase>, missing: &mut Missing) -> Section {
         })
         .collect();
     let charts = [
-        (&["health/eigenvalue"][..], "Dominant eigenvalue of the alpha Hessian", "eigenvalue"),
+        (
+            &["health/eigenvalue"][..],
+            "Dominant eigenvalue of the alpha Hessian",
+            "eigenvalue",
+        ),
         (
             &["health/normal/entropy", "health/reduce/entropy"][..],
             "Mean op-choice entropy per cell type",
             "nats",
         ),
         (
-            &["health/normal/parameter_free_share", "health/reduce/parameter_free_share"][..],
+            &[
+                "health/normal/parameter_free_share",
+                "health/reduce/parameter_free_share",
+            ][..],
             "Share of parameter-free ops in the derived cell",
             "share",
         ),
@@ -411,8 +429,14 @@ pub fn health(search: Option<&Phase>, missing: &mut Missing) -> Section {
 
 /// Steps per second over training and the memory plan.
 pub fn speed_and_memory(phases: &[Phase], missing: &mut Missing) -> Section {
-    let mut body = chart_of(phases, &["charts/SPS"], "Env steps per second", "env step", "steps/s")
-        .unwrap_or_default();
+    let mut body = chart_of(
+        phases,
+        &["charts/SPS"],
+        "Env steps per second",
+        "env step",
+        "steps/s",
+    )
+    .unwrap_or_default();
     let rows: Vec<Vec<String>> = phases
         .iter()
         .filter_map(|p| {
@@ -420,9 +444,15 @@ pub fn speed_and_memory(phases: &[Phase], missing: &mut Missing) -> Section {
             let num = |k: &str| s.get(k).and_then(|v| v.as_f64());
             Some(vec![
                 p.name.clone(),
-                num("global_step").map(|v| format!("{v:.0}")).unwrap_or("-".into()),
-                num("steps_per_sec").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
-                num("seconds").map(|v| format!("{v:.1}")).unwrap_or("-".into()),
+                num("global_step")
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or("-".into()),
+                num("steps_per_sec")
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or("-".into()),
+                num("seconds")
+                    .map(|v| format!("{v:.1}"))
+                    .unwrap_or("-".into()),
             ])
         })
         .collect();
@@ -431,7 +461,11 @@ pub fn speed_and_memory(phases: &[Phase], missing: &mut Missing) -> Section {
     }
     for p in phases {
         if let Some(plan) = read(&p.dir.join("memory_plan.json")) {
-            body += &format!("<h3>Memory plan ({})</h3>\n{}", html::text(&p.name), html::pre(&plan));
+            body += &format!(
+                "<h3>Memory plan ({})</h3>\n{}",
+                html::text(&p.name),
+                html::pre(&plan)
+            );
         }
     }
     Section {

@@ -51,9 +51,7 @@ impl HealthRelaxation {
             loss: which,
             params: alphas(arch),
             weights: softmax_weights(arch, temperature),
-            description: format!(
-                "{split} loss at op weights softmax(alpha / {temperature})"
-            ),
+            description: format!("{split} loss at op weights softmax(alpha / {temperature})"),
         }
     }
 }
@@ -164,8 +162,15 @@ mod tests {
             };
             assert_eq!(r.loss, expected, "{name}");
             assert_eq!(r.params.len(), 2, "{name}");
-            let sums = r.weights.normal.weights().sum_dim_intlist(-1, false, tch::Kind::Double);
-            assert!(sums.allclose(&sums.ones_like(), 1e-6, 1e-6, false), "{name}");
+            let sums = r
+                .weights
+                .normal
+                .weights()
+                .sum_dim_intlist(-1, false, tch::Kind::Double);
+            assert!(
+                sums.allclose(&sums.ones_like(), 1e-6, 1e-6, false),
+                "{name}"
+            );
         }
     }
 
@@ -173,9 +178,14 @@ mod tests {
     fn parameter_free_share_counts_genes_by_the_op_registry() {
         let genes = vec![
             vec![(OpKind::SkipConnect, 0), (OpKind::SepConv3x3, 1)],
-            vec![(OpKind::MaxPool3x3, 0), (OpKind::DilConv5x5, 2)],
+            vec![(OpKind::DilConv3x3, 0), (OpKind::DilConv5x5, 2)],
         ];
-        assert_eq!(parameter_free_share(&genes), Some(0.5));
+        assert_eq!(parameter_free_share(&genes), Some(0.25));
+        let rl = vec![
+            vec![(OpKind::Relu, 0)],
+            vec![(OpKind::Tanh, 0), (OpKind::Conv3x3, 1)],
+        ];
+        assert!((parameter_free_share(&rl).unwrap() - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(parameter_free_share(&[]), None);
     }
 }

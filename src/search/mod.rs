@@ -463,7 +463,10 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
     /// the expected architecture rather than of one sample. Single-level strategies (joint,
     /// SNAS) use the training loss; strategies with their own temperature or parameters
     /// (DARTS, iDARTS, joint, UNAS's factorised cell) override it.
-    fn health_relaxation(&self, arch: &ArchParams) -> Result<health::HealthRelaxation, SearchError> {
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<health::HealthRelaxation, SearchError> {
         Ok(health::HealthRelaxation::softmax(
             arch,
             1.0,

@@ -223,8 +223,8 @@ impl FactorisedAlphas {
             .map(|c| {
                 let mut inputs = Vec::new();
                 for logits in &self.inputs[c] {
-                    let p = tch::no_grad(|| logits.softmax(-1, Kind::Double))
-                        .to_device(Device::Cpu);
+                    let p =
+                        tch::no_grad(|| logits.softmax(-1, Kind::Double)).to_device(Device::Cpu);
                     for row in Vec::<Vec<f64>>::try_from(&p)? {
                         let mut padded = row;
                         padded.resize(n_states, f64::NAN);
@@ -232,12 +232,8 @@ impl FactorisedAlphas {
                     }
                 }
                 let k = self.ops.len() as i64;
-                let p = tch::no_grad(|| {
-                    self.op_logits[c]
-                        .view([-1, k])
-                        .softmax(-1, Kind::Double)
-                })
-                .to_device(Device::Cpu);
+                let p = tch::no_grad(|| self.op_logits[c].view([-1, k]).softmax(-1, Kind::Double))
+                    .to_device(Device::Cpu);
                 Ok(SelectorTables {
                     layout: layout.clone(),
                     inputs,

@@ -28,7 +28,8 @@ pub struct HealthConfig {
     /// default (RL 10, vision 100, transformer 50). Each measurement costs one forward and
     /// `1 + power_iterations` backward passes on one batch.
     pub every: Option<u64>,
-    /// Power-iteration steps per eigenvalue (each one exact Hessian-vector product).
+    /// Power-iteration steps per eigenvalue (each one exact Hessian-vector product, about the
+    /// cost of one weight step: a measurement costs about `1 + power_iterations` of them).
     pub power_iterations: usize,
     /// RobustDARTS's early stop (off by default).
     pub early_stop: EarlyStopConfig,
@@ -38,14 +39,14 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             every: None,
-            power_iterations: 20,
+            power_iterations: 10,
             early_stop: EarlyStopConfig::default(),
         }
     }
 }
 
 impl HealthConfig {
-    /// Measured every `every` iterations, 20 power-iteration steps, no early stop.
+    /// Measured every `every` iterations, 10 power-iteration steps, no early stop.
     pub fn every(every: u64) -> Self {
         Self {
             every: Some(every),
@@ -224,7 +225,8 @@ impl HealthMonitor {
     /// Writes the measurements into a checkpoint folder.
     pub fn save(&self, dir: &Path) -> Result<(), SearchError> {
         let path = dir.join(HEALTH_FILE);
-        let json = serde_json::to_vec(self).map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
+        let json =
+            serde_json::to_vec(self).map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
         std::fs::write(&path, json).map_err(|source| SearchError::Io { path, source })
     }
 

@@ -399,9 +399,7 @@ fn supernet_search(
         health: Default::default(),
     };
     let health_config = &sc.health.resolved(50);
-    health_config
-        .validate()
-        .map_err(TransformerError::Config)?;
+    health_config.validate().map_err(TransformerError::Config)?;
     // The fixed health batches: the first examples of each split, drawn from no random
     // stream, so the run is the same with search health on or off.
     let health_index = Tensor::arange(

@@ -39,7 +39,10 @@ impl ArchSearch {
         iterations_done: u64,
         step: i64,
     ) -> Result<bool, TrainError> {
-        let relaxation = self.strategy.health_relaxation(&self.arch).map_err(search_err)?;
+        let relaxation = self
+            .strategy
+            .health_relaxation(&self.arch)
+            .map_err(search_err)?;
         if relaxation.loss == HealthLoss::Search && !has_search_batch {
             self.health_pending = true;
             return Ok(false);
