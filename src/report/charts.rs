@@ -51,7 +51,12 @@ pub fn line_chart(
     if x1 - x0 < 1e-12 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0).abs() * 0.05).max(1e-6);
+    // A flat series (all returns 0 in a short run) gets a unit range around its value.
+    let pad = if y1 - y0 < 1e-12 {
+        1.0
+    } else {
+        (y1 - y0) * 0.05
+    };
     let (y0, y1) = (y0 - pad, y1 + pad);
     let mut svg = String::new();
     {
@@ -77,12 +82,20 @@ fn draw_lines<DB: DrawingBackend>(
         .caption(title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(36)
-        .y_label_area_size(60)
+        .y_label_area_size(90)
         .build_cartesian_2d(x0..x1, y0..y1)?;
+    // Enough decimals to tell the tick labels of a narrow range apart (an eigenvalue of
+    // 1e-5, an entropy that moves in the 6th digit), none for steps.
+    let decimals = |span: f64| ((-span.log10()).ceil() as i64 + 2).clamp(0, 10) as usize;
+    let (x_dec, y_dec) = (decimals(x1 - x0), decimals(y1 - y0));
+    let x_fmt = move |v: &f64| format!("{v:.x_dec$}");
+    let y_fmt = move |v: &f64| format!("{v:.y_dec$}");
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
         .label_style(("sans-serif", 12))
         .draw()?;
     for (i, line) in lines.iter().enumerate() {
