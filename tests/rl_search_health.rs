@@ -109,3 +109,61 @@ fn search_health_does_not_change_the_run() {
         }
     }
 }
+
+/// RobustDARTS's early stop ends an RL search (hair-trigger rule: window 1, lag 1, ratio
+/// 0.99) before its budget, with the architecture derived one measurement earlier written as
+/// the run's genotype.
+#[test]
+fn the_early_stop_ends_an_rl_search_with_the_earlier_architecture() {
+    tch::set_num_threads(1);
+    let mut config = small_cartpole("darts", 1);
+    config.ppo.total_timesteps = 12 * 64;
+    // Large alpha steps, so that the derived architecture changes from one iteration to the
+    // next and the returned one is told apart from the last.
+    if let StrategyConfig::Darts(p) = &mut config.search.strategy {
+        p.optimizer.lr = 0.5;
+    }
+    config.search.health.early_stop = rl_darts::search::early_stop::EarlyStopConfig {
+        enabled: true,
+        window: 1,
+        lag: 1,
+        ratio: 0.99,
+        start_iteration: 0,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::create_at(dir.path()).unwrap();
+    let mut sink = MemorySink::new();
+    let summary = train(TrainRun {
+        config: &config,
+        run_dir: &run_dir,
+        resume: false,
+        sink: &mut sink,
+        progress: &mut NoProgress,
+        stop: &AtomicBool::new(false),
+        max_iterations: None,
+        env: None,
+    })
+    .unwrap();
+    let eigen = sink.scalars("health/eigenvalue");
+    assert!(
+        summary.iterations < 12,
+        "stopped after {} of 12",
+        summary.iterations
+    );
+    assert_eq!(eigen.len() as u64, summary.iterations);
+    let stop: rl_darts::train::health::EarlyStop =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("early_stop.json")).unwrap())
+            .unwrap();
+    assert_eq!(stop.decided_at_iteration, summary.iterations);
+    assert_eq!(stop.architecture_from_iteration + 1, summary.iterations);
+    let written = rl_darts::nas::Genotype::load(dir.path().join("genotype.json")).unwrap();
+    assert_eq!(written, stop.genotype);
+    // The architecture logged at the last iteration is another one: returning it would fail.
+    let logged = sink.texts("arch/genotype");
+    let last = &logged.last().unwrap().1;
+    assert_ne!(
+        last,
+        &format!("`{}`", stop.genotype.to_darts_string()),
+        "the test needs the architecture to change at the stop"
+    );
+}
