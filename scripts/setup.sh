@@ -13,9 +13,10 @@ GYM3_VERSION=0.3.3
 # fonts-dejavu-core: the font of the learning-curve PNGs of `sweep collect`; slurmctld, slurmd,
 # slurm-client, munge: the single-node Slurm that tests/sweep_slurm.rs starts (not started here).
 # openmpi-bin, libopenmpi-dev: data-parallel training (`distributed.backend = "mpi"`): mpirun,
-# and the headers and mpicc the `mpi` crate builds against.
+# and the headers and mpicc the `mpi` crate builds against. chromium: the headless browser in
+# which tests/report_html.rs renders a run's report.html (screenshot and DOM).
 APT_PACKAGES=(libclang-dev cmake libsdl2-gfx-dev graphviz unzip pkg-config fonts-dejavu-core
-  slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev)
+  slurmctld slurmd slurm-client munge openmpi-bin libopenmpi-dev chromium)
 
 log() { printf '[setup] %s\n' "$*"; }
 

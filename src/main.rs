@@ -36,6 +36,8 @@ enum Command {
     /// Grids of runs: plan, run (locally, on Ray, as a Slurm array), collect into one table.
     #[command(subcommand)]
     Sweep(cli::sweep::SweepCommand),
+    /// (Re)build report.html of a run directory (pipeline or search) from what is on disk.
+    Report(cli::report::ReportArgs),
     /// Data-parallel engines (MPI, NCCL): check one on the processes a launcher started.
     #[command(subcommand)]
     Dist(cli::dist::DistCommand),
@@ -57,6 +59,7 @@ fn main() {
         Command::Info => cli::info::run(),
         Command::Envs(cmd) => cli::envs::run(cmd),
         Command::Search(args) => cli::search::run_search(args),
+        Command::Report(args) => cli::report::run(args),
         Command::TrainArch(args) => cli::search::run_train_arch(args),
         Command::Genotype(cmd) => cli::search::run_genotype(cmd),
         Command::Sweep(cmd) => cli::sweep::run(cmd),

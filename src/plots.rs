@@ -105,7 +105,8 @@ fn shade(p: f64) -> RGBColor {
     )
 }
 
-/// `values[row][col]` in [0, 1] (op probabilities) as a labelled heatmap: packed HWC RGB
+/// `values[row][col]` in [0, 1] (op probabilities; NaN for a cell that does not exist) as a
+/// labelled heatmap: packed HWC RGB
 /// bytes with the height and width. Err when no font is available or the shapes disagree.
 pub fn heatmap_rgb(
     title: &str,
@@ -158,6 +159,15 @@ fn draw_heatmap<DB: DrawingBackend>(
         for (c, &p) in row.iter().enumerate() {
             let (x, y) = layout.cell_origin(r, c);
             let (x1, y1) = (x + layout.cell_w as i32, y + layout.cell_h as i32);
+            // NaN marks a cell that does not exist (a state a node cannot read): grey, "-".
+            if p.is_nan() {
+                root.draw(&Rectangle::new(
+                    [(x, y), (x1, y1)],
+                    RGBColor(235, 235, 235).filled(),
+                ))?;
+                root.draw(&Text::new("-".to_string(), (x + 6, y + 6), text(13)))?;
+                continue;
+            }
             root.draw(&Rectangle::new([(x, y), (x1, y1)], shade(p).filled()))?;
             root.draw(&Rectangle::new([(x, y), (x1, y1)], RGBColor(200, 200, 200)))?;
             let ink = if p > 0.55 { WHITE } else { BLACK };

@@ -68,6 +68,34 @@ pub fn log_architecture(
     }
 }
 
+/// Logs the selector distributions of a factorised cell (UNAS), one pair of labelled heatmaps
+/// per cell type: `arch/{cell}/input_selector` (rows `node i / slot s`, columns the states it
+/// may read; `-` where it cannot) and `arch/{cell}/op_selector` (columns the ops).
+pub fn log_selectors(
+    sink: &mut dyn MetricsSink,
+    tables: &[crate::search::unas_factorised::SelectorTables],
+    step: i64,
+) {
+    for (cell, t) in ["normal", "reduce"].into_iter().zip(tables) {
+        let pictures = [
+            (
+                "input_selector",
+                "input selectors",
+                &t.layout.input_cols,
+                &t.inputs,
+            ),
+            ("op_selector", "op selectors", &t.layout.op_cols, &t.ops),
+        ];
+        for (tag, what, cols, values) in pictures {
+            let title = format!("{cell} cell: {what} (step {step})");
+            match crate::plots::heatmap_rgb(&title, &t.layout.slot_rows, cols, values) {
+                Ok((rgb, h, w)) => sink.image(&format!("arch/{cell}/{tag}"), &rgb, h, w, step),
+                Err(e) => warn_once(&e),
+            }
+        }
+    }
+}
+
 /// The alpha trajectories of a search, from the scalars [`log_architecture`] wrote to the
 /// TensorBoard files in `tb_dir`: per cell type in `cells`, `alpha_trajectories_{cell}.png` and
 /// `.svg` in `out_dir` (small multiples, one panel per edge). Read back from the event files

@@ -241,6 +241,18 @@ impl SearchStrategy for Darts {
         super::derive_from_softmax(arch, self.params.derive)
     }
 
+    /// The search loss of the alpha step at this strategy's temperature (first order's gradient; second order differentiates it at the virtual weights).
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<super::health::HealthRelaxation, SearchError> {
+        Ok(super::health::HealthRelaxation::softmax(
+            arch,
+            self.params.temperature,
+            super::health::HealthLoss::Search,
+        ))
+    }
+
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         vec![
             ("temperature", self.params.temperature),

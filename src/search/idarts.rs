@@ -345,6 +345,18 @@ impl SearchStrategy for IDarts {
         super::derive_from_softmax(arch, self.params.derive)
     }
 
+    /// The search (outer) loss at this strategy's temperature.
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<super::health::HealthRelaxation, SearchError> {
+        Ok(super::health::HealthRelaxation::softmax(
+            arch,
+            self.params.temperature,
+            super::health::HealthLoss::Search,
+        ))
+    }
+
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         let mut s = vec![("arch_lr", self.adam.config.lr)];
         s.push(("arch_steps", self.adam.steps_taken() as f64));

@@ -218,6 +218,18 @@ impl SearchStrategy for Joint {
         super::derive_from_softmax(arch, self.params.derive)
     }
 
+    /// Single level: the training loss the alphas follow, at this strategy's temperature.
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<super::health::HealthRelaxation, SearchError> {
+        Ok(super::health::HealthRelaxation::softmax(
+            arch,
+            self.params.temperature,
+            super::health::HealthLoss::Train,
+        ))
+    }
+
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         vec![
             ("temperature", self.params.temperature),

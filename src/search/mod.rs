@@ -80,6 +80,7 @@
 pub mod checkpoint;
 pub mod darts;
 pub mod darts_prime;
+pub mod early_stop;
 pub mod gdas;
 pub mod health;
 pub mod idarts;
@@ -481,6 +482,31 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
         softmax_op_weights(arch)
     }
 
+    /// What search health ([`health`]) takes the Hessian of: the loss and batch the strategy
+    /// itself steps its alphas on, at the deterministic relaxation of its current
+    /// distribution. Default (bilevel strategies and every sampling strategy: GDAS, UNAS,
+    /// random search): the search (validation) loss at `softmax(alpha)`, i.e. the curvature of
+    /// the expected architecture rather than of one sample. Single-level strategies (joint,
+    /// SNAS) use the training loss; strategies with their own temperature or parameters
+    /// (DARTS, iDARTS, joint, UNAS's factorised cell) override it.
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<health::HealthRelaxation, SearchError> {
+        Ok(health::HealthRelaxation::softmax(
+            arch,
+            1.0,
+            health::HealthLoss::Search,
+        ))
+    }
+
+    /// Distributions of the strategy's own parameterisation beyond the op weights, per cell
+    /// type (normal first), for labelled heatmaps: UNAS's factorised input and op selectors.
+    /// Default: none.
+    fn selector_tables(&self) -> Result<Vec<unas_factorised::SelectorTables>, SearchError> {
+        Ok(Vec::new())
+    }
+
     /// Strategy scalars worth logging (temperature, schedule threshold ...), tag suffix first.
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
@@ -698,74 +724,5 @@ pub fn alpha_probabilities(alpha: &Tensor) -> Result<Vec<Vec<f64>>, SearchError>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{check_rejects_unknown_keys, load_config, ConfigError};
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-    #[serde(deny_unknown_fields, default)]
-    struct Wrapper {
-        strategy: StrategyConfig,
-    }
-
-    #[test]
-    fn every_name_builds_from_config_and_round_trips() {
-        for name in STRATEGY_NAMES {
-            let config =
-                load_config(None, Wrapper::default(), &[format!("strategy.kind={name}")]).unwrap();
-            assert_eq!(config.strategy.name(), *name);
-            assert_eq!(StrategyConfig::from_name(name).unwrap(), config.strategy);
-            let accepting = check_rejects_unknown_keys(&config).unwrap();
-            assert!(
-                accepting.is_empty(),
-                "{name}: tables accepting unknown keys: {accepting:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_strategy_names_and_keys_are_rejected_with_the_valid_list() {
-        let err = load_config(
-            None,
-            Wrapper::default(),
-            &["strategy.kind=dartz".to_string()],
-        )
-        .unwrap_err();
-        let text = err.to_string();
-        assert!(matches!(err, ConfigError::TypeMismatch { .. }), "{text}");
-        assert!(STRATEGY_NAMES.iter().all(|n| text.contains(n)), "{text}");
-        assert!(text.contains("did you mean `darts`"), "{text}");
-
-        let err = load_config(
-            None,
-            Wrapper::default(),
-            &["strategy.params.ordr=\"second\"".to_string()],
-        )
-        .unwrap_err();
-        let text = err.to_string();
-        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{text}");
-        assert!(text.contains("order"), "{text}");
-
-        assert!(StrategyConfig::from_name("gdaz")
-            .unwrap_err()
-            .to_string()
-            .contains("darts, random"));
-    }
-
-    #[test]
-    fn switching_kind_drops_the_old_params() {
-        let config = load_config(
-            None,
-            Wrapper::default(),
-            &[
-                "strategy.params.num_candidates=7".to_string(),
-                "strategy.kind=random".to_string(),
-            ],
-        )
-        .unwrap();
-        match config.strategy {
-            StrategyConfig::Random(p) => assert_eq!(p.num_candidates, 7),
-            other => panic!("{other:?}"),
-        }
-    }
-}
+#[path = "mod_tests.rs"]
+mod tests;

@@ -715,6 +715,18 @@ impl SearchStrategy for Snas {
 
     /// `temperature`; `expected_cost` (exact `E[C]` at the current alphas, once costs are set
     /// and a step was taken); `penalty` (mean `eta * C(H)` over this epoch's alpha steps).
+    /// Single level: the training loss, at the deterministic relaxation `softmax(alpha)` (the curvature of the expected cell, not of one Gumbel sample).
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<super::health::HealthRelaxation, SearchError> {
+        Ok(super::health::HealthRelaxation::softmax(
+            arch,
+            1.0,
+            super::health::HealthLoss::Train,
+        ))
+    }
+
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         let mut out = vec![("temperature", self.state.temperature)];
         if let Some(c) = self.state.expected_cost {

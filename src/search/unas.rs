@@ -1036,6 +1036,39 @@ impl SearchStrategy for Unas {
     /// `f_conditional` of the last estimate; `tau`, `arch_lr`, `arch_steps`; with the latency
     /// penalty on, `latency_hard_ms` (last hard sample), `latency_expected_ms` (under
     /// `softmax(alpha)`), `latency_target_ms` and `latency_coef` (`c_t`).
+    /// The search (validation) loss at the expected op weights of the distribution the
+    /// strategy learns: `softmax(alpha)`, or for the factorised cell `E[W]` of its input and
+    /// op selectors, with the Hessian taken over the selector logits. (UNAS's own objective
+    /// mixes the training and search losses; the curvature reported is the search loss's, as
+    /// RobustDARTS measures it.)
+    fn health_relaxation(
+        &self,
+        arch: &ArchParams,
+    ) -> Result<super::health::HealthRelaxation, SearchError> {
+        Ok(match &self.factorised {
+            None => super::health::HealthRelaxation::softmax(
+                arch,
+                1.0,
+                super::health::HealthLoss::Search,
+            ),
+            Some(f) => super::health::HealthRelaxation {
+                loss: super::health::HealthLoss::Search,
+                params: f.params(),
+                weights: f.expected_weights(),
+                description: "search (validation) loss at the factorised selectors' expected \
+                              op weights E[W]"
+                    .into(),
+            },
+        })
+    }
+
+    fn selector_tables(&self) -> Result<Vec<super::unas_factorised::SelectorTables>, SearchError> {
+        match &self.factorised {
+            Some(f) => f.selector_tables(),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         let mut out = vec![("estimator_variance", self.state.grad_variance)];
         if let (Some(lt), Some(lv)) = (self.state.last_train_loss, self.state.last_search_loss) {

@@ -64,6 +64,43 @@ fn duplicate_term(inputs: &[Tensor], ops: &Tensor) -> Tensor {
     total.unwrap_or_else(|| Tensor::zeros([], (ops.kind(), ops.device())))
 }
 
+/// Rows and columns of the factorised cell's selector pictures: one row per (node, slot),
+/// `node 0 / slot 0`, ...; the input selectors' columns are the cell's states named as the
+/// edges are (`c_{k-2}`, `c_{k-1}`, `0`, ...: [`crate::nas::cell::state_label`]) and the op
+/// selectors' columns the op set's ops without `none`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectorLayout {
+    pub slot_rows: Vec<String>,
+    pub input_cols: Vec<String>,
+    pub op_cols: Vec<String>,
+}
+
+/// [`SelectorLayout`] of `space` with op-selector columns `ops` (indices into its op set).
+pub fn selector_layout(space: &CellSpace, ops: &[usize]) -> SelectorLayout {
+    let all = space.op_set.ops();
+    SelectorLayout {
+        slot_rows: (0..space.num_nodes)
+            .flat_map(|i| (0..2).map(move |s| format!("node {i} / slot {s}")))
+            .collect(),
+        // A node reads the cell inputs and the nodes before it: the last node reads all but
+        // itself.
+        input_cols: (0..space.num_inputs + space.num_nodes - 1)
+            .map(|s| crate::nas::cell::state_label(s, space.num_inputs))
+            .collect(),
+        op_cols: ops.iter().map(|&o| all[o].name().to_string()).collect(),
+    }
+}
+
+/// One cell type's selector distributions, rows as in [`SelectorLayout::slot_rows`].
+#[derive(Debug, Clone)]
+pub struct SelectorTables {
+    pub layout: SelectorLayout,
+    /// `[2 * num_nodes][input_cols]`.
+    pub inputs: Vec<Vec<f64>>,
+    /// `[2 * num_nodes][op_cols]`.
+    pub ops: Vec<Vec<f64>>,
+}
+
 /// The selectors' logits of the normal (and reduction) cell.
 #[derive(Debug)]
 pub struct FactorisedAlphas {
@@ -174,6 +211,36 @@ impl FactorisedAlphas {
             normal: one(0),
             reduce: (self.inputs.len() > 1).then(|| one(1)),
         }
+    }
+
+    /// The selectors' distributions of every cell type (normal first) as labelled tables
+    /// ([`selector_layout`]): the input selectors' `softmax` (NaN where a node cannot read a
+    /// state) and the op selectors' `softmax`.
+    pub fn selector_tables(&self) -> Result<Vec<SelectorTables>, SearchError> {
+        let layout = selector_layout(&self.space, &self.ops);
+        let n_states = layout.input_cols.len();
+        (0..self.inputs.len())
+            .map(|c| {
+                let mut inputs = Vec::new();
+                for logits in &self.inputs[c] {
+                    let p =
+                        tch::no_grad(|| logits.softmax(-1, Kind::Double)).to_device(Device::Cpu);
+                    for row in Vec::<Vec<f64>>::try_from(&p)? {
+                        let mut padded = row;
+                        padded.resize(n_states, f64::NAN);
+                        inputs.push(padded);
+                    }
+                }
+                let k = self.ops.len() as i64;
+                let p = tch::no_grad(|| self.op_logits[c].view([-1, k]).softmax(-1, Kind::Double))
+                    .to_device(Device::Cpu);
+                Ok(SelectorTables {
+                    layout: layout.clone(),
+                    inputs,
+                    ops: Vec::<Vec<f64>>::try_from(&p)?,
+                })
+            })
+            .collect()
     }
 
     /// The sparse hard op weights of a choice, no graph.
@@ -321,5 +388,43 @@ impl FactorisedAlphas {
         self.vs
             .load(&path)
             .map_err(|e| SearchError::checkpoint(&path, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The selector pictures' rows are (node, slot) pairs, their input columns the states named
+    /// as edges name them, their op columns the op set without `none`; each input row of node
+    /// `i` has exactly `num_inputs + i` real entries summing to 1, the rest NaN.
+    #[test]
+    fn selector_layout_comes_from_the_cell_and_the_op_set() {
+        let space = CellSpace::darts();
+        let alphas = FactorisedAlphas::new(&space, true, Device::Cpu).unwrap();
+        let layout = selector_layout(&space, &alphas.ops);
+        assert_eq!(layout.slot_rows.len(), 2 * space.num_nodes);
+        assert_eq!(layout.slot_rows[0], "node 0 / slot 0");
+        assert_eq!(layout.slot_rows[7], "node 3 / slot 1");
+        assert_eq!(layout.input_cols, ["c_{k-2}", "c_{k-1}", "0", "1", "2"]);
+        let expected_ops: Vec<&str> = space
+            .op_set
+            .ops()
+            .iter()
+            .filter(|op| **op != crate::nas::OpKind::None)
+            .map(|op| op.name())
+            .collect();
+        assert_eq!(layout.op_cols, expected_ops);
+
+        let tables = alphas.selector_tables().unwrap();
+        assert_eq!(tables.len(), 2);
+        for (row, values) in tables[0].inputs.iter().enumerate() {
+            let node = row / 2;
+            let real: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+            assert_eq!(real.len(), space.num_inputs + node, "row {row}");
+            assert!((real.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        }
+        assert_eq!(tables[0].ops.len(), 2 * space.num_nodes);
+        assert!(tables[0].ops.iter().all(|r| r.len() == expected_ops.len()));
     }
 }

@@ -2,6 +2,7 @@
 //! RL-DARTS pipeline (search, derive, retrain, eval), run directories and checkpoints.
 
 pub mod checkpoint;
+pub mod health;
 pub mod launch;
 pub mod pipeline;
 pub mod progress;

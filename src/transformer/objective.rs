@@ -185,3 +185,38 @@ impl Objective for SeqObjective<'_> {
         }
     }
 }
+
+/// [`SeqObjective`] with the plain forward in every network mode, for search health: its
+/// eigenvalue takes Hessian-vector products by double backward, which the reversible and
+/// checkpointed surrogates do not support. The plain forward computes the same function (the
+/// modes differ in what the backward keeps), so the curvature is the mode's own; it keeps every
+/// activation, which the one small health batch affords.
+pub struct PlainLossObjective<'a>(pub SeqObjective<'a>);
+
+impl Objective for PlainLossObjective<'_> {
+    fn train_loss(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError> {
+        self.0
+            .net
+            .plain_loss(self.0.train, Some(weights))
+            .map_err(|e| SearchError::Objective(e.to_string()))
+    }
+
+    fn search_loss(&mut self, weights: &CellWeights) -> Result<Tensor, SearchError> {
+        self.0
+            .net
+            .plain_loss(self.0.search, Some(weights))
+            .map_err(|e| SearchError::Objective(e.to_string()))
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        self.0.parameters()
+    }
+
+    fn buffers(&self) -> Vec<Tensor> {
+        self.0.buffers()
+    }
+
+    fn virtual_step(&self) -> VirtualStep {
+        self.0.virtual_step()
+    }
+}

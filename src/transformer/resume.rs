@@ -47,6 +47,10 @@ pub struct SupernetState {
     pub rng: ChaCha8Rng,
     /// The supernet on the validation split after the last epoch done.
     pub val: SeqMetrics,
+    /// Search-health measurements so far (absent from checkpoints written before search
+    /// health existed).
+    #[serde(default)]
+    pub health: crate::train::health::HealthMonitor,
 }
 
 /// The random search's state beyond its sampler.

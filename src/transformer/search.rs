@@ -22,7 +22,7 @@ use tch::{nn, Device, Tensor};
 
 use super::genotype::{describe, to_dot};
 use super::net::{SeqArch, SeqNet, SeqNetConfig};
-use super::objective::{check_strategy, loss_for_strategy, SeqObjective};
+use super::objective::{check_strategy, loss_for_strategy, PlainLossObjective, SeqObjective};
 use super::resume::{load_supernet, save_supernet, SupernetParts, SupernetState};
 use super::retrain::random_from_scratch;
 use super::tasks::{evaluate, SeqMetrics, SeqTask, TaskConfig};
@@ -79,6 +79,11 @@ pub struct SeqSearchConfig {
     pub alpha_init: AlphaInit,
     /// Batch size of evaluations (no gradients).
     pub eval_batch_size: usize,
+    /// Search health (`[search.health]`, [`crate::train::health`]): every `every` iterations
+    /// (unset: 50; 0 = off) the dominant alpha-Hessian eigenvalue of the strategy's search
+    /// loss on a fixed batch (the first `batch_size` examples of each split), the entropies
+    /// and the parameter-free share (zero, identity); optional RobustDARTS early stop.
+    pub health: crate::train::health::HealthConfig,
     /// Complete checkpoints kept in the run directory (one is written every epoch, or every
     /// candidate of a random search from scratch).
     pub checkpoint_keep: usize,
@@ -106,6 +111,7 @@ impl Default for SeqSearchConfig {
             strategy: StrategyConfig::default(),
             alpha_init: AlphaInit::default(),
             eval_batch_size: 256,
+            health: crate::train::health::HealthConfig::default(),
             checkpoint_keep: 2,
             random_budget_seconds: 0.0,
         }
@@ -292,6 +298,7 @@ pub fn search_run(mut run: SeqSearchRun<'_>) -> Result<SeqSearchSummary, Transfo
         run.sink
             .text("config", &crate::config::to_markdown(config)?, 0);
     }
+    crate::report::record_command(&run.run_dir.root);
     let outcome = match &config.search.strategy {
         StrategyConfig::Random(p) if !p.weight_sharing => {
             random_from_scratch(&mut run, &task, device, p.clone())?
@@ -322,6 +329,9 @@ pub fn search_run(mut run: SeqSearchRun<'_>) -> Result<SeqSearchSummary, Transfo
         serde_json::to_vec_pretty(&summary).unwrap_or_default(),
     )
     .map_err(TransformerError::io(&path))?;
+    // The report reads the event files: everything logged so far must be on disk.
+    run.sink.flush();
+    crate::report::write_report_or_warn(&run.run_dir.root);
     Ok(summary)
 }
 
@@ -386,7 +396,20 @@ fn supernet_search(
         iteration: 0,
         rng: ChaCha8Rng::seed_from_u64(config.seed),
         val: SeqMetrics::default(),
+        health: Default::default(),
     };
+    let health_config = &sc.health.resolved(50);
+    health_config.validate().map_err(TransformerError::Config)?;
+    // The fixed health batches: the first examples of each split, drawn from no random
+    // stream, so the run is the same with search health on or off.
+    let health_index = Tensor::arange(
+        (sc.batch_size.min(task.train.len()).min(task.val.len())).max(1) as i64,
+        (tch::Kind::Int64, Device::Cpu),
+    );
+    let health_batches = (
+        task.train.batch(&health_index, device),
+        task.val.batch(&health_index, device),
+    );
     if run.resume {
         state = load_supernet(
             run.run_dir,
@@ -401,7 +424,8 @@ fn supernet_search(
     materialise_grads(&sgd.parameters());
     let mut epochs_here = 0;
     let mut interrupted = false;
-    while state.epochs_done < sc.epochs {
+    // A resumed search that had stopped early stays stopped.
+    while state.epochs_done < sc.epochs && state.health.stopped.is_none() {
         if run.max_epochs.is_some_and(|m| epochs_here >= m) {
             interrupted = true;
             break;
@@ -452,6 +476,27 @@ fn supernet_search(
                 arch_step(strategy.as_mut(), &arch, &mut objective, sink, iteration)?;
             }
             state.iteration += 1;
+            if health_config.due(state.iteration) && state.health.stopped.is_none() {
+                let mut objective = PlainLossObjective(SeqObjective {
+                    net: &net,
+                    sgd: &sgd,
+                    train: &health_batches.0,
+                    search: &health_batches.1,
+                });
+                let iteration = state.iteration;
+                let stopped = state.health.measure(
+                    health_config,
+                    strategy.as_ref(),
+                    &arch,
+                    &mut objective,
+                    sink,
+                    iteration,
+                    iteration as i64,
+                )?;
+                if stopped.is_some() {
+                    break;
+                }
+            }
         }
         let step = state.iteration;
         let eval_weights = strategy.op_weights(&arch, Phase::Eval)?;
@@ -480,13 +525,22 @@ fn supernet_search(
             (&vs, &arch, &sgd, strategy.as_ref()),
             &state,
         )?;
+        if state.health.stopped.is_some() {
+            break;
+        }
         if run.stop.load(Ordering::SeqCst) && state.epochs_done < sc.epochs {
             interrupted = true;
             break;
         }
     }
+    state.health.write_stop(&run.run_dir.root)?;
+    // RobustDARTS returns the architecture of the earlier window, derived then.
+    let genotype = match &state.health.stopped {
+        Some(stop) => stop.genotype.clone(),
+        None => strategy.derive(&arch)?,
+    };
     Ok(Outcome {
-        genotype: strategy.derive(&arch)?,
+        genotype,
         val: state.val,
         iterations: state.iteration,
         epochs_done: state.epochs_done,

@@ -148,13 +148,22 @@ pub enum PipelineOutcome {
     Interrupted(Phase),
 }
 
-/// Runs the remaining phases of the pipeline in `run.root` (or only `run.only`).
+/// Runs the remaining phases of the pipeline in `run.root` (or only `run.only`), then writes
+/// `report.html` (also when a phase was stopped or failed).
 pub fn run_pipeline(run: PipelineRun<'_>) -> Result<PipelineOutcome, TrainError> {
     validate(run.config)?;
     fs::create_dir_all(run.root).map_err(|source| TrainError::Io {
         path: run.root.to_path_buf(),
         source,
     })?;
+    crate::report::record_command(run.root);
+    let root = run.root.to_path_buf();
+    let outcome = run_phases(run);
+    crate::report::write_report_or_warn(&root);
+    outcome
+}
+
+fn run_phases(run: PipelineRun<'_>) -> Result<PipelineOutcome, TrainError> {
     crate::config::save_resolved_config(run.config, run.root)?;
     let mut ctx = Ctx {
         config: &run.config.train,

@@ -248,6 +248,11 @@ pub enum SearchBatch {
     HeldoutLevels,
 }
 
+/// PPO iterations between search-health measurements when `search.health.every` is unset
+/// (a measurement costs about 11 minibatch steps' double backward at the default 10
+/// power-iteration steps, against the 24 minibatch steps and the rollout of each iteration).
+pub const RL_HEALTH_EVERY: u64 = 10;
+
 /// `[search]`: how a supernet encoder's architecture is searched during PPO. Read only when
 /// the encoder is a supernet (`rl_darts`, `mlp_darts`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,6 +280,14 @@ pub struct RlSearchConfig {
     /// Log alpha softmaxes, entropies, heatmaps, strategy scalars and the derived genotype
     /// every this many PPO iterations.
     pub log_every: u64,
+    /// Search health (`[search.health]`, [`crate::train::health`]): every `every` PPO
+    /// iterations (unset: [`RL_HEALTH_EVERY`]; 0 = off) the dominant alpha-Hessian eigenvalue of the
+    /// strategy's loss on the first minibatch of its batch (the search rollout for bilevel
+    /// strategies, the update's training batch for single-level ones; a bilevel strategy that
+    /// takes no alpha step in a due iteration is measured at its next one), the entropies and
+    /// the parameter-free share; optional RobustDARTS early stop, after which the pipeline
+    /// continues with the architecture derived at the stopping point.
+    pub health: crate::train::health::HealthConfig,
 }
 
 impl RlSearchConfig {
@@ -293,6 +306,7 @@ impl Default for RlSearchConfig {
             heldout_num_levels: 200,
             alpha_init: AlphaInit::default(),
             log_every: 1,
+            health: crate::train::health::HealthConfig::default(),
         }
     }
 }

@@ -72,6 +72,11 @@ pub(super) trait Driver {
         Ok(())
     }
 
+    /// Whether the architecture search ended the run early (RobustDARTS's rule).
+    fn stopped_early(&self) -> bool {
+        false
+    }
+
     /// At the end of a run: a search writes its derived genotype into `run_root`.
     fn finish(
         &self,
@@ -176,22 +181,25 @@ impl Driver for SearchDriver {
         }
 
         // Alpha steps of bilevel strategies, after the update, on the update's own training
-        // batch and the search rollout.
-        if let Some(search_batch) = &search_batch {
+        // batch and the search rollout; then search health, when due.
+        let iterations_done = trainer.iterations_done();
+        let health_due = search.health_due(iterations_done);
+        if search_batch.is_some() || health_due {
             let arch_start = Instant::now();
             let train_batch = trainer
                 .take_last_batch()
                 .expect("an iteration leaves its training batch");
-            let phase = ArchPhase {
+            let search_rows = search_batch.as_ref().unwrap_or(&train_batch);
+            let phase = || ArchPhase {
                 policy: &trainer.policy,
                 ppo: &config.ppo,
                 parameters: trainer.optimizer.parameters(),
                 buffers: buffers(&trainer.vs),
                 train: &train_batch,
-                search: search_batch,
+                search: search_rows,
                 // Capped by the memory plan: an alpha step's forwards and backwards would
                 // otherwise need as much memory as an unsplit PPO minibatch, or more.
-                minibatch: (search_batch.len() as usize / config.ppo.num_minibatches)
+                minibatch: (search_rows.len() as usize / config.ppo.num_minibatches)
                     .min(self.micro_batch.unwrap_or(usize::MAX))
                     .max(1),
                 weight_steps: (first_step, stats.ppo.minibatches as u64),
@@ -199,8 +207,19 @@ impl Driver for SearchDriver {
                 // processes (each holds its share of both rollouts).
                 data_parallel: trainer.data_parallel().filter(|_| self.data_parallel),
             };
-            if let Some((s, count)) = search.arch_phase(phase, &mut self.envs.rng)? {
-                log_arch_steps(sink, "bilevel", &s, count, step);
+            if search_batch.is_some() {
+                if let Some((s, count)) = search.arch_phase(phase(), &mut self.envs.rng)? {
+                    log_arch_steps(sink, "bilevel", &s, count, step);
+                }
+            }
+            if health_due {
+                search.measure_health(
+                    phase(),
+                    search_batch.is_some(),
+                    sink,
+                    iterations_done,
+                    step,
+                )?;
             }
             search_secs += arch_start.elapsed().as_secs_f64();
         }
@@ -261,12 +280,17 @@ impl Driver for SearchDriver {
         self.search.write_trajectories(run_root);
     }
 
+    fn stopped_early(&self) -> bool {
+        self.search.stopped_early()
+    }
+
     fn finish(
         &self,
         run_root: &Path,
         sink: &mut dyn MetricsSink,
         step: i64,
     ) -> Result<(), TrainError> {
+        self.search.write_early_stop(run_root)?;
         let g = self.search.write_genotype(run_root)?;
         self.search.write_trajectories(run_root);
         sink.text(

@@ -12,6 +12,7 @@ pub mod build;
 pub mod config;
 mod driver;
 pub mod eval;
+mod health;
 mod io;
 pub mod memory;
 pub mod objective;

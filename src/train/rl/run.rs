@@ -202,7 +202,8 @@ fn run_loop<D: Driver>(
         estimate_printed: false,
     };
     let mut interrupted = false;
-    while !trainer.is_done() {
+    // A search that RobustDARTS's rule stopped ends the run (also when resumed).
+    while !trainer.is_done() && !driver.stopped_early() {
         if run.max_iterations.is_some_and(|m| tally.iterations >= m) {
             break;
         }
@@ -238,8 +239,11 @@ fn run_loop<D: Driver>(
         let due = config
             .checkpoint
             .due(trainer.iterations_done(), last_save.elapsed());
-        let [stop, due] = any_process(process.as_ref(), [stop, due])?;
-        if stop || due || trainer.is_done() {
+        // Every process takes the same decisions: a stop, a due checkpoint or an early stop seen
+        // by one process (each measures search health on its own batch) holds for all.
+        let [stop, due, early] =
+            any_process(process.as_ref(), [stop, due, driver.stopped_early()])?;
+        if stop || due || trainer.is_done() || early {
             last_checkpoint = checkpoints
                 .save(&trainer, &driver, env, &state)?
                 .or(last_checkpoint);
@@ -251,6 +255,9 @@ fn run_loop<D: Driver>(
         }
         if stop {
             interrupted = true;
+            break;
+        }
+        if early {
             break;
         }
     }

@@ -101,6 +101,10 @@ pub struct ArchSearch {
     weight_step_log: Vec<(u64, WeightStep)>,
     /// Kept to hand them over again after [`ArchSearch::load`].
     costs: Option<OpCostTable>,
+    /// Search-health measurements (checkpointed) and the early stop, if it fired.
+    pub(super) health: crate::train::health::HealthMonitor,
+    /// A health measurement is due but waits for an iteration with the strategy's batch.
+    pub(super) health_pending: bool,
 }
 
 impl std::fmt::Debug for ArchSearch {
@@ -139,6 +143,9 @@ impl ArchSearch {
         device: Device,
         seed: u64,
     ) -> Result<Self, TrainError> {
+        let mut config = config.clone();
+        config.health = config.health.resolved(super::config::RL_HEALTH_EVERY);
+        config.health.validate().map_err(TrainError::Invalid)?;
         if config.log_every == 0 {
             return Err(TrainError::Invalid(
                 "search.log_every must be at least 1".into(),
@@ -150,7 +157,7 @@ impl ArchSearch {
             .build(&arch, seed)
             .map_err(|e| TrainError::Invalid(format!("search.strategy: {e}")))?;
         Ok(Self {
-            config: config.clone(),
+            config,
             arch,
             strategy,
             weight_steps: 0,
@@ -158,6 +165,8 @@ impl ArchSearch {
             hook_stats: StatsSum::default(),
             weight_step_log: Vec::new(),
             costs: None,
+            health: Default::default(),
+            health_pending: false,
         })
     }
 
@@ -281,6 +290,7 @@ impl ArchSearch {
             strategy: self.strategy.name().to_string(),
             weight_steps: self.weight_steps,
         };
+        self.health.save(dir).map_err(search_err)?;
         let path = dir.join(SEARCH_STATE_FILE);
         let json = serde_json::to_vec_pretty(&state).expect("search state serialises");
         std::fs::write(&path, json).map_err(|source| TrainError::Io { path, source })
@@ -314,6 +324,7 @@ impl ArchSearch {
             self.strategy.set_op_costs(c).map_err(search_err)?;
         }
         self.weight_steps = state.weight_steps;
+        self.health = crate::train::health::HealthMonitor::load(dir).map_err(search_err)?;
         Ok(())
     }
 
@@ -354,6 +365,9 @@ impl ArchSearch {
             .map(|(_, name, rows)| (name, rows))
             .collect();
         crate::logging::arch::log_architecture(sink, self.arch.space(), &cells, step);
+        if let Ok(tables) = self.strategy.selector_tables() {
+            crate::logging::arch::log_selectors(sink, &tables, step);
+        }
         for (name, value) in self.strategy.scalars() {
             sink.scalar(&format!("strategy/{name}"), value, step);
         }
@@ -380,8 +394,12 @@ impl ArchSearch {
 
     /// Writes genotype.json, genotype.txt (DARTS text form) and, when graphviz is installed,
     /// one PNG diagram per cell type into `dir`.
+    /// After a RobustDARTS early stop, the architecture derived at the stopping point.
     pub fn write_genotype(&self, dir: &Path) -> Result<Genotype, TrainError> {
-        let g = self.genotype()?;
+        let g = match &self.health.stopped {
+            Some(stop) => stop.genotype.clone(),
+            None => self.genotype()?,
+        };
         let json = dir.join("genotype.json");
         g.save_json(&json).map_err(|e| TrainError::Checkpoint {
             path: json.clone(),

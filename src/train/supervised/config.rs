@@ -160,6 +160,11 @@ pub struct SearchLoopConfig {
     pub strategy: StrategyConfig,
     /// Initial alphas. DARTS: N(0, 1e-3^2).
     pub alpha_init: AlphaInit,
+    /// Search health (`[search.health]`, [`crate::train::health`]): every `every` weight
+    /// steps (unset: 100; 0 = off) the dominant alpha-Hessian eigenvalue of the strategy's
+    /// search loss on a fixed batch (the first `batch_size` images of each split), the
+    /// entropies and the parameter-free share; optional RobustDARTS early stop.
+    pub health: crate::train::health::HealthConfig,
 }
 
 impl Default for SearchLoopConfig {
@@ -172,6 +177,7 @@ impl Default for SearchLoopConfig {
             augment: Augment::default(),
             strategy: StrategyConfig::default(),
             alpha_init: AlphaInit::default(),
+            health: crate::train::health::HealthConfig::default(),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct SearchSummary {
 }
 
 pub const GENOTYPE_JSON: &str = "genotype.json";
+/// Weight steps between search-health measurements when `search.health.every` is unset.
+pub const VISION_HEALTH_EVERY: u64 = 100;
 pub const GENOTYPE_TXT: &str = "genotype.txt";
 
 /// What a search loop returns to [`search`]: the genotype, epochs (or candidates) done, the
@@ -65,12 +67,19 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
         config.network.num_classes,
         &train_full,
     )?;
+    config
+        .search
+        .health
+        .resolved(VISION_HEALTH_EVERY)
+        .validate()
+        .map_err(SupervisedError::Invalid)?;
     let (w_train, w_search) = train_full.split_head(config.search.train_portion)?;
     let (w_train, w_search) = (w_train.to_device(device), w_search.to_device(device));
     if !run.resume {
         run.sink
             .text("config", &crate::config::to_markdown(config)?, 0);
     }
+    crate::report::record_command(&run.run_dir.root);
     let summary = match &config.search.strategy {
         StrategyConfig::Random(p) if !p.weight_sharing => {
             random_from_scratch(&mut run, device, &w_train, &w_search)?
@@ -96,6 +105,9 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
         serde_json::to_vec_pretty(&summary).unwrap_or_default(),
     )
     .map_err(io(&path))?;
+    // The report reads the event files: everything logged so far must be on disk.
+    run.sink.flush();
+    crate::report::write_report_or_warn(&run.run_dir.root);
     Ok(summary)
 }
 
@@ -141,6 +153,8 @@ struct EpochTally {
     seen: usize,
     arch: ArchStepStats,
     arch_steps: u32,
+    /// The search health's early stop fired during the epoch.
+    stopped_early: bool,
 }
 
 impl EpochTally {
@@ -177,12 +191,21 @@ fn bilevel_search(
     let mut epochs_here = 0;
     let mut interrupted = false;
     let mut val_accuracy = f64::NAN;
-    while s.state.epochs_done < epochs {
+    // A resumed search that had stopped early stays stopped.
+    while s.state.epochs_done < epochs && s.health.stopped.is_none() {
         if run.max_epochs.is_some_and(|m| epochs_here >= m) {
             break;
         }
         let lr = config.search.weights.lr_at(s.state.epochs_done, epochs);
-        let tally = search_epoch(&mut s, &config.search, lr, w_train, w_search, run.progress)?;
+        let tally = search_epoch(
+            &mut s,
+            &config.search,
+            lr,
+            w_train,
+            w_search,
+            run.progress,
+            &mut *run.sink,
+        )?;
         let (val_loss, val_acc) = evaluate_supernet(
             &s.net,
             &s.arch,
@@ -206,18 +229,23 @@ fn bilevel_search(
         );
         log_search_state(&mut *run.sink, &s, &tally, step)?;
 
-        let stop = run.stop.load(Ordering::SeqCst);
+        let stop = run.stop.load(Ordering::SeqCst) || tally.stopped_early;
         let done = s.state.epochs_done as u64;
         if stop || config.checkpoint.due(done, last_save.elapsed()) || done == epochs as u64 {
             s.save(run.run_dir, config.checkpoint.keep)?;
             last_save = Instant::now();
         }
         if stop {
-            interrupted = true;
+            interrupted = !tally.stopped_early;
             break;
         }
     }
-    let genotype = s.strategy.derive(&s.arch)?;
+    s.health.write_stop(&run.run_dir.root)?;
+    // RobustDARTS returns the architecture of the earlier window, derived then.
+    let genotype = match &s.health.stopped {
+        Some(stop) => stop.genotype.clone(),
+        None => s.strategy.derive(&s.arch)?,
+    };
     run.progress.finish(&format!(
         "search: {} epochs, val accuracy {val_accuracy:.4}",
         s.state.epochs_done
@@ -234,6 +262,7 @@ fn search_epoch(
     w_train: &Dataset,
     w_search: &Dataset,
     progress: &mut dyn Progress,
+    sink: &mut dyn MetricsSink,
 ) -> Result<EpochTally, SupervisedError> {
     let epoch = s.state.epochs_done;
     let epochs = sc.epochs;
@@ -277,6 +306,13 @@ fn search_epoch(
         tally.hits += correct(&step.logits, &y);
         tally.seen += index.len();
         s.state.iteration += 1;
+        if s.health_config.due(s.state.iteration) && s.health.stopped.is_none() {
+            let stopped = measure_health(s, sc, w_train, w_search, sink)?;
+            if stopped {
+                tally.stopped_early = true;
+                break;
+            }
+        }
         progress.update(
             s.state.iteration,
             total,
@@ -344,6 +380,38 @@ fn arch_step_of_iteration(
     Ok(())
 }
 
+/// Search health on a fixed batch (the first `batch_size` images of each split, not
+/// augmented: drawn from no random stream, so the run is the same with health on or off).
+/// Returns whether the early stop fired.
+fn measure_health(
+    s: &mut SearchSession,
+    sc: &SearchLoopConfig,
+    w_train: &Dataset,
+    w_search: &Dataset,
+    sink: &mut dyn MetricsSink,
+) -> Result<bool, SupervisedError> {
+    use crate::train::health::head;
+    let n = sc.batch_size.max(1) as i64;
+    let mut objective = VisionObjective {
+        net: &s.net,
+        vs: &s.vs,
+        sgd: &s.sgd,
+        train: (head(&w_train.images, n), head(&w_train.labels, n)),
+        search: (head(&w_search.images, n), head(&w_search.labels, n)),
+    };
+    let iteration = s.state.iteration;
+    let stopped = s.health.measure(
+        &s.health_config,
+        s.strategy.as_ref(),
+        &s.arch,
+        &mut objective,
+        sink,
+        iteration,
+        iteration as i64,
+    )?;
+    Ok(stopped.is_some())
+}
+
 /// The next search batch, cycling through a reshuffled search split.
 fn next_search_batch(state: &mut LoopState, len: usize, batch_size: usize) -> Vec<i64> {
     let bs = batch_size.min(len).max(1);
@@ -394,5 +462,6 @@ pub fn log_alphas(
         .zip(strategy.expected_op_weights(arch)?)
         .collect();
     crate::logging::arch::log_architecture(sink, arch.space(), &cells, step);
+    crate::logging::arch::log_selectors(sink, &strategy.selector_tables()?, step);
     Ok(())
 }

@@ -43,6 +43,12 @@ pub(super) struct SearchSession {
     pub strategy: Box<dyn SearchStrategy>,
     pub sgd: Sgd,
     pub state: LoopState,
+    /// Search-health measurements so far (checkpointed: an early stop returns an earlier
+    /// measurement's architecture).
+    pub health: crate::train::health::HealthMonitor,
+    /// `search.health` with its period resolved (unset: every
+    /// [`super::search::VISION_HEALTH_EVERY`] weight steps).
+    pub health_config: crate::train::health::HealthConfig,
 }
 
 impl SearchSession {
@@ -91,6 +97,8 @@ impl SearchSession {
             strategy,
             sgd,
             state,
+            health: Default::default(),
+            health_config: sc.health.resolved(super::search::VISION_HEALTH_EVERY),
         })
     }
 
@@ -108,6 +116,7 @@ impl SearchSession {
         self.sgd.load(&ckpt.join(SGD_FILE))?;
         self.strategy.load(&ckpt)?;
         self.state = read_state(&ckpt.join(LOOP_FILE))?;
+        self.health = crate::train::health::HealthMonitor::load(&ckpt)?;
         Ok(())
     }
 
@@ -124,6 +133,7 @@ impl SearchSession {
         self.arch.save(dir.join(ALPHAS_FILE))?;
         self.sgd.save(&dir.join(SGD_FILE))?;
         self.strategy.save(dir)?;
+        self.health.save(dir)?;
         write_state(&dir.join(LOOP_FILE), &self.state)
     }
 }
