@@ -552,7 +552,7 @@ impl SearchStrategy for DartsPrime {
             None => l_val,
         };
         let loss = total.f_double_value(&[])?;
-        let g = grad(&total, &alphas(arch), false)?;
+        let g = grad(&total, &arch.parameters(), false)?;
         self.adam.step_with(&g)?;
         self.state.arch_steps += 1;
         self.state.last_penalty = penalty.map(|p| p.double_value(&[]));

@@ -56,13 +56,21 @@ impl SearchSession {
     ) -> Result<Self, SupervisedError> {
         let sc = &config.search;
         let vs = nn::VarStore::new(device);
-        let net = DartsSearchNet::new(vs.root() / "net", &config.network)?;
-        let arch = ArchParams::new(
+        let mut net = DartsSearchNet::new(vs.root() / "net", &config.network)?;
+        let mut arch = ArchParams::new(
             device,
             net.space(),
             net.has_reduction_cells(),
             sc.alpha_init,
         )?;
+        // PC-DARTS: the betas are architecture parameters (the strategy's optimizer adopts
+        // them with the alphas); the supernet weighs its edges by them in every forward.
+        if net.partial_channels().enabled() {
+            arch = arch.with_edge_normalisation();
+            if let Some(betas) = arch.edge_betas() {
+                net.set_edge_betas(betas)?;
+            }
+        }
         let mut strategy = sc.strategy.build(&arch, config.seed)?;
         // Resource-aware strategies (SNAS, UNAS) price ops at this dataset's input size.
         strategy.set_op_costs(&net.op_costs(w_train.image_shape()))?;
