@@ -65,6 +65,7 @@ pub(super) fn random_from_scratch(
         let genotype = sampler.sample_genotype();
         let result = train_genotype(
             &train_config,
+            &config.memory,
             &genotype,
             device,
             w_train,
