@@ -8,7 +8,7 @@
 # figure is the best of them, so that load from other jobs on the machine cancels out as far
 # as it can.
 #
-#   REPS=2 SIZES="quick paper" nice -n 19 bash scripts/bench_search_overhead.sh
+#   QUICK_REPS=3 PAPER_REPS=1 nice -n 19 bash scripts/bench_search_overhead.sh
 #
 # steps/s = median over a run's iterations after the first (warm-up) of the per-iteration
 # figure the run prints; peak = max RSS of the process (/usr/bin/time). rollout / update /
@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/rl-darts}
 [ -x "$BIN" ] || BIN=target/debug/rl-darts
 [ -x "$BIN" ] || { echo "build first: cargo build --release (or cargo build)" >&2; exit 1; }
-REPS=${REPS:-2}
+QUICK_REPS=${QUICK_REPS:-3}
+PAPER_REPS=${PAPER_REPS:-2}
 SIZES=${SIZES:-"quick paper"}
 VARIANTS=${VARIANTS:-"baseline joint gdas pc4"}
 OUT=${OUT:-bench-out/search_overhead}
@@ -38,8 +39,10 @@ size_args() {
     paper)
       NET_RL="--set encoder.params.supernet.channels=[16,32,32] --set encoder.params.supernet.normal_cells_per_stage=2 --set encoder.params.supernet.embedding=256"
       NET_IMPALA="--set encoder.params.channels=[16,32,32] --set encoder.params.embedding=256"
-      PPO="--set ppo.num_envs=16 --set ppo.num_steps=64 --set ppo.num_minibatches=4 --set torch_threads=1 --set memory.micro_batch_size=256"
-      ITERS=3; BATCH=1024 ;;
+      # A smaller PPO batch than the paper's 64 x 256 (both sides the same), so that a run of
+      # the full-channel supernet takes minutes on 2 cores; update_epochs stays at 3.
+      PPO="--set ppo.num_envs=8 --set ppo.num_steps=64 --set ppo.num_minibatches=4 --set torch_threads=1 --set memory.micro_batch_size=128"
+      ITERS=2; BATCH=512 ;;
     *) echo "unknown size $1 (quick | paper)" >&2; exit 1 ;;
   esac
   # Both encoders start from PyTorch's default init (the quick preset's); speed does not
@@ -67,8 +70,9 @@ run_one() { # size variant rep
     --set procgen.num_threads=1 > "$dir.log" 2>&1
 }
 
-for rep in $(seq 1 "$REPS"); do
-  for size in $SIZES; do
+reps_of() { case $1 in quick) echo "$QUICK_REPS" ;; *) echo "$PAPER_REPS" ;; esac; }
+for size in $SIZES; do
+  for rep in $(seq 1 "$(reps_of "$size")"); do
     for variant in $VARIANTS; do
       run_one "$size" "$variant" "$rep"
     done
@@ -76,9 +80,10 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 # One row per size and variant: the best repetition's steps/s, its peak, the time split.
-$PY - "$OUT" "$REPS" "$SIZES" "$VARIANTS" <<'EOF' | tee "$OUT/table.md"
+$PY - "$OUT" "$QUICK_REPS" "$PAPER_REPS" "$SIZES" "$VARIANTS" <<'EOF' | tee "$OUT/table.md"
 import json, re, statistics, sys
-out, reps, sizes, variants = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
+out, sizes, variants = sys.argv[1], sys.argv[4].split(), sys.argv[5].split()
+reps_of = {"quick": int(sys.argv[2]), "paper": int(sys.argv[3])}
 label = {"baseline": "IMPALA-CNN baseline", "joint": "joint first order (full channels)",
          "gdas": "GDAS (sampled ops only)", "pc4": "joint, partial channels K = 4"}
 def measure(size, variant, rep):
@@ -97,7 +102,7 @@ plans = []
 for size in sizes:
     best = {}
     for v in variants:
-        runs = [measure(size, v, r) for r in range(1, reps + 1)]
+        runs = [measure(size, v, r) for r in range(1, reps_of[size] + 1)]
         best[v] = dict(max(runs, key=lambda m: m["sps"]), rss=min(m["rss"] for m in runs),
                        all=[round(m["sps"], 1) for m in runs])
         plans.append(f"{size} {v}: {best[v]['plan']}")

@@ -312,3 +312,93 @@ fn pc_supernet_betas_learn_and_its_genotype_builds_and_trains() {
         .any(|(a, b)| !a.equal(b));
     assert!(moved, "the derived cell did not train");
 }
+
+/// The strategies' optimizers step the betas with the alphas: one joint step (the PPO loop's
+/// single backward, then `after_weight_step`) and one first-order DARTS arch step move both
+/// betas; SNAS, whose gradient lists have no place for betas, refuses them.
+#[test]
+fn strategies_step_the_betas_and_those_without_a_gradient_for_them_refuse() {
+    use crate::search::{Objective, Phase, StrategyConfig, VirtualStep, WeightStepReport};
+    tch::manual_seed(4);
+    let cfg = RlDartsConfig {
+        channels: vec![4, 4, 4],
+        normal_cells_per_stage: 1,
+        embedding: 8,
+        partial_channels: PartialChannels(2),
+        ..Default::default()
+    };
+    let vs = nn::VarStore::new(CPU);
+    let mut net = RlDartsSupernet::new(vs.root() / "net", &cfg, &[3, 8, 8]).unwrap();
+    let arch = ArchParams::new(CPU, net.space(), true, AlphaInit::default())
+        .unwrap()
+        .with_edge_normalisation();
+    net.set_edge_betas(arch.edge_betas().unwrap()).unwrap();
+    let x = Tensor::rand([4, 3, 8, 8], (Kind::Float, CPU));
+    let betas = || -> Vec<Tensor> {
+        let (n, r) = arch.betas().unwrap();
+        vec![n.copy(), r.unwrap().copy()]
+    };
+    let moved = |before: &[Tensor]| {
+        let now = betas();
+        now.iter().zip(before).all(|(a, b)| !a.equal(b))
+    };
+
+    let mut joint = StrategyConfig::from_name("joint")
+        .unwrap()
+        .build(&arch, 0)
+        .unwrap();
+    let before = betas();
+    let w = joint.op_weights(&arch, Phase::Weights).unwrap();
+    let loss = net.forward_with(&x, &w, true).square().mean(Kind::Float);
+    loss.backward();
+    let report = WeightStepReport {
+        iteration: 0,
+        loss: loss.double_value(&[]),
+        grad_norm_sq: 1.0,
+        lr: 1e-3,
+    };
+    joint.after_weight_step(&arch, &report).unwrap();
+    assert!(moved(&before), "joint did not step the betas");
+
+    struct Features<'a>(&'a RlDartsSupernet, &'a Tensor);
+    impl Objective for Features<'_> {
+        fn train_loss(
+            &mut self,
+            w: &crate::nas::CellWeights,
+        ) -> Result<Tensor, crate::search::SearchError> {
+            Ok(self
+                .0
+                .forward_with(self.1, w, true)
+                .square()
+                .mean(Kind::Float))
+        }
+        fn search_loss(
+            &mut self,
+            w: &crate::nas::CellWeights,
+        ) -> Result<Tensor, crate::search::SearchError> {
+            self.train_loss(w)
+        }
+        fn parameters(&self) -> Vec<Tensor> {
+            Vec::new()
+        }
+        fn buffers(&self) -> Vec<Tensor> {
+            Vec::new()
+        }
+        fn virtual_step(&self) -> VirtualStep {
+            unreachable!("first order")
+        }
+    }
+    let mut darts = StrategyConfig::from_name("darts")
+        .unwrap()
+        .build(&arch, 0)
+        .unwrap();
+    let before = betas();
+    darts.arch_step(&arch, &mut Features(&net, &x)).unwrap();
+    assert!(moved(&before), "darts did not step the betas");
+
+    let err = StrategyConfig::from_name("snas")
+        .unwrap()
+        .build(&arch, 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("edge normalisation"), "{err}");
+}
