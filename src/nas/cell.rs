@@ -466,7 +466,7 @@ impl SearchCell {
                     y = partial.combine(&y, bypass);
                 }
                 if let Some(scale) = weights.edge_scale(e) {
-                    y = y * scale;
+                    y *= scale;
                 }
                 sum = Some(match sum {
                     None => y,

@@ -79,7 +79,7 @@ fn official_pc_mixed(m: &MixedOp, x: &Tensor, w: &Tensor, k: i64) -> Tensor {
     let xtemp2 = x.narrow(1, c / k, c - c / k);
     let mut temp1 = m.ops()[0].forward_t(&xtemp, false) * w.get(0);
     for (o, op) in m.ops().iter().enumerate().skip(1) {
-        temp1 = temp1 + op.forward_t(&xtemp, false) * w.get(o as i64);
+        temp1 += op.forward_t(&xtemp, false) * w.get(o as i64);
     }
     let ans = if temp1.size()[2] == x.size()[2] {
         Tensor::cat(&[&temp1, &xtemp2], 1)

@@ -68,8 +68,7 @@ pub(super) fn random_from_scratch(
             &config.memory,
             &genotype,
             device,
-            w_train,
-            w_search,
+            (w_train, w_search),
             &mut rng,
             &mut *run.progress,
         )?;

@@ -197,14 +197,14 @@ struct Retrain<'a> {
     checkpoints: Option<Checkpointing<'a>>,
 }
 
-/// Trains a random-search candidate: [`retrain`] without logs, weights or checkpoints.
+/// Trains a random-search candidate: [`retrain`] without logs, weights or checkpoints, on
+/// `(train, test)`.
 pub(super) fn train_genotype(
     ta: &TrainArchConfig,
     memory: &MemoryConfig,
     genotype: &Genotype,
     device: Device,
-    train: &Dataset,
-    test: &Dataset,
+    (train, test): (&Dataset, &Dataset),
     rng: &mut ChaCha8Rng,
     progress: &mut dyn Progress,
 ) -> Result<TrainArchSummary, SupervisedError> {
