@@ -465,9 +465,12 @@ impl SearchCell {
                 if let Some(bypass) = bypass {
                     y = partial.combine(&y, bypass);
                 }
-                if let Some(scale) = weights.edge_scale(e) {
-                    y *= scale;
-                }
+                // Out of place: an in-place product would also be legal here, but a fresh
+                // tensor keeps autograd's saved values out of the question.
+                let y = match weights.edge_scale(e) {
+                    Some(scale) => y * scale,
+                    None => y,
+                };
                 sum = Some(match sum {
                     None => y,
                     Some(acc) => acc + y,
