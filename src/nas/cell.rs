@@ -7,8 +7,8 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::ops::{
-    factorized_reduce_plan, input_projection_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom,
-    Sequence, SharedInput,
+    factorized_reduce_plan, input_projection_plan, is_channels_last, relu_conv_bn_plan,
+    torch_conv2d, ConvGeom, Sequence, SharedInput,
 };
 use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights, PartialChannels};
 
@@ -463,7 +463,7 @@ impl SearchCell {
                     train,
                 );
                 if let Some(bypass) = bypass {
-                    y = partial.combine(&y, bypass);
+                    y = partial.combine(&y, bypass, is_channels_last(states[from].tensor()));
                 }
                 // Out of place: an in-place product would also be legal here, but a fresh
                 // tensor keeps autograd's saved values out of the question.

@@ -86,9 +86,16 @@ impl PartialChannels {
     /// `channel_shuffle(cat(op_out, pool?(bypass)), K)`: the bypass is max-pooled 2x2 / 2 when
     /// the ops changed the resolution.
     ///
+    /// Computed as one interleaving copy instead of a concatenation and a shuffle (two copies of
+    /// every edge output, both kept for backward): the shuffle puts channel `c` of group `g`
+    /// (`g = 0` the ops' output, `1..K` the bypass's blocks of `C / K`) at `c K + g`, which is
+    /// `stack(groups, dim 2)` viewed as `[N, C, H, W]`. `channels_last` picks the NHWC form
+    /// (the stack over the last dimension of the NHWC views), so the output keeps the cell's
+    /// layout.
+    ///
     /// # Shapes
     /// `op_out: [N, C / K, H', W']`, `bypass: [N, C - C / K, H, W]` -> `[N, C, H', W']`
-    pub fn combine(self, op_out: &Tensor, bypass: &Tensor) -> Tensor {
+    pub fn combine(self, op_out: &Tensor, bypass: &Tensor, channels_last: bool) -> Tensor {
         if self.0 == 1 {
             return op_out.shallow_clone();
         }
@@ -98,7 +105,19 @@ impl PartialChannels {
         } else {
             bypass.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], true)
         };
-        channel_shuffle(&Tensor::cat(&[op_out, &bypass], 1), self.0)
+        let part = op_out.size()[1];
+        let mut groups = vec![op_out.shallow_clone()];
+        groups.extend(bypass.split(part, 1));
+        let size = op_out.size();
+        let (n, c, h, w) = (size[0], part * self.0, size[2], size[3]);
+        if channels_last {
+            let nhwc: Vec<Tensor> = groups.iter().map(|g| g.permute([0, 2, 3, 1])).collect();
+            Tensor::stack(&nhwc, 4)
+                .reshape([n, h, w, c])
+                .permute([0, 3, 1, 2])
+        } else {
+            Tensor::stack(&groups, 2).reshape([n, c, h, w])
+        }
     }
 }
 

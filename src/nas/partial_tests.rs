@@ -52,7 +52,7 @@ fn k_equal_one_is_the_plain_mixed_op_exactly() {
         let run = |partial: bool| {
             let y = if partial {
                 let (through, bypass) = k1.split(&x);
-                k1.combine(&m.forward_t(&through, &w, true), &bypass)
+                k1.combine(&m.forward_t(&through, &w, true), &bypass, false)
             } else {
                 m.forward_t(&x, &w, true)
             };
@@ -401,4 +401,27 @@ fn strategies_step_the_betas_and_those_without_a_gradient_for_them_refuse() {
         .build(&arch, 0)
         .unwrap_err();
     assert!(err.to_string().contains("edge normalisation"), "{err}");
+}
+
+/// `combine`'s one-copy interleaving is `channel_shuffle(cat(...))` exactly, in NCHW and in
+/// channels-last (which it keeps), with and without the reduction's max-pool.
+#[test]
+fn combine_is_the_shuffle_of_the_concatenation_in_both_layouts() {
+    use crate::nas::ops::{is_channels_last, to_channels_last};
+    tch::manual_seed(5);
+    let k = PartialChannels(4);
+    for (h_out, h_in) in [(5, 5), (3, 6)] {
+        let op_out = Tensor::randn([2, 2, h_out, h_out], (Kind::Float, CPU));
+        let bypass = Tensor::randn([2, 6, h_in, h_in], (Kind::Float, CPU));
+        let pooled = if h_out == h_in {
+            bypass.shallow_clone()
+        } else {
+            bypass.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], true)
+        };
+        let expected = channel_shuffle(&Tensor::cat(&[&op_out, &pooled], 1), 4);
+        assert!(k.combine(&op_out, &bypass, false).equal(&expected));
+        let nhwc = k.combine(&to_channels_last(&op_out), &to_channels_last(&bypass), true);
+        assert!(is_channels_last(&nhwc));
+        assert!(nhwc.equal(&expected));
+    }
 }
