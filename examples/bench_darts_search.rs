@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         stem_multiplier: 3,
         in_channels: 3,
         op_set: OpSet::Darts,
+        partial_channels: Default::default(),
     };
     let net = DartsSearchNet::new(vs.root() / "net", &config)?;
     let arch = ArchParams::new(device, net.space(), true, AlphaInit::default())?;

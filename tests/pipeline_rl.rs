@@ -470,6 +470,20 @@ fn the_full_preset_is_the_defaults_written_out_and_the_cli_picks_the_pipeline() 
         "configs/coinrun-darts.toml lacks {absent:?}"
     );
 
+    // The PC-DARTS preset is the same pipeline with partial channels (and so edge
+    // normalisation) on.
+    let pc = ConfigFile::read(&common::repo_root().join("configs/coinrun-pcdarts.toml")).unwrap();
+    let pc =
+        PipelineRunConfig::load(Some(&pc), pipeline::pipeline_defaults("coinrun"), &[]).unwrap();
+    let mut expected = pipeline::pipeline_defaults("coinrun");
+    match &mut expected.train.encoder {
+        rl_darts::train::rl::EncoderConfig::RlDarts(c) => {
+            c.supernet.partial_channels = rl_darts::nas::PartialChannels(4)
+        }
+        other => panic!("the pipeline's default encoder is {other:?}"),
+    }
+    assert_eq!(pc, expected);
+
     let base = tempfile::tempdir().unwrap();
     // A config asking for another encoder is a single PPO run; pipeline flags then are errors.
     let out = common::rl_darts()

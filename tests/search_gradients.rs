@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
         stem_multiplier: 1,
         in_channels: 1,
         op_set: OpSet::Darts,
+        partial_channels: Default::default(),
     };
     let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
     vs.set_kind(Kind::Double);

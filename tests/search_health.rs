@@ -21,6 +21,7 @@ fn the_logged_eigenvalue_is_the_dense_hessians_dominant_one() {
         stem_multiplier: 1,
         in_channels: 1,
         op_set: OpSet::Darts,
+        partial_channels: Default::default(),
     };
     let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
     vs.set_kind(Kind::Double);

@@ -381,3 +381,31 @@ fn darts_v2_from_its_text_form_trains_with_auxiliary_head_and_drop_path() {
         "loss {before} -> {after}; training losses {losses:?}"
     );
 }
+
+/// A search batch that does not fit `memory.cap_gib` stops before the first step with the
+/// numbers (the search cannot split its batches), and leaves no checkpoint.
+#[test]
+fn a_search_batch_over_the_memory_cap_stops_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rl-darts"))
+        .args(["search", "--config", "configs/digits-darts.toml", "--quiet"])
+        .args(["--set", "memory.cap_gib=0.01", "--set", "device=\"cpu\""])
+        // One epoch, so that a run the check failed to stop ends quickly (and the test fails).
+        .args(["--set", "search.epochs=1"])
+        .arg("--set")
+        .arg(format!(
+            "data.path=\"{}\"",
+            repo().join(".deps/digits/digits.csv").display()
+        ))
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("does not fit"), "{stderr}");
+    assert!(stderr.contains("memory.cap_gib"), "{stderr}");
+    assert!(!run_dir.join("checkpoints").join("epoch_00000001").exists());
+}

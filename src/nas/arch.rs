@@ -10,7 +10,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{CellSpace, CellWeights, DeriveRule, Genotype, NasError};
+use super::partial::{edge_normalisation_weights, scale_rows};
+use super::{CellSpace, CellWeights, DeriveRule, EdgeBetas, Genotype, NasError};
 
 /// Initial distribution of every alpha: `N(mean, std^2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -39,6 +40,11 @@ pub struct ArchParams {
     space: CellSpace,
     normal: Tensor,
     reduce: Option<Tensor>,
+    init: AlphaInit,
+    /// PC-DARTS's edge-normalisation betas, `[num_edges]` per cell type
+    /// ([`ArchParams::with_edge_normalisation`]); created after the alphas, so a store-order
+    /// optimizer lists them after the alphas, as [`ArchParams::parameters`] does.
+    betas: Option<(Tensor, Option<Tensor>)>,
 }
 
 impl ArchParams {
@@ -69,6 +75,80 @@ impl ArchParams {
             space,
             normal,
             reduce,
+            init,
+            betas: None,
+        })
+    }
+
+    /// Adds PC-DARTS's edge-normalisation betas (`beta_normal`, and `beta_reduce` where there
+    /// is a reduce matrix), `[num_edges]` each, drawn from the alphas' init (the official code
+    /// draws both from `1e-3 * randn`, our default). Call before building a strategy: its
+    /// optimizer adopts the store's variables when it is built.
+    pub fn with_edge_normalisation(mut self) -> Self {
+        if self.betas.is_some() {
+            return self;
+        }
+        let dims = [self.space.num_edges() as i64];
+        let randn = nn::Init::Randn {
+            mean: self.init.mean,
+            stdev: self.init.std,
+        };
+        let root = self.vs.root();
+        let normal = root.var("beta_normal", &dims, randn);
+        let reduce = self
+            .reduce
+            .is_some()
+            .then(|| root.var("beta_reduce", &dims, randn));
+        self.betas = Some((normal, reduce));
+        self
+    }
+
+    /// Handles on the betas for a supernet's forward, if edge normalisation is on.
+    pub fn edge_betas(&self) -> Option<EdgeBetas> {
+        self.betas.as_ref().map(|(normal, reduce)| EdgeBetas {
+            space: self.space,
+            normal: normal.shallow_clone(),
+            reduce: reduce.as_ref().map(Tensor::shallow_clone),
+        })
+    }
+
+    /// `[num_edges]` betas of the normal and (where present) reduction cells.
+    pub fn betas(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        self.betas.as_ref().map(|(n, r)| (n, r.as_ref()))
+    }
+
+    /// Every architecture parameter, in the order a store-built optimizer lists them: the
+    /// alphas (normal, reduce), then the betas (normal, reduce) when edge normalisation is on.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let mut out = vec![self.normal.shallow_clone()];
+        out.extend(self.reduce.as_ref().map(Tensor::shallow_clone));
+        if let Some((n, r)) = &self.betas {
+            out.push(n.shallow_clone());
+            out.extend(r.as_ref().map(Tensor::shallow_clone));
+        }
+        out
+    }
+
+    /// The op probabilities a genotype is read off: `softmax(alpha)` per edge, times PC-DARTS's
+    /// per-node `softmax(beta)` of the edge when edge normalisation is on (the official
+    /// `genotype()._parse` multiplies `W[j, :] * W2[j]`), without graph.
+    pub fn derivation_weights(
+        &self,
+        relax: impl Fn(&Tensor) -> Tensor,
+    ) -> (Tensor, Option<Tensor>) {
+        tch::no_grad(|| {
+            let scaled = |alpha: &Tensor, beta: Option<&Tensor>| match beta {
+                Some(b) => scale_rows(&relax(alpha), &edge_normalisation_weights(&self.space, b)),
+                None => relax(alpha),
+            };
+            let (bn, br) = match &self.betas {
+                Some((n, r)) => (Some(n), r.as_ref()),
+                None => (None, None),
+            };
+            (
+                scaled(&self.normal, bn),
+                self.reduce.as_ref().map(|r| scaled(r, br)),
+            )
         })
     }
 
@@ -108,13 +188,8 @@ impl ArchParams {
 
     /// Derives a genotype from `softmax(alpha)` (what the official DARTS `genotype()` ranks).
     pub fn derive_genotype(&self, rule: DeriveRule) -> Result<Genotype, NasError> {
-        let probs = tch::no_grad(|| self.softmax_weights(1.0));
-        Genotype::derive(
-            &self.space,
-            probs.normal.weights(),
-            probs.reduce.as_ref().map(|r| r.weights()),
-            rule,
-        )
+        let (normal, reduce) = self.derivation_weights(|a| a.softmax(-1, Kind::Float));
+        Genotype::derive(&self.space, &normal, reduce.as_ref(), rule)
     }
 
     /// Writes the alphas to a safetensors file (readable from Python with `safetensors.torch`).
@@ -122,6 +197,12 @@ impl ArchParams {
         let mut named: Vec<(&str, &Tensor)> = vec![("alpha_normal", &self.normal)];
         if let Some(r) = &self.reduce {
             named.push(("alpha_reduce", r));
+        }
+        if let Some((n, r)) = &self.betas {
+            named.push(("beta_normal", n));
+            if let Some(r) = r {
+                named.push(("beta_reduce", r));
+            }
         }
         Tensor::write_safetensors(&named, path.as_ref()).map_err(|e| NasError::Checkpoint {
             path: path.as_ref().to_path_buf(),
@@ -142,6 +223,12 @@ impl ArchParams {
         let mut targets: Vec<(&str, &mut Tensor)> = vec![("alpha_normal", &mut self.normal)];
         if let Some(r) = self.reduce.as_mut() {
             targets.push(("alpha_reduce", r));
+        }
+        if let Some((n, r)) = self.betas.as_mut() {
+            targets.push(("beta_normal", n));
+            if let Some(r) = r.as_mut() {
+                targets.push(("beta_reduce", r));
+            }
         }
         for (name, var) in targets {
             let src =

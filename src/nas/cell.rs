@@ -7,10 +7,10 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::ops::{
-    factorized_reduce_plan, input_projection_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom,
-    Sequence, SharedInput,
+    factorized_reduce_plan, input_projection_plan, is_channels_last, relu_conv_bn_plan,
+    torch_conv2d, ConvGeom, Sequence, SharedInput,
 };
-use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights};
+use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights, PartialChannels};
 
 /// The topology every cell of a search space shares; it fixes the shape of the architecture
 /// parameters, `[num_edges, num_ops]`.
@@ -229,6 +229,9 @@ pub struct SearchCellConfig {
     pub affine: bool,
     /// BN after pooling ops (DARTS search).
     pub pool_bn: bool,
+    /// PC-DARTS: `1 / K` of each edge's channels go through its ops, the rest bypass them
+    /// ([`PartialChannels`]); `1` = every channel (DARTS).
+    pub partial: PartialChannels,
 }
 
 impl SearchCellConfig {
@@ -281,14 +284,27 @@ impl SearchCell {
                 )
             }
         };
+        // With partial channels every edge maps c -> c (preprocessing brings the inputs to c),
+        // and its ops see c / K of them.
+        let c_op = config.partial.op_channels(c)?;
+        if config.partial.enabled() && c_input != c {
+            return Err(NasError::Config(format!(
+                "partial channels need the cell's edges to map {c} -> {c} channels, but its input \
+                 has {c_input}"
+            )));
+        }
         let edges = space
             .edges()
             .iter()
             .map(|edge| {
                 let from_input = edge.from < space.num_inputs;
                 let spec = OpSpec {
-                    c_in: if from_input { c_input } else { c },
-                    c_out: c,
+                    c_in: if from_input {
+                        c_input / config.partial.k()
+                    } else {
+                        c_op
+                    },
+                    c_out: c_op,
                     stride: if config.reduction && from_input { 2 } else { 1 },
                     affine: config.affine,
                     pool_bn: config.pool_bn,
@@ -361,11 +377,15 @@ impl SearchCell {
                 .collect()
         };
         let mut edge_inputs = vec![[0; 3]; space.num_edges()];
+        let k = self.config.partial.k();
         for node in 0..space.num_nodes {
             let mut node_shape = [0; 3];
             for (from, e) in space.node_edges(node).enumerate() {
-                edge_inputs[e] = states[from];
-                node_shape = self.edges[e].out_shape(states[from]);
+                // The ops see c / K channels; the bypass restores c after them.
+                let [c, h, w] = states[from];
+                edge_inputs[e] = [c / k, h, w];
+                let [c_op, h_out, w_out] = self.edges[e].out_shape(edge_inputs[e]);
+                node_shape = [c_op * k, h_out, w_out];
             }
             states.push(node_shape);
         }
@@ -401,6 +421,16 @@ impl SearchCell {
                 .collect()
         };
         let edges = space.edges();
+        let partial = self.config.partial;
+        // What the ops of the edges leaving a state read: the state itself, or with partial
+        // channels its first c / K channels (the same slice for every edge, so the parameter-free
+        // prefixes and the fused convs are still shared), and the channels that bypass them.
+        let op_input = |state: &SharedInput| -> Option<(SharedInput, Tensor)> {
+            partial.enabled().then(|| {
+                let (through, bypass) = partial.split(state.tensor());
+                (SharedInput::new(through), bypass)
+            })
+        };
         // Each state's outgoing edges run their convs as one (SharedInput::fuse_convs); edges
         // with a hard sample (GDAS, SNAS) run only their sampled ops, so they are left out.
         let fuse_outgoing = |state: usize, input: &SharedInput| {
@@ -411,18 +441,36 @@ impl SearchCell {
                 .collect();
             input.fuse_convs(&convs);
         };
+        let mut partial_states: Vec<Option<(SharedInput, Tensor)>> =
+            states.iter().map(op_input).collect();
         for (state, input) in states.iter().enumerate() {
-            fuse_outgoing(state, input);
+            match &partial_states[state] {
+                Some((through, _)) => fuse_outgoing(state, through),
+                None => fuse_outgoing(state, input),
+            }
         }
         for node in 0..space.num_nodes {
             let mut sum: Option<Tensor> = None;
             for (from, e) in space.node_edges(node).enumerate() {
-                let y = self.edges[e].forward_sampled_shared(
-                    &states[from],
+                let (ops_read, bypass) = match &partial_states[from] {
+                    Some((through, bypass)) => (through, Some(bypass)),
+                    None => (&states[from], None),
+                };
+                let mut y = self.edges[e].forward_sampled_shared(
+                    ops_read,
                     &weights.edge(e),
                     weights.active(e),
                     train,
                 );
+                if let Some(bypass) = bypass {
+                    y = partial.combine(&y, bypass, is_channels_last(states[from].tensor()));
+                }
+                // Out of place: an in-place product would also be legal here, but a fresh
+                // tensor keeps autograd's saved values out of the question.
+                let y = match weights.edge_scale(e) {
+                    Some(scale) => y * scale,
+                    None => y,
+                };
                 sum = Some(match sum {
                     None => y,
                     Some(acc) => acc + y,
@@ -432,7 +480,12 @@ impl SearchCell {
             let mut s = sum.expect("every node has an incoming edge");
             s = self.config.node_norm.apply(&s);
             let state = SharedInput::new(s);
-            fuse_outgoing(states.len(), &state);
+            let partial_state = op_input(&state);
+            match &partial_state {
+                Some((through, _)) => fuse_outgoing(states.len(), through),
+                None => fuse_outgoing(states.len(), &state),
+            }
+            partial_states.push(partial_state);
             states.push(state);
         }
         let nodes: Vec<Tensor> = states

@@ -33,6 +33,7 @@ fn config(
         node_norm: NodeNorm::None,
         affine: false,
         pool_bn: true,
+        partial: PartialChannels::default(),
     }
 }
 

@@ -4,7 +4,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::ops::{is_channels_last, zeros_in_layout_of, ConvGeom, SharedInput};
+use super::ops::{is_channels_last, to_channels_last, zeros_in_layout_of, ConvGeom, SharedInput};
 use super::{NasError, Op, OpKind, OpSet, OpSpec};
 
 /// All ops of one edge.
@@ -14,8 +14,6 @@ pub struct MixedOp {
     /// Ops the dense forward evaluates: all but `none`, whose output is zero in value and in
     /// gradient (d(w * 0)/dw = 0), so computing it would only cost time and memory.
     evaluated: Vec<usize>,
-    /// `evaluated` as an i64 tensor on the op's device, for `index_select`.
-    evaluated_index: Tensor,
     spec: OpSpec,
 }
 
@@ -35,12 +33,9 @@ impl MixedOp {
                 "op set {op_set} has no op besides none"
             )));
         }
-        let index: Vec<i64> = evaluated.iter().map(|&o| o as i64).collect();
-        let evaluated_index = Tensor::from_slice(&index).to_device(p.device());
         Ok(Self {
             ops,
             evaluated,
-            evaluated_index,
             spec,
         })
     }
@@ -67,8 +62,11 @@ impl MixedOp {
 
     /// `sum_o w_o * op_o(x)` over every op.
     ///
-    /// The weighted sum is one `tensordot` of `w` with the stacked op outputs (one GEMV kernel
-    /// instead of a multiply and an add per op).
+    /// The sum is accumulated in place, one fused multiply-add per op (`addcmul_`), instead of
+    /// stacking the op outputs and contracting them with `w`: the stack copied every output into
+    /// one `[O', N, C, H, W]` buffer that backward then kept alive next to the outputs the ops
+    /// keep anyway. Autograd sees `acc = y_0 w_0; acc += y_1 w_1; ...`, whose gradients are the
+    /// stacked sum's: `dL/dy_o = w_o g`, `dL/dw_o = <g, y_o>`.
     ///
     /// # Shapes
     /// `x: [N, c_in, H, W]`, `weights: [num_ops]` (or `[N, num_ops]`, one row per example)
@@ -81,64 +79,32 @@ impl MixedOp {
     /// (ReLU, tanh, pools) are shared with each other and with the other edges reading the
     /// same state. Per-example weights `[N, num_ops]` weigh example `n`'s op outputs by row `n`.
     pub fn forward_shared(&self, input: &SharedInput, weights: &Tensor, train: bool) -> Tensor {
-        let outputs: Vec<Tensor> = self
-            .evaluated
-            .iter()
-            .map(|&o| self.ops[o].forward_shared(input, train))
-            .collect();
-        if weights.dim() == 2 {
-            return self.per_example_sum(input, &outputs, weights);
+        let per_example = weights.dim() == 2;
+        if per_example {
+            let n = input.tensor().size()[0];
+            assert_eq!(
+                weights.size()[0],
+                n,
+                "per-example op weights for {} examples, but the batch has {n}",
+                weights.size()[0]
+            );
         }
-        let w = weights.index_select(0, &self.evaluated_index); // [O']
-                                                                // The input's layout decides: an op's output can be a channel slice of a fused conv
-                                                                // (SharedInput::fuse_convs), which is neither NCHW- nor NHWC-contiguous.
-        if is_channels_last(input.tensor()) {
-            // Stack the NHWC views (contiguous, or channel slices of an NHWC tensor) so the
-            // layout survives the sum; a plain stack would transpose every output to NCHW first.
-            let nhwc: Vec<Tensor> = outputs.iter().map(|y| y.permute([0, 2, 3, 1])).collect();
-            let stacked = Tensor::stack(&nhwc, 0); // [O', N, H', W', C]
-            w.tensordot(&stacked, [0], [0]).permute([0, 3, 1, 2])
-        } else {
-            let stacked = Tensor::stack(&outputs, 0); // [O', N, C, H', W']
-            w.tensordot(&stacked, [0], [0])
+        // The weight of op `o`: a scalar, or a column `[N, 1, 1, 1]` per example.
+        let weight = |o: usize| match per_example {
+            true => weights.select(1, o as i64).reshape([-1, 1, 1, 1]),
+            false => weights.get(o as i64),
+        };
+        let mut acc: Option<Tensor> = None;
+        for &o in &self.evaluated {
+            let y = self.ops[o].forward_shared(input, train);
+            match acc.as_mut() {
+                None => acc = Some(first_term(&y, &weight(o), input.tensor())),
+                Some(acc) => {
+                    let _ = acc.addcmul_(&y, &weight(o));
+                }
+            }
         }
-    }
-
-    /// `sum_o w[n, o] * y_o[n]` for per-example weights `[N, num_ops]`: one broadcast
-    /// multiply and a sum over the stacked outputs, no loop over examples.
-    fn per_example_sum(&self, input: &SharedInput, outputs: &[Tensor], weights: &Tensor) -> Tensor {
-        let n = input.tensor().size()[0];
-        assert_eq!(
-            weights.size()[0],
-            n,
-            "per-example op weights for {} examples, but the batch has {n}",
-            weights.size()[0]
-        );
-        // [O', N]
-        let w = weights
-            .index_select(1, &self.evaluated_index)
-            .transpose(0, 1);
-        // The layout rule of forward_shared: stack NHWC views of channels-last outputs.
-        let channels_last = is_channels_last(input.tensor());
-        let views: Vec<Tensor> = outputs
-            .iter()
-            .map(|y| match channels_last {
-                true => y.permute([0, 2, 3, 1]),
-                false => y.shallow_clone(),
-            })
-            .collect();
-        let stacked = Tensor::stack(&views, 0); // [O', N, ...]
-        let mut shape = w.size();
-        shape.resize(stacked.dim(), 1); // [O', N, 1, ...]
-        let sum = (w.reshape(shape.as_slice()) * &stacked).sum_dim_intlist(
-            [0i64].as_slice(),
-            false,
-            stacked.kind(),
-        ); // [N, ...]
-        match channels_last {
-            true => sum.permute([0, 3, 1, 2]),
-            false => sum,
-        }
+        acc.expect("MixedOp::new keeps at least one evaluated op")
     }
 
     /// Like [`MixedOp::forward_t`], but with `active = Some(list)` only the listed ops are
@@ -206,6 +172,18 @@ impl MixedOp {
 
     pub fn spec(&self) -> &OpSpec {
         &self.spec
+    }
+}
+
+/// `y * w`, the first term of an in-place weighted sum, in the input's layout: an op output
+/// can be a channel slice of a fused conv (`SharedInput::fuse_convs`), neither NCHW- nor
+/// NHWC-contiguous, and an NCHW accumulator would turn every later kernel NCHW.
+fn first_term(y: &Tensor, w: &Tensor, input: &Tensor) -> Tensor {
+    let term = y * w;
+    if is_channels_last(input) && !is_channels_last(&term) {
+        to_channels_last(&term)
+    } else {
+        term
     }
 }
 
@@ -303,6 +281,136 @@ mod tests {
                         "{op_set}: example {n}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The in-place sum gives the stacked sum's output and gradients (input, op weights,
+    /// every op parameter), f64, for one weight row and for per-example rows: the reference is
+    /// the computation the in-place sum replaced, `tensordot(w, stack(outputs))`.
+    #[test]
+    fn in_place_sum_gives_the_stacked_sums_output_and_gradients() {
+        tch::manual_seed(5);
+        for op_set in [OpSet::Darts, OpSet::RlDarts] {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let m = mixed(&vs, op_set);
+            vs.double();
+            let o = op_set.len() as i64;
+            let x =
+                Tensor::randn([3, 4, 6, 6], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+            for per_example in [false, true] {
+                let shape: Vec<i64> = if per_example { vec![3, o] } else { vec![o] };
+                let w = Tensor::randn(shape.as_slice(), (Kind::Double, Device::Cpu))
+                    .softmax(-1, Kind::Double)
+                    .set_requires_grad(true);
+                let stacked = || {
+                    let outputs: Vec<Tensor> =
+                        m.ops().iter().map(|op| op.forward_t(&x, true)).collect();
+                    let stack = Tensor::stack(&outputs, 0); // [O, N, C, H, W]
+                    if per_example {
+                        (w.transpose(0, 1).reshape([o, 3, 1, 1, 1]) * stack).sum_dim_intlist(
+                            [0i64].as_slice(),
+                            false,
+                            Kind::Double,
+                        )
+                    } else {
+                        w.tensordot(&stack, [0], [0])
+                    }
+                };
+                let grads = |y: &Tensor| {
+                    let mut inputs = vec![x.shallow_clone(), w.shallow_clone()];
+                    inputs.extend(vs.trainable_variables());
+                    Tensor::run_backward(&[(y * y).sum(Kind::Double)], &inputs, false, true)
+                };
+                let (y_ref, y) = (stacked(), m.forward_t(&x, &w, true));
+                assert!(y.allclose(&y_ref, 1e-12, 1e-12, false), "{op_set}: outputs");
+                for (i, (a, b)) in grads(&y).iter().zip(&grads(&y_ref)).enumerate() {
+                    match (a.defined(), b.defined()) {
+                        (true, true) => assert!(
+                            a.allclose(b, 1e-12, 1e-12, false),
+                            "{op_set}, per-example {per_example}: gradient {i}"
+                        ),
+                        (a, b) => assert_eq!(a, b, "{op_set}: gradient {i} defined"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// With a straight-through one-hot weight `h - sg(p) + p`, evaluating only the sampled op
+    /// gives the full weighted sum's output and the same gradients to the input, the sampled
+    /// op's parameters and the sampled op's probability. The unsampled ops' probabilities get
+    /// GDAS's broadcast-scalar gradient `sum(dL/dy)` instead of `<dL/dy, op_o(x)>` (official
+    /// `hardwts[_ie]` for `_ie != argmax`), and their parameters none.
+    #[test]
+    fn sampled_forward_equals_the_full_sum_with_a_straight_through_one_hot() {
+        tch::manual_seed(6);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let m = mixed(&vs, OpSet::Darts);
+        vs.double();
+        let x = Tensor::randn([2, 4, 6, 6], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+        let probe = Tensor::randn([2, 4, 6, 6], (Kind::Double, Device::Cpu));
+        for sampled in [3usize, 4, 6] {
+            let p = Tensor::randn([8], (Kind::Double, Device::Cpu))
+                .softmax(0, Kind::Double)
+                .set_requires_grad(true);
+            let hard = Tensor::zeros([8], (Kind::Double, Device::Cpu));
+            let _ = hard.get(sampled as i64).fill_(1.0);
+            let w = &hard - p.detach() + &p;
+            let sampled_params: Vec<Tensor> = vs
+                .variables()
+                .into_iter()
+                .filter(|(n, t)| n.contains(m.ops()[sampled].kind().name()) && t.requires_grad())
+                .map(|(_, t)| t)
+                .collect();
+            assert!(!sampled_params.is_empty() || sampled == 3);
+            let run = |y: Tensor| {
+                let mut inputs = vec![x.shallow_clone(), p.shallow_clone()];
+                inputs.extend(sampled_params.iter().map(Tensor::shallow_clone));
+                let g =
+                    Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &inputs, false, false);
+                (y, g)
+            };
+            let (y_full, g_full) = run(m.forward_t(&x, &w, true));
+            let (y_one, g_one) = run(m.forward_sampled(&x, &w, Some(&[sampled]), true));
+            assert!(
+                y_one.allclose(&y_full, 1e-12, 1e-12, false),
+                "op {sampled}: output"
+            );
+            assert!(
+                g_one[0].allclose(&g_full[0], 1e-12, 1e-12, false),
+                "op {sampled}: input"
+            );
+            for (a, b) in g_one[2..].iter().zip(&g_full[2..]) {
+                assert!(
+                    a.allclose(b, 1e-12, 1e-12, false),
+                    "op {sampled}: op parameters"
+                );
+            }
+            // The op weights' gradients (what reaches p through the straight-through term):
+            // equal for the sampled op, GDAS's broadcast scalar for the others.
+            let w_leaf = w.detach().set_requires_grad(true);
+            let gw = |sparse: bool| {
+                let y = match sparse {
+                    true => m.forward_sampled(&x, &w_leaf, Some(&[sampled]), true),
+                    false => m.forward_t(&x, &w_leaf, true),
+                };
+                Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &[&w_leaf], false, false)
+                    [0]
+                .copy()
+            };
+            let (gw_full, gw_one) = (gw(false), gw(true));
+            let (a, b) = (gw_one.get(sampled as i64), gw_full.get(sampled as i64));
+            assert!(
+                a.allclose(&b, 1e-12, 1e-12, false),
+                "op {sampled}: its weight"
+            );
+            let broadcast = probe.sum(Kind::Double);
+            for o in (0..8).filter(|&o| o != sampled as i64) {
+                assert!(
+                    gw_one.get(o).allclose(&broadcast, 1e-12, 1e-12, false),
+                    "op {o}: GDAS's broadcast gradient"
+                );
             }
         }
     }

@@ -181,6 +181,7 @@ impl MlpSupernet {
                 node_norm: config.node_norm,
                 affine: false,
                 pool_bn: false,
+                partial: crate::nas::PartialChannels::default(),
             };
             Ok((
                 SearchCell::new(cp, cell_config)?,

@@ -23,6 +23,7 @@ pub mod mlp;
 pub mod network;
 pub mod norm;
 pub mod ops;
+pub mod partial;
 pub mod weights;
 
 pub use arch::{AlphaInit, ArchParams};
@@ -41,4 +42,5 @@ pub use network::{
 };
 pub use norm::NodeNorm;
 pub use ops::{Op, OpCost, OpKind, OpSet, OpSpec, StrideStyle};
+pub use partial::{EdgeBetas, PartialChannels};
 pub use weights::{CellWeights, OpWeights};

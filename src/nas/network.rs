@@ -12,8 +12,8 @@ use super::ops::{
     LayerDesc, Sequence,
 };
 use super::{
-    CellInputs, CellOutput, CellSpace, CellWeights, NasError, NodeNorm, OpCost, OpSet, SearchCell,
-    SearchCellConfig,
+    CellInputs, CellOutput, CellSpace, CellWeights, EdgeBetas, NasError, NodeNorm, OpCost, OpSet,
+    PartialChannels, SearchCell, SearchCellConfig,
 };
 use crate::agents::init::HiddenInit;
 use crate::agents::Encoder;
@@ -76,6 +76,44 @@ pub trait Supernet: std::fmt::Debug + Send {
     fn channels_last(&self) -> bool {
         false
     }
+
+    /// PC-DARTS's partial-channel setting of the cells (1 = off).
+    fn partial_channels(&self) -> PartialChannels {
+        PartialChannels::default()
+    }
+
+    /// Hands over PC-DARTS's edge-normalisation betas (handles on the [`super::ArchParams`]
+    /// store's variables); every later forward weighs each edge's output by its per-node
+    /// `softmax(beta)`. Supernets without partial-channel support refuse.
+    fn set_edge_betas(&mut self, _betas: EdgeBetas) -> Result<(), NasError> {
+        Err(NasError::Config(
+            "this supernet has no edge normalisation (PC-DARTS): use an rl_darts or DARTS \
+             search network"
+                .into(),
+        ))
+    }
+}
+
+/// `Err(Shape)` unless `betas` are `[num_edges]` for `space`, with a reduce vector where the
+/// network has reduction cells.
+fn check_betas(space: &CellSpace, has_reduce: bool, betas: &EdgeBetas) -> Result<(), NasError> {
+    let edges = [space.num_edges() as i64];
+    let fits = betas.space == *space
+        && betas.normal.size() == edges
+        && match &betas.reduce {
+            Some(r) => has_reduce && r.size() == edges,
+            None => !has_reduce,
+        };
+    if !fits {
+        return Err(NasError::Shape(format!(
+            "edge-normalisation betas {:?} / {:?} do not fit this network's {} edges (reduction \
+             cells: {has_reduce})",
+            betas.normal.size(),
+            betas.reduce.as_ref().map(Tensor::size),
+            space.num_edges()
+        )));
+    }
+    Ok(())
 }
 
 fn stem_plan(c_in: i64, c_out: i64, bias: bool, bn: bool) -> Vec<LayerDesc> {
@@ -129,6 +167,10 @@ pub struct DartsSearchConfig {
     /// Image channels.
     pub in_channels: i64,
     pub op_set: OpSet,
+    /// PC-DARTS (Xu et al. 2020): `K`, so that `1 / K` of each edge's channels go through its
+    /// ops and the rest bypass them, plus edge normalisation; `1` = off (DARTS), PC-DARTS: 4.
+    /// Every cell's channel count must be a multiple of `K`.
+    pub partial_channels: PartialChannels,
 }
 
 impl Default for DartsSearchConfig {
@@ -141,6 +183,7 @@ impl Default for DartsSearchConfig {
             stem_multiplier: 3,
             in_channels: 3,
             op_set: OpSet::Darts,
+            partial_channels: PartialChannels::default(),
         }
     }
 }
@@ -153,6 +196,7 @@ pub struct DartsSearchNet {
     stem: Sequence,
     cells: Vec<SearchCell>,
     classifier: nn::Linear,
+    edge_betas: Option<EdgeBetas>,
 }
 
 impl DartsSearchNet {
@@ -199,6 +243,7 @@ impl DartsSearchNet {
                 node_norm: NodeNorm::None,
                 affine: false,
                 pool_bn: true,
+                partial: config.partial_channels,
             };
             let cell = SearchCell::new(&p / "cells" / i, cell_config)?;
             reduction_prev = reduction;
@@ -212,6 +257,7 @@ impl DartsSearchNet {
             stem,
             cells,
             classifier,
+            edge_betas: None,
         })
     }
 
@@ -224,6 +270,8 @@ impl Supernet for DartsSearchNet {
     /// # Shapes
     /// `x: [N, in_channels, H, W]` -> logits `[N, num_classes]`
     fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
+        let attached = self.edge_betas.as_ref().map(|b| b.attach(weights));
+        let weights = attached.as_ref().unwrap_or(weights);
         let s = self.stem.forward_t(&to_channels_last(x), train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         for cell in &self.cells {
@@ -253,6 +301,16 @@ impl Supernet for DartsSearchNet {
 
     fn channels_last(&self) -> bool {
         true
+    }
+
+    fn partial_channels(&self) -> PartialChannels {
+        self.config.partial_channels
+    }
+
+    fn set_edge_betas(&mut self, betas: EdgeBetas) -> Result<(), NasError> {
+        check_betas(&self.space(), true, &betas)?;
+        self.edge_betas = Some(betas);
+        Ok(())
     }
 
     fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable {
@@ -325,6 +383,10 @@ pub struct RlDartsConfig {
     /// The final linear layer: "torch_default" (default, as the IMPALA-CNN's), "glorot_uniform"
     /// or "orthogonal" ([`HiddenInit`]). The cells' convs always start from PyTorch's defaults.
     pub init: HiddenInit,
+    /// PC-DARTS (Xu et al. 2020): `K`, so that `1 / K` of each edge's channels go through its
+    /// ops and the rest bypass them, plus edge normalisation; `1` = off, PC-DARTS: 4. Every
+    /// stage's channel count must be a multiple of `K`.
+    pub partial_channels: PartialChannels,
 }
 
 impl Default for RlDartsConfig {
@@ -340,6 +402,7 @@ impl Default for RlDartsConfig {
             node_norm: NodeNorm::default(),
             embedding: 256,
             init: HiddenInit::default(),
+            partial_channels: PartialChannels::default(),
         }
     }
 }
@@ -547,6 +610,7 @@ impl<C> RlSkeleton<C> {
 pub struct RlDartsSupernet {
     config: RlDartsConfig,
     skeleton: RlSkeleton<SearchCell>,
+    edge_betas: Option<EdgeBetas>,
 }
 
 impl RlDartsSupernet {
@@ -563,6 +627,7 @@ impl RlDartsSupernet {
                 node_norm: config.node_norm,
                 affine: false,
                 pool_bn: false,
+                partial: config.partial_channels,
             };
             Ok((
                 SearchCell::new(cp, cell_config)?,
@@ -573,6 +638,7 @@ impl RlDartsSupernet {
         Ok(Self {
             config: config.clone(),
             skeleton,
+            edge_betas: None,
         })
     }
 
@@ -585,6 +651,8 @@ impl Supernet for RlDartsSupernet {
     /// # Shapes
     /// `x: [N, C, H, W]` -> features `[N, embedding]`
     fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
+        let attached = self.edge_betas.as_ref().map(|b| b.attach(weights));
+        let weights = attached.as_ref().unwrap_or(weights);
         self.skeleton.forward(x, |cell, h, reduction| {
             let w = if reduction {
                 weights.reduce_or_panic()
@@ -601,6 +669,16 @@ impl Supernet for RlDartsSupernet {
 
     fn has_reduction_cells(&self) -> bool {
         self.config.has_reduction_cells()
+    }
+
+    fn partial_channels(&self) -> PartialChannels {
+        self.config.partial_channels
+    }
+
+    fn set_edge_betas(&mut self, betas: EdgeBetas) -> Result<(), NasError> {
+        check_betas(&self.space(), self.has_reduction_cells(), &betas)?;
+        self.edge_betas = Some(betas);
+        Ok(())
     }
 
     fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable {
@@ -765,6 +843,7 @@ impl NasBench201SearchNet {
                     node_norm: NodeNorm::None,
                     affine: false,
                     pool_bn: false,
+                    partial: PartialChannels::default(),
                 };
                 layers.push(Nb201Layer::Cell(SearchCell::new(
                     &p / "cells" / layers.len(),

@@ -13,8 +13,9 @@ use super::{CellSpace, NasError};
 ///
 /// `weights` is `[num_edges, num_ops]`; row `e` weighs the ops of edge `e` (edge order: see
 /// [`CellSpace::edges`]). Per-example weights ([`OpWeights::per_example`]) are
-/// `[B, num_edges, num_ops]`: `weights[b]` is the matrix of example `b` of the batch. Any per-edge factor (PC-DARTS's edge normalisation beta) folds into
-/// the rows, because a mixed op is linear in its weights.
+/// `[B, num_edges, num_ops]`: `weights[b]` is the matrix of example `b` of the batch. PC-DARTS's edge normalisation
+/// factors ride along as `edge_scale`: they scale the whole edge output, including channels that
+/// bypass the ops, so they do not fold into the rows.
 ///
 /// `active`, when present, lists per edge the ops to evaluate; every op outside the list must
 /// have weight exactly 0 (a hard sample), so skipping it changes no value. Its weight still
@@ -24,6 +25,10 @@ use super::{CellSpace, NasError};
 pub struct OpWeights {
     weights: Tensor,
     active: Option<Vec<Vec<usize>>>,
+    /// PC-DARTS's edge normalisation: `[num_edges]` factors multiplied into each edge's whole
+    /// output (bypassed channels included, so not foldable into `weights` when channels are
+    /// partial); `None` = 1. Attached by [`super::partial::EdgeBetas::attach`].
+    edge_scale: Option<Tensor>,
 }
 
 impl OpWeights {
@@ -32,6 +37,7 @@ impl OpWeights {
         Self {
             weights,
             active: None,
+            edge_scale: None,
         }
     }
 
@@ -51,6 +57,7 @@ impl OpWeights {
         Ok(Self {
             weights,
             active: None,
+            edge_scale: None,
         })
     }
 
@@ -91,6 +98,7 @@ impl OpWeights {
         Ok(Self {
             weights,
             active: Some(active),
+            edge_scale: None,
         })
     }
 
@@ -117,6 +125,19 @@ impl OpWeights {
         }
     }
 
+    /// The same weights with edge-normalisation factors `scale: [num_edges]`.
+    pub fn with_edge_scale(self, scale: Tensor) -> Self {
+        Self {
+            edge_scale: Some(scale),
+            ..self
+        }
+    }
+
+    /// Edge `e`'s normalisation factor (a 0-dim tensor), or `None` without edge normalisation.
+    pub fn edge_scale(&self, e: usize) -> Option<Tensor> {
+        self.edge_scale.as_ref().map(|s| s.get(e as i64))
+    }
+
     /// The ops to evaluate on `edge`, or `None` for all of them.
     pub fn active(&self, edge: usize) -> Option<&[usize]> {
         self.active.as_ref().map(|a| a[edge].as_slice())
@@ -133,6 +154,15 @@ impl OpWeights {
                 self.weights.size(),
                 space.op_set
             )));
+        }
+        if let Some(scale) = &self.edge_scale {
+            if scale.size() != [space.num_edges() as i64] {
+                return Err(NasError::Shape(format!(
+                    "edge normalisation factors {:?}, the cell has {} edges",
+                    scale.size(),
+                    space.num_edges()
+                )));
+            }
         }
         if let Some(active) = &self.active {
             if active.len() != space.num_edges() {
@@ -151,6 +181,7 @@ impl OpWeights {
         Self {
             weights: self.weights.shallow_clone(),
             active: self.active.clone(),
+            edge_scale: self.edge_scale.as_ref().map(Tensor::shallow_clone),
         }
     }
 }

@@ -11,8 +11,7 @@ use tch::Tensor;
 use super::optim::ordered_variables;
 use super::perturb::{exact_mixed_hvp, fd_mixed_hvp, grad, norm, WeightGuard};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy,
+    softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -103,7 +102,7 @@ impl Darts {
         objective: &mut dyn Objective,
     ) -> Result<(f64, Vec<Tensor>), SearchError> {
         let t = self.params.temperature;
-        let a = alphas(arch);
+        let a = arch.parameters();
         let w = objective.parameters();
         let vs = objective.virtual_step();
         if vs.momentum_buffers.len() != w.len() {
@@ -194,7 +193,7 @@ impl Darts {
         let weights = softmax_weights(arch, self.params.temperature);
         let loss = objective.search_loss_for_alphas(&weights)?;
         let value = objective.average_value_over_processes(loss.f_double_value(&[])?)?;
-        let g = grad(&loss, &alphas(arch), false)?;
+        let g = grad(&loss, &arch.parameters(), false)?;
         objective.average_over_processes(&g)?;
         Ok((value, g))
     }

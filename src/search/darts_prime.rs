@@ -554,7 +554,7 @@ impl SearchStrategy for DartsPrime {
         // The regulariser reads only the alphas, the same on every process: averaging the
         // total averages the validation part and keeps the regulariser's.
         let loss = objective.average_value_over_processes(total.f_double_value(&[])?)?;
-        let g = grad(&total, &alphas(arch), false)?;
+        let g = grad(&total, &arch.parameters(), false)?;
         objective.average_over_processes(&g)?;
         self.adam.step_with(&g)?;
         self.state.arch_steps += 1;

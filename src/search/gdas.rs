@@ -31,8 +31,7 @@ use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::sampling;
 use super::{
-    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy,
+    Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpWeights};
 
@@ -247,7 +246,7 @@ impl SearchStrategy for Gdas {
         let weights = self.sampled_weights(arch)?;
         let loss = objective.search_loss_for_alphas(&weights)?;
         let value = objective.average_value_over_processes(loss.f_double_value(&[])?)?;
-        let g = grad(&loss, &alphas(arch), false)?;
+        let g = grad(&loss, &arch.parameters(), false)?;
         objective.average_over_processes(&g)?;
         self.adam.step_with(&g)?;
         self.state.arch_steps += 1;

@@ -31,8 +31,7 @@ use super::darts::HessianMode;
 use super::optim::ordered_variables;
 use super::perturb::{self, exact_hvp, exact_mixed_hvp, fd_mixed_hvp, grad, WeightGuard};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy,
+    softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -240,7 +239,7 @@ impl IDarts {
         objective: &mut dyn Objective,
     ) -> Result<(f64, Vec<Tensor>), SearchError> {
         let t = self.params.temperature;
-        let a = alphas(arch);
+        let a = arch.parameters();
         let w = objective.parameters();
         let gamma = self.params.gamma.unwrap_or(objective.virtual_step().lr);
         let mut guarded: Vec<Tensor> = w.iter().map(Tensor::shallow_clone).collect();

@@ -31,8 +31,8 @@ use tch::Tensor;
 use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase,
-    ReportField, SearchError, SearchStrategy, WeightStepReport,
+    softmax_weights, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, ReportField,
+    SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -127,7 +127,7 @@ impl SearchStrategy for Joint {
         let t = self.params.temperature;
         Ok(match phase {
             Phase::Weights => {
-                for mut a in alphas(arch) {
+                for mut a in arch.parameters() {
                     a.zero_grad();
                 }
                 self.pending = true;
@@ -175,7 +175,7 @@ impl SearchStrategy for Joint {
     ) -> Result<ArchStepStats, SearchError> {
         let loss = objective.train_loss(&softmax_weights(arch, self.params.temperature))?;
         let value = loss.f_double_value(&[])?;
-        let g = grad(&loss, &alphas(arch), false)?;
+        let g = grad(&loss, &arch.parameters(), false)?;
         self.step(&g, value)
     }
 
@@ -193,7 +193,7 @@ impl SearchStrategy for Joint {
                     .into(),
             ));
         }
-        let a = alphas(arch);
+        let a = arch.parameters();
         let g: Vec<Tensor> = a
             .iter()
             .map(|t| {

@@ -659,6 +659,22 @@ impl StrategyConfig {
         arch: &ArchParams,
         seed: u64,
     ) -> Result<Box<dyn SearchStrategy>, SearchError> {
+        // Strategies whose alpha gradient is not one autograd gradient of a loss (SNAS's
+        // resource score function, UNAS's estimators, random search's written alphas) list
+        // gradients per op-weight matrix; PC-DARTS's betas have no place in those lists.
+        if arch.betas().is_some()
+            && matches!(
+                self,
+                StrategyConfig::Snas(_) | StrategyConfig::Unas(_) | StrategyConfig::Random(_)
+            )
+        {
+            return Err(SearchError::Invalid(format!(
+                "{}: PC-DARTS's edge normalisation (partial_channels > 1) works with darts, \
+                 idarts, gdas, joint and darts_prime; {} has no gradient for its betas",
+                self.name(),
+                self.name()
+            )));
+        }
         Ok(match self {
             StrategyConfig::Darts(p) => Box::new(Darts::new(arch, p.clone())?),
             StrategyConfig::Random(p) => Box::new(RandomSearch::new(arch, p.clone(), seed)?),
@@ -691,12 +707,15 @@ pub fn bilevel_softmax_weights(arch: &ArchParams, temperature: f64, phase: Phase
 
 /// The genotype `rule` reads off `softmax(alpha)` (the DARTS derivation for every strategy whose
 /// alphas are logits of the op distribution).
+///
+/// With PC-DARTS's edge normalisation each row is scaled by its edge's `softmax(beta)` over the
+/// node's inputs ([`ArchParams::derivation_weights`]).
 pub fn derive_from_softmax(arch: &ArchParams, rule: DeriveRule) -> Result<Genotype, SearchError> {
-    let probs = tch::no_grad(|| softmax_weights(arch, 1.0));
+    let (normal, reduce) = arch.derivation_weights(|a| a.softmax(-1, a.kind()));
     Ok(Genotype::derive(
         arch.space(),
-        probs.normal.weights(),
-        probs.reduce.as_ref().map(|r| r.weights()),
+        &normal,
+        reduce.as_ref(),
         rule,
     )?)
 }

@@ -69,12 +69,23 @@ pub fn build_policy(
     let shape = crate::agents::policy::encoder_input_shape(spec);
     let supernet_err =
         |e: crate::nas::NasError| TrainError::Invalid(format!("encoder.params.supernet: {e}"));
-    let searched = |net: Box<dyn SearchedEncoder>,
+    let searched = |mut net: Box<dyn SearchedEncoder>,
                     space,
                     with_reduce,
                     cost_shape: [i64; 3]|
      -> Result<Policy, TrainError> {
-        let mut search = ArchSearch::new(&config.search, space, with_reduce, device, config.seed)?;
+        let edge_normalisation = net.partial_channels().enabled();
+        let mut search = ArchSearch::new(
+            &config.search,
+            space,
+            with_reduce,
+            edge_normalisation,
+            device,
+            config.seed,
+        )?;
+        if let Some(betas) = search.arch().edge_betas() {
+            net.set_edge_betas(betas).map_err(supernet_err)?;
+        }
         search.set_op_costs(net.op_costs(cost_shape))?;
         // Fails with a clear message if a latency penalty is asked of a network whose cells are
         // not timed alone (MLP cells).

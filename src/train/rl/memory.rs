@@ -76,6 +76,22 @@ impl MemoryPlan {
 /// The peak resident memory of one forward + backward pass of the PPO loss on `n` samples of
 /// `obs` (taken from the rollout storage's shape), measured through the kernel's high-water
 /// mark.
+pub(crate) fn reset_peak_or_err() -> Result<(), TrainError> {
+    if !host_memory::reset_peak() {
+        return Err(TrainError::Invalid(
+            "memory planning needs /proc/self/clear_refs (Linux); set memory.micro_batch_size by hand".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The process's peak resident bytes since the last reset.
+pub(crate) fn peak_or_err() -> Result<f64, TrainError> {
+    host_memory::peak_rss().map(|p| p as f64).ok_or_else(|| {
+        TrainError::Invalid("cannot read the peak resident size from /proc/self/status".into())
+    })
+}
+
 fn probe_peak<A>(
     policy: &ActorCritic<A>,
     arch: &mut dyn FnMut() -> Result<A, TrainError>,
@@ -93,17 +109,10 @@ fn probe_peak<A>(
         advantages: Tensor::ones([n], f32s),
         returns: Tensor::zeros([n], f32s),
     };
-    if !host_memory::reset_peak() {
-        return Err(TrainError::Invalid(
-            "memory planning needs /proc/self/clear_refs (Linux); set memory.micro_batch_size by hand".into(),
-        ));
-    }
+    reset_peak_or_err()?;
     let new = policy.evaluate(&batch.obs, &batch.actions, &arch()?);
     ppo_loss(&new, &batch, config).loss.f_backward()?;
-    let peak = host_memory::peak_rss().ok_or_else(|| {
-        TrainError::Invalid("cannot read the peak resident size from /proc/self/status".into())
-    })?;
-    Ok(peak as f64)
+    peak_or_err()
 }
 
 /// Plans the update's passes: measures the peak of a pass on two probe sizes (the difference
@@ -131,6 +140,25 @@ pub fn plan_update<A>(
     if probe_obs.device() != Device::Cpu {
         return Ok(None);
     }
+    let available = probe_obs.size()[0] as usize;
+    plan_passes(minibatch, available, memory, "PPO update", &mut |n| {
+        probe_peak(policy, arch, probe_obs, n, config)
+    })
+}
+
+/// The planner behind [`plan_update`], for any loop that can split its batch: `probe(n)`
+/// runs one forward + backward pass on `n` samples and returns the process's peak resident
+/// bytes (after [`host_memory::reset_peak`]); the plan keeps the largest divisor of `batch`
+/// whose estimated peak fits the budget. `what` names the pass in the error. `None` when no
+/// budget can be found (no cap and no readable limit).
+pub(crate) fn plan_passes(
+    batch: usize,
+    available: usize,
+    memory: &MemoryConfig,
+    what: &str,
+    probe: &mut dyn FnMut(i64) -> Result<f64, TrainError>,
+) -> Result<Option<MemoryPlan>, TrainError> {
+    let minibatch = batch;
     let (budget, source) = match memory.cap_gib {
         Some(cap) if cap > 0.0 && cap.is_finite() => (
             PLANNED_SHARE * cap * GIB,
@@ -152,12 +180,11 @@ pub fn plan_update<A>(
             None => return Ok(None),
         },
     };
-    let available = probe_obs.size()[0] as usize;
     let small = (minibatch / 8).clamp(1, 16).min(available) as i64;
     let large = (4 * small).min(minibatch as i64).min(available as i64);
     let base = host_memory::rss().unwrap_or(0) as f64;
-    let peak_small = probe_peak(policy, arch, probe_obs, small, config)?;
-    let peak_large = probe_peak(policy, arch, probe_obs, large, config)?;
+    let peak_small = probe(small)?;
+    let peak_large = probe(large)?;
     let per_sample = if large > small {
         ((peak_large - peak_small) / (large - small) as f64).max(0.0)
     } else {
@@ -170,7 +197,7 @@ pub fn plan_update<A>(
         .collect();
     let Some(&micro) = divisors.iter().find(|&&d| estimate(d) <= budget) else {
         return Err(TrainError::Invalid(format!(
-            "the PPO update does not fit in memory even one sample at a time: {:.2} GB resident before it, {:.1} MB per sample, budget {:.2} GB ({source}); raise memory.cap_gib, free memory, or use a smaller network",
+            "the {what} does not fit in memory even one sample at a time: {:.2} GB resident before it, {:.1} MB per sample, budget {:.2} GB ({source}); raise memory.cap_gib, free memory, or use a smaller network",
             base / 1e9,
             per_sample / 1e6,
             budget / 1e9

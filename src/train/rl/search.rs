@@ -134,12 +134,13 @@ pub(super) fn search_err(e: SearchError) -> TrainError {
 }
 
 impl ArchSearch {
-    /// Alphas for `space` (with a reduce matrix when `with_reduce`) and the strategy of
-    /// `config`, seeded with `seed`.
+    /// Alphas for `space` (with a reduce matrix when `with_reduce`, and PC-DARTS's betas when
+    /// `edge_normalisation`) and the strategy of `config`, seeded with `seed`.
     pub fn new(
         config: &RlSearchConfig,
         space: CellSpace,
         with_reduce: bool,
+        edge_normalisation: bool,
         device: Device,
         seed: u64,
     ) -> Result<Self, TrainError> {
@@ -151,8 +152,11 @@ impl ArchSearch {
                 "search.log_every must be at least 1".into(),
             ));
         }
-        let arch = ArchParams::new(device, space, with_reduce, config.alpha_init)
+        let mut arch = ArchParams::new(device, space, with_reduce, config.alpha_init)
             .map_err(|e| TrainError::Invalid(format!("search.alpha_init: {e}")))?;
+        if edge_normalisation {
+            arch = arch.with_edge_normalisation();
+        }
         let strategy = rl_strategy_config(&config.strategy)
             .build(&arch, seed)
             .map_err(|e| TrainError::Invalid(format!("search.strategy: {e}")))?;
@@ -185,10 +189,10 @@ impl ArchSearch {
         &self.arch
     }
 
-    /// The alphas themselves (not copies), normal first: what a data-parallel run broadcasts
-    /// from rank 0.
+    /// The architecture parameters themselves (not copies), alphas normal first, then any
+    /// PC-DARTS betas: what a data-parallel run broadcasts from rank 0.
     pub fn alpha_tensors(&self) -> Vec<Tensor> {
-        alphas(&self.arch)
+        self.arch.parameters()
     }
 
     /// Copies of the alphas, normal first.

@@ -238,6 +238,11 @@ pub struct SupervisedConfig {
     /// Search and train-arch checkpoints; `every` counts epochs here (default: every epoch,
     /// the newest 2 kept; `every_minutes` as in PPO runs).
     pub checkpoint: CheckpointConfig,
+    /// How the search's and train-arch's weight steps fit the machine (as PPO's `[memory]`):
+    /// `cap_gib` (unset: 90% of what the process can have) and `micro_batch_size` (unset:
+    /// planned by measuring a pass). A split batch accumulates its micro-batches' gradients;
+    /// BatchNorm then uses each micro-batch's statistics (see `train::supervised::micro`).
+    pub memory: crate::train::rl::memory::MemoryConfig,
 }
 
 impl Default for SupervisedConfig {
@@ -255,6 +260,7 @@ impl Default for SupervisedConfig {
                 keep: 2,
                 ..CheckpointConfig::default()
             },
+            memory: Default::default(),
         }
     }
 }

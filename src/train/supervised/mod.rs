@@ -20,6 +20,7 @@ use crate::nas::{CellType, DartsEvalConfig, DartsEvalNet, Genotype, NasError};
 use crate::search::SearchError;
 
 pub mod config;
+pub mod micro;
 pub mod objective;
 mod random;
 mod retrain;

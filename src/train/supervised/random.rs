@@ -65,10 +65,10 @@ pub(super) fn random_from_scratch(
         let genotype = sampler.sample_genotype();
         let result = train_genotype(
             &train_config,
+            &config.memory,
             &genotype,
             device,
-            w_train,
-            w_search,
+            (w_train, w_search),
             &mut rng,
             &mut *run.progress,
         )?;

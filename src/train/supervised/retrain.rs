@@ -8,9 +8,10 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
 use super::config::{SupervisedConfig, TrainArchConfig};
+use super::micro::accumulate;
 use super::objective::{clip_grad_norm, correct, cross_entropy};
 use super::search::GENOTYPE_JSON;
 use super::{
@@ -22,6 +23,7 @@ use crate::logging::MetricsSink;
 use crate::nas::{DartsEvalNet, Genotype};
 use crate::search::Sgd;
 use crate::train::checkpoint::CheckpointConfig;
+use crate::train::rl::memory::MemoryConfig;
 use crate::train::rl::Progress;
 use crate::train::run_dir::RunDir;
 
@@ -135,6 +137,7 @@ fn train_arch_impl(
             device,
             train: &train,
             test: &test,
+            memory: &config.memory,
             progress,
             sink: Some(sink),
             out_dir,
@@ -184,6 +187,8 @@ struct Retrain<'a> {
     train: &'a Dataset,
     /// Test set (train-arch) or search split (random search's candidate scoring).
     test: &'a Dataset,
+    /// How a batch fits the machine (micro-batches, see [`super::micro`]).
+    memory: &'a MemoryConfig,
     progress: &'a mut dyn Progress,
     /// Per-epoch scalars when given.
     sink: Option<&'a mut dyn MetricsSink>,
@@ -192,13 +197,14 @@ struct Retrain<'a> {
     checkpoints: Option<Checkpointing<'a>>,
 }
 
-/// Trains a random-search candidate: [`retrain`] without logs, weights or checkpoints.
+/// Trains a random-search candidate: [`retrain`] without logs, weights or checkpoints, on
+/// `(train, test)`.
 pub(super) fn train_genotype(
     ta: &TrainArchConfig,
+    memory: &MemoryConfig,
     genotype: &Genotype,
     device: Device,
-    train: &Dataset,
-    test: &Dataset,
+    (train, test): (&Dataset, &Dataset),
     rng: &mut ChaCha8Rng,
     progress: &mut dyn Progress,
 ) -> Result<TrainArchSummary, SupervisedError> {
@@ -209,6 +215,7 @@ pub(super) fn train_genotype(
             device,
             train,
             test,
+            memory,
             progress,
             sink: None,
             out_dir: None,
@@ -224,6 +231,8 @@ struct Retraining {
     net: DartsEvalNet,
     sgd: Sgd,
     state: RetrainState,
+    /// Examples per forward/backward pass when a batch is split ([`super::micro`]).
+    micro_batch: Option<usize>,
 }
 
 /// Sums over one retraining epoch.
@@ -243,6 +252,7 @@ fn retrain(r: Retrain<'_>, rng: &mut ChaCha8Rng) -> Result<TrainArchSummary, Sup
         device,
         train,
         test,
+        memory,
         progress,
         mut sink,
         out_dir,
@@ -261,11 +271,29 @@ fn retrain(r: Retrain<'_>, rng: &mut ChaCha8Rng) -> Result<TrainArchSummary, Sup
     if let Some(ck) = checkpoints.as_ref().filter(|c| c.resume) {
         state = resume_retrain(ck.run_dir, &mut vs, &mut sgd)?;
     }
+    // The planner's probe runs the loss of train.py's step (auxiliary head included) on the
+    // first examples; the micro-batch divides the batch size, so only a short last batch of an
+    // epoch can have a shorter last micro-batch (its share then weighs it right).
+    let micro_batch = {
+        let probe_batch = ta.batch_size.min(train.len());
+        let index: Vec<i64> = (0..probe_batch as i64).collect();
+        let (x, y) = batch(train, &index, &ta.augment, &mut state.rng.clone());
+        let note = super::micro::BN_NOTE;
+        super::micro::plan_micro_batch(
+            "train-arch step",
+            note,
+            ta.batch_size,
+            memory,
+            &vs,
+            &mut |n| retrain_loss(&net, &x.narrow(0, 0, n), &y.narrow(0, 0, n), ta).0,
+        )?
+    };
     let mut r = Retraining {
         vs,
         net,
         sgd,
         state,
+        micro_batch,
     };
     let mut epochs_here = 0;
     let mut interrupted = false;
@@ -343,6 +371,22 @@ fn resume_retrain(
     read_state(&dir.join(RETRAIN_STATE_FILE))
 }
 
+/// `train.py`'s training loss on `(x, y)` (cross-entropy, plus the auxiliary head's weighted
+/// by `auxiliary_weight`) and the logits.
+fn retrain_loss(
+    net: &DartsEvalNet,
+    x: &Tensor,
+    y: &Tensor,
+    ta: &TrainArchConfig,
+) -> (Tensor, Tensor) {
+    let (logits, aux) = net.forward_t(x, true);
+    let mut loss = cross_entropy(&logits, y);
+    if let Some(aux) = aux {
+        loss += cross_entropy(&aux, y) * ta.auxiliary_weight;
+    }
+    (loss, logits)
+}
+
 /// One epoch of `train.py`'s `train`: cosine lr, drop-path probability ramped with the epoch,
 /// then per minibatch the loss (plus the auxiliary head's), backward, clipping and SGD.
 fn retrain_epoch(
@@ -365,15 +409,17 @@ fn retrain_epoch(
     for index in epoch_batches(train.len(), ta.batch_size, true, &mut r.state.rng) {
         let (x, y) = batch(train, &index, &ta.augment, &mut r.state.rng);
         r.sgd.zero_grad();
-        let (logits, aux) = r.net.forward_t(&x, true);
-        let mut loss = cross_entropy(&logits, &y);
-        if let Some(aux) = aux {
-            loss += cross_entropy(&aux, &y) * ta.auxiliary_weight;
-        }
-        loss.backward();
+        let n = index.len() as i64;
+        let (value, logits) = accumulate(n, r.micro_batch, |start, len| {
+            retrain_loss(
+                &r.net,
+                &x.narrow(0, start, len),
+                &y.narrow(0, start, len),
+                ta,
+            )
+        });
         clip_grad_norm(&r.sgd.parameters(), ta.weights.grad_clip);
         r.sgd.step();
-        let value = loss.double_value(&[]);
         if !value.is_finite() {
             return Err(SupervisedError::NonFinite {
                 epoch,

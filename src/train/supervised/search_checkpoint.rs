@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use super::config::SupervisedConfig;
+use super::objective::cross_entropy;
 use super::{
     checkpoint_error, load_weights, read_state, write_state, SupervisedError, SGD_FILE,
     WEIGHTS_FILE,
@@ -62,13 +63,21 @@ impl SearchSession {
     ) -> Result<Self, SupervisedError> {
         let sc = &config.search;
         let vs = nn::VarStore::new(device);
-        let net = DartsSearchNet::new(vs.root() / "net", &config.network)?;
-        let arch = ArchParams::new(
+        let mut net = DartsSearchNet::new(vs.root() / "net", &config.network)?;
+        let mut arch = ArchParams::new(
             device,
             net.space(),
             net.has_reduction_cells(),
             sc.alpha_init,
         )?;
+        // PC-DARTS: the betas are architecture parameters (the strategy's optimizer adopts
+        // them with the alphas); the supernet weighs its edges by them in every forward.
+        if net.partial_channels().enabled() {
+            arch = arch.with_edge_normalisation();
+            if let Some(betas) = arch.edge_betas() {
+                net.set_edge_betas(betas)?;
+            }
+        }
         let mut strategy = sc.strategy.build(&arch, config.seed)?;
         // Resource-aware strategies (SNAS, UNAS) price ops at this dataset's input size.
         strategy.set_op_costs(&net.op_costs(w_train.image_shape()))?;
@@ -82,6 +91,7 @@ impl SearchSession {
             )?;
             strategy.set_latency_table(table)?;
         }
+        check_search_fits(config, &vs, &net, &arch, w_train)?;
         let sgd = Sgd::new(vs.variables(), sc.weights.sgd());
         let state = LoopState {
             epochs_done: 0,
@@ -135,5 +145,65 @@ impl SearchSession {
         self.strategy.save(dir)?;
         self.health.save(dir)?;
         write_state(&dir.join(LOOP_FILE), &self.state)
+    }
+}
+
+/// Checks, before the first step, that a search iteration fits the memory budget
+/// (`memory.cap_gib`, or 90% of what the process can have): a probe runs the weight step's loss
+/// with every op of the supernet evaluated (dense op weights, what the costliest strategy's
+/// steps run) and the planner of [`super::micro`] estimates the whole batch's peak. Unlike
+/// train-arch, the search cannot split a batch: strategies differentiate one loss tensor of the
+/// whole batch (second-order ones twice, through Hessian-vector products), so a batch that does
+/// not fit is an error with the numbers and the largest batch size that would.
+fn check_search_fits(
+    config: &SupervisedConfig,
+    vs: &nn::VarStore,
+    net: &DartsSearchNet,
+    arch: &ArchParams,
+    w_train: &Dataset,
+) -> Result<(), SupervisedError> {
+    let sc = &config.search;
+    if config
+        .memory
+        .micro_batch_size
+        .is_some_and(|m| m < sc.batch_size)
+    {
+        return Err(SupervisedError::Invalid(format!(
+            "memory.micro_batch_size = {} < search.batch_size = {}: the search cannot split its \
+             batches (strategies differentiate one loss of the whole batch); lower \
+             search.batch_size instead (train-arch can split)",
+            config.memory.micro_batch_size.unwrap_or(0),
+            sc.batch_size
+        )));
+    }
+    if config.memory.micro_batch_size.is_some() {
+        return Ok(());
+    }
+    let n = sc.batch_size.min(w_train.len());
+    let index: Vec<i64> = (0..n as i64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let (x, y) = super::batch(w_train, &index, &sc.augment, &mut rng);
+    let weights = tch::no_grad(|| crate::search::softmax_weights(arch, 1.0));
+    let micro = super::micro::plan_micro_batch(
+        "search step",
+        "",
+        sc.batch_size,
+        &config.memory,
+        vs,
+        &mut |k| {
+            cross_entropy(
+                &net.forward_with(&x.narrow(0, 0, k), &weights, true),
+                &y.narrow(0, 0, k),
+            )
+        },
+    )?;
+    match micro {
+        None => Ok(()),
+        Some(m) => Err(SupervisedError::Invalid(format!(
+            "a search step on {} examples does not fit the memory budget (see the line above); \
+             the search cannot split its batches, so set search.batch_size = {m} (the largest \
+             that fits) or raise memory.cap_gib",
+            sc.batch_size
+        ))),
     }
 }
