@@ -50,12 +50,16 @@ impl ArchSearch {
         self.health_pending = false;
         let mut objective = PpoObjective {
             policy: phase.policy,
-            config: phase.ppo,
+            config: phase.ppo.clone(),
             train: head(phase.train, phase.minibatch),
             search_batch: head(phase.search, phase.minibatch),
             parameters: phase.parameters,
             buffers: phase.buffers,
             lr: self.lr,
+            // Each process measures on its own batch, with no collective: processes may reach
+            // a measurement at different times (a bilevel one waits for its search rollout),
+            // and the early-stop decision is shared afterwards (`run_loop`'s `any_process`).
+            data_parallel: None,
         };
         let stopped = self
             .health
