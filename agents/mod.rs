@@ -8,6 +8,7 @@
 
 pub mod adam;
 pub mod arch;
+pub mod compute;
 pub mod error;
 pub mod gae;
 pub mod impala;
@@ -20,6 +21,7 @@ pub mod rollout;
 pub mod storage;
 
 pub use adam::{Adam, AdamConfig};
+pub use compute::{Compute, Layout, LossScaler, Precision};
 pub use arch::{FixedArch, Heartbeat, IterationArch, IterationPhase, NoHeartbeat, WeightStep};
 pub use error::AgentError;
 pub use gae::gae;

@@ -3,13 +3,14 @@
 //! node `j` sums a mixed op over every earlier state. The op weights come in as an argument.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use super::ops::{
-    factorized_reduce_plan, input_projection_plan, relu_conv_bn_plan, torch_conv2d, ConvGeom,
+    conv_layer, factorized_reduce_plan, input_projection_plan, relu_conv_bn_plan, ConvGeom,
     Sequence, SharedInput,
 };
+use crate::agents::compute::Conv2d;
 use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights};
 
 /// The topology every cell of a search space shares; it fixes the shape of the architecture
@@ -244,7 +245,7 @@ pub struct SearchCell {
     config: SearchCellConfig,
     preprocess: Vec<Sequence>,
     edges: Vec<MixedOp>,
-    output_proj: Option<nn::Conv2D>,
+    output_proj: Option<Conv2d>,
 }
 
 impl SearchCell {
@@ -308,7 +309,7 @@ impl SearchCell {
                 groups: 1,
                 bias: true,
             };
-            torch_conv2d(&p / "output", &geom)
+            conv_layer(&p / "output", &geom)
         });
         Ok(Self {
             config,
@@ -448,7 +449,7 @@ impl SearchCell {
 pub(crate) fn combine_nodes(
     nodes: &[Tensor],
     output: CellOutput,
-    proj: Option<&nn::Conv2D>,
+    proj: Option<&Conv2d>,
 ) -> Tensor {
     match output {
         CellOutput::Concat => Tensor::cat(nodes, 1),

@@ -9,10 +9,11 @@
 //! [`crate::nas::ops`]). There are no reduction cells: a vector has no resolution to halve.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use super::network::OpCostTable;
+use crate::agents::compute;
 use super::{
     CellInputs, CellOutput, CellSpace, CellType, CellWeights, FixedCell, FixedCellConfig, Genotype,
     NasError, NodeNorm, OpKind, OpSet, SearchCell, SearchCellConfig, Supernet,
@@ -155,7 +156,7 @@ impl<C> MlpSkeleton<C> {
         for cell in &self.cells {
             x = run(cell, &x);
         }
-        self.fc.forward(&x.flatten(1, -1)).tanh()
+        compute::linear_layer(&self.fc, &x.flatten(1, -1)).tanh()
     }
 }
 

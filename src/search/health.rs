@@ -11,6 +11,7 @@
 //! of one sample. The eigenvalue comes from power iteration on exact Hessian-vector products
 //! (double backward through the loss), never from a dense Hessian.
 
+use crate::agents::compute;
 use tch::Tensor;
 
 use super::idarts::power_iteration;
@@ -28,8 +29,21 @@ pub enum HealthLoss {
 
 /// The dominant (largest-magnitude, signed) eigenvalue of `d^2 L / d alpha^2` at the current
 /// alphas, by `iterations` power-iteration steps from a fixed start (all ones), with the loss
-/// `which` of `objective` at op weights `softmax(alpha / temperature)`.
+/// `which` of `objective` at op weights `softmax(alpha / temperature)`. In fp32, as every
+/// second-order product ([`compute::full_precision`]).
 pub fn alpha_hessian_eigenvalue(
+    objective: &mut dyn Objective,
+    arch: &ArchParams,
+    temperature: f64,
+    which: HealthLoss,
+    iterations: usize,
+) -> Result<f64, SearchError> {
+    compute::full_precision(|| {
+        alpha_hessian_eigenvalue_fp32(objective, arch, temperature, which, iterations)
+    })
+}
+
+fn alpha_hessian_eigenvalue_fp32(
     objective: &mut dyn Objective,
     arch: &ArchParams,
     temperature: f64,

@@ -248,6 +248,9 @@ pub fn train_arch(
     sink: &mut dyn MetricsSink,
 ) -> Result<TrainedArch, TransformerError> {
     let device = setup(config)?;
+    std::fs::create_dir_all(out).map_err(TransformerError::io(out))?;
+    let policy = super::search::choose_compute(config, device, out, false)?;
+    let _compute = crate::agents::compute::enter(policy.compute());
     let task = config.task.generate()?;
     sink.text("config", &crate::config::to_markdown(config)?, 0);
     save_genotype(genotype, task.config.is_seq2seq(), out)?;
