@@ -13,26 +13,30 @@ fn bf16_layers_give_fp32_outputs_and_fp32_gradients_close_to_fp32() {
     tch::manual_seed(0);
     let opts = (Kind::Float, Device::Cpu);
     let x = Tensor::randn([4, 3, 8, 8], opts);
-    let w = Tensor::randn([5, 3, 3, 3], opts).set_requires_grad(true);
+    // Weights at PyTorch's init scale (1 / sqrt(fan_in)), so no layer saturates.
+    let w = (Tensor::randn([5, 3, 3, 3], opts) / 27f64.sqrt()).set_requires_grad(true);
     let b = Tensor::randn([5], opts).set_requires_grad(true);
-    let lw = Tensor::randn([7, 5 * 8 * 8], opts).set_requires_grad(true);
+    let lw = (Tensor::randn([7, 5 * 8 * 8], opts) / 320f64.sqrt()).set_requires_grad(true);
+    let target = Tensor::randn([4, 7], opts);
     let run = |precision| {
         let _scope = enter(Compute::new(precision, Layout::Nchw));
         let h = conv2d(&x, &w, Some(&b), ConvShape::padded(1)).relu();
         let y = linear(&h.flatten(1, -1), &lw, None);
         assert_eq!(y.kind(), Kind::Float);
-        let loss = y.tanh().sum(Kind::Float);
+        let loss = (&y * &target).sum(Kind::Float);
         let grads = Tensor::run_backward(&[&loss], &[&w, &b, &lw], false, false);
         (y.detach(), grads)
     };
     let (y32, g32) = run(Precision::Fp32);
     let (y16, g16) = run(Precision::Bf16);
     let e = relative_error(&y16, &y32);
+    eprintln!("output relative error {e:.2e}");
     // Measured 4e-3; above 0 because bf16 does round (the test would not see a no-op cast).
     assert!(e > 1e-5 && e < 3e-2, "output relative error {e}");
     for (a, b) in g16.iter().zip(&g32) {
         assert_eq!(a.kind(), Kind::Float);
         let e = relative_error(a, b);
+        eprintln!("gradient relative error {e:.2e}");
         assert!(e < 5e-2, "gradient relative error {e}");
     }
     // Nothing entered: fp32 again.
@@ -92,7 +96,10 @@ fn loss_scaler_skips_overflow_and_grows() {
         ..LossScaler::default()
     };
     let backward = |scale: f64, value: f64| {
-        p.zero_grad();
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
         ((&p * value).sum(Kind::Float) * scale).backward();
     };
     backward(1024.0, 0.5);
@@ -106,4 +113,22 @@ fn loss_scaler_skips_overflow_and_grows() {
         assert!(scaler.unscale(std::slice::from_ref(&p)));
     }
     assert_eq!(scaler.scale, 1024.0);
+}
+
+/// The conv kernel runs in the layout the setting names, whatever its input's: its output
+/// keeps that layout (oneDNN writes the layout it computed in).
+#[test]
+fn conv_output_follows_the_layout_setting() {
+    let x = Tensor::randn([2, 3, 6, 6], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let y = {
+            let _s = enter(Compute::new(precision, Layout::ChannelsLast));
+            conv2d(&x, &w, None, ConvShape::padded(1))
+        };
+        assert!(is_channels_last(&y), "{precision}: NCHW input, channels-last setting");
+        let _s = enter(Compute::new(precision, Layout::Nchw));
+        let y = conv2d(&channels_last(&x), &w, None, ConvShape::padded(1));
+        assert!(y.is_contiguous(), "{precision}: channels-last input, NCHW setting");
+    }
 }

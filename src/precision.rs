@@ -127,8 +127,8 @@ impl ComputePolicy {
         Self {
             precision: Precision::Fp32,
             layout: Layout::ChannelsLast,
-            reason: "auto in a debug build (the test profile): pinned to fp32 / channels_last so \
-                     that seeded results do not depend on the machine; release builds probe"
+            reason: "`auto` in a debug build (the test profile) is fp32 / channels_last, so that \
+                     seeded results do not depend on the machine; release builds probe"
                 .into(),
         }
     }
@@ -440,7 +440,10 @@ pub fn policy_for_run(
             &caps,
             None,
         )?;
-        resolved.reason = pin.reason;
+        resolved.reason = format!(
+            "{} / {}: {}",
+            resolved.precision, resolved.layout, pin.reason
+        );
         resolved
     } else {
         let caps = DeviceCaps::detect(device);
