@@ -6,8 +6,9 @@
 #     torch.autocast("cpu", bfloat16) for bf16, as CleanRL's ppo_procgen.py would run it);
 #  2. one DARTS search iteration, first order (examples/bench_darts_search.rs, paper supernet
 #     C = 16, 8 cells, batch 64 of 32x32);
-#  3. `rl-darts train --encoder impala` for ITERS PPO iterations (64 envs x 256 steps) in each
-#     setting and with `auto` (which prints its probe), for env steps/s;
+#  3. `rl-darts train --encoder impala` for ITERS PPO iterations (64 envs x 256 steps) in the
+#     settings of TRAIN_SETTINGS (default fp32 / NCHW and `auto`, which records its probe in
+#     compute.json), for env steps/s;
 # peak resident memory (VmHWM / ru_maxrss) of each process.
 # Settings are interleaved within each repetition and every figure is the minimum over
 # repetitions, so that load from other jobs on a shared machine hits all settings alike.
@@ -50,7 +51,7 @@ done
 
 if [ "$SKIP_TRAIN" = 0 ]; then
   STEPS=$((ITERS * 64 * 256))
-  for s in $SETTINGS auto:auto; do
+  for s in ${TRAIN_SETTINGS:-fp32:nchw auto:auto}; do
     p=${s%%:*}; l=${s##*:}
     dir="$OUT/train-$p-$l"; rm -rf "$dir"
     echo "train --encoder impala, $p / $l, $STEPS steps..."
