@@ -107,7 +107,10 @@ fn loss_scaler_skips_overflow_and_grows() {
     assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), [0.5, 0.5, 0.5]);
     backward(1024.0, f64::INFINITY);
     assert!(!scaler.unscale(std::slice::from_ref(&p)));
-    assert_eq!((scaler.scale, scaler.skipped, scaler.clean_steps), (512.0, 1, 0));
+    assert_eq!(
+        (scaler.scale, scaler.skipped, scaler.clean_steps),
+        (512.0, 1, 0)
+    );
     for _ in 0..2 {
         backward(512.0, 1.0);
         assert!(scaler.unscale(std::slice::from_ref(&p)));
@@ -126,9 +129,15 @@ fn conv_output_follows_the_layout_setting() {
             let _s = enter(Compute::new(precision, Layout::ChannelsLast));
             conv2d(&x, &w, None, ConvShape::padded(1))
         };
-        assert!(is_channels_last(&y), "{precision}: NCHW input, channels-last setting");
+        assert!(
+            is_channels_last(&y),
+            "{precision}: NCHW input, channels-last setting"
+        );
         let _s = enter(Compute::new(precision, Layout::Nchw));
         let y = conv2d(&channels_last(&x), &w, None, ConvShape::padded(1));
-        assert!(y.is_contiguous(), "{precision}: channels-last input, NCHW setting");
+        assert!(
+            y.is_contiguous(),
+            "{precision}: channels-last input, NCHW setting"
+        );
     }
 }

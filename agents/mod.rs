@@ -21,8 +21,8 @@ pub mod rollout;
 pub mod storage;
 
 pub use adam::{Adam, AdamConfig};
-pub use compute::{Compute, Layout, LossScaler, Precision};
 pub use arch::{FixedArch, Heartbeat, IterationArch, IterationPhase, NoHeartbeat, WeightStep};
+pub use compute::{Compute, Layout, LossScaler, Precision};
 pub use error::AgentError;
 pub use gae::gae;
 pub use impala::{ImpalaCnn, ImpalaConfig};

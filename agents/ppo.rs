@@ -517,7 +517,10 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
                         }
                     }
                     records.push(Tensor::cat(
-                        &[terms.narrow(0, 0, 6), Tensor::zeros([1], (Kind::Double, device))],
+                        &[
+                            terms.narrow(0, 0, 6),
+                            Tensor::zeros([1], (Kind::Double, device)),
+                        ],
                         0,
                     ));
                     if !progress.beat(IterationPhase::Update, records.len(), total_minibatches) {

@@ -13,11 +13,11 @@
 use std::time::Instant;
 
 use clap::Parser;
+use rand::SeedableRng;
 use rl_darts::agents::{
     ppo_update, ActorCritic, Adam, AdamConfig, Batch, FixedArch, ImpalaCnn, ImpalaConfig,
     NoHeartbeat, PpoConfig, UpdateDriver,
 };
-use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
@@ -59,7 +59,11 @@ fn main() -> anyhow::Result<()> {
     tch::manual_seed(0);
     let device = Device::Cpu;
     let vs = nn::VarStore::new(device);
-    let encoder = ImpalaCnn::new(vs.root() / "encoder", &[3, 64, 64], &ImpalaConfig::default())?;
+    let encoder = ImpalaCnn::new(
+        vs.root() / "encoder",
+        &[3, 64, 64],
+        &ImpalaConfig::default(),
+    )?;
     let policy = ActorCritic::new(vs.root() / "policy", Box::new(encoder), 15);
     let config = PpoConfig {
         num_envs: 1,

@@ -305,7 +305,10 @@ pub fn resolve(
         } else {
             baseline
         };
-        return Ok(policy(pick, format!("{bf16_note}; no probe: the device rule")));
+        return Ok(policy(
+            pick,
+            format!("{bf16_note}; no probe: the device rule"),
+        ));
     };
     let times = time_candidates(&candidates, probe)?;
     let time_of = |c: Compute| times[candidates.iter().position(|&x| x == c).unwrap_or(0)];
@@ -356,7 +359,10 @@ fn name(c: Compute) -> String {
 
 /// Times each candidate: one untimed warm-up each, then [`PROBE_REPEATS`] rounds over all
 /// of them; returns each one's minimum.
-fn time_candidates(candidates: &[Compute], probe: &mut Probe<'_>) -> Result<Vec<f64>, PrecisionError> {
+fn time_candidates(
+    candidates: &[Compute],
+    probe: &mut Probe<'_>,
+) -> Result<Vec<f64>, PrecisionError> {
     let mut run = |c: Compute| {
         probe(c).map_err(|reason| PrecisionError::Probe {
             setting: name(c),
@@ -401,7 +407,10 @@ pub fn policy_for_run(
             let p = precision.fixed().unwrap_or(saved.precision);
             let l = layout.fixed().unwrap_or(saved.layout);
             if (p, l) == (saved.precision, saved.layout) {
-                eprintln!("compute: {} / {} (as the run started: {})", p, l, saved.reason);
+                eprintln!(
+                    "compute: {} / {} (as the run started: {})",
+                    p, l, saved.reason
+                );
                 return Ok(saved);
             }
             if p == Precision::Fp16 && !matches!(device, Device::Cuda(_)) {

@@ -1,14 +1,19 @@
 use super::*;
 
-const EPYC_NO_BF16: &str = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n";
-const EPYC_BF16: &str = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n";
+const EPYC_NO_BF16: &str =
+    "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n";
+const EPYC_BF16: &str =
+    "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n";
 const XEON_AMX: &str = "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n";
 
 #[test]
 fn cpu_flags_name_the_bf16_support() {
     assert_eq!(cpu_caps(EPYC_NO_BF16).bf16, None);
     assert_eq!(cpu_caps(EPYC_NO_BF16).description, "CPU AMD EPYC 7B12");
-    assert!(cpu_caps(EPYC_BF16).bf16.unwrap().starts_with("AVX-512 BF16"));
+    assert!(cpu_caps(EPYC_BF16)
+        .bf16
+        .unwrap()
+        .starts_with("AVX-512 BF16"));
     assert!(cpu_caps(XEON_AMX).bf16.unwrap().starts_with("AMX"));
     // A flag that merely contains the name does not count.
     let fake = "flags\t: avx512_bf16x\n";
@@ -36,12 +41,19 @@ fn auto_picks_fp32_without_bf16_support() {
     assert_eq!(policy.precision, Precision::Fp32);
     // Equal times: the layout stays NCHW.
     assert_eq!(policy.layout, Layout::Nchw);
-    assert!(policy.reason.contains("no native bf16"), "{}", policy.reason);
+    assert!(
+        policy.reason.contains("no native bf16"),
+        "{}",
+        policy.reason
+    );
     // Two layouts, one warm-up and PROBE_REPEATS timed passes each.
     assert_eq!(asked.len(), 2 * (1 + PROBE_REPEATS));
     // Without a probe too.
     let policy = resolve(PrecisionChoice::Auto, LayoutChoice::Auto, &caps, None).unwrap();
-    assert_eq!((policy.precision, policy.layout), (Precision::Fp32, Layout::Nchw));
+    assert_eq!(
+        (policy.precision, policy.layout),
+        (Precision::Fp32, Layout::Nchw)
+    );
 }
 
 /// The probe decides among the supported settings: the fastest wins when it beats fp32 /
@@ -59,17 +71,29 @@ fn auto_takes_the_fastest_setting_beyond_the_noise_margin() {
             };
             Ok(times[i])
         };
-        resolve(PrecisionChoice::Auto, LayoutChoice::Auto, &caps, Some(&mut probe)).unwrap()
+        resolve(
+            PrecisionChoice::Auto,
+            LayoutChoice::Auto,
+            &caps,
+            Some(&mut probe),
+        )
+        .unwrap()
     };
     let p = run([1.0, 0.95, 0.5, 0.4]);
-    assert_eq!((p.precision, p.layout), (Precision::Bf16, Layout::ChannelsLast));
+    assert_eq!(
+        (p.precision, p.layout),
+        (Precision::Bf16, Layout::ChannelsLast)
+    );
     // bf16 slower (as measured on the AMD EPYC without AMX): fp32; channels-last within
     // the margin: NCHW.
     let p = run([1.0, 0.95, 3.0, 2.5]);
     assert_eq!((p.precision, p.layout), (Precision::Fp32, Layout::Nchw));
     assert!(p.reason.contains("within 10%"), "{}", p.reason);
     let p = run([1.0, 0.6, 3.0, 2.5]);
-    assert_eq!((p.precision, p.layout), (Precision::Fp32, Layout::ChannelsLast));
+    assert_eq!(
+        (p.precision, p.layout),
+        (Precision::Fp32, Layout::ChannelsLast)
+    );
 }
 
 #[test]
@@ -83,7 +107,10 @@ fn explicit_settings_are_kept_and_fp16_needs_cuda() {
         Some(&mut never),
     )
     .unwrap();
-    assert_eq!((p.precision, p.layout), (Precision::Bf16, Layout::ChannelsLast));
+    assert_eq!(
+        (p.precision, p.layout),
+        (Precision::Bf16, Layout::ChannelsLast)
+    );
     let err = resolve(PrecisionChoice::Fp16, LayoutChoice::Nchw, &caps, None).unwrap_err();
     assert!(err.to_string().contains("CUDA only"), "{err}");
     let gpu = DeviceCaps {
@@ -95,7 +122,10 @@ fn explicit_settings_are_kept_and_fp16_needs_cuda() {
     assert_eq!(p.precision, Precision::Fp16);
     // Without a probe a bf16 GPU takes bf16 / channels-last.
     let p = resolve(PrecisionChoice::Auto, LayoutChoice::Auto, &gpu, None).unwrap();
-    assert_eq!((p.precision, p.layout), (Precision::Bf16, Layout::ChannelsLast));
+    assert_eq!(
+        (p.precision, p.layout),
+        (Precision::Bf16, Layout::ChannelsLast)
+    );
 }
 
 /// A resumed run reuses the recorded policy for `auto`, and an explicit other setting wins
@@ -130,7 +160,10 @@ fn resume_reuses_the_recorded_policy() {
         None,
     )
     .unwrap();
-    assert_eq!((p.precision, p.layout), (Precision::Fp32, Layout::ChannelsLast));
+    assert_eq!(
+        (p.precision, p.layout),
+        (Precision::Fp32, Layout::ChannelsLast)
+    );
     assert!(p.reason.contains("started in bf16"), "{}", p.reason);
     assert_eq!(ComputePolicy::load(dir.path()).unwrap(), p);
 }

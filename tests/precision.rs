@@ -59,7 +59,10 @@ fn check(what: &str, forward: &dyn Fn() -> Tensor) {
     let out = outputs(&[FP32_NCHW, FP32_NHWC, BF16_NCHW, BF16_NHWC], forward);
     assert_eq!(out[0].kind(), Kind::Float, "{what}");
     let layout = relative_error(&out[1], &out[0]);
-    assert!(layout < LAYOUT_TOLERANCE, "{what}: channels-last vs NCHW {layout}");
+    assert!(
+        layout < LAYOUT_TOLERANCE,
+        "{what}: channels-last vs NCHW {layout}"
+    );
     for (i, name) in [(2, "bf16/nchw"), (3, "bf16/channels_last")] {
         assert_eq!(out[i].kind(), Kind::Float, "{what}: {name} output kind");
         let e = relative_error(&out[i], &out[0]);
@@ -76,7 +79,10 @@ fn impala_cnn_is_layout_independent_and_bf16_close() {
     // As the rollout hands frames over: u8 NHWC permuted to [N, C, H, W] (channels-last memory).
     let frames = Tensor::randint(256, [4, 32, 32, 3], (Kind::Uint8, Device::Cpu));
     let obs = rl_darts::agents::preprocess_obs(&frames);
-    assert!(compute::is_channels_last(&obs), "the observation permute is channels-last");
+    assert!(
+        compute::is_channels_last(&obs),
+        "the observation permute is channels-last"
+    );
     check("impala", &|| net.features(&obs, &()));
 }
 
@@ -84,7 +90,12 @@ fn impala_cnn_is_layout_independent_and_bf16_close() {
 fn mixed_op_and_cell_are_layout_independent_and_bf16_close() {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    let mixed = MixedOp::new(vs.root() / "mixed", OpSet::Darts, OpSpec::darts_search(6, 1)).unwrap();
+    let mixed = MixedOp::new(
+        vs.root() / "mixed",
+        OpSet::Darts,
+        OpSpec::darts_search(6, 1),
+    )
+    .unwrap();
     let x = Tensor::randn([3, 6, 9, 9], (Kind::Float, Device::Cpu));
     let w = Tensor::randn([8], (Kind::Float, Device::Cpu)).softmax(0, Kind::Float);
     check("mixed op", &|| mixed.forward_t(&x, &w, false));
@@ -101,8 +112,16 @@ fn mixed_op_and_cell_are_layout_independent_and_bf16_close() {
         pool_bn: false,
     };
     let cell = SearchCell::new(vs.root() / "cell", cell_config).unwrap();
-    let arch = ArchParams::new(Device::Cpu, rl.space(), false, AlphaInit { mean: 0.0, std: 0.5 })
-        .unwrap();
+    let arch = ArchParams::new(
+        Device::Cpu,
+        rl.space(),
+        false,
+        AlphaInit {
+            mean: 0.0,
+            std: 0.5,
+        },
+    )
+    .unwrap();
     let weights = arch.softmax_weights(1.0);
     check("cell", &|| cell.forward_t(&[&x], &weights.normal, false));
 }
@@ -121,11 +140,21 @@ fn supernets_are_layout_independent_and_bf16_close() {
         op_set: OpSet::Darts,
     };
     let darts = DartsSearchNet::new(vs.root() / "darts", &config).unwrap();
-    let arch = ArchParams::new(Device::Cpu, darts.space(), true, AlphaInit { mean: 0.0, std: 0.5 })
-        .unwrap();
+    let arch = ArchParams::new(
+        Device::Cpu,
+        darts.space(),
+        true,
+        AlphaInit {
+            mean: 0.0,
+            std: 0.5,
+        },
+    )
+    .unwrap();
     let weights = arch.softmax_weights(1.0);
     let x = Tensor::randn([3, 3, 12, 12], (Kind::Float, Device::Cpu));
-    check("darts supernet", &|| darts.forward_with(&x, &weights, false));
+    check("darts supernet", &|| {
+        darts.forward_with(&x, &weights, false)
+    });
 
     let rl_config = RlDartsConfig {
         channels: vec![4, 8],
@@ -134,8 +163,16 @@ fn supernets_are_layout_independent_and_bf16_close() {
     };
     let rl = RlDartsSupernet::new(vs.root() / "rl", &rl_config, &[3, 16, 16]).unwrap();
     // With the reduction matrix: a network without reduction cells leaves it unused.
-    let rl_arch =
-        ArchParams::new(Device::Cpu, rl.space(), true, AlphaInit { mean: 0.0, std: 0.5 }).unwrap();
+    let rl_arch = ArchParams::new(
+        Device::Cpu,
+        rl.space(),
+        true,
+        AlphaInit {
+            mean: 0.0,
+            std: 0.5,
+        },
+    )
+    .unwrap();
     let rl_weights = rl_arch.softmax_weights(1.0);
     let obs = Tensor::rand([3, 3, 16, 16], (Kind::Float, Device::Cpu));
     check("rl-darts supernet", &|| rl.features(&obs, &rl_weights));
@@ -159,8 +196,16 @@ fn second_order_step_runs_in_fp32_under_bf16() {
             op_set: OpSet::Darts,
         };
         let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
-        let arch = ArchParams::new(Device::Cpu, net.space(), true, AlphaInit { mean: 0.0, std: 0.5 })
-            .unwrap();
+        let arch = ArchParams::new(
+            Device::Cpu,
+            net.space(),
+            true,
+            AlphaInit {
+                mean: 0.0,
+                std: 0.5,
+            },
+        )
+        .unwrap();
         let sgd = Sgd::new(
             vs.variables(),
             SgdConfig {
@@ -170,8 +215,14 @@ fn second_order_step_runs_in_fp32_under_bf16() {
             },
         );
         let opts = (Kind::Float, Device::Cpu);
-        let train = (Tensor::randn([6, 1, 6, 6], opts), Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]));
-        let search = (Tensor::randn([6, 1, 6, 6], opts), Tensor::from_slice(&[2i64, 1, 0, 2, 1, 0]));
+        let train = (
+            Tensor::randn([6, 1, 6, 6], opts),
+            Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]),
+        );
+        let search = (
+            Tensor::randn([6, 1, 6, 6], opts),
+            Tensor::from_slice(&[2i64, 1, 0, 2, 1, 0]),
+        );
         let mut objective = VisionObjective {
             net: &net,
             vs: &vs,

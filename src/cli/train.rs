@@ -111,7 +111,9 @@ fn request(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         skip_baseline: args.skip_baseline,
         baseline_from: args.baseline_from.clone(),
         distributed: args.distributed.clone(),
-        sets: compute_sets(args).chain(args.sets.iter().cloned()).collect(),
+        sets: compute_sets(args)
+            .chain(args.sets.iter().cloned())
+            .collect(),
     })
 }
 

@@ -10,8 +10,8 @@ use super::ops::{
     conv_layer, factorized_reduce_plan, input_projection_plan, relu_conv_bn_plan, ConvGeom,
     Sequence, SharedInput,
 };
-use crate::agents::compute::Conv2d;
 use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights};
+use crate::agents::compute::Conv2d;
 
 /// The topology every cell of a search space shares; it fixes the shape of the architecture
 /// parameters, `[num_edges, num_ops]`.
@@ -446,11 +446,7 @@ impl SearchCell {
 }
 
 /// Combines node outputs (all `[N, C, H, W]`) into the cell output.
-pub(crate) fn combine_nodes(
-    nodes: &[Tensor],
-    output: CellOutput,
-    proj: Option<&Conv2d>,
-) -> Tensor {
+pub(crate) fn combine_nodes(nodes: &[Tensor], output: CellOutput, proj: Option<&Conv2d>) -> Tensor {
     match output {
         CellOutput::Concat => Tensor::cat(nodes, 1),
         CellOutput::ConcatConv1x1 => {

@@ -12,11 +12,11 @@ use super::ops::{
     conv_layer, factorized_reduce_plan, network_input_layout, relu_conv_bn_plan,
     torch_batch_norm2d, torch_linear, ConvGeom, LayerDesc, Sequence,
 };
-use crate::agents::compute::{self, Conv2d};
 use super::{
     CellInputs, CellOutput, CellType, Gene, Genotype, NasError, NodeNorm, Op, OpKind, OpSpec,
     RlDartsConfig, StrideStyle,
 };
+use crate::agents::compute::{self, Conv2d};
 use crate::agents::Encoder;
 
 /// How a fixed cell is built (the genes come separately).

@@ -13,11 +13,11 @@ use tch::nn;
 use tch::Tensor;
 
 use super::network::OpCostTable;
-use crate::agents::compute;
 use super::{
     CellInputs, CellOutput, CellSpace, CellType, CellWeights, FixedCell, FixedCellConfig, Genotype,
     NasError, NodeNorm, OpKind, OpSet, SearchCell, SearchCellConfig, Supernet,
 };
+use crate::agents::compute;
 use crate::agents::Encoder;
 
 /// `[encoder.params.supernet]` of the `mlp_darts` encoders: a chain of normal cells over

@@ -269,7 +269,10 @@ impl SeqOp {
             Body::Identity => return Ok(x.shallow_clone()),
             Body::SelfAttention { qkv, out } => {
                 let parts = compute::linear_layer(qkv, &self.normed_input(x)).chunk(3, -1);
-                compute::linear_layer(out, &attention(&parts[0], &parts[1], &parts[2], heads, causal))
+                compute::linear_layer(
+                    out,
+                    &attention(&parts[0], &parts[1], &parts[2], heads, causal),
+                )
             }
             Body::CrossAttention { q, kv, out } => {
                 let memory = ctx.memory.ok_or_else(|| {
@@ -295,7 +298,7 @@ impl SeqOp {
             } => {
                 let d = self.config.d;
                 let h = compute::linear_layer(input, x).glu(-1).transpose(1, 2); // [B, d, T]
-                                                                  // Each head's normalised kernel serves its d / heads consecutive channels.
+                                                                                 // Each head's normalised kernel serves its d / heads consecutive channels.
                 let k = kernel
                     .softmax(-1, kernel.kind())
                     .repeat_interleave_self_int(d / heads, 0, None::<i64>)
@@ -304,7 +307,9 @@ impl SeqOp {
                 compute::linear_layer(out, &y.transpose(1, 2))
             }
             Body::Glu { proj } => compute::linear_layer(proj, x).glu(-1),
-            Body::Ffn { up, down } => compute::linear_layer(down, &compute::linear_layer(up, x).relu()),
+            Body::Ffn { up, down } => {
+                compute::linear_layer(down, &compute::linear_layer(up, x).relu())
+            }
         };
         Ok(match &self.norm {
             Some(n) => n.forward(&(x + y)),

@@ -135,9 +135,7 @@ fn choose_compute(
     pass: Option<&mut dyn FnMut() -> Result<(), String>>,
 ) -> Result<crate::precision::ComputePolicy, SupervisedError> {
     use crate::precision::{policy_for_run, timed, Probe};
-    let mut probe = pass.map(|pass| {
-        move |c: crate::precision::Compute| timed(c, &mut *pass)
-    });
+    let mut probe = pass.map(|pass| move |c: crate::precision::Compute| timed(c, &mut *pass));
     let scratch;
     let dir = match run_dir {
         Some(d) => d,
