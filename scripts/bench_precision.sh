@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 [ -x target/release/rl-darts ] && [ -x target/release/examples/bench_precision ] \
   || cargo build --release --bin rl-darts --example bench_precision --example bench_darts_search
 NICE="nice -n 19"
-SETTINGS="fp32:nchw fp32:channels_last bf16:nchw bf16:channels_last"
+SETTINGS=${SETTINGS:-"fp32:nchw fp32:channels_last bf16:nchw bf16:channels_last"}
 {
   grep -m1 'model name' /proc/cpuinfo
   echo "bf16/AMX flags: $(grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E 'amx|bf16|vnni' | tr '\n' ' ')"
@@ -84,8 +84,9 @@ for p in ["fp32", "bf16"]:
         k = (p, l)
         sps, rss = "-", "-"
         summ = os.path.join(out, f"train-{p}-{l}", "summary.json")
-        if os.path.exists(summ):
-            sps = "%.1f" % json.load(open(summ))["steps_per_sec"]
+        summary = json.load(open(summ)) if os.path.exists(summ) else {}
+        if summary.get("iterations", 0) > 0 and not summary.get("interrupted"):
+            sps = "%.1f" % summary["steps_per_sec"]
             rss = "%d" % (int(open(os.path.join(out, f"train-{p}-{l}.maxrss")).read().split()[-1]) // 1024)
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (p, l, *fmt(ours, k), *fmt(peer, k), *fmt(darts, k), sps, rss))
 auto = os.path.join(out, "train-auto-auto")
