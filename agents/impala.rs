@@ -2,9 +2,10 @@
 //! as used by the Procgen paper's PPO baseline and CleanRL's `ppo_procgen.py`.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
+use super::compute::{self, Conv2d};
 use super::init::HiddenInit;
 use super::{AgentError, Encoder};
 
@@ -33,13 +34,13 @@ impl Default for ImpalaConfig {
 }
 
 /// Orthogonal with gain sqrt(2) (the ReLU gain), bias 0, unless `init` says otherwise.
-fn conv3x3(p: nn::Path, c_in: i64, c_out: i64, init: HiddenInit) -> nn::Conv2D {
+fn conv3x3(p: nn::Path, c_in: i64, c_out: i64, init: HiddenInit) -> Conv2d {
     let config = nn::ConvConfig {
         padding: 1,
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
     };
-    let conv = nn::conv2d(p, c_in, c_out, 3, config);
+    let conv = Conv2d::new(p, c_in, c_out, 3, config);
     // Not `ws_init: Init::Orthogonal`: tch returns that weight flattened to 2-D (see init.rs).
     super::init::orthogonal_(&conv.ws, 2f64.sqrt());
     init.apply(&conv.ws, conv.bs.as_ref());
@@ -49,8 +50,8 @@ fn conv3x3(p: nn::Path, c_in: i64, c_out: i64, init: HiddenInit) -> nn::Conv2D {
 /// `x + conv1(relu(conv0(relu(x))))`.
 #[derive(Debug)]
 struct ResidualBlock {
-    conv0: nn::Conv2D,
-    conv1: nn::Conv2D,
+    conv0: Conv2d,
+    conv1: Conv2d,
 }
 
 impl ResidualBlock {
@@ -72,7 +73,7 @@ impl ResidualBlock {
 /// conv3x3 -> maxpool 3x3 stride 2 pad 1 -> two residual blocks.
 #[derive(Debug)]
 struct ConvSequence {
-    conv: nn::Conv2D,
+    conv: Conv2d,
     res0: ResidualBlock,
     res1: ResidualBlock,
 }
@@ -160,11 +161,13 @@ impl Encoder for ImpalaCnn {
     /// # Shapes
     /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
     fn features(&self, obs: &Tensor, _arch: &()) -> Tensor {
-        let mut xs = obs.shallow_clone();
+        // In the run's layout from the first conv on (the frames arrive channels-last from
+        // `preprocess_obs`'s permute); each conv keeps it.
+        let mut xs = compute::to_layout(obs);
         for seq in &self.sequences {
             xs = seq.forward(&xs);
         }
-        self.fc.forward(&xs.flatten(1, -1).relu()).relu()
+        compute::linear_layer(&self.fc, &xs.flatten(1, -1).relu()).relu()
     }
 
     fn feature_dim(&self) -> i64 {

@@ -2,9 +2,10 @@
 //! two hidden layers of 64, tanh, orthogonal init with gain sqrt(2)).
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
+use super::compute;
 use super::{AgentError, Encoder};
 
 /// Layer widths of the MLP. Defaults are CleanRL's CartPole agent.
@@ -73,7 +74,7 @@ impl Encoder for Mlp {
     fn features(&self, obs: &Tensor, _arch: &()) -> Tensor {
         let mut xs = obs.shallow_clone();
         for layer in &self.layers {
-            xs = layer.forward(&xs).tanh();
+            xs = compute::linear_layer(layer, &xs).tanh();
         }
         xs
     }

@@ -8,6 +8,7 @@
 
 pub mod adam;
 pub mod arch;
+pub mod compute;
 pub mod error;
 pub mod gae;
 pub mod impala;
@@ -21,6 +22,7 @@ pub mod storage;
 
 pub use adam::{Adam, AdamConfig};
 pub use arch::{FixedArch, Heartbeat, IterationArch, IterationPhase, NoHeartbeat, WeightStep};
+pub use compute::{Compute, Layout, LossScaler, Precision};
 pub use error::AgentError;
 pub use gae::gae;
 pub use impala::{ImpalaCnn, ImpalaConfig};

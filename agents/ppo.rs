@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::Adam;
 use super::arch::{Heartbeat, IterationArch, IterationPhase, WeightStep};
+use super::compute::LossScaler;
 use super::policy::{ActorCritic, Evaluation};
 use super::storage::Batch;
 use super::AgentError;
@@ -373,6 +374,9 @@ pub struct UpdateDriver<'a, A> {
     /// their mean before the gradient-norm clip, and the advantages are normalised over the
     /// whole minibatch ([`normalize_advantages_global`]).
     pub data_parallel: Option<&'a dyn DataParallel>,
+    /// fp16 only: the loss is scaled before backward and the gradients unscaled before the
+    /// clip; a minibatch whose gradients overflowed is skipped ([`LossScaler`]).
+    pub loss_scale: Option<&'a mut LossScaler>,
 }
 
 /// One PPO update: `update_epochs` passes over `batch` in shuffled minibatches; each
@@ -429,6 +433,7 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
         arch,
         progress,
         data_parallel,
+        mut loss_scale,
         ..
     } = driver;
     let data_parallel = data_parallel.filter(|dp| dp.world_size() > 1);
@@ -466,7 +471,8 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
                 let weights = arch.learning()?;
                 let new = policy.evaluate(&part.obs, &part.actions, &weights);
                 let loss = ppo_loss(&new, &part, &pass_config);
-                (&loss.loss * share).f_backward()?;
+                let scale = loss_scale.as_ref().map_or(1.0, |s| s.scale);
+                (&loss.loss * (share * scale)).f_backward()?;
                 terms += tch::no_grad(|| {
                     Tensor::stack(
                         &[
@@ -497,6 +503,31 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
                     .collect();
                 grads.push(terms.shallow_clone());
                 dp.all_reduce_mean(&grads)?;
+            }
+            if let Some(scaler) = loss_scale.as_deref_mut() {
+                let mut scaled: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+                scaled.extend(arch.gradients());
+                if !scaler.unscale(&scaled) {
+                    // fp16 overflow: this minibatch makes no step (GradScaler's rule; the
+                    // scale was halved for the next) and logs a gradient norm of 0.
+                    optimizer.zero_grad();
+                    for g in arch.gradients().iter().map(Tensor::grad) {
+                        if g.defined() {
+                            let _ = g.detach().zero_();
+                        }
+                    }
+                    records.push(Tensor::cat(
+                        &[
+                            terms.narrow(0, 0, 6),
+                            Tensor::zeros([1], (Kind::Double, device)),
+                        ],
+                        0,
+                    ));
+                    if !progress.beat(IterationPhase::Update, records.len(), total_minibatches) {
+                        return Err(AgentError::Interrupted);
+                    }
+                    continue;
+                }
             }
             let grad_norm = clip_grad_norm(&params, config.max_grad_norm);
             // Read on the host (one sync per minibatch): the architecture's hook needs the

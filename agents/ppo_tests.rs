@@ -17,6 +17,7 @@ fn fixed() -> UpdateDriver<'static, ()> {
         micro_batch: None,
         progress: Box::leak(Box::new(NoHeartbeat)),
         data_parallel: None,
+        loss_scale: None,
     }
 }
 
@@ -245,6 +246,7 @@ fn update_steps_weights_and_tells_the_architecture_each_step() {
         micro_batch: None,
         progress: &mut NoHeartbeat,
         data_parallel: None,
+        loss_scale: None,
     };
     let stats = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
     assert_eq!(stats.epochs, 2);
@@ -316,6 +318,7 @@ fn update_in_f64(micro: Option<usize>) -> Vec<Tensor> {
         micro_batch: micro,
         progress: &mut NoHeartbeat,
         data_parallel: None,
+        loss_scale: None,
     };
     ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap();
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -380,6 +383,7 @@ fn micro_batches_give_the_unsplit_update() {
         micro_batch: Some(5),
         progress: &mut NoHeartbeat,
         data_parallel: None,
+        loss_scale: None,
     };
     let err = ppo_update(&policy, &mut opt, driver, &batch, &cfg, &mut rng()).unwrap_err();
     assert!(err.to_string().contains("does not divide"), "{err}");

@@ -169,6 +169,8 @@ pub struct PpoTrainer<A = ()> {
     global_step: u64,
     /// The other processes of a data-parallel run (see [`PpoTrainer::set_data_parallel`]).
     data_parallel: Option<std::rc::Rc<dyn DataParallel>>,
+    /// fp16 runs only (created at their first update).
+    loss_scaler: Option<super::compute::LossScaler>,
 }
 
 impl<A> PpoTrainer<A> {
@@ -224,6 +226,7 @@ impl<A> PpoTrainer<A> {
             iterations_done: 0,
             global_step: 0,
             data_parallel: None,
+            loss_scaler: None,
         })
     }
 
@@ -320,11 +323,18 @@ impl<A> PpoTrainer<A> {
         let batch =
             self.storage
                 .compute_batch(&next_value, self.config.gamma, self.config.gae_lambda)?;
+        // fp16 (the run's precision, see agents::compute) needs loss scaling; its scale
+        // carries over from update to update (not checkpointed: a resume starts at 2^16).
+        let fp16 = super::compute::current().precision == super::compute::Precision::Fp16;
+        if fp16 && self.loss_scaler.is_none() {
+            self.loss_scaler = Some(super::compute::LossScaler::default());
+        }
         let driver = UpdateDriver {
             arch,
             micro_batch: self.micro_batch,
             progress,
             data_parallel: self.data_parallel.as_deref(),
+            loss_scale: self.loss_scaler.as_mut().filter(|_| fp16),
         };
         let ppo = ppo_update(
             &self.policy,

@@ -60,6 +60,13 @@ struct Args {
     threads: i32,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// fp32 | bf16: the precision of the convolutions and matmuls (agents::compute), as the
+    /// `precision` key sets it for `rl-darts search`.
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// channels_last (what the search network uses when no layout is set) | nchw.
+    #[arg(long, default_value = "channels_last")]
+    layout: String,
 }
 
 /// A `VmHWM` / `VmRSS` line of /proc/self/status, in MiB (None off Linux).
@@ -82,6 +89,10 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(args.threads);
     tch::manual_seed(args.seed);
     let device = Device::Cpu;
+    let setting: rl_darts::precision::ComputePolicy = serde_json::from_value(serde_json::json!({
+        "precision": args.precision, "layout": args.layout, "reason": "--precision/--layout"
+    }))?;
+    let _compute = rl_darts::agents::compute::enter(setting.compute());
 
     let vs = nn::VarStore::new(device);
     let config = DartsSearchConfig {
@@ -176,6 +187,8 @@ fn main() -> anyhow::Result<()> {
         "impl": "rl-darts",
         "strategy": args.strategy,
         "order": args.order,
+        "precision": args.precision,
+        "layout": args.layout,
         "arch_steps_per_iter": timed_arch_steps as f64 / args.iters.max(1) as f64,
         "threads": args.threads,
         "batch": args.batch,

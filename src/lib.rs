@@ -18,6 +18,7 @@ pub mod logging;
 pub mod media;
 pub mod nas;
 pub mod plots;
+pub mod precision;
 pub mod report;
 pub mod search;
 pub mod sweep;

@@ -63,6 +63,22 @@ fn ppo_solves_cartpole_within_100k_steps() {
     );
 }
 
+/// The same run with the MLP's matmuls in bf16 (`agents::compute`; the heads, softmax, the
+/// losses, GAE, the normaliser and Adam stay fp32): mixed precision must not cost learning.
+#[test]
+fn ppo_solves_cartpole_within_100k_steps_in_bf16() {
+    use rl_darts::agents::compute::{self, Compute, Layout, Precision};
+    tch::set_num_threads(1);
+    let _bf16 = compute::enter(Compute::new(Precision::Bf16, Layout::Nchw));
+    let config = PpoConfig::cartpole();
+    let steps = steps_to_solve(&config, 1, 100_000, 20, 475.0);
+    eprintln!("CartPole in bf16: 20-episode mean return >= 475 after {steps:?} env steps");
+    assert!(
+        steps.is_some(),
+        "bf16 PPO did not reach a 20-episode mean return of 475 within 100k steps"
+    );
+}
+
 #[test]
 #[ignore = "tuning harness: RL_DARTS_TUNE_SEEDS=1,2,3 cargo test --test ppo_cartpole -- --ignored --nocapture"]
 fn tune() {

@@ -53,6 +53,13 @@ pub struct TrainArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long)]
     device: Option<String>,
+    /// auto | fp32 | bf16 | fp16 (the `precision` key; fp16 on CUDA only). With --resume: a
+    /// setting other than the run's, which is then said.
+    #[arg(long)]
+    precision: Option<String>,
+    /// auto | nchw | channels_last (the `layout` key); with --resume as --precision.
+    #[arg(long)]
+    layout: Option<String>,
     /// Run directory (default: runs/{env}__{encoder}__{seed}__{time}).
     #[arg(long, conflicts_with = "resume")]
     run_dir: Option<PathBuf>,
@@ -104,8 +111,16 @@ fn request(args: &TrainArgs) -> anyhow::Result<TrainRequest> {
         skip_baseline: args.skip_baseline,
         baseline_from: args.baseline_from.clone(),
         distributed: args.distributed.clone(),
-        sets: args.sets.clone(),
+        sets: compute_sets(args)
+            .chain(args.sets.iter().cloned())
+            .collect(),
     })
+}
+
+/// `--precision` and `--layout` as `--set`s (checked by the config's own validation).
+fn compute_sets(args: &TrainArgs) -> impl Iterator<Item = String> + '_ {
+    let precision = args.precision.iter().map(|p| format!("precision={p:?}"));
+    precision.chain(args.layout.iter().map(|l| format!("layout={l:?}")))
 }
 
 /// Ctrl-C or SIGTERM: the first asks the loop to stop at its next env step or minibatch (the
@@ -140,7 +155,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 || args.seed.is_some()
                 || !args.sets.is_empty()
             {
-                bail!("--resume continues a run with its saved config; only --total-steps, --device and the pipeline's --phase, --skip-baseline and --baseline-from may change");
+                bail!("--resume continues a run with its saved config; only --total-steps, --device, --precision, --layout and the pipeline's --phase, --skip-baseline and --baseline-from may change");
             }
             resolve_resume(
                 dir,
@@ -149,6 +164,7 @@ pub fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                     device: args.device.clone(),
                     skip_baseline: args.skip_baseline,
                     baseline_from: args.baseline_from.clone(),
+                    compute_sets: compute_sets(&args).collect(),
                 },
             )?
         }

@@ -308,6 +308,7 @@ fn train(
             micro_batch: None,
             progress: &mut NoHeartbeat,
             data_parallel: dp,
+            loss_scale: None,
         };
         let stats = crate::agents::ppo_update(&policy, &mut opt, driver, &batch, &config, &mut rng)
             .map_err(agent)?;

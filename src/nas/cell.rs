@@ -3,14 +3,15 @@
 //! node `j` sums a mixed op over every earlier state. The op weights come in as an argument.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use super::ops::{
-    factorized_reduce_plan, input_projection_plan, is_channels_last, relu_conv_bn_plan,
-    torch_conv2d, ConvGeom, Sequence, SharedInput,
+    conv_layer, factorized_reduce_plan, input_projection_plan, is_channels_last, relu_conv_bn_plan,
+    ConvGeom, Sequence, SharedInput,
 };
 use super::{MixedOp, NasError, NodeNorm, OpCost, OpSet, OpSpec, OpWeights, PartialChannels};
+use crate::agents::compute::Conv2d;
 
 /// The topology every cell of a search space shares; it fixes the shape of the architecture
 /// parameters, `[num_edges, num_ops]`.
@@ -247,7 +248,7 @@ pub struct SearchCell {
     config: SearchCellConfig,
     preprocess: Vec<Sequence>,
     edges: Vec<MixedOp>,
-    output_proj: Option<nn::Conv2D>,
+    output_proj: Option<Conv2d>,
 }
 
 impl SearchCell {
@@ -324,7 +325,7 @@ impl SearchCell {
                 groups: 1,
                 bias: true,
             };
-            torch_conv2d(&p / "output", &geom)
+            conv_layer(&p / "output", &geom)
         });
         Ok(Self {
             config,
@@ -498,11 +499,7 @@ impl SearchCell {
 }
 
 /// Combines node outputs (all `[N, C, H, W]`) into the cell output.
-pub(crate) fn combine_nodes(
-    nodes: &[Tensor],
-    output: CellOutput,
-    proj: Option<&nn::Conv2D>,
-) -> Tensor {
+pub(crate) fn combine_nodes(nodes: &[Tensor], output: CellOutput, proj: Option<&Conv2d>) -> Tensor {
     match output {
         CellOutput::Concat => Tensor::cat(nodes, 1),
         CellOutput::ConcatConv1x1 => {

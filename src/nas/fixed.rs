@@ -3,19 +3,20 @@
 //! encoder (Miao et al. 2021), retrained from scratch after the search.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::cell::{combine_nodes, one_input_preprocess};
 use super::network::{is_reduction, RlSkeleton};
 use super::ops::{
-    factorized_reduce_plan, relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d,
-    torch_linear, ConvGeom, LayerDesc, Sequence,
+    conv_layer, factorized_reduce_plan, network_input_layout, relu_conv_bn_plan,
+    torch_batch_norm2d, torch_linear, ConvGeom, LayerDesc, Sequence,
 };
 use super::{
     CellInputs, CellOutput, CellType, Gene, Genotype, NasError, NodeNorm, Op, OpKind, OpSpec,
     RlDartsConfig, StrideStyle,
 };
+use crate::agents::compute::{self, Conv2d};
 use crate::agents::Encoder;
 
 /// How a fixed cell is built (the genes come separately).
@@ -43,7 +44,7 @@ pub struct FixedCell {
     /// Per node: (input state, op).
     nodes: Vec<Vec<(usize, Op)>>,
     concat: Vec<usize>,
-    output_proj: Option<nn::Conv2D>,
+    output_proj: Option<Conv2d>,
 }
 
 impl FixedCell {
@@ -129,7 +130,7 @@ impl FixedCell {
                 groups: 1,
                 bias: true,
             };
-            torch_conv2d(&p / "output", &geom)
+            conv_layer(&p / "output", &geom)
         });
         Ok(Self {
             config,
@@ -255,9 +256,9 @@ impl Default for DartsEvalConfig {
 /// conv2x2 -> 768, BN, relu, linear.
 #[derive(Debug)]
 struct AuxiliaryHead {
-    conv1: nn::Conv2D,
+    conv1: Conv2d,
     bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
+    conv2: Conv2d,
     bn2: nn::BatchNorm,
     classifier: nn::Linear,
 }
@@ -283,9 +284,9 @@ impl AuxiliaryHead {
             bias: false,
         };
         Ok(Self {
-            conv1: torch_conv2d(&p / "conv1", &geom(c, 128, 1)),
+            conv1: conv_layer(&p / "conv1", &geom(c, 128, 1)),
             bn1: torch_batch_norm2d(&p / "bn1", 128, true),
-            conv2: torch_conv2d(&p / "conv2", &geom(128, 768, 2)),
+            conv2: conv_layer(&p / "conv2", &geom(128, 768, 2)),
             bn2: torch_batch_norm2d(&p / "bn2", 768, true),
             classifier: torch_linear(&p / "classifier", 768 * out * out, num_classes),
         })
@@ -299,7 +300,7 @@ impl AuxiliaryHead {
             .avg_pool2d([5, 5], [3, 3], [0, 0], false, false, None);
         let h = self.bn1.forward_t(&self.conv1.forward(&h), train).relu();
         let h = self.bn2.forward_t(&self.conv2.forward(&h), train).relu();
-        self.classifier.forward(&h.flatten(1, -1))
+        compute::linear_layer(&self.classifier, &h.flatten(1, -1))
     }
 }
 
@@ -433,8 +434,8 @@ impl DartsEvalNet {
     /// `x: [N, in_channels, H, W]` -> (`[N, num_classes]`, `Some([N, num_classes])` if training
     /// with `auxiliary`)
     pub fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
-        // NHWC on the CPU, like the search network (see `to_channels_last`).
-        let s = self.stem.forward_t(&to_channels_last(x), train);
+        // The run's layout; NHWC on the CPU when none is set, like the search network.
+        let s = self.stem.forward_t(&network_input_layout(x), train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         let mut aux_logits = None;
         let aux_at = 2 * self.config.layers / 3;
@@ -450,7 +451,7 @@ impl DartsEvalNet {
             }
         }
         let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
-        (self.classifier.forward(&pooled), aux_logits)
+        (compute::linear_layer(&self.classifier, &pooled), aux_logits)
     }
 }
 

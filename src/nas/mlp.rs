@@ -9,7 +9,7 @@
 //! [`crate::nas::ops`]). There are no reduction cells: a vector has no resolution to halve.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
 
 use super::network::OpCostTable;
@@ -17,6 +17,7 @@ use super::{
     CellInputs, CellOutput, CellSpace, CellType, CellWeights, FixedCell, FixedCellConfig, Genotype,
     NasError, NodeNorm, OpKind, OpSet, SearchCell, SearchCellConfig, Supernet,
 };
+use crate::agents::compute;
 use crate::agents::Encoder;
 
 /// `[encoder.params.supernet]` of the `mlp_darts` encoders: a chain of normal cells over
@@ -155,7 +156,7 @@ impl<C> MlpSkeleton<C> {
         for cell in &self.cells {
             x = run(cell, &x);
         }
-        self.fc.forward(&x.flatten(1, -1)).tanh()
+        compute::linear_layer(&self.fc, &x.flatten(1, -1)).tanh()
     }
 }
 

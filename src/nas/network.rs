@@ -4,17 +4,18 @@
 //! forward ([`CellWeights`]) and never decides how they were made.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::ops::{
-    relu_conv_bn_plan, to_channels_last, torch_batch_norm2d, torch_conv2d, torch_linear, ConvGeom,
-    LayerDesc, Sequence,
+    conv_layer, network_input_layout, relu_conv_bn_plan, torch_batch_norm2d, torch_linear,
+    ConvGeom, LayerDesc, Sequence,
 };
 use super::{
     CellInputs, CellOutput, CellSpace, CellWeights, EdgeBetas, NasError, NodeNorm, OpCost, OpSet,
     PartialChannels, SearchCell, SearchCellConfig,
 };
+use crate::agents::compute::{self, Conv2d};
 use crate::agents::init::HiddenInit;
 use crate::agents::Encoder;
 
@@ -272,7 +273,7 @@ impl Supernet for DartsSearchNet {
     fn forward_with(&self, x: &Tensor, weights: &CellWeights, train: bool) -> Tensor {
         let attached = self.edge_betas.as_ref().map(|b| b.attach(weights));
         let weights = attached.as_ref().unwrap_or(weights);
-        let s = self.stem.forward_t(&to_channels_last(x), train);
+        let s = self.stem.forward_t(&network_input_layout(x), train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         for cell in &self.cells {
             let w = if cell.config().reduction {
@@ -284,7 +285,7 @@ impl Supernet for DartsSearchNet {
             s0 = s1;
             s1 = out;
         }
-        self.classifier.forward(&global_pool(&s1))
+        compute::linear_layer(&self.classifier, &global_pool(&s1))
     }
 
     fn space(&self) -> CellSpace {
@@ -445,7 +446,7 @@ impl RlDartsConfig {
 /// flatten -> relu -> linear -> relu.
 #[derive(Debug)]
 pub(crate) struct RlSkeleton<C> {
-    stem: Option<nn::Conv2D>,
+    stem: Option<Conv2d>,
     stages: Vec<RlStage<C>>,
     fc: nn::Linear,
     embedding: i64,
@@ -454,7 +455,7 @@ pub(crate) struct RlSkeleton<C> {
 #[derive(Debug)]
 enum RlStageHead<C> {
     ReductionCell(C),
-    ConvPool(nn::Conv2D),
+    ConvPool(Conv2d),
 }
 
 #[derive(Debug)]
@@ -467,8 +468,8 @@ struct RlStage<C> {
 pub(crate) type MakeCell<'a, C> =
     dyn FnMut(nn::Path, i64, i64, bool) -> Result<(C, i64), NasError> + 'a;
 
-fn conv3x3_bias(p: nn::Path, c_in: i64, c_out: i64) -> nn::Conv2D {
-    torch_conv2d(
+fn conv3x3_bias(p: nn::Path, c_in: i64, c_out: i64) -> Conv2d {
+    conv_layer(
         p,
         &ConvGeom {
             c_in,
@@ -566,7 +567,7 @@ impl<C> RlSkeleton<C> {
                 x = run(cell, &x, false);
             }
         }
-        self.fc.forward(&x.flatten(1, -1).relu()).relu()
+        compute::linear_layer(&self.fc, &x.flatten(1, -1).relu()).relu()
     }
 
     pub(crate) fn embedding(&self) -> i64 {
@@ -749,7 +750,7 @@ impl Default for NasBench201Config {
 struct ResNetBasicBlock {
     conv_a: Sequence,
     conv_b: Sequence,
-    downsample: nn::Conv2D,
+    downsample: Conv2d,
 }
 
 impl ResNetBasicBlock {
@@ -770,7 +771,7 @@ impl ResNetBasicBlock {
                 &p / "conv_b",
                 relu_conv_bn_plan(c_out, c_out, 3, 1, 1, true),
             ),
-            downsample: torch_conv2d(&p / "downsample", &down),
+            downsample: conv_layer(&p / "downsample", &down),
         }
     }
 
@@ -879,7 +880,7 @@ impl Supernet for NasBench201SearchNet {
             };
         }
         let h = self.last_bn.forward_t(&h, train).relu();
-        self.classifier.forward(&global_pool(&h))
+        compute::linear_layer(&self.classifier, &global_pool(&h))
     }
 
     fn space(&self) -> CellSpace {

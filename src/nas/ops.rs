@@ -12,10 +12,11 @@ use std::ops::{Add, AddAssign};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use super::NasError;
+use crate::agents::compute::{self, ConvShape};
 
 /// One candidate operation. Serialises as the exact DARTS / NAS-Bench-201 string
 /// (`"sep_conv_3x3"`), see [`OpKind::name`].
@@ -523,6 +524,16 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
+    /// What [`compute::conv2d`] needs of this geometry.
+    pub fn shape(&self) -> ConvShape {
+        ConvShape {
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+
     fn new(c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64) -> Self {
         Self {
             c_in,
@@ -982,6 +993,17 @@ pub(crate) fn torch_conv2d(p: nn::Path, g: &ConvGeom) -> nn::Conv2D {
     nn::conv2d(p, g.c_in, g.c_out, g.kernel, config)
 }
 
+/// [`torch_conv2d`] as a layer that runs in the run's precision and layout
+/// ([`compute::Conv2d`]).
+pub(crate) fn conv_layer(p: nn::Path, g: &ConvGeom) -> compute::Conv2d {
+    let conv = torch_conv2d(p, g);
+    compute::Conv2d {
+        ws: conv.ws,
+        bs: conv.bs,
+        shape: g.shape(),
+    }
+}
+
 /// PyTorch's BatchNorm2d defaults (weight 1, bias 0, momentum 0.1, eps 1e-5); tch's own
 /// default draws the weight from U(0, 1).
 pub(crate) fn torch_batch_norm2d(p: nn::Path, channels: i64, affine: bool) -> nn::BatchNorm {
@@ -1019,9 +1041,20 @@ pub(crate) fn torch_linear(p: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
 /// Only the memory order changes, so results equal the NCHW ones up to float rounding.
 pub fn to_channels_last(x: &Tensor) -> Tensor {
     if x.dim() == 4 && x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float {
-        x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+        compute::channels_last(x)
     } else {
         x.shallow_clone()
+    }
+}
+
+/// The layout a network hands its first layer: the run's ([`compute::to_layout`]) when one
+/// is set, else channels-last for float CPU tensors ([`to_channels_last`], the DARTS
+/// networks' choice before the layout became a setting).
+pub fn network_input_layout(x: &Tensor) -> Tensor {
+    if compute::current().layout.is_some() {
+        compute::to_layout(x)
+    } else {
+        to_channels_last(x)
     }
 }
 
@@ -1105,13 +1138,11 @@ impl SharedInput {
             let weights: Vec<&Tensor> = group.iter().map(|&j| &convs[j].0.ws).collect();
             let biases: Option<Vec<&Tensor>> =
                 group.iter().map(|&j| convs[j].0.bs.as_ref()).collect();
-            let y = self.x.conv2d(
+            let y = compute::conv2d(
+                &self.x,
                 &Tensor::cat(&weights, 0),
                 biases.map(|b| Tensor::cat(&b, 0)).as_ref(),
-                [g.stride, g.stride],
-                [g.padding, g.padding],
-                [g.dilation, g.dilation],
-                1,
+                g.shape(),
             );
             let sizes: Vec<i64> = group.iter().map(|&j| convs[j].1.c_out).collect();
             let mut fused = self.fused.borrow_mut();
@@ -1167,7 +1198,10 @@ impl SharedInput {
 enum Layer {
     Relu,
     Tanh,
-    Conv(nn::Conv2D),
+    Conv {
+        conv: nn::Conv2D,
+        geom: ConvGeom,
+    },
     BatchNorm(nn::BatchNorm),
     MaxPool {
         stride: i64,
@@ -1178,6 +1212,8 @@ enum Layer {
     FactorizedConvs {
         conv_1: nn::Conv2D,
         conv_2: nn::Conv2D,
+        /// Both halves' geometry but for `c_out`.
+        geom: ConvGeom,
     },
     Zero {
         stride: i64,
@@ -1190,7 +1226,10 @@ impl Layer {
         match *desc {
             LayerDesc::Relu => Layer::Relu,
             LayerDesc::Tanh => Layer::Tanh,
-            LayerDesc::Conv { name, geom } => Layer::Conv(torch_conv2d(p / name, &geom)),
+            LayerDesc::Conv { name, geom } => Layer::Conv {
+                conv: torch_conv2d(p / name, &geom),
+                geom,
+            },
             LayerDesc::BatchNorm {
                 name,
                 channels,
@@ -1206,6 +1245,7 @@ impl Layer {
                 Layer::FactorizedConvs {
                     conv_1: torch_conv2d(p / "conv_1", &half(c_out / 2)),
                     conv_2: torch_conv2d(p / "conv_2", &half(c_out - c_out / 2)),
+                    geom: half(c_out / 2),
                 }
             }
             LayerDesc::Zero { stride, c_out } => Layer::Zero { stride, c_out },
@@ -1216,11 +1256,15 @@ impl Layer {
         match self {
             Layer::Relu => x.relu(),
             Layer::Tanh => x.tanh(),
-            Layer::Conv(conv) => conv.forward(x),
+            Layer::Conv { conv, geom } => run_conv(conv, geom, x),
             Layer::BatchNorm(bn) => bn.forward_t(x, train),
             Layer::MaxPool { stride } => max_pool_3x3(x, *stride),
             Layer::AvgPool { stride } => avg_pool_3x3(x, *stride),
-            Layer::FactorizedConvs { conv_1, conv_2 } => {
+            Layer::FactorizedConvs {
+                conv_1,
+                conv_2,
+                geom,
+            } => {
                 let (h, w) = (x.size()[2], x.size()[3]);
                 // DARTS convolves x[:, :, 1:, 1:]; padding one zero row and column first
                 // (NAS-Bench-201's variant) gives the identical result for even sizes and
@@ -1229,7 +1273,10 @@ impl Layer {
                     .constant_pad_nd([0, 1, 0, 1])
                     .narrow(2, 1, h)
                     .narrow(3, 1, w);
-                Tensor::cat(&[conv_1.forward(x), conv_2.forward(&shifted)], 1)
+                Tensor::cat(
+                    &[run_conv(conv_1, geom, x), run_conv(conv_2, geom, &shifted)],
+                    1,
+                )
             }
             Layer::Zero { stride, c_out } => {
                 let size = x.size();
@@ -1243,6 +1290,11 @@ impl Layer {
             }
         }
     }
+}
+
+/// A built conv layer run through [`compute::conv2d`] (the run's precision and layout).
+pub(crate) fn run_conv(conv: &nn::Conv2D, geom: &ConvGeom, x: &Tensor) -> Tensor {
+    compute::conv2d(x, &conv.ws, conv.bs.as_ref(), geom.shape())
 }
 
 /// 3x3 max pool, padding 1.
@@ -1299,7 +1351,9 @@ impl Sequence {
     /// [`SharedInput::fuse_convs`] can run together with others.
     pub fn leading_conv(&self) -> Option<(&nn::Conv2D, ConvGeom)> {
         match (self.plan.first(), self.layers.first()) {
-            (Some(LayerDesc::Conv { geom, .. }), Some(Layer::Conv(conv))) if geom.groups == 1 => {
+            (Some(LayerDesc::Conv { geom, .. }), Some(Layer::Conv { conv, .. }))
+                if geom.groups == 1 =>
+            {
                 Some((conv, *geom))
             }
             _ => None,
@@ -1309,7 +1363,7 @@ impl Sequence {
     /// Equal to `forward_t(input.tensor())`, but the leading stateless layers come from
     /// `input`'s cache ([`SharedInput::after`]), or the leading conv from a fused one.
     pub fn forward_shared(&self, input: &SharedInput, train: bool) -> Tensor {
-        if let Some(Layer::Conv(conv)) = self.layers.first() {
+        if let Some(Layer::Conv { conv, .. }) = self.layers.first() {
             if let Some(y) = input.fused_output(conv) {
                 return self.layers[1..]
                     .iter()

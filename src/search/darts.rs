@@ -3,6 +3,7 @@
 //! product by central differences (the paper's eq. 8) or, as an option, exact by double
 //! backward.
 
+use crate::agents::compute;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -96,7 +97,19 @@ impl Darts {
     /// `w' = w - xi (mu buf + grad_w L_train(w, alpha) + wd w)`, `v = grad_w' L_val(w', alpha)`.
     /// Returns `(L_val(w'), gradient per alpha)`; the weights and buffers are bit-identical
     /// afterwards.
+    ///
+    /// Runs in fp32 whatever the run's precision ([`compute::full_precision`]): the finite
+    /// difference perturbs the weights by `fd_radius / ||v||`, far below what a bf16 operand
+    /// resolves, and the exact product differentiates twice through every cast.
     pub fn unrolled_gradient(
+        &self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<(f64, Vec<Tensor>), SearchError> {
+        compute::full_precision(|| self.unrolled_gradient_fp32(arch, objective))
+    }
+
+    fn unrolled_gradient_fp32(
         &self,
         arch: &ArchParams,
         objective: &mut dyn Objective,

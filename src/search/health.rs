@@ -11,6 +11,7 @@
 //! of one sample. The eigenvalue comes from power iteration on exact Hessian-vector products
 //! (double backward through the loss), never from a dense Hessian.
 
+use crate::agents::compute;
 use tch::Tensor;
 
 use super::idarts::power_iteration;
@@ -58,7 +59,8 @@ impl HealthRelaxation {
 
 /// The dominant (largest-magnitude, signed) eigenvalue of `d^2 L / d alpha^2` at the current
 /// alphas, by `iterations` power-iteration steps from a fixed start (all ones), with the loss
-/// `which` of `objective` at op weights `softmax(alpha / temperature)`.
+/// `which` of `objective` at op weights `softmax(alpha / temperature)`. In fp32, as every
+/// second-order product ([`compute::full_precision`]).
 pub fn alpha_hessian_eigenvalue(
     objective: &mut dyn Objective,
     arch: &ArchParams,
@@ -86,6 +88,18 @@ pub fn relaxation_hessian_eigenvalue(
         weights,
         ..
     } = relaxation;
+    compute::full_precision(|| {
+        hessian_eigenvalue_fp32(objective, which, params, weights, iterations)
+    })
+}
+
+fn hessian_eigenvalue_fp32(
+    objective: &mut dyn Objective,
+    which: HealthLoss,
+    params: Vec<Tensor>,
+    weights: CellWeights,
+    iterations: usize,
+) -> Result<f64, SearchError> {
     let loss = match which {
         HealthLoss::Train => objective.train_loss(&weights)?,
         HealthLoss::Search => objective.search_loss(&weights)?,

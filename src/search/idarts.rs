@@ -21,6 +21,7 @@
 //! training batch. Exact products by double backward; the mixed term exact or by DARTS's
 //! central difference.
 
+use crate::agents::compute;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -233,7 +234,19 @@ impl IDarts {
 
     /// The implicit hypergradient at the objective's current weights; returns the validation
     /// loss and the gradient. Weights and buffers are restored bit-exactly.
+    ///
+    /// Runs in fp32 whatever the run's precision ([`compute::full_precision`]): the Neumann
+    /// series sums `K` Hessian-vector products, each a double backward, and bf16 rounding in
+    /// every term would accumulate into the hypergradient.
     pub fn hypergradient(
+        &mut self,
+        arch: &ArchParams,
+        objective: &mut dyn Objective,
+    ) -> Result<(f64, Vec<Tensor>), SearchError> {
+        compute::full_precision(|| self.hypergradient_fp32(arch, objective))
+    }
+
+    fn hypergradient_fp32(
         &mut self,
         arch: &ArchParams,
         objective: &mut dyn Objective,

@@ -217,6 +217,8 @@ pub struct ResumeRequest {
     pub skip_baseline: bool,
     /// Pipeline only.
     pub baseline_from: Option<PathBuf>,
+    /// `precision=...` / `layout=...` overrides (`--precision`, `--layout`).
+    pub compute_sets: Vec<String>,
 }
 
 /// The saved config of the run in `dir` (a single run or a pipeline, as `dir` says), with what
@@ -233,6 +235,7 @@ pub fn resolve_resume(dir: &Path, resume: &ResumeRequest) -> Result<ResolvedTrai
     if let Some(d) = &resume.device {
         sets.push(format!("device={d:?}"));
     }
+    sets.extend(resume.compute_sets.iter().cloned());
     if pipeline::is_pipeline_run(dir) {
         sets.extend(pipeline_flag_sets(
             resume.total_steps,

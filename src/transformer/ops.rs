@@ -17,6 +17,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::TransformerError;
+use crate::agents::compute;
 use crate::nas::OpKind;
 
 /// Where an op sits: split width, attention heads, FFN width, and whether it is in the
@@ -107,14 +108,13 @@ fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Te
     let dh = d / heads;
     let split = |t: &Tensor, len: i64| t.view([b, len, heads, dh]).transpose(1, 2);
     let (q, k, v) = (split(q, tq), split(k, tk), split(v, tk)); // [B, h, T, dh]
-    let mut scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt(); // [B, h, Tq, Tk]
+    let mut scores = compute::matmul(&q, &k.transpose(-2, -1)) / (dh as f64).sqrt(); // [B, h, Tq, Tk]
     if causal {
         let mask = Tensor::ones([tq, tk], (Kind::Bool, q.device())).triu(1);
         scores = scores.masked_fill(&mask, f64::NEG_INFINITY);
     }
-    scores
-        .softmax(-1, q.kind())
-        .matmul(&v)
+    // The softmax in the input's precision, the products in the run's (agents::compute).
+    compute::matmul(&scores.softmax(-1, q.kind()), &v)
         .transpose(1, 2)
         .contiguous()
         .view([b, tq, d])
@@ -268,8 +268,11 @@ impl SeqOp {
             Body::Zero => return Ok(x.zeros_like()),
             Body::Identity => return Ok(x.shallow_clone()),
             Body::SelfAttention { qkv, out } => {
-                let parts = qkv.forward(&self.normed_input(x)).chunk(3, -1);
-                out.forward(&attention(&parts[0], &parts[1], &parts[2], heads, causal))
+                let parts = compute::linear_layer(qkv, &self.normed_input(x)).chunk(3, -1);
+                compute::linear_layer(
+                    out,
+                    &attention(&parts[0], &parts[1], &parts[2], heads, causal),
+                )
             }
             Body::CrossAttention { q, kv, out } => {
                 let memory = ctx.memory.ok_or_else(|| {
@@ -279,9 +282,9 @@ impl SeqOp {
                             .into(),
                     )
                 })?;
-                let parts = kv.forward(memory).chunk(2, -1);
-                let q = q.forward(&self.normed_input(x));
-                out.forward(&attention(&q, &parts[0], &parts[1], heads, false))
+                let parts = compute::linear_layer(kv, memory).chunk(2, -1);
+                let q = compute::linear_layer(q, &self.normed_input(x));
+                compute::linear_layer(out, &attention(&q, &parts[0], &parts[1], heads, false))
             }
             Body::Conv { conv, width } => {
                 let t = pad_time(&x.transpose(1, 2), *width, causal); // [B, d, T + w - 1]
@@ -294,17 +297,19 @@ impl SeqOp {
                 width,
             } => {
                 let d = self.config.d;
-                let h = input.forward(x).glu(-1).transpose(1, 2); // [B, d, T]
-                                                                  // Each head's normalised kernel serves its d / heads consecutive channels.
+                let h = compute::linear_layer(input, x).glu(-1).transpose(1, 2); // [B, d, T]
+                                                                                 // Each head's normalised kernel serves its d / heads consecutive channels.
                 let k = kernel
                     .softmax(-1, kernel.kind())
                     .repeat_interleave_self_int(d / heads, 0, None::<i64>)
                     .unsqueeze(1); // [d, 1, w]
                 let y = pad_time(&h, *width, causal).conv1d(&k, None::<Tensor>, [1], [0], [1], d);
-                out.forward(&y.transpose(1, 2))
+                compute::linear_layer(out, &y.transpose(1, 2))
             }
-            Body::Glu { proj } => proj.forward(x).glu(-1),
-            Body::Ffn { up, down } => down.forward(&up.forward(x).relu()),
+            Body::Glu { proj } => compute::linear_layer(proj, x).glu(-1),
+            Body::Ffn { up, down } => {
+                compute::linear_layer(down, &compute::linear_layer(up, x).relu())
+            }
         };
         Ok(match &self.norm {
             Some(n) => n.forward(&(x + y)),

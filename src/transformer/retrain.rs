@@ -368,6 +368,9 @@ fn train_arch_in(
     checkpoints: Option<RetrainCheckpoints<'_>>,
 ) -> Result<TrainedArch, TransformerError> {
     let device = setup(config)?;
+    std::fs::create_dir_all(out).map_err(TransformerError::io(out))?;
+    let policy = super::search::choose_compute(config, device, out, false)?;
+    let _compute = crate::agents::compute::enter(policy.compute());
     let task = config.task.generate()?;
     if !checkpoints.as_ref().is_some_and(|c| c.resume) {
         sink.text("config", &crate::config::to_markdown(config)?, 0);

@@ -29,6 +29,7 @@ use super::tasks::{evaluate, SeqMetrics, SeqTask, TaskConfig};
 use super::TransformerError;
 use crate::logging::MetricsSink;
 use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype, OpCost, OpCostTable};
+use crate::precision::{LayoutChoice, PrecisionChoice};
 use crate::search::{AdamConfig, Phase, Sgd, SgdConfig, StrategyConfig, WeightStepReport};
 use crate::train::run_dir::RunDir;
 use crate::train::supervised::{clip_grad_norm, log_alphas, WeightOptimConfig};
@@ -43,6 +44,14 @@ pub struct SeqConfig {
     pub device: String,
     /// libtorch intra-op threads; 0 keeps libtorch's default.
     pub torch_threads: i32,
+    /// Floating-point format of the linear layers, attention products and convolutions:
+    /// `auto` (the default: the fastest the device runs natively, by a short timed probe),
+    /// `fp32`, `bf16` (softmax, layer norms, the f64 residual stream, losses and optimiser
+    /// stay as they are) or `fp16` (CUDA only). Written to `compute.json`.
+    pub precision: PrecisionChoice,
+    /// Accepted for symmetry with the other commands; sequences have no image layout, so
+    /// `auto` resolves to `nchw` without a probe.
+    pub layout: LayoutChoice,
     pub task: TaskConfig,
     pub network: SeqNetConfig,
     pub search: SeqSearchConfig,
@@ -55,6 +64,8 @@ impl Default for SeqConfig {
             seed: 0,
             device: "cpu".into(),
             torch_threads: 0,
+            precision: PrecisionChoice::Auto,
+            layout: LayoutChoice::Auto,
             task: TaskConfig::default(),
             network: SeqNetConfig::default(),
             search: SeqSearchConfig::default(),
@@ -284,6 +295,31 @@ pub fn search(
     })
 }
 
+/// The run's precision and layout ([`crate::precision`]) by the device rule, without a
+/// probe, recorded in `dir` (`compute.json` and `config.toml`). Sequences have no image
+/// layout: `layout = "auto"` is `nchw`, which changes nothing here.
+pub(crate) fn choose_compute(
+    config: &SeqConfig,
+    device: Device,
+    dir: &Path,
+    resume: bool,
+) -> Result<crate::precision::ComputePolicy, TransformerError> {
+    let layout = match config.layout {
+        LayoutChoice::Auto => LayoutChoice::Nchw,
+        l => l,
+    };
+    let policy =
+        crate::precision::policy_for_run(config.precision, layout, device, dir, resume, true, None)
+            .map_err(|e| TransformerError::Config(e.to_string()))?;
+    let resolved = SeqConfig {
+        precision: PrecisionChoice::from(policy.precision),
+        layout: policy.layout.into(),
+        ..config.clone()
+    };
+    crate::config::save_resolved_config(&resolved, dir)?;
+    Ok(policy)
+}
+
 /// The search: DARTS-style alternation through the strategy, or random search from scratch,
 /// checkpointed every epoch (candidate) and resumable. Writes the genotype files and
 /// `summary.json` into the run directory, also when stopped early (the genotype derived so
@@ -293,6 +329,8 @@ pub fn search_run(mut run: SeqSearchRun<'_>) -> Result<SeqSearchSummary, Transfo
     let config = run.config;
     let device = setup(config)?;
     check_strategy(&config.search.strategy, config.network.mode)?;
+    let policy = choose_compute(config, device, &run.run_dir.root, run.resume)?;
+    let _compute = crate::agents::compute::enter(policy.compute());
     let task = config.task.generate()?;
     if !run.resume {
         run.sink

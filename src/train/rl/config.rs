@@ -9,6 +9,7 @@ use crate::agents::{ImpalaConfig, MlpConfig, PpoConfig};
 use crate::envs::gym::GYM_ENVS;
 use crate::envs::procgen::ProcgenOptions;
 use crate::nas::{AlphaInit, MlpDartsConfig, RlDartsConfig};
+use crate::precision::{LayoutChoice, PrecisionChoice};
 use crate::search::{JointParams, StrategyConfig};
 use crate::train::TrainError;
 
@@ -113,6 +114,14 @@ pub struct TrainConfig {
     pub device: String,
     /// libtorch intra-op threads (0 = libtorch's default: all cores).
     pub torch_threads: i32,
+    /// Floating-point format of convolutions and matmuls: `auto` (the default: the fastest
+    /// the device runs natively, by a short timed probe of this run's network at start-up),
+    /// `fp32`, `bf16` (mixed: softmax, losses, optimiser and master weights stay fp32) or
+    /// `fp16` (CUDA only, with loss scaling). The choice is written to `compute.json`.
+    pub precision: PrecisionChoice,
+    /// Memory order of image activations: `auto` (the default, by the same probe), `nchw`
+    /// or `channels_last`.
+    pub layout: LayoutChoice,
     pub encoder: EncoderConfig,
     pub ppo: PpoConfig,
     /// Training levels (Procgen only). Paper protocol: easy, 200 levels from 0.
@@ -141,6 +150,8 @@ impl TrainConfig {
             seed: 1,
             device: "auto".into(),
             torch_threads: 0,
+            precision: PrecisionChoice::Auto,
+            layout: LayoutChoice::Auto,
             encoder: EncoderConfig::Impala(ImpalaConfig::default()),
             ppo: PpoConfig::default(),
             procgen: ProcgenOptions {

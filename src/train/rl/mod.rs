@@ -9,6 +9,7 @@
 //! (evaluating a checkpoint), [`parallel`] (one process of a data-parallel run).
 
 pub mod build;
+mod compute_probe;
 pub mod config;
 mod driver;
 pub mod eval;

@@ -178,6 +178,18 @@ fn run_loop<D: Driver>(
         .is_procgen()
         .then(|| find_game(&config.env))
         .transpose()?;
+    // Before the memory plan, which must measure the update in the precision it will run in.
+    let policy = super::compute_probe::choose_compute(
+        &mut trainer,
+        &mut driver,
+        config,
+        run.run_dir,
+        run.resume,
+        writer,
+        process.is_some(),
+    )?;
+    // Every forward of the run (rollouts, updates, search steps) runs on this thread.
+    let _compute = crate::agents::compute::enter(policy.compute());
     let started = Start {
         local,
         process: process.as_ref(),

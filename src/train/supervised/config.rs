@@ -12,6 +12,7 @@ use crate::data::{
     Dataset, Normalizer,
 };
 use crate::nas::{AlphaInit, DartsEvalConfig, DartsSearchConfig};
+use crate::precision::{LayoutChoice, PrecisionChoice};
 use crate::search::{SgdConfig, StrategyConfig};
 use crate::train::checkpoint::CheckpointConfig;
 
@@ -230,6 +231,14 @@ pub struct SupervisedConfig {
     pub device: String,
     /// libtorch intra-op threads (0 = libtorch's default).
     pub torch_threads: i32,
+    /// Floating-point format of convolutions and matmuls: `auto` (the default: the fastest
+    /// the device runs natively, by a short timed probe of this run's network at start-up),
+    /// `fp32`, `bf16` (mixed: softmax, losses, optimiser and master weights stay fp32) or
+    /// `fp16` (CUDA only, with loss scaling). The choice is written to `compute.json`.
+    pub precision: PrecisionChoice,
+    /// Memory order of image activations: `auto` (the default, by the same probe), `nchw`
+    /// or `channels_last`.
+    pub layout: LayoutChoice,
     pub data: DataConfig,
     /// The supernet searched over (DARTS: C 16, 8 cells).
     pub network: DartsSearchConfig,
@@ -251,6 +260,8 @@ impl Default for SupervisedConfig {
             seed: 2,
             device: "auto".into(),
             torch_threads: 0,
+            precision: PrecisionChoice::Auto,
+            layout: LayoutChoice::Auto,
             data: DataConfig::default(),
             network: DartsSearchConfig::default(),
             search: SearchLoopConfig::default(),

@@ -54,6 +54,8 @@ pub enum SupervisedError {
     Device(#[from] crate::device::DeviceError),
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),
+    #[error(transparent)]
+    Precision(#[from] crate::precision::PrecisionError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -120,6 +122,47 @@ fn setup(config: &SupervisedConfig) -> Result<Device, SupervisedError> {
     }
     tch::manual_seed(config.seed as i64);
     Ok(device)
+}
+
+/// The run's precision and layout (the `precision` and `layout` keys, [`crate::precision`]):
+/// printed, recorded in `run_dir` (`compute.json`, and the resolved values in `config.toml`)
+/// when given, reused on resume. `pass` runs one forward + backward of the run's network for
+/// the probe (in eval mode, so that no BatchNorm statistics move); None: the device rule.
+fn choose_compute(
+    config: &config::SupervisedConfig,
+    device: Device,
+    run_dir: Option<&Path>,
+    resume: bool,
+    pass: Option<&mut dyn FnMut() -> Result<(), String>>,
+) -> Result<crate::precision::ComputePolicy, SupervisedError> {
+    use crate::precision::{policy_for_run, timed, Probe};
+    let mut probe = pass.map(|pass| move |c: crate::precision::Compute| timed(c, &mut *pass));
+    let scratch;
+    let dir = match run_dir {
+        Some(d) => d,
+        None => {
+            scratch = std::env::temp_dir();
+            scratch.as_path()
+        }
+    };
+    let policy = policy_for_run(
+        config.precision,
+        config.layout,
+        device,
+        dir,
+        resume && run_dir.is_some(),
+        run_dir.is_some(),
+        probe.as_mut().map(|p| p as &mut Probe<'_>),
+    )?;
+    if let Some(dir) = run_dir {
+        let resolved = config::SupervisedConfig {
+            precision: policy.precision.into(),
+            layout: policy.layout.into(),
+            ..config.clone()
+        };
+        crate::config::save_resolved_config(&resolved, dir)?;
+    }
+    Ok(policy)
 }
 
 fn check_shapes(

@@ -96,6 +96,7 @@ pub fn train_arch_run(run: TrainArchRun<'_>) -> Result<TrainArchSummary, Supervi
         last_save: Instant::now(),
         stop: run.stop,
         max_epochs: run.max_epochs,
+        config: run.config,
     };
     train_arch_impl(
         run.config,
@@ -167,6 +168,8 @@ struct Checkpointing<'a> {
     last_save: Instant,
     stop: &'a AtomicBool,
     max_epochs: Option<usize>,
+    /// Its `precision` and `layout` keys are resolved and recorded in `run_dir`.
+    config: &'a SupervisedConfig,
 }
 
 /// Retraining loop state beyond the weights and SGD buffers, saved with each checkpoint.
@@ -261,6 +264,32 @@ fn retrain(r: Retrain<'_>, rng: &mut ChaCha8Rng) -> Result<TrainArchSummary, Sup
     let mut vs = nn::VarStore::new(device);
     let net = DartsEvalNet::new(vs.root() / "net", &ta.network, genotype)?;
     let mut sgd = Sgd::new(vs.variables(), ta.weights.sgd());
+    // A train-arch run chooses its precision and layout here, with the network built; a
+    // random-search candidate runs in the search's.
+    let policy = match checkpoints.as_ref() {
+        Some(ck) => {
+            let n = (ta.batch_size as i64).min(train.images.size()[0]);
+            let x = train.images.narrow(0, 0, n);
+            let y = train.labels.narrow(0, 0, n);
+            let mut pass = || -> Result<(), String> {
+                let (logits, _aux) = net.forward_t(&x, false);
+                super::cross_entropy(&logits, &y)
+                    .f_backward()
+                    .map_err(|e| e.to_string())
+            };
+            let policy = super::choose_compute(
+                ck.config,
+                device,
+                Some(&ck.run_dir.root),
+                ck.resume,
+                Some(&mut pass),
+            )?;
+            sgd.zero_grad();
+            Some(policy)
+        }
+        None => None,
+    };
+    let _compute = policy.map(|p| crate::agents::compute::enter(p.compute()));
     let parameters = crate::nas::count_parameters(&vs, |name| !name.contains("auxiliary"));
     let mut state = RetrainState {
         epochs_done: 0,

@@ -82,6 +82,10 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
     crate::report::record_command(&run.run_dir.root);
     let summary = match &config.search.strategy {
         StrategyConfig::Random(p) if !p.weight_sharing => {
+            // Candidates are built and trained one after another: no network to probe yet.
+            let root = run.run_dir.root.clone();
+            let policy = super::choose_compute(config, device, Some(&root), run.resume, None)?;
+            let _compute = crate::agents::compute::enter(policy.compute());
             random_from_scratch(&mut run, device, &w_train, &w_search)?
         }
         _ => bilevel_search(&mut run, device, &w_train, &w_search)?,
@@ -184,6 +188,34 @@ fn bilevel_search(
     let config = run.config;
     let epochs = config.search.epochs;
     let mut s = SearchSession::new(config, device, w_train)?;
+    let policy = {
+        let n = (config.search.batch_size as i64).min(w_train.images.size()[0]);
+        let x = w_train.images.narrow(0, 0, n);
+        let y = w_train.labels.narrow(0, 0, n);
+        let (net, arch) = (&s.net, &s.arch);
+        let mut pass = || -> Result<(), String> {
+            let logits = net.forward_with(&x, &arch.softmax_weights(1.0), false);
+            cross_entropy(&logits, &y)
+                .f_backward()
+                .map_err(|e| e.to_string())
+        };
+        super::choose_compute(
+            config,
+            device,
+            Some(&run.run_dir.root),
+            run.resume,
+            Some(&mut pass),
+        )?
+    };
+    // The probe's gradients are nobody's.
+    s.sgd.zero_grad();
+    for alpha in crate::search::alphas(&s.arch) {
+        let mut g = alpha.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+    let _compute = crate::agents::compute::enter(policy.compute());
     if run.resume {
         s.resume(run.run_dir)?;
     }
