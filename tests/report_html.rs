@@ -150,6 +150,11 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
     let svgs = dom.matches("<svg").count();
     assert!(svgs >= 9, "{svgs} svg elements");
     assert!(dom.contains("health/eigenvalue"), "health curve legend");
+    // Speed and memory of a vision search: images per second and peak memory per epoch.
+    let speed = &dom[dom.find("id=\"speed\"").expect("speed section")..];
+    for legend in ["search/images_per_sec", "perf/peak_rss_gib"] {
+        assert!(speed.contains(legend), "speed section lacks {legend}");
+    }
     assert!(
         !dom.contains("class=\"missing\""),
         "a complete search misses nothing"

@@ -437,6 +437,18 @@ pub fn speed_and_memory(phases: &[Phase], missing: &mut Missing) -> Section {
         "steps/s",
     )
     .unwrap_or_default();
+    // A vision or transformer search has no env steps: its images per second and the
+    // process's peak memory per epoch instead.
+    for (tag, title, y) in [
+        (
+            "search/images_per_sec",
+            "Search: training images per second",
+            "images/s",
+        ),
+        ("perf/peak_rss_gib", "Peak resident memory", "GiB"),
+    ] {
+        body += &chart_of(phases, &[tag], title, "epoch", y).unwrap_or_default();
+    }
     let rows: Vec<Vec<String>> = phases
         .iter()
         .filter_map(|p| {

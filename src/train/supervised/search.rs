@@ -229,6 +229,7 @@ fn bilevel_search(
             break;
         }
         let lr = config.search.weights.lr_at(s.state.epochs_done, epochs);
+        let epoch_start = Instant::now();
         let tally = search_epoch(
             &mut s,
             &config.search,
@@ -249,8 +250,20 @@ fn bilevel_search(
         s.state.epochs_done += 1;
         epochs_here += 1;
         let step = s.state.epochs_done as i64;
+        // Speed and memory for the report's "Speed and memory" section: training images (the
+        // weight steps' batches) per second of the epoch, validation included, and the
+        // process's peak resident memory so far.
+        let images_per_sec = tally.seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+        if let Some(peak) = crate::device::host_memory::peak_rss() {
+            run.sink.scalar(
+                "perf/peak_rss_gib",
+                peak as f64 / f64::from(1u32 << 30),
+                step,
+            );
+        }
         run.sink.scalars(
             &[
+                ("search/images_per_sec", images_per_sec),
                 ("search/train_loss", tally.loss()),
                 ("search/train_accuracy", tally.accuracy()),
                 ("search/val_loss", val_loss),
