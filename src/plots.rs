@@ -236,7 +236,9 @@ pub fn write_trajectories(stem: &Path, t: &Trajectories<'_>) -> Result<(), Strin
         .map_err(|e| format!("{}: {e}", svg.display()))
 }
 
-fn op_colour(op: usize) -> RGBColor {
+/// The `i`-th colour of matplotlib's `tab10` cycle (repeating), so that every chart the tool
+/// draws (trajectories here, the report's line charts) colours its series alike.
+pub fn series_colour(i: usize) -> RGBColor {
     const PALETTE: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
@@ -249,7 +251,7 @@ fn op_colour(op: usize) -> RGBColor {
         RGBColor(188, 189, 34),
         RGBColor(23, 190, 207),
     ];
-    PALETTE[op % PALETTE.len()]
+    PALETTE[i % PALETTE.len()]
 }
 
 fn draw_trajectories<DB: DrawingBackend>(
@@ -269,7 +271,7 @@ fn draw_trajectories<DB: DrawingBackend>(
         let y = 40;
         legend.draw(&Rectangle::new(
             [(x, y + 3), (x + 18, y + 9)],
-            op_colour(o).filled(),
+            series_colour(o).filled(),
         ))?;
         legend.draw(&Text::new(
             op.clone(),
@@ -311,7 +313,7 @@ fn draw_trajectories<DB: DrawingBackend>(
         for (o, series) in t.series[e].iter().enumerate() {
             chart.draw_series(LineSeries::new(
                 series.iter().copied(),
-                op_colour(o).stroke_width(2),
+                series_colour(o).stroke_width(2),
             ))?;
         }
     }

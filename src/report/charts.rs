@@ -13,17 +13,6 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
-const PALETTE: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-];
-
 /// A line chart (640 x 320) as an SVG document string. Err when no font is available or the
 /// lines hold no finite point.
 pub fn line_chart(
@@ -99,7 +88,7 @@ fn draw_lines<DB: DrawingBackend>(
         .label_style(("sans-serif", 12))
         .draw()?;
     for (i, line) in lines.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = crate::plots::series_colour(i);
         let points: Vec<(f64, f64)> = line
             .points
             .iter()
