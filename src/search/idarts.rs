@@ -27,12 +27,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::checkpoint::{load_json, save_json};
+use super::checkpoint::{load_strategy, save_strategy};
 use super::darts::HessianMode;
 use super::optim::ordered_variables;
 use super::perturb::{self, exact_hvp, exact_mixed_hvp, fd_mixed_hvp, grad, WeightGuard};
 use super::{
-    softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    softmax_weights, Adam, ArchAdamConfig, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -172,7 +173,7 @@ pub struct IDartsParams {
     pub power_iterations: usize,
     pub temperature: f64,
     pub derive: DeriveRule,
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for IDartsParams {
@@ -186,12 +187,11 @@ impl Default for IDartsParams {
             power_iterations: 0,
             temperature: 1.0,
             derive: DeriveRule::Darts,
-            optimizer: AdamConfig::default(),
+            optimizer: ArchAdamConfig::default(),
         }
     }
 }
 
-const ADAM_FILE: &str = "arch_adam.safetensors";
 const STATE_FILE: &str = "idarts.json";
 
 /// The last alpha step's diagnostics, checkpointed (as JSON, so `None` until a step set them),
@@ -323,7 +323,7 @@ impl IDarts {
 
 impl SearchStrategy for IDarts {
     fn name(&self) -> &'static str {
-        "idarts"
+        Self::NAME
     }
 
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
@@ -370,7 +370,7 @@ impl SearchStrategy for IDarts {
     }
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {
-        let mut s = vec![("arch_lr", self.adam.config.lr)];
+        let mut s = vec![("arch_lr", self.adam.lr())];
         s.push(("arch_steps", self.adam.steps_taken() as f64));
         for (k, v) in [
             ("neumann_residual", self.state.residual_norm),
@@ -385,13 +385,11 @@ impl SearchStrategy for IDarts {
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))?;
-        save_json(dir, STATE_FILE, &self.state)
+        save_strategy(dir, Some(&self.adam), STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))?;
-        self.state = load_json(dir, STATE_FILE)?;
+        self.state = load_strategy(dir, Some(&mut self.adam), STATE_FILE)?;
         Ok(())
     }
 

@@ -97,6 +97,13 @@ boxed_from!(
     Supervised: crate::train::supervised::SupervisedError
 );
 
+/// The retraining Adam's errors, reported as the search reports them.
+impl From<crate::agents::OptimError> for TransformerError {
+    fn from(e: crate::agents::OptimError) -> Self {
+        SearchError::from(e).into()
+    }
+}
+
 impl TransformerError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
         move |source| Self::Io {

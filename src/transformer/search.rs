@@ -27,12 +27,13 @@ use super::resume::{load_supernet, save_supernet, SupernetParts, SupernetState};
 use super::retrain::random_from_scratch;
 use super::tasks::{evaluate, SeqMetrics, SeqTask, TaskConfig};
 use super::TransformerError;
+use crate::agents::{clip_grad_norm, NormArithmetic};
 use crate::logging::MetricsSink;
 use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype, OpCost, OpCostTable};
 use crate::precision::{LayoutChoice, PrecisionChoice};
-use crate::search::{AdamConfig, Phase, Sgd, SgdConfig, StrategyConfig, WeightStepReport};
+use crate::search::{ArchAdamConfig, Phase, Sgd, SgdConfig, StrategyConfig, WeightStepReport};
 use crate::train::run_dir::RunDir;
-use crate::train::supervised::{clip_grad_norm, log_alphas, WeightOptimConfig};
+use crate::train::supervised::{log_alphas, WeightOptimConfig};
 
 /// The whole TOML of a transformer preset (`configs/seq-*.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +138,7 @@ pub struct SeqTrainArchConfig {
     pub iterations_per_epoch: usize,
     pub batch_size: usize,
     /// Adam over the weights (the paper: betas (0.9, 0.98)).
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
     /// Max global gradient norm; 0 disables.
     pub grad_clip: f64,
     /// 0: the `[network]` size as it is. N > 0: the width (`d_model`, in steps that keep every
@@ -152,7 +153,7 @@ impl Default for SeqTrainArchConfig {
             epochs: 10,
             iterations_per_epoch: 100,
             batch_size: 32,
-            optimizer: AdamConfig {
+            optimizer: ArchAdamConfig {
                 lr: 1e-3,
                 beta1: 0.9,
                 beta2: 0.98,
@@ -492,7 +493,12 @@ fn supernet_search(
             sgd.zero_grad();
             let loss = loss_for_strategy(&net, &train, Some(&weights))?;
             loss.backward();
-            let grad_norm_sq = clip_grad_norm(&sgd.parameters(), sc.weights.grad_clip);
+            let grad_norm_sq = clip_grad_norm(
+                &sgd.parameters(),
+                sc.weights.grad_clip,
+                NormArithmetic::HostF64,
+            )
+            .squared();
             sgd.step();
             let report = WeightStepReport {
                 iteration,

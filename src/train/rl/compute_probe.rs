@@ -64,8 +64,7 @@ pub(super) fn choose_compute<D: Driver>(
         resume,
         writer,
         (!data_parallel).then_some(&mut probe as &mut crate::precision::Probe<'_>),
-    )
-    .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    )?;
     // The probe's gradients are nobody's.
     trainer.optimizer.zero_grad();
     for alpha in driver.shared_parameters() {
