@@ -34,8 +34,8 @@ pub use policy::{
     encoder_input_shape, preprocess_obs, sample_categorical, Act, ActorCritic, Evaluation,
 };
 pub use ppo::{
-    normalize_advantages, normalize_advantages_global, ppo_loss, ppo_update,
-    DataParallel, PpoConfig, PpoLoss, PpoStats, UpdateDriver,
+    normalize_advantages, normalize_advantages_global, ppo_loss, ppo_update, DataParallel,
+    PpoConfig, PpoLoss, PpoStats, UpdateDriver,
 };
 pub use rollout::{collect_rollout, IterationStats, PpoTrainer};
 pub use storage::{Batch, RolloutStorage};

@@ -100,7 +100,6 @@ pub mod unas_params;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::nas::{

@@ -50,7 +50,7 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use super::checkpoint::{load_strategy, save_strategy};
 use super::op_weights::argmax_weights;

@@ -100,21 +100,19 @@ use super::checkpoint::{load_strategy, save_strategy};
 use super::op_weights::argmax_weights;
 use super::optim::ordered_variables;
 use super::perturb::norm;
-use super::unas_estimator::{
-    estimate_gradient, mean_value, sample_cell, sample_cell_per_example, track_variance,
+pub use super::unas_estimator::{
+    estimate_gradient, estimate_gradient_from, sample_cell, sample_cell_per_example, UnasSample,
+    UnasTerms,
 };
-pub use super::unas_estimator::{UnasSample, UnasTerms};
+use super::unas_estimator::{mean_value, track_variance};
 use super::unas_factorised::{estimate_factorised_gradient, FactorisedAlphas, FactorisedSample};
 pub use super::unas_params::{
     LatencySource, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams, UnasWeightsSample,
 };
 use super::{
-    alphas, Adam, ArchSample, ArchStepStats, Objective, Phase, SearchError,
-    SearchStrategy,
+    alphas, Adam, ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
-use crate::nas::{
-    ArchParams, CellWeights, Genotype, LatencyOptions, LatencyTable, OpWeights,
-};
+use crate::nas::{ArchParams, CellWeights, Genotype, LatencyOptions, LatencyTable, OpWeights};
 
 /// Sampler and monitoring state, checkpointed as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]

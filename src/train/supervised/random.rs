@@ -95,8 +95,8 @@ pub(super) fn run_random_search_from_scratch(
         run.sink.flush();
     }
     let interrupted = run.stop.load(Ordering::SeqCst);
-    let (acc, genotype) = best
-        .ok_or_else(|| SupervisedError::invalid("random search evaluated no candidate"))?;
+    let (acc, genotype) =
+        best.ok_or_else(|| SupervisedError::invalid("random search evaluated no candidate"))?;
     run.progress
         .finish(&format!("random search: best val accuracy {acc:.4}"));
     Ok((genotype, params.num_candidates, acc, interrupted))
