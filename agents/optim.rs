@@ -525,4 +525,36 @@ mod tests {
             Adam::new(&other, AdamConfig::default()).load(&dir.path().join("adam.safetensors"));
         assert!(matches!(err, Err(OptimError::Checkpoint { .. })));
     }
+
+    /// The vision loops' arithmetic: the squared norm is the f64 sum of squares, gradients
+    /// over `max_norm` end at `max_norm` with their directions kept, and gradients under it
+    /// are left exactly as they were (no multiply by 1). Its norm agrees with torch's
+    /// arithmetic to f32 precision.
+    #[test]
+    fn host_f64_clip_reports_the_squared_norm_and_scales_only_above_the_limit() {
+        let grads_of = |values: &[f32]| {
+            let p = Tensor::from_slice(values).set_requires_grad(true);
+            (&p * &p * 0.5).sum(Kind::Float).backward(); // grad = p
+            p
+        };
+        let p = grads_of(&[3.0, 4.0]);
+        let norm = clip_grad_norm(&[p.shallow_clone()], 1.0, NormArithmetic::HostF64);
+        assert_eq!(norm.squared(), 25.0);
+        let after = Vec::<f32>::try_from(&p.grad()).unwrap();
+        assert!(
+            (after[0] - 0.6).abs() < 1e-6 && (after[1] - 0.8).abs() < 1e-6,
+            "{after:?}"
+        );
+
+        let q = grads_of(&[0.1, 0.2]);
+        let _ = clip_grad_norm(&[q.shallow_clone()], 10.0, NormArithmetic::HostF64);
+        assert!(q.grad().equal(&Tensor::from_slice(&[0.1f32, 0.2])));
+
+        let r = grads_of(&[3.0, 4.0]);
+        let torch = clip_grad_norm(&[r.shallow_clone()], 1.0, NormArithmetic::Device);
+        assert!(
+            (torch.into_tensor().double_value(&[]) - norm.into_tensor().double_value(&[])).abs()
+                < 1e-6
+        );
+    }
 }
