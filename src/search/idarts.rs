@@ -30,6 +30,9 @@ use tch::Tensor;
 use super::checkpoint::{load_strategy, save_strategy};
 use super::darts::HessianMode;
 use super::optim::ordered_variables;
+/// The eigenvalue estimate iDARTS's convergence check uses (it lives with the other
+/// Hessian-vector tools, where search health uses it too).
+pub use super::perturb::power_iteration;
 use super::perturb::{self, exact_hvp, exact_mixed_hvp, fd_mixed_hvp, grad, WeightGuard};
 use super::{
     softmax_weights, Adam, ArchAdamConfig, ArchStepStats, Objective, Phase, SearchError,
@@ -114,36 +117,6 @@ pub fn implicit_hypergradient(
         .map(|(d, mp)| d.detach() - mp.detach())
         .collect();
     Ok((hypergrad, solve.residual_norm))
-}
-
-/// Top eigenvalue of `H` by power iteration from `start` (`iterations` Hessian-vector
-/// products). For a Hessian with negative eigenvalues of larger magnitude this returns that
-/// (signed) eigenvalue, which is what the convergence check needs: the series diverges when
-/// any `|1 - gamma * lambda| >= 1`.
-pub fn power_iteration(
-    start: &[Tensor],
-    iterations: usize,
-    mut hvp: impl FnMut(&[Tensor]) -> Result<Vec<Tensor>, SearchError>,
-) -> Result<f64, SearchError> {
-    let n0 = perturb::norm(start);
-    if !(n0.is_finite() && n0 > 0.0) {
-        return Err(SearchError::Invalid(
-            "power iteration needs a nonzero finite start vector".into(),
-        ));
-    }
-    let mut u: Vec<Tensor> = start.iter().map(|t| t.detach() / n0).collect();
-    let mut lambda = 0.0;
-    for _ in 0..iterations.max(1) {
-        let h: Vec<Tensor> = hvp(&u)?.iter().map(Tensor::detach).collect();
-        // Rayleigh quotient with the unit vector u.
-        lambda = perturb::dot(&u, &h);
-        let n = perturb::norm(&h);
-        if !(n.is_finite() && n > 0.0) {
-            break;
-        }
-        u = h.iter().map(|t| t / n).collect();
-    }
-    Ok(lambda)
 }
 
 /// Whether the Neumann series `sum (I - gamma H)^k` converges given the top eigenvalue

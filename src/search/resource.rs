@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{SearchError, SnasParams};
+use super::SearchError;
 use crate::nas::OpCost;
 
 /// Which resource an op's cost counts.
@@ -121,9 +121,9 @@ pub fn score_function_cost_gradient(
     })
 }
 
-/// `[num_edges, num_ops]` f64 matrix of `params.op_cost` over one cell type's table.
+/// `[num_edges, num_ops]` f64 matrix of [`op_cost`] over one cell type's table.
 pub(crate) fn cost_matrix(
-    params: &SnasParams,
+    (metric, log_cost): (CostMetric, bool),
     table: &[Vec<OpCost>],
     (edges, ops): (usize, usize),
     what: &str,
@@ -138,7 +138,7 @@ pub(crate) fn cost_matrix(
     }
     let flat: Vec<f64> = table
         .iter()
-        .flat_map(|row| row.iter().map(|c| params.op_cost(c)))
+        .flat_map(|row| row.iter().map(|c| op_cost(metric, log_cost, c)))
         .collect();
     Ok(Tensor::from_slice(&flat)
         .view([edges as i64, ops as i64])

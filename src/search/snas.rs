@@ -542,7 +542,7 @@ impl SearchStrategy for Snas {
     fn set_op_costs(&mut self, costs: &OpCostTable) -> Result<(), SearchError> {
         let (edges, ops, with_reduce) = self.shape;
         let normal = cost_matrix(
-            &self.params,
+            (self.params.cost_metric, self.params.log_cost),
             &costs.normal,
             (edges, ops),
             "normal",
@@ -550,7 +550,7 @@ impl SearchStrategy for Snas {
         )?;
         let reduce = match (with_reduce, costs.reduce.as_ref()) {
             (true, Some(t)) => Some(cost_matrix(
-                &self.params,
+                (self.params.cost_metric, self.params.log_cost),
                 t,
                 (edges, ops),
                 "reduce",
