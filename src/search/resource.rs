@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::SearchError;
-use crate::nas::OpCost;
+use crate::nas::{ArchParams, OpCost, OpCostTable};
 
 /// Which resource an op's cost counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +122,7 @@ pub fn score_function_cost_gradient(
 }
 
 /// `[num_edges, num_ops]` f64 matrix of [`op_cost`] over one cell type's table.
-pub(crate) fn cost_matrix(
+fn cost_matrix(
     (metric, log_cost): (CostMetric, bool),
     table: &[Vec<OpCost>],
     (edges, ops): (usize, usize),
@@ -143,4 +143,43 @@ pub(crate) fn cost_matrix(
     Ok(Tensor::from_slice(&flat)
         .view([edges as i64, ops as i64])
         .to_device(device))
+}
+
+/// Per-op costs of each cell type, `[num_edges, num_ops]` f64 on the alphas' device.
+#[derive(Debug)]
+pub(crate) struct CellCosts {
+    pub(crate) normal: Tensor,
+    pub(crate) reduce: Option<Tensor>,
+}
+
+impl CellCosts {
+    /// The cost matrices of `table` under `metric` (the metric and whether it is logged), for
+    /// alphas of `(num_edges, num_ops, with_reduce)`; a table of another shape is an error.
+    pub(crate) fn new(
+        table: &OpCostTable,
+        metric: (CostMetric, bool),
+        (edges, ops, with_reduce): (usize, usize, bool),
+        device: Device,
+    ) -> Result<Self, SearchError> {
+        let normal = cost_matrix(metric, &table.normal, (edges, ops), "normal", device)?;
+        let reduce = match (with_reduce, table.reduce.as_ref()) {
+            (true, Some(t)) => Some(cost_matrix(metric, t, (edges, ops), "reduce", device)?),
+            (false, _) => None,
+            (true, None) => {
+                return Err(SearchError::Invalid(
+                    "snas: the alphas have a reduce cell but the cost table has none".into(),
+                ))
+            }
+        };
+        Ok(Self { normal, reduce })
+    }
+
+    /// `E_{H ~ softmax(alpha)}[C(H)] = sum_e sum_o p_eo c_eo` over both cell types, exact.
+    pub(crate) fn expected(&self, arch: &ArchParams) -> Result<f64, SearchError> {
+        let mut total = expected_cost(arch.alpha_normal(), &self.normal)?;
+        if let (Some(a), Some(c)) = (arch.alpha_reduce(), self.reduce.as_ref()) {
+            total += expected_cost(a, c)?;
+        }
+        Ok(total)
+    }
 }

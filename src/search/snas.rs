@@ -63,7 +63,7 @@ use super::{
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpCost, OpCostTable};
 
-use super::resource::cost_matrix;
+use super::resource::CellCosts;
 pub use super::resource::{
     expected_cost, op_cost, sampled_cost, score_function_cost_gradient, CostMetric,
 };
@@ -153,13 +153,6 @@ struct State {
 
 const STATE_FILE: &str = "snas.json";
 
-/// Per-op costs of one cell type, `[num_edges, num_ops]`, f64.
-#[derive(Debug)]
-struct Costs {
-    normal: Tensor,
-    reduce: Option<Tensor>,
-}
-
 /// The SNAS strategy.
 #[derive(Debug)]
 pub struct Snas {
@@ -169,7 +162,7 @@ pub struct Snas {
     /// `[num_edges, num_ops]` and whether there is a reduce cell, to check the cost table.
     shape: (usize, usize, bool),
     device: Device,
-    costs: Option<Costs>,
+    costs: Option<CellCosts>,
     pending: Option<Pending>,
 }
 
@@ -271,7 +264,7 @@ impl Snas {
         Ok((CellWeights::dense(n.relaxed, r.map(|r| r.relaxed)), pending))
     }
 
-    fn costs_or_err(&self) -> Result<&Costs, SearchError> {
+    fn costs_or_err(&self) -> Result<&CellCosts, SearchError> {
         self.costs.as_ref().ok_or_else(|| {
             SearchError::Invalid(format!(
                 "snas: eta = {} needs per-op costs, but the search loop did not call \
@@ -284,12 +277,7 @@ impl Snas {
 
     /// `E_{H ~ softmax(alpha)}[C(H)] = sum_e sum_o p_eo c_eo` over both cell types, exact.
     pub fn expected_cost(&self, arch: &ArchParams) -> Result<f64, SearchError> {
-        let costs = self.costs_or_err()?;
-        let mut total = expected_cost(arch.alpha_normal(), &costs.normal)?;
-        if let (Some(a), Some(c)) = (arch.alpha_reduce(), costs.reduce.as_ref()) {
-            total += expected_cost(a, c)?;
-        }
-        Ok(total)
+        self.costs_or_err()?.expected(arch)
     }
 
     /// `(C(H), eta * score-function gradient per alpha)` for the children in `pending`; zeros
@@ -540,30 +528,8 @@ impl SearchStrategy for Snas {
     }
 
     fn set_op_costs(&mut self, costs: &OpCostTable) -> Result<(), SearchError> {
-        let (edges, ops, with_reduce) = self.shape;
-        let normal = cost_matrix(
-            (self.params.cost_metric, self.params.log_cost),
-            &costs.normal,
-            (edges, ops),
-            "normal",
-            self.device,
-        )?;
-        let reduce = match (with_reduce, costs.reduce.as_ref()) {
-            (true, Some(t)) => Some(cost_matrix(
-                (self.params.cost_metric, self.params.log_cost),
-                t,
-                (edges, ops),
-                "reduce",
-                self.device,
-            )?),
-            (false, _) => None,
-            (true, None) => {
-                return Err(SearchError::Invalid(
-                    "snas: the alphas have a reduce cell but the cost table has none".into(),
-                ))
-            }
-        };
-        self.costs = Some(Costs { normal, reduce });
+        let metric = (self.params.cost_metric, self.params.log_cost);
+        self.costs = Some(CellCosts::new(costs, metric, self.shape, self.device)?);
         Ok(())
     }
 

@@ -94,7 +94,7 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use super::checkpoint::{load_strategy, save_strategy};
 use super::op_weights::argmax_weights;
@@ -494,17 +494,7 @@ impl SearchStrategy for Unas {
         let Some(f) = &self.factorised else {
             return super::softmax_op_weights(arch);
         };
-        let w = tch::no_grad(|| f.expected_weights());
-        let rows = |w: &OpWeights| -> Result<Vec<Vec<f64>>, SearchError> {
-            Ok(Vec::<Vec<f64>>::try_from(
-                &w.weights().to_kind(Kind::Double).to_device(Device::Cpu),
-            )?)
-        };
-        let mut out = vec![rows(&w.normal)?];
-        if let Some(reduce) = &w.reduce {
-            out.push(rows(reduce)?);
-        }
-        Ok(out)
+        f.expected_weight_rows()
     }
 
     fn derive(&self, arch: &ArchParams) -> Result<Genotype, SearchError> {

@@ -258,6 +258,22 @@ impl FactorisedAlphas {
         }
     }
 
+    /// [`FactorisedAlphas::expected_weights`] as f64 rows per cell type (normal first),
+    /// `[num_edges][num_ops]`, for logging.
+    pub fn expected_weight_rows(&self) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+        let w = tch::no_grad(|| self.expected_weights());
+        let rows = |w: &OpWeights| -> Result<Vec<Vec<f64>>, SearchError> {
+            Ok(Vec::<Vec<f64>>::try_from(
+                &w.weights().to_kind(Kind::Double).to_device(Device::Cpu),
+            )?)
+        };
+        let mut out = vec![rows(&w.normal)?];
+        if let Some(reduce) = &w.reduce {
+            out.push(rows(reduce)?);
+        }
+        Ok(out)
+    }
+
     /// The selectors' distributions of every cell type (normal first) as labelled tables
     /// ([`selector_layout`]): the input selectors' `softmax` (NaN where a node cannot read a
     /// state) and the op selectors' `softmax`.
