@@ -36,9 +36,10 @@ impl SharedInput {
         }
     }
 
-    /// Runs the ops' leading convolutions that read this input ([`Op::leading_conv`](super::Op::leading_conv)) as one
-    /// convolution per geometry, weights concatenated on output channels, and keeps each op's
-    /// slice for [`Op::forward_shared`](super::Op::forward_shared).
+    /// Runs the ops' leading convolutions that read this input
+    /// ([`Op::leading_conv`](super::Op::leading_conv)) as one convolution per geometry, weights
+    /// concatenated on output channels, and keeps each op's slice for
+    /// [`Op::forward_shared`](super::Op::forward_shared).
     ///
     /// Why: every edge leaving a cell state has its own conv of the state (RL-DARTS: a
     /// `conv_3x3` on each of them). At the narrow widths of RL encoders (4-32 channels) one
