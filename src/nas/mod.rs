@@ -19,7 +19,6 @@ pub mod fixed;
 pub mod genotype;
 pub mod latency;
 pub mod mixed;
-pub mod mlp;
 pub mod network;
 pub mod norm;
 pub mod ops;
@@ -29,16 +28,16 @@ pub mod weights;
 pub use arch::{AlphaInit, ArchParams};
 pub use cell::{CellInputs, CellOutput, CellSpace, Edge, SearchCell, SearchCellConfig};
 pub use error::NasError;
-pub use fixed::{DartsEvalConfig, DartsEvalNet, FixedCell, FixedCellConfig, RlDartsFixedEncoder};
+pub use fixed::{FixedCell, FixedCellConfig};
 pub use genotype::{
     render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2,
 };
 pub use latency::{LatencyOptions, LatencyTable, LinearLatencyModel};
 pub use mixed::MixedOp;
-pub use mlp::{MlpDartsConfig, MlpFixedEncoder, MlpSupernet};
 pub use network::{
-    count_parameters, DartsSearchConfig, DartsSearchNet, NasBench201Config, NasBench201SearchNet,
-    OpCostTable, RlDartsConfig, RlDartsSupernet, RlDartsVariant, Supernet,
+    count_parameters, DartsEvalConfig, DartsEvalNet, DartsSearchConfig, DartsSearchNet,
+    MlpDartsConfig, MlpFixedEncoder, MlpSupernet, NasBench201Config, NasBench201SearchNet,
+    OpCostTable, RlDartsConfig, RlDartsFixedEncoder, RlDartsSupernet, RlDartsVariant, Supernet,
 };
 pub use norm::NodeNorm;
 pub use ops::{Op, OpCost, OpKind, OpSet, OpSpec, StrideStyle};
