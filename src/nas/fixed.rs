@@ -5,9 +5,14 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::cell::{combine_nodes, one_input_preprocess};
-use super::ops::{conv_layer, factorized_reduce_plan, relu_conv_bn_plan, ConvGeom, Sequence};
-use super::{CellInputs, CellOutput, Gene, Genotype, NasError, NodeNorm, Op, OpSpec, StrideStyle};
+use super::cell::{combine_nodes, one_input_preprocess, CellInputs, CellOutput};
+use super::error::NasError;
+use super::genotype::{Gene, Genotype};
+use super::norm::NodeNorm;
+use super::ops::{
+    conv_layer, factorized_reduce_plan, relu_conv_bn_plan, ConvGeom, Op, OpSpec, Sequence,
+    StrideStyle,
+};
 use crate::agents::compute::Conv2d;
 
 /// How a fixed cell is built (the genes come separately).

@@ -5,7 +5,8 @@ use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
 use super::{Gene, Genotype};
-use crate::nas::{NasError, OpKind};
+use crate::nas::error::NasError;
+use crate::nas::ops::OpKind;
 
 impl Genotype {
     /// The official text form, e.g. `Genotype(normal=[('sep_conv_3x3', 0), ...],

@@ -4,7 +4,9 @@
 use tch::{Device, Kind, Tensor};
 
 use super::{DeriveRule, Gene, Genotype};
-use crate::nas::{CellSpace, NasError, OpSet};
+use crate::nas::error::NasError;
+use crate::nas::ops::OpSet;
+use crate::nas::space::CellSpace;
 
 impl Genotype {
     /// Derives a genotype from op weights `[num_edges, num_ops]` (DARTS passes

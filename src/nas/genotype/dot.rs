@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::{CellType, Genotype};
-use crate::nas::{NasError, OpKind};
+use crate::nas::error::NasError;
+use crate::nas::ops::OpKind;
 
 impl Genotype {
     /// Graphviz description of one cell, after DARTS's `visualize.py`: inputs `c_{k-2}`,

@@ -2,7 +2,8 @@
 //! joined by `+`.
 
 use super::{Gene, Genotype};
-use crate::nas::{NasError, OpKind};
+use crate::nas::error::NasError;
+use crate::nas::ops::OpKind;
 
 impl Genotype {
     /// NAS-Bench-201 arch string of the normal cell, e.g.

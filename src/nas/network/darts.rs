@@ -8,14 +8,18 @@ use tch::Tensor;
 
 use super::{check_betas, global_pool, stem_plan, OpCostTable, Supernet};
 use crate::agents::compute::{self, Conv2d};
+use crate::nas::cell::{CellInputs, CellOutput, SearchCell, SearchCellConfig};
+use crate::nas::error::NasError;
+use crate::nas::fixed::{FixedCell, FixedCellConfig};
+use crate::nas::genotype::{CellType, Genotype};
+use crate::nas::norm::NodeNorm;
 use crate::nas::ops::{
-    conv_layer, network_input_layout, torch_batch_norm2d, torch_linear, ConvGeom, Sequence,
+    conv_layer, network_input_layout, torch_batch_norm2d, torch_linear, ConvGeom, OpSet, Sequence,
+    StrideStyle,
 };
-use crate::nas::{
-    CellInputs, CellOutput, CellSpace, CellType, CellWeights, EdgeBetas, FixedCell,
-    FixedCellConfig, Genotype, NasError, NodeNorm, OpSet, PartialChannels, SearchCell,
-    SearchCellConfig, StrideStyle,
-};
+use crate::nas::partial::{EdgeBetas, PartialChannels};
+use crate::nas::space::CellSpace;
+use crate::nas::weights::CellWeights;
 
 /// Cells `layers / 3` and `2 * layers / 3` are reductions (DARTS).
 pub(crate) fn is_reduction(i: usize, layers: usize) -> bool {

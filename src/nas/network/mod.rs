@@ -9,8 +9,12 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::ops::{ConvGeom, LayerDesc};
-use super::{CellSpace, CellWeights, EdgeBetas, NasError, OpCost, PartialChannels, SearchCell};
+use super::cell::SearchCell;
+use super::error::NasError;
+use super::ops::{ConvGeom, LayerDesc, OpCost};
+use super::partial::{EdgeBetas, PartialChannels};
+use super::space::CellSpace;
+use super::weights::CellWeights;
 
 pub mod darts;
 pub mod mlp;

@@ -6,13 +6,15 @@ use tch::Tensor;
 
 use super::{global_pool, stem_plan, OpCostTable, Supernet};
 use crate::agents::compute::{self, Conv2d};
+use crate::nas::cell::{CellInputs, CellOutput, SearchCell, SearchCellConfig};
+use crate::nas::error::NasError;
+use crate::nas::norm::NodeNorm;
 use crate::nas::ops::{
     conv_layer, relu_conv_bn_plan, torch_batch_norm2d, torch_linear, ConvGeom, Sequence,
 };
-use crate::nas::{
-    CellInputs, CellOutput, CellSpace, CellWeights, NasError, NodeNorm, PartialChannels,
-    SearchCell, SearchCellConfig,
-};
+use crate::nas::partial::PartialChannels;
+use crate::nas::space::CellSpace;
+use crate::nas::weights::CellWeights;
 
 /// NAS-Bench-201 search network. Defaults: the benchmark's (C = 16, N = 5 cells per stage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,12 +10,15 @@ use super::{check_betas, OpCostTable, Supernet};
 use crate::agents::compute::{self, Conv2d};
 use crate::agents::init::HiddenInit;
 use crate::agents::Encoder;
-use crate::nas::ops::{conv_layer, ConvGeom};
-use crate::nas::{
-    CellInputs, CellOutput, CellSpace, CellType, CellWeights, EdgeBetas, FixedCell,
-    FixedCellConfig, Genotype, NasError, NodeNorm, OpKind, OpSet, PartialChannels, SearchCell,
-    SearchCellConfig,
-};
+use crate::nas::cell::{CellInputs, CellOutput, SearchCell, SearchCellConfig};
+use crate::nas::error::NasError;
+use crate::nas::fixed::{FixedCell, FixedCellConfig};
+use crate::nas::genotype::{CellType, Genotype};
+use crate::nas::norm::NodeNorm;
+use crate::nas::ops::{conv_layer, ConvGeom, OpKind, OpSet};
+use crate::nas::partial::{EdgeBetas, PartialChannels};
+use crate::nas::space::CellSpace;
+use crate::nas::weights::CellWeights;
 
 /// RL-DARTS supernet layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

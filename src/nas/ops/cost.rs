@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plans::{plan, pooled, LayerDesc, OpSpec};
 use super::registry::OpKind;
-use crate::nas::NasError;
+use crate::nas::error::NasError;
 
 /// Per-sample cost of an op, from its layer plan.
 ///

@@ -4,7 +4,7 @@
 
 use super::registry::{OpKind, StrideStyle};
 use crate::agents::compute::ConvShape;
-use crate::nas::NasError;
+use crate::nas::error::NasError;
 
 /// Where an op sits: channels in and out, stride, and the BatchNorm conventions of the network
 /// that builds it.

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::nas::NasError;
+use crate::nas::error::NasError;
 
 /// One candidate operation. Serialises as the exact DARTS / NAS-Bench-201 string
 /// (`"sep_conv_3x3"`), see [`OpKind::name`].

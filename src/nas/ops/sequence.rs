@@ -11,7 +11,7 @@ use super::kernels::{
 use super::plans::{plan, pooled, ConvGeom, LayerDesc, OpSpec};
 use super::registry::OpKind;
 use super::shared::SharedInput;
-use crate::nas::NasError;
+use crate::nas::error::NasError;
 
 /// A built layer.
 #[derive(Debug)]
