@@ -73,14 +73,15 @@ pub trait Supernet: std::fmt::Debug + Send {
     fn op_costs(&self, input_chw: [i64; 3]) -> OpCostTable;
 
     /// Every search cell in forward order with its reduction flag and the `[C, H, W]` of its
-    /// inputs, for a network input `input_chw`: what [`super::latency`] times. Empty for
+    /// inputs, for a network input `input_chw`: what [`crate::nas::latency`] times. Empty for
     /// networks whose cells cannot be timed alone.
     fn search_cells(&self, _input_chw: [i64; 3]) -> Vec<(&SearchCell, bool, Vec<[i64; 3]>)> {
         Vec::new()
     }
 
-    /// Whether the cells see channels-last activations on the CPU ([`to_channels_last`]), so
-    /// that per-op timings use the layout the network runs in.
+    /// Whether the cells see channels-last activations on the CPU
+    /// ([`crate::nas::ops::to_channels_last`]), so that per-op timings use the layout the
+    /// network runs in.
     fn channels_last(&self) -> bool {
         false
     }
@@ -90,7 +91,7 @@ pub trait Supernet: std::fmt::Debug + Send {
         PartialChannels::default()
     }
 
-    /// Hands over PC-DARTS's edge-normalisation betas (handles on the [`super::ArchParams`]
+    /// Hands over PC-DARTS's edge-normalisation betas (handles on the [`crate::nas::ArchParams`]
     /// store's variables); every later forward weighs each edge's output by its per-node
     /// `softmax(beta)`. Supernets without partial-channel support refuse.
     fn set_edge_betas(&mut self, _betas: EdgeBetas) -> Result<(), NasError> {

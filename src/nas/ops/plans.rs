@@ -64,7 +64,7 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
-    /// What [`compute::conv2d`] needs of this geometry.
+    /// What [`crate::agents::compute::conv2d`] needs of this geometry.
     pub fn shape(&self) -> ConvShape {
         ConvShape {
             stride: self.stride,
