@@ -393,22 +393,27 @@ fn a_single_level_search_on_two_processes_keeps_the_alphas_in_sync() {
     let Some(mpirun) = require_mpirun() else {
         return;
     };
+    search_on_two_processes(&mpirun, &["--strategy", "joint"], 2048);
+}
+
+/// A CartPole MLP-supernet search of `total_steps` on two processes with `strategy_args`:
+/// it succeeds, the processes do not drift apart, and rank 0 writes the genotype.
+fn search_on_two_processes(mpirun: &Path, strategy_args: &[&str], total_steps: u64) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
+    let steps = total_steps.to_string();
+    let mut rest = strategy_args.to_vec();
+    rest.extend(["--total-steps", steps.as_str(), "--quiet"]);
     let o = launch(
-        &mpirun,
+        mpirun,
         2,
-        &mpi_train(
-            "mlp_darts",
-            &run,
-            &["--strategy", "joint", "--total-steps", "2048", "--quiet"],
-        ),
+        &mpi_train("mlp_darts", &run, &rest),
         dir.path(),
         Duration::from_secs(300),
     );
     assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
     assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
-    assert_eq!(summary(&run)["global_step"], 2048, "{}", show(&o));
+    assert_eq!(summary(&run)["global_step"], total_steps, "{}", show(&o));
     assert!(run.join("genotype.json").is_file(), "{}", show(&o));
 }
 
@@ -452,31 +457,16 @@ fn a_bilevel_search_on_two_processes_keeps_the_alphas_in_sync() {
     let Some(mpirun) = require_mpirun() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let o = launch(
+    search_on_two_processes(
         &mpirun,
-        2,
-        &mpi_train(
-            "mlp_darts",
-            &run,
-            &[
-                "--strategy",
-                "darts",
-                "--set",
-                "search.strategy.params.order=\"second\"",
-                "--total-steps",
-                "1024",
-                "--quiet",
-            ],
-        ),
-        dir.path(),
-        Duration::from_secs(300),
+        &[
+            "--strategy",
+            "darts",
+            "--set",
+            "search.strategy.params.order=\"second\"",
+        ],
+        1024,
     );
-    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
-    assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
-    assert_eq!(summary(&run)["global_step"], 1024, "{}", show(&o));
-    assert!(run.join("genotype.json").is_file(), "{}", show(&o));
 }
 
 /// UNAS has no exact data-parallel form: refused with the reason, before the first iteration.

@@ -88,11 +88,7 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
         .arg(format!("file://{}", report.display()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let png = std::fs::File::open(&shot).expect("screenshot written");
     let info = png::Decoder::new(png).read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (width, height));
@@ -102,11 +98,7 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
         .arg(format!("file://{}", report.display()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let dom = String::from_utf8_lossy(&out.stdout);
     for title in SECTIONS {
         assert!(

@@ -433,11 +433,7 @@ fn cli_strategy_flag_selects_the_strategy() {
         .arg(&run_dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(config.contains("kind = \"gdas\""), "{config}");
     assert!(run_dir.join("genotype.json").exists());

@@ -72,6 +72,15 @@ pub fn early_stop_at_first_rise() -> rl_darts::search::early_stop::EarlyStopConf
     }
 }
 
+/// Fails the test, showing the command's stderr, unless the command exited successfully.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The rl-darts binary built for this test run.
 pub fn rl_darts() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rl-darts"))
