@@ -4,7 +4,7 @@
 CARGO ?= cargo
 TRAIN_ARGS ?=
 
-.PHONY: setup build train test bench-envs bench-ppo bench-darts bench-strategies bench-digits clean-deps
+.PHONY: setup build train lint test bench-envs bench-ppo bench-darts bench-strategies bench-digits clean-deps
 
 setup:
 	@bash scripts/setup.sh
@@ -18,8 +18,17 @@ build: setup
 train: build
 	./target/release/rl-darts train --env coinrun $(TRAIN_ARGS)
 
-test: setup
-	$(CARGO) test --no-fail-fast
+# The lint gates: rustfmt.toml's formatting, and clippy on every crate and target with its
+# warnings as errors (the lints themselves, e.g. undocumented_unsafe_blocks, are set in
+# Cargo.toml's [workspace.lints]; rust-toolchain.toml pins the clippy that judges).
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Every crate of the workspace: the main crate's unit and integration tests, and the unit
+# tests of envs/ and agents/.
+test: setup lint
+	$(CARGO) test --workspace --no-fail-fast
 
 bench-envs: build
 	bash scripts/bench_envs.sh

@@ -25,7 +25,7 @@ pub enum AgentError {
     Env(#[from] crate::envs::EnvError),
     #[error("tensor error: {0}")]
     Tch(#[from] tch::TchError),
-    /// Gradients an optimiser cannot take (see [`crate::agents::optim::OptimError`]).
+    /// Gradients an optimiser cannot take (see [`crate::optim::OptimError`]).
     #[error("optimizer: {0}")]
     Optimizer(String),
     /// Raised by the encoder's architecture (a search strategy's sample or step), passed

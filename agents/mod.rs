@@ -6,6 +6,10 @@
 //! argument of every forward ([`Encoder`]'s `A`), supplied per iteration by an
 //! [`IterationArch`]: the trainer never reaches into the search.
 
+/// The environments crate under the name these files used when they were modules of the
+/// main crate (`crate::envs::...`).
+pub use rl_darts_envs as envs;
+
 pub mod arch;
 pub mod compute;
 pub mod error;

@@ -194,7 +194,7 @@ impl<A> ActorCritic<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agents::{ImpalaCnn, ImpalaConfig, Mlp, MlpConfig};
+    use crate::{ImpalaCnn, ImpalaConfig, Mlp, MlpConfig};
 
     #[test]
     fn preprocess_permutes_and_scales_images() {

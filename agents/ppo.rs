@@ -218,7 +218,7 @@ pub fn normalize_advantages(advantages: &Tensor) -> Tensor {
 /// The other processes of a data-parallel run, as the PPO update sees them: each process holds
 /// `1 / world_size` of every minibatch, and the update makes the result that of one process on
 /// the whole minibatch (CleanRL's `ppo_atari_multigpu.py`, the Procgen paper's MPI Adam). The
-/// engines (MPI, NCCL) live in `crate::distributed`; the update only needs these collectives.
+/// engines (MPI, NCCL) live in the main crate (`rl_darts::distributed`); the update only needs these collectives.
 pub trait DataParallel: std::fmt::Debug {
     /// Processes in the run (1: nothing to reduce).
     fn world_size(&self) -> usize;

@@ -2,7 +2,7 @@
 //! architecture hook, micro-batches and non-finite stops), kept apart from the update.
 
 use super::*;
-use crate::agents::{AdamConfig, FixedArch, Mlp, MlpConfig, NoHeartbeat};
+use crate::{AdamConfig, FixedArch, Mlp, MlpConfig, NoHeartbeat};
 use tch::nn;
 
 fn rng() -> rand_chacha::ChaCha8Rng {
@@ -160,7 +160,7 @@ struct ScaledMlp {
     inner: Mlp,
 }
 
-impl crate::agents::Encoder<Tensor> for ScaledMlp {
+impl crate::Encoder<Tensor> for ScaledMlp {
     fn features(&self, obs: &Tensor, alpha: &Tensor) -> Tensor {
         self.inner.features(&(obs * alpha.exp()), &())
     }

@@ -1,7 +1,7 @@
 //! Unit tests of `rollout.rs` (kept apart so the module stays one concern).
 use super::*;
-use crate::agents::{FixedArch, Mlp, MlpConfig, NoHeartbeat};
 use crate::envs::{EnvError, LevelInfo, StepView};
+use crate::{FixedArch, Mlp, MlpConfig, NoHeartbeat};
 use tch::{Kind, Tensor};
 
 /// A deterministic test double: the observation is `[x, t, 0, 0]` where x counts steps in

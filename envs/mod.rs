@@ -97,7 +97,7 @@ pub fn all_env_names() -> Vec<&'static str> {
 }
 
 /// Checks an action batch against the spec before it reaches an environment.
-pub(crate) fn check_actions(spec: &EnvSpec, actions: &[i64]) -> Result<(), EnvError> {
+pub fn check_actions(spec: &EnvSpec, actions: &[i64]) -> Result<(), EnvError> {
     if actions.len() != spec.num_envs {
         return Err(EnvError::ActionCount {
             expected: spec.num_envs,

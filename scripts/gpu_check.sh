@@ -14,7 +14,8 @@
 # CUDA libtorch 2.13 (~4.7 GB) cannot travel within the 64 MiB a call carries. tch 0.24 is
 # the release made for libtorch 2.11 and its API is the one we use. Cargo allows one
 # `links = "tch"` package per dependency graph, so the variant is a generated manifest in
-# .gpu-check/build/ (the root Cargo.toml with tch/torch-sys 0.24, the sources symlinked),
+# .gpu-check/build/ (the root Cargo.toml with tch/torch-sys 0.24 in its
+# [workspace.dependencies], so the member crates envs/ and agents/ follow; the sources symlinked),
 # built into its own target folder; the default build is untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +72,7 @@ write_variant() {
   [ -f "$VARIANT/Cargo.lock" ] || cp Cargo.lock "$VARIANT/Cargo.lock"
   # Sources, tests and data through links: CARGO_MANIFEST_DIR-relative paths keep working.
   local p
-  for p in build.rs src envs agents tests configs examples scripts .deps .venv; do
+  for p in build.rs build_libtorch.rs src envs agents tests configs examples scripts .deps .venv; do
     [ -e "$p" ] || continue
     [ "$(readlink "$VARIANT/$p" 2>/dev/null)" = "../../$p" ] || ln -sfn "../../$p" "$VARIANT/$p"
   done

@@ -41,6 +41,43 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# --- Rust: the toolchain rust-toolchain.toml pins, with clippy and rustfmt ----------------------
+# The pin keeps a new clippy or rustfmt release from turning `make lint` red by itself. It names
+# the exact version (such as `1.95.0`), which rustup resolves without the network once a toolchain of
+# that name exists. When the stable toolchain already installed is that very version (a
+# machine that reaches package registries only cannot download another), the pinned name is
+# made a link to it: rustup's `toolchain link` refuses release-like names, so the link is made
+# in rustup's toolchains folder directly, as rustup itself would lay it out. Otherwise rustup
+# installs the pinned version (the minimal profile plus clippy and rustfmt).
+RUST_VERSION=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+[ -n "$RUST_VERSION" ] || { echo "error: rust-toolchain.toml names no channel" >&2; exit 1; }
+rustc_version() { rustup run "$1" rustc --version 2>/dev/null | awk '{ print $2 }' || true; }
+if command -v rustup >/dev/null 2>&1; then
+  if [ "$(rustc_version "$RUST_VERSION")" != "$RUST_VERSION" ]; then
+    host=$(rustup show 2>/dev/null | sed -n 's/^Default host: //p' || true)
+    toolchains=${RUSTUP_HOME:-$HOME/.rustup}/toolchains
+    # A link an earlier run made to a stable toolchain that has moved on since: replace it.
+    [ -n "$host" ] && [ -L "$toolchains/$RUST_VERSION-$host" ] && rm "$toolchains/$RUST_VERSION-$host"
+    if [ -n "$host" ] && [ "$(rustc_version stable)" = "$RUST_VERSION" ] && [ -d "$toolchains/stable-$host" ]; then
+      log "Rust $RUST_VERSION: the installed stable toolchain is that version; linking it as $RUST_VERSION-$host"
+      ln -sfn "$toolchains/stable-$host" "$toolchains/$RUST_VERSION-$host"
+    else
+      log "installing Rust $RUST_VERSION (rust-toolchain.toml) with clippy and rustfmt"
+      rustup toolchain install "$RUST_VERSION" --profile minimal --component clippy,rustfmt
+    fi
+  fi
+  # A toolchain of the right version may lack the lint tools (a minimal install, a link).
+  if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+    log "adding clippy and rustfmt to Rust $RUST_VERSION"
+    rustup component add --toolchain "$RUST_VERSION" clippy rustfmt
+  fi
+elif ! cargo --version 2>/dev/null | grep -q "^cargo $RUST_VERSION "; then
+  echo "error: this project builds with Rust $RUST_VERSION (rust-toolchain.toml), through rustup:" >&2
+  echo "       curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --default-toolchain $RUST_VERSION --profile minimal -c clippy -c rustfmt" >&2
+  echo "then run 'make setup' again." >&2
+  exit 1
+fi
+
 # --- Python venv: torch (libtorch for tch) and the test oracles ------------------------------
 PY=${PYTHON:-python3}
 # ray: the sweep runner on Ray clusters (tests start a local one); rliable: the oracle of the

@@ -5,6 +5,9 @@
 //! its resume. Skipped, saying so, only when mpirun is absent outside CI; in CI (the `CI`
 //! variable set) its absence fails.
 
+mod common;
+
+use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -40,8 +43,22 @@ struct Outcome {
     secs: f64,
 }
 
+/// `train --env cartpole --encoder ENCODER --distributed mpi --run-dir RUN`, then `rest`.
+fn mpi_train(encoder: &str, run: &Path, rest: &[&str]) -> Vec<String> {
+    let run = run.to_str().unwrap();
+    let mut args = vec!["--distributed", "mpi", "--run-dir", run];
+    args.extend(rest);
+    common::cartpole_train(encoder, &args)
+}
+
 /// `mpirun -np {np} rl-darts {args}` in `dir`, killed after `limit`.
-fn launch(mpirun: &Path, np: usize, args: &[&str], dir: &Path, limit: Duration) -> Outcome {
+fn launch(
+    mpirun: &Path,
+    np: usize,
+    args: &[impl AsRef<OsStr>],
+    dir: &Path,
+    limit: Duration,
+) -> Outcome {
     let mut cmd = Command::new(mpirun);
     cmd.args(["-np", &np.to_string(), "--oversubscribe"]);
     // SAFETY: geteuid only reads the process's effective user id.
@@ -241,20 +258,7 @@ fn train_on_two_processes_then_resume() {
     let o = launch(
         &mpirun,
         2,
-        &[
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
-            "mlp",
-            "--total-steps",
-            "2048",
-            "--distributed",
-            "mpi",
-            "--run-dir",
-            run_arg,
-            "--quiet",
-        ],
+        &mpi_train("mlp", &run, &["--total-steps", "2048", "--quiet"]),
         dir.path(),
         Duration::from_secs(300),
     );
@@ -328,22 +332,17 @@ fn a_resumed_two_process_run_equals_the_uninterrupted_one() {
         let o = launch(
             &mpirun,
             2,
-            &[
-                "train",
-                "--env",
-                "cartpole",
-                "--encoder",
+            &mpi_train(
                 "mlp",
-                "--set",
-                "ppo.anneal_lr=false",
-                "--total-steps",
-                steps,
-                "--distributed",
-                "mpi",
-                "--run-dir",
-                run.to_str().unwrap(),
-                "--quiet",
-            ],
+                run,
+                &[
+                    "--set",
+                    "ppo.anneal_lr=false",
+                    "--total-steps",
+                    steps,
+                    "--quiet",
+                ],
+            ),
             dir.path(),
             Duration::from_secs(300),
         );
@@ -394,33 +393,27 @@ fn a_single_level_search_on_two_processes_keeps_the_alphas_in_sync() {
     let Some(mpirun) = require_mpirun() else {
         return;
     };
+    search_on_two_processes(&mpirun, &["--strategy", "joint"], 2048);
+}
+
+/// A CartPole MLP-supernet search of `total_steps` on two processes with `strategy_args`:
+/// it succeeds, the processes do not drift apart, and rank 0 writes the genotype.
+fn search_on_two_processes(mpirun: &Path, strategy_args: &[&str], total_steps: u64) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
+    let steps = total_steps.to_string();
+    let mut rest = strategy_args.to_vec();
+    rest.extend(["--total-steps", steps.as_str(), "--quiet"]);
     let o = launch(
-        &mpirun,
+        mpirun,
         2,
-        &[
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
-            "mlp_darts",
-            "--strategy",
-            "joint",
-            "--total-steps",
-            "2048",
-            "--distributed",
-            "mpi",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--quiet",
-        ],
+        &mpi_train("mlp_darts", &run, &rest),
         dir.path(),
         Duration::from_secs(300),
     );
     assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
     assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
-    assert_eq!(summary(&run)["global_step"], 2048, "{}", show(&o));
+    assert_eq!(summary(&run)["global_step"], total_steps, "{}", show(&o));
     assert!(run.join("genotype.json").is_file(), "{}", show(&o));
 }
 
@@ -434,21 +427,11 @@ fn a_process_count_that_does_not_divide_the_envs_is_an_error() {
     let o = launch(
         &mpirun,
         2,
-        &[
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
+        &mpi_train(
             "mlp",
-            "--set",
-            "ppo.num_envs=3",
-            "--set",
-            "ppo.num_minibatches=3",
-            "--distributed",
-            "mpi",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
+            &run,
+            &["--set", "ppo.num_envs=3", "--set", "ppo.num_minibatches=3"],
+        ),
         dir.path(),
         Duration::from_secs(120),
     );
@@ -474,36 +457,16 @@ fn a_bilevel_search_on_two_processes_keeps_the_alphas_in_sync() {
     let Some(mpirun) = require_mpirun() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let o = launch(
+    search_on_two_processes(
         &mpirun,
-        2,
         &[
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
-            "mlp_darts",
             "--strategy",
             "darts",
             "--set",
             "search.strategy.params.order=\"second\"",
-            "--total-steps",
-            "1024",
-            "--distributed",
-            "mpi",
-            "--run-dir",
-            run.to_str().unwrap(),
-            "--quiet",
         ],
-        dir.path(),
-        Duration::from_secs(300),
+        1024,
     );
-    assert!(o.status.is_some_and(|s| s.success()), "{}", show(&o));
-    assert!(!o.stderr.contains("drifted apart"), "{}", show(&o));
-    assert_eq!(summary(&run)["global_step"], 1024, "{}", show(&o));
-    assert!(run.join("genotype.json").is_file(), "{}", show(&o));
 }
 
 /// UNAS has no exact data-parallel form: refused with the reason, before the first iteration.
@@ -516,21 +479,11 @@ fn unas_is_refused_on_several_processes() {
     let o = launch(
         &mpirun,
         2,
-        &[
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
+        &mpi_train(
             "mlp_darts",
-            "--strategy",
-            "unas",
-            "--total-steps",
-            "2048",
-            "--distributed",
-            "mpi",
-            "--run-dir",
-            dir.path().join("run").to_str().unwrap(),
-        ],
+            &dir.path().join("run"),
+            &["--strategy", "unas", "--total-steps", "2048"],
+        ),
         dir.path(),
         Duration::from_secs(300),
     );
@@ -550,15 +503,7 @@ fn unas_is_refused_on_several_processes() {
 fn an_unknown_backend_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args([
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
-            "mlp",
-            "--distributed",
-            "gloo",
-        ])
+        .args(common::cartpole_train("mlp", &["--distributed", "gloo"]))
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -569,15 +514,10 @@ fn an_unknown_backend_is_a_clear_error() {
         "{err}"
     );
     let out = Command::new(BIN)
-        .args([
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
+        .args(common::cartpole_train(
             "mlp",
-            "--set",
-            "distributed.backend=\"gloo\"",
-        ])
+            &["--set", "distributed.backend=\"gloo\""],
+        ))
         .current_dir(dir.path())
         .output()
         .unwrap();

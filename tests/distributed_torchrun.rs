@@ -5,6 +5,9 @@
 //! torch wheel in the project's .venv; the torchrun cases skip, saying so, only when it is
 //! missing and `CI` is unset.
 
+mod common;
+
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -63,7 +66,7 @@ fn show(o: &Output) -> String {
     )
 }
 
-fn torchrun_cmd(torchrun: &PathBuf, args: &[&str]) -> Output {
+fn torchrun_cmd(torchrun: &PathBuf, args: &[impl AsRef<OsStr>]) -> Output {
     let port = free_port_pair().to_string();
     Command::new(torchrun)
         .args([
@@ -139,17 +142,10 @@ fn the_mpi_backend_under_torchrun_says_to_use_mpirun() {
     let run = dir.path().join("run");
     let o = torchrun_cmd(
         &torchrun,
-        &[
-            "train",
-            "--env",
-            "cartpole",
-            "--encoder",
+        &common::cartpole_train(
             "mlp",
-            "--distributed",
-            "mpi",
-            "--run-dir",
-            run.to_str().unwrap(),
-        ],
+            &["--distributed", "mpi", "--run-dir", run.to_str().unwrap()],
+        ),
     );
     assert!(!o.status.success(), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -2,6 +2,8 @@
 //! derived from alphas builds the discrete encoder in the supernet's layout, PPO trains it,
 //! its checkpoint evaluates, and a missing or mismatched genotype is a clear error.
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
 use rl_darts::logging::MemorySink;
@@ -15,13 +17,7 @@ use tch::Device;
 
 /// A small supernet layout: one stage of 4 channels, one normal cell, 2 nodes.
 fn small_supernet() -> RlDartsConfig {
-    RlDartsConfig {
-        channels: vec![4],
-        normal_cells_per_stage: 1,
-        num_nodes: 2,
-        embedding: 16,
-        ..RlDartsConfig::default()
-    }
+    common::rl::tiny_rl_darts_supernet()
 }
 
 fn tiny_coinrun(encoder: EncoderConfig) -> TrainConfig {

@@ -7,6 +7,8 @@
 //! its operands to 8 significant bits, relative 2^-9 = 2e-3 each; the errors of a dozen
 //! layers add up: measured 1.9e-3 to 6.5e-3 on these networks).
 
+mod common;
+
 use rl_darts::agents::compute::{self, Compute, Layout, Precision};
 use rl_darts::agents::{Encoder, ImpalaCnn, ImpalaConfig};
 use rl_darts::nas::{
@@ -188,17 +190,8 @@ fn second_order_step_runs_in_fp32_under_bf16() {
     let run = |compute_setting: Option<Compute>| {
         tch::manual_seed(5);
         let vs = nn::VarStore::new(Device::Cpu);
-        let config = DartsSearchConfig {
-            c: 2,
-            layers: 2,
-            num_classes: 3,
-            num_nodes: 2,
-            stem_multiplier: 1,
-            in_channels: 1,
-            partial_channels: Default::default(),
-            op_set: OpSet::Darts,
-        };
-        let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
+        let net = DartsSearchNet::new(vs.root() / "net", &common::nets::tiny_search_net_config())
+            .unwrap();
         let arch = ArchParams::new(
             Device::Cpu,
             net.space(),
@@ -217,15 +210,7 @@ fn second_order_step_runs_in_fp32_under_bf16() {
                 weight_decay: 3e-4,
             },
         );
-        let opts = (Kind::Float, Device::Cpu);
-        let train = (
-            Tensor::randn([6, 1, 6, 6], opts),
-            Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]),
-        );
-        let search = (
-            Tensor::randn([6, 1, 6, 6], opts),
-            Tensor::from_slice(&[2i64, 1, 0, 2, 1, 0]),
-        );
+        let (train, search) = common::nets::six_image_batches(Kind::Float, Device::Cpu);
         let mut objective = VisionObjective {
             net: &net,
             vs: &vs,

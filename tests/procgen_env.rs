@@ -191,11 +191,7 @@ fn envs_cli_lists_benches_and_records() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let line = String::from_utf8_lossy(&out.stdout).to_string();
     let sps: f64 = line
         .split_whitespace()
@@ -227,11 +223,7 @@ fn envs_cli_lists_benches_and_records() {
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let frames = Tensor::read_npy(out_dir.join("frames.npy")).unwrap();
     assert_eq!(frames.size(), [5, 64, 64, 3]);
     assert_eq!(frames.kind(), tch::Kind::Uint8);

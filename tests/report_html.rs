@@ -8,15 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 
-use rl_darts::config::save_resolved_config;
-use rl_darts::logging::{MetricsSink, TensorBoardSink};
-use rl_darts::nas::OpSet;
+use rl_darts::logging::TensorBoardSink;
 use rl_darts::train::health::HealthConfig;
-use rl_darts::train::rl::NoProgress;
 use rl_darts::train::run_dir::RunDir;
-use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig};
 
 const SECTIONS: [&str; 7] = [
     "Command and configuration",
@@ -29,36 +24,15 @@ const SECTIONS: [&str; 7] = [
 ];
 
 fn tiny_search(dir: &Path, epochs: usize, max_epochs: Option<usize>) {
-    let mut c = SupervisedConfig {
-        device: "cpu".into(),
-        ..Default::default()
-    };
-    c.data.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
-    c.network.c = 4;
-    c.network.layers = 3;
-    c.network.num_nodes = 2;
-    c.network.stem_multiplier = 1;
-    c.network.in_channels = 1;
-    c.network.op_set = OpSet::Darts;
+    let mut c = common::digits::tiny_digits_config();
     c.search.epochs = epochs;
-    c.search.batch_size = 32;
     c.search.health = HealthConfig {
         power_iterations: 5,
         ..HealthConfig::every(8)
     };
     let run_dir = RunDir::create_at(dir).unwrap();
-    save_resolved_config(&c, &run_dir.root).unwrap();
     let mut sink = TensorBoardSink::create(run_dir.tensorboard_dir()).unwrap();
-    search(SearchRun {
-        config: &c,
-        run_dir: &run_dir,
-        resume: false,
-        sink: &mut sink as &mut dyn MetricsSink,
-        progress: &mut NoProgress,
-        stop: &AtomicBool::new(false),
-        max_epochs,
-    })
-    .unwrap();
+    common::digits::search_in(&c, &run_dir, false, max_epochs, &mut sink);
 }
 
 fn chromium() -> Option<PathBuf> {
@@ -114,11 +88,7 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
         .arg(format!("file://{}", report.display()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let png = std::fs::File::open(&shot).expect("screenshot written");
     let info = png::Decoder::new(png).read_info().unwrap().info().clone();
     assert_eq!((info.width, info.height), (width, height));
@@ -128,11 +98,7 @@ fn a_search_report_renders_its_sections_in_headless_chromium() {
         .arg(format!("file://{}", report.display()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let dom = String::from_utf8_lossy(&out.stdout);
     for title in SECTIONS {
         assert!(

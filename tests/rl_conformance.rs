@@ -7,19 +7,22 @@
 //! optimizer never touches alphas and the alpha optimizer never touches weights; a search
 //! resumed from a checkpoint logs exactly what an uninterrupted one logs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+
+use common::rl::{tiny_cartpole_search, tiny_coinrun_search, tiny_mlp_supernet, train_in};
 
 use rl_darts::agents::{preprocess_obs, Adam, AdamConfig, IterationArch, WeightStep};
 use rl_darts::envs::gym::{GymEnvKind, GymVecEnv};
 use rl_darts::envs::{make_vec_env, VecEnv};
-use rl_darts::logging::{MemorySink, MetricsSink};
-use rl_darts::nas::{MlpDartsConfig, RlDartsConfig};
+use rl_darts::logging::MemorySink;
 use rl_darts::search::{StrategyConfig, STRATEGY_NAMES};
 use rl_darts::train::rl::{
     build_fixed_encoder, build_policy, stores_are_disjoint, train, EncoderConfig,
-    MlpDartsFixedConfig, MlpDartsSearchConfig, NoProgress, Policy, RlDartsFixedConfig,
-    RlDartsSearchConfig, SearchBatch, TrainConfig, TrainRun, TrainSummary,
+    MlpDartsFixedConfig, MlpDartsSearchConfig, NoProgress, Policy, RlDartsFixedConfig, SearchBatch,
+    TrainConfig, TrainRun,
 };
 use rl_darts::train::run_dir::RunDir;
 use tch::{nn, Device, Kind, Tensor};
@@ -29,82 +32,18 @@ use tch::{nn, Device, Kind, Tensor};
 const SINGLE_LEVEL: &[&str] = &["joint", "snas"];
 
 fn small_coinrun(strategy: &str) -> TrainConfig {
-    let mut c = TrainConfig::procgen("coinrun");
-    c.device = "cpu".into();
-    c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
-        supernet: RlDartsConfig {
-            channels: vec![4],
-            normal_cells_per_stage: 1,
-            num_nodes: 2,
-            embedding: 16,
-            ..RlDartsConfig::default()
-        },
-    });
-    c.ppo.num_envs = 4;
-    c.ppo.num_steps = 16;
-    // 12 weight steps per update: enough for every schedule to take an alpha step in two
-    // iterations.
-    c.ppo.num_minibatches = 4;
-    c.ppo.update_epochs = 3;
-    c.ppo.total_timesteps = 2 * 64;
-    c.procgen.num_threads = 1;
+    let mut c = tiny_coinrun_search(common::rl::strategy(strategy));
     c.checkpoint.every = 1;
-    c.search.strategy = StrategyConfig::from_name(strategy).unwrap();
-    c.search.search_envs = Some(2);
     // Visible alpha moves within two iterations for the strategies with DARTS's Adam (3e-4).
     c.search.alpha_init.std = 1.0;
     c
 }
 
 fn small_cartpole(strategy: &str) -> TrainConfig {
-    let mut c = TrainConfig::classic_control("cartpole");
-    c.device = "cpu".into();
-    c.encoder = EncoderConfig::MlpDarts(MlpDartsSearchConfig {
-        supernet: small_mlp(),
-    });
-    c.ppo.num_envs = 4;
-    c.ppo.num_steps = 16;
-    // 12 weight steps per update: enough for every schedule to take an alpha step in two
-    // iterations.
-    c.ppo.num_minibatches = 4;
-    c.ppo.update_epochs = 3;
-    c.ppo.total_timesteps = 2 * 64;
+    let mut c = tiny_cartpole_search(common::rl::strategy(strategy));
     c.checkpoint.every = 1;
-    c.search.strategy = StrategyConfig::from_name(strategy).unwrap();
-    c.search.search_envs = Some(2);
     c.search.alpha_init.std = 1.0;
     c
-}
-
-fn small_mlp() -> MlpDartsConfig {
-    MlpDartsConfig {
-        hidden: 16,
-        cells: 2,
-        num_nodes: 3,
-        embedding: 16,
-        ..MlpDartsConfig::default()
-    }
-}
-
-fn run(
-    config: &TrainConfig,
-    dir: &RunDir,
-    resume: bool,
-    sink: &mut dyn MetricsSink,
-    max_iterations: Option<u64>,
-) -> TrainSummary {
-    let stop = AtomicBool::new(false);
-    train(TrainRun {
-        config,
-        run_dir: dir,
-        resume,
-        sink,
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_iterations,
-        env: None,
-    })
-    .unwrap_or_else(|e| panic!("{}: {e}", config.search.strategy.name()))
 }
 
 fn read_safetensors(path: &Path) -> Vec<(String, Tensor)> {
@@ -157,7 +96,7 @@ fn conformance(config: &TrainConfig, fixed: impl Fn(PathBuf) -> EncoderConfig) {
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(base.path()).unwrap();
     let sink = MemorySink::new();
-    let summary = run(config, &dir, false, &mut sink.clone(), None);
+    let summary = train_in(config, &dir, false, &mut sink.clone(), None);
     assert_eq!(summary.iterations, 2, "{name}");
     let ckpt = dir.latest_checkpoint().unwrap().unwrap();
 
@@ -261,7 +200,7 @@ fn every_strategy_searches_a_cartpole_mlp_supernet() {
         conformance(&small_cartpole(name), |genotype| {
             EncoderConfig::MlpDartsFixed(MlpDartsFixedConfig {
                 genotype,
-                supernet: small_mlp(),
+                supernet: tiny_mlp_supernet(),
             })
         });
     }
@@ -363,17 +302,17 @@ fn resume_matches(name: &str) {
 
     let straight = RunDir::create_at(&base.path().join("straight")).unwrap();
     let full = MemorySink::new();
-    run(&config, &straight, false, &mut full.clone(), None);
+    train_in(&config, &straight, false, &mut full.clone(), None);
 
     let split = RunDir::create_at(&base.path().join("split")).unwrap();
     let first = MemorySink::new();
     assert_eq!(
-        run(&config, &split, false, &mut first.clone(), Some(2)).iterations,
+        train_in(&config, &split, false, &mut first.clone(), Some(2)).iterations,
         2
     );
     let second = MemorySink::new();
     assert_eq!(
-        run(&config, &split, true, &mut second.clone(), None).iterations,
+        train_in(&config, &split, true, &mut second.clone(), None).iterations,
         4
     );
     let mut joined = deterministic_log(&first);
@@ -443,7 +382,7 @@ fn heldout_levels_feed_the_alpha_steps() {
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(base.path()).unwrap();
     let sink = MemorySink::new();
-    run(&config, &dir, false, &mut sink.clone(), None);
+    train_in(&config, &dir, false, &mut sink.clone(), None);
     assert_eq!(sum_scalar(&sink, "search/bilevel_arch_steps"), 12.0);
 }
 
@@ -452,7 +391,7 @@ fn heldout_levels_feed_the_alpha_steps() {
 #[test]
 fn cli_strategy_flag_selects_the_strategy() {
     let base = tempfile::tempdir().unwrap();
-    let out = common_cli()
+    let out = common::rl_darts()
         .args([
             "train",
             "--env",
@@ -471,7 +410,7 @@ fn cli_strategy_flag_selects_the_strategy() {
     assert!(STRATEGY_NAMES.iter().all(|n| err.contains(n)), "{err}");
 
     let run_dir = base.path().join("ok");
-    let out = common_cli()
+    let out = common::rl_darts()
         .args([
             "train",
             "--env",
@@ -494,18 +433,10 @@ fn cli_strategy_flag_selects_the_strategy() {
         .arg(&run_dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(config.contains("kind = \"gdas\""), "{config}");
     assert!(run_dir.join("genotype.json").exists());
-}
-
-fn common_cli() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_rl-darts"))
 }
 
 /// The configs/coinrun-<strategy>.toml presets load onto the defaults, name the strategy their
@@ -566,12 +497,12 @@ fn cartpole_search_then_the_derived_network_learns_and_a_cell_of_nones_does_not(
     let mut search = TrainConfig::classic_control("cartpole");
     search.device = "cpu".into();
     search.encoder = EncoderConfig::MlpDarts(MlpDartsSearchConfig {
-        supernet: small_mlp(),
+        supernet: tiny_mlp_supernet(),
     });
     search.ppo.total_timesteps = 4 * 512;
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(&base.path().join("search")).unwrap();
-    run(&search, &dir, false, &mut MemorySink::new(), None);
+    train_in(&search, &dir, false, &mut MemorySink::new(), None);
     let searched = dir.root.join("genotype.json");
     let mut nones = rl_darts::nas::Genotype::load(&searched).unwrap();
     for gene in nones.normal.iter_mut().flatten() {
@@ -584,12 +515,12 @@ fn cartpole_search_then_the_derived_network_learns_and_a_cell_of_nones_does_not(
         let mut config = search.clone();
         config.encoder = EncoderConfig::MlpDartsFixed(MlpDartsFixedConfig {
             genotype,
-            supernet: small_mlp(),
+            supernet: tiny_mlp_supernet(),
         });
         config.ppo.total_timesteps = RETRAIN_STEPS;
         let dir = RunDir::create_at(&base.path().join(name)).unwrap();
         let sink = MemorySink::new();
-        let summary = run(&config, &dir, false, &mut sink.clone(), None);
+        let summary = train_in(&config, &dir, false, &mut sink.clone(), None);
         let returns = sink.scalars("charts/episodic_return");
         let first: f64 = returns.iter().take(20).map(|(_, r)| r).sum::<f64>() / 20.0;
         (first, summary.mean_return.unwrap())

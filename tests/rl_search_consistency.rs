@@ -11,46 +11,36 @@
 //! - DARTS-PRIME's dynamic schedule runs on the real weight-gradient norms: the number of alpha
 //!   steps equals the schedule recomputed from the logged norms.
 
-use std::sync::atomic::AtomicBool;
+mod common;
 
+use common::rl::{tiny_coinrun_search, tiny_rl_darts_supernet, train_at};
 use rl_darts::agents::IterationArch;
 use rl_darts::envs::make_vec_env;
 use rl_darts::logging::{tags, MemorySink};
 use rl_darts::nas::{NodeNorm, RlDartsConfig};
 use rl_darts::search::{DartsPrimeParams, PrimeSchedule, StrategyConfig, STRATEGY_NAMES};
 use rl_darts::train::rl::{
-    build_policy, train, EncoderConfig, MlpDartsSearchConfig, NoProgress, Policy,
-    RlDartsSearchConfig, TrainConfig, TrainRun, TrainSummary,
+    build_policy, EncoderConfig, MlpDartsSearchConfig, Policy, RlDartsSearchConfig, TrainConfig,
+    TrainSummary,
 };
-use rl_darts::train::run_dir::RunDir;
 use tch::{Device, Kind, Tensor};
 
 /// A tiny CoinRun search whose update is one epoch of one minibatch (the whole rollout).
 fn one_minibatch_coinrun(strategy: &str, node_norm: NodeNorm) -> TrainConfig {
-    let mut c = TrainConfig::procgen("coinrun");
-    c.device = "cpu".into();
+    let mut c = tiny_coinrun_search(common::rl::strategy(strategy));
     c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
         supernet: RlDartsConfig {
-            channels: vec![4],
-            normal_cells_per_stage: 1,
-            num_nodes: 2,
-            embedding: 16,
             node_norm,
-            ..RlDartsConfig::default()
+            ..tiny_rl_darts_supernet()
         },
     });
-    c.ppo.num_envs = 4;
-    c.ppo.num_steps = 16;
     c.ppo.num_minibatches = 1;
     c.ppo.update_epochs = 1;
     // A large step, so that the policy moves away from the near-uniform start (heads of std
     // 0.01) within the run and a mismatch between two networks shows in the KL.
     c.ppo.learning_rate = 1e-2;
     c.ppo.total_timesteps = 3 * 64;
-    c.procgen.num_threads = 1;
     c.checkpoint.every = 100;
-    c.search.strategy = StrategyConfig::from_name(strategy).unwrap();
-    c.search.search_envs = Some(2);
     // Alphas far from uniform, so that a strategy acting with its argmax child and learning
     // with a sample (or the softmax) would see two clearly different networks.
     c.search.alpha_init.std = 1.0;
@@ -59,19 +49,7 @@ fn one_minibatch_coinrun(strategy: &str, node_norm: NodeNorm) -> TrainConfig {
 
 fn run(config: &TrainConfig, sink: &MemorySink) -> TrainSummary {
     let base = tempfile::tempdir().unwrap();
-    let dir = RunDir::create_at(base.path()).unwrap();
-    let stop = AtomicBool::new(false);
-    train(TrainRun {
-        config,
-        run_dir: &dir,
-        resume: false,
-        sink: &mut sink.clone(),
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap_or_else(|e| panic!("{}: {e}", config.search.strategy.name()))
+    train_at(config, base.path(), &mut sink.clone())
 }
 
 /// What "0 up to float error" means here. Measured with the default node norm: 0 to ~1e-13

@@ -2,37 +2,17 @@
 //! configured period on a small CartPole MLP supernet, and turning health on leaves the run
 //! unchanged (the measurement draws from no random stream and leaves no gradient behind).
 
-use std::sync::atomic::AtomicBool;
+mod common;
 
+use common::rl::{tiny_cartpole_search, train_at};
 use rl_darts::logging::MemorySink;
-use rl_darts::nas::MlpDartsConfig;
 use rl_darts::search::{StrategyConfig, STRATEGY_NAMES};
 use rl_darts::train::health::HealthConfig;
-use rl_darts::train::rl::{
-    train, EncoderConfig, MlpDartsSearchConfig, NoProgress, TrainConfig, TrainRun,
-};
-use rl_darts::train::run_dir::RunDir;
+use rl_darts::train::rl::TrainConfig;
 
 fn small_cartpole(strategy: &str, health_every: u64) -> TrainConfig {
-    let mut c = TrainConfig::classic_control("cartpole");
-    c.device = "cpu".into();
-    c.encoder = EncoderConfig::MlpDarts(MlpDartsSearchConfig {
-        supernet: MlpDartsConfig {
-            hidden: 16,
-            cells: 2,
-            num_nodes: 3,
-            embedding: 16,
-            ..MlpDartsConfig::default()
-        },
-    });
-    c.ppo.num_envs = 4;
-    c.ppo.num_steps = 16;
-    c.ppo.num_minibatches = 4;
-    c.ppo.update_epochs = 3;
-    c.ppo.total_timesteps = 2 * 64;
+    let mut c = tiny_cartpole_search(common::rl::strategy(strategy));
     c.checkpoint.every = 1;
-    c.search.strategy = StrategyConfig::from_name(strategy).unwrap();
-    c.search.search_envs = Some(2);
     c.search.alpha_init.std = 1.0;
     c.search.health = HealthConfig {
         power_iterations: 5,
@@ -43,19 +23,8 @@ fn small_cartpole(strategy: &str, health_every: u64) -> TrainConfig {
 
 fn run(config: &TrainConfig) -> MemorySink {
     let dir = tempfile::tempdir().unwrap();
-    let run_dir = RunDir::create_at(dir.path()).unwrap();
     let mut sink = MemorySink::new();
-    train(TrainRun {
-        config,
-        run_dir: &run_dir,
-        resume: false,
-        sink: &mut sink,
-        progress: &mut NoProgress,
-        stop: &AtomicBool::new(false),
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap_or_else(|e| panic!("{}: {e}", config.search.strategy.name()));
+    train_at(config, dir.path(), &mut sink);
     sink
 }
 
@@ -123,27 +92,10 @@ fn the_early_stop_ends_an_rl_search_with_the_earlier_architecture() {
     if let StrategyConfig::Darts(p) = &mut config.search.strategy {
         p.optimizer.lr = 0.5;
     }
-    config.search.health.early_stop = rl_darts::search::early_stop::EarlyStopConfig {
-        enabled: true,
-        window: 1,
-        lag: 1,
-        ratio: 0.99,
-        start_iteration: 0,
-    };
+    config.search.health.early_stop = common::early_stop_at_first_rise();
     let dir = tempfile::tempdir().unwrap();
-    let run_dir = RunDir::create_at(dir.path()).unwrap();
     let mut sink = MemorySink::new();
-    let summary = train(TrainRun {
-        config: &config,
-        run_dir: &run_dir,
-        resume: false,
-        sink: &mut sink,
-        progress: &mut NoProgress,
-        stop: &AtomicBool::new(false),
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap();
+    let summary = train_at(&config, dir.path(), &mut sink);
     let eigen = sink.scalars("health/eigenvalue");
     assert!(
         summary.iterations < 12,

@@ -2,30 +2,19 @@
 //! changes the alphas, derives a valid genotype, writes it, and a resumed search ends with
 //! exactly the alphas of an uninterrupted one.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+mod common;
 
-use rl_darts::config::save_resolved_config;
+use std::path::PathBuf;
+
+use common::digits::{search_at, tiny_digits_config};
 use rl_darts::logging::MemorySink;
-use rl_darts::nas::{Genotype, OpSet};
-use rl_darts::train::rl::NoProgress;
+use rl_darts::nas::Genotype;
 use rl_darts::train::run_dir::RunDir;
-use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig};
+use rl_darts::train::supervised::SupervisedConfig;
 
 fn tiny_config() -> SupervisedConfig {
-    let mut c = SupervisedConfig {
-        device: "cpu".into(),
-        ..Default::default()
-    };
-    c.data.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
-    c.network.c = 4;
-    c.network.layers = 3;
-    c.network.num_nodes = 2;
-    c.network.stem_multiplier = 1;
-    c.network.in_channels = 1;
-    c.network.op_set = OpSet::Darts;
+    let mut c = tiny_digits_config();
     c.search.epochs = 2;
-    c.search.batch_size = 32;
     c.search.strategy = rl_darts::search::StrategyConfig::from_name("darts").unwrap();
     if let rl_darts::search::StrategyConfig::Darts(p) = &mut c.search.strategy {
         p.optimizer.lr = 3e-2; // visible alpha movement in two short epochs
@@ -41,23 +30,7 @@ fn run(
     max_epochs: Option<usize>,
     sink: &mut MemorySink,
 ) -> rl_darts::train::supervised::SearchSummary {
-    let run_dir = if resume {
-        RunDir::open(dir).unwrap()
-    } else {
-        RunDir::create_at(dir).unwrap()
-    };
-    save_resolved_config(config, &run_dir.root).unwrap();
-    let stop = AtomicBool::new(false);
-    search(SearchRun {
-        config,
-        run_dir: &run_dir,
-        resume,
-        sink,
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_epochs,
-    })
-    .unwrap()
+    search_at(config, dir, resume, max_epochs, sink)
 }
 
 #[test]

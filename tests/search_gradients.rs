@@ -7,7 +7,9 @@
 //! product the only error left is the central difference's O(h^2); with DARTS's finite
 //! difference the product itself carries O(eps^2) more.
 
-use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchConfig, DartsSearchNet, OpSet, Supernet};
+mod common;
+
+use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchNet, Supernet};
 use rl_darts::search::perturb::{grad, WeightGuard};
 use rl_darts::search::{
     alphas, softmax_weights, Darts, DartsOrder, DartsParams, HessianMode, Objective, Sgd, SgdConfig,
@@ -24,24 +26,14 @@ struct Fixture {
     search: (Tensor, Tensor),
 }
 
-fn fixture() -> Fixture {
+fn fixture(device: Device) -> Fixture {
     tch::manual_seed(0);
-    let opts = (Kind::Double, Device::Cpu);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let config = DartsSearchConfig {
-        c: 2,
-        layers: 2,
-        num_classes: 3,
-        num_nodes: 2,
-        stem_multiplier: 1,
-        in_channels: 1,
-        op_set: OpSet::Darts,
-        partial_channels: Default::default(),
-    };
-    let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
+    let mut vs = nn::VarStore::new(device);
+    let net =
+        DartsSearchNet::new(vs.root() / "net", &common::nets::tiny_search_net_config()).unwrap();
     vs.set_kind(Kind::Double);
     let mut arch = ArchParams::new(
-        Device::Cpu,
+        device,
         net.space(),
         true,
         AlphaInit {
@@ -51,14 +43,7 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     arch.var_store_mut().set_kind(Kind::Double);
-    let train = (
-        Tensor::randn([6, 1, 6, 6], opts),
-        Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]),
-    );
-    let search = (
-        Tensor::randn([6, 1, 6, 6], opts),
-        Tensor::from_slice(&[2i64, 1, 0, 2, 1, 0]),
-    );
+    let (train, search) = common::nets::six_image_batches(Kind::Double, device);
     let mut sgd = Sgd::new(
         vs.variables(),
         SgdConfig {
@@ -132,8 +117,8 @@ impl Fixture {
     }
 }
 
-fn directional_check(hessian: HessianMode, fd_radius: f64, tolerance: f64) {
-    let f = fixture();
+fn directional_check(device: Device, hessian: HessianMode, fd_radius: f64, tolerance: f64) {
+    let f = fixture(device);
     let darts = Darts::new(
         &f.arch,
         DartsParams {
@@ -164,7 +149,7 @@ fn directional_check(hessian: HessianMode, fd_radius: f64, tolerance: f64) {
         tch::manual_seed(100 + seed);
         let d: Vec<Tensor> = g
             .iter()
-            .map(|t| Tensor::randn(t.size(), (Kind::Double, Device::Cpu)))
+            .map(|t| Tensor::randn(t.size(), (Kind::Double, device)))
             .collect();
         let analytic: f64 = g
             .iter()
@@ -180,14 +165,16 @@ fn directional_check(hessian: HessianMode, fd_radius: f64, tolerance: f64) {
         let rel = (analytic - numeric).abs() / numeric.abs().max(1e-8);
         assert!(
             rel < tolerance,
-            "{hessian:?} direction {seed}: analytic {analytic:e}, numeric {numeric:e}, rel {rel:e}"
+            "{device:?} {hessian:?} direction {seed}: analytic {analytic:e}, numeric {numeric:e}, rel {rel:e}"
         );
     }
 }
 
 #[test]
 fn second_order_gradient_with_exact_hvp_equals_the_unrolled_finite_difference() {
-    directional_check(HessianMode::Exact, 0.01, 1e-6);
+    for device in common::devices() {
+        directional_check(device, HessianMode::Exact, 0.01, 1e-6);
+    }
 }
 
 #[test]
@@ -195,13 +182,21 @@ fn second_order_gradient_with_finite_difference_hvp_equals_the_unrolled_finite_d
     // eps = r / ||v||. The paper's r = 0.01 moves this tiny net's weights across ReLU and
     // max-pool kinks (its weights are O(0.1)), where central differences of a piecewise
     // smooth gradient are off by a few percent; r = 1e-5 stays inside one smooth piece.
-    directional_check(HessianMode::FiniteDifference, 1e-5, 1e-5);
+    for device in common::devices() {
+        directional_check(device, HessianMode::FiniteDifference, 1e-5, 1e-5);
+    }
 }
 
 /// The two second-order modes agree with each other coordinate-wise.
 #[test]
 fn finite_difference_and_exact_second_order_gradients_agree() {
-    let f = fixture();
+    for device in common::devices() {
+        fd_and_exact_agree_on(device);
+    }
+}
+
+fn fd_and_exact_agree_on(device: Device) {
+    let f = fixture(device);
     let grads = |hessian| {
         let params = DartsParams {
             order: DartsOrder::Second,
@@ -222,6 +217,9 @@ fn finite_difference_and_exact_second_order_gradients_agree() {
     for (a, b) in fd.iter().zip(&exact) {
         let err = (a - b).abs().max().double_value(&[]);
         let scale = b.abs().max().double_value(&[]);
-        assert!(err <= 1e-5 * scale, "max error {err:e}, scale {scale:e}");
+        assert!(
+            err <= 1e-5 * scale,
+            "{device:?}: max error {err:e}, scale {scale:e}"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Search health: the dominant eigenvalue of the alpha Hessian that the loops log
 //! (RobustDARTS) equals the dense Hessian's, on a tiny DARTS supernet in f64.
 
-use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchConfig, DartsSearchNet, OpSet, Supernet};
+mod common;
+
+use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchConfig, DartsSearchNet, Supernet};
 use rl_darts::search::health::{alpha_hessian_eigenvalue, HealthLoss};
 use rl_darts::search::{alphas, softmax_weights, Objective, Sgd, SgdConfig};
 use rl_darts::train::supervised::VisionObjective;
@@ -13,15 +15,9 @@ fn the_logged_eigenvalue_is_the_dense_hessians_dominant_one() {
     let opts = (Kind::Double, Device::Cpu);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let config = DartsSearchConfig {
-        c: 2,
         // Three cells: a normal one, then two reductions, so both alpha matrices matter.
         layers: 3,
-        num_classes: 3,
-        num_nodes: 2,
-        stem_multiplier: 1,
-        in_channels: 1,
-        op_set: OpSet::Darts,
-        partial_channels: Default::default(),
+        ..common::nets::tiny_search_net_config()
     };
     let net = DartsSearchNet::new(vs.root() / "net", &config).unwrap();
     vs.set_kind(Kind::Double);

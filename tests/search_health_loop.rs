@@ -3,32 +3,17 @@
 //! hair-trigger rule, fires: the search ends before its budget, says why (early_stop.json and
 //! the TensorBoard text), and returns the architecture derived at the stopping point.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+mod common;
 
-use rl_darts::config::save_resolved_config;
+use common::digits::{search_at, tiny_digits_config};
 use rl_darts::logging::MemorySink;
-use rl_darts::nas::{Genotype, OpSet};
-use rl_darts::search::early_stop::EarlyStopConfig;
+use rl_darts::nas::Genotype;
 use rl_darts::train::health::{EarlyStop, HealthConfig, EARLY_STOP_FILE};
-use rl_darts::train::rl::NoProgress;
-use rl_darts::train::run_dir::RunDir;
-use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig};
+use rl_darts::train::supervised::SupervisedConfig;
 
 fn tiny_config() -> SupervisedConfig {
-    let mut c = SupervisedConfig {
-        device: "cpu".into(),
-        seed: 3,
-        ..Default::default()
-    };
-    c.data.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
-    c.network.c = 4;
-    c.network.layers = 3;
-    c.network.num_nodes = 2;
-    c.network.stem_multiplier = 1;
-    c.network.in_channels = 1;
-    c.network.op_set = OpSet::Darts;
-    c.search.batch_size = 32;
+    let mut c = tiny_digits_config();
+    c.seed = 3;
     c.search.strategy = rl_darts::search::StrategyConfig::from_name("darts").unwrap();
     if let rl_darts::search::StrategyConfig::Darts(p) = &mut c.search.strategy {
         p.optimizer.lr = 3e-2;
@@ -42,18 +27,7 @@ fn run(
     dir: &std::path::Path,
     sink: &mut MemorySink,
 ) -> rl_darts::train::supervised::SearchSummary {
-    let run_dir = RunDir::create_at(dir).unwrap();
-    save_resolved_config(config, &run_dir.root).unwrap();
-    search(SearchRun {
-        config,
-        run_dir: &run_dir,
-        resume: false,
-        sink,
-        progress: &mut NoProgress,
-        stop: &AtomicBool::new(false),
-        max_epochs: None,
-    })
-    .unwrap()
+    search_at(config, dir, false, None, sink)
 }
 
 #[test]
@@ -63,15 +37,9 @@ fn health_is_logged_and_the_early_stop_fires_and_returns_the_earlier_architectur
     config.search.health = HealthConfig {
         every: Some(3),
         power_iterations: 10,
-        // Window 1, lag 1, ratio 0.99: stop at the first measurement whose eigenvalue is more
-        // than 1% above the one before (curvature grows as the supernet's weights train).
-        early_stop: EarlyStopConfig {
-            enabled: true,
-            window: 1,
-            lag: 1,
-            ratio: 0.99,
-            start_iteration: 0,
-        },
+        // Stop at the first measurement whose eigenvalue is more than 1% above the one before
+        // (curvature grows as the supernet's weights train).
+        early_stop: common::early_stop_at_first_rise(),
     };
     let dir = tempfile::tempdir().unwrap();
     let mut sink = MemorySink::new();

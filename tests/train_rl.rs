@@ -231,11 +231,7 @@ print(json.dumps(out))
         .env("PYTHONWARNINGS", "ignore")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -6,7 +6,7 @@
 //! on CoinRun move the selectors and derive a fixed encoder that runs; the selectors and
 //! sampler survive a checkpoint; the logged architecture is the selectors' expected weights.
 
-use std::sync::atomic::AtomicBool;
+mod common;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -18,9 +18,8 @@ use rl_darts::search::{
     FactorisedAlphas, LatencySource, StrategyConfig, UnasCell, UnasEstimator, UnasLatencyParams,
     UnasParams,
 };
-use rl_darts::train::rl::NoProgress;
 use rl_darts::train::run_dir::RunDir;
-use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig};
+use rl_darts::train::supervised::SupervisedConfig;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Sets every selector logit to a fixed pseudo-random value in [-1, 1].
@@ -239,17 +238,7 @@ fn rebar_on_the_factorised_cell_is_unbiased() {
 #[test]
 fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
     let base = tempfile::tempdir().unwrap();
-    let mut c = SupervisedConfig {
-        device: "cpu".into(),
-        ..Default::default()
-    };
-    c.data.path =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
-    c.network.c = 4;
-    c.network.layers = 3;
-    c.network.num_nodes = 2;
-    c.network.stem_multiplier = 1;
-    c.network.in_channels = 1;
+    let mut c = common::digits::tiny_digits_config();
     c.search.epochs = 1;
     c.search.batch_size = 64;
     // With the latency penalty too: the expected latency is read off the selectors.
@@ -266,19 +255,8 @@ fn digits_search_with_the_factorised_cell_derives_a_genotype_that_runs() {
         },
         ..Default::default()
     });
-    let run_dir = RunDir::create_at(&base.path().join("run")).unwrap();
     let mut sink = MemorySink::new();
-    let stop = AtomicBool::new(false);
-    let summary = search(SearchRun {
-        config: &c,
-        run_dir: &run_dir,
-        resume: false,
-        sink: &mut sink,
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_epochs: None,
-    })
-    .unwrap();
+    let summary = common::digits::search_at(&c, &base.path().join("run"), false, None, &mut sink);
     let g: Genotype = Genotype::load(&summary.genotype_path).unwrap();
     assert_eq!(g, summary.genotype);
     for cell in [&g.normal, &g.reduce] {
@@ -377,52 +355,20 @@ fn the_digits_factorised_preset_selects_the_factorised_cell() {
 fn coinrun_search_with_the_factorised_cell_derives_a_fixed_encoder() {
     use rl_darts::agents::preprocess_obs;
     use rl_darts::envs::make_vec_env;
-    use rl_darts::nas::RlDartsConfig;
-    use rl_darts::train::rl::{
-        build_fixed_encoder, train, EncoderConfig, RlDartsFixedConfig, RlDartsSearchConfig,
-        TrainConfig, TrainRun,
-    };
+    use rl_darts::train::rl::{build_fixed_encoder, EncoderConfig, RlDartsFixedConfig};
 
     tch::set_num_threads(1);
-    let supernet = RlDartsConfig {
-        channels: vec![4],
-        normal_cells_per_stage: 1,
-        num_nodes: 2,
-        embedding: 16,
-        ..RlDartsConfig::default()
-    };
-    let mut c = TrainConfig::procgen("coinrun");
-    c.device = "cpu".into();
-    c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
-        supernet: supernet.clone(),
-    });
-    c.ppo.num_envs = 4;
-    c.ppo.num_steps = 16;
-    c.ppo.num_minibatches = 4;
-    c.ppo.update_epochs = 3;
-    c.ppo.total_timesteps = 2 * 64;
-    c.procgen.num_threads = 1;
-    c.checkpoint.every = 1;
-    c.search.search_envs = Some(2);
-    c.search.strategy = StrategyConfig::Unas(UnasParams {
+    let supernet = common::rl::tiny_rl_darts_supernet();
+    let mut c = common::rl::tiny_coinrun_search(StrategyConfig::Unas(UnasParams {
         cell: UnasCell::Factorised,
         same_alpha_minibatch: true,
         ..Default::default()
-    });
+    }));
+    c.checkpoint.every = 1;
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(base.path()).unwrap();
     let mut sink = MemorySink::new();
-    let summary = train(TrainRun {
-        config: &c,
-        run_dir: &dir,
-        resume: false,
-        sink: &mut sink,
-        progress: &mut NoProgress,
-        stop: &AtomicBool::new(false),
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap();
+    let summary = common::rl::train_in(&c, &dir, false, &mut sink, None);
     assert_eq!(summary.iterations, 2);
     assert!(sink.scalars("strategy/arch_steps").last().unwrap().1 >= 1.0);
 

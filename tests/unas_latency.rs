@@ -1,11 +1,14 @@
 //! UNAS's measured-latency penalty (ISSUE 7): the per-op latency table predicts the measured
-//! latency of whole random architectures (Pearson r printed and asserted), the linear model
+//! latency of whole random architectures (Spearman's rho and Pearson's r printed and asserted,
+//! on minima over interleaved rounds so that load from other processes cancels), the linear model
 //! fitted on measured latencies (held-out relative error printed), the per-device JSON cache,
 //! the penalty lowering the expected latency in a few alpha steps, and the config table.
 //!
 //! Timing tests run on CPU with libtorch's thread count as the test environment sets it
 //! (OMP_NUM_THREADS=1 in .cargo/config.toml); their thresholds are loose because the machine
-//! may be shared.
+//! may be shared, and the correlation test measures in interleaved rounds for the same reason.
+
+mod common;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -76,42 +79,129 @@ fn random_arch(rng: &mut ChaCha8Rng, edges: usize, p_conv: f64) -> Vec<usize> {
         .collect()
 }
 
+/// Rounds of the interleaved measurement in the correlation test: each round times every op
+/// once (the table) and then every architecture once. Other processes on the machine slow the
+/// timings they overlap and never speed one up, so the smallest of an entry's timings is its
+/// time in the quietest moment it had (min-of-N). Interleaving spreads each entry's timings
+/// over the whole test, so a burst of load costs every entry a round or two rather than all
+/// rounds of some entries, and the minimum discards it. (A median per round, as the strategy
+/// measures, kept outliers here: under four concurrent builds on 2 cores one architecture's
+/// minimum of 5 medians still read 5x its quiet time.)
+const ROUNDS: usize = 11;
+
+/// Elementwise minimum of two tables of the same shape.
+fn min_table(a: LatencyTable, b: &LatencyTable) -> LatencyTable {
+    let min_rows = |x: Vec<Vec<f64>>, y: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        x.into_iter()
+            .zip(y)
+            .map(|(xr, yr)| xr.into_iter().zip(yr).map(|(p, &q)| p.min(q)).collect())
+            .collect()
+    };
+    LatencyTable {
+        normal: min_rows(a.normal, &b.normal),
+        reduce: match (a.reduce, &b.reduce) {
+            (Some(x), Some(y)) => Some(min_rows(x, y)),
+            (x, _) => x,
+        },
+    }
+}
+
+/// Ranks from 1, ties sharing their average rank.
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&i, &j| x[i].total_cmp(&x[j]));
+    let mut r = vec![0.0; x.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && x[order[end]] == x[order[start]] {
+            end += 1;
+        }
+        let average = (start + end + 1) as f64 / 2.0; // ranks start+1 ..= end
+        for &i in &order[start..end] {
+            r[i] = average;
+        }
+        start = end;
+    }
+    r
+}
+
+/// Spearman's rank correlation: Pearson's on the ranks.
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    pearson(&ranks(a), &ranks(b))
+}
+
+#[test]
+fn ranks_average_ties_and_spearman_sees_order_only() {
+    assert_eq!(ranks(&[3.0, 1.0, 2.0, 1.0]), [4.0, 1.5, 3.0, 1.5]);
+    let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+    // Monotone but far from linear: rank correlation 1, Pearson below it.
+    let y = [1.0, 2.0, 3.0, 4.0, 1e6];
+    assert!((spearman(&x, &y) - 1.0).abs() < 1e-12);
+    assert!(pearson(&x, &y) < 0.8);
+    let reversed = [5.0, 4.0, 3.0, 2.0, 1.0];
+    assert!((spearman(&x, &reversed) + 1.0).abs() < 1e-12);
+}
+
+/// The per-op table predicts the measured latency of whole random architectures: the rank
+/// correlation between the table's sum and the measured forward time over 32 architectures
+/// from all-cheap to all-conv (and Pearson's r), and a linear model fitted on measured
+/// latencies predicts held-out ones; table and networks are measured as minima over
+/// interleaved rounds (see [`ROUNDS`]) so that other processes on the machine do not decide
+/// the outcome.
 #[test]
 fn latency_table_predicts_measured_latency_of_random_architectures() {
     let _serial = serial();
     let (_vs, net) = tiny_net(8, 3);
     let chw = [3, 16, 16];
     let batch = 8;
-    // 21 repeats (the default options use 7): the table and the network timings are medians,
-    // and on a shared 2-core machine fewer repeats left the correlation at the mercy of noise.
-    let repeats = 21;
-    let table = measure_table(
-        &net,
-        chw,
-        Device::Cpu,
-        &LatencyOptions {
-            repeats,
-            ..options(batch, None)
-        },
-    )
-    .unwrap();
     let space = net.space();
     let (edges, ops) = (space.num_edges(), space.num_ops());
 
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let x = Tensor::randn([batch, 3, 16, 16], (Kind::Float, Device::Cpu));
     let n = 32;
-    let (mut predicted, mut measured, mut features) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        // Sweep from all-cheap to all-conv so the sample spans the latency range.
-        let p_conv = (i % 16) as f64 / 15.0;
-        let normal = random_arch(&mut rng, edges, p_conv);
-        let reduce = random_arch(&mut rng, edges, p_conv);
-        let w = one_hot_weights(ops, &normal, Some(&reduce), Device::Cpu).unwrap();
-        measured.push(measure_network_latency(&net, &w, &x, 2, repeats));
-        predicted.push(table.hard(&normal, Some(&reduce)));
-        features.push(LinearLatencyModel::features(ops, &normal, Some(&reduce)));
+    let archs: Vec<(Vec<usize>, Vec<usize>)> = (0..n)
+        .map(|i| {
+            // Sweep from all-cheap to all-conv so the sample spans the latency range.
+            let p_conv = (i % 16) as f64 / 15.0;
+            let normal = random_arch(&mut rng, edges, p_conv);
+            let reduce = random_arch(&mut rng, edges, p_conv);
+            (normal, reduce)
+        })
+        .collect();
+    let weights: Vec<_> = archs
+        .iter()
+        .map(|(normal, reduce)| one_hot_weights(ops, normal, Some(reduce), Device::Cpu).unwrap())
+        .collect();
+
+    let round_options = LatencyOptions {
+        warmup: 1,
+        repeats: 1,
+        ..options(batch, None)
+    };
+    let mut table: Option<LatencyTable> = None;
+    let mut measured = vec![f64::INFINITY; n];
+    for _ in 0..ROUNDS {
+        let round = measure_table(&net, chw, Device::Cpu, &round_options).unwrap();
+        table = Some(match table {
+            None => round,
+            Some(t) => min_table(t, &round),
+        });
+        for (m, w) in measured.iter_mut().zip(&weights) {
+            *m = m.min(measure_network_latency(&net, w, &x, 1, 1));
+        }
     }
+    let table = table.unwrap();
+    let predicted: Vec<f64> = archs
+        .iter()
+        .map(|(normal, reduce)| table.hard(normal, Some(reduce)))
+        .collect();
+    let features: Vec<Vec<f64>> = archs
+        .iter()
+        .map(|(normal, reduce)| LinearLatencyModel::features(ops, normal, Some(reduce)))
+        .collect();
+    let rho = spearman(&predicted, &measured);
     let r = pearson(&predicted, &measured);
 
     // Linear model on measured latencies: fit on the first 24, error on the last 8.
@@ -132,10 +222,15 @@ fn latency_table_predicts_measured_latency_of_random_architectures() {
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), &m| (a.min(m), b.max(m)));
     println!(
-        "latency: {n} random architectures, measured {lo:.3}..{hi:.3} ms; table vs measured \
-         Pearson r = {r:.3}; held-out mean relative error: table + offset {table_err:.3}, \
-         linear model {model_err:.3}"
+        "latency: {n} random architectures, measured {lo:.3}..{hi:.3} ms (min of {ROUNDS} \
+         interleaved rounds); table vs measured Spearman rho = {rho:.3}, Pearson r = {r:.3}; \
+         held-out mean relative error: table + offset {table_err:.3}, linear model {model_err:.3}"
     );
+    // The rank correlation is the robust statement: one architecture timed during load moves
+    // one rank, where it can halve Pearson's r (medians of 3, minimum of 5 rounds: 0.97
+    // quiet, 0.42 once under load). With minima of 11 single timings r stayed at 0.98 under
+    // four concurrent builds on 2 cores, so it is kept as well.
+    assert!(rho > 0.5, "table vs measured latency: Spearman rho = {rho}");
     assert!(r > 0.5, "table vs measured latency: Pearson r = {r}");
     assert!(
         model_err < 0.5,
@@ -438,35 +533,11 @@ fn digits_unas_search_with_latency_logs_latency_and_target() {
 fn coinrun_unas_search_with_latency_measures_the_encoder_and_logs_latency() {
     let _serial = serial();
     use rl_darts::logging::MemorySink;
-    use rl_darts::nas::RlDartsConfig;
-    use rl_darts::train::rl::{
-        train, EncoderConfig, NoProgress, RlDartsSearchConfig, TrainConfig, TrainRun,
-    };
-    use rl_darts::train::run_dir::RunDir;
-    use std::sync::atomic::AtomicBool;
 
     tch::set_num_threads(1);
     let base = tempfile::tempdir().unwrap();
     let cache = base.path().join("cache");
-    let mut c = TrainConfig::procgen("coinrun");
-    c.device = "cpu".into();
-    c.encoder = EncoderConfig::RlDarts(RlDartsSearchConfig {
-        supernet: RlDartsConfig {
-            channels: vec![4],
-            normal_cells_per_stage: 1,
-            num_nodes: 2,
-            embedding: 16,
-            ..RlDartsConfig::default()
-        },
-    });
-    c.ppo.num_envs = 4;
-    c.ppo.num_steps = 16;
-    c.ppo.num_minibatches = 4;
-    c.ppo.update_epochs = 3;
-    c.ppo.total_timesteps = 2 * 64;
-    c.procgen.num_threads = 1;
-    c.search.search_envs = Some(2);
-    c.search.strategy = StrategyConfig::Unas(UnasParams {
+    let c = common::rl::tiny_coinrun_search(StrategyConfig::Unas(UnasParams {
         latency: UnasLatencyParams {
             source: LatencySource::Table,
             target_ms: 0.0,
@@ -478,21 +549,9 @@ fn coinrun_unas_search_with_latency_measures_the_encoder_and_logs_latency() {
             ..Default::default()
         },
         ..Default::default()
-    });
-    let run_dir = RunDir::create_at(&base.path().join("run")).unwrap();
+    }));
     let mut sink = MemorySink::new();
-    let stop = AtomicBool::new(false);
-    train(TrainRun {
-        config: &c,
-        run_dir: &run_dir,
-        resume: false,
-        sink: &mut sink,
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap();
+    common::rl::train_at(&c, &base.path().join("run"), &mut sink);
 
     let files: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()

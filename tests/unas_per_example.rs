@@ -3,16 +3,15 @@
 //! and a digits search that runs with it. The estimator's unbiasedness and variance are in
 //! tests/search_unas.rs.
 
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+mod common;
 
-use rl_darts::config::{load_config, save_resolved_config};
+use std::path::PathBuf;
+
+use rl_darts::config::load_config;
 use rl_darts::logging::MemorySink;
-use rl_darts::nas::{CellWeights, DartsSearchConfig, DartsSearchNet, OpSet, OpWeights, Supernet};
+use rl_darts::nas::{CellWeights, DartsSearchConfig, DartsSearchNet, OpWeights, Supernet};
 use rl_darts::search::{Objective, Sgd, SgdConfig, StrategyConfig, UnasParams};
-use rl_darts::train::rl::NoProgress;
-use rl_darts::train::run_dir::RunDir;
-use rl_darts::train::supervised::{search, SearchRun, SupervisedConfig, VisionObjective};
+use rl_darts::train::supervised::{SupervisedConfig, VisionObjective};
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny_net(vs: &nn::VarStore) -> DartsSearchNet {
@@ -168,17 +167,7 @@ fn vision_objective_gives_per_example_losses() {
 /// steps, moves the alphas and derives a valid genotype.
 #[test]
 fn digits_unas_search_runs_per_example() {
-    let mut c = SupervisedConfig {
-        device: "cpu".into(),
-        ..Default::default()
-    };
-    c.data.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".deps/digits/digits.csv");
-    c.network.c = 4;
-    c.network.layers = 3;
-    c.network.num_nodes = 2;
-    c.network.stem_multiplier = 1;
-    c.network.in_channels = 1;
-    c.network.op_set = OpSet::Darts;
+    let mut c = common::digits::tiny_digits_config();
     c.search.epochs = 1;
     c.search.batch_size = 64;
     c.search.strategy = StrategyConfig::Unas(UnasParams {
@@ -189,19 +178,8 @@ fn digits_unas_search_runs_per_example() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let run_dir = RunDir::create_at(&dir.path().join("run")).unwrap();
-    save_resolved_config(&c, &run_dir.root).unwrap();
     let mut sink = MemorySink::new();
-    let summary = search(SearchRun {
-        config: &c,
-        run_dir: &run_dir,
-        resume: false,
-        sink: &mut sink,
-        progress: &mut NoProgress,
-        stop: &AtomicBool::new(false),
-        max_epochs: None,
-    })
-    .unwrap();
+    let summary = common::digits::search_at(&c, &dir.path().join("run"), false, None, &mut sink);
     assert_eq!(summary.epochs_done, 1);
     summary.genotype.validate(2, true).unwrap();
     let steps = sink.last_scalar("strategy/arch_steps").unwrap();

@@ -260,10 +260,13 @@ impl ProcgenVecEnv {
 
         let frame_bytes = (OBS_SIZE * OBS_SIZE * 3) as usize;
         let obs_base = self.obs.data_ptr() as *mut u8;
-        // SAFETY (pointer arithmetic): obs is a contiguous [N, 64, 64, 3] u8 tensor, so env
-        // i's frame starts i * frame_bytes into it.
         self._ob_ptrs = (0..n)
-            .map(|i| unsafe { obs_base.add(i * frame_bytes) }.cast())
+            .map(|i| {
+                // SAFETY: obs is a contiguous [N, 64, 64, 3] u8 tensor owned by self, and
+                // i < N, so env i's frame starts i * frame_bytes into the same allocation
+                // (the in-bounds offset `add` requires).
+                unsafe { obs_base.add(i * frame_bytes) }.cast()
+            })
             .collect();
         self._ac_ptrs = (0..n)
             .map(|i| (&mut self.actions[i] as *mut i32).cast())
@@ -369,10 +372,10 @@ impl VecEnv for ProcgenVecEnv {
         for (dst, &a) in self.actions.iter_mut().zip(actions) {
             *dst = a as i32; // in 0..15, checked above
         }
+        let start = std::time::Instant::now();
         // SAFETY: the action buffers hold valid actions (checked); act steps every env
         // (possibly on procgen's threads, joined before observe returns) and observe writes
         // only into the buffers bound in `bind_buffers`.
-        let start = std::time::Instant::now();
         unsafe {
             self.lib.libenv_act(self.handle);
             self.lib.libenv_observe(self.handle);

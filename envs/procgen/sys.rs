@@ -9,7 +9,19 @@
 )]
 #![allow(clippy::all)]
 
-include!(concat!(env!("OUT_DIR"), "/libenv_bindings.rs"));
+// The generated file is rewritten at every build, so it cannot carry SAFETY comments; its
+// `unsafe` blocks are the `Default` impls bindgen derives for the C structs and union
+// (`derive_default` in envs/build.rs): each writes zero bytes over a `MaybeUninit` and calls
+// `assume_init`. Sound because all-zero bytes are a valid value of every field those types
+// have: integers, floats, arrays of them, raw pointers (null), and the C enums, each of which
+// has a variant 0 (`*_UNUSED = 0` in libenv.h). The loaded functions themselves stay
+// `unsafe fn`s, so every call of one carries its own SAFETY comment at the call site.
+// (An attribute on the `include!` itself would be ignored, hence the module.)
+#[allow(clippy::undocumented_unsafe_blocks)]
+mod bindings {
+    include!(concat!(env!("OUT_DIR"), "/libenv_bindings.rs"));
+}
+pub use bindings::*;
 
 use std::os::raw::{c_char, c_int};
 use std::path::{Path, PathBuf};

@@ -50,7 +50,53 @@ pub fn run_python_oracle(script: &str, input: &serde_json::Value) -> serde_json:
     serde_json::from_slice(&out.stdout).expect("oracle output is JSON")
 }
 
+/// The arguments of `rl-darts train --env cartpole --encoder ENCODER`, then `rest`: the start
+/// of the CLI training runs the tests launch (clap reads flags by name, in any order).
+pub fn cartpole_train(encoder: &str, rest: &[&str]) -> Vec<String> {
+    ["train", "--env", "cartpole", "--encoder", encoder]
+        .iter()
+        .chain(rest)
+        .map(|arg| arg.to_string())
+        .collect()
+}
+
+/// The RobustDARTS early stop at its most eager (window 1, lag 1, ratio 0.99): it fires at the
+/// first health measurement whose eigenvalue is more than 1% above the one before.
+pub fn early_stop_at_first_rise() -> rl_darts::search::early_stop::EarlyStopConfig {
+    rl_darts::search::early_stop::EarlyStopConfig {
+        enabled: true,
+        window: 1,
+        lag: 1,
+        ratio: 0.99,
+        start_iteration: 0,
+    }
+}
+
+/// Fails the test, showing the command's stderr, unless the command exited successfully.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The rl-darts binary built for this test run.
 pub fn rl_darts() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rl-darts"))
+}
+
+pub mod digits;
+pub mod nets;
+pub mod rl;
+
+/// The devices a tensor test runs on: the CPU always, and the first CUDA device where libtorch
+/// sees one, so that a test written once as `for device in common::devices()` also checks the
+/// CUDA kernels on a GPU machine (STYLE.md: device tests written once as fn(Device)).
+pub fn devices() -> Vec<tch::Device> {
+    let mut devices = vec![tch::Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(tch::Device::Cuda(0));
+    }
+    devices
 }
