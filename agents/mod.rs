@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod policy;
 pub mod ppo;
 pub mod rollout;
+pub mod rollout_async;
 pub mod storage;
 
 pub use adam::{Adam, AdamConfig};
@@ -36,6 +37,7 @@ pub use ppo::{
     DataParallel, PpoConfig, PpoLoss, PpoStats, UpdateDriver,
 };
 pub use rollout::{collect_rollout, IterationStats, PpoTrainer};
+pub use rollout_async::AsyncEnvs;
 pub use storage::{Batch, RolloutStorage};
 
 /// Maps preprocessed observations to a feature vector; the part of the agent that
