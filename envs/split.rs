@@ -129,8 +129,7 @@ impl VecEnv for SplitVecEnv {
         );
         self.obs.narrow(0, 0, na).copy_(a.obs);
         self.obs.narrow(0, na, nb).copy_(b.obs);
-        let cat = |x: &[f32], y: &[f32]| [x, y].concat();
-        self.reward = cat(a.reward, b.reward);
+        self.reward = [a.reward, b.reward].concat();
         self.first = [a.first, b.first].concat();
         self.finished = a.finished.to_vec();
         self.finished

@@ -46,6 +46,9 @@ struct Args {
     steps: usize,
 }
 
+/// The encoder's features for the current architecture parameters.
+type Forward = Box<dyn Fn(&[Tensor]) -> Tensor>;
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -80,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         };
         // (encoder forward, alphas to differentiate) per variant.
         let mut alphas: Vec<Tensor> = Vec::new();
-        let forward: Box<dyn Fn(&[Tensor]) -> Tensor> = match variant {
+        let forward: Forward = match variant {
             "baseline" => {
                 let config = ImpalaConfig {
                     channels: channels.clone(),

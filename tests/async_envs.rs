@@ -19,10 +19,9 @@ fn opts(seed: i32) -> ProcgenOptions {
     }
 }
 
-/// Every field of a transition, owned.
-fn snapshot(
-    env: &dyn VecEnv,
-) -> (
+/// Every field of a transition, owned: frames, rewards, first flags, finished episodes, level
+/// seeds, previous level seeds, previous level completions.
+type Transition = (
     Tensor,
     Vec<f32>,
     Vec<u8>,
@@ -30,7 +29,9 @@ fn snapshot(
     Vec<i32>,
     Vec<i32>,
     Vec<u8>,
-) {
+);
+
+fn snapshot(env: &dyn VecEnv) -> Transition {
     let v = env.observe();
     (
         v.obs.copy(),
