@@ -33,13 +33,17 @@ use crate::envs::{EnvError, EpisodeStats, VecEnv};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AsyncEnvs {
-    /// One batch, stepped after the policy has acted for all of it.
+    /// One batch, stepped after the policy has acted for all of it. The default: on the
+    /// 2-core development machine, shared with other jobs, async stepping did not pay
+    /// (BENCHMARKS.md, "Search overhead"): no core was free for the stepping thread, and two
+    /// half-batch forwards of a supernet cost more than one whole-batch forward (its many small
+    /// kernels are dispatch-bound at 4-8 frames).
+    #[default]
     Off,
     /// Two halves, each stepping while the policy acts for the other (Procgen only).
     On,
     /// `on` for Procgen when the machine has a core to spare for stepping while the network
     /// runs (more cores than libtorch's intra-op threads), `off` otherwise.
-    #[default]
     Auto,
 }
 
