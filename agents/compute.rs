@@ -2,12 +2,20 @@
 //! place where a network's activations and weights are cast to bf16 / fp16 and back.
 //!
 //! Mixed precision by explicit casts (tch's autocast switch covers CUDA only): a conv or
-//! linear layer casts its input, weight and bias to the low precision, runs there, and casts
-//! its output back to the input's kind (fp32). Autograd differentiates the casts, so the
-//! gradients reach the fp32 master weights as fp32, and everything between the layers
-//! (activations, pools, normalisation, the mixed op's weighted sum with fp32 op weights,
-//! softmax, losses, the optimiser) stays in fp32. Only fp32 tensors are cast: an f64 network
-//! (the gradient tests) runs in f64 whatever the precision.
+//! linear layer casts its weight and bias (and an fp32 input) to the low precision and runs
+//! there. Autograd differentiates the casts, so the gradients reach the fp32 master weights
+//! as fp32. What a layer hands on depends on what it was given:
+//! - an fp32 input gets an fp32 output (the layer casts back). The search networks work this
+//!   way: their mixed op's weighted sum with fp32 op weights, BatchNorm statistics and
+//!   everything else between layers stay fp32, as the architecture parameters must.
+//! - an input already in the low precision gets a low-precision output, as under PyTorch's
+//!   autocast. A plain stack of convs (the IMPALA-CNN) enters the low precision once
+//!   ([`to_activation_kind`]) and leaves it once at the end: ReLUs, pools and residual adds
+//!   then run on bf16 activations, which saves the two casts per layer and halves the
+//!   activation memory kept for backward.
+//!
+//! Softmax, losses and the optimiser always see fp32. Only fp32 tensors are ever cast down:
+//! an f64 network (the gradient tests) runs in f64 whatever the precision.
 //!
 //! The setting is per thread and scoped, like PyTorch's autocast state: a run enters its
 //! [`Compute`] once ([`enter`]), every forward on that thread follows it, and a step that
@@ -192,12 +200,21 @@ pub fn to_layout(x: &Tensor) -> Tensor {
     }
 }
 
-/// The kind a layer fed `x` computes in, when it is not `x`'s own: only fp32 inputs are cast.
+/// The low-precision kind a layer fed `x` computes in, or None to compute in `x`'s own kind
+/// with the weights as they are: an fp32 input under bf16 / fp16, or an input already in
+/// that kind (its weights are then cast to match). f64 is never cast.
 fn low_kind_for(x: &Tensor) -> Option<Kind> {
-    if x.kind() == Kind::Float {
-        current().precision.low_kind()
-    } else {
-        None
+    let low = current().precision.low_kind()?;
+    (x.kind() == Kind::Float || x.kind() == low).then_some(low)
+}
+
+/// `x` (fp32) in this thread's low precision, for a network that keeps its activations there
+/// between layers (see the module notes); unchanged under fp32, or when `x` is not fp32.
+/// Pair with `.to_kind(Kind::Float)` where the activations leave the network.
+pub fn to_activation_kind(x: &Tensor) -> Tensor {
+    match current().precision.low_kind() {
+        Some(low) if x.kind() == Kind::Float => x.to_kind(low),
+        _ => x.shallow_clone(),
     }
 }
 
@@ -221,7 +238,8 @@ impl ConvShape {
     }
 }
 
-/// `conv2d(x, weight, bias)` in this thread's precision and layout; the output has `x`'s kind.
+/// `conv2d(x, weight, bias)` in this thread's precision and layout; the output has `x`'s kind
+/// (fp32 in, fp32 out; bf16 in, bf16 out).
 ///
 /// # Shapes
 /// x `[N, C_in, H, W]`, weight `[C_out, C_in / groups, k, k]`, bias `[C_out]` -> `[N, C_out, H', W']`
@@ -241,12 +259,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, shape: ConvSha
         None => run(&x, weight, bias),
         Some(kind) => {
             let b = bias.map(|b| b.to_kind(kind));
+            // `to_kind` to the tensor's own kind is free (returns the same storage).
             run(&x.to_kind(kind), &weight.to_kind(kind), b.as_ref()).to_kind(x.kind())
         }
     }
 }
 
-/// `x W^T + b` in this thread's precision; the output has `x`'s kind.
+/// `x W^T + b` in this thread's precision; the output has `x`'s kind (as in [`conv2d`]).
 ///
 /// # Shapes
 /// x `[.., D_in]`, weight `[D_out, D_in]`, bias `[D_out]` -> `[.., D_out]`

@@ -43,6 +43,35 @@ fn bf16_layers_give_fp32_outputs_and_fp32_gradients_close_to_fp32() {
     assert_eq!(current(), Compute::DEFAULT);
 }
 
+/// An input already in bf16 stays in bf16 through a conv and a linear (the activations of a
+/// network that entered the low precision once), while the weights' gradients still arrive
+/// as fp32; under fp32 a bf16 activation is never made.
+#[test]
+fn bf16_activations_stay_bf16_and_weight_gradients_are_fp32() {
+    tch::manual_seed(2);
+    let opts = (Kind::Float, Device::Cpu);
+    let x = Tensor::randn([2, 3, 6, 6], opts);
+    let w = (Tensor::randn([4, 3, 3, 3], opts) / 27f64.sqrt()).set_requires_grad(true);
+    let lw = (Tensor::randn([5, 4 * 6 * 6], opts) / 12.0).set_requires_grad(true);
+    {
+        let _scope = enter(Compute::new(Precision::Bf16, Layout::ChannelsLast));
+        let h = to_activation_kind(&x);
+        assert_eq!(h.kind(), Kind::BFloat16);
+        let h = conv2d(&h, &w, None, ConvShape::padded(1)).relu();
+        assert_eq!(h.kind(), Kind::BFloat16, "a bf16 activation stays bf16");
+        let y = linear(&h.flatten(1, -1), &lw, None);
+        assert_eq!(y.kind(), Kind::BFloat16);
+        let loss = y.to_kind(Kind::Float).sum(Kind::Float);
+        let grads = Tensor::run_backward(&[&loss], &[&w, &lw], false, false);
+        for g in &grads {
+            assert_eq!(g.kind(), Kind::Float, "master-weight gradients are fp32");
+            assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        }
+    }
+    let _scope = enter(Compute::new(Precision::Fp32, Layout::Nchw));
+    assert_eq!(to_activation_kind(&x).kind(), Kind::Float);
+}
+
 #[test]
 fn f64_tensors_are_never_cast() {
     let opts = (Kind::Double, Device::Cpu);

@@ -25,6 +25,9 @@ pub enum AgentError {
     Env(#[from] crate::envs::EnvError),
     #[error("tensor error: {0}")]
     Tch(#[from] tch::TchError),
+    /// Gradients an optimiser cannot take (see [`crate::agents::optim::OptimError`]).
+    #[error("optimizer: {0}")]
+    Optimizer(String),
     /// Raised by the encoder's architecture (a search strategy's sample or step), passed
     /// through with its own message.
     #[error("architecture: {0}")]

@@ -162,12 +162,16 @@ impl Encoder for ImpalaCnn {
     /// `[N, C, H, W]` f32 in [0, 1] -> `[N, embedding]`
     fn features(&self, obs: &Tensor, _arch: &()) -> Tensor {
         // In the run's layout from the first conv on (the frames arrive channels-last from
-        // `preprocess_obs`'s permute); each conv keeps it.
-        let mut xs = compute::to_layout(obs);
+        // `preprocess_obs`'s permute); each conv keeps it. Under bf16 the activations stay
+        // bf16 from the first conv to the embedding, as under PyTorch's autocast; the heads
+        // and losses get fp32 (the cast back is differentiated like the layers' own casts).
+        let mut xs = compute::to_activation_kind(&compute::to_layout(obs));
         for seq in &self.sequences {
             xs = seq.forward(&xs);
         }
-        compute::linear_layer(&self.fc, &xs.flatten(1, -1).relu()).relu()
+        compute::linear_layer(&self.fc, &xs.flatten(1, -1).relu())
+            .relu()
+            .to_kind(obs.kind())
     }
 
     fn feature_dim(&self) -> i64 {
@@ -248,6 +252,65 @@ mod tests {
         assert!(max <= bound && max > 0.8 * bound, "{max} vs {bound}");
         let b = &vars["encoder.fc.bias"];
         assert!(b.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    /// Under bf16 the activations stay bf16 between layers (as under PyTorch's autocast): the
+    /// encoder equals, exactly, a forward written out here with every conv, ReLU, pool and
+    /// residual add in bf16, and differs from one that returns to fp32 after each conv.
+    #[test]
+    fn bf16_forward_keeps_bf16_activations_between_layers() {
+        use super::super::compute::{enter, Compute, Layout, Precision};
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ImpalaConfig {
+            channels: vec![4, 8],
+            embedding: 16,
+            ..ImpalaConfig::default()
+        };
+        let net = ImpalaCnn::new(vs.root() / "enc", &[3, 16, 16], &config).unwrap();
+        let vars = vs.variables();
+        let obs = Tensor::rand([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        // `between` is the kind the hand-written forward rounds activations to after a conv.
+        let reference = |between: Kind| {
+            let bf = Kind::BFloat16;
+            let conv = |x: &Tensor, name: &str| {
+                let w = vars[&format!("enc.{name}.weight")].to_kind(bf);
+                let b = vars[&format!("enc.{name}.bias")].to_kind(bf);
+                x.to_kind(bf)
+                    .conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1)
+                    .to_kind(between)
+            };
+            let mut x = obs.to_kind(between);
+            for s in 0..2 {
+                x = conv(&x, &format!("seq{s}.conv")).max_pool2d(
+                    [3, 3],
+                    [2, 2],
+                    [1, 1],
+                    [1, 1],
+                    false,
+                );
+                for r in 0..2 {
+                    let h = conv(&x.relu(), &format!("seq{s}.res{r}.conv0"));
+                    x = conv(&h.relu(), &format!("seq{s}.res{r}.conv1")) + &x;
+                }
+            }
+            let fc_w = vars["enc.fc.weight"].to_kind(bf);
+            let fc_b = vars["enc.fc.bias"].to_kind(bf);
+            x.flatten(1, -1)
+                .relu()
+                .to_kind(bf)
+                .linear(&fc_w, Some(&fc_b))
+                .to_kind(between)
+                .relu()
+                .to_kind(Kind::Float)
+        };
+        let _scope = enter(Compute::new(Precision::Bf16, Layout::Nchw));
+        let got = tch::no_grad(|| net.features(&obs, &()));
+        assert_eq!(got.kind(), Kind::Float, "the heads get fp32 features");
+        let all_bf16 = tch::no_grad(|| reference(Kind::BFloat16));
+        let fp32_between = tch::no_grad(|| reference(Kind::Float));
+        assert!(got.equal(&all_bf16), "bf16 activations between layers");
+        assert!(!got.equal(&fp32_between), "the test can tell the two apart");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! argument of every forward ([`Encoder`]'s `A`), supplied per iteration by an
 //! [`IterationArch`]: the trainer never reaches into the search.
 
-pub mod adam;
 pub mod arch;
 pub mod compute;
 pub mod error;
@@ -15,13 +14,13 @@ pub mod impala;
 pub mod init;
 pub mod mlp;
 pub mod normalize;
+pub mod optim;
 pub mod policy;
 pub mod ppo;
 pub mod rollout;
 pub mod rollout_async;
 pub mod storage;
 
-pub use adam::{Adam, AdamConfig};
 pub use arch::{FixedArch, Heartbeat, IterationArch, IterationPhase, NoHeartbeat, WeightStep};
 pub use compute::{Compute, Layout, LossScaler, Precision};
 pub use error::AgentError;
@@ -29,12 +28,15 @@ pub use gae::gae;
 pub use impala::{ImpalaCnn, ImpalaConfig};
 pub use mlp::{Mlp, MlpConfig};
 pub use normalize::{RewardNormalizer, RunningMeanStd};
+pub use optim::{
+    clip_grad_norm, Adam, AdamConfig, AdamParams, GradNorm, NormArithmetic, OptimError,
+};
 pub use policy::{
     encoder_input_shape, preprocess_obs, sample_categorical, Act, ActorCritic, Evaluation,
 };
 pub use ppo::{
-    clip_grad_norm, normalize_advantages, normalize_advantages_global, ppo_loss, ppo_update,
-    DataParallel, PpoConfig, PpoLoss, PpoStats, UpdateDriver,
+    normalize_advantages, normalize_advantages_global, ppo_loss, ppo_update, DataParallel,
+    PpoConfig, PpoLoss, PpoStats, UpdateDriver,
 };
 pub use rollout::{collect_rollout, IterationStats, PpoTrainer};
 pub use rollout_async::AsyncEnvs;

@@ -8,9 +8,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::adam::Adam;
 use super::arch::{Heartbeat, IterationArch, IterationPhase, WeightStep};
 use super::compute::LossScaler;
+use super::optim::{clip_grad_norm, Adam, NormArithmetic};
 use super::policy::{ActorCritic, Evaluation};
 use super::rollout_async::AsyncEnvs;
 use super::storage::Batch;
@@ -317,33 +317,6 @@ pub fn ppo_loss(new: &Evaluation, mb: &Batch, config: &PpoConfig) -> PpoLoss {
     }
 }
 
-/// Scales the gradients of `params` in place so that their global L2 norm (all gradients
-/// concatenated, as `torch.nn.utils.clip_grad_norm_`) is at most `max_norm`; returns the norm
-/// before clipping as a scalar tensor. No host sync: the scale is computed on the device.
-pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Tensor {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| p.grad())
-            .filter(|g| g.defined())
-            .collect();
-        let Some(first) = grads.first() else {
-            return Tensor::zeros([], (Kind::Float, Device::Cpu));
-        };
-        let norms: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.norm().to_kind(first.kind()))
-            .collect();
-        let total = Tensor::stack(&norms, 0).norm().to_device(first.device()); // []
-        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-        for g in &grads {
-            let mut g = g.shallow_clone();
-            let _ = g.g_mul_(&coef.to_kind(g.kind()));
-        }
-        total
-    })
-}
-
 /// What one update did, averaged over its minibatches (CleanRL logs the last minibatch's
 /// losses; the mean is less noisy and says the same).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -535,7 +508,8 @@ pub fn ppo_update<A, R: Rng + ?Sized>(
                     continue;
                 }
             }
-            let grad_norm = clip_grad_norm(&params, config.max_grad_norm);
+            let grad_norm =
+                clip_grad_norm(&params, config.max_grad_norm, NormArithmetic::Device).into_tensor();
             // Read on the host (one sync per minibatch): the architecture's hook needs the
             // values, and a diverged minibatch must stop the run before its step.
             let step = WeightStep {

@@ -9,9 +9,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use super::adam::{Adam, AdamConfig};
 use super::arch::{Heartbeat, IterationArch, IterationPhase};
 use super::normalize::RewardNormalizer;
+use super::optim::{Adam, AdamConfig};
 use super::policy::ActorCritic;
 use super::ppo::{ppo_update, DataParallel, PpoConfig, PpoStats, UpdateDriver};
 use super::storage::Batch;

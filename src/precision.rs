@@ -24,7 +24,7 @@ pub const PROBE_MARGIN: f64 = 0.10;
 
 /// Timed passes per candidate in the probe (after one untimed warm-up each); the minimum
 /// counts.
-pub const PROBE_REPEATS: usize = 2;
+pub const PROBE_REPEATS: usize = 3;
 
 /// The `precision` key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

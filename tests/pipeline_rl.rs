@@ -15,7 +15,8 @@ use rl_darts::nas::Genotype;
 use rl_darts::search::{RandomParams, StrategyConfig};
 use rl_darts::train::pipeline::PipelineRunConfig;
 use rl_darts::train::pipeline::{
-    self, Comparison, Phase, PipelineOutcome, PipelineReporter, PipelineRun, RandomCandidate,
+    self, Comparison, PipelineOutcome, PipelinePhase, PipelineReporter, PipelineRun,
+    RandomCandidate,
 };
 use rl_darts::train::rl::{NoProgress, Progress};
 
@@ -258,7 +259,7 @@ fn run_search(
     root: &Path,
     stop_in: Option<&'static str>,
 ) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
-    run_phases(config, root, Some(Phase::Search), stop_in)
+    run_phases(config, root, Some(PipelinePhase::Search), stop_in)
 }
 
 /// Runs the pipeline (every remaining phase, or `only`); `stop_in` stops it at the first flush
@@ -266,7 +267,7 @@ fn run_search(
 fn run_phases(
     config: &PipelineRunConfig,
     root: &Path,
-    only: Option<Phase>,
+    only: Option<PipelinePhase>,
     stop_in: Option<&'static str>,
 ) -> (PipelineOutcome, Vec<(String, MemorySink)>) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -328,7 +329,7 @@ fn a_pipeline_stopped_in_every_phase_resumes_to_the_uninterrupted_result() {
     let root = base.path().join("stopped");
     let (outcome, sinks) = run(&config, &root, Some("search"));
     assert!(
-        matches!(outcome, PipelineOutcome::Interrupted(Phase::Search)),
+        matches!(outcome, PipelineOutcome::Interrupted(PipelinePhase::Search)),
         "{outcome:?}"
     );
     assert_eq!(iteration_steps(&sinks, "search"), [32]);
@@ -336,7 +337,10 @@ fn a_pipeline_stopped_in_every_phase_resumes_to_the_uninterrupted_result() {
 
     let (outcome, sinks) = run(&config, &root, Some("retrain"));
     assert!(
-        matches!(outcome, PipelineOutcome::Interrupted(Phase::Retrain)),
+        matches!(
+            outcome,
+            PipelineOutcome::Interrupted(PipelinePhase::Retrain)
+        ),
         "{outcome:?}"
     );
     assert_eq!(
@@ -348,7 +352,10 @@ fn a_pipeline_stopped_in_every_phase_resumes_to_the_uninterrupted_result() {
 
     let (outcome, sinks) = run(&config, &root, Some("baseline"));
     assert!(
-        matches!(outcome, PipelineOutcome::Interrupted(Phase::Retrain)),
+        matches!(
+            outcome,
+            PipelineOutcome::Interrupted(PipelinePhase::Retrain)
+        ),
         "{outcome:?}"
     );
     assert_eq!(iteration_steps(&sinks, "retrain"), [64]);
@@ -357,7 +364,7 @@ fn a_pipeline_stopped_in_every_phase_resumes_to_the_uninterrupted_result() {
     // Stopped after the first of four evaluations.
     let (outcome, sinks) = run(&config, &root, Some("eval"));
     assert!(
-        matches!(outcome, PipelineOutcome::Interrupted(Phase::Eval)),
+        matches!(outcome, PipelineOutcome::Interrupted(PipelinePhase::Eval)),
         "{outcome:?}"
     );
     assert_eq!(iteration_steps(&sinks, "baseline"), [64]);
@@ -547,7 +554,7 @@ fn random_search_trains_candidates_from_scratch_within_the_search_budget() {
     let straight = base.path().join("straight");
     let (outcome, _) = run_search(&config, &straight, None);
     assert!(
-        matches!(outcome, PipelineOutcome::PhaseDone(Phase::Search)),
+        matches!(outcome, PipelineOutcome::PhaseDone(PipelinePhase::Search)),
         "{outcome:?}"
     );
     let expected = candidates(&straight);
@@ -582,14 +589,14 @@ fn random_search_trains_candidates_from_scratch_within_the_search_budget() {
     let root = base.path().join("stopped");
     let (outcome, sinks) = run_search(&config, &root, Some("search"));
     assert!(
-        matches!(outcome, PipelineOutcome::Interrupted(Phase::Search)),
+        matches!(outcome, PipelineOutcome::Interrupted(PipelinePhase::Search)),
         "{outcome:?}"
     );
     assert_eq!(iteration_steps(&sinks, "search"), [32]);
     assert!(!root.join("search/candidate_00/phase.json").exists());
     let (outcome, _) = run_search(&config, &root, None);
     assert!(
-        matches!(outcome, PipelineOutcome::PhaseDone(Phase::Search)),
+        matches!(outcome, PipelineOutcome::PhaseDone(PipelinePhase::Search)),
         "{outcome:?}"
     );
     let resumed = candidates(&root);

@@ -312,7 +312,7 @@ fn admm_projects_onto_the_derived_genotype_and_accumulates_the_dual() {
     let params = DartsPrimeParams {
         regularizer: PrimeRegularizer::Admm,
         admm_every: 2,
-        optimizer: rl_darts::search::AdamConfig {
+        optimizer: rl_darts::search::ArchAdamConfig {
             lr: 0.05,
             ..Default::default()
         },

@@ -13,7 +13,7 @@ use rl_darts::nas::CellWeights;
 use rl_darts::nas::{AlphaInit, ArchParams, DartsSearchConfig, DartsSearchNet, OpKind, Supernet};
 use rl_darts::search::snas::{expected_cost, sampled_cost, score_function_cost_gradient};
 use rl_darts::search::{
-    alphas, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy, Sgd,
+    alphas, ArchAdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy, Sgd,
     SgdConfig, Snas, SnasParams, VirtualStep, WeightStepReport,
 };
 use rl_darts::train::supervised::cross_entropy;
@@ -302,7 +302,7 @@ fn toy_search(eta: f64, steps: usize) -> (ArchParams, Snas, f64) {
     let (vs, net, arch) = setup(2);
     let params = SnasParams {
         eta,
-        optimizer: AdamConfig {
+        optimizer: ArchAdamConfig {
             lr: 0.1, // visible alpha movement in a few dozen steps
             ..Default::default()
         },

@@ -18,7 +18,7 @@ use rl_darts::nas::{
     LinearLatencyModel, Supernet,
 };
 use rl_darts::search::{
-    softmax_weights, AdamConfig, LatencySource, SearchStrategy, Sgd, SgdConfig, StrategyConfig,
+    softmax_weights, ArchAdamConfig, LatencySource, SearchStrategy, Sgd, SgdConfig, StrategyConfig,
     UnasLatencyParams, UnasParams,
 };
 use rl_darts::train::supervised::VisionObjective;
@@ -210,7 +210,7 @@ fn run_unas(latency: UnasLatencyParams, steps: usize) -> (f64, f64, Box<dyn Sear
     let table = conv_table(net.space().num_edges(), net.space().num_ops());
     let config = StrategyConfig::Unas(UnasParams {
         latency,
-        optimizer: AdamConfig {
+        optimizer: ArchAdamConfig {
             lr: 0.05,
             ..UnasParams::default().optimizer
         },

@@ -6,7 +6,7 @@
 
 use rl_darts::nas::{AlphaInit, ArchParams, CellSpace, CellWeights, OpSet};
 use rl_darts::search::{
-    AdamConfig, Objective, Phase, SearchError, SearchStrategy, Unas, UnasCell, UnasEstimator,
+    ArchAdamConfig, Objective, Phase, SearchError, SearchStrategy, Unas, UnasCell, UnasEstimator,
     UnasParams, UnasWeightsSample, VirtualStep,
 };
 use tch::{Device, Kind, Tensor};
@@ -177,7 +177,7 @@ fn the_factorised_objective_carries_the_duplicate_edge_penalty() {
         UnasParams {
             cell: UnasCell::Factorised,
             same_alpha_minibatch: true,
-            optimizer: AdamConfig {
+            optimizer: ArchAdamConfig {
                 lr: 0.1,
                 ..UnasParams::default().optimizer
             },

@@ -182,7 +182,7 @@ fn digits_unas_search_runs_per_example() {
     c.search.epochs = 1;
     c.search.batch_size = 64;
     c.search.strategy = StrategyConfig::Unas(UnasParams {
-        optimizer: rl_darts::search::AdamConfig {
+        optimizer: rl_darts::search::ArchAdamConfig {
             lr: 3e-2,
             ..UnasParams::default().optimizer
         },

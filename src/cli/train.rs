@@ -12,7 +12,7 @@ use rl_darts::train::launch::{
     quick_preset, resolve_resume, ResolvedTrain, ResumeRequest, TrainRequest, QUICK_PRESET,
 };
 use rl_darts::train::pipeline::{
-    self, Phase, PipelineOutcome, PipelineReporter, PipelineRun, PipelineRunConfig,
+    self, PipelineOutcome, PipelinePhase, PipelineReporter, PipelineRun, PipelineRunConfig,
 };
 use rl_darts::train::progress::{self, Progress};
 use rl_darts::train::rl::{evaluate, train, EvalOptions, TrainConfig, TrainRun};
@@ -74,7 +74,7 @@ pub struct TrainArgs {
     quick: bool,
     /// Pipeline: run only this phase (search | retrain | eval); the earlier ones must be complete.
     #[arg(long)]
-    phase: Option<Phase>,
+    phase: Option<PipelinePhase>,
     /// Pipeline: do not train the IMPALA-CNN baseline (pipeline.skip_baseline).
     #[arg(long, conflicts_with = "baseline_from")]
     skip_baseline: bool,

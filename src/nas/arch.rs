@@ -10,8 +10,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::partial::{edge_normalisation_weights, scale_rows};
-use super::{CellSpace, CellWeights, DeriveRule, EdgeBetas, Genotype, NasError};
+use super::error::NasError;
+use super::genotype::{DeriveRule, Genotype};
+use super::partial::{edge_normalisation_weights, scale_rows, EdgeBetas};
+use super::space::CellSpace;
+use super::weights::CellWeights;
 
 /// Initial distribution of every alpha: `N(mean, std^2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

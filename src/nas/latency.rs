@@ -13,8 +13,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::ops::to_channels_last;
-use super::{CellWeights, NasError, Op, OpWeights, Supernet};
+use super::error::NasError;
+use super::network::Supernet;
+use super::ops::{to_channels_last, Op};
+use super::weights::{CellWeights, OpWeights};
 
 /// Milliseconds per forward of one batch, summed over all cells of each type,
 /// `[num_edges][num_ops]` (the shape of [`super::OpCostTable`]).

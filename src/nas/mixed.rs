@@ -4,8 +4,11 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::ops::{is_channels_last, to_channels_last, zeros_in_layout_of, ConvGeom, SharedInput};
-use super::{NasError, Op, OpKind, OpSet, OpSpec};
+use super::error::NasError;
+use super::ops::{
+    is_channels_last, to_channels_last, zeros_in_layout_of, ConvGeom, Op, OpKind, OpSet, OpSpec,
+    SharedInput,
+};
 
 /// All ops of one edge.
 #[derive(Debug)]

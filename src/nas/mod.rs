@@ -9,8 +9,11 @@
 //! Architecture parameters live in their own `VarStore` ([`ArchParams`]), never in the
 //! weight store.
 //!
-//! Layout: [`ops`] (registry, op sets, costs) -> [`mixed`] -> [`cell`] -> [`network`]
-//! (supernets) and [`fixed`] (networks built from a [`Genotype`], see [`genotype`]).
+//! Layout, each module importing only those before it (no import circles): [`error`],
+//! [`norm`] -> [`ops`] (registry, plans, costs, kernels) -> [`space`] (the cell topology) ->
+//! [`weights`] (op weights) -> [`partial`] -> [`mixed`] -> [`cell`] (search cells) ->
+//! [`genotype`] -> [`arch`] (architecture parameters) and [`fixed`] (the cell built from a
+//! genotype) -> [`network`] (supernets and derived networks, by family) -> [`latency`].
 
 pub mod arch;
 pub mod cell;
@@ -19,28 +22,29 @@ pub mod fixed;
 pub mod genotype;
 pub mod latency;
 pub mod mixed;
-pub mod mlp;
 pub mod network;
 pub mod norm;
 pub mod ops;
 pub mod partial;
+pub mod space;
 pub mod weights;
 
 pub use arch::{AlphaInit, ArchParams};
-pub use cell::{CellInputs, CellOutput, CellSpace, Edge, SearchCell, SearchCellConfig};
+pub use cell::{CellInputs, CellOutput, SearchCell, SearchCellConfig};
 pub use error::NasError;
-pub use fixed::{DartsEvalConfig, DartsEvalNet, FixedCell, FixedCellConfig, RlDartsFixedEncoder};
+pub use fixed::{FixedCell, FixedCellConfig};
 pub use genotype::{
     render_dot, CellType, DeriveRule, Gene, Genotype, StaticGenotype, DARTS_V1, DARTS_V2,
 };
 pub use latency::{LatencyOptions, LatencyTable, LinearLatencyModel};
 pub use mixed::MixedOp;
-pub use mlp::{MlpDartsConfig, MlpFixedEncoder, MlpSupernet};
 pub use network::{
-    count_parameters, DartsSearchConfig, DartsSearchNet, NasBench201Config, NasBench201SearchNet,
-    OpCostTable, RlDartsConfig, RlDartsSupernet, RlDartsVariant, Supernet,
+    count_parameters, DartsEvalConfig, DartsEvalNet, DartsSearchConfig, DartsSearchNet,
+    MlpDartsConfig, MlpFixedEncoder, MlpSupernet, NasBench201Config, NasBench201SearchNet,
+    OpCostTable, RlDartsConfig, RlDartsFixedEncoder, RlDartsSupernet, RlDartsVariant, Supernet,
 };
 pub use norm::NodeNorm;
 pub use ops::{Op, OpCost, OpKind, OpSet, OpSpec, StrideStyle};
 pub use partial::{EdgeBetas, PartialChannels};
+pub use space::{CellSpace, Edge};
 pub use weights::{CellWeights, OpWeights};

@@ -21,8 +21,10 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::error::NasError;
 use super::ops::{is_channels_last, SharedInput};
-use super::{CellSpace, CellWeights, NasError};
+use super::space::CellSpace;
+use super::weights::CellWeights;
 
 /// The partial-channel setting of a supernet: `K`, the inverse of the proportion of channels
 /// that go through the candidate ops. `1` is the plain DARTS mixed op (every channel through

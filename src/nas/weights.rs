@@ -7,7 +7,8 @@
 
 use tch::Tensor;
 
-use super::{CellSpace, NasError};
+use super::error::NasError;
+use super::space::CellSpace;
 
 /// Op weights of one cell type.
 ///

@@ -1,20 +1,57 @@
-//! The strategies' checkpoint files: the JSON state (sampler, schedules, counters) each
-//! strategy writes beside its alpha optimizer's safetensors, read and written in one place so
-//! that every strategy reports a missing or malformed file the same way (path and reason).
+//! The strategies' checkpoint files: the alpha optimizer's moments (safetensors) and the JSON
+//! state (sampler, schedules, counters) each strategy writes beside them, read and written in
+//! one place so that every strategy names its files the same way and reports a missing or
+//! malformed file the same way (path and reason).
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::SearchError;
+use super::{Adam, SearchError};
+
+/// The alpha optimizer's file in a strategy's checkpoint folder (every strategy with an Adam).
+const ARCH_ADAM_FILE: &str = "arch_adam.safetensors";
+
+/// Writes a strategy's checkpoint into `dir`: its alpha optimizer (if it has one) and its JSON
+/// `state` as `state_file`. [`load_strategy`] reads it back.
+pub(crate) fn save_strategy<T: Serialize>(
+    dir: &Path,
+    adam: Option<&Adam>,
+    state_file: &str,
+    state: &T,
+) -> Result<(), SearchError> {
+    if let Some(adam) = adam {
+        save_arch_adam(dir, adam)?;
+    }
+    save_json(dir, state_file, state)
+}
+
+/// Restores the alpha optimizer (if any) from what [`save_strategy`] wrote and returns the
+/// JSON state.
+pub(crate) fn load_strategy<T: DeserializeOwned>(
+    dir: &Path,
+    adam: Option<&mut Adam>,
+    state_file: &str,
+) -> Result<T, SearchError> {
+    if let Some(adam) = adam {
+        load_arch_adam(dir, adam)?;
+    }
+    load_json(dir, state_file)
+}
+
+/// Writes the alpha optimizer alone (strategies whose only state it is).
+pub(crate) fn save_arch_adam(dir: &Path, adam: &Adam) -> Result<(), SearchError> {
+    Ok(adam.save(&dir.join(ARCH_ADAM_FILE))?)
+}
+
+/// Restores what [`save_arch_adam`] wrote.
+pub(crate) fn load_arch_adam(dir: &Path, adam: &mut Adam) -> Result<(), SearchError> {
+    Ok(adam.load(&dir.join(ARCH_ADAM_FILE))?)
+}
 
 /// Writes `value` as pretty JSON to `dir/file`.
-pub(crate) fn save_json<T: Serialize>(
-    dir: &Path,
-    file: &str,
-    value: &T,
-) -> Result<(), SearchError> {
+fn save_json<T: Serialize>(dir: &Path, file: &str, value: &T) -> Result<(), SearchError> {
     let path = dir.join(file);
     let json = serde_json::to_vec_pretty(value)
         .map_err(|e| SearchError::checkpoint(&path, e.to_string()))?;
@@ -22,7 +59,7 @@ pub(crate) fn save_json<T: Serialize>(
 }
 
 /// Reads what [`save_json`] wrote to `dir/file`.
-pub(crate) fn load_json<T: DeserializeOwned>(dir: &Path, file: &str) -> Result<T, SearchError> {
+fn load_json<T: DeserializeOwned>(dir: &Path, file: &str) -> Result<T, SearchError> {
     let path = dir.join(file);
     let bytes = std::fs::read(&path).map_err(|source| SearchError::Io {
         path: path.clone(),

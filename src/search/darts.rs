@@ -9,10 +9,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::checkpoint::{load_arch_adam, save_arch_adam};
 use super::optim::ordered_variables;
 use super::perturb::{exact_mixed_hvp, fd_mixed_hvp, grad, norm, WeightGuard};
 use super::{
-    softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    softmax_weights, Adam, ArchAdamConfig, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -51,7 +53,7 @@ pub struct DartsParams {
     /// `none` excluded).
     pub derive: DeriveRule,
     /// Adam over the alphas. DARTS: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3.
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for DartsParams {
@@ -62,12 +64,10 @@ impl Default for DartsParams {
             fd_radius: 0.01,
             temperature: 1.0,
             derive: DeriveRule::Darts,
-            optimizer: AdamConfig::default(),
+            optimizer: ArchAdamConfig::default(),
         }
     }
 }
-
-const ADAM_FILE: &str = "arch_adam.safetensors";
 
 /// The DARTS strategy.
 #[derive(Debug)]
@@ -214,7 +214,7 @@ impl Darts {
 
 impl SearchStrategy for Darts {
     fn name(&self) -> &'static str {
-        "darts"
+        Self::NAME
     }
 
     /// `softmax(alpha / T)`; detached outside the arch step, since bilevel DARTS never
@@ -268,17 +268,17 @@ impl SearchStrategy for Darts {
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         vec![
             ("temperature", self.params.temperature),
-            ("arch_lr", self.adam.config.lr),
+            ("arch_lr", self.adam.lr()),
             ("arch_steps", self.adam.steps_taken() as f64),
         ]
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))
+        save_arch_adam(dir, &self.adam)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))
+        load_arch_adam(dir, &mut self.adam)
     }
 
     /// Every gradient either order computes is linear in the batch's mean loss (the virtual

@@ -54,17 +54,16 @@
 //! - The official `--dyno_split` sets `train_portion = 1 / (1 + schedfreq)`; the split is the
 //!   loop's business here (`[search] train_portion`, the presets use 10/11 as REFERENCE.md).
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::checkpoint::{load_json, save_json};
+use super::checkpoint::{load_strategy, save_strategy};
 use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
-    alphas, softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, ReportField,
+    alphas, softmax_weights, Adam, ArchAdamConfig, ArchStepStats, Objective, Phase, ReportField,
     SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellSpace, CellWeights, DeriveRule, Gene, Genotype};
@@ -111,7 +110,7 @@ pub struct DartsPrimeParams {
     pub derive: DeriveRule,
     /// Adam over the alphas. DARTS-PRIME keeps DARTS's: lr 3e-4, betas (0.5, 0.999), weight
     /// decay 1e-3.
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for DartsPrimeParams {
@@ -126,104 +125,16 @@ impl Default for DartsPrimeParams {
             rho: 0.1,
             admm_every: 10,
             derive: DeriveRule::Darts,
-            optimizer: AdamConfig::default(),
+            optimizer: ArchAdamConfig::default(),
         }
     }
 }
 
-/// Decisions further back than this many iterations are forgotten (no loop asks that late; the
-/// RL loop asks about one PPO update's few dozen weight steps).
-const DECISION_WINDOW: u64 = 4096;
-
-/// Where the threshold stops moving (see [`PrimeSchedule::observe`]).
-const THRESHOLD_BOUNDS: (f64, f64) = (1e-300, 1e300);
-
-/// The dynamic schedule as plain data (checkpointed as JSON; every float is finite or `None`,
-/// since JSON has no NaN).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PrimeSchedule {
-    /// EWMA of `FI`; `None` before the first report (the official `-1`).
-    pub ewma: Option<f64>,
-    pub threshold: f64,
-    /// The last reported `FI`.
-    pub last_fi: Option<f64>,
-    /// Highest iteration decided so far.
-    pub decided_through: u64,
-    /// Decided iterations that take an alpha step (within [`DECISION_WINDOW`]).
-    fire_at: BTreeSet<u64>,
-    /// Whether the last decision was an alpha step.
-    pub last_fired: bool,
-    /// Decisions and alpha steps since the epoch began.
-    pub epoch_decisions: u64,
-    pub epoch_fires: u64,
-}
-
-impl PrimeSchedule {
-    /// The state before iteration 0, which never takes an alpha step (no `FI` yet: the official
-    /// `FI_ewma = -1` fails `0 < ewma`, and the threshold grows once).
-    pub fn new(params: &DartsPrimeParams) -> Self {
-        Self {
-            ewma: None,
-            threshold: params.initial_threshold * params.threshold_multiplier,
-            last_fi: None,
-            decided_through: 0,
-            fire_at: BTreeSet::new(),
-            last_fired: false,
-            epoch_decisions: 0,
-            epoch_fires: 0,
-        }
-    }
-
-    /// Whether iteration `t` takes an alpha step; undecided iterations answer `true`.
-    pub fn wants(&self, t: u64) -> bool {
-        t > self.decided_through || self.fire_at.contains(&t)
-    }
-
-    /// Folds in the weight step of iteration `iteration` and decides iteration `iteration + 1`.
-    /// Returns that decision; a non-finite `fi` is an error (see
-    /// [`WeightStepReport::check_finite`]).
-    pub fn observe(
-        &mut self,
-        params: &DartsPrimeParams,
-        iteration: u64,
-        fi: f64,
-    ) -> Result<bool, SearchError> {
-        if !fi.is_finite() {
-            return Err(SearchError::Invalid(format!(
-                "darts_prime: the weight-gradient signal FI of iteration {iteration} is {fi}; the \
-                 schedule needs the finite sum_p ||grad_w L_train||^2 of each weight step"
-            )));
-        }
-        let next = iteration + 1;
-        self.last_fi = Some(fi);
-        let ewma = match self.ewma {
-            None => fi,
-            Some(e) => params.ewma * fi + (1.0 - params.ewma) * e,
-        };
-        self.ewma = Some(ewma);
-        let fire = ewma > 0.0 && ewma < self.threshold;
-        if fire {
-            self.threshold *= params.threshold_multiplier.powf(-params.sched_freq);
-        } else {
-            self.threshold *= params.threshold_multiplier;
-        }
-        // A signal stuck at 0 (never `> 0`) would grow the threshold to infinity, which JSON
-        // cannot hold; any finite signal is met long before these bounds.
-        self.threshold = self.threshold.clamp(THRESHOLD_BOUNDS.0, THRESHOLD_BOUNDS.1);
-        if fire {
-            self.fire_at.insert(next);
-        } else {
-            self.fire_at.remove(&next);
-        }
-        self.decided_through = self.decided_through.max(next);
-        let oldest = next.saturating_sub(DECISION_WINDOW);
-        self.fire_at = self.fire_at.split_off(&oldest);
-        self.last_fired = fire;
-        self.epoch_decisions += 1;
-        self.epoch_fires += u64::from(fire);
-        Ok(fire)
-    }
-}
+#[path = "darts_prime_schedule.rs"]
+mod schedule;
+pub use schedule::PrimeSchedule;
+#[cfg(test)]
+use schedule::THRESHOLD_BOUNDS;
 
 /// ADMM's discrete target and scaled dual per cell type, `[num_edges][num_ops]`, normal first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,7 +162,6 @@ struct State {
 }
 
 const STATE_FILE: &str = "darts_prime.json";
-const ADAM_FILE: &str = "arch_adam.safetensors";
 
 /// The DARTS-PRIME strategy.
 #[derive(Debug)]
@@ -512,7 +422,7 @@ fn probabilities(arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
 
 impl SearchStrategy for DartsPrime {
     fn name(&self) -> &'static str {
-        "darts_prime"
+        Self::NAME
     }
 
     /// `softmax(alpha)`, detached outside the arch step (bilevel, as DARTS).
@@ -581,7 +491,7 @@ impl SearchStrategy for DartsPrime {
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
         if self.params.dynamic_schedule {
-            report.check_finite("darts_prime", &[ReportField::Loss, ReportField::GradNormSq])?;
+            report.check_finite(Self::NAME, &[ReportField::Loss, ReportField::GradNormSq])?;
         }
         self.state.steps_in_epoch += 1;
         if self.params.dynamic_schedule {
@@ -599,7 +509,7 @@ impl SearchStrategy for DartsPrime {
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         let s = &self.state;
         let sched = &s.schedule;
-        let mut out = vec![("arch_lr", self.adam.config.lr)];
+        let mut out = vec![("arch_lr", self.adam.lr())];
         out.push(("alpha_steps", s.arch_steps as f64));
         if self.params.dynamic_schedule {
             if let Some(fi) = sched.last_fi {
@@ -633,13 +543,11 @@ impl SearchStrategy for DartsPrime {
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))?;
-        save_json(dir, STATE_FILE, &self.state)
+        save_strategy(dir, Some(&self.adam), STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))?;
-        let state: State = load_json(dir, STATE_FILE)?;
+        let state: State = load_strategy(dir, Some(&mut self.adam), STATE_FILE)?;
         if state.admm.is_some() != (self.params.regularizer == PrimeRegularizer::Admm) {
             return Err(SearchError::checkpoint(
                 &dir.join(STATE_FILE),

@@ -26,12 +26,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::checkpoint::{load_json, save_json};
+use super::checkpoint::{load_strategy, save_strategy};
+use super::op_weights::argmax_weights;
 use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::sampling;
 use super::{
-    Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    Adam, ArchAdamConfig, ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpWeights};
 
@@ -52,7 +53,7 @@ pub struct GdasParams {
     /// `genotype()`). `darts` keeps the top-2 *edges* instead.
     pub derive: DeriveRule,
     /// Adam over the alphas. GDAS: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3 (as DARTS).
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for GdasParams {
@@ -62,7 +63,7 @@ impl Default for GdasParams {
             tau_min: 0.1,
             sample_weights_phase: true,
             derive: DeriveRule::Gdas,
-            optimizer: AdamConfig::default(),
+            optimizer: ArchAdamConfig::default(),
         }
     }
 }
@@ -87,7 +88,6 @@ struct State {
 }
 
 const STATE_FILE: &str = "gdas.json";
-const ADAM_FILE: &str = "arch_adam.safetensors";
 
 /// The GDAS strategy.
 #[derive(Debug)]
@@ -165,29 +165,11 @@ impl Gdas {
         };
         Ok(CellWeights { normal, reduce })
     }
-
-    /// The argmax op per edge, one-hot, every other op skipped (deterministic evaluation of
-    /// the currently most likely sub-network).
-    fn argmax_weights(arch: &ArchParams) -> Result<CellWeights, SearchError> {
-        let one = |a: &Tensor| -> Result<OpWeights, SearchError> {
-            let idx = a.argmax(-1, false);
-            let index: Vec<i64> = Vec::<i64>::try_from(&idx.to_device(tch::Device::Cpu))?;
-            let w = a
-                .zeros_like()
-                .detach()
-                .scatter_value(-1, &idx.unsqueeze(-1), 1.0);
-            let index: Vec<usize> = index.into_iter().map(|i| i as usize).collect();
-            Ok(OpWeights::one_hot(w, &index)?)
-        };
-        let normal = one(arch.alpha_normal())?;
-        let reduce = arch.alpha_reduce().map(one).transpose()?;
-        Ok(CellWeights { normal, reduce })
-    }
 }
 
 impl SearchStrategy for Gdas {
     fn name(&self) -> &'static str {
-        "gdas"
+        Self::NAME
     }
 
     /// Weights: a hard sample without graph to alpha (bilevel: the weight loss never reaches
@@ -204,7 +186,7 @@ impl SearchStrategy for Gdas {
                 })
             }
             Phase::Weights => Ok(tch::no_grad(|| super::softmax_weights(arch, 1.0))),
-            Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
+            Phase::Eval => tch::no_grad(|| argmax_weights(arch)),
         }
     }
 
@@ -263,19 +245,17 @@ impl SearchStrategy for Gdas {
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         vec![
             ("temperature", self.state.tau),
-            ("arch_lr", self.adam.config.lr),
+            ("arch_lr", self.adam.lr()),
             ("arch_steps", self.state.arch_steps as f64),
         ]
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))?;
-        save_json(dir, STATE_FILE, &self.state)
+        save_strategy(dir, Some(&self.adam), STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))?;
-        self.state = load_json(dir, STATE_FILE)?;
+        self.state = load_strategy(dir, Some(&mut self.adam), STATE_FILE)?;
         Ok(())
     }
 

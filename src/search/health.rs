@@ -14,7 +14,7 @@
 use crate::agents::compute;
 use tch::Tensor;
 
-use super::idarts::power_iteration;
+use super::perturb::power_iteration;
 use super::{alphas, softmax_weights, Objective, SearchError};
 use crate::nas::{ArchParams, CellWeights, Gene};
 

@@ -27,12 +27,16 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::checkpoint::{load_json, save_json};
+use super::checkpoint::{load_strategy, save_strategy};
 use super::darts::HessianMode;
 use super::optim::ordered_variables;
+/// The eigenvalue estimate iDARTS's convergence check uses (it lives with the other
+/// Hessian-vector tools, where search health uses it too).
+pub use super::perturb::power_iteration;
 use super::perturb::{self, exact_hvp, exact_mixed_hvp, fd_mixed_hvp, grad, WeightGuard};
 use super::{
-    softmax_weights, Adam, AdamConfig, ArchStepStats, Objective, Phase, SearchError, SearchStrategy,
+    softmax_weights, Adam, ArchAdamConfig, ArchStepStats, Objective, Phase, SearchError,
+    SearchStrategy,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -115,36 +119,6 @@ pub fn implicit_hypergradient(
     Ok((hypergrad, solve.residual_norm))
 }
 
-/// Top eigenvalue of `H` by power iteration from `start` (`iterations` Hessian-vector
-/// products). For a Hessian with negative eigenvalues of larger magnitude this returns that
-/// (signed) eigenvalue, which is what the convergence check needs: the series diverges when
-/// any `|1 - gamma * lambda| >= 1`.
-pub fn power_iteration(
-    start: &[Tensor],
-    iterations: usize,
-    mut hvp: impl FnMut(&[Tensor]) -> Result<Vec<Tensor>, SearchError>,
-) -> Result<f64, SearchError> {
-    let n0 = perturb::norm(start);
-    if !(n0.is_finite() && n0 > 0.0) {
-        return Err(SearchError::Invalid(
-            "power iteration needs a nonzero finite start vector".into(),
-        ));
-    }
-    let mut u: Vec<Tensor> = start.iter().map(|t| t.detach() / n0).collect();
-    let mut lambda = 0.0;
-    for _ in 0..iterations.max(1) {
-        let h: Vec<Tensor> = hvp(&u)?.iter().map(Tensor::detach).collect();
-        // Rayleigh quotient with the unit vector u.
-        lambda = perturb::dot(&u, &h);
-        let n = perturb::norm(&h);
-        if !(n.is_finite() && n > 0.0) {
-            break;
-        }
-        u = h.iter().map(|t| t / n).collect();
-    }
-    Ok(lambda)
-}
-
 /// Whether the Neumann series `sum (I - gamma H)^k` converges given the top eigenvalue
 /// estimate `lambda_max` of a positive semidefinite `H`: `0 < gamma * lambda_max < 2`
 /// (`gamma * lambda_max <= 1` additionally makes every term shrink monotonically).
@@ -172,7 +146,7 @@ pub struct IDartsParams {
     pub power_iterations: usize,
     pub temperature: f64,
     pub derive: DeriveRule,
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for IDartsParams {
@@ -186,12 +160,11 @@ impl Default for IDartsParams {
             power_iterations: 0,
             temperature: 1.0,
             derive: DeriveRule::Darts,
-            optimizer: AdamConfig::default(),
+            optimizer: ArchAdamConfig::default(),
         }
     }
 }
 
-const ADAM_FILE: &str = "arch_adam.safetensors";
 const STATE_FILE: &str = "idarts.json";
 
 /// The last alpha step's diagnostics, checkpointed (as JSON, so `None` until a step set them),
@@ -323,7 +296,7 @@ impl IDarts {
 
 impl SearchStrategy for IDarts {
     fn name(&self) -> &'static str {
-        "idarts"
+        Self::NAME
     }
 
     fn op_weights(&mut self, arch: &ArchParams, phase: Phase) -> Result<CellWeights, SearchError> {
@@ -370,7 +343,7 @@ impl SearchStrategy for IDarts {
     }
 
     fn scalars(&self) -> Vec<(&'static str, f64)> {
-        let mut s = vec![("arch_lr", self.adam.config.lr)];
+        let mut s = vec![("arch_lr", self.adam.lr())];
         s.push(("arch_steps", self.adam.steps_taken() as f64));
         for (k, v) in [
             ("neumann_residual", self.state.residual_norm),
@@ -385,13 +358,11 @@ impl SearchStrategy for IDarts {
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))?;
-        save_json(dir, STATE_FILE, &self.state)
+        save_strategy(dir, Some(&self.adam), STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))?;
-        self.state = load_json(dir, STATE_FILE)?;
+        self.state = load_strategy(dir, Some(&mut self.adam), STATE_FILE)?;
         Ok(())
     }
 

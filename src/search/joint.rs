@@ -28,11 +28,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::checkpoint::{load_arch_adam, save_arch_adam};
 use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::{
-    softmax_weights, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, ReportField,
-    SearchError, SearchStrategy, WeightStepReport,
+    softmax_weights, Adam, ArchAdamConfig, ArchSample, ArchStepStats, Objective, Phase,
+    ReportField, SearchError, SearchStrategy, WeightStepReport,
 };
 use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype};
 
@@ -47,7 +48,7 @@ pub struct JointParams {
     pub derive: DeriveRule,
     /// Adam over the alphas. RL-DARTS: the PPO settings, lr 5e-4, betas (0.9, 0.999), eps 1e-5,
     /// no weight decay.
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for JointParams {
@@ -55,7 +56,7 @@ impl Default for JointParams {
         Self {
             temperature: 1.0,
             derive: DeriveRule::RlDarts,
-            optimizer: AdamConfig {
+            optimizer: ArchAdamConfig {
                 lr: 5e-4,
                 beta1: 0.9,
                 beta2: 0.999,
@@ -65,8 +66,6 @@ impl Default for JointParams {
         }
     }
 }
-
-const ADAM_FILE: &str = "arch_adam.safetensors";
 
 /// The joint first-order strategy.
 #[derive(Debug)]
@@ -117,7 +116,7 @@ impl Joint {
 
 impl SearchStrategy for Joint {
     fn name(&self) -> &'static str {
-        "joint"
+        Self::NAME
     }
 
     /// Weights and Arch: `softmax(alpha / T)` with its graph (Weights also zeroes the alpha
@@ -185,7 +184,7 @@ impl SearchStrategy for Joint {
         arch: &ArchParams,
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
-        report.check_finite("joint", &[ReportField::Loss])?;
+        report.check_finite(Self::NAME, &[ReportField::Loss])?;
         if !std::mem::take(&mut self.pending) {
             return Err(SearchError::Invalid(
                 "joint: after_weight_step without a preceding op_weights(Phase::Weights): the \
@@ -233,18 +232,18 @@ impl SearchStrategy for Joint {
     fn scalars(&self) -> Vec<(&'static str, f64)> {
         vec![
             ("temperature", self.params.temperature),
-            ("arch_lr", self.adam.config.lr),
+            ("arch_lr", self.adam.lr()),
             ("arch_steps", self.adam.steps_taken() as f64),
         ]
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))
+        save_arch_adam(dir, &self.adam)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
         self.pending = false;
-        self.adam.load(&dir.join(ADAM_FILE))
+        load_arch_adam(dir, &mut self.adam)
     }
 
     /// Single level: the alphas' gradient comes from the loop's weight-step backward, which

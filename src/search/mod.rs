@@ -73,9 +73,9 @@
 //! # Configuration
 //!
 //! One serde enum, [`StrategyConfig`], adjacently tagged (`[search.strategy] kind = "darts"`
-//! with `[search.strategy.params]`), unknown keys rejected everywhere, and one exhaustive
-//! `match` ([`StrategyConfig::build`]). Adding a strategy = a file, a variant, a match arm,
-//! a name in [`STRATEGY_NAMES`] and a preset in `configs/`.
+//! with `[search.strategy.params]`), unknown keys rejected everywhere, generated with the name
+//! list, the parser and the constructors from one table ([`registry`]). Adding a strategy = a
+//! file, a row in that table and a preset in `configs/`.
 
 pub mod checkpoint;
 pub mod darts;
@@ -85,22 +85,25 @@ pub mod gdas;
 pub mod health;
 pub mod idarts;
 pub mod joint;
+pub mod op_weights;
 pub mod optim;
 pub mod perturb;
 pub mod random;
+pub mod registry;
+pub mod resource;
 pub mod sampling;
 pub mod snas;
 pub mod unas;
+pub mod unas_estimator;
 pub mod unas_factorised;
+pub mod unas_params;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::nas::{
-    ArchParams, CellWeights, DeriveRule, Genotype, LatencyOptions, LatencyTable, NasError,
-    OpCostTable,
+    ArchParams, CellWeights, Genotype, LatencyOptions, LatencyTable, NasError, OpCostTable,
 };
 
 pub use darts::{Darts, DartsOrder, DartsParams, HessianMode};
@@ -108,44 +111,18 @@ pub use darts_prime::{DartsPrime, DartsPrimeParams, PrimeRegularizer, PrimeSched
 pub use gdas::{Gdas, GdasParams};
 pub use idarts::{IDarts, IDartsParams};
 pub use joint::{Joint, JointParams};
-pub use optim::{ordered_variables, Adam, AdamConfig, Sgd, SgdConfig};
+pub use op_weights::{
+    alpha_probabilities, alphas, argmax_weights, bilevel_softmax_weights, derive_from_softmax,
+    detached, softmax_op_weights, softmax_weights,
+};
+pub use optim::{ordered_variables, Adam, ArchAdamConfig, Sgd, SgdConfig};
 pub use random::{RandomParams, RandomSearch};
+pub use registry::{StrategyConfig, StrategyEntry, STRATEGIES, STRATEGY_NAMES};
 pub use snas::{CostMetric, Snas, SnasParams};
 pub use unas::{
     LatencySource, Unas, UnasCell, UnasEstimator, UnasLatencyParams, UnasParams, UnasWeightsSample,
 };
 pub use unas_factorised::{FactorisedAlphas, FactorisedSample};
-
-/// Detached copies of `weights` (same active lists): fixed op weights for an [`ArchSample`].
-pub fn detached(weights: &CellWeights) -> CellWeights {
-    let one = |w: &crate::nas::OpWeights| {
-        let t = w.weights().detach();
-        match (0..w.weights().size()[0] as usize)
-            .map(|e| w.active(e).map(<[usize]>::to_vec))
-            .collect::<Option<Vec<_>>>()
-        {
-            Some(active) => crate::nas::OpWeights::sparse(t, active)
-                .expect("the active lists came from weights of the same shape"),
-            None => crate::nas::OpWeights::dense(t),
-        }
-    };
-    CellWeights {
-        normal: one(&weights.normal),
-        reduce: weights.reduce.as_ref().map(one),
-    }
-}
-
-/// Every strategy name [`StrategyConfig`] accepts, for tests and `--help`.
-pub const STRATEGY_NAMES: &[&str] = &[
-    "darts",
-    "random",
-    "gdas",
-    "idarts",
-    "snas",
-    "joint",
-    "darts_prime",
-    "unas",
-];
 
 /// Errors of the search layer, one variant per boundary.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +144,19 @@ pub enum SearchError {
     /// Raised by an [`Objective`] (the loop's own failures travel through here as text).
     #[error("objective: {0}")]
     Objective(String),
+}
+
+/// The alpha optimizer's errors in the search's own variants (same messages as before the
+/// optimizer moved to the agents).
+impl From<crate::agents::OptimError> for SearchError {
+    fn from(e: crate::agents::OptimError) -> Self {
+        use crate::agents::OptimError;
+        match e {
+            OptimError::Checkpoint { path, reason } => SearchError::Checkpoint { path, reason },
+            OptimError::Tch(e) => SearchError::Tch(e),
+            OptimError::Gradients(m) => SearchError::Invalid(m),
+        }
+    }
 }
 
 impl SearchError {
@@ -530,216 +520,6 @@ pub trait SearchStrategy: Send + std::fmt::Debug {
             self.name()
         )))
     }
-}
-
-/// Which strategy a search uses, with its parameters: TOML `[search.strategy] kind = "darts"`
-/// and `[search.strategy.params]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    content = "params",
-    rename_all = "snake_case",
-    deny_unknown_fields,
-    from = "RawStrategy"
-)]
-pub enum StrategyConfig {
-    /// DARTS (Liu et al. 2019), first or second order.
-    Darts(DartsParams),
-    /// Random search over genotypes (Li & Talwalkar 2019; DARTS's baseline).
-    Random(RandomParams),
-    /// GDAS (Dong & Yang 2019): hard Gumbel one-hot, straight-through, one op per edge.
-    Gdas(GdasParams),
-    /// iDARTS (Zhang et al. 2021): implicit hypergradient, Neumann series.
-    Idarts(IDartsParams),
-    /// SNAS (Xie et al. 2019): single level, Gumbel-softmax samples, resource constraint.
-    Snas(SnasParams),
-    /// Joint first-order DARTS (RL-DARTS's default): alphas follow the training loss, single
-    /// level.
-    Joint(JointParams),
-    /// DARTS-PRIME (Maile et al. 2021): dynamic alpha-step schedule, proximity (or ADMM)
-    /// regularisation towards the derived genotype.
-    DartsPrime(DartsPrimeParams),
-    /// UNAS (Vahdat et al. 2020): REINFORCE + relaxed (REBAR) estimator of the expected
-    /// generalisation-gap objective.
-    Unas(UnasParams),
-}
-
-/// What TOML holds: like [`StrategyConfig`], but `params` may be left out (`--set
-/// search.strategy.kind=random` alone then means the defaults of that strategy; serde's
-/// adjacent tagging reads a missing content as `None` for an `Option`).
-#[derive(Deserialize)]
-#[serde(
-    tag = "kind",
-    content = "params",
-    rename_all = "snake_case",
-    deny_unknown_fields
-)]
-enum RawStrategy {
-    Darts(Option<DartsParams>),
-    Random(Option<RandomParams>),
-    Gdas(Option<GdasParams>),
-    Idarts(Option<IDartsParams>),
-    Snas(Option<SnasParams>),
-    Joint(Option<JointParams>),
-    DartsPrime(Option<DartsPrimeParams>),
-    Unas(Option<UnasParams>),
-}
-
-impl From<RawStrategy> for StrategyConfig {
-    fn from(raw: RawStrategy) -> Self {
-        match raw {
-            RawStrategy::Darts(p) => StrategyConfig::Darts(p.unwrap_or_default()),
-            RawStrategy::Random(p) => StrategyConfig::Random(p.unwrap_or_default()),
-            RawStrategy::Gdas(p) => StrategyConfig::Gdas(p.unwrap_or_default()),
-            RawStrategy::Idarts(p) => StrategyConfig::Idarts(p.unwrap_or_default()),
-            RawStrategy::Snas(p) => StrategyConfig::Snas(p.unwrap_or_default()),
-            RawStrategy::Joint(p) => StrategyConfig::Joint(p.unwrap_or_default()),
-            RawStrategy::DartsPrime(p) => StrategyConfig::DartsPrime(p.unwrap_or_default()),
-            RawStrategy::Unas(p) => StrategyConfig::Unas(p.unwrap_or_default()),
-        }
-    }
-}
-
-impl Default for StrategyConfig {
-    fn default() -> Self {
-        StrategyConfig::Darts(DartsParams::default())
-    }
-}
-
-impl StrategyConfig {
-    /// This config with UNAS scoring one architecture per minibatch
-    /// (`same_alpha_minibatch = true`), for loops whose objective has no per-example losses
-    /// (PPO, the transformer search); other strategies unchanged.
-    pub fn with_unas_per_minibatch(&self) -> StrategyConfig {
-        match self {
-            StrategyConfig::Unas(p) => StrategyConfig::Unas(unas::UnasParams {
-                same_alpha_minibatch: true,
-                ..p.clone()
-            }),
-            other => other.clone(),
-        }
-    }
-
-    /// The variant's name, as in TOML.
-    pub fn name(&self) -> &'static str {
-        match self {
-            StrategyConfig::Darts(_) => "darts",
-            StrategyConfig::Random(_) => "random",
-            StrategyConfig::Gdas(_) => "gdas",
-            StrategyConfig::Idarts(_) => "idarts",
-            StrategyConfig::Snas(_) => "snas",
-            StrategyConfig::Joint(_) => "joint",
-            StrategyConfig::DartsPrime(_) => "darts_prime",
-            StrategyConfig::Unas(_) => "unas",
-        }
-    }
-
-    /// Default parameters for `name`, or an error listing the valid names.
-    pub fn from_name(name: &str) -> Result<Self, SearchError> {
-        match name {
-            "darts" => Ok(StrategyConfig::Darts(DartsParams::default())),
-            "random" => Ok(StrategyConfig::Random(RandomParams::default())),
-            "gdas" => Ok(StrategyConfig::Gdas(GdasParams::default())),
-            "idarts" => Ok(StrategyConfig::Idarts(IDartsParams::default())),
-            "snas" => Ok(StrategyConfig::Snas(SnasParams::default())),
-            "joint" => Ok(StrategyConfig::Joint(JointParams::default())),
-            "darts_prime" => Ok(StrategyConfig::DartsPrime(DartsPrimeParams::default())),
-            "unas" => Ok(StrategyConfig::Unas(UnasParams::default())),
-            other => Err(SearchError::Invalid(format!(
-                "unknown search strategy '{other}'; valid: {}",
-                STRATEGY_NAMES.join(", ")
-            ))),
-        }
-    }
-
-    /// Builds the strategy over `arch`'s alphas (its optimizer adopts the arch store only).
-    /// `seed` seeds the strategy's own sampler.
-    pub fn build(
-        &self,
-        arch: &ArchParams,
-        seed: u64,
-    ) -> Result<Box<dyn SearchStrategy>, SearchError> {
-        // Strategies whose alpha gradient is not one autograd gradient of a loss (SNAS's
-        // resource score function, UNAS's estimators, random search's written alphas) list
-        // gradients per op-weight matrix; PC-DARTS's betas have no place in those lists.
-        if arch.betas().is_some()
-            && matches!(
-                self,
-                StrategyConfig::Snas(_) | StrategyConfig::Unas(_) | StrategyConfig::Random(_)
-            )
-        {
-            return Err(SearchError::Invalid(format!(
-                "{}: PC-DARTS's edge normalisation (partial_channels > 1) works with darts, \
-                 idarts, gdas, joint and darts_prime; {} has no gradient for its betas",
-                self.name(),
-                self.name()
-            )));
-        }
-        Ok(match self {
-            StrategyConfig::Darts(p) => Box::new(Darts::new(arch, p.clone())?),
-            StrategyConfig::Random(p) => Box::new(RandomSearch::new(arch, p.clone(), seed)?),
-            StrategyConfig::Gdas(p) => Box::new(Gdas::new(arch, p.clone(), seed)?),
-            StrategyConfig::Idarts(p) => Box::new(IDarts::new(arch, p.clone())?),
-            StrategyConfig::Snas(p) => Box::new(Snas::new(arch, p.clone(), seed)?),
-            StrategyConfig::Joint(p) => Box::new(Joint::new(arch, p.clone())?),
-            StrategyConfig::DartsPrime(p) => Box::new(DartsPrime::new(arch, p.clone())?),
-            StrategyConfig::Unas(p) => Box::new(Unas::new(arch, p.clone(), seed)?),
-        })
-    }
-}
-
-/// `softmax(alpha / temperature)` per edge in alpha's own precision (the f64 gradient checks
-/// need it; [`ArchParams::softmax_weights`] computes in f32).
-pub fn softmax_weights(arch: &ArchParams, temperature: f64) -> CellWeights {
-    let relax = |a: &Tensor| (a / temperature).softmax(-1, a.kind());
-    CellWeights::dense(relax(arch.alpha_normal()), arch.alpha_reduce().map(relax))
-}
-
-/// Bilevel relaxation's op weights: `softmax(alpha / temperature)` with its graph to alpha only
-/// in the arch step. Bilevel methods never backpropagate the weight loss into alpha (the
-/// official DARTS code computes those gradients and throws them away with `zero_grad`).
-pub fn bilevel_softmax_weights(arch: &ArchParams, temperature: f64, phase: Phase) -> CellWeights {
-    match phase {
-        Phase::Arch => softmax_weights(arch, temperature),
-        Phase::Weights | Phase::Eval => tch::no_grad(|| softmax_weights(arch, temperature)),
-    }
-}
-
-/// The genotype `rule` reads off `softmax(alpha)` (the DARTS derivation for every strategy whose
-/// alphas are logits of the op distribution).
-///
-/// With PC-DARTS's edge normalisation each row is scaled by its edge's `softmax(beta)` over the
-/// node's inputs ([`ArchParams::derivation_weights`]).
-pub fn derive_from_softmax(arch: &ArchParams, rule: DeriveRule) -> Result<Genotype, SearchError> {
-    let (normal, reduce) = arch.derivation_weights(|a| a.softmax(-1, a.kind()));
-    Ok(Genotype::derive(
-        arch.space(),
-        &normal,
-        reduce.as_ref(),
-        rule,
-    )?)
-}
-
-/// The alphas of `arch`, normal first (the order of every gradient list here).
-pub fn alphas(arch: &ArchParams) -> Vec<Tensor> {
-    let mut out = vec![arch.alpha_normal().shallow_clone()];
-    out.extend(arch.alpha_reduce().map(Tensor::shallow_clone));
-    out
-}
-
-/// `softmax(alpha)` rows of each cell type (normal, then reduce), `[num_edges][num_ops]`.
-pub fn softmax_op_weights(arch: &ArchParams) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
-    let mut out = vec![alpha_probabilities(arch.alpha_normal())?];
-    if let Some(reduce) = arch.alpha_reduce() {
-        out.push(alpha_probabilities(reduce)?);
-    }
-    Ok(out)
-}
-
-/// Per-edge softmax rows as f64 (for logging and derivation), `[num_edges][num_ops]`.
-pub fn alpha_probabilities(alpha: &Tensor) -> Result<Vec<Vec<f64>>, SearchError> {
-    let p = tch::no_grad(|| alpha.softmax(-1, Kind::Double));
-    Ok(Vec::<Vec<f64>>::try_from(&p.to_device(tch::Device::Cpu))?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Unit tests of `search` (the strategy config: names, unknown keys, switching kinds).
 use super::*;
 use crate::config::{check_rejects_unknown_keys, load_config, ConfigError};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]

@@ -1,14 +1,18 @@
 //! The two optimizers of a DARTS search (Liu et al., ICLR 2019, `train_search.py`), written
 //! over tensors we own: SGD with momentum for the weights, whose momentum buffers the
 //! second-order virtual step reads (`architect.py` reads `optimizer.state[v]['momentum_buffer']`,
-//! which tch's `nn::Optimizer` does not expose), and Adam with L2 weight decay for the alphas.
-//! Both checkpoint their state, so a resumed search continues exactly.
+//! which tch's `nn::Optimizer` does not expose), and Adam with L2 weight decay for the alphas
+//! (the agents' [`Adam`], configured by [`ArchAdamConfig`]). Both checkpoint their state, so a
+//! resumed search continues exactly.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
+
+pub use crate::agents::optim::Adam;
+use crate::agents::optim::AdamConfig;
 
 use super::SearchError;
 
@@ -206,12 +210,13 @@ impl Sgd {
     }
 }
 
-/// `torch.optim.Adam` hyper-parameters, with PyTorch's L2 `weight_decay` (added to the
-/// gradient, not decoupled): DARTS's architecture optimizer is `Adam(lr=3e-4,
-/// betas=(0.5, 0.999), weight_decay=1e-3)`.
+/// The alpha optimizer's settings as TOML holds them (`optimizer` in a strategy's params),
+/// with DARTS's architecture optimizer as the defaults: `Adam(lr=3e-4, betas=(0.5, 0.999),
+/// weight_decay=1e-3)`. The optimizer itself is the agents' [`Adam`] (PyTorch's update, L2
+/// weight decay added to the gradient).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdamConfig {
+pub struct ArchAdamConfig {
     /// DARTS: 3e-4.
     pub lr: f64,
     /// DARTS: 0.5 (lower than the usual 0.9, so alpha follows the current gradient closely).
@@ -223,7 +228,7 @@ pub struct AdamConfig {
     pub weight_decay: f64,
 }
 
-impl Default for AdamConfig {
+impl Default for ArchAdamConfig {
     fn default() -> Self {
         Self {
             lr: 3e-4,
@@ -235,162 +240,15 @@ impl Default for AdamConfig {
     }
 }
 
-/// Adam over a fixed set of named tensors (the architecture store's alphas).
-#[derive(Debug)]
-pub struct Adam {
-    pub config: AdamConfig,
-    names: Vec<String>,
-    params: Vec<Tensor>,
-    exp_avg: Vec<Tensor>,
-    exp_avg_sq: Vec<Tensor>,
-    step: i64,
-}
-
-impl Adam {
-    /// Over the trainable tensors of `named`, in the given order, which is the order of
-    /// [`Adam::step_with`]'s gradients and of [`Adam::parameters`]. For a VarStore pass
-    /// [`ordered_variables`] (creation order).
-    pub fn new(named: Vec<(String, Tensor)>, config: AdamConfig) -> Self {
-        let named: Vec<(String, Tensor)> = named
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        let exp_avg = named.iter().map(|(_, p)| p.zeros_like()).collect();
-        let exp_avg_sq = named.iter().map(|(_, p)| p.zeros_like()).collect();
-        let (names, params) = named.into_iter().unzip();
-        Self {
-            config,
-            names,
-            params,
-            exp_avg,
-            exp_avg_sq,
-            step: 0,
+impl From<ArchAdamConfig> for AdamConfig {
+    fn from(c: ArchAdamConfig) -> Self {
+        AdamConfig {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
         }
-    }
-
-    pub fn parameters(&self) -> Vec<Tensor> {
-        self.params.iter().map(Tensor::shallow_clone).collect()
-    }
-
-    pub fn steps_taken(&self) -> i64 {
-        self.step
-    }
-
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
-    }
-
-    /// One step on the current `.grad()`s; parameters without one are skipped.
-    pub fn step(&mut self) -> Result<(), SearchError> {
-        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
-        self.step_with(&grads)
-    }
-
-    /// One step with explicitly given gradients, in [`Adam::parameters`] order (a
-    /// hypergradient that was assembled rather than backpropagated); undefined ones are skipped.
-    /// A gradient whose shape differs from its parameter's (a caller listing its gradients in
-    /// another order than the optimizer's parameters) is an error, found before any update.
-    pub fn step_with(&mut self, grads: &[Tensor]) -> Result<(), SearchError> {
-        if grads.len() != self.params.len() {
-            return Err(SearchError::Invalid(format!(
-                "alpha optimizer: {} gradients for {} parameters",
-                grads.len(),
-                self.params.len()
-            )));
-        }
-        for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
-            if g.defined() && g.size() != p.size() {
-                return Err(SearchError::Invalid(format!(
-                    "alpha optimizer: gradient {i} is {:?} but parameter `{}` is {:?} (gradients \
-                     must follow the optimizer's parameter order)",
-                    g.size(),
-                    self.names[i],
-                    p.size()
-                )));
-            }
-        }
-        let AdamConfig {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
-        self.step += 1;
-        let bc1 = 1.0 - beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
-        tch::no_grad(|| {
-            for (((p, m), v), grad) in self
-                .params
-                .iter_mut()
-                .zip(&mut self.exp_avg)
-                .zip(&mut self.exp_avg_sq)
-                .zip(grads)
-            {
-                if !grad.defined() {
-                    continue;
-                }
-                let g = if weight_decay != 0.0 {
-                    grad + &*p * weight_decay
-                } else {
-                    grad.shallow_clone()
-                };
-                let _ = m.g_mul_scalar_(beta1).g_add_(&(&g * (1.0 - beta1)));
-                let _ = v.g_mul_scalar_(beta2).g_add_(&(&g * &g * (1.0 - beta2)));
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                let _ = p.g_sub_(&(&*m / denom * (lr / bc1)));
-            }
-        });
-        Ok(())
-    }
-
-    /// Writes the moments and the step count.
-    pub fn save(&self, path: &Path) -> Result<(), SearchError> {
-        let mut named: Vec<(String, Tensor)> = Vec::new();
-        for ((n, m), v) in self.names.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
-            named.push((format!("exp_avg.{n}"), m.shallow_clone()));
-            named.push((format!("exp_avg_sq.{n}"), v.shallow_clone()));
-        }
-        named.push(("step".into(), Tensor::from_slice(&[self.step])));
-        Tensor::write_safetensors(&named, path)
-            .map_err(|e| SearchError::checkpoint(path, e.to_string()))
-    }
-
-    /// Restores what [`Adam::save`] wrote for the same parameters.
-    pub fn load(&mut self, path: &Path) -> Result<(), SearchError> {
-        let bad = |reason: String| SearchError::checkpoint(path, reason);
-        let mut saved: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-            .map_err(|e| bad(e.to_string()))?
-            .into_iter()
-            .collect();
-        let step = saved
-            .remove("step")
-            .ok_or_else(|| bad("no `step` entry".into()))?;
-        self.step = step.f_int64_value(&[0]).map_err(|e| bad(e.to_string()))?;
-        for ((n, m), v) in self
-            .names
-            .iter()
-            .zip(&mut self.exp_avg)
-            .zip(&mut self.exp_avg_sq)
-        {
-            for (prefix, dst) in [("exp_avg", &mut *m), ("exp_avg_sq", &mut *v)] {
-                let key = format!("{prefix}.{n}");
-                let src = saved
-                    .remove(&key)
-                    .ok_or_else(|| bad(format!("missing `{key}`")))?;
-                if src.size() != dst.size() {
-                    return Err(bad(format!(
-                        "`{key}` is {:?}, expected {:?}",
-                        src.size(),
-                        dst.size()
-                    )));
-                }
-                tch::no_grad(|| dst.f_copy_(&src.to_kind(dst.kind())))?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -437,14 +295,14 @@ mod tests {
         let named = param(&[1.0, -2.0]);
         let w = named["w"].shallow_clone();
         let mut adam = Adam::new(
-            named.into_iter().collect(),
-            AdamConfig {
+            named.into_iter().collect::<Vec<_>>(),
+            ArchAdamConfig {
                 weight_decay: 0.0,
-                ..AdamConfig::default()
+                ..ArchAdamConfig::default()
             },
         );
         (&w * &w).sum(Kind::Double).backward();
-        adam.step().unwrap();
+        adam.step();
         let got = Vec::<f64>::try_from(&w).unwrap();
         assert!(
             (got[0] - (1.0 - 3e-4)).abs() < 1e-9 && (got[1] - (-2.0 + 3e-4)).abs() < 1e-9,
@@ -467,7 +325,7 @@ mod tests {
         let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
         let expected: Vec<String> = (0..12).map(|i| format!("input_{i}")).collect();
         assert_eq!(names, expected);
-        let mut adam = Adam::new(named, AdamConfig::default());
+        let mut adam = Adam::new(named, ArchAdamConfig::default());
         let grads: Vec<Tensor> = tensors.iter().map(Tensor::ones_like).collect();
         adam.step_with(&grads).unwrap();
         for (i, t) in tensors.iter().enumerate() {
@@ -493,12 +351,15 @@ mod tests {
                 weight_decay: 0.0,
             },
         );
-        let mut adam = Adam::new(named.into_iter().collect(), AdamConfig::default());
+        let mut adam = Adam::new(
+            named.into_iter().collect::<Vec<_>>(),
+            ArchAdamConfig::default(),
+        );
         let sgd_path = dir.path().join("sgd.safetensors");
         sgd.save(&sgd_path).unwrap(); // before any step: no buffers
         (&w * &w).sum(Kind::Double).backward();
         sgd.step();
-        adam.step().unwrap();
+        adam.step();
         sgd.save(&sgd_path).unwrap();
         adam.save(&dir.path().join("adam.safetensors")).unwrap();
         let mut sgd2 = Sgd::new(
@@ -515,9 +376,12 @@ mod tests {
             .as_ref()
             .unwrap()
             .equal(sgd.momentum_buffers()[0].as_ref().unwrap()));
-        let mut adam2 = Adam::new(again().into_iter().collect(), AdamConfig::default());
+        let mut adam2 = Adam::new(
+            again().into_iter().collect::<Vec<_>>(),
+            ArchAdamConfig::default(),
+        );
         adam2.load(&dir.path().join("adam.safetensors")).unwrap();
         assert_eq!(adam2.steps_taken(), 1);
-        assert!(adam2.exp_avg[0].equal(&adam.exp_avg[0]));
+        assert!(adam2.moments()[0].0.equal(&adam.moments()[0].0));
     }
 }

@@ -175,6 +175,36 @@ fn inner_product(a: &[Tensor], b: &[Tensor]) -> Tensor {
         .unwrap_or_else(|| Tensor::zeros([], (Kind::Float, tch::Device::Cpu)))
 }
 
+/// Top eigenvalue of `H` by power iteration from `start` (`iterations` Hessian-vector
+/// products). For a Hessian with negative eigenvalues of larger magnitude this returns that
+/// (signed) eigenvalue, which is what the convergence check needs: the series diverges when
+/// any `|1 - gamma * lambda| >= 1`.
+pub fn power_iteration(
+    start: &[Tensor],
+    iterations: usize,
+    mut hvp: impl FnMut(&[Tensor]) -> Result<Vec<Tensor>, SearchError>,
+) -> Result<f64, SearchError> {
+    let n0 = norm(start);
+    if !(n0.is_finite() && n0 > 0.0) {
+        return Err(SearchError::Invalid(
+            "power iteration needs a nonzero finite start vector".into(),
+        ));
+    }
+    let mut u: Vec<Tensor> = start.iter().map(|t| t.detach() / n0).collect();
+    let mut lambda = 0.0;
+    for _ in 0..iterations.max(1) {
+        let h: Vec<Tensor> = hvp(&u)?.iter().map(Tensor::detach).collect();
+        // Rayleigh quotient with the unit vector u.
+        lambda = dot(&u, &h);
+        let n = norm(&h);
+        if !(n.is_finite() && n > 0.0) {
+            break;
+        }
+        u = h.iter().map(|t| t / n).collect();
+    }
+    Ok(lambda)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

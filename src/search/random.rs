@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::checkpoint::{load_json, save_json};
+use super::checkpoint::{load_strategy, save_strategy};
 use super::{ArchSample, ArchStepStats, Objective, Phase, SearchError, SearchStrategy};
 use crate::nas::{ArchParams, CellSpace, CellWeights, Gene, Genotype, OpWeights};
 
@@ -220,7 +220,7 @@ impl RandomSearch {
 
 impl SearchStrategy for RandomSearch {
     fn name(&self) -> &'static str {
-        "random"
+        Self::NAME
     }
 
     /// Weight phase: a fresh uniform sample per call (RSWS trains the supernet on random
@@ -301,11 +301,11 @@ impl SearchStrategy for RandomSearch {
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        save_json(dir, STATE_FILE, &self.state)
+        save_strategy(dir, None, STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.state = load_json(dir, STATE_FILE)?;
+        self.state = load_strategy(dir, None, STATE_FILE)?;
         Ok(())
     }
 

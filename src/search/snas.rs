@@ -50,28 +50,23 @@ use std::path::Path;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::checkpoint::{load_json, save_json};
+use super::checkpoint::{load_strategy, save_strategy};
+use super::op_weights::argmax_weights;
 use super::optim::ordered_variables;
 use super::perturb::{grad, norm};
 use super::sampling;
 use super::{
-    alphas, Adam, AdamConfig, ArchSample, ArchStepStats, Objective, Phase, ReportField,
+    alphas, Adam, ArchAdamConfig, ArchSample, ArchStepStats, Objective, Phase, ReportField,
     SearchError, SearchStrategy, WeightStepReport,
 };
-use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpCost, OpCostTable, OpWeights};
+use crate::nas::{ArchParams, CellWeights, DeriveRule, Genotype, OpCost, OpCostTable};
 
-/// Which resource an op's cost counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CostMetric {
-    /// Mean of parameters, FLOPs and memory access cost (the official `separation = all`).
-    All,
-    Params,
-    Flops,
-    Mac,
-}
+use super::resource::CellCosts;
+pub use super::resource::{
+    expected_cost, op_cost, sampled_cost, score_function_cost_gradient, CostMetric,
+};
 
 /// `[search.strategy.params]` of `kind = "snas"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -99,7 +94,7 @@ pub struct SnasParams {
     /// `none` included, no top-2 pruning).
     pub derive: DeriveRule,
     /// Adam over the alphas. SNAS: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3.
-    pub optimizer: AdamConfig,
+    pub optimizer: ArchAdamConfig,
 }
 
 impl Default for SnasParams {
@@ -113,7 +108,7 @@ impl Default for SnasParams {
             baseline: false,
             alpha_grad_clip: 10.0,
             derive: DeriveRule::ArgmaxAll,
-            optimizer: AdamConfig::default(),
+            optimizer: ArchAdamConfig::default(),
         }
     }
 }
@@ -121,20 +116,7 @@ impl Default for SnasParams {
 impl SnasParams {
     /// The scalar cost of one op under these settings (the official per-edge resource term).
     pub fn op_cost(&self, cost: &OpCost) -> f64 {
-        let metrics: &[i64] = match self.cost_metric {
-            CostMetric::All => &[cost.params, cost.flops, cost.mac],
-            CostMetric::Params => &[cost.params],
-            CostMetric::Flops => &[cost.flops],
-            CostMetric::Mac => &[cost.mac],
-        };
-        let f = |x: i64| {
-            if self.log_cost {
-                (x.max(1) as f64).ln()
-            } else {
-                x as f64 / 1e6
-            }
-        };
-        metrics.iter().map(|&x| f(x)).sum::<f64>() / metrics.len() as f64
+        op_cost(self.cost_metric, self.log_cost, cost)
     }
 }
 
@@ -170,14 +152,6 @@ struct State {
 }
 
 const STATE_FILE: &str = "snas.json";
-const ADAM_FILE: &str = "arch_adam.safetensors";
-
-/// Per-op costs of one cell type, `[num_edges, num_ops]`, f64.
-#[derive(Debug)]
-struct Costs {
-    normal: Tensor,
-    reduce: Option<Tensor>,
-}
 
 /// The SNAS strategy.
 #[derive(Debug)]
@@ -188,7 +162,7 @@ pub struct Snas {
     /// `[num_edges, num_ops]` and whether there is a reduce cell, to check the cost table.
     shape: (usize, usize, bool),
     device: Device,
-    costs: Option<Costs>,
+    costs: Option<CellCosts>,
     pending: Option<Pending>,
 }
 
@@ -290,26 +264,7 @@ impl Snas {
         Ok((CellWeights::dense(n.relaxed, r.map(|r| r.relaxed)), pending))
     }
 
-    /// The argmax child: one-hot on `argmax alpha` per edge (`none` included), every other op
-    /// skipped.
-    fn argmax_weights(arch: &ArchParams) -> Result<CellWeights, SearchError> {
-        let one = |a: &Tensor| -> Result<OpWeights, SearchError> {
-            let idx = a.argmax(-1, false);
-            let index = Vec::<i64>::try_from(&idx.to_device(Device::Cpu))?;
-            let w = a
-                .zeros_like()
-                .detach()
-                .scatter_value(-1, &idx.unsqueeze(-1), 1.0);
-            let index: Vec<usize> = index.into_iter().map(|i| i as usize).collect();
-            Ok(OpWeights::one_hot(w, &index)?)
-        };
-        Ok(CellWeights {
-            normal: one(arch.alpha_normal())?,
-            reduce: arch.alpha_reduce().map(one).transpose()?,
-        })
-    }
-
-    fn costs_or_err(&self) -> Result<&Costs, SearchError> {
+    fn costs_or_err(&self) -> Result<&CellCosts, SearchError> {
         self.costs.as_ref().ok_or_else(|| {
             SearchError::Invalid(format!(
                 "snas: eta = {} needs per-op costs, but the search loop did not call \
@@ -322,12 +277,7 @@ impl Snas {
 
     /// `E_{H ~ softmax(alpha)}[C(H)] = sum_e sum_o p_eo c_eo` over both cell types, exact.
     pub fn expected_cost(&self, arch: &ArchParams) -> Result<f64, SearchError> {
-        let costs = self.costs_or_err()?;
-        let mut total = expected_cost(arch.alpha_normal(), &costs.normal)?;
-        if let (Some(a), Some(c)) = (arch.alpha_reduce(), costs.reduce.as_ref()) {
-            total += expected_cost(a, c)?;
-        }
-        Ok(total)
+        self.costs_or_err()?.expected(arch)
     }
 
     /// `(C(H), eta * score-function gradient per alpha)` for the children in `pending`; zeros
@@ -436,113 +386,9 @@ fn loss_gradients(arch: &ArchParams) -> Result<Vec<Tensor>, SearchError> {
         .collect()
 }
 
-/// `sum_e cost[e, index[e]]`.
-pub fn sampled_cost(cost: &Tensor, index: &[usize]) -> Result<f64, SearchError> {
-    let rows = Vec::<Vec<f64>>::try_from(&cost.to_kind(Kind::Double).to_device(Device::Cpu))?;
-    if rows.len() != index.len() {
-        return Err(SearchError::Invalid(format!(
-            "snas: {} sampled edges for a cost table of {} edges",
-            index.len(),
-            rows.len()
-        )));
-    }
-    rows.iter()
-        .zip(index)
-        .map(|(row, &o)| {
-            row.get(o).copied().ok_or_else(|| {
-                SearchError::Invalid(format!("snas: op {o} outside a row of {} ops", row.len()))
-            })
-        })
-        .sum()
-}
-
-/// `E_{H ~ softmax(alpha)}[sum_e cost[e, H_e]] = sum_e <softmax(alpha_e), cost_e>`.
-pub fn expected_cost(alpha: &Tensor, cost: &Tensor) -> Result<f64, SearchError> {
-    let p = tch::no_grad(|| alpha.softmax(-1, Kind::Double));
-    Ok((p * cost.to_kind(Kind::Double).to_device(alpha.device()))
-        .sum(Kind::Double)
-        .f_double_value(&[])?)
-}
-
-/// The score-function (REINFORCE) estimate of `grad_alpha E_{H ~ softmax(alpha)}[C(H)]` from
-/// one categorical sample `index`, with the locally decomposed reward of SNAS: edge `e`'s row
-/// is `(cost[e, H_e] - b_e) (onehot(H_e) - softmax(alpha_e))`, `b_e = <softmax(alpha_e),
-/// cost_e>` when `baseline`, else 0. `alpha` and `cost` are `[num_edges, num_ops]`; the result
-/// is f64.
-///
-/// Unbiased: `E[onehot(H_e) - p_e] = 0` makes other edges' costs (independent of `H_e`) and any
-/// baseline drop out, and `E[c_{e,H_e} (onehot(H_e) - p_e)]_o = p_eo (c_eo - <p_e, c_e>)`, the
-/// exact gradient of `<softmax(alpha_e), c_e>` with respect to `alpha_eo`.
-pub fn score_function_cost_gradient(
-    alpha: &Tensor,
-    cost: &Tensor,
-    index: &[usize],
-    baseline: bool,
-) -> Result<Tensor, SearchError> {
-    let (edges, ops) = match alpha.size()[..] {
-        [e, o] => (e, o),
-        _ => {
-            return Err(SearchError::Invalid(format!(
-                "snas: alphas must be [num_edges, num_ops], got {:?}",
-                alpha.size()
-            )))
-        }
-    };
-    if cost.size() != [edges, ops] || index.len() != edges as usize {
-        return Err(SearchError::Invalid(format!(
-            "snas: cost table {:?} and {} sampled edges do not match alphas {:?}",
-            cost.size(),
-            index.len(),
-            alpha.size()
-        )));
-    }
-    if let Some(&o) = index.iter().find(|&&o| o as i64 >= ops) {
-        return Err(SearchError::Invalid(format!(
-            "snas: sampled op {o} outside {ops} ops"
-        )));
-    }
-    let device = alpha.device();
-    tch::no_grad(|| {
-        let p = alpha.detach().softmax(-1, Kind::Double); // [E, O]
-        let cost = cost.to_kind(Kind::Double).to_device(device); // [E, O]
-        let idx: Vec<i64> = index.iter().map(|&o| o as i64).collect();
-        let idx = Tensor::from_slice(&idx).to_device(device).unsqueeze(-1); // [E, 1]
-        let one_hot = p.zeros_like().scatter_value(-1, &idx, 1.0); // [E, O]
-        let mut reward = cost.gather(-1, &idx, false); // [E, 1]
-        if baseline {
-            reward -= (&p * &cost).sum_dim_intlist(-1, true, Kind::Double);
-        }
-        Ok((one_hot - p) * reward)
-    })
-}
-
-/// `[num_edges, num_ops]` f64 matrix of `params.op_cost` over one cell type's table.
-fn cost_matrix(
-    params: &SnasParams,
-    table: &[Vec<OpCost>],
-    (edges, ops): (usize, usize),
-    what: &str,
-    device: Device,
-) -> Result<Tensor, SearchError> {
-    if table.len() != edges || table.iter().any(|row| row.len() != ops) {
-        return Err(SearchError::Invalid(format!(
-            "snas: the {what} cost table is {}x{}, the alphas are {edges}x{ops}",
-            table.len(),
-            table.first().map_or(0, Vec::len)
-        )));
-    }
-    let flat: Vec<f64> = table
-        .iter()
-        .flat_map(|row| row.iter().map(|c| params.op_cost(c)))
-        .collect();
-    Ok(Tensor::from_slice(&flat)
-        .view([edges as i64, ops as i64])
-        .to_device(device))
-}
-
 impl SearchStrategy for Snas {
     fn name(&self) -> &'static str {
-        "snas"
+        Self::NAME
     }
 
     /// Weights: zeroes the alpha gradients and returns the relaxed sample `Z` with its graph to
@@ -561,7 +407,7 @@ impl SearchStrategy for Snas {
                 Ok(weights)
             }
             Phase::Arch => Ok(self.sampled_weights(arch)?.0),
-            Phase::Eval => tch::no_grad(|| Self::argmax_weights(arch)),
+            Phase::Eval => tch::no_grad(|| argmax_weights(arch)),
         }
     }
 
@@ -671,7 +517,7 @@ impl SearchStrategy for Snas {
         arch: &ArchParams,
         report: &WeightStepReport,
     ) -> Result<Option<ArchStepStats>, SearchError> {
-        report.check_finite("snas", &[ReportField::Loss])?;
+        report.check_finite(Self::NAME, &[ReportField::Loss])?;
         let pending = self.pending.take().ok_or_else(no_sample)?;
         let g_loss = loss_gradients(arch)?;
         let stats = self.step(arch, &pending, g_loss, report.loss)?;
@@ -682,30 +528,8 @@ impl SearchStrategy for Snas {
     }
 
     fn set_op_costs(&mut self, costs: &OpCostTable) -> Result<(), SearchError> {
-        let (edges, ops, with_reduce) = self.shape;
-        let normal = cost_matrix(
-            &self.params,
-            &costs.normal,
-            (edges, ops),
-            "normal",
-            self.device,
-        )?;
-        let reduce = match (with_reduce, costs.reduce.as_ref()) {
-            (true, Some(t)) => Some(cost_matrix(
-                &self.params,
-                t,
-                (edges, ops),
-                "reduce",
-                self.device,
-            )?),
-            (false, _) => None,
-            (true, None) => {
-                return Err(SearchError::Invalid(
-                    "snas: the alphas have a reduce cell but the cost table has none".into(),
-                ))
-            }
-        };
-        self.costs = Some(Costs { normal, reduce });
+        let metric = (self.params.cost_metric, self.params.log_cost);
+        self.costs = Some(CellCosts::new(costs, metric, self.shape, self.device)?);
         Ok(())
     }
 
@@ -738,19 +562,17 @@ impl SearchStrategy for Snas {
                 self.state.penalty_sum / self.state.penalty_count as f64,
             ));
         }
-        out.push(("arch_lr", self.adam.config.lr));
+        out.push(("arch_lr", self.adam.lr()));
         out.push(("arch_steps", self.state.arch_steps as f64));
         out
     }
 
     fn save(&self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.save(&dir.join(ADAM_FILE))?;
-        save_json(dir, STATE_FILE, &self.state)
+        save_strategy(dir, Some(&self.adam), STATE_FILE, &self.state)
     }
 
     fn load(&mut self, dir: &Path) -> Result<(), SearchError> {
-        self.adam.load(&dir.join(ADAM_FILE))?;
-        self.state = load_json(dir, STATE_FILE)?;
+        self.state = load_strategy(dir, Some(&mut self.adam), STATE_FILE)?;
         self.pending = None;
         Ok(())
     }

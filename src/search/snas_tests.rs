@@ -1,7 +1,7 @@
 //! Unit tests of `snas.rs` (kept apart so the module stays one concern).
 use super::*;
 use crate::nas::{AlphaInit, DartsSearchConfig, DartsSearchNet, Supernet};
-use tch::nn;
+use tch::{nn, Kind};
 
 /// Alphas of a one-normal-cell, two-reduce-cell, two-node DARTS supernet, f64, and its
 /// per-op costs on 8x8 grey images.

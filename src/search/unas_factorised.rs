@@ -23,7 +23,8 @@ use std::path::Path;
 use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::unas::sample_cell;
+use super::unas_estimator::{estimate_gradient_from, sample_cell, UnasTerms};
+use super::unas_params::UnasEstimator;
 use super::SearchError;
 use crate::nas::{CellSpace, CellWeights, Genotype, OpWeights};
 
@@ -45,6 +46,50 @@ pub struct FactorisedSample {
     /// `w_s = z_in_s z_op_s^T`. Hard: the number of nodes whose two slots pick the same
     /// (input, op) pair, no graph; relaxed and conditional: with graph to the logits.
     pub duplicate: [Option<Tensor>; 3],
+}
+
+/// UNAS's estimate for the factorised cell: `log p(z)` summed over the cell types' samples,
+/// their hard, relaxed and conditional op weights, and `f` plus `duplicate_penalty` times the
+/// duplicate-edge term of the matching sample (hard, then relaxed, then conditional: the
+/// order in which [`estimate_gradient_from`] evaluates `f`). `params` are the selector logits.
+pub fn estimate_factorised_gradient(
+    params: &[Tensor],
+    samples: Vec<FactorisedSample>,
+    duplicate_penalty: f64,
+    estimator: UnasEstimator,
+    mut f: impl FnMut(Vec<OpWeights>) -> Result<Tensor, SearchError>,
+) -> Result<(Vec<Tensor>, UnasTerms), SearchError> {
+    let mut log_p_z = Tensor::zeros([], (Kind::Float, params[0].device()));
+    let (mut hard, mut relaxed, mut conditional) = (Vec::new(), Vec::new(), Vec::new());
+    // The duplicate-edge penalty of the hard, relaxed and conditional samples, summed over
+    // cell types.
+    let mut duplicate: [Option<Tensor>; 3] = [None, None, None];
+    for s in samples {
+        log_p_z += s.log_p;
+        hard.push(s.hard);
+        relaxed.push(s.relaxed);
+        conditional.push(s.conditional);
+        for (total, term) in duplicate.iter_mut().zip(s.duplicate) {
+            *total = match (total.take(), term) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    let mut call = 0;
+    let f = |cells: Vec<OpWeights>| -> Result<Tensor, SearchError> {
+        let value = f(cells)?;
+        let term = duplicate.get(call).and_then(Option::as_ref);
+        call += 1;
+        Ok(match term {
+            Some(t) if duplicate_penalty > 0.0 => {
+                let t = t.to_kind(value.kind()) * duplicate_penalty;
+                value + t
+            }
+            _ => value,
+        })
+    };
+    estimate_gradient_from(params, log_p_z, hard, relaxed, conditional, estimator, f)
 }
 
 /// `sum_i <inputs_i[0], inputs_i[1]> <ops[i, 0], ops[i, 1]>` for per-node input weights
@@ -211,6 +256,22 @@ impl FactorisedAlphas {
             normal: one(0),
             reduce: (self.inputs.len() > 1).then(|| one(1)),
         }
+    }
+
+    /// [`FactorisedAlphas::expected_weights`] as f64 rows per cell type (normal first),
+    /// `[num_edges][num_ops]`, for logging.
+    pub fn expected_weight_rows(&self) -> Result<Vec<Vec<Vec<f64>>>, SearchError> {
+        let w = tch::no_grad(|| self.expected_weights());
+        let rows = |w: &OpWeights| -> Result<Vec<Vec<f64>>, SearchError> {
+            Ok(Vec::<Vec<f64>>::try_from(
+                &w.weights().to_kind(Kind::Double).to_device(Device::Cpu),
+            )?)
+        };
+        let mut out = vec![rows(&w.normal)?];
+        if let Some(reduce) = &w.reduce {
+            out.push(rows(reduce)?);
+        }
+        Ok(out)
     }
 
     /// The selectors' distributions of every cell type (normal first) as labelled tables

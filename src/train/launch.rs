@@ -115,8 +115,7 @@ impl TrainRequest {
         if let Some(b) = &self.distributed {
             // Checked here for the list of valid names (the config would say the same, less
             // plainly).
-            crate::distributed::Backend::parse(b)
-                .map_err(|e| TrainError::Invalid(e.to_string()))?;
+            crate::distributed::Backend::parse(b)?;
             sets.push(format!("distributed.backend={b:?}"));
         }
         if pipeline {

@@ -12,13 +12,25 @@ pub mod supervised;
 
 use std::path::PathBuf;
 
-/// Errors of a training or evaluation run, one variant per boundary.
+/// Errors of a training or evaluation run (RL and supervised), one variant per boundary: the
+/// layers below convert with `?` and keep their own messages. The supervised loops add their
+/// data and per-epoch failures in [`supervised::SupervisedError`].
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A run that cannot work as configured; the message says what to change.
     #[error("{0}")]
     Invalid(String),
+    /// A search strategy's failure (its configuration, a step, its checkpoint).
+    #[error("search: {0}")]
+    Search(#[from] crate::search::SearchError),
+    #[error(transparent)]
+    Nas(#[from] crate::nas::NasError),
+    #[error(transparent)]
+    Precision(#[from] crate::precision::PrecisionError),
+    #[error(transparent)]
+    Distributed(#[from] crate::distributed::DistError),
     #[error(transparent)]
     Env(#[from] crate::envs::EnvError),
     #[error(transparent)]

@@ -21,8 +21,8 @@
 //! [`objective`]). Strategies that need second derivatives through the network are refused
 //! ([`objective::check_strategy`]).
 //!
-//! The loops: [`search`] (the supernet search, checkpointed every epoch and resumed exactly by
-//! [`resume`]) and [`retrain`] (a derived or standard transformer from scratch, and random
+//! The loops: [`search`] (the supernet search, configured by [`config`], checkpointed every
+//! epoch and resumed exactly by [`resume`]) and [`retrain`] (a derived or standard transformer from scratch, and random
 //! search from scratch, the baselines of the search results).
 //!
 //! Departures from the paper, all for a CPU: widths and depths are small; the dynamic
@@ -33,6 +33,7 @@
 
 pub mod bench;
 pub mod bench_time;
+pub mod config;
 pub mod genotype;
 pub mod mixed;
 pub mod net;
@@ -96,6 +97,13 @@ boxed_from!(
     ConfigFile: crate::config::ConfigError,
     Supervised: crate::train::supervised::SupervisedError
 );
+
+/// The retraining Adam's errors, reported as the search reports them.
+impl From<crate::agents::OptimError> for TransformerError {
+    fn from(e: crate::agents::OptimError) -> Self {
+        SearchError::from(e).into()
+    }
+}
 
 impl TransformerError {
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {

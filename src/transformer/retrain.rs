@@ -22,11 +22,11 @@ use super::search::{
 };
 use super::tasks::{evaluate, SeqMetrics, SeqTask};
 use super::TransformerError;
+use crate::agents::{clip_grad_norm, NormArithmetic};
 use crate::logging::MetricsSink;
 use crate::nas::{AlphaInit, ArchParams, CellSpace, Genotype};
 use crate::search::{Adam, RandomParams, RandomSearch};
 use crate::train::run_dir::RunDir;
-use crate::train::supervised::clip_grad_norm;
 
 /// The libtorch seed of candidate `c`'s initial weights: a function of the run's seed and the
 /// candidate's index only, so that a resumed random search initialises the candidates it has
@@ -270,9 +270,9 @@ pub fn train_derived(
             let loss = loss_for_strategy(&net, &batch, None)?;
             loss.backward();
             if tc.grad_clip > 0.0 {
-                clip_grad_norm(&adam.parameters(), tc.grad_clip);
+                clip_grad_norm(&adam.parameters(), tc.grad_clip, NormArithmetic::HostF64);
             }
-            adam.step()?;
+            adam.step();
             if let Some(s) = sink.as_deref_mut() {
                 s.scalar("train_arch/train_loss", loss.double_value(&[]), step as i64);
             }

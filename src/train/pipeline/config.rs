@@ -11,7 +11,7 @@ use crate::train::rl::RlDartsSearchConfig;
 use crate::train::rl::{EncoderConfig, TrainConfig};
 use crate::train::TrainError;
 
-use super::random::{candidate_timesteps, random_from_scratch};
+use super::random::{candidate_timesteps, from_scratch_random_params};
 
 /// `[pipeline]`: the budgets and choices of `rl-darts train` when it runs the whole pipeline
 /// (unused by a single PPO run). The other sections ([ppo], [procgen], [encoder], seed) apply
@@ -154,7 +154,7 @@ pub fn validate(run: &PipelineRunConfig) -> Result<(), TrainError> {
             )));
         }
     }
-    if let Some(random) = random_from_scratch(config) {
+    if let Some(random) = from_scratch_random_params(config) {
         if random.num_candidates == 0 {
             return Err(TrainError::Invalid(
                 "search.strategy.params.num_candidates must be at least 1".into(),

@@ -11,7 +11,7 @@ use crate::train::TrainError;
 use super::comparison::{pm, Comparison, ComparisonRow, LevelResult, Levels, SearchInfo};
 use super::files::{model_record, read_json, write_bytes, write_json};
 use super::phases::{Baseline, Ctx, PhaseRecord};
-use super::random::random_from_scratch;
+use super::random::from_scratch_random_params;
 use super::{
     COMPARISON_JSON, COMPARISON_MD, EVAL_DIR, GENOTYPE_FILE, PHASE_FILE, RETRAIN_DIR, SEARCH_DIR,
 };
@@ -111,7 +111,8 @@ impl Ctx<'_> {
                 global_step: search.global_step,
                 steps_per_sec: search.steps_per_sec,
                 genotype,
-                random_candidates: random_from_scratch(self.config).map(|p| p.num_candidates),
+                random_candidates: from_scratch_random_params(self.config)
+                    .map(|p| p.num_candidates),
             }),
             search_overhead,
         };

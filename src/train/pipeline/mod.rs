@@ -75,7 +75,7 @@ const TIMING_FILE: &str = "timing.json";
 /// The phases `--phase` can name. Retraining covers the discrete cell and the baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub enum PipelinePhase {
     /// PPO with the supernet, then the derived genotype.
     Search,
     /// The discrete cell from scratch, and the IMPALA-CNN baseline.
@@ -84,28 +84,32 @@ pub enum Phase {
     Eval,
 }
 
-impl Phase {
-    pub const ALL: [Phase; 3] = [Phase::Search, Phase::Retrain, Phase::Eval];
+impl PipelinePhase {
+    pub const ALL: [PipelinePhase; 3] = [
+        PipelinePhase::Search,
+        PipelinePhase::Retrain,
+        PipelinePhase::Eval,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Phase::Search => "search",
-            Phase::Retrain => "retrain",
-            Phase::Eval => "eval",
+            PipelinePhase::Search => "search",
+            PipelinePhase::Retrain => "retrain",
+            PipelinePhase::Eval => "eval",
         }
     }
 }
 
-impl std::fmt::Display for Phase {
+impl std::fmt::Display for PipelinePhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-impl FromStr for Phase {
+impl FromStr for PipelinePhase {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Phase::ALL
+        PipelinePhase::ALL
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| format!("unknown phase '{s}'; the phases are search, retrain, eval"))
@@ -131,7 +135,7 @@ pub struct PipelineRun<'a> {
     /// The pipeline run directory; existing phases in it are continued, not redone.
     pub root: &'a Path,
     /// Only this phase (`--phase`); its predecessors must be complete. None = all remaining.
-    pub only: Option<Phase>,
+    pub only: Option<PipelinePhase>,
     pub reporter: &'a mut dyn PipelineReporter,
     /// Set (by Ctrl-C) to stop after the current PPO iteration or evaluation.
     pub stop: &'a AtomicBool,
@@ -143,9 +147,9 @@ pub enum PipelineOutcome {
     /// Every phase is complete; the comparison table.
     Complete(Box<Comparison>),
     /// `--phase` ran this phase to completion; later ones remain.
-    PhaseDone(Phase),
+    PhaseDone(PipelinePhase),
     /// Stopped (Ctrl-C) in this phase, after a checkpoint; `--resume` continues it.
-    Interrupted(Phase),
+    Interrupted(PipelinePhase),
 }
 
 /// Runs the remaining phases of the pipeline in `run.root` (or only `run.only`), then writes
@@ -173,9 +177,9 @@ fn run_phases(run: PipelineRun<'_>) -> Result<PipelineOutcome, TrainError> {
         stop: run.stop,
     };
     ctx.write_status()?;
-    let phases: Vec<Phase> = match run.only {
+    let phases: Vec<PipelinePhase> = match run.only {
         Some(phase) => {
-            if let Some(missing) = Phase::ALL
+            if let Some(missing) = PipelinePhase::ALL
                 .into_iter()
                 .take_while(|&p| p < phase)
                 .find(|&p| !ctx.complete(p))
@@ -189,7 +193,7 @@ fn run_phases(run: PipelineRun<'_>) -> Result<PipelineOutcome, TrainError> {
             }
             vec![phase]
         }
-        None => Phase::ALL.to_vec(),
+        None => PipelinePhase::ALL.to_vec(),
     };
     for phase in phases.iter().copied() {
         if ctx.complete(phase) {
@@ -197,16 +201,16 @@ fn run_phases(run: PipelineRun<'_>) -> Result<PipelineOutcome, TrainError> {
             continue;
         }
         let finished = match phase {
-            Phase::Search => ctx.search()?,
-            Phase::Retrain => ctx.retrain()?,
-            Phase::Eval => ctx.eval()?,
+            PipelinePhase::Search => ctx.search()?,
+            PipelinePhase::Retrain => ctx.retrain()?,
+            PipelinePhase::Eval => ctx.eval()?,
         };
         ctx.write_status()?;
         if !finished {
             return Ok(PipelineOutcome::Interrupted(phase));
         }
     }
-    if ctx.complete(Phase::Eval) {
+    if ctx.complete(PipelinePhase::Eval) {
         Ok(PipelineOutcome::Complete(Box::new(read_json(
             &ctx.root.join(COMPARISON_JSON),
         )?)))

@@ -14,10 +14,10 @@ use crate::train::run_dir::{RunDir, CONFIG_FILE};
 use crate::train::TrainError;
 
 use super::files::{add_timing, count_params, load_run_config, write_bytes, write_json};
-use super::random::random_from_scratch;
+use super::random::from_scratch_random_params;
 use super::PipelineConfig;
 use super::{
-    Phase, PipelineReporter, BASELINE_DIR, COMPARISON_JSON, GENOTYPE_FILE, PHASE_FILE,
+    PipelinePhase, PipelineReporter, BASELINE_DIR, COMPARISON_JSON, GENOTYPE_FILE, PHASE_FILE,
     PIPELINE_FILE, RETRAIN_DIR, SEARCH_DIR,
 };
 
@@ -96,22 +96,22 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub(super) fn complete(&self, phase: Phase) -> bool {
+    pub(super) fn complete(&self, phase: PipelinePhase) -> bool {
         match phase {
-            Phase::Search => self.dir(SEARCH_DIR).join(PHASE_FILE).is_file(),
-            Phase::Retrain => {
+            PipelinePhase::Search => self.dir(SEARCH_DIR).join(PHASE_FILE).is_file(),
+            PipelinePhase::Retrain => {
                 self.dir(RETRAIN_DIR).join(PHASE_FILE).is_file()
                     && match self.baseline() {
                         Baseline::Train(dir) => dir.join(PHASE_FILE).is_file(),
                         Baseline::Reuse(_) | Baseline::Skip => true,
                     }
             }
-            Phase::Eval => self.root.join(COMPARISON_JSON).is_file(),
+            PipelinePhase::Eval => self.root.join(COMPARISON_JSON).is_file(),
         }
     }
 
     pub(super) fn write_status(&self) -> Result<(), TrainError> {
-        let status: BTreeMap<&str, &str> = Phase::ALL
+        let status: BTreeMap<&str, &str> = PipelinePhase::ALL
             .into_iter()
             .map(|p| {
                 (
@@ -188,7 +188,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub(super) fn search(&mut self) -> Result<bool, TrainError> {
-        if let Some(random) = random_from_scratch(self.config) {
+        if let Some(random) = from_scratch_random_params(self.config) {
             return self.random_search(random.clone());
         }
         let dir = self.dir(SEARCH_DIR);

@@ -19,7 +19,7 @@ use super::{CANDIDATES_FILE, GENOTYPE_FILE, PHASE_FILE, SEARCH_DIR};
 
 /// The random-search parameters when the search phase trains candidates from scratch
 /// (`[search.strategy] kind = "random"` without weight sharing).
-pub(super) fn random_from_scratch(config: &TrainConfig) -> Option<&RandomParams> {
+pub(super) fn from_scratch_random_params(config: &TrainConfig) -> Option<&RandomParams> {
     match &config.search.strategy {
         StrategyConfig::Random(p) if !p.weight_sharing => Some(p),
         _ => None,

@@ -24,12 +24,18 @@ fn the_best_random_candidate_is_the_highest_score_and_the_earliest_on_ties() {
 
 #[test]
 fn phases_parse_and_order() {
-    assert_eq!("retrain".parse::<Phase>().unwrap(), Phase::Retrain);
+    assert_eq!(
+        "retrain".parse::<PipelinePhase>().unwrap(),
+        PipelinePhase::Retrain
+    );
     assert!("derive"
-        .parse::<Phase>()
+        .parse::<PipelinePhase>()
         .unwrap_err()
         .contains("search, retrain, eval"));
-    assert!(Phase::Search < Phase::Retrain && Phase::Retrain < Phase::Eval);
+    assert!(
+        PipelinePhase::Search < PipelinePhase::Retrain
+            && PipelinePhase::Retrain < PipelinePhase::Eval
+    );
 }
 
 #[test]

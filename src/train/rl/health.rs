@@ -7,7 +7,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::objective::{ArchPhase, PpoObjective};
-use super::search::{search_err, ArchSearch};
+use super::search::ArchSearch;
 use crate::agents::Batch;
 use crate::logging::MetricsSink;
 use crate::search::health::HealthLoss;
@@ -39,10 +39,7 @@ impl ArchSearch {
         iterations_done: u64,
         step: i64,
     ) -> Result<bool, TrainError> {
-        let relaxation = self
-            .strategy
-            .health_relaxation(&self.arch)
-            .map_err(search_err)?;
+        let relaxation = self.strategy.health_relaxation(&self.arch)?;
         if relaxation.loss == HealthLoss::Search && !has_search_batch {
             self.health_pending = true;
             return Ok(false);
@@ -61,18 +58,15 @@ impl ArchSearch {
             // and the early-stop decision is shared afterwards (`run_loop`'s `any_process`).
             data_parallel: None,
         };
-        let stopped = self
-            .health
-            .measure(
-                &self.config.health,
-                self.strategy.as_ref(),
-                &self.arch,
-                &mut objective,
-                sink,
-                iterations_done,
-                step,
-            )
-            .map_err(search_err)?;
+        let stopped = self.health.measure(
+            &self.config.health,
+            self.strategy.as_ref(),
+            &self.arch,
+            &mut objective,
+            sink,
+            iterations_done,
+            step,
+        )?;
         Ok(stopped.is_some())
     }
 
@@ -83,6 +77,6 @@ impl ArchSearch {
 
     /// Writes `early_stop.json` into `run_root` when the search stopped early.
     pub fn write_early_stop(&self, run_root: &std::path::Path) -> Result<(), TrainError> {
-        self.health.write_stop(run_root).map_err(search_err)
+        self.health.write_stop(run_root).map_err(TrainError::from)
     }
 }

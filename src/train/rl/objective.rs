@@ -6,7 +6,7 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 use tch::Tensor;
 
-use super::search::{search_err, ArchSearch, StatsSum};
+use super::search::{ArchSearch, StatsSum};
 use crate::agents::{
     normalize_advantages, normalize_advantages_global, ppo_loss, ActorCritic, Batch, DataParallel,
     PpoConfig,
@@ -167,10 +167,7 @@ impl ArchSearch {
                 data_parallel: dp,
             }
             .normalise_advantages()?;
-            let stats = self
-                .strategy
-                .arch_step(&self.arch, &mut objective)
-                .map_err(search_err)?;
+            let stats = self.strategy.arch_step(&self.arch, &mut objective)?;
             if !stats.loss.is_finite() {
                 return Err(TrainError::Invalid(format!(
                     "{}: the alpha step's search loss is {} at weight step {t}",

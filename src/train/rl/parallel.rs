@@ -17,15 +17,11 @@ pub(super) struct Process {
     pub(super) rank: usize,
 }
 
-pub(super) fn dist_err(e: crate::distributed::DistError) -> TrainError {
-    TrainError::Invalid(e.to_string())
-}
-
 impl Process {
     /// This process's place in the run `config` asks for (None: the only process); starts the
     /// engine on first use ([`crate::distributed::world`]).
     pub(super) fn of(config: &TrainConfig) -> Result<Option<Process>, TrainError> {
-        let comm = crate::distributed::world(&config.distributed).map_err(dist_err)?;
+        let comm = crate::distributed::world(&config.distributed)?;
         Ok(comm.map(|comm| Process {
             rank: comm.rank(),
             comm,
@@ -109,7 +105,7 @@ pub(super) fn join<D: Driver>(
     process
         .comm
         .broadcast_tensors(&shared_tensors(trainer, driver))
-        .map_err(dist_err)
+        .map_err(TrainError::from)
 }
 
 /// The checkpoint to resume from: the run's newest, read by rank 0 (or the only process) and,
@@ -127,7 +123,7 @@ pub(super) fn newest_checkpoint(
     };
     match process {
         Some(p) => share_checkpoint(&*p.comm, ckpt.as_deref(), &run_dir.root.join("from-rank-0"))
-            .map_err(dist_err),
+            .map_err(TrainError::from),
         None => Ok(ckpt),
     }
 }
@@ -163,10 +159,10 @@ pub(super) fn gather_rank_states(
         }
         std::fs::create_dir_all(&dir).map_err(io)?;
         write(&dir)?;
-        bytes = crate::distributed::pack_folder(&dir).map_err(dist_err)?;
+        bytes = crate::distributed::pack_folder(&dir)?;
         std::fs::remove_dir_all(&dir).map_err(io)?;
     }
-    p.comm.gather_bytes(&bytes).map_err(dist_err)
+    p.comm.gather_bytes(&bytes).map_err(TrainError::from)
 }
 
 /// Writes the gathered states of ranks 1.. into the checkpoint folder `dir` (inside
@@ -176,7 +172,7 @@ pub(super) fn write_rank_states(
     states: &[Vec<u8>],
 ) -> Result<(), TrainError> {
     for (rank, bytes) in states.iter().enumerate().skip(1) {
-        crate::distributed::unpack_folder(bytes, &dir.join(rank_folder(rank))).map_err(dist_err)?;
+        crate::distributed::unpack_folder(bytes, &dir.join(rank_folder(rank)))?;
     }
     Ok(())
 }

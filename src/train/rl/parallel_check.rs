@@ -15,14 +15,10 @@ use super::objective::PpoObjective;
 use crate::agents::{ActorCritic, Batch, DataParallel, PpoConfig};
 use crate::nas::{AlphaInit, ArchParams, RlDartsConfig, RlDartsSupernet, Supernet};
 use crate::search::{
-    AdamConfig, DartsOrder, DartsParams, DartsPrimeParams, GdasParams, HessianMode, IDartsParams,
-    StrategyConfig,
+    ArchAdamConfig, DartsOrder, DartsParams, DartsPrimeParams, GdasParams, HessianMode,
+    IDartsParams, StrategyConfig,
 };
 use crate::train::TrainError;
-
-fn invalid(e: impl std::fmt::Display) -> TrainError {
-    TrainError::Invalid(e.to_string())
-}
 
 /// Samples in each fixed batch: divisible by 1, 2, 3, 4, 6 and 8 processes.
 const BATCH: i64 = 48;
@@ -46,9 +42,9 @@ pub struct BilevelGap {
 /// (proximal regulariser, every step) and GDAS (one hard sample per step).
 fn strategies() -> Vec<(&'static str, StrategyConfig)> {
     // A large alpha step, so that a wrong gradient shows far above the tolerance.
-    let adam = AdamConfig {
+    let adam = ArchAdamConfig {
         lr: 0.05,
-        ..AdamConfig::default()
+        ..ArchAdamConfig::default()
     };
     vec![
         (
@@ -124,7 +120,7 @@ fn setup() -> Result<Setup, TrainError> {
         ..RlDartsConfig::default()
     };
     let chw = [3, 8, 8];
-    let encoder = RlDartsSupernet::new(vs.root() / "encoder", &config, &chw).map_err(invalid)?;
+    let encoder = RlDartsSupernet::new(vs.root() / "encoder", &config, &chw)?;
     let with_reduce = encoder.has_reduction_cells();
     let policy = ActorCritic::new(vs.root() / "policy", Box::new(encoder), 3);
     vs.double();
@@ -136,8 +132,7 @@ fn setup() -> Result<Setup, TrainError> {
             mean: 0.0,
             std: 0.5,
         },
-    )
-    .map_err(invalid)?;
+    )?;
     arch.var_store_mut().double();
     let f64s = (Kind::Double, Device::Cpu);
     let batch = || {
@@ -171,7 +166,7 @@ fn alphas_after(
         train.narrow(part.0 as i64 * share, share),
         search.narrow(part.0 as i64 * share, share),
     );
-    let mut strategy = strategy.build(&arch, 5).map_err(invalid)?;
+    let mut strategy = strategy.build(&arch, 5)?;
     let mut parameters: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -194,7 +189,7 @@ fn alphas_after(
             data_parallel: dp,
         }
         .normalise_advantages()?;
-        let stats = strategy.arch_step(&arch, &mut objective).map_err(invalid)?;
+        let stats = strategy.arch_step(&arch, &mut objective)?;
         if !stats.loss.is_finite() {
             return Err(TrainError::Invalid(format!(
                 "{}: non-finite alpha-step loss {}",

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::config::{EncoderConfig, TrainConfig};
-use super::run::{mean, LoopState, TrainRun, TrainSummary};
+use super::run::{mean, RlLoopState, TrainRun, TrainSummary};
 use crate::agents::{Heartbeat, IterationPhase, IterationStats};
 use crate::envs::procgen::{normalized_return, DistributionMode, Game};
 use crate::logging::{tags, HParam, MetricsSink};
@@ -52,7 +52,7 @@ impl Tally {
 pub(super) fn report(
     sink: &mut dyn MetricsSink,
     progress: &mut dyn Progress,
-    state: &LoopState,
+    state: &RlLoopState,
     tally: &Tally,
     stats: &IterationStats,
     config: &TrainConfig,
@@ -266,7 +266,7 @@ impl IterationNews {
     pub(super) fn iteration(
         &mut self,
         run: &mut TrainRun<'_>,
-        state: &LoopState,
+        state: &RlLoopState,
         tally: &Tally,
         stats: &IterationStats,
     ) {

@@ -37,7 +37,7 @@ const RETURN_WINDOW: usize = 100;
 /// Loop state beyond the trainer's, saved with each checkpoint so that logs of a resumed
 /// run equal those of an uninterrupted one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(super) struct LoopState {
+pub(super) struct RlLoopState {
     pub(super) recent_returns: VecDeque<f64>,
     pub(super) episodes_done: u64,
 }
@@ -317,7 +317,7 @@ impl Checkpoints<'_> {
         trainer: &PpoTrainer<D::Arch>,
         driver: &D,
         env: &dyn VecEnv,
-        state: &LoopState,
+        state: &RlLoopState,
     ) -> Result<Option<PathBuf>, TrainError> {
         let own = |dir: &Path| -> Result<(), TrainError> {
             trainer.save(dir)?;
@@ -360,13 +360,13 @@ impl Start<'_> {
         env: &mut dyn VecEnv,
         trainer: &mut PpoTrainer<D::Arch>,
         driver: &mut D,
-    ) -> Result<(LoopState, Option<PathBuf>), TrainError> {
+    ) -> Result<(RlLoopState, Option<PathBuf>), TrainError> {
         let started = if run.resume {
             resume(run.run_dir, self.local, self.process, trainer, driver, env)?
         } else {
             let markdown = crate::config::to_markdown(run.config)?;
             run.sink.text("config", &markdown, 0);
-            (LoopState::default(), None)
+            (RlLoopState::default(), None)
         };
         if let Some(plan) = fit_update_in_memory(trainer, driver, self.local, self.writer)? {
             if self.writer {
@@ -393,7 +393,7 @@ fn resume_hint(last_checkpoint: Option<&Path>) -> String {
 fn summarize<A>(
     run: &TrainRun<'_>,
     trainer: &PpoTrainer<A>,
-    state: &LoopState,
+    state: &RlLoopState,
     tally: &Tally,
     game: Option<&'static crate::envs::procgen::Game>,
     interrupted: bool,
@@ -438,7 +438,7 @@ fn resume<D: Driver>(
     trainer: &mut PpoTrainer<D::Arch>,
     driver: &mut D,
     env: &mut dyn VecEnv,
-) -> Result<(LoopState, Option<PathBuf>), TrainError> {
+) -> Result<(RlLoopState, Option<PathBuf>), TrainError> {
     let rank = process.map_or(0, |p| p.rank);
     let ckpt = newest_checkpoint(run_dir, process)?;
     let Some(ckpt) = ckpt else {
@@ -470,7 +470,7 @@ fn resume<D: Driver>(
         let seed = config.seed ^ trainer.iterations_done().rotate_left(17);
         trainer.reseed(seed);
         driver.join_data_parallel(Some(seed))?;
-        return Ok((LoopState::default(), None));
+        return Ok((RlLoopState::default(), None));
     }
     env.load_state(&read(&from.join(ENV_STATE_FILE))?)?;
     let loop_path = from.join(LOOP_STATE_FILE);
@@ -481,7 +481,7 @@ fn resume<D: Driver>(
     Ok((state, Some(ckpt)))
 }
 
-impl LoopState {
+impl RlLoopState {
     /// Counts the iteration's finished episodes and keeps the last [`RETURN_WINDOW`] returns.
     fn add_episodes(&mut self, stats: &IterationStats) {
         for ep in &stats.episodes {

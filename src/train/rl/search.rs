@@ -129,10 +129,6 @@ fn rl_strategy_config(config: &StrategyConfig) -> StrategyConfig {
     config.with_unas_per_minibatch()
 }
 
-pub(super) fn search_err(e: SearchError) -> TrainError {
-    TrainError::Invalid(format!("search: {e}"))
-}
-
 impl ArchSearch {
     /// Alphas for `space` (with a reduce matrix when `with_reduce`, and PC-DARTS's betas when
     /// `edge_normalisation`) and the strategy of `config`, seeded with `seed`.
@@ -203,7 +199,7 @@ impl ArchSearch {
     /// Hands the supernet's per-op costs (for the actual input shape) to the strategy; kept
     /// and handed over again after [`ArchSearch::load`], as the strategy contract asks.
     pub fn set_op_costs(&mut self, costs: OpCostTable) -> Result<(), TrainError> {
-        self.strategy.set_op_costs(&costs).map_err(search_err)?;
+        self.strategy.set_op_costs(&costs)?;
         self.costs = Some(costs);
         Ok(())
     }
@@ -221,7 +217,9 @@ impl ArchSearch {
         };
         let (table, _) = crate::nas::latency::load_or_measure(net, input_chw, device, &options)
             .map_err(|e| TrainError::Invalid(format!("latency table: {e}")))?;
-        self.strategy.set_latency_table(table).map_err(search_err)
+        self.strategy
+            .set_latency_table(table)
+            .map_err(TrainError::from)
     }
 
     /// Start of PPO iteration `iteration` (0-based) of `num_iterations`: the strategy's epoch;
@@ -246,13 +244,13 @@ impl ArchSearch {
     pub fn draw(&mut self) -> Result<ArchSample, TrainError> {
         self.strategy
             .sample_architecture(&self.arch)
-            .map_err(search_err)
+            .map_err(TrainError::from)
     }
 
     /// The op weights `sample` acts with under the current alphas, without gradients.
     pub fn acting_weights(&mut self, sample: &ArchSample) -> Result<CellWeights, TrainError> {
         tch::no_grad(|| self.strategy.sampled_op_weights(&self.arch, sample, false))
-            .map_err(search_err)
+            .map_err(TrainError::from)
     }
 
     /// What the PPO trainer runs one iteration with: `sample` acting, then learning.
@@ -267,7 +265,7 @@ impl ArchSearch {
     /// for SNAS, GDAS and UNAS, the incumbent for random search), for evaluating a supernet
     /// checkpoint.
     pub fn eval_weights(&mut self) -> Result<CellWeights, TrainError> {
-        tch::no_grad(|| self.strategy.op_weights(&self.arch, Phase::Eval)).map_err(search_err)
+        tch::no_grad(|| self.strategy.op_weights(&self.arch, Phase::Eval)).map_err(TrainError::from)
     }
 
     /// Mean loss and gradient norm of the single-level alpha steps taken inside the PPO
@@ -289,12 +287,12 @@ impl ArchSearch {
                 path: dir.join(ALPHAS_FILE),
                 reason: e.to_string(),
             })?;
-        self.strategy.save(dir).map_err(search_err)?;
+        self.strategy.save(dir)?;
         let state = SavedState {
             strategy: self.strategy.name().to_string(),
             weight_steps: self.weight_steps,
         };
-        self.health.save(dir).map_err(search_err)?;
+        self.health.save(dir)?;
         let path = dir.join(SEARCH_STATE_FILE);
         let json = serde_json::to_vec_pretty(&state).expect("search state serialises");
         std::fs::write(&path, json).map_err(|source| TrainError::Io { path, source })
@@ -323,12 +321,12 @@ impl ArchSearch {
             });
         }
         self.load_alphas(dir)?;
-        self.strategy.load(dir).map_err(search_err)?;
+        self.strategy.load(dir)?;
         if let Some(c) = &self.costs {
-            self.strategy.set_op_costs(c).map_err(search_err)?;
+            self.strategy.set_op_costs(c)?;
         }
         self.weight_steps = state.weight_steps;
-        self.health = crate::train::health::HealthMonitor::load(dir).map_err(search_err)?;
+        self.health = crate::train::health::HealthMonitor::load(dir)?;
         Ok(())
     }
 
@@ -343,7 +341,7 @@ impl ArchSearch {
 
     /// The discrete architecture the strategy currently derives.
     pub fn genotype(&self) -> Result<Genotype, TrainError> {
-        self.strategy.derive(&self.arch).map_err(search_err)
+        self.strategy.derive(&self.arch).map_err(TrainError::from)
     }
 
     /// The strategy's expected op weights per cell type (`softmax(alpha)` for most),

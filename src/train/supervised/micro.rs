@@ -34,7 +34,7 @@ pub fn plan_micro_batch(
 ) -> Result<Option<usize>, SupervisedError> {
     if let Some(m) = memory.micro_batch_size {
         if m == 0 || !batch.is_multiple_of(m) {
-            return Err(SupervisedError::Invalid(format!(
+            return Err(SupervisedError::invalid(format!(
                 "memory.micro_batch_size = {m} must divide the {what} batch of {batch}"
             )));
         }

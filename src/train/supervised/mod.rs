@@ -10,11 +10,12 @@
 //! `search` (the bilevel loop), `search_checkpoint` (its checkpoints and resume), `random`
 //! (random search from scratch), `retrain` (`train-arch` and the candidates' training).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device, Tensor};
 
+use super::TrainError;
 use crate::data::{Augment, DataError, Dataset};
 use crate::nas::{CellType, DartsEvalConfig, DartsEvalNet, Genotype, NasError};
 use crate::search::SearchError;
@@ -30,39 +31,21 @@ mod search_checkpoint;
 pub use config::{
     DataConfig, DatasetKind, SearchLoopConfig, SupervisedConfig, TrainArchConfig, WeightOptimConfig,
 };
-pub use objective::{clip_grad_norm, cross_entropy, cross_entropy_per_example, VisionObjective};
+pub use objective::{cross_entropy, cross_entropy_per_example, VisionObjective};
 pub use retrain::{train_arch, train_arch_run, TrainArchRun, TrainArchSummary, TRAIN_ARCH_SUMMARY};
 pub use search::{
     log_alphas, search, weight_step, SearchRun, SearchSummary, WeightStep, GENOTYPE_JSON,
     GENOTYPE_TXT,
 };
 
-/// Errors of a supervised search or retraining run.
+/// Errors of a supervised search or retraining run: the train layer's ([`TrainError`], which
+/// every lower layer converts into) and the two only the vision loops have.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisedError {
     #[error(transparent)]
-    Search(#[from] SearchError),
+    Run(#[from] TrainError),
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error(transparent)]
-    Nas(#[from] NasError),
-    #[error(transparent)]
-    Run(#[from] super::TrainError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Device(#[from] crate::device::DeviceError),
-    #[error("libtorch: {0}")]
-    Tch(#[from] tch::TchError),
-    #[error(transparent)]
-    Precision(#[from] crate::precision::PrecisionError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
     #[error("{what} became {value} in epoch {epoch}; the run stopped. Try a lower learning rate.")]
     NonFinite {
         epoch: usize,
@@ -71,10 +54,39 @@ pub enum SupervisedError {
     },
 }
 
+/// The layers below reach a supervised run through the train layer's variants.
+macro_rules! through_train_error {
+    ($($source:ty),*) => {$(
+        impl From<$source> for SupervisedError {
+            fn from(e: $source) -> Self {
+                SupervisedError::Run(TrainError::from(e))
+            }
+        }
+    )*};
+}
+
+through_train_error!(
+    SearchError,
+    NasError,
+    crate::config::ConfigError,
+    crate::device::DeviceError,
+    tch::TchError,
+    crate::precision::PrecisionError
+);
+
+impl SupervisedError {
+    /// A run that cannot work as configured ([`TrainError::Invalid`]).
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        SupervisedError::Run(TrainError::Invalid(message.into()))
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SupervisedError + '_ {
-    move |source| SupervisedError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        SupervisedError::Run(TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -85,7 +97,7 @@ const SGD_FILE: &str = "sgd.safetensors";
 
 fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<(), SupervisedError> {
     vs.load(path).map_err(|e| {
-        SupervisedError::Invalid(format!(
+        SupervisedError::invalid(format!(
             "{}: {e} (a checkpoint of another network?)",
             path.display()
         ))
@@ -96,13 +108,13 @@ fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<(), SupervisedErro
 fn read_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SupervisedError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| SupervisedError::Invalid(format!("{}: {e}", path.display())))
+        .map_err(|e| SupervisedError::invalid(format!("{}: {e}", path.display())))
 }
 
 /// Writes a loop's JSON state into a checkpoint.
 fn write_state<T: serde::Serialize>(path: &Path, state: &T) -> Result<(), SupervisedError> {
     let json =
-        serde_json::to_vec_pretty(state).map_err(|e| SupervisedError::Invalid(e.to_string()))?;
+        serde_json::to_vec_pretty(state).map_err(|e| SupervisedError::invalid(e.to_string()))?;
     std::fs::write(path, json).map_err(io(path))
 }
 
@@ -173,7 +185,7 @@ fn check_shapes(
 ) -> Result<(), SupervisedError> {
     let [c, _, _] = data.image_shape();
     if in_channels != c || num_classes != data.num_classes {
-        return Err(SupervisedError::Invalid(format!(
+        return Err(SupervisedError::invalid(format!(
             "{what}.in_channels = {in_channels} and {what}.num_classes = {num_classes}, but the data has {c} channels and {} \
              classes; set them to match",
             data.num_classes

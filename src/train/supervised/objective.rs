@@ -1,5 +1,6 @@
 //! What the strategies see of the vision loop: the cross-entropy loss, the [`Objective`] over
-//! a supernet and its train / search batches, and DARTS's global-norm gradient clipping.
+//! a supernet and its train / search batches (DARTS's global-norm gradient clipping is the
+//! agents' [`crate::agents::clip_grad_norm`]).
 
 use tch::{nn, Kind, Tensor};
 
@@ -111,26 +112,4 @@ pub fn cross_entropy_per_example(logits: &Tensor, labels: &Tensor) -> Tensor {
         .log_softmax(-1, logits.kind())
         .gather(1, &labels.unsqueeze(1), false)
         .squeeze_dim(1)
-}
-
-/// Global-norm gradient clipping (`clip_grad_norm_`); returns the squared norm before clipping.
-pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> f64 {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(Tensor::grad)
-            .filter(Tensor::defined)
-            .collect();
-        let sq: f64 = grads
-            .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum();
-        let coef = max_norm / (sq.sqrt() + 1e-6);
-        if coef < 1.0 {
-            for g in &grads {
-                let _ = g.shallow_clone().g_mul_scalar_(coef);
-            }
-        }
-        sq
-    })
 }

@@ -19,7 +19,7 @@ use crate::search::{RandomSearch, StrategyConfig};
 /// DARTS's random-search baseline: `num_candidates` genotypes, each trained from scratch for
 /// `epochs_per_candidate` epochs at the search network's size on the train split and scored on
 /// the search split; the best is kept.
-pub(super) fn random_from_scratch(
+pub(super) fn run_random_search_from_scratch(
     run: &mut SearchRun<'_>,
     device: Device,
     w_train: &Dataset,
@@ -27,8 +27,8 @@ pub(super) fn random_from_scratch(
 ) -> Result<Outcome, SupervisedError> {
     let config = run.config;
     let StrategyConfig::Random(params) = &config.search.strategy else {
-        return Err(SupervisedError::Invalid(
-            "random_from_scratch needs the random strategy".into(),
+        return Err(SupervisedError::invalid(
+            "run_random_search_from_scratch needs the random strategy",
         ));
     };
     let probe = ArchParams::new(
@@ -95,8 +95,8 @@ pub(super) fn random_from_scratch(
         run.sink.flush();
     }
     let interrupted = run.stop.load(Ordering::SeqCst);
-    let (acc, genotype) = best
-        .ok_or_else(|| SupervisedError::Invalid("random search evaluated no candidate".into()))?;
+    let (acc, genotype) =
+        best.ok_or_else(|| SupervisedError::invalid("random search evaluated no candidate"))?;
     run.progress
         .finish(&format!("random search: best val accuracy {acc:.4}"));
     Ok((genotype, params.num_candidates, acc, interrupted))

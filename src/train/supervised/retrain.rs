@@ -12,12 +12,13 @@ use tch::{nn, Device, Tensor};
 
 use super::config::{SupervisedConfig, TrainArchConfig};
 use super::micro::accumulate;
-use super::objective::{clip_grad_norm, correct, cross_entropy};
+use super::objective::{correct, cross_entropy};
 use super::search::GENOTYPE_JSON;
 use super::{
     batch, check_shapes, checkpoint_error, io, load_weights, read_state, setup, write_state,
     SupervisedError, SGD_FILE, WEIGHTS_FILE,
 };
+use crate::agents::{clip_grad_norm, NormArithmetic};
 use crate::data::{epoch_batches, Dataset};
 use crate::logging::MetricsSink;
 use crate::nas::{DartsEvalNet, Genotype};
@@ -390,7 +391,7 @@ fn resume_retrain(
     sgd: &mut Sgd,
 ) -> Result<RetrainState, SupervisedError> {
     let dir = run_dir.latest_checkpoint()?.ok_or_else(|| {
-        SupervisedError::Invalid(format!(
+        SupervisedError::invalid(format!(
             "{} has no complete checkpoint to resume from",
             run_dir.root.display()
         ))
@@ -447,7 +448,11 @@ fn retrain_epoch(
                 ta,
             )
         });
-        clip_grad_norm(&r.sgd.parameters(), ta.weights.grad_clip);
+        clip_grad_norm(
+            &r.sgd.parameters(),
+            ta.weights.grad_clip,
+            NormArithmetic::HostF64,
+        );
         r.sgd.step();
         if !value.is_finite() {
             return Err(SupervisedError::NonFinite {

@@ -10,10 +10,11 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use super::config::{SearchLoopConfig, SupervisedConfig};
-use super::objective::{clip_grad_norm, correct, cross_entropy, VisionObjective};
-use super::random::random_from_scratch;
-use super::search_checkpoint::{LoopState, SearchSession};
+use super::objective::{correct, cross_entropy, VisionObjective};
+use super::random::run_random_search_from_scratch;
+use super::search_checkpoint::{SearchLoopState, SearchSession};
 use super::{batch, check_shapes, io, setup, SupervisedError};
+use crate::agents::{clip_grad_norm, NormArithmetic};
 use crate::data::{epoch_batches, Dataset};
 use crate::logging::MetricsSink;
 use crate::nas::{ArchParams, CellWeights, Genotype, Supernet};
@@ -72,7 +73,7 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
         .health
         .resolved(VISION_HEALTH_EVERY)
         .validate()
-        .map_err(SupervisedError::Invalid)?;
+        .map_err(SupervisedError::invalid)?;
     let (w_train, w_search) = train_full.split_head(config.search.train_portion)?;
     let (w_train, w_search) = (w_train.to_device(device), w_search.to_device(device));
     if !run.resume {
@@ -86,7 +87,7 @@ pub fn search(mut run: SearchRun<'_>) -> Result<SearchSummary, SupervisedError> 
             let root = run.run_dir.root.clone();
             let policy = super::choose_compute(config, device, Some(&root), run.resume, None)?;
             let _compute = crate::agents::compute::enter(policy.compute());
-            random_from_scratch(&mut run, device, &w_train, &w_search)?
+            run_random_search_from_scratch(&mut run, device, &w_train, &w_search)?
         }
         _ => bilevel_search(&mut run, device, &w_train, &w_search)?,
     };
@@ -139,7 +140,8 @@ pub fn weight_step(
     let logits = net.forward_with(x, weights, true);
     let loss = cross_entropy(&logits, y);
     loss.backward();
-    let grad_norm_sq = clip_grad_norm(&sgd.parameters(), grad_clip);
+    let grad_norm_sq =
+        clip_grad_norm(&sgd.parameters(), grad_clip, NormArithmetic::HostF64).squared();
     sgd.step();
     WeightStep {
         logits,
@@ -458,7 +460,7 @@ fn measure_health(
 }
 
 /// The next search batch, cycling through a reshuffled search split.
-fn next_search_batch(state: &mut LoopState, len: usize, batch_size: usize) -> Vec<i64> {
+fn next_search_batch(state: &mut SearchLoopState, len: usize, batch_size: usize) -> Vec<i64> {
     let bs = batch_size.min(len).max(1);
     if state.search_order.len() != len || state.search_cursor + bs > len {
         state.search_order = epoch_batches(len, len, true, &mut state.rng).concat();

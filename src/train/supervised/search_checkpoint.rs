@@ -25,7 +25,7 @@ const LOOP_FILE: &str = "loop.json";
 
 /// Loop state beyond weights, alphas and optimizers, saved with each checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct LoopState {
+pub(super) struct SearchLoopState {
     pub epochs_done: usize,
     pub iteration: u64,
     pub rng: ChaCha8Rng,
@@ -43,7 +43,7 @@ pub(super) struct SearchSession {
     pub arch: ArchParams,
     pub strategy: Box<dyn SearchStrategy>,
     pub sgd: Sgd,
-    pub state: LoopState,
+    pub state: SearchLoopState,
     /// Search-health measurements so far (checkpointed: an early stop returns an earlier
     /// measurement's architecture).
     pub health: crate::train::health::HealthMonitor,
@@ -93,7 +93,7 @@ impl SearchSession {
         }
         check_search_fits(config, &vs, &net, &arch, w_train)?;
         let sgd = Sgd::new(vs.variables(), sc.weights.sgd());
-        let state = LoopState {
+        let state = SearchLoopState {
             epochs_done: 0,
             iteration: 0,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
@@ -116,7 +116,7 @@ impl SearchSession {
     /// strategy's own state and the loop state.
     pub fn resume(&mut self, run_dir: &RunDir) -> Result<(), SupervisedError> {
         let ckpt = run_dir.latest_checkpoint()?.ok_or_else(|| {
-            SupervisedError::Invalid(format!(
+            SupervisedError::invalid(format!(
                 "{} has no complete checkpoint to resume from",
                 run_dir.root.display()
             ))
@@ -168,7 +168,7 @@ fn check_search_fits(
         .micro_batch_size
         .is_some_and(|m| m < sc.batch_size)
     {
-        return Err(SupervisedError::Invalid(format!(
+        return Err(SupervisedError::invalid(format!(
             "memory.micro_batch_size = {} < search.batch_size = {}: the search cannot split its \
              batches (strategies differentiate one loss of the whole batch); lower \
              search.batch_size instead (train-arch can split)",
@@ -199,7 +199,7 @@ fn check_search_fits(
     )?;
     match micro {
         None => Ok(()),
-        Some(m) => Err(SupervisedError::Invalid(format!(
+        Some(m) => Err(SupervisedError::invalid(format!(
             "a search step on {} examples does not fit the memory budget (see the line above); \
              the search cannot split its batches, so set search.batch_size = {m} (the largest \
              that fits) or raise memory.cap_gib",

@@ -1,6 +1,7 @@
-//! Unit tests of `genotype.rs` (kept apart so the module stays one concern).
+//! Unit tests of the genotype modules (kept apart so each module stays one concern).
 use super::*;
-use crate::nas::OpSet;
+use crate::nas::{CellSpace, OpSet};
+use tch::{Device, Kind, Tensor};
 
 /// `DARTS_V2` exactly as `genotypes.py` has it.
 const DARTS_V2_TEXT: &str = "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])";

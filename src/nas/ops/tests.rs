@@ -1,5 +1,8 @@
-//! Unit tests of `ops.rs` (kept apart so the module stays one concern).
+//! Unit tests of the ops (kept apart so each module stays one concern).
 use super::*;
+use crate::nas::NasError;
+use tch::nn;
+use tch::Tensor;
 use tch::{Device, Kind};
 
 fn specs(style: StrideStyle, c_in: i64, c_out: i64) -> Vec<OpSpec> {

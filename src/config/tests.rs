@@ -1,4 +1,4 @@
-//! Unit tests of `config.rs` (kept apart so the module stays one concern).
+//! Unit tests of `config` (kept apart so the module stays one concern).
 use super::*;
 use serde::Deserialize;
 

@@ -12,13 +12,17 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
 
-use super::network::OpCostTable;
-use super::{
-    CellInputs, CellOutput, CellSpace, CellType, CellWeights, FixedCell, FixedCellConfig, Genotype,
-    NasError, NodeNorm, OpKind, OpSet, SearchCell, SearchCellConfig, Supernet,
-};
+use super::{OpCostTable, Supernet};
 use crate::agents::compute;
 use crate::agents::Encoder;
+use crate::nas::cell::{CellInputs, CellOutput, SearchCell, SearchCellConfig};
+use crate::nas::error::NasError;
+use crate::nas::fixed::{FixedCell, FixedCellConfig};
+use crate::nas::genotype::{CellType, Genotype};
+use crate::nas::norm::NodeNorm;
+use crate::nas::ops::{OpKind, OpSet};
+use crate::nas::space::CellSpace;
+use crate::nas::weights::CellWeights;
 
 /// `[encoder.params.supernet]` of the `mlp_darts` encoders: a chain of normal cells over
 /// vectors, then linear -> tanh. Defaults: CleanRL's CartPole MLP width (64) and activation

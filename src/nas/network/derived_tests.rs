@@ -1,5 +1,8 @@
-//! Unit tests of `fixed.rs` (kept apart so the module stays one concern).
+//! Unit tests of the networks built from a genotype (DARTS evaluation network, derived RL-DARTS
+//! encoder) and of drop-path.
 use super::*;
+use crate::agents::Encoder;
+use crate::nas::fixed::drop_path;
 use crate::nas::{
     count_parameters, AlphaInit, ArchParams, CellSpace, DeriveRule, NodeNorm, OpSet,
     RlDartsSupernet, DARTS_V2,

@@ -1,6 +1,7 @@
-//! Unit tests of `network.rs` (kept apart so the module stays one concern).
+//! Unit tests of the supernets (kept apart so each module stays one concern).
 use super::*;
-use crate::nas::{AlphaInit, ArchParams, OpWeights};
+use crate::agents::Encoder;
+use crate::nas::{AlphaInit, ArchParams, CellOutput, OpSet, OpWeights};
 use tch::{Device, Kind};
 
 fn no_renamed_variables(vs: &nn::VarStore) {
@@ -274,4 +275,140 @@ fn networks_run_on_cuda() {
         "run this test on a machine with CUDA"
     );
     networks_run_on(Device::Cuda(0));
+}
+
+/// The variables of `a` and `b` have the same names and are equal bit for bit.
+fn same_variables(a: &nn::VarStore, b: &nn::VarStore) {
+    let (a, b) = (a.variables(), b.variables());
+    let mut names: Vec<&String> = a.keys().collect();
+    names.sort();
+    let mut other: Vec<&String> = b.keys().collect();
+    other.sort();
+    assert_eq!(names, other);
+    for name in names {
+        assert!(a[name].equal(&b[name]), "{name} differs");
+    }
+}
+
+/// Both DARTS networks build their cells through one stack builder ([`darts::DartsCells`]);
+/// seeded, they must get exactly the initial weights of DARTS's own loop, written out here as
+/// the reference: stem, cells 0.. in order, the auxiliary head right after cell
+/// `2 * layers / 3`, classifier. With `stem_multiplier == num_nodes` cells 0 and 1 have the
+/// same shapes, so building them in swapped order changes only which random draws each gets.
+#[test]
+fn darts_networks_draw_their_weights_in_the_reference_cell_order() {
+    use crate::nas::ops::{torch_linear, Sequence};
+    use crate::nas::{
+        CellInputs, CellType, FixedCell, FixedCellConfig, NodeNorm, PartialChannels, SearchCell,
+        SearchCellConfig, StrideStyle, DARTS_V2,
+    };
+    use darts::AuxiliaryHead;
+    let (c, layers, num_classes) = (4, 6, 10);
+    // The reference loop; `make(path, c, reduction, inputs)` builds a cell and returns its
+    // output channels.
+    let reference =
+        |p: &nn::Path,
+         c_stem: i64,
+         make: &mut dyn FnMut(nn::Path, usize, i64, bool, CellInputs) -> i64| {
+            Sequence::new(p / "stem", stem_plan(3, c_stem, false, true));
+            let (mut c_prev_prev, mut c_prev, mut c_curr) = (c_stem, c_stem, c);
+            let mut reduction_prev = false;
+            for i in 0..layers {
+                let reduction = i == layers / 3 || i == 2 * layers / 3;
+                if reduction {
+                    c_curr *= 2;
+                }
+                let inputs = CellInputs::Two {
+                    c_prev_prev,
+                    c_prev,
+                    reduction_prev,
+                };
+                let c_out = make(p / "cells" / i, i, c_curr, reduction, inputs);
+                reduction_prev = reduction;
+                c_prev_prev = c_prev;
+                c_prev = c_out;
+            }
+            torch_linear(p / "classifier", c_prev, num_classes);
+        };
+
+    let search = DartsSearchConfig {
+        c,
+        layers,
+        num_nodes: 2,
+        stem_multiplier: 2,
+        ..Default::default()
+    };
+    tch::manual_seed(7);
+    let built = nn::VarStore::new(Device::Cpu);
+    DartsSearchNet::new(built.root() / "net", &search).unwrap();
+    tch::manual_seed(7);
+    let expected = nn::VarStore::new(Device::Cpu);
+    let space = CellSpace {
+        num_inputs: 2,
+        num_nodes: 2,
+        op_set: OpSet::Darts,
+    };
+    reference(
+        &(expected.root() / "net"),
+        2 * c,
+        &mut |p, _, c, reduction, inputs| {
+            let config = SearchCellConfig {
+                space,
+                c,
+                reduction,
+                inputs,
+                output: CellOutput::Concat,
+                node_norm: NodeNorm::None,
+                affine: false,
+                pool_bn: true,
+                partial: PartialChannels::default(),
+            };
+            SearchCell::new(p, config).unwrap();
+            config.out_channels()
+        },
+    );
+    same_variables(&built, &expected);
+
+    let eval = DartsEvalConfig {
+        c,
+        layers,
+        stem_multiplier: 4,
+        ..Default::default()
+    };
+    let genotype = DARTS_V2.to_genotype();
+    tch::manual_seed(8);
+    let built = nn::VarStore::new(Device::Cpu);
+    DartsEvalNet::new(built.root() / "net", &eval, &genotype).unwrap();
+    tch::manual_seed(8);
+    let expected = nn::VarStore::new(Device::Cpu);
+    let root = expected.root() / "net";
+    let mut size = eval.image_size;
+    reference(&root, 4 * c, &mut |p, i, c, reduction, inputs| {
+        if reduction {
+            size = (size + 1) / 2;
+        }
+        let cell_type = if reduction {
+            CellType::Reduce
+        } else {
+            CellType::Normal
+        };
+        let (genes, concat) = genotype.cell(cell_type);
+        let config = FixedCellConfig {
+            c,
+            reduction,
+            inputs,
+            output: CellOutput::Concat,
+            node_norm: NodeNorm::None,
+            affine: true,
+            stride_style: StrideStyle::Darts,
+        };
+        let c_out = FixedCell::new(p, genes, concat, config)
+            .unwrap()
+            .out_channels();
+        if i == 2 * layers / 3 {
+            AuxiliaryHead::new(&root / "auxiliary_head", c_out, size, num_classes).unwrap();
+        }
+        c_out
+    });
+    same_variables(&built, &expected);
 }
