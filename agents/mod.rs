@@ -22,6 +22,7 @@ pub mod optim;
 pub mod policy;
 pub mod ppo;
 pub mod rollout;
+pub mod rollout_async;
 pub mod storage;
 
 pub use arch::{FixedArch, Heartbeat, IterationArch, IterationPhase, NoHeartbeat, WeightStep};
@@ -42,6 +43,7 @@ pub use ppo::{
     PpoConfig, PpoLoss, PpoStats, UpdateDriver,
 };
 pub use rollout::{collect_rollout, IterationStats, PpoTrainer};
+pub use rollout_async::AsyncEnvs;
 pub use storage::{Batch, RolloutStorage};
 
 /// Maps preprocessed observations to a feature vector; the part of the agent that

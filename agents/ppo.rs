@@ -12,6 +12,7 @@ use super::arch::{Heartbeat, IterationArch, IterationPhase, WeightStep};
 use super::compute::LossScaler;
 use super::optim::{clip_grad_norm, Adam, NormArithmetic};
 use super::policy::{ActorCritic, Evaluation};
+use super::rollout_async::AsyncEnvs;
 use super::storage::Batch;
 use super::AgentError;
 
@@ -64,6 +65,9 @@ pub struct PpoConfig {
     pub norm_reward: bool,
     /// Normalised rewards are clipped to [-reward_clip, reward_clip]. Procgen paper / CleanRL: 10.
     pub reward_clip: f64,
+    /// Step half of the envs while the policy runs on the other half (EnvPool's async mode):
+    /// `off`, `on` or `auto` ([`AsyncEnvs`]). Does not change the run's results.
+    pub async_envs: AsyncEnvs,
 }
 
 impl Default for PpoConfig {
@@ -88,6 +92,7 @@ impl Default for PpoConfig {
             target_kl: None,
             norm_reward: true,
             reward_clip: 10.0,
+            async_envs: AsyncEnvs::default(),
         }
     }
 }
@@ -123,6 +128,7 @@ impl PpoConfig {
             target_kl: None,
             norm_reward: true,
             reward_clip: 10.0,
+            async_envs: AsyncEnvs::default(),
         }
     }
 

@@ -25,7 +25,10 @@ use crate::envs::{EnvSpec, EpisodeStats, VecEnv};
 /// environment's current state, so consecutive rollouts join up. Returns the episodes that
 /// finished during the rollout, with their raw returns. Actions are sampled with uniforms
 /// drawn from `rng` (see [`ActorCritic::act_with_uniform`]); the encoder runs architecture
-/// `arch` throughout. `progress` hears of every step and may stop the rollout.
+/// `arch` throughout. `progress` hears of every step and may stop the rollout. An env held as
+/// two halves ([`VecEnv::halves`], `ppo.async_envs`) is stepped one half at a time, each half
+/// stepping while the policy acts for the other ([`super::rollout_async`]), with the same
+/// result env by env.
 pub fn collect_rollout<A, R: Rng + ?Sized>(
     env: &mut dyn VecEnv,
     policy: &ActorCritic<A>,
@@ -53,6 +56,11 @@ pub fn collect_rollout<A, R: Rng + ?Sized>(
     // copies are DMAs that do not block the host (idempotent; a no-op for envs that cannot).
     if device.is_cuda() {
         env.pin_observations(device)?;
+    }
+    if env.halves().is_some() {
+        return super::rollout_async::collect_rollout_async(
+            env, policy, storage, normalizer, rng, arch, progress,
+        );
     }
     let view = env.observe();
     storage.set_obs(0, view.obs, view.first)?;
@@ -403,8 +411,10 @@ impl<A> PpoTrainer<A> {
                 path: path.clone(),
                 source,
             })?;
+        // Async stepping changes no result, so a run may resume with it on or off.
         let comparable = PpoConfig {
             total_timesteps: self.config.total_timesteps,
+            async_envs: self.config.async_envs,
             ..state.config.clone()
         };
         if comparable != self.config {

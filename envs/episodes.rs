@@ -59,6 +59,43 @@ impl EpisodeTracker {
     pub fn finished(&self) -> &[EpisodeStats] {
         &self.finished
     }
+
+    /// The tracker of `self`'s envs followed by `other`'s (renumbered after them): the
+    /// inverse of [`EpisodeTracker::sub`].
+    pub fn join(&self, other: &Self) -> Self {
+        let offset = self.returns.len();
+        Self {
+            returns: [self.returns.as_slice(), &other.returns].concat(),
+            lengths: [self.lengths.as_slice(), &other.lengths].concat(),
+            finished: self
+                .finished
+                .iter()
+                .copied()
+                .chain(other.finished.iter().map(|e| EpisodeStats {
+                    env: e.env + offset,
+                    ..*e
+                }))
+                .collect(),
+        }
+    }
+
+    /// The tracker of envs `range` alone, as a batch of their own (env `range.start` becomes
+    /// env 0): their running returns and lengths, and the episodes they finished last step.
+    pub fn sub(&self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            returns: self.returns[range.clone()].to_vec(),
+            lengths: self.lengths[range.clone()].to_vec(),
+            finished: self
+                .finished
+                .iter()
+                .filter(|e| range.contains(&e.env))
+                .map(|e| EpisodeStats {
+                    env: e.env - range.start,
+                    ..*e
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@ pub mod episodes;
 pub mod error;
 pub mod gym;
 pub mod procgen;
+pub mod split;
 
 pub use episodes::{EpisodeStats, EpisodeTracker};
 pub use error::EnvError;
+pub use split::SplitVecEnv;
 
 use tch::Tensor;
 
@@ -87,6 +89,17 @@ pub trait VecEnv: Send {
     fn pin_observations(&mut self, _device: tch::Device) -> Result<bool, EnvError> {
         Ok(false)
     }
+
+    /// The batch as two halves that can be stepped separately, envs `0..k` and `k..N`
+    /// ([`SplitVecEnv`]); `None` (the default) for a batch that steps as one. Whoever steps
+    /// the halves calls [`VecEnv::gather_halves`] before the batch is observed or stepped as a
+    /// whole again.
+    fn halves(&mut self) -> Option<(&mut dyn VecEnv, &mut dyn VecEnv)> {
+        None
+    }
+
+    /// After the halves were stepped on their own: brings the whole batch's view up to date.
+    fn gather_halves(&mut self) {}
 }
 
 /// The environments this build knows, for `--env` and error messages.
@@ -130,12 +143,23 @@ pub fn make_vec_env(
         let kind = gym::GymEnvKind::from_name(name)?;
         return Ok(Box::new(gym::GymVecEnv::new(kind, num_envs, seed)?));
     }
+    Ok(Box::new(procgen::ProcgenVecEnv::new(
+        name,
+        num_envs,
+        procgen_options_for_seed(procgen, seed),
+    )?))
+}
+
+/// `procgen` with its `rand_seed` defaulting to `seed`, as [`make_vec_env`] builds Procgen
+/// games.
+pub fn procgen_options_for_seed(
+    procgen: &procgen::ProcgenOptions,
+    seed: u64,
+) -> procgen::ProcgenOptions {
     let mut options = procgen.clone();
     if options.rand_seed.is_none() {
         // Procgen seeds are non-negative int32.
         options.rand_seed = Some((seed % (i32::MAX as u64)) as i32);
     }
-    Ok(Box::new(procgen::ProcgenVecEnv::new(
-        name, num_envs, options,
-    )?))
+    options
 }

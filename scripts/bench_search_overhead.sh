@@ -3,7 +3,10 @@
 # resident memory of a PPO run with the supernet encoder, for joint first-order DARTS
 # (RL-DARTS's default), GDAS (only the sampled op of each edge runs) and the partial-channel
 # supernet (PC-DARTS, K = 4, joint), next to the baseline at the same width, PPO batch and
-# micro-batch, at the quick preset's size and at paper size. One run of this script measures
+# micro-batch, at the quick preset's size and at paper size; and, at the quick size, the
+# baseline and the joint search with asynchronous env stepping (`ppo.async_envs = on`: half of
+# the envs step while the policy runs on the other half) against the same runs with it off
+# (every other row). One run of this script measures
 # everything; repetitions are interleaved (baseline, joint, gdas, pc4, baseline, ...) and each
 # figure is the best of them, so that load from other jobs on the machine cancels out as far
 # as it can.
@@ -23,7 +26,8 @@ BIN=${BIN:-target/release/rl-darts}
 QUICK_REPS=${QUICK_REPS:-3}
 PAPER_REPS=${PAPER_REPS:-2}
 SIZES=${SIZES:-"quick paper"}
-VARIANTS=${VARIANTS:-"baseline joint gdas pc4"}
+QUICK_VARIANTS=${QUICK_VARIANTS:-"baseline baseline_async joint joint_async gdas pc4"}
+PAPER_VARIANTS=${PAPER_VARIANTS:-"baseline joint gdas pc4"}
 OUT=${OUT:-bench-out/search_overhead}
 mkdir -p "$OUT"
 PY=${PY:-python3}
@@ -55,13 +59,16 @@ run_one() { # size variant rep
   local size=$1 variant=$2 rep=$3 dir=$OUT/$1_$2_rep$3
   size_args "$size"
   local steps=$((ITERS * BATCH)) enc
-  case $variant in
+  local async=off
+  case $variant in *_async) async=on ;; esac
+  case ${variant%_async} in
     baseline) enc="--encoder impala $NET_IMPALA" ;;
     joint) enc="--encoder rl_darts --strategy joint $NET_RL" ;;
     gdas) enc="--encoder rl_darts --strategy gdas $NET_RL" ;;
     pc4) enc="--encoder rl_darts --strategy joint $NET_RL --set encoder.params.supernet.partial_channels=4" ;;
     *) echo "unknown variant $variant" >&2; exit 1 ;;
   esac
+  enc="$enc --set ppo.async_envs=$async"
   rm -rf "$dir"
   echo "$(date -u +%H:%M:%S) $size $variant rep $rep: $steps steps" >&2
   # shellcheck disable=SC2086 # the flag strings are word lists on purpose
@@ -71,21 +78,24 @@ run_one() { # size variant rep
 }
 
 reps_of() { case $1 in quick) echo "$QUICK_REPS" ;; *) echo "$PAPER_REPS" ;; esac; }
+variants_of() { case $1 in quick) echo "$QUICK_VARIANTS" ;; *) echo "$PAPER_VARIANTS" ;; esac; }
 for size in $SIZES; do
   for rep in $(seq 1 "$(reps_of "$size")"); do
-    for variant in $VARIANTS; do
+    for variant in $(variants_of "$size"); do
       run_one "$size" "$variant" "$rep"
     done
   done
 done
 
 # One row per size and variant: the best repetition's steps/s, its peak, the time split.
-$PY - "$OUT" "$QUICK_REPS" "$PAPER_REPS" "$SIZES" "$VARIANTS" <<'EOF' | tee "$OUT/table.md"
+$PY - "$OUT" "$QUICK_REPS" "$PAPER_REPS" "$SIZES" "$QUICK_VARIANTS" "$PAPER_VARIANTS" <<'EOF' | tee "$OUT/table.md"
 import json, re, statistics, sys
-out, sizes, variants = sys.argv[1], sys.argv[4].split(), sys.argv[5].split()
+out, sizes = sys.argv[1], sys.argv[4].split()
+variants_of = {"quick": sys.argv[5].split(), "paper": sys.argv[6].split()}
 reps_of = {"quick": int(sys.argv[2]), "paper": int(sys.argv[3])}
 label = {"baseline": "IMPALA-CNN baseline", "joint": "joint first order (full channels)",
          "gdas": "GDAS (sampled ops only)", "pc4": "joint, partial channels K = 4"}
+label.update({f"{k}_async": f"{v}, async envs" for k, v in list(label.items())})
 def measure(size, variant, rep):
     base = f"{out}/{size}_{variant}_rep{rep}"
     log = open(base + ".log").read()
@@ -99,7 +109,9 @@ def measure(size, variant, rep):
 print("| size | encoder / search | steps/s | time per step vs baseline | peak MiB | peak vs baseline | rollout / update / search s |")
 print("|---|---|---:|---:|---:|---:|---|")
 plans = []
+async_rows = []
 for size in sizes:
+    variants = variants_of[size]
     best = {}
     for v in variants:
         runs = [measure(size, v, r) for r in range(1, reps_of[size] + 1)]
@@ -113,7 +125,20 @@ for size in sizes:
         mem = f"{m['rss'] / b['rss']:.2f}x" if b else "-"
         r, u, s = m["split"]
         print(f"| {size} | {label[v]} | {m['sps']:.1f} (reps {m['all']}) | {ratio} | {m['rss']:.0f} | {mem} | {r:.0f} / {u:.0f} / {s:.0f} |")
+        sync = v.removesuffix("_async")
+        if v.endswith("_async") and sync in best:
+            runs = [(measure(size, sync, r), measure(size, v, r)) for r in range(1, reps_of[size] + 1)]
+            gains = [round(a["sps"] / s_["sps"], 3) for s_, a in runs]
+            async_rows.append(f"| {size} | {label[sync]} | {best[sync]['sps']:.1f} | {m['sps']:.1f} | "
+                              f"{m['sps'] / best[sync]['sps']:.3f}x (per rep {gains}) | "
+                              f"{best[sync]['split'][0]:.1f} -> {m['split'][0]:.1f} |")
 print()
+if async_rows:
+    print("| size | run | steps/s sync | steps/s async | async / sync | rollout s sync -> async |")
+    print("|---|---|---:|---:|---:|---|")
+    for row in async_rows:
+        print(row)
+    print()
 print("Micro-batches (the same on every side of a size):")
 for p in plans:
     print(f"- {p}")

@@ -3,6 +3,7 @@
 //! straight into a tch tensor.
 
 pub mod options;
+pub(crate) mod split;
 pub mod sys;
 
 pub use options::{

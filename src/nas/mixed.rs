@@ -82,32 +82,7 @@ impl MixedOp {
     /// (ReLU, tanh, pools) are shared with each other and with the other edges reading the
     /// same state. Per-example weights `[N, num_ops]` weigh example `n`'s op outputs by row `n`.
     pub fn forward_shared(&self, input: &SharedInput, weights: &Tensor, train: bool) -> Tensor {
-        let per_example = weights.dim() == 2;
-        if per_example {
-            let n = input.tensor().size()[0];
-            assert_eq!(
-                weights.size()[0],
-                n,
-                "per-example op weights for {} examples, but the batch has {n}",
-                weights.size()[0]
-            );
-        }
-        // The weight of op `o`: a scalar, or a column `[N, 1, 1, 1]` per example.
-        let weight = |o: usize| match per_example {
-            true => weights.select(1, o as i64).reshape([-1, 1, 1, 1]),
-            false => weights.get(o as i64),
-        };
-        let mut acc: Option<Tensor> = None;
-        for &o in &self.evaluated {
-            let y = self.ops[o].forward_shared(input, train);
-            match acc.as_mut() {
-                None => acc = Some(first_term(&y, &weight(o), input.tensor())),
-                Some(acc) => {
-                    let _ = acc.addcmul_(&y, &weight(o));
-                }
-            }
-        }
-        acc.expect("MixedOp::new keeps at least one evaluated op")
+        self.accumulate_shared(None, input, weights, None, train).0
     }
 
     /// Like [`MixedOp::forward_t`], but with `active = Some(list)` only the listed ops are
@@ -136,28 +111,74 @@ impl MixedOp {
         active: Option<&[usize]>,
         train: bool,
     ) -> Tensor {
-        let Some(active) = active else {
-            return self.forward_shared(input, weights, train);
-        };
-        let x = input.tensor();
-        let mut is_active = vec![false; self.ops.len()];
-        let mut out: Option<Tensor> = None;
-        for &o in active {
-            if is_active[o] {
-                continue;
-            }
-            is_active[o] = true;
-            // An active `none` adds w * 0: nothing, with zero gradient, as in GDAS.
-            if self.ops[o].kind() == OpKind::None {
-                continue;
-            }
-            let term = self.ops[o].forward_shared(input, train) * weights.get(o as i64);
-            out = Some(match out {
-                None => term,
-                Some(acc) => acc + term,
-            });
+        match self.accumulate_shared(None, input, weights, active, train) {
+            (out, None) => out,
+            (out, Some(inactive)) => out + inactive,
         }
-        let out = out.unwrap_or_else(|| {
+    }
+
+    /// Adds this edge's weighted op outputs to `acc` in place (a cell node's running sum of
+    /// its edges), or starts the sum when `acc` is `None`; returns the sum and, when `active`
+    /// left ops out, the sum of their weights: GDAS's broadcast scalar, exactly 0 in value,
+    /// which [`MixedOp::forward_sampled_shared`] adds to the output. A cell adds the scalars of
+    /// all edges into a node once instead of once per edge: the node's sum, and every
+    /// gradient, is the same (`d/dc_e` of `sum_e (y_e + c_e)` is `sum(g)` for every edge),
+    /// with one pass over the node's output instead of one per edge.
+    ///
+    /// Every op term is one fused multiply-add into the accumulator (`addcmul_`), instead of
+    /// stacking the op outputs and contracting them with `w` (the stack copied every output
+    /// into one `[O', N, C, H, W]` buffer that backward kept alive next to the outputs the ops
+    /// keep anyway), and instead of a separate sum per edge and then per node. Autograd sees
+    /// `acc = y_0 w_0; acc += y_1 w_1; ...`, whose gradients are the stacked sum's:
+    /// `dL/dy_o = w_o g`, `dL/dw_o = <g, y_o>`. `acc` must be a tensor no autograd node saved
+    /// for backward (the running sum itself: products and in-place sums save their inputs, not
+    /// their results).
+    ///
+    /// # Shapes
+    /// `acc: [N, c_out, H', W']`, `weights: [num_ops]` (or `[N, num_ops]` per example)
+    /// -> `[N, c_out, H', W']`, and a 0-dim scalar
+    pub fn accumulate_shared(
+        &self,
+        acc: Option<Tensor>,
+        input: &SharedInput,
+        weights: &Tensor,
+        active: Option<&[usize]>,
+        train: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let per_example = weights.dim() == 2;
+        if per_example {
+            let n = input.tensor().size()[0];
+            assert_eq!(
+                weights.size()[0],
+                n,
+                "per-example op weights for {} examples, but the batch has {n}",
+                weights.size()[0]
+            );
+        }
+        // The weight of op `o`: a scalar, or a column `[N, 1, 1, 1]` per example.
+        let weight = |o: usize| match per_example {
+            true => weights.select(1, o as i64).reshape([-1, 1, 1, 1]),
+            false => weights.get(o as i64),
+        };
+        let mut is_active = vec![active.is_none(); self.ops.len()];
+        if let Some(active) = active {
+            for &o in active {
+                is_active[o] = true;
+            }
+        }
+        let mut acc = acc;
+        // `none` adds w * 0: nothing, with zero gradient (an active one too, as in GDAS).
+        for o in (0..self.ops.len()).filter(|&o| is_active[o] && self.evaluated.contains(&o)) {
+            let y = self.ops[o].forward_shared(input, train);
+            match acc.as_mut() {
+                None => acc = Some(first_term(&y, &weight(o), input.tensor())),
+                Some(acc) => {
+                    let _ = acc.addcmul_(&y, &weight(o));
+                }
+            }
+        }
+        let acc = acc.unwrap_or_else(|| {
+            let x = input.tensor();
             let size = x.size();
             let [c, h, w] = self.out_shape([size[1], size[2], size[3]]);
             zeros_in_layout_of([size[0], c, h, w], x)
@@ -166,11 +187,9 @@ impl MixedOp {
             .filter(|&o| !is_active[o])
             .map(|o| weights.get(o as i64))
             .collect();
-        if inactive.is_empty() {
-            out
-        } else {
-            out + Tensor::stack(&inactive, 0).sum(weights.kind())
-        }
+        let inactive =
+            (!inactive.is_empty()).then(|| Tensor::stack(&inactive, 0).sum(weights.kind()));
+        (acc, inactive)
     }
 
     pub fn spec(&self) -> &OpSpec {

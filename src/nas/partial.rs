@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::error::NasError;
-use super::ops::is_channels_last;
+use super::ops::{is_channels_last, SharedInput};
 use super::space::CellSpace;
 use super::weights::CellWeights;
 
@@ -76,13 +76,20 @@ impl PartialChannels {
     }
 
     /// `(through the ops, bypass)`: the first `C / K` channels and the rest (views, no copy).
+    /// One `split_with_sizes` rather than two `narrow`s: backward then concatenates the two
+    /// parts' gradients once, where each `narrow` would fill a zero tensor of the whole state
+    /// and copy its part in, and the two would then be added.
     ///
     /// # Shapes
     /// `x: [N, C, H, W]` -> `[N, C / K, H, W]`, `[N, C - C / K, H, W]`
     pub fn split(self, x: &Tensor) -> (Tensor, Tensor) {
         let c = x.size()[1];
         let part = c / self.0;
-        (x.narrow(1, 0, part), x.narrow(1, part, c - part))
+        let mut parts = x.split_with_sizes([part, c - part], 1).into_iter();
+        match (parts.next(), parts.next()) {
+            (Some(through), Some(bypass)) => (through, bypass),
+            _ => unreachable!("split_with_sizes into two sizes gives two parts"),
+        }
     }
 
     /// `channel_shuffle(cat(op_out, pool?(bypass)), K)`: the bypass is max-pooled 2x2 / 2 when
@@ -120,6 +127,99 @@ impl PartialChannels {
         } else {
             Tensor::stack(&groups, 2).reshape([n, c, h, w])
         }
+    }
+}
+
+/// A cell state as the partial-channel edges leaving it read it: the first `C / K` channels,
+/// which go through the ops (shared by all those edges, see [`SharedInput`]), the other
+/// channels, which bypass them, and the bypass max-pooled for the stride-2 edges (computed on
+/// first use, then shared: every stride-2 edge of a reduction cell leaves the same input).
+#[derive(Debug)]
+pub struct PartialState {
+    pub through: SharedInput,
+    pub bypass: Tensor,
+    pooled_bypass: std::cell::OnceCell<Tensor>,
+}
+
+impl PartialState {
+    pub fn new(partial: PartialChannels, state: &Tensor) -> Self {
+        let (through, bypass) = partial.split(state);
+        Self {
+            through: SharedInput::new(through),
+            bypass,
+            pooled_bypass: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The bypass at the resolution `h_out` of the ops' output: as is, or max-pooled 2x2 / 2
+    /// (see [`PartialChannels::combine`]).
+    fn bypass_at(&self, h_out: i64) -> Tensor {
+        if self.bypass.size()[2] == h_out {
+            return self.bypass.shallow_clone();
+        }
+        self.pooled_bypass
+            .get_or_init(|| self.bypass.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], true))
+            .shallow_clone()
+    }
+}
+
+/// One node of a partial-channel cell, summed edge by edge without building each edge's
+/// output: PC-DARTS computes `sum_e s_e shuffle(cat(y_e, b_e))` over the node's edges
+/// (`y_e` the ops' weighted sum on `C / K` channels, `b_e` the bypass, `s_e` the edge
+/// normalisation weight). The shuffle is one fixed channel permutation `P` for every edge of
+/// the node, and linear, so the node is `P(cat(sum_e s_e y_e, sum_e s_e b_e))`: one running
+/// sum for the ops' channels (`s_e` folded into the op weights, so each op is one fused
+/// multiply-add into it), one for the bypass channels, and a single interleaving copy per
+/// node instead of one per edge, plus no separate scaling or node sum of whole edge outputs.
+/// Every value is the official order of operations' up to float rounding; the gradients are
+/// the same functions.
+#[derive(Debug, Default)]
+pub struct PartialNode {
+    ops: Option<Tensor>,
+    bypass: Option<Tensor>,
+}
+
+impl PartialNode {
+    /// Adds edge `e`: `add_ops` adds the ops' weighted sum (its weights already scaled by
+    /// `scale`) to the running sum it is given and returns it; `scale` is the edge
+    /// normalisation weight (`None`: 1).
+    pub fn add_edge(
+        &mut self,
+        from: &PartialState,
+        scale: Option<&Tensor>,
+        add_ops: impl FnOnce(Option<Tensor>) -> Tensor,
+    ) {
+        let ops = add_ops(self.ops.take());
+        let bypass = from.bypass_at(ops.size()[2]);
+        self.bypass = Some(match (self.bypass.take(), scale) {
+            // The first term is a new tensor (never the state's own channels, which the sum
+            // then adds into in place).
+            (None, Some(s)) => &bypass * s,
+            (None, None) => &bypass * 1.0,
+            (Some(mut acc), Some(s)) => {
+                let _ = acc.addcmul_(&bypass, s);
+                acc
+            }
+            (Some(mut acc), None) => {
+                let _ = acc.g_add_(&bypass);
+                acc
+            }
+        });
+        self.ops = Some(ops);
+    }
+
+    /// Adds `extra` (a 0-dim tensor, e.g. GDAS's broadcast scalar of the ops left out) to the
+    /// ops' channels, as the per-edge computation adds it to each edge's op output.
+    pub fn add_to_ops(&mut self, extra: &Tensor) {
+        if let Some(ops) = self.ops.as_mut() {
+            let _ = ops.g_add_(extra);
+        }
+    }
+
+    /// The node's output `P(cat(ops, bypass))` ([`PartialChannels::combine`]), in the cell's
+    /// layout.
+    pub fn finish(self, partial: PartialChannels, channels_last: bool) -> Option<Tensor> {
+        Some(partial.combine(&self.ops?, &self.bypass?, channels_last))
     }
 }
 

@@ -425,3 +425,136 @@ fn combine_is_the_shuffle_of_the_concatenation_in_both_layouts() {
         assert!(nhwc.equal(&expected));
     }
 }
+
+/// The official cell's node, literally: `sum_e s_e * MixedOp_e(state_from(e))` with each
+/// `MixedOp_e` the official partial-channel op ([`official_pc_mixed`]); with `sampled`, GDAS's
+/// hard forward inside it: `w_o * op_o(x)` for the sampled op, the bare weight `w_o` (a
+/// broadcast scalar) for every other op.
+fn official_pc_cell(
+    cell: &SearchCell,
+    x: &Tensor,
+    w: &Tensor,
+    scale: &Tensor,
+    k: i64,
+    sampled: Option<&[usize]>,
+) -> Tensor {
+    let space = cell.config().space;
+    let mut states = vec![x.shallow_clone()];
+    for node in 0..space.num_nodes {
+        let mut sum: Option<Tensor> = None;
+        for (from, e) in space.node_edges(node).enumerate() {
+            let (m, state, w_e) = (&cell.edges()[e], &states[from], w.get(e as i64));
+            let y = match sampled {
+                None => official_pc_mixed(m, state, &w_e, k),
+                Some(index) => {
+                    let c = state.size()[1];
+                    let through = state.narrow(1, 0, c / k);
+                    let bypass = state.narrow(1, c / k, c - c / k);
+                    let mut temp1 =
+                        m.ops()[index[e]].forward_t(&through, false) * w_e.get(index[e] as i64);
+                    for o in (0..m.num_ops()).filter(|&o| o != index[e]) {
+                        temp1 += w_e.get(o as i64);
+                    }
+                    let bypass = if temp1.size()[2] == state.size()[2] {
+                        bypass
+                    } else {
+                        bypass.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+                    };
+                    channel_shuffle(&Tensor::cat(&[&temp1, &bypass], 1), k)
+                }
+            };
+            let y = y * scale.get(e as i64);
+            sum = Some(match sum {
+                None => y,
+                Some(acc) => acc + y,
+            });
+        }
+        states.push(sum.expect("every node has an edge"));
+    }
+    Tensor::cat(&states[1..], 1)
+}
+
+/// A whole partial-channel cell whose nodes sum two and three edges (one input, three nodes,
+/// DARTS ops, K = 2) equals the official per-edge computation: output and the gradients to the
+/// input, the op weights, the edge-normalisation weights and every op parameter (f64, eval
+/// mode), in a normal and a reduction cell, with dense op weights and with GDAS's one-hot
+/// sample (where the cell adds the left-out ops' scalars once per node, and runs only the
+/// sampled op). The cell builds each node from two running sums and one interleave
+/// (`PartialNode`) instead of the per-edge concatenation, shuffle and scaling.
+#[test]
+fn every_node_of_a_pc_cell_equals_the_official_sum_of_edges() {
+    tch::manual_seed(7);
+    let k = 2;
+    for reduction in [false, true] {
+        let mut vs = nn::VarStore::new(CPU);
+        let cfg = SearchCellConfig {
+            space: CellSpace {
+                num_inputs: 1,
+                num_nodes: 3,
+                op_set: OpSet::Darts,
+            },
+            c: 4,
+            reduction,
+            inputs: CellInputs::One { c_prev: 4 },
+            output: CellOutput::Concat,
+            node_norm: NodeNorm::None,
+            affine: false,
+            pool_bn: true,
+            partial: PartialChannels(k),
+        };
+        let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
+        vs.double();
+        let (e, o) = (cfg.space.num_edges(), cfg.space.num_ops() as i64);
+        let x = Tensor::randn([2, 4, 6, 6], (Kind::Double, CPU)).set_requires_grad(true);
+        let scale = Tensor::rand([e as i64], (Kind::Double, CPU)).set_requires_grad(true);
+        let probe = Tensor::randn([2, 12, 6, 6], (Kind::Double, CPU));
+        let index: Vec<usize> = (0..e).map(|i| (i * 3 + 1) % o as usize).collect();
+        for sampled in [None, Some(index.as_slice())] {
+            let w = match sampled {
+                None => Tensor::randn([e as i64, o], (Kind::Double, CPU)).softmax(-1, Kind::Double),
+                Some(index) => {
+                    let hard = Tensor::zeros([e as i64, o], (Kind::Double, CPU));
+                    for (edge, &op) in index.iter().enumerate() {
+                        let _ = hard.get(edge as i64).get(op as i64).fill_(1.0);
+                    }
+                    hard
+                }
+            }
+            .set_requires_grad(true);
+            let weights = match sampled {
+                None => OpWeights::dense(w.shallow_clone()),
+                Some(index) => OpWeights::one_hot(w.shallow_clone(), index).unwrap(),
+            }
+            .with_edge_scale(scale.shallow_clone());
+            let run = |y: Tensor| {
+                let h = y.size()[2];
+                let probe = probe.narrow(2, 0, h).narrow(3, 0, h);
+                let mut inputs = vec![x.shallow_clone(), w.shallow_clone(), scale.shallow_clone()];
+                inputs.extend(vs.trainable_variables());
+                let g =
+                    Tensor::run_backward(&[(&y * &probe).sum(Kind::Double)], &inputs, false, true);
+                (y, g)
+            };
+            let (y, g) = run(cell.forward_t(&[&x], &weights, false));
+            let (y_ref, g_ref) = run(official_pc_cell(&cell, &x, &w, &scale, k, sampled));
+            let what = format!("reduction {reduction}, sampled {}", sampled.is_some());
+            assert_eq!(y.size(), y_ref.size(), "{what}");
+            assert!(y.allclose(&y_ref, 1e-12, 1e-12, false), "{what}: outputs");
+            for (i, (a, b)) in g.iter().zip(&g_ref).enumerate() {
+                match (a.defined(), b.defined()) {
+                    (true, true) => {
+                        assert!(a.allclose(b, 1e-10, 1e-12, false), "{what}: gradient {i}")
+                    }
+                    // Parameters of ops the sample left out: no gradient in the cell, an
+                    // undefined or zero one in the reference.
+                    (false, true) => assert_eq!(
+                        f64::try_from(b.abs().sum(Kind::Double)).unwrap(),
+                        0.0,
+                        "{what}: gradient {i}"
+                    ),
+                    (a, b) => assert_eq!(a, b, "{what}: gradient {i} defined"),
+                }
+            }
+        }
+    }
+}

@@ -200,6 +200,16 @@ pub fn make_env(
     config: &TrainConfig,
     procgen: &ProcgenOptions,
 ) -> Result<Box<dyn VecEnv>, TrainError> {
+    let is_procgen = crate::envs::procgen::find_game(&config.env).is_ok();
+    if config
+        .ppo
+        .async_envs
+        .resolve(is_procgen, config.ppo.num_envs)?
+    {
+        let options = crate::envs::procgen_options_for_seed(procgen, config.seed);
+        let env = crate::envs::SplitVecEnv::procgen(&config.env, config.ppo.num_envs, options)?;
+        return Ok(Box::new(env));
+    }
     Ok(make_vec_env(
         &config.env,
         config.ppo.num_envs,
