@@ -187,6 +187,7 @@ fn run_loop<D: Driver>(
         run.resume,
         writer,
         process.is_some(),
+        run.stop,
     )?;
     // Every forward of the run (rollouts, updates, search steps) runs on this thread.
     let _compute = crate::agents::compute::enter(policy.compute());
