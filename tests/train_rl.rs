@@ -377,3 +377,24 @@ fn cli_rejects_unknown_keys_envs_and_bad_resume() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a run directory"));
 }
+
+/// A lower layer's error is reported under the config key it is about, and stays reachable as
+/// the error's source (not flattened into a string).
+#[test]
+fn a_lower_layers_error_names_its_key_and_keeps_its_source() {
+    let mut config = TrainConfig::default();
+    config.ppo.num_envs = 0;
+    let err = rl_darts::train::rl::validate(&config).unwrap_err();
+    assert!(err.to_string().starts_with("ppo: "), "{err}");
+    assert!(
+        matches!(err, TrainError::About { context: "ppo", .. }),
+        "{err:?}"
+    );
+    let source = std::error::Error::source(&err).expect("the PPO layer's error is the source");
+    assert!(
+        source
+            .downcast_ref::<rl_darts::agents::AgentError>()
+            .is_some(),
+        "{source:?}"
+    );
+}

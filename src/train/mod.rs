@@ -48,6 +48,15 @@ pub enum TrainError {
     },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    /// A lower layer's error, prefixed with the config key (or the part of the run) it is
+    /// about, so the user knows what to change; the error itself stays reachable as the
+    /// source.
+    #[error("{context}: {source}")]
+    About {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     #[error(
         "{what} became {value} at iteration {iteration}; the run stopped without saving the \
          diverged weights. {}Try a lower ppo.learning_rate or ppo.max_grad_norm.",
@@ -59,4 +68,17 @@ pub enum TrainError {
         value: f64,
         last_checkpoint: Option<PathBuf>,
     },
+}
+
+impl TrainError {
+    /// `source` as an error about `context` (a config key such as `search.strategy`).
+    pub fn about(
+        context: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        TrainError::About {
+            context,
+            source: Box::new(source),
+        }
+    }
 }

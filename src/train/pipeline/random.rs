@@ -90,9 +90,9 @@ impl Ctx<'_> {
             supernet.has_reduction_cells(),
             AlphaInit::default(),
         )
-        .map_err(|e| TrainError::Invalid(format!("random search: {e}")))?;
+        .map_err(|e| TrainError::about("random search", e))?;
         let mut sampler = RandomSearch::new(&probe, params.clone(), self.config.seed)
-            .map_err(|e| TrainError::Invalid(format!("random search: {e}")))?;
+            .map_err(|e| TrainError::about("random search", e))?;
         let genotypes: Vec<Genotype> = (0..params.num_candidates)
             .map(|_| sampler.sample_genotype())
             .collect();

@@ -23,7 +23,7 @@ pub fn validate(config: &TrainConfig) -> Result<(), TrainError> {
     config
         .ppo
         .validate()
-        .map_err(|e| TrainError::Invalid(format!("ppo: {e}")))?;
+        .map_err(|e| TrainError::about("ppo", e))?;
     crate::device::parse_device(&config.device)?;
     if config.is_procgen() {
         crate::envs::procgen::find_game(&config.env)?;
@@ -67,8 +67,7 @@ pub fn build_policy(
     let vs = nn::VarStore::new(device);
     let p = vs.root() / "encoder";
     let shape = crate::agents::policy::encoder_input_shape(spec);
-    let supernet_err =
-        |e: crate::nas::NasError| TrainError::Invalid(format!("encoder.params.supernet: {e}"));
+    let supernet_err = |e: crate::nas::NasError| TrainError::about("encoder.params.supernet", e);
     let searched = |mut net: Box<dyn SearchedEncoder>,
                     space,
                     with_reduce,
@@ -192,7 +191,7 @@ fn load_genotype(path: &Path, search_kind: &str) -> Result<Genotype, TrainError>
             "encoder.params.genotype is required: the genotype.json an {search_kind} search wrote"
         )));
     }
-    Genotype::load(path).map_err(|e| TrainError::Invalid(format!("encoder.params.genotype: {e}")))
+    Genotype::load(path).map_err(|e| TrainError::about("encoder.params.genotype", e))
 }
 
 /// The training envs of `config` on the levels of `procgen`.

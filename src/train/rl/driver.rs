@@ -256,7 +256,7 @@ impl Driver for SearchDriver {
         self.search
             .strategy
             .data_parallel_support()
-            .map_err(|e| TrainError::Invalid(format!("distributed.backend: {e}")))?;
+            .map_err(|e| TrainError::about("distributed.backend", e))?;
         self.data_parallel = true;
         if let Some(seed) = seed {
             // The search envs are rebuilt on the next search rollout, from this process's

@@ -149,13 +149,13 @@ impl ArchSearch {
             ));
         }
         let mut arch = ArchParams::new(device, space, with_reduce, config.alpha_init)
-            .map_err(|e| TrainError::Invalid(format!("search.alpha_init: {e}")))?;
+            .map_err(|e| TrainError::about("search.alpha_init", e))?;
         if edge_normalisation {
             arch = arch.with_edge_normalisation();
         }
         let strategy = rl_strategy_config(&config.strategy)
             .build(&arch, seed)
-            .map_err(|e| TrainError::Invalid(format!("search.strategy: {e}")))?;
+            .map_err(|e| TrainError::about("search.strategy", e))?;
         Ok(Self {
             config,
             arch,
@@ -216,7 +216,7 @@ impl ArchSearch {
             return Ok(());
         };
         let (table, _) = crate::nas::latency::load_or_measure(net, input_chw, device, &options)
-            .map_err(|e| TrainError::Invalid(format!("latency table: {e}")))?;
+            .map_err(|e| TrainError::about("latency table", e))?;
         self.strategy
             .set_latency_table(table)
             .map_err(TrainError::from)
