@@ -445,17 +445,7 @@ impl VecEnv for ProcgenVecEnv {
         }
         let fns = sys::state_fns()?;
         for (i, game) in snap.games.iter().enumerate() {
-            let mut bytes = game.clone();
-            // SAFETY: the handle is live, i < num_envs, and the buffer holds exactly the
-            // bytes procgen's get_state produced for a game of the same name.
-            unsafe {
-                (fns.set_state)(
-                    self.handle,
-                    i as c_int,
-                    bytes.as_mut_ptr().cast(),
-                    bytes.len() as c_int,
-                )
-            };
+            self.set_game_state(fns, i, &mut game.clone());
         }
         // Buffers are refilled in place: their addresses are registered with the C env.
         self.obs
@@ -487,27 +477,63 @@ struct ProcgenSnapshot {
 }
 
 impl ProcgenVecEnv {
+    /// Procgen's serialisation of game `env` (level generator, game RNG, entities, step
+    /// counters) into `buf`; returns the bytes written.
+    fn game_state<'b>(
+        &self,
+        fns: &sys::StateFns,
+        env: usize,
+        buf: &'b mut [u8],
+    ) -> Result<&'b mut [u8], EnvError> {
+        assert!(
+            env < self.spec.num_envs,
+            "game {env} of {}",
+            self.spec.num_envs
+        );
+        // SAFETY: the handle is live, env < num_envs (checked above), and buf holds
+        // buf.len() bytes, the length passed; get_state returns the number of bytes it wrote.
+        let n = unsafe {
+            (fns.get_state)(
+                self.handle,
+                env as c_int,
+                buf.as_mut_ptr().cast(),
+                buf.len() as c_int,
+            )
+        };
+        if n < 0 || n as usize > buf.len() {
+            return Err(EnvError::State(format!(
+                "procgen get_state returned {n} for env {env}"
+            )));
+        }
+        Ok(&mut buf[..n as usize])
+    }
+
+    /// Sets game `env` to `bytes`, which [`Self::game_state`] produced for a game of the same
+    /// name.
+    fn set_game_state(&mut self, fns: &sys::StateFns, env: usize, bytes: &mut [u8]) {
+        assert!(
+            env < self.spec.num_envs,
+            "game {env} of {}",
+            self.spec.num_envs
+        );
+        // SAFETY: the handle is live, env < num_envs (checked above), and the buffer holds
+        // exactly the bytes procgen's get_state produced for a game of the same name.
+        unsafe {
+            (fns.set_state)(
+                self.handle,
+                env as c_int,
+                bytes.as_mut_ptr().cast(),
+                bytes.len() as c_int,
+            )
+        };
+    }
+
     fn snapshot(&self) -> Result<ProcgenSnapshot, EnvError> {
         let fns = sys::state_fns()?;
         let mut buf = vec![0u8; sys::MAX_STATE_SIZE];
         let mut games = Vec::with_capacity(self.spec.num_envs);
         for i in 0..self.spec.num_envs {
-            // SAFETY: the handle is live, i < num_envs, and buf holds MAX_STATE_SIZE bytes,
-            // the length passed; get_state returns the number of bytes it wrote.
-            let n = unsafe {
-                (fns.get_state)(
-                    self.handle,
-                    i as c_int,
-                    buf.as_mut_ptr().cast(),
-                    buf.len() as c_int,
-                )
-            };
-            if n < 0 || n as usize > buf.len() {
-                return Err(EnvError::State(format!(
-                    "procgen get_state returned {n} for env {i}"
-                )));
-            }
-            games.push(buf[..n as usize].to_vec());
+            games.push(self.game_state(fns, i, &mut buf)?.to_vec());
         }
         Ok(ProcgenSnapshot {
             env: self.spec.name.clone(),

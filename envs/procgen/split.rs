@@ -9,8 +9,6 @@
 //! the buffers of the last transition and the episode counters. Each env then continues
 //! exactly as it would have in the one handle.
 
-use std::os::raw::c_int;
-
 use super::{sys, EnvError, ProcgenSnapshot, ProcgenVecEnv};
 
 impl ProcgenVecEnv {
@@ -31,24 +29,8 @@ impl ProcgenVecEnv {
         let fns = sys::state_fns()?;
         let mut buf = vec![0u8; sys::MAX_STATE_SIZE];
         for (i, env) in range.clone().enumerate() {
-            // SAFETY: both handles are live, `env < N` and `i < range.len()` index games of
-            // the same name, and `buf` holds MAX_STATE_SIZE bytes, the length get_state is
-            // told; set_state reads back exactly the `len` bytes get_state wrote.
-            let len = unsafe {
-                (fns.get_state)(
-                    self.handle,
-                    env as c_int,
-                    buf.as_mut_ptr().cast(),
-                    buf.len() as c_int,
-                )
-            };
-            if len < 0 || len as usize > buf.len() {
-                return Err(EnvError::State(format!(
-                    "procgen get_state returned {len} for env {env}"
-                )));
-            }
-            // SAFETY: see above.
-            unsafe { (fns.set_state)(half.handle, i as c_int, buf.as_mut_ptr().cast(), len) };
+            let state = self.game_state(fns, env, &mut buf)?;
+            half.set_game_state(fns, i, state);
         }
         // The last transition's buffers are refilled in place: their addresses are registered
         // with the C env.
