@@ -287,8 +287,27 @@ pub mod host_memory {
 
     /// Resets the peak ([`peak_rss`]) to the current resident size (`/proc/self/clear_refs`,
     /// Linux 4.0+). False where that is not possible.
+    ///
+    /// Gives the heap's free pages back to the kernel first ([`release_free_heap`]): once
+    /// [`super::keep_freed_memory_for_reuse`] has run, memory freed by earlier work stays
+    /// resident, a pass reuses it without raising the peak, and a probe would then measure
+    /// almost nothing per sample (a planner test failed that way after an RL run in the same
+    /// process, and a run would have split too little).
     pub fn reset_peak() -> bool {
+        release_free_heap();
         fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
+    /// Returns the free memory of every glibc arena to the kernel (`malloc_trim(0)`, which
+    /// ignores the trim threshold that [`super::keep_freed_memory_for_reuse`] raises), so that
+    /// the resident size counts live memory only. A no-op elsewhere.
+    pub fn release_free_heap() {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases pages of free chunks; live allocations are not
+        // touched, and it takes the arenas' locks itself.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Memory the kernel could still give (`MemAvailable`).

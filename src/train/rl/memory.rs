@@ -182,6 +182,8 @@ pub(crate) fn plan_passes(
     };
     let small = (minibatch / 8).clamp(1, 16).min(available) as i64;
     let large = (4 * small).min(minibatch as i64).min(available as i64);
+    // Live memory only: the heap may hold freed memory (see host_memory::reset_peak).
+    host_memory::release_free_heap();
     let base = host_memory::rss().unwrap_or(0) as f64;
     let peak_small = probe(small)?;
     let peak_large = probe(large)?;
