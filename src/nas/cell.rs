@@ -325,13 +325,24 @@ impl SearchCell {
                 .enabled()
                 .then(|| PartialState::new(partial, state.tensor()))
         };
-        // Each state's outgoing edges run their convs as one (SharedInput::fuse_convs); edges
+        // Each edge's op weights, with the edge-normalisation factor of partial channels
+        // folded in.
+        let edge_weights: Vec<Tensor> = (0..space.num_edges())
+            .map(|e| match weights.edge_scale(e) {
+                Some(s) => weights.edge(e) * s,
+                None => weights.edge(e),
+            })
+            .collect();
+        // Each state's outgoing edges run their convs as one (SharedInput::fuse_convs), with
+        // the op weight of a lone conv op (RL-DARTS's conv_3x3) folded into its kernel; edges
         // with a hard sample (GDAS, SNAS) run only their sampled ops, so they are left out.
         let fuse_outgoing = |state: usize, input: &SharedInput| {
             let convs: Vec<_> = edges
                 .iter()
                 .filter(|edge| edge.from == state && weights.active(edge.index).is_none())
-                .flat_map(|edge| self.edges[edge.index].leading_convs())
+                .flat_map(|edge| {
+                    self.edges[edge.index].leading_convs(Some(&edge_weights[edge.index]))
+                })
                 .collect();
             input.fuse_convs(&convs);
         };
@@ -352,13 +363,10 @@ impl SearchCell {
             let mut left_out: Vec<Tensor> = Vec::new();
             for (from, e) in space.node_edges(node).enumerate() {
                 let scale = weights.edge_scale(e);
-                let w = match &scale {
-                    Some(s) => weights.edge(e) * s,
-                    None => weights.edge(e),
-                };
+                let w = &edge_weights[e];
                 let mut add_ops = |acc: Option<Tensor>, read: &SharedInput| {
                     let (acc, inactive) =
-                        self.edges[e].accumulate_shared(acc, read, &w, weights.active(e), train);
+                        self.edges[e].accumulate_shared(acc, read, w, weights.active(e), train);
                     left_out.extend(inactive);
                     acc
                 };

@@ -181,3 +181,82 @@ fn a_one_input_cell_projects_a_mismatched_input_once() {
         .keys()
         .all(|name| !name.contains("preprocess")));
 }
+
+/// A dense RL-DARTS cell (normal and reduction, one architecture for the batch and one per
+/// example) equals DARTS's mixed op written literally on every edge, `sum_o w_o op_o(s)`
+/// with each op run on its own, in value and in every gradient (input, op weights, op
+/// parameters), in f64. The cell shares the ops' parameter-free layers, fuses each state's
+/// convs into one and folds the `conv_3x3` op weight into its kernel, none of which may
+/// change the result.
+#[test]
+fn a_dense_cell_equals_the_literal_weighted_sum_on_every_edge() {
+    tch::manual_seed(11);
+    let space = CellSpace::rl_darts(OpSet::RlDarts);
+    let (e, o) = (space.num_edges() as i64, space.num_ops() as i64);
+    for reduction in [false, true] {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let cfg = config(
+            space,
+            CellInputs::One { c_prev: 8 },
+            reduction,
+            CellOutput::Concat,
+        );
+        let cell = SearchCell::new(vs.root() / "cell", cfg).unwrap();
+        vs.double();
+        let n = 3;
+        let x = Tensor::randn([n, 8, 6, 6], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+        for per_example in [false, true] {
+            let shape: Vec<i64> = match per_example {
+                false => vec![e, o],
+                true => vec![n, e, o],
+            };
+            let w = Tensor::randn(shape.as_slice(), (Kind::Double, Device::Cpu))
+                .softmax(-1, Kind::Double)
+                .set_requires_grad(true);
+            let weights = match per_example {
+                false => OpWeights::dense(w.shallow_clone()),
+                true => OpWeights::per_example(w.shallow_clone()).unwrap(),
+            };
+            let literal = {
+                let mut states = vec![x.shallow_clone()];
+                for node in 0..space.num_nodes {
+                    let mut terms = Vec::new();
+                    for (from, edge) in space.node_edges(node).enumerate() {
+                        for (op_index, op) in cell.edges()[edge].ops().iter().enumerate() {
+                            let w_o = match per_example {
+                                false => w.get(edge as i64).get(op_index as i64),
+                                true => w
+                                    .select(1, edge as i64)
+                                    .select(1, op_index as i64)
+                                    .reshape([-1, 1, 1, 1]),
+                            };
+                            terms.push(op.forward_t(&states[from], false) * w_o);
+                        }
+                    }
+                    let sum = terms.into_iter().reduce(|a, b| a + b);
+                    states.push(sum.expect("every node has an edge"));
+                }
+                Tensor::cat(&states[1..], 1)
+            };
+            let fast = cell.forward_t(&[&x], &weights, false);
+            let what = format!("reduction {reduction}, per example {per_example}");
+            assert_eq!(fast.size(), literal.size(), "{what}");
+            assert!(
+                fast.allclose(&literal, 1e-12, 1e-12, false),
+                "{what}: outputs"
+            );
+            let probe = Tensor::randn_like(&fast);
+            let mut inputs = vec![x.shallow_clone(), w.shallow_clone()];
+            inputs.extend(vs.trainable_variables());
+            let grads = |y: &Tensor| {
+                Tensor::run_backward(&[(y * &probe).sum(Kind::Double)], &inputs, true, true)
+            };
+            for (i, (a, b)) in grads(&fast).iter().zip(grads(&literal)).enumerate() {
+                assert_eq!(a.defined(), b.defined(), "{what}: gradient {i} defined");
+                if a.defined() {
+                    assert!(a.allclose(&b, 1e-10, 1e-12, false), "{what}: gradient {i}");
+                }
+            }
+        }
+    }
+}

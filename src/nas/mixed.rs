@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use super::error::NasError;
 use super::ops::{
-    is_channels_last, to_channels_last, zeros_in_layout_of, ConvGeom, Op, OpKind, OpSet, OpSpec,
+    is_channels_last, to_channels_last, zeros_in_layout_of, LeadingConv, Op, OpKind, OpSet, OpSpec,
     SharedInput,
 };
 
@@ -47,11 +47,23 @@ impl MixedOp {
         &self.ops
     }
 
-    /// The leading convs of the ops the dense forward evaluates ([`Op::leading_conv`]).
-    pub fn leading_convs(&self) -> impl Iterator<Item = (&nn::Conv2D, ConvGeom)> + '_ {
-        self.evaluated
-            .iter()
-            .filter_map(|&o| self.ops[o].leading_conv())
+    /// The leading convs of the ops the dense forward evaluates ([`Op::leading_conv`]), for
+    /// [`SharedInput::fuse_convs`]. With the edge's op weights `weights: [num_ops]` (one
+    /// architecture for the whole batch), an op that is one conv alone comes with its weight,
+    /// to be folded into the kernel; per-example weights `[N, num_ops]` cannot be folded.
+    pub fn leading_convs<'a>(
+        &'a self,
+        weights: Option<&'a Tensor>,
+    ) -> impl Iterator<Item = LeadingConv<'a>> + 'a {
+        let foldable = weights.filter(|w| w.dim() == 1);
+        self.evaluated.iter().filter_map(move |&o| {
+            let op = &self.ops[o];
+            let (conv, geom) = op.leading_conv()?;
+            let fold = foldable
+                .filter(|_| op.is_single_conv())
+                .map(|w| w.get(o as i64));
+            Some((conv, geom, fold))
+        })
     }
 
     pub fn num_ops(&self) -> usize {
@@ -167,13 +179,38 @@ impl MixedOp {
             }
         }
         let mut acc = acc;
+        // An op whose weight `input` already folded into its conv (SharedInput::fuse_convs)
+        // gives its weighted term; it is added after the others, so that a product, not a
+        // slice of the fused conv's output, starts the running sum.
+        let prescaled = |o: usize| {
+            self.ops[o]
+                .leading_conv()
+                .is_some_and(|(conv, _)| input.is_prescaled(conv))
+        };
         // `none` adds w * 0: nothing, with zero gradient (an active one too, as in GDAS).
-        for o in (0..self.ops.len()).filter(|&o| is_active[o] && self.evaluated.contains(&o)) {
+        let evaluated =
+            (0..self.ops.len()).filter(|&o| is_active[o] && self.evaluated.contains(&o));
+        let (folded, weighted): (Vec<usize>, Vec<usize>) = evaluated.partition(|&o| prescaled(o));
+        for o in weighted {
             let y = self.ops[o].forward_shared(input, train);
             match acc.as_mut() {
                 None => acc = Some(first_term(&y, &weight(o), input.tensor())),
                 Some(acc) => {
                     let _ = acc.addcmul_(&y, &weight(o));
+                }
+            }
+        }
+        for o in folded {
+            let y = self.ops[o].forward_shared(input, train);
+            match acc.as_mut() {
+                // Only for an edge whose evaluated ops are all folded convs: the product by
+                // one makes a sum of its own, not a view into the fused output.
+                None => {
+                    let one = Tensor::ones([], (y.kind(), y.device()));
+                    acc = Some(first_term(&y, &one, input.tensor()));
+                }
+                Some(acc) => {
+                    *acc += &y;
                 }
             }
         }

@@ -475,7 +475,7 @@ fn official_pc_cell(
 }
 
 /// A whole partial-channel cell whose nodes sum two and three edges (one input, three nodes,
-/// DARTS ops, K = 2) equals the official per-edge computation: output and the gradients to the
+/// DARTS and RL-DARTS ops, K = 2) equals the official per-edge computation: output and the gradients to the
 /// input, the op weights, the edge-normalisation weights and every op parameter (f64, eval
 /// mode), in a normal and a reduction cell, with dense op weights and with GDAS's one-hot
 /// sample (where the cell adds the left-out ops' scalars once per node, and runs only the
@@ -485,13 +485,20 @@ fn official_pc_cell(
 fn every_node_of_a_pc_cell_equals_the_official_sum_of_edges() {
     tch::manual_seed(7);
     let k = 2;
-    for reduction in [false, true] {
+    // RL-DARTS's ops too: their conv_3x3 op weight (times the edge scale) is folded into the
+    // fused conv's kernel.
+    for (op_set, reduction) in [
+        (OpSet::Darts, false),
+        (OpSet::Darts, true),
+        (OpSet::RlDarts, false),
+        (OpSet::RlDarts, true),
+    ] {
         let mut vs = nn::VarStore::new(CPU);
         let cfg = SearchCellConfig {
             space: CellSpace {
                 num_inputs: 1,
                 num_nodes: 3,
-                op_set: OpSet::Darts,
+                op_set,
             },
             c: 4,
             reduction,
@@ -537,7 +544,10 @@ fn every_node_of_a_pc_cell_equals_the_official_sum_of_edges() {
             };
             let (y, g) = run(cell.forward_t(&[&x], &weights, false));
             let (y_ref, g_ref) = run(official_pc_cell(&cell, &x, &w, &scale, k, sampled));
-            let what = format!("reduction {reduction}, sampled {}", sampled.is_some());
+            let what = format!(
+                "{op_set}, reduction {reduction}, sampled {}",
+                sampled.is_some()
+            );
             assert_eq!(y.size(), y_ref.size(), "{what}");
             assert!(y.allclose(&y_ref, 1e-12, 1e-12, false), "{what}: outputs");
             for (i, (a, b)) in g.iter().zip(&g_ref).enumerate() {

@@ -26,7 +26,7 @@ pub(crate) use plans::{factorized_reduce_plan, input_projection_plan, relu_conv_
 pub use plans::{plan, ConvGeom, LayerDesc, OpSpec};
 pub use registry::{OpKind, OpSet, StrideStyle};
 pub use sequence::{Op, Sequence};
-pub use shared::SharedInput;
+pub use shared::{LeadingConv, SharedInput};
 
 #[cfg(test)]
 mod tests;

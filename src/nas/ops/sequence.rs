@@ -247,6 +247,13 @@ impl Op {
         self.seq.leading_conv()
     }
 
+    /// The op is one dense conv and nothing else (RL-DARTS's `conv_3x3`): linear in its
+    /// kernel and bias, so its op weight can be folded into them
+    /// (`w * conv_{W,b}(x) = conv_{wW,wb}(x)`, [`SharedInput::fuse_convs`]).
+    pub fn is_single_conv(&self) -> bool {
+        self.seq.plan().len() == 1 && self.seq.leading_conv().is_some()
+    }
+
     pub fn out_shape(&self, input_chw: [i64; 3]) -> [i64; 3] {
         self.seq.out_shape(input_chw)
     }

@@ -18,9 +18,16 @@ use crate::agents::compute;
 pub struct SharedInput {
     x: Tensor,
     prefixes: std::cell::RefCell<Vec<(Vec<LayerDesc>, Tensor)>>,
-    /// `(address of the op's nn::Conv2D, its output)`: the conv was run as part of a fused one.
-    pub(super) fused: std::cell::RefCell<Vec<(usize, Tensor)>>,
+    /// `(address of the op's nn::Conv2D, its output, whether the output is already scaled
+    /// by the op's weight)`: the conv was run as part of a fused one, or alone with its op
+    /// weight folded into the kernel.
+    pub(super) fused: std::cell::RefCell<Vec<(usize, Tensor, bool)>>,
 }
+
+/// A leading conv for [`SharedInput::fuse_convs`]: the layer, its geometry, and, for an op
+/// that is that conv alone ([`Op::is_single_conv`](super::Op::is_single_conv)), the op weight
+/// to fold into its kernel and bias (a 0-dim tensor).
+pub type LeadingConv<'a> = (&'a nn::Conv2D, ConvGeom, Option<Tensor>);
 
 /// The identity of a built conv layer while its network lives (the key of fused outputs).
 fn conv_key(conv: &nn::Conv2D) -> usize {
@@ -46,7 +53,25 @@ impl SharedInput {
     /// conv with k times the output channels fills the vector units that k small ones leave
     /// mostly idle, and costs one kernel launch instead of k. Autograd splits the gradient
     /// back to each op's own weights, so results equal the unfused ones up to float rounding.
-    pub fn fuse_convs(&self, convs: &[(&nn::Conv2D, ConvGeom)]) {
+    ///
+    /// A conv given with an op weight `w` runs with kernel `w W` and bias `w b`, and its output
+    /// is then the op's weighted term itself ([`SharedInput::is_prescaled`]): the mixed op adds
+    /// it to its sum without the product `w * y`. That saves the product's pass forward, its
+    /// two passes backward (`w g` and `<g, y>`, which now come from the conv's own backward
+    /// and a product the size of the kernel), and above all the conv output the product kept
+    /// for backward, one activation per edge. Such a conv runs (and is kept here) even when
+    /// no other conv shares its geometry.
+    pub fn fuse_convs(&self, convs: &[LeadingConv<'_>]) {
+        let scaled = |j: usize| -> (Tensor, Option<Tensor>) {
+            let (conv, _, w) = &convs[j];
+            match w {
+                Some(w) => (&conv.ws * w, conv.bs.as_ref().map(|b| b * w)),
+                None => (
+                    conv.ws.shallow_clone(),
+                    conv.bs.as_ref().map(Tensor::shallow_clone),
+                ),
+            }
+        };
         let mut done = vec![false; convs.len()];
         for i in 0..convs.len() {
             if done[i] {
@@ -65,23 +90,22 @@ impl SharedInput {
             for &j in &group {
                 done[j] = true;
             }
-            if group.len() < 2 {
+            if group.len() < 2 && convs[i].2.is_none() {
                 continue;
             }
             let g = convs[i].1;
-            let weights: Vec<&Tensor> = group.iter().map(|&j| &convs[j].0.ws).collect();
-            let biases: Option<Vec<&Tensor>> =
-                group.iter().map(|&j| convs[j].0.bs.as_ref()).collect();
-            let y = compute::conv2d(
-                &self.x,
-                &Tensor::cat(&weights, 0),
-                biases.map(|b| Tensor::cat(&b, 0)).as_ref(),
-                g.shape(),
-            );
+            let (weights, biases): (Vec<Tensor>, Vec<Option<Tensor>>) =
+                group.iter().map(|&j| scaled(j)).unzip();
+            let biases: Option<Vec<Tensor>> = biases.into_iter().collect();
+            let (weight, bias) = match group.len() {
+                1 => (weights[0].shallow_clone(), biases.map(|mut b| b.remove(0))),
+                _ => (Tensor::cat(&weights, 0), biases.map(|b| Tensor::cat(&b, 0))),
+            };
+            let y = compute::conv2d(&self.x, &weight, bias.as_ref(), g.shape());
             let sizes: Vec<i64> = group.iter().map(|&j| convs[j].1.c_out).collect();
             let mut fused = self.fused.borrow_mut();
             for (&j, part) in group.iter().zip(y.split_with_sizes(&sizes, 1)) {
-                fused.push((conv_key(convs[j].0), part));
+                fused.push((conv_key(convs[j].0), part, convs[j].2.is_some()));
             }
         }
     }
@@ -92,8 +116,18 @@ impl SharedInput {
         self.fused
             .borrow()
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, y)| y.shallow_clone())
+            .find(|(k, ..)| *k == key)
+            .map(|(_, y, _)| y.shallow_clone())
+    }
+
+    /// True when [`SharedInput::fuse_convs`] ran `conv` with its op weight folded in, so the
+    /// op's output here is already its weighted term.
+    pub fn is_prescaled(&self, conv: &nn::Conv2D) -> bool {
+        let key = conv_key(conv);
+        self.fused
+            .borrow()
+            .iter()
+            .any(|(k, _, prescaled)| *k == key && *prescaled)
     }
 
     pub fn tensor(&self) -> &Tensor {

@@ -134,7 +134,11 @@ fn fused_leading_convs_equal_the_separate_convs_in_value_and_gradient() {
     vs.double();
     let x = Tensor::randn([2, 5, 9, 7], (Kind::Double, Device::Cpu));
     let shared = SharedInput::new(x.shallow_clone());
-    let convs: Vec<_> = ops.iter().filter_map(Op::leading_conv).collect();
+    let convs: Vec<_> = ops
+        .iter()
+        .filter_map(Op::leading_conv)
+        .map(|(c, g)| (c, g, None))
+        .collect();
     assert_eq!(convs.len(), 5, "every op but tanh starts with a dense conv");
     shared.fuse_convs(&convs);
     assert_eq!(
