@@ -10,12 +10,13 @@ from collections import OrderedDict
 
 RULES = [
     ("kernel (page zeroing, faults, memory management)", r"^\[k\]"),
-    ("conv (oneDNN, MKL GEMM, JIT code)", r"dnnl|mkldnn|jit_|gemm|sgemm|conv|\[unknown\]|mkl_blas"),
+    # oneDNN's JIT-generated kernels have no symbol: perf prints their bare addresses.
+    ("conv (oneDNN, MKL GEMM, JIT code)", r"dnnl|mkldnn|jit_|gemm|sgemm|conv|\[unknown\]|mkl_blas|^\[.\] 0x[0-9a-f]+$"),
     ("addcmul (in-place weighted sums)", r"addcmul"),
     ("mul (op weight x op output, its backward products)", r"\bmul|mul_kernel|MulFunctor"),
-    ("add (node sums, gradient accumulation)", r"\badd|add_kernel|AddFunctor|sum_kernel|reduce"),
+    ("add (node sums, gradient accumulation, sums of products)", r"\badd|add_kernel|AddFunctor|sum_kernel|inner_sum|outer_sum|reduce"),
     ("copy (strided slices made dense, interleave, cat)", r"copy|cat_|Cat|index|narrow|memcpy|memmove"),
-    ("tanh", r"tanh|vdTanh|vsTanh"),
+    ("tanh", r"(?i)tanh"),
     ("max-pool", r"max_pool|maxpool|max_pool2d"),
     ("avg-pool", r"avg_pool|avgpool"),
     ("relu / threshold", r"relu|threshold|clamp_min"),

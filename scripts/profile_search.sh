@@ -5,6 +5,7 @@
 # grouped by kernel kind (conv, the op-weight products, sums, copies, pools, ...) with
 # scripts/profile_classify.py. Writes bench-out/profile/{VARIANT.data,VARIANT.txt,table.md}.
 #   SIZE=paper STEPS=30 VARIANTS="baseline joint pc4 gdas" bash scripts/profile_search.sh
+#   (BIN=target/debug/examples/profile_search to profile the optimised dev build)
 # perf needs kernel.perf_event_paranoid <= 2 (the default on Debian) and the `linux-perf`
 # Debian package.
 set -euo pipefail
@@ -13,8 +14,9 @@ SIZE=${SIZE:-paper}; STEPS=${STEPS:-30}; VARIANTS=${VARIANTS:-"baseline joint pc
 OUT=bench-out/profile
 mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "perf is missing: apt-get install linux-perf" >&2; exit 1; }
-[ -x target/release/examples/profile_search ] || cargo build --release --example profile_search
-BIN=target/release/examples/profile_search
+# BIN: another build of the example (e.g. the optimised dev build, target/debug/examples/).
+BIN=${BIN:-target/release/examples/profile_search}
+[ -x "$BIN" ] || cargo build --release --example profile_search
 {
   grep -m1 'model name' /proc/cpuinfo
   echo "cores: $(nproc); load at start: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%F %H:%M UTC'); commit $(git rev-parse --short HEAD)"
