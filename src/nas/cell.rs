@@ -334,14 +334,15 @@ impl SearchCell {
             })
             .collect();
         // Each state's outgoing edges run their convs as one (SharedInput::fuse_convs), with
-        // the op weight of a lone conv op (RL-DARTS's conv_3x3) folded into its kernel; edges
-        // with a hard sample (GDAS, SNAS) run only their sampled ops, so they are left out.
+        // the op weight of a lone conv op (RL-DARTS's conv_3x3) folded into its kernel; an edge
+        // with a hard sample (GDAS, SNAS) brings only its sampled ops' convs.
         let fuse_outgoing = |state: usize, input: &SharedInput| {
             let convs: Vec<_> = edges
                 .iter()
-                .filter(|edge| edge.from == state && weights.active(edge.index).is_none())
+                .filter(|edge| edge.from == state)
                 .flat_map(|edge| {
-                    self.edges[edge.index].leading_convs(Some(&edge_weights[edge.index]))
+                    self.edges[edge.index]
+                        .leading_convs(Some(&edge_weights[edge.index]), weights.active(edge.index))
                 })
                 .collect();
             input.fuse_convs(&convs);

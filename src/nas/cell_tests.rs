@@ -182,14 +182,14 @@ fn a_one_input_cell_projects_a_mismatched_input_once() {
         .all(|name| !name.contains("preprocess")));
 }
 
-/// A dense RL-DARTS cell (normal and reduction, one architecture for the batch and one per
-/// example) equals DARTS's mixed op written literally on every edge, `sum_o w_o op_o(s)`
-/// with each op run on its own, in value and in every gradient (input, op weights, op
-/// parameters), in f64. The cell shares the ops' parameter-free layers, fuses each state's
-/// convs into one and folds the `conv_3x3` op weight into its kernel, none of which may
-/// change the result.
+/// An RL-DARTS cell (normal and reduction) equals its mixed ops written literally on every
+/// edge, in value and in every gradient (input, op weights, op parameters), in f64: DARTS's
+/// `sum_o w_o op_o(s)` with each op run on its own, for one architecture for the batch and for
+/// one per example, and GDAS's `h_k op_k(s) + sum_{o != k} h_o` for a hard sample `k` per
+/// edge. The cell shares the ops' parameter-free layers, fuses each state's convs into one and
+/// folds the `conv_3x3` op weight into its kernel, none of which may change the result.
 #[test]
-fn a_dense_cell_equals_the_literal_weighted_sum_on_every_edge() {
+fn a_cell_equals_its_mixed_ops_written_literally_on_every_edge() {
     tch::manual_seed(11);
     let space = CellSpace::rl_darts(OpSet::RlDarts);
     let (e, o) = (space.num_edges() as i64, space.num_ops() as i64);
@@ -205,17 +205,29 @@ fn a_dense_cell_equals_the_literal_weighted_sum_on_every_edge() {
         vs.double();
         let n = 3;
         let x = Tensor::randn([n, 8, 6, 6], (Kind::Double, Device::Cpu)).set_requires_grad(true);
-        for per_example in [false, true] {
+        // GDAS's sample: every op, `none` included, on some edge (conv_3x3 is op 0).
+        let sample: Vec<usize> = (0..e as usize).map(|i| (i * 3) % o as usize).collect();
+        for (per_example, sampled) in [(false, false), (true, false), (false, true)] {
             let shape: Vec<i64> = match per_example {
                 false => vec![e, o],
                 true => vec![n, e, o],
             };
-            let w = Tensor::randn(shape.as_slice(), (Kind::Double, Device::Cpu))
-                .softmax(-1, Kind::Double)
-                .set_requires_grad(true);
-            let weights = match per_example {
-                false => OpWeights::dense(w.shallow_clone()),
-                true => OpWeights::per_example(w.shallow_clone()).unwrap(),
+            let w = match sampled {
+                false => Tensor::randn(shape.as_slice(), (Kind::Double, Device::Cpu))
+                    .softmax(-1, Kind::Double),
+                true => {
+                    let hard = Tensor::zeros([e, o], (Kind::Double, Device::Cpu));
+                    for (edge, &op) in sample.iter().enumerate() {
+                        let _ = hard.get(edge as i64).get(op as i64).fill_(1.0);
+                    }
+                    hard
+                }
+            }
+            .set_requires_grad(true);
+            let weights = match (per_example, sampled) {
+                (false, false) => OpWeights::dense(w.shallow_clone()),
+                (true, _) => OpWeights::per_example(w.shallow_clone()).unwrap(),
+                (false, true) => OpWeights::one_hot(w.shallow_clone(), &sample).unwrap(),
             };
             let literal = {
                 let mut states = vec![x.shallow_clone()];
@@ -230,7 +242,11 @@ fn a_dense_cell_equals_the_literal_weighted_sum_on_every_edge() {
                                     .select(1, op_index as i64)
                                     .reshape([-1, 1, 1, 1]),
                             };
-                            terms.push(op.forward_t(&states[from], false) * w_o);
+                            terms.push(match sampled && op_index != sample[edge] {
+                                // GDAS adds a left-out op's weight, exactly 0, as a scalar.
+                                true => w_o,
+                                false => op.forward_t(&states[from], false) * w_o,
+                            });
                         }
                     }
                     let sum = terms.into_iter().reduce(|a, b| a + b);
@@ -239,7 +255,8 @@ fn a_dense_cell_equals_the_literal_weighted_sum_on_every_edge() {
                 Tensor::cat(&states[1..], 1)
             };
             let fast = cell.forward_t(&[&x], &weights, false);
-            let what = format!("reduction {reduction}, per example {per_example}");
+            let what =
+                format!("reduction {reduction}, per example {per_example}, sampled {sampled}");
             assert_eq!(fast.size(), literal.size(), "{what}");
             assert!(
                 fast.allclose(&literal, 1e-12, 1e-12, false),

@@ -47,16 +47,22 @@ impl MixedOp {
         &self.ops
     }
 
-    /// The leading convs of the ops the dense forward evaluates ([`Op::leading_conv`]), for
+    /// The leading convs of the ops a forward evaluates ([`Op::leading_conv`]): all but
+    /// `none`, or with `active = Some(list)` (a hard sample) the listed ones, for
     /// [`SharedInput::fuse_convs`]. With the edge's op weights `weights: [num_ops]` (one
     /// architecture for the whole batch), an op that is one conv alone comes with its weight,
     /// to be folded into the kernel; per-example weights `[N, num_ops]` cannot be folded.
     pub fn leading_convs<'a>(
         &'a self,
         weights: Option<&'a Tensor>,
+        active: Option<&'a [usize]>,
     ) -> impl Iterator<Item = LeadingConv<'a>> + 'a {
         let foldable = weights.filter(|w| w.dim() == 1);
-        self.evaluated.iter().filter_map(move |&o| {
+        let evaluated = self
+            .evaluated
+            .iter()
+            .filter(move |o| active.is_none_or(|active| active.contains(o)));
+        evaluated.filter_map(move |&o| {
             let op = &self.ops[o];
             let (conv, geom) = op.leading_conv()?;
             let fold = foldable
