@@ -4,14 +4,9 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
 use rl_darts::logging::MemorySink;
 use rl_darts::nas::{AlphaInit, ArchParams, DeriveRule, RlDartsConfig};
-use rl_darts::train::rl::{
-    evaluate, train, EncoderConfig, EvalOptions, NoProgress, RlDartsFixedConfig, TrainConfig,
-    TrainRun,
-};
+use rl_darts::train::rl::{evaluate, EncoderConfig, EvalOptions, RlDartsFixedConfig, TrainConfig};
 use rl_darts::train::run_dir::RunDir;
 use tch::Device;
 
@@ -61,18 +56,8 @@ fn derived_genotype_retrains_from_scratch_and_evaluates() {
     assert_eq!(config.encoder.name(), "rl_darts_fixed");
     let dir = RunDir::create_at(&base.path().join("retrain")).unwrap();
     rl_darts::config::save_resolved_config(&config, &dir.root).unwrap();
-    let stop = AtomicBool::new(false);
-    let summary = train(TrainRun {
-        config: &config,
-        run_dir: &dir,
-        resume: false,
-        sink: &mut MemorySink::new(),
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap();
+    let summary =
+        common::rl::try_train_in(&config, &dir, false, &mut MemorySink::new(), None, None).unwrap();
     assert_eq!(summary.iterations, 2);
     // A discrete network has no alphas: no genotype is written into the retrain run.
     assert!(!dir.root.join("genotype.json").exists());
@@ -102,19 +87,9 @@ fn missing_or_mismatched_genotypes_are_clear_errors() {
     let run = |encoder: EncoderConfig| {
         let config = tiny_coinrun(encoder);
         let dir = RunDir::create_at(&base.path().join("run")).unwrap();
-        let stop = AtomicBool::new(false);
-        train(TrainRun {
-            config: &config,
-            run_dir: &dir,
-            resume: false,
-            sink: &mut MemorySink::new(),
-            progress: &mut NoProgress,
-            stop: &stop,
-            max_iterations: Some(1),
-            env: None,
-        })
-        .unwrap_err()
-        .to_string()
+        common::rl::try_train_in(&config, &dir, false, &mut MemorySink::new(), Some(1), None)
+            .unwrap_err()
+            .to_string()
     };
     let err = run(EncoderConfig::RlDartsFixed(RlDartsFixedConfig::default()));
     assert!(err.contains("encoder.params.genotype is required"), "{err}");

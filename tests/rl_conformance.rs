@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use common::rl::{tiny_cartpole_search, tiny_coinrun_search, tiny_mlp_supernet, train_in};
 
@@ -20,9 +19,8 @@ use rl_darts::envs::{make_vec_env, VecEnv};
 use rl_darts::logging::MemorySink;
 use rl_darts::search::{StrategyConfig, STRATEGY_NAMES};
 use rl_darts::train::rl::{
-    build_fixed_encoder, build_policy, stores_are_disjoint, train, EncoderConfig,
-    MlpDartsFixedConfig, MlpDartsSearchConfig, NoProgress, Policy, RlDartsFixedConfig, SearchBatch,
-    TrainConfig, TrainRun,
+    build_fixed_encoder, build_policy, stores_are_disjoint, EncoderConfig, MlpDartsFixedConfig,
+    MlpDartsSearchConfig, Policy, RlDartsFixedConfig, SearchBatch, TrainConfig,
 };
 use rl_darts::train::run_dir::RunDir;
 use tch::{nn, Device, Kind, Tensor};
@@ -339,19 +337,9 @@ fn impossible_search_batches_are_clear_errors() {
     config.search.search_batch = SearchBatch::HeldoutLevels;
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(base.path()).unwrap();
-    let stop = AtomicBool::new(false);
-    let err = train(TrainRun {
-        config: &config,
-        run_dir: &dir,
-        resume: false,
-        sink: &mut MemorySink::new(),
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_iterations: None,
-        env: None,
-    })
-    .unwrap_err()
-    .to_string();
+    let err = common::rl::try_train_in(&config, &dir, false, &mut MemorySink::new(), None, None)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("heldout_levels") && err.contains("Procgen"),
         "{err}"

@@ -3,15 +3,14 @@
 
 mod common;
 
+use common::rl::try_train_in;
+
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use rl_darts::envs::gym::{GymEnvKind, GymVecEnv};
 use rl_darts::envs::{EnvError, EnvSpec, StepView, VecEnv};
-use rl_darts::logging::{MemorySink, MetricsSink};
-use rl_darts::train::rl::{
-    evaluate, train, EvalOptions, NoProgress, TrainConfig, TrainRun, TrainSummary,
-};
+use rl_darts::logging::MemorySink;
+use rl_darts::train::rl::{evaluate, EvalOptions, TrainConfig};
 use rl_darts::train::run_dir::RunDir;
 use rl_darts::train::TrainError;
 
@@ -21,27 +20,6 @@ fn cartpole(total: u64) -> TrainConfig {
     c.ppo.total_timesteps = total;
     c.checkpoint.every = 2;
     c
-}
-
-fn run(
-    config: &TrainConfig,
-    dir: &RunDir,
-    resume: bool,
-    sink: &mut dyn MetricsSink,
-    max_iterations: Option<u64>,
-    env: Option<Box<dyn VecEnv>>,
-) -> Result<TrainSummary, TrainError> {
-    let stop = AtomicBool::new(false);
-    train(TrainRun {
-        config,
-        run_dir: dir,
-        resume,
-        sink,
-        progress: &mut NoProgress,
-        stop: &stop,
-        max_iterations,
-        env,
-    })
 }
 
 /// Everything logged except wall-clock measurements.
@@ -65,15 +43,15 @@ fn resumed_run_reproduces_the_uninterrupted_run_exactly() {
 
     let straight = RunDir::create_at(&base.path().join("straight")).unwrap();
     let full = MemorySink::new();
-    run(&config, &straight, false, &mut full.clone(), None, None).unwrap();
+    try_train_in(&config, &straight, false, &mut full.clone(), None, None).unwrap();
 
     let split = RunDir::create_at(&base.path().join("split")).unwrap();
     let first = MemorySink::new();
-    let part = run(&config, &split, false, &mut first.clone(), Some(4), None).unwrap();
+    let part = try_train_in(&config, &split, false, &mut first.clone(), Some(4), None).unwrap();
     assert_eq!(part.iterations, 4);
     // Resume in a fresh trainer and env, from what is on disk.
     let second = MemorySink::new();
-    let done = run(&config, &split, true, &mut second.clone(), None, None).unwrap();
+    let done = try_train_in(&config, &split, true, &mut second.clone(), None, None).unwrap();
     assert_eq!(done.iterations, 8);
 
     let mut joined = deterministic_log(&first);
@@ -148,7 +126,7 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
         after: 128 * 5, // poisoned during iteration 6
         nan_rewards: vec![f32::NAN; 4],
     };
-    let err = run(
+    let err = try_train_in(
         &config,
         &dir,
         false,
@@ -175,7 +153,7 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     let config = cartpole(2 * 512);
     let base = tempfile::tempdir().unwrap();
     let dir = RunDir::create_at(base.path()).unwrap();
-    run(&config, &dir, false, &mut MemorySink::new(), None, None).unwrap();
+    try_train_in(&config, &dir, false, &mut MemorySink::new(), None, None).unwrap();
     let ckpt = dir.latest_checkpoint().unwrap().unwrap();
 
     // A mismatched config (other network) is refused, not silently loaded.
@@ -183,7 +161,7 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     other.ppo.total_timesteps = 4 * 512;
     other.encoder =
         rl_darts::train::rl::EncoderConfig::Mlp(rl_darts::agents::MlpConfig { hidden: vec![32] });
-    let err = run(&other, &dir, true, &mut MemorySink::new(), None, None)
+    let err = try_train_in(&other, &dir, true, &mut MemorySink::new(), None, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("checkpoint") || err.contains("shape"), "{err}");
@@ -194,7 +172,7 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
     let mut longer = config.clone();
     longer.ppo.total_timesteps = 4 * 512;
-    let err = run(&longer, &dir, true, &mut MemorySink::new(), None, None)
+    let err = try_train_in(&longer, &dir, true, &mut MemorySink::new(), None, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("weights.safetensors"), "{err}");
@@ -202,14 +180,14 @@ fn corrupt_or_mismatched_checkpoints_are_clear_errors() {
     // Garbage env state.
     std::fs::write(&weights, &bytes).unwrap();
     std::fs::write(ckpt.join("env_state.bin"), b"not a state").unwrap();
-    let err = run(&longer, &dir, true, &mut MemorySink::new(), None, None)
+    let err = try_train_in(&longer, &dir, true, &mut MemorySink::new(), None, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("state"), "{err}");
 
     // Nothing to resume from.
     let empty = RunDir::create_at(&base.path().join("empty")).unwrap();
-    let err = run(&config, &empty, true, &mut MemorySink::new(), None, None)
+    let err = try_train_in(&config, &empty, true, &mut MemorySink::new(), None, None)
         .unwrap_err()
         .to_string();
     assert!(err.contains("no complete checkpoint"), "{err}");

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use rl_darts::envs::VecEnv;
 use rl_darts::logging::MetricsSink;
 use rl_darts::nas::{MlpDartsConfig, RlDartsConfig};
 use rl_darts::search::StrategyConfig;
@@ -13,6 +14,7 @@ use rl_darts::train::rl::{
     TrainRun, TrainSummary,
 };
 use rl_darts::train::run_dir::RunDir;
+use rl_darts::train::TrainError;
 
 /// The RL-DARTS supernet at its smallest: one stage of 4 channels, one cell of 2 nodes.
 pub fn tiny_rl_darts_supernet() -> RlDartsConfig {
@@ -76,15 +78,16 @@ pub fn strategy(name: &str) -> StrategyConfig {
     StrategyConfig::from_name(name).unwrap()
 }
 
-/// Trains `config` in `run_dir` as `rl-darts train` does, without a stop request. A failed run
-/// fails the test, naming the strategy.
-pub fn train_in(
+/// Trains `config` in `run_dir` as `rl-darts train` does, without a stop request, on `env`
+/// (None: the env the config names), and returns what the run returned.
+pub fn try_train_in(
     config: &TrainConfig,
     run_dir: &RunDir,
     resume: bool,
     sink: &mut dyn MetricsSink,
     max_iterations: Option<u64>,
-) -> TrainSummary {
+    env: Option<Box<dyn VecEnv>>,
+) -> Result<TrainSummary, TrainError> {
     train(TrainRun {
         config,
         run_dir,
@@ -93,9 +96,20 @@ pub fn train_in(
         progress: &mut NoProgress,
         stop: &AtomicBool::new(false),
         max_iterations,
-        env: None,
+        env,
     })
-    .unwrap_or_else(|e| panic!("{}: {e}", config.search.strategy.name()))
+}
+
+/// [`try_train_in`] on the config's env; a failed run fails the test, naming the strategy.
+pub fn train_in(
+    config: &TrainConfig,
+    run_dir: &RunDir,
+    resume: bool,
+    sink: &mut dyn MetricsSink,
+    max_iterations: Option<u64>,
+) -> TrainSummary {
+    try_train_in(config, run_dir, resume, sink, max_iterations, None)
+        .unwrap_or_else(|e| panic!("{}: {e}", config.search.strategy.name()))
 }
 
 /// [`train_in`] a new run directory at `dir`, from the start to the end of the budget.
